@@ -1,0 +1,41 @@
+"""quantlens: layer-wise quantization analysis for PyTorch.
+
+Quantize one layer at a time (its weights, input and output), keep the rest in float, and
+measure what that layer alone does to the network's output and task metric
+(Gluska & Grobman, arXiv 2012.08420).
+
+Example:
+    >>> import quantlens as ql                                          # doctest: +SKIP
+    >>> result = ql.analyze(model, data, w_bits=range(3, 9), a_bits=8, metric="top1")
+    >>> result.worst(bits=4, k=5)
+"""
+
+from .analysis import Cell, LayerInfo, QuantlensWarning, Sweep, SweepResult, SweepState, analyze
+from .config import PerChannel, PerGroup, PerTensor, QuantSpec, SweepConfig
+from .errors import QuantlensError
+from .graph import LayerGraph, capture
+from .metrics import make_metric, metrics, register_metric
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "analyze",
+    "Sweep",
+    "SweepState",
+    "SweepResult",
+    "Cell",
+    "LayerInfo",
+    "QuantSpec",
+    "SweepConfig",
+    "PerTensor",
+    "PerChannel",
+    "PerGroup",
+    "QuantlensError",
+    "QuantlensWarning",
+    "LayerGraph",
+    "capture",
+    "make_metric",
+    "metrics",
+    "register_metric",
+    "__version__",
+]

@@ -1,0 +1,172 @@
+"""Mergeable accumulators of one sweep cell and of one layer's float output.
+
+A :class:`CellAccumulator` keeps sums only (float64), so cells computed on different data
+shards, processes or machines merge into exactly the serial result::
+
+    noise   = sum_n ||y_n - y_i,n||^2 / N
+    sqnr_db = 10 log10( sum_n ||y_n||^2 / sum_n ||y_n - y_i,n||^2 )
+    shift_c = sum (o_i - o)_c / count_c          (per output channel c of the layer)
+
+:class:`ChannelStats` keeps per-channel ``sum`` and ``sum of squares`` of the layer's float
+output, for ``std_c``; the relative mean shift is ``mean_c |shift_c| / std_c``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+from ..metrics import Metric
+
+__all__ = ["CellAccumulator", "ChannelStats", "channel_axis", "per_sample_sq"]
+
+
+def channel_axis(op: str) -> int:
+    """Axis of output channels: last for Linear, 1 for convolutions."""
+    return -1 if op == "Linear" else 1
+
+
+def per_sample_sq(t: Tensor) -> Tensor:
+    """``||t_n||^2`` for each sample ``n`` (float64)."""
+    return t.detach().double().reshape(t.shape[0], -1).pow(2).sum(1)
+
+
+def _channel_sums(t: Tensor, axis: int) -> tuple[Tensor, int]:
+    t = t.detach().double()
+    c = t.shape[axis]
+    moved = t.movedim(axis, -1).reshape(-1, c)
+    return moved.sum(0).cpu(), moved.shape[0]
+
+
+class ChannelStats:
+    """Per-channel mean and standard deviation of a layer's float output, streamed."""
+
+    def __init__(self) -> None:
+        self.sum: Optional[Tensor] = None
+        self.sumsq: Optional[Tensor] = None
+        self.count = 0
+
+    def update(self, o: Tensor, axis: int) -> None:
+        s, n = _channel_sums(o, axis)
+        sq, _ = _channel_sums(o.double() ** 2, axis)
+        self.sum = s if self.sum is None else self.sum + s
+        self.sumsq = sq if self.sumsq is None else self.sumsq + sq
+        self.count += n
+
+    def merge(self, other: "ChannelStats") -> "ChannelStats":
+        out = ChannelStats()
+        if self.sum is None:
+            out.sum, out.sumsq, out.count = other.sum, other.sumsq, other.count
+            return out
+        if other.sum is None:
+            out.sum, out.sumsq, out.count = self.sum, self.sumsq, self.count
+            return out
+        out.sum = self.sum + other.sum
+        out.sumsq = self.sumsq + other.sumsq  # type: ignore[operator]
+        out.count = self.count + other.count
+        return out
+
+    def std(self) -> Optional[Tensor]:
+        if self.sum is None or self.count == 0:
+            return None
+        mean = self.sum / self.count
+        var = (self.sumsq / self.count - mean**2).clamp(min=0)  # type: ignore[operator]
+        return var.sqrt()
+
+    def state(self) -> dict:
+        return {
+            "sum": None if self.sum is None else self.sum.tolist(),
+            "sumsq": None if self.sumsq is None else self.sumsq.tolist(),
+            "count": self.count,
+        }
+
+    def load_state(self, d: dict) -> None:
+        self.sum = None if d["sum"] is None else torch.tensor(d["sum"], dtype=torch.float64)
+        self.sumsq = None if d["sumsq"] is None else torch.tensor(d["sumsq"], dtype=torch.float64)
+        self.count = int(d["count"])
+
+
+class CellAccumulator:
+    """Sums for one (layer, bits) cell: output noise, signal, task metric, mean shift."""
+
+    def __init__(self, metric: Metric) -> None:
+        self.metric = metric
+        self.noise = 0.0
+        self.signal = 0.0
+        self.n = 0
+        self.shift: Optional[Tensor] = None
+        self.shift_count = 0
+
+    def update(
+        self,
+        y_ref: Tensor,
+        y: Tensor,
+        labels: Optional[Tensor],
+        signal: Optional[Tensor] = None,
+        layer_out: Optional[Tensor] = None,
+        layer_ref: Optional[Tensor] = None,
+        axis: int = 1,
+    ) -> None:
+        sig = per_sample_sq(y_ref) if signal is None else signal
+        self.noise += float(per_sample_sq(y.to(y_ref.dtype) - y_ref).sum())
+        self.signal += float(sig.sum())
+        self.n += int(y_ref.shape[0])
+        self.metric.update(y_ref, y, labels)
+        if layer_out is not None and layer_ref is not None:
+            s, c = _channel_sums(layer_out.double() - layer_ref.double(), axis)
+            self.shift = s if self.shift is None else self.shift + s
+            self.shift_count += c
+
+    def merge(self, other: "CellAccumulator") -> "CellAccumulator":
+        out = CellAccumulator(self.metric.merge(other.metric))
+        out.noise = self.noise + other.noise
+        out.signal = self.signal + other.signal
+        out.n = self.n + other.n
+        if self.shift is None:
+            out.shift, out.shift_count = other.shift, other.shift_count
+        elif other.shift is None:
+            out.shift, out.shift_count = self.shift, self.shift_count
+        else:
+            out.shift, out.shift_count = self.shift + other.shift, self.shift_count + other.shift_count
+        return out
+
+    @property
+    def noise_mean(self) -> float:
+        return self.noise / self.n if self.n else float("nan")
+
+    @property
+    def sqnr_db(self) -> float:
+        if self.noise <= 0:
+            return float("inf")
+        if self.signal <= 0:
+            return float("-inf")
+        return 10.0 * math.log10(self.signal / self.noise)
+
+    def mean_shift(self, std: Optional[Tensor]) -> float:
+        """``mean_c |E[o_i - o]_c| / std_c`` over channels with ``std_c > 0``."""
+        if self.shift is None or std is None or self.shift_count == 0:
+            return float("nan")
+        shift = (self.shift / self.shift_count).abs()
+        ok = std > 1e-12
+        if not bool(ok.any()):
+            return float("nan")
+        return float((shift[ok] / std[ok]).mean())
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric.state(),
+            "noise": self.noise,
+            "signal": self.signal,
+            "n": self.n,
+            "shift": None if self.shift is None else self.shift.tolist(),
+            "shift_count": self.shift_count,
+        }
+
+    def load_state(self, d: dict[str, Any]) -> None:
+        self.metric.load_state(d["metric"])
+        self.noise, self.signal, self.n = float(d["noise"]), float(d["signal"]), int(d["n"])
+        self.shift = None if d["shift"] is None else torch.tensor(d["shift"], dtype=torch.float64)
+        self.shift_count = int(d["shift_count"])

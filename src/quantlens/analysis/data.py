@@ -1,0 +1,131 @@
+"""Batches in, network output out: the small adapters between user data and the engine.
+
+* A batch is ``(inputs, labels)`` (labels may be ``None``), or a bare tensor of inputs.
+  ``inputs`` is a tensor or a tuple of tensors (passed as positional arguments).
+* The network's output ``y`` is the output itself if it is a tensor; otherwise the value at
+  ``key`` (a dict key, attribute or index) if given, else the first tensor found in a
+  tuple / list / dict / HF-style output object.
+
+Example:
+    >>> import torch
+    >>> extract_output({"logits": torch.ones(1, 2), "aux": torch.zeros(1)}).shape
+    torch.Size([1, 2])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Optional, Union
+
+import torch
+from torch import Tensor
+
+from ..errors import QuantlensError
+
+__all__ = ["Batch", "normalize_batch", "iterate", "extract_output", "to_device", "count_batches"]
+
+Batch = tuple[tuple[Tensor, ...], Optional[Tensor]]
+
+
+def normalize_batch(batch: Any, index: int = 0) -> Batch:
+    """``(inputs tuple, labels or None)`` from one element of the user's data."""
+    if isinstance(batch, Tensor):
+        return (batch,), None
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        inputs, labels = batch
+        if isinstance(inputs, Tensor):
+            inputs = (inputs,)
+        elif isinstance(inputs, (tuple, list)) and all(isinstance(t, Tensor) for t in inputs):
+            inputs = tuple(inputs)
+        else:
+            raise QuantlensError(
+                f"batch {index}: inputs must be a tensor or a tuple of tensors, got {type(inputs).__name__}"
+            )
+        if labels is not None and not isinstance(labels, Tensor):
+            try:
+                labels = torch.as_tensor(labels)
+            except Exception:
+                raise QuantlensError(f"batch {index}: labels must be a tensor or None, got {type(labels).__name__}") from None
+        return inputs, labels
+    raise QuantlensError(
+        f"batch {index}: each batch must be (inputs, labels) or a tensor of inputs, got {type(batch).__name__}"
+    )
+
+
+def iterate(data: Iterable[Any], what: str = "data") -> Iterator[Batch]:
+    """Normalized batches of ``data``; one clear error if it is not iterable or is empty."""
+    if isinstance(data, Tensor) or not isinstance(data, Iterable):
+        raise QuantlensError(f"{what} must be an iterable of (inputs, labels) batches, got {type(data).__name__}")
+    n = 0
+    for i, b in enumerate(data):
+        inputs, labels = normalize_batch(b, i)
+        if inputs[0].shape[0:1] == (0,):
+            continue
+        n += 1
+        yield inputs, labels
+    if n == 0:
+        raise QuantlensError(f"{what} is empty: give at least one batch")
+
+
+def count_batches(data: Any) -> Optional[int]:
+    try:
+        return len(data)
+    except TypeError:
+        return None
+
+
+def check_reiterable(data: Any, what: str = "data") -> None:
+    """A one-shot iterator would be empty on the second pass: refuse it up front."""
+    if isinstance(data, Iterator):
+        raise QuantlensError(
+            f"{what} is a one-shot iterator; pass something that can be iterated more than once "
+            "(a list of batches or a DataLoader)"
+        )
+
+
+def to_device(inputs: tuple[Tensor, ...], device: Union[str, torch.device]) -> tuple[Tensor, ...]:
+    return tuple(t.to(device, non_blocking=True) for t in inputs)
+
+
+def _first_tensor(out: Any) -> Optional[Tensor]:
+    if isinstance(out, Tensor):
+        return out
+    if isinstance(out, Mapping):
+        for v in out.values():
+            t = _first_tensor(v)
+            if t is not None:
+                return t
+        return None
+    if isinstance(out, (tuple, list)):
+        for v in out:
+            t = _first_tensor(v)
+            if t is not None:
+                return t
+        return None
+    if hasattr(out, "__dict__"):
+        for v in vars(out).values():
+            t = _first_tensor(v)
+            if t is not None:
+                return t
+    return None
+
+
+def extract_output(out: Any, key: Union[str, int, None] = None) -> Tensor:
+    """The tensor ``y`` that metrics score (see module docstring)."""
+    if key is not None:
+        try:
+            if isinstance(out, Mapping):
+                y = out[key]
+            elif isinstance(out, (tuple, list)):
+                y = out[int(key)]
+            else:
+                y = getattr(out, str(key))
+        except (KeyError, IndexError, AttributeError, ValueError):
+            raise QuantlensError(f"the model's output has no entry {key!r}") from None
+        if not isinstance(y, Tensor):
+            raise QuantlensError(f"the model's output {key!r} is a {type(y).__name__}, not a tensor")
+        return y
+    y = _first_tensor(out)
+    if y is None:
+        raise QuantlensError(f"the model's output ({type(out).__name__}) contains no tensor")
+    return y

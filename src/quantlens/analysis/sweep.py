@@ -1,0 +1,401 @@
+"""Algorithm 1 of the paper: every layer x every weight bit-width, batch-outer.
+
+For each batch: one float pass fills the activation cache (this batch only); then for each
+layer ``i`` and weight bit-width ``b`` the layer's cone is recomputed with ``i``'s weight,
+input and output quantized, and the cell's accumulators are updated. Memory is one batch of
+activations plus the quantized weights, whatever the size of the data.
+
+The pieces are separate so that other executors (resumable, Ray) reuse them:
+:class:`Sweep` holds the prepared network; :class:`SweepState` holds mergeable sums;
+``Sweep.process_batch(state, batch)`` adds one batch; ``Sweep.result(state)`` finalises.
+
+Example:
+    >>> import quantlens as ql                                       # doctest: +SKIP
+    >>> r = ql.analyze(model, loader, w_bits=range(3, 9), a_bits=8)  # doctest: +SKIP
+    >>> r.worst(bits=4, k=5)                                         # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from ..config import Granularity, PerTensor, QuantSpec, SweepConfig, parse_granularity
+from ..errors import QuantlensError
+from ..graph.capture import capture
+from ..guard import preserve_model
+from ..metrics import Metric, make_metric
+from ..progress import make_progress
+from ..quant.observers import HistogramObserver, MinMaxObserver
+from ..quant.quantizer import QuantizedWeight, make_observer, quantize_weight
+from .accumulate import CellAccumulator, ChannelStats, channel_axis, per_sample_sq
+from .data import Batch, check_reiterable, count_batches, extract_output, iterate, to_device
+from .results import Cell, LayerInfo, SweepResult, WeightStats
+from .runner import ConeRunner, HookRunner, Runner
+
+__all__ = ["analyze", "Sweep", "SweepState", "QuantlensWarning", "weight_stats"]
+
+
+class QuantlensWarning(UserWarning):
+    """A one-line notice (e.g. the hooks fallback) that the CLI prints as a warning."""
+
+
+MetricSpec = Union[str, Callable[..., Any], Metric]
+
+
+def weight_stats(w: Tensor, bins: int = 64) -> WeightStats:
+    """Min, max, mean, std, count beyond 3 sigma and a histogram of a weight tensor."""
+    w = w.detach().double().reshape(-1).cpu()
+    mean, std = float(w.mean()), float(w.std(unbiased=False))
+    lo, hi = float(w.min()), float(w.max())
+    counts = torch.histc(w, bins, lo, hi) if hi > lo else torch.tensor([float(w.numel())] + [0.0] * (bins - 1))
+    edges = torch.linspace(lo, hi, bins + 1)
+    return WeightStats(
+        min=lo,
+        max=hi,
+        mean=mean,
+        std=std,
+        outliers_3sigma=int(((w - mean).abs() > 3 * std).sum()) if std > 0 else 0,
+        hist_counts=[int(c) for c in counts.tolist()],
+        hist_edges=[float(e) for e in edges.tolist()],
+    )
+
+
+@dataclass
+class SweepState:
+    """Mergeable sums of a sweep over part of the data (and possibly part of the layers)."""
+
+    cells: dict[tuple[int, int], CellAccumulator]
+    baseline: Metric
+    channels: dict[int, ChannelStats]
+    in_range: dict[int, MinMaxObserver]
+    out_range: dict[int, MinMaxObserver]
+    num_samples: int = 0
+    batches: int = 0
+
+    def merge(self, other: "SweepState") -> "SweepState":
+        """Sums of both. Cells and layers present in only one side are kept as they are."""
+        cells = dict(self.cells)
+        for k, v in other.cells.items():
+            cells[k] = cells[k].merge(v) if k in cells else v
+
+        def merged(a: dict, b: dict) -> dict:
+            out = dict(a)
+            for k, v in b.items():
+                out[k] = out[k].merge(v) if k in out else v
+            return out
+
+        return SweepState(
+            cells,
+            self.baseline.merge(other.baseline),
+            merged(self.channels, other.channels),
+            merged(self.in_range, other.in_range),
+            merged(self.out_range, other.out_range),
+            self.num_samples + other.num_samples,
+            self.batches + other.batches,
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "cells": [[i, b, acc.state()] for (i, b), acc in self.cells.items()],
+            "baseline": self.baseline.state(),
+            "channels": {str(i): c.state() for i, c in self.channels.items()},
+            "in_range": {str(i): o.to_dict() for i, o in self.in_range.items()},
+            "out_range": {str(i): o.to_dict() for i, o in self.out_range.items()},
+            "num_samples": self.num_samples,
+            "batches": self.batches,
+        }
+
+
+class Sweep:
+    """A prepared layer-wise sweep of one model (see module docstring)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        sample: Batch,
+        config: SweepConfig,
+        metric: MetricSpec = "top1",
+        device: Union[str, torch.device] = "cpu",
+        output_key: Union[str, int, None] = None,
+        reference: Optional[nn.Module] = None,
+        engine: str = "cone",
+        layers: Optional[Sequence[str]] = None,
+    ) -> None:
+        self.config = config
+        self.metric_spec = metric
+        self.output_key = output_key
+        self.device = _device(device)
+        probe = make_metric(metric)
+        self.metric_name = str(getattr(probe, "name", "custom"))
+        self.higher_is_better = bool(probe.higher_is_better)
+        if engine not in ("cone", "naive", "hooks"):
+            raise QuantlensError(f"unknown engine {engine!r}: use cone, naive or hooks")
+        self.runner = self._make_runner(model, sample, engine)
+        self.engine = self.runner.engine
+        all_layers = self.runner.layers
+        if layers is not None:
+            known = {l.name for l in all_layers}
+            missing = [n for n in layers if n not in known]
+            if missing:
+                raise QuantlensError(f"unknown layer(s) {', '.join(missing)}; layers are: {', '.join(sorted(known))}")
+        self.layer_ids = [l.index for l in all_layers if layers is None or l.name in layers]
+        self.reference = None
+        if reference is not None:
+            import copy
+
+            self.reference = copy.deepcopy(reference).eval().to(self.device)
+        self.qweights: dict[tuple[int, int], QuantizedWeight] = {}
+        for i in self.layer_ids:
+            w = self.runner.float_weight(i)
+            for b in config.w_bits:
+                self.qweights[(i, b)] = quantize_weight(w, config.weight_spec(b))
+
+    # ---- preparation -----------------------------------------------------------------------
+    def _make_runner(self, model: nn.Module, sample: Batch, engine: str) -> Runner:
+        if engine == "hooks":
+            return HookRunner(model, to_device(sample[0], self.device), self.device)
+        try:
+            graph = capture(model)
+        except QuantlensError:
+            raise
+        except Exception as e:  # fx cannot trace this model: fall back to hooks
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            warnings.warn(
+                f"torch.fx cannot trace the model ({type(e).__name__}: {reason[:160]}); using forward hooks "
+                "instead: same quantization per module, no BatchNorm folding, a full forward pass per layer",
+                QuantlensWarning,
+                stacklevel=3,
+            )
+            try:
+                return HookRunner(model, to_device(sample[0], self.device), self.device)
+            except QuantlensError:
+                raise
+            except Exception as e2:
+                raise QuantlensError(
+                    f"cannot analyse the model: fx tracing failed ({type(e).__name__}) and so did a plain forward "
+                    f"pass ({type(e2).__name__}: {str(e2).splitlines()[0] if str(e2) else ''})"
+                ) from None
+        return ConeRunner(graph, self.device, full=(engine == "naive"))
+
+    @property
+    def layers(self):
+        return [self.runner.layers[i] for i in self.layer_ids]
+
+    def calibrate(self, data: Iterable[Any]) -> int:
+        """Set every layer's input/output quantizer from min/max (or histograms) over ``data``."""
+        spec = self.config.act_spec()
+        if spec is None:
+            return 0
+        ins = {i: make_observer(spec) for i in self.layer_ids}
+        outs = {i: make_observer(spec) for i in self.layer_ids}
+        n = 0
+        with torch.inference_mode():
+            for inputs, _ in iterate(data, "calibration data"):
+                _, cache = self.runner.float_pass(to_device(inputs, self.device))
+                for i in self.layer_ids:
+                    x, o = self.runner.layer_io(cache, i)
+                    ins[i].update(x)
+                    outs[i].update(o)
+                n += int(inputs[0].shape[0])
+        for i in self.layer_ids:
+            self.runner.in_q[i].set(spec, ins[i])
+            self.runner.out_q[i].set(spec, outs[i])
+        return n
+
+    # ---- accumulation ----------------------------------------------------------------------
+    def new_state(self, layer_ids: Optional[Sequence[int]] = None) -> SweepState:
+        ids = self.layer_ids if layer_ids is None else list(layer_ids)
+        return SweepState(
+            cells={(i, b): CellAccumulator(make_metric(self.metric_spec)) for i in ids for b in self.config.w_bits},
+            baseline=make_metric(self.metric_spec),
+            channels={i: ChannelStats() for i in ids},
+            in_range={i: MinMaxObserver() for i in ids},
+            out_range={i: MinMaxObserver() for i in ids},
+        )
+
+    def process_batch(
+        self, state: SweepState, batch: Batch, on_layer: Optional[Callable[[], None]] = None
+    ) -> None:
+        """Add one batch to ``state`` for the layers it holds."""
+        inputs, labels = batch
+        inputs = to_device(inputs, self.device)
+        if labels is not None:
+            labels = labels.to(self.device)
+        layer_ids = sorted(state.channels)
+        with torch.inference_mode():
+            out, cache = self.runner.float_pass(inputs)
+            y_model = extract_output(out, self.output_key)
+            y_ref = y_model if self.reference is None else extract_output(self.reference(*inputs), self.output_key)
+            if not bool(torch.isfinite(y_model).all()) or not bool(torch.isfinite(y_ref).all()):
+                raise QuantlensError(
+                    f"the float model's output has NaN or Inf on batch {state.batches}: fix the model or its inputs "
+                    "before analysing quantization"
+                )
+            state.baseline.update(y_ref, y_ref, labels)
+            signal = per_sample_sq(y_ref)
+            for i in layer_ids:
+                layer = self.runner.layers[i]
+                axis = channel_axis(layer.op)
+                x, o = self.runner.layer_io(cache, i)
+                state.in_range[i].update(x)
+                state.out_range[i].update(o)
+                state.channels[i].update(o, axis)
+                for b in self.config.w_bits:
+                    ev = self.runner.run(cache, i, self.qweights[(i, b)].weight)
+                    y = extract_output(ev.output, self.output_key)
+                    state.cells[(i, b)].update(y_ref, y, labels, signal, ev.layer_output, o, axis)
+                if on_layer is not None:
+                    on_layer()
+        state.num_samples += int(y_ref.shape[0])
+        state.batches += 1
+
+    # ---- results ---------------------------------------------------------------------------
+    def layer_info(self, state: SweepState) -> list[LayerInfo]:
+        infos = []
+        for i in self.layer_ids:
+            l = self.runner.layers[i]
+            ir, orr = state.in_range.get(i), state.out_range.get(i)
+            infos.append(
+                LayerInfo(
+                    index=l.index,
+                    name=l.name,
+                    op=l.op,
+                    params=l.params,
+                    kind=l.kind,
+                    activation=l.act,
+                    weight=weight_stats(self.runner.float_weight(i)),
+                    input_range=(ir.min, ir.max) if ir is not None and not ir.empty else None,
+                    output_range=(orr.min, orr.max) if orr is not None and not orr.empty else None,
+                )
+            )
+        return infos
+
+    def result(self, state: SweepState, elapsed_s: float = float("nan"), model_name: str = "", extra: Optional[dict] = None) -> SweepResult:
+        baseline = state.baseline.compute()
+        cells = []
+        for i in self.layer_ids:
+            l = self.runner.layers[i]
+            std = state.channels[i].std()
+            for b in self.config.w_bits:
+                acc = state.cells[(i, b)]
+                m = acc.metric.compute()
+                deg = (baseline - m) if self.higher_is_better else (m - baseline)
+                cells.append(
+                    Cell(
+                        layer=l.name,
+                        w_bits=b,
+                        a_bits=self.config.a_bits,
+                        noise=acc.noise_mean,
+                        sqnr_db=acc.sqnr_db,
+                        metric=m,
+                        degradation=deg,
+                        mean_shift=acc.mean_shift(std),
+                        w_clip=self.qweights[(i, b)].clip,
+                    )
+                )
+        return SweepResult(
+            metric_name=self.metric_name,
+            higher_is_better=self.higher_is_better,
+            baseline=baseline,
+            num_samples=state.num_samples,
+            layers=tuple(self.layer_info(state)),
+            cells=tuple(cells),
+            config=self.config.to_dict(),
+            model=model_name,
+            engine=self.engine,
+            elapsed_s=elapsed_s,
+            extra=extra or {},
+        )
+
+
+def _device(device: Union[str, torch.device]) -> torch.device:
+    d = torch.device(device)
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise QuantlensError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    return d
+
+
+def make_config(
+    w_bits: Iterable[int] = range(3, 9),
+    a_bits: Optional[int] = 8,
+    granularity: Union[str, Granularity] = "per-tensor",
+    weight_estimator: str = "minmax",
+    act_estimator: str = "minmax",
+    symmetric_weights: bool = True,
+) -> SweepConfig:
+    """A :class:`SweepConfig` from the plain options of :func:`analyze`."""
+    g = parse_granularity(granularity) if isinstance(granularity, str) else granularity
+    try:
+        bits = tuple(int(b) if not isinstance(b, bool) else b for b in w_bits)  # type: ignore[misc]
+    except (TypeError, ValueError):
+        raise QuantlensError(f"w_bits must be integers, got {w_bits!r}") from None
+    return SweepConfig(
+        w_bits=bits,
+        a_bits=a_bits,
+        weight=QuantSpec(bits=8, symmetric=symmetric_weights, granularity=g, estimator=weight_estimator),
+        act=QuantSpec(bits=8, symmetric=False, granularity=PerTensor(), estimator=act_estimator),
+    )
+
+
+def analyze(
+    model: nn.Module,
+    data: Iterable[Any],
+    *,
+    w_bits: Iterable[int] = range(3, 9),
+    a_bits: Optional[int] = 8,
+    metric: MetricSpec = "top1",
+    calib: Optional[Iterable[Any]] = None,
+    granularity: Union[str, Granularity] = "per-tensor",
+    weight_estimator: str = "minmax",
+    act_estimator: str = "minmax",
+    config: Optional[SweepConfig] = None,
+    device: Union[str, torch.device] = "cpu",
+    output_key: Union[str, int, None] = None,
+    reference: Optional[nn.Module] = None,
+    layers: Optional[Sequence[str]] = None,
+    engine: str = "cone",
+    progress: bool = False,
+    model_name: str = "",
+) -> SweepResult:
+    """Quantize one layer at a time and measure what each does to the network's output.
+
+    Args:
+        model: any ``nn.Module``; never modified.
+        data: re-iterable ``(inputs, labels)`` batches (a DataLoader works); labels may be None
+            for label-free metrics.
+        w_bits: weight bit-widths to sweep. a_bits: activation bits, or None for float activations.
+        metric: a registered metric name, a callable ``fn(y_ref, y, labels) -> float``, or a Metric.
+        calib: calibration data for activation ranges (default: ``data``).
+        granularity: ``per-tensor``, ``per-channel`` or ``per-group-N`` for weights.
+        reference: the float model the noise and degradation are measured against (for a
+            fine-tuned model, section 4.3 of the paper); default: the model itself.
+        layers: restrict the sweep to these layer names.
+        engine: ``cone`` (default), ``naive`` (full forward per layer, for benchmarks) or ``hooks``.
+
+    Returns:
+        a :class:`SweepResult` with one cell per (layer, weight bits).
+    """
+    cfg = config or make_config(w_bits, a_bits, granularity, weight_estimator, act_estimator)
+    check_reiterable(data, "data")
+    if calib is not None:
+        check_reiterable(calib, "calibration data")
+    t0 = time.perf_counter()
+    with preserve_model(model):
+        sample = next(iter(iterate(data, "data")))
+        sweep = Sweep(model, sample, cfg, metric, device, output_key, reference, engine, layers)
+        sweep.calibrate(calib if calib is not None else data)
+        state = sweep.new_state()
+        nb = count_batches(data)
+        bar = make_progress(progress, None if nb is None else nb * len(sweep.layer_ids), "sweep")
+        try:
+            for batch in iterate(data, "data"):
+                sweep.process_batch(state, batch, on_layer=bar.advance)
+        finally:
+            bar.close()
+    return sweep.result(state, time.perf_counter() - t0, model_name or type(model).__name__)

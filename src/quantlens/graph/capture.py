@@ -1,0 +1,253 @@
+"""Model -> :class:`LayerGraph`: fx trace, BatchNorm folding, layer discovery.
+
+A *layer* is a ``Conv1d`` / ``Conv2d`` / ``Linear`` module call (depthwise and grouped
+included), with BatchNorm folded into it, plus the activation that is its only user
+(``ReLU``, ``ReLU6``, ``LeakyReLU``, ``Hardtanh``, ``SiLU``, ``GELU``, ``Hardswish``,
+``Sigmoid``, ``Tanh``; module, functional or method form). Layers are listed in topological
+order and named by their module's qualified name (``layer1.0.conv1``).
+
+The user's model is never modified: capture works on a deep copy in eval mode.
+In-place activations in the copy are made out-of-place, so that cached activations stay valid.
+
+Example:
+    >>> import torch.nn as nn
+    >>> g = capture(nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU()))
+    >>> [(l.name, l.act) for l in g.layers]
+    [('0', 'ReLU')]
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+
+from ..errors import QuantlensError
+
+__all__ = ["Layer", "LayerGraph", "capture", "LAYER_TYPES", "activation_name"]
+
+LAYER_TYPES: tuple[type, ...] = (nn.Conv1d, nn.Conv2d, nn.Linear)
+_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+_ACT_MODULES: dict[type, str] = {
+    nn.ReLU: "ReLU",
+    nn.ReLU6: "ReLU6",
+    nn.LeakyReLU: "LeakyReLU",
+    nn.Hardtanh: "Hardtanh",
+    nn.SiLU: "SiLU",
+    nn.GELU: "GELU",
+    nn.Hardswish: "Hardswish",
+    nn.Sigmoid: "Sigmoid",
+    nn.Tanh: "Tanh",
+}
+_ACT_FUNCTIONS: dict[Any, str] = {
+    F.relu: "ReLU",
+    torch.relu: "ReLU",
+    F.relu6: "ReLU6",
+    F.leaky_relu: "LeakyReLU",
+    F.hardtanh: "Hardtanh",
+    F.silu: "SiLU",
+    F.gelu: "GELU",
+    F.hardswish: "Hardswish",
+    torch.sigmoid: "Sigmoid",
+    F.sigmoid: "Sigmoid",
+    torch.tanh: "Tanh",
+    F.tanh: "Tanh",
+}
+_ACT_METHODS: dict[str, str] = {
+    "relu": "ReLU",
+    "relu_": "ReLU",
+    "sigmoid": "Sigmoid",
+    "sigmoid_": "Sigmoid",
+    "tanh": "Tanh",
+    "tanh_": "Tanh",
+}
+_INPLACE_FUNCTIONS = {torch.relu_: torch.relu, torch.sigmoid_: torch.sigmoid, torch.tanh_: torch.tanh}
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One quantizable layer of a :class:`LayerGraph`.
+
+    Attributes:
+        index: position in topological order.
+        name: the module's qualified name.
+        op: ``Conv1d``, ``Conv2d`` or ``Linear``.
+        kind: ``conv``, ``depthwise``, ``grouped`` or ``linear``.
+        node: the fx node of the module call.
+        act_node: the fx node of the fused activation, if any.
+        act: the activation's name, if any.
+        params: number of weight elements.
+    """
+
+    index: int
+    name: str
+    op: str
+    kind: str
+    node: str
+    act_node: Optional[str]
+    act: Optional[str]
+    params: int
+
+    @property
+    def output_node(self) -> str:
+        """The node whose value is the layer's output (after its activation)."""
+        return self.act_node or self.node
+
+
+def activation_name(gm: fx.GraphModule, node: fx.Node) -> Optional[str]:
+    """The activation's name if ``node`` is a supported activation, else ``None``."""
+    if node.op == "call_module":
+        return _ACT_MODULES.get(type(gm.get_submodule(str(node.target))))
+    if node.op == "call_function":
+        return _ACT_FUNCTIONS.get(node.target)
+    if node.op == "call_method":
+        return _ACT_METHODS.get(str(node.target))
+    return None
+
+
+def _layer_kind(m: nn.Module) -> str:
+    if isinstance(m, nn.Linear):
+        return "linear"
+    assert isinstance(m, (nn.Conv1d, nn.Conv2d))
+    if m.groups == 1:
+        return "conv"
+    if m.groups == m.in_channels:
+        return "depthwise"
+    return "grouped"
+
+
+@dataclass
+class LayerGraph:
+    """A traced, BN-folded copy of a model and its layers in topological order.
+
+    ``gm`` is an fx GraphModule in eval mode whose weights are the folded float weights.
+    """
+
+    gm: fx.GraphModule
+    layers: list[Layer]
+
+    def module(self, layer: Layer) -> nn.Module:
+        return self.gm.get_submodule(layer.name)
+
+    def layer(self, name: str) -> Layer:
+        for l in self.layers:
+            if l.name == name:
+                return l
+        raise QuantlensError(f"no layer named {name!r}; layers are: {', '.join(l.name for l in self.layers)}")
+
+    def nodes(self) -> dict[str, fx.Node]:
+        return {n.name: n for n in self.gm.graph.nodes}
+
+
+def _fold_batchnorm(gm: fx.GraphModule) -> None:
+    """Fold each BatchNorm that is the only user of a conv/linear into that conv/linear."""
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), _BN_TYPES):
+            continue
+        src = node.args[0]
+        if not isinstance(src, fx.Node) or src.op != "call_module" or len(src.users) != 1:
+            continue
+        layer = gm.get_submodule(src.target)
+        bn = gm.get_submodule(node.target)
+        if not bn.track_running_stats or bn.running_mean is None:
+            continue
+        if isinstance(layer, (nn.Conv1d, nn.Conv2d)) and not (
+            isinstance(layer, nn.Conv1d) ^ isinstance(bn, nn.BatchNorm1d)
+        ):
+            fused = fuse_conv_bn_eval(layer, bn)
+        elif isinstance(layer, nn.Linear) and isinstance(bn, nn.BatchNorm1d):
+            fused = fuse_linear_bn_eval(layer, bn)
+        else:
+            continue
+        _set_submodule(gm, src.target, fused)
+        node.replace_all_uses_with(src)
+        gm.graph.erase_node(node)
+    gm.graph.eliminate_dead_code()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+
+
+def _set_submodule(root: nn.Module, target: str, module: nn.Module) -> None:
+    parent_name, _, child = target.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, module)
+
+
+def _make_out_of_place(gm: fx.GraphModule) -> None:
+    """In-place ops would overwrite cached activations: make activations out-of-place."""
+    for m in gm.modules():
+        if hasattr(m, "inplace") and isinstance(getattr(m, "inplace"), bool):
+            m.inplace = False
+    for node in gm.graph.nodes:
+        if node.op == "call_function":
+            if node.kwargs.get("inplace") is True:
+                node.kwargs = {**node.kwargs, "inplace": False}
+            if node.target in _INPLACE_FUNCTIONS:
+                node.target = _INPLACE_FUNCTIONS[node.target]
+            if node.target in (operator.iadd, operator.imul, operator.isub):
+                node.target = {operator.iadd: operator.add, operator.imul: operator.mul, operator.isub: operator.sub}[
+                    node.target
+                ]
+        elif node.op == "call_method" and str(node.target).endswith("_") and not str(node.target).startswith("_"):
+            plain = str(node.target)[:-1]
+            if plain in ("relu", "sigmoid", "tanh", "add", "mul", "sub", "clamp", "div"):
+                node.target = plain
+    gm.recompile()
+
+
+def _discover(gm: fx.GraphModule) -> list[Layer]:
+    layers: list[Layer] = []
+    for node in gm.graph.nodes:
+        if node.op != "call_module":
+            continue
+        m = gm.get_submodule(node.target)
+        if not isinstance(m, LAYER_TYPES):
+            continue
+        act_node, act = None, None
+        if len(node.users) == 1:
+            user = next(iter(node.users))
+            act = activation_name(gm, user)
+            act_node = user.name if act else None
+        layers.append(
+            Layer(
+                index=len(layers),
+                name=str(node.target),
+                op=type(m).__name__,
+                kind=_layer_kind(m),
+                node=node.name,
+                act_node=act_node,
+                act=act,
+                params=int(m.weight.numel()),
+            )
+        )
+    return layers
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    """Symbolically trace a deep, eval-mode copy of ``model`` (raises the tracer's error)."""
+    m = copy.deepcopy(model).eval()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    return fx.symbolic_trace(m)
+
+
+def capture(model: nn.Module) -> LayerGraph:
+    """Trace ``model`` (a copy), fold BatchNorm, and list its layers in topological order."""
+    if not isinstance(model, nn.Module):
+        raise QuantlensError(f"the model must be a torch.nn.Module, got {type(model).__name__}")
+    gm = trace(model)
+    _make_out_of_place(gm)
+    _fold_batchnorm(gm)
+    layers = _discover(gm)
+    if not layers:
+        raise QuantlensError(
+            "the model has no quantizable layer: quantlens analyses Conv1d, Conv2d and Linear modules"
+        )
+    return LayerGraph(gm, layers)

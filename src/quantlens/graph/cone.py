@@ -1,0 +1,174 @@
+"""Downstream cones and the compiled modules that recompute only them.
+
+For layer ``i`` the *cone* is every node that depends on ``i``'s module call. A node
+outside the cone has the same value in the float network and in the network where only
+layer ``i`` is quantized, so it is read from the activation cache of the float pass; only
+the cone is recomputed. Each cone is its own compiled ``GraphModule`` whose inputs are the
+cached values it reads (the *frontier*) and whose outputs are the network's output and the
+quantized layer's output::
+
+    x_in --ActQuantizer--> QuantLayer(weight = Q_w(W)) --activation--> ActQuantizer --> ... --> y_i
+
+The input quantizer sits on the edge into layer ``i`` only: other consumers of the same
+tensor still see float values.
+
+Example:
+    >>> import torch, torch.nn as nn
+    >>> from quantlens.graph.capture import capture
+    >>> g = capture(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)))
+    >>> cone = build_cone(g, g.layers[1])
+    >>> cone.frontier
+    ['_0_relu'] 
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Optional
+
+import torch
+from torch import Tensor, fx, nn
+import torch.nn.functional as F
+
+from ..quant.quantizer import ActQuantizer
+from .capture import Layer, LayerGraph
+
+__all__ = ["QuantLayer", "Cone", "cone_nodes", "build_cone", "build_cache_module", "frontier_of", "input_node"]
+
+
+class QuantLayer(nn.Module):
+    """A Conv1d/Conv2d/Linear that computes with a replaceable (fake-quantized) weight.
+
+    ``forward(x) = op(x, qweight, bias)``; ``qweight`` defaults to the float weight.
+    """
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+        self.register_buffer("qweight", layer.weight.detach().clone(), persistent=False)
+
+    def set_weight(self, w: Tensor) -> None:
+        self.qweight = w
+
+    def forward(self, x: Tensor) -> Tensor:
+        if isinstance(self.layer, nn.Linear):
+            return F.linear(x, self.qweight, self.layer.bias)
+        return self.layer._conv_forward(x, self.qweight, self.layer.bias)  # type: ignore[operator]
+
+
+def input_node(graph: LayerGraph, layer: Layer) -> str:
+    """Name of the node whose value enters ``layer``."""
+    node = graph.nodes()[layer.node]
+    arg = node.args[0]
+    assert isinstance(arg, fx.Node)
+    return arg.name
+
+
+def cone_nodes(graph: LayerGraph, layer: Layer) -> list[fx.Node]:
+    """Nodes downstream of (and including) the layer's module call, in topological order."""
+    nodes = graph.nodes()
+    seen = {layer.node}
+    stack = [nodes[layer.node]]
+    while stack:
+        n = stack.pop()
+        for u in n.users:
+            if u.op != "output" and u.name not in seen:
+                seen.add(u.name)
+                stack.append(u)
+    return [n for n in graph.gm.graph.nodes if n.name in seen]
+
+
+def _output_node(gm: fx.GraphModule) -> fx.Node:
+    return next(n for n in reversed(gm.graph.nodes) if n.op == "output")
+
+
+def frontier_of(graph: LayerGraph, inside: Iterable[fx.Node]) -> list[str]:
+    """Nodes outside ``inside`` that ``inside`` or the network output reads (get_attr excluded)."""
+    inside_names = {n.name for n in inside}
+    out: list[str] = []
+    consumers = list(inside) + [_output_node(graph.gm)]
+    for n in consumers:
+        for a in n.all_input_nodes:
+            if a.name not in inside_names and a.op != "get_attr" and a.name not in out:
+                out.append(a.name)
+    order = {n.name: i for i, n in enumerate(graph.gm.graph.nodes)}
+    return sorted(out, key=order.__getitem__)
+
+
+@dataclass
+class Cone:
+    """A compiled module that recomputes one layer's cone with that layer quantized.
+
+    ``gm(*[cache[name] for name in frontier]) -> (network_output, quantized_layer_output)``.
+    """
+
+    layer: Layer
+    gm: fx.GraphModule
+    frontier: list[str]
+    qlayer: QuantLayer
+    in_q: ActQuantizer
+    out_q: ActQuantizer
+    size: int = 0
+
+    def __call__(self, cache: dict[str, Any]) -> tuple[Any, Tensor]:
+        return self.gm(*[cache[n] for n in self.frontier])
+
+
+def build_cone(graph: LayerGraph, layer: Layer, full: bool = False) -> Cone:
+    """Compile the cone of ``layer`` (or, with ``full=True``, the whole network: the naive way)."""
+    gm = graph.gm
+    if full:
+        inside = [n for n in gm.graph.nodes if n.op not in ("placeholder", "output")]
+    else:
+        inside = cone_nodes(graph, layer)
+    frontier = frontier_of(graph, inside)
+    qlayer = QuantLayer(gm.get_submodule(layer.name))
+    in_q, out_q = ActQuantizer(), ActQuantizer()
+    modules: dict[str, Any] = {"ql_layer": qlayer, "ql_in_q": in_q, "ql_out_q": out_q}
+
+    g = fx.Graph()
+    env: dict[str, fx.Node] = {}
+    for name in frontier:
+        env[name] = g.placeholder(name)
+    for n in gm.graph.nodes:
+        if n.op == "get_attr" and any(u in inside for u in n.users):
+            env[n.name] = g.node_copy(n, lambda a: env[a.name])
+            modules[str(n.target)] = _fetch_attr(gm, str(n.target))
+    for n in inside:
+        if n.name == layer.node:
+            src = env[n.args[0].name]  # type: ignore[union-attr]
+            qin = g.call_module("ql_in_q", (src,))
+            new = g.call_module("ql_layer", (qin,))
+        else:
+            new = g.node_copy(n, lambda a: env[a.name])
+            if n.op == "call_module":
+                modules[str(n.target)] = gm.get_submodule(str(n.target))
+        env[n.name] = new
+        if n.name == layer.output_node:
+            env[n.name] = g.call_module("ql_out_q", (new,))
+    out = _output_node(gm)
+    y = fx.node.map_arg(out.args[0], lambda a: env[a.name])
+    g.output((y, env[layer.output_node]))
+    cone_gm = fx.GraphModule(modules, g, class_name=f"Cone_{layer.index}")
+    return Cone(layer, cone_gm, frontier, qlayer, in_q, out_q, size=len(inside))
+
+
+def _fetch_attr(gm: fx.GraphModule, target: str) -> Any:
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def build_cache_module(graph: LayerGraph, keep: Iterable[str]) -> tuple[fx.GraphModule, list[str]]:
+    """A copy of the network that returns ``(output, (value of each kept node, ...))``."""
+    keep_list = list(dict.fromkeys(keep))
+    g = fx.Graph()
+    env: dict[str, fx.Node] = {}
+    for n in graph.gm.graph.nodes:
+        if n.op == "output":
+            y = fx.node.map_arg(n.args[0], lambda a: env[a.name])
+            g.output((y, tuple(env[k] for k in keep_list)))
+        else:
+            env[n.name] = g.node_copy(n, lambda a: env[a.name])
+    return fx.GraphModule(graph.gm, g, class_name="FloatCache"), keep_list

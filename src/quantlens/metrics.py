@@ -1,0 +1,221 @@
+"""Streaming task metrics: accumulators with ``update`` / ``merge`` / ``compute``.
+
+A metric scores a network output ``y`` (the quantized one) against the float output
+``y_ref`` and, where it needs them, the labels. Every metric keeps only sums, so shards
+computed anywhere merge into the result of one serial run.
+
+=============  ======================================================  ================
+name           per-sample score, averaged over samples                 better
+=============  ======================================================  ================
+``top1``       ``argmax y == label``                                   higher
+``top5``       ``label in top-5 of y``                                 higher
+``agreement``  ``argmax y == argmax y_ref`` (label-free)               higher
+``kl``         ``KL(softmax y_ref || softmax y)``                      lower
+``mse``        ``mean_j (y_j - y_ref_j)^2``                            lower
+``cosine``     ``<y, y_ref> / (|y| |y_ref|)``                          higher
+callable       ``fn(y_ref, y, labels) -> float`` per batch, weighted by batch size
+=============  ======================================================  ================
+
+The degradation of a quantized network is ``H(y_ref) - H(y)`` for higher-is-better metrics
+and ``H(y) - H(y_ref)`` otherwise, so that a positive degradation is always worse.
+
+Example:
+    >>> import torch
+    >>> m = make_metric("top1")
+    >>> m.update(torch.eye(3), torch.eye(3), torch.tensor([0, 1, 0]))
+    >>> round(m.compute(), 4)
+    0.6667
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Protocol, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .errors import QuantlensError
+
+__all__ = [
+    "Metric",
+    "SumMetric",
+    "register_metric",
+    "metrics",
+    "make_metric",
+    "MetricFactory",
+    "CallableMetric",
+]
+
+
+class Metric(Protocol):
+    name: str
+    higher_is_better: bool
+    needs_labels: bool
+
+    def update(self, y_ref: Tensor, y: Tensor, labels: Optional[Tensor]) -> None: ...
+
+    def merge(self, other: "Metric") -> "Metric": ...
+
+    def compute(self) -> float: ...
+
+    def state(self) -> dict: ...
+
+    def load_state(self, state: dict) -> None: ...
+
+
+class SumMetric:
+    """A metric that is the mean of a per-sample score: keeps ``sum`` (float64) and ``count``."""
+
+    name = "sum"
+    higher_is_better = True
+    needs_labels = False
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.count = 0
+
+    def scores(self, y_ref: Tensor, y: Tensor, labels: Optional[Tensor]) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def update(self, y_ref: Tensor, y: Tensor, labels: Optional[Tensor]) -> None:
+        if self.needs_labels and labels is None:
+            raise QuantlensError(
+                f"metric {self.name!r} needs labels but the data has none: use a label-free metric "
+                "(agreement, kl, mse, cosine)"
+            )
+        s = self.scores(y_ref.detach().float(), y.detach().float(), labels)
+        self.total += float(s.double().sum())
+        self.count += int(s.numel())
+
+    def merge(self, other: "Metric") -> "SumMetric":
+        assert isinstance(other, SumMetric)
+        out = copy.copy(self)
+        out.total = self.total + other.total
+        out.count = self.count + other.count
+        return out
+
+    def compute(self) -> float:
+        return self.total / self.count if self.count else float("nan")
+
+    def state(self) -> dict:
+        return {"total": self.total, "count": self.count}
+
+    def load_state(self, state: dict) -> None:
+        self.total = float(state["total"])
+        self.count = int(state["count"])
+
+
+_REGISTRY: dict[str, Callable[[], Metric]] = {}
+
+
+def register_metric(name: str) -> Callable[[type], type]:
+    """Class decorator: register a metric class under ``name``."""
+
+    def deco(cls: type) -> type:
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def metrics() -> list[str]:
+    """Names of the registered metrics."""
+    return sorted(_REGISTRY)
+
+
+def _flat(y: Tensor) -> Tensor:
+    return y.reshape(y.shape[0], -1)
+
+
+def _labels(labels: Optional[Tensor], y: Tensor) -> Tensor:
+    assert labels is not None
+    lab = labels.to(y.device).long().reshape(-1)
+    if lab.numel() != y.shape[0]:
+        raise QuantlensError(f"labels have {lab.numel()} entries for a batch of {y.shape[0]} outputs")
+    return lab
+
+
+@register_metric("top1")
+class Top1(SumMetric):
+    needs_labels = True
+
+    def scores(self, y_ref: Tensor, y: Tensor, labels: Optional[Tensor]) -> Tensor:
+        return (_flat(y).argmax(1) == _labels(labels, y)).double()
+
+
+@register_metric("top5")
+class Top5(SumMetric):
+    needs_labels = True
+
+    def scores(self, y_ref: Tensor, y: Tensor, labels: Optional[Tensor]) -> Tensor:
+        f = _flat(y)
+        k = min(5, f.shape[1])
+        top = f.topk(k, dim=1).indices
+        return (top == _labels(labels, y).unsqueeze(1)).any(1).double()
+
+
+@register_metric("agreement")
+class Agreement(SumMetric):
+    def scores(self, y_ref: Tensor, y: Tensor, labels: Optional[Tensor]) -> Tensor:
+        return (_flat(y).argmax(1) == _flat(y_ref).argmax(1)).double()
+
+
+@register_metric("kl")
+class KL(SumMetric):
+    higher_is_better = False
+
+    def scores(self, y_ref: Tensor, y: Tensor, labels: Optional[Tensor]) -> Tensor:
+        lp_ref = F.log_softmax(_flat(y_ref).double(), dim=1)
+        lp = F.log_softmax(_flat(y).double(), dim=1)
+        return (lp_ref.exp() * (lp_ref - lp)).sum(1)
+
+
+@register_metric("mse")
+class MSE(SumMetric):
+    higher_is_better = False
+
+    def scores(self, y_ref: Tensor, y: Tensor, labels: Optional[Tensor]) -> Tensor:
+        return ((_flat(y).double() - _flat(y_ref).double()) ** 2).mean(1)
+
+
+@register_metric("cosine")
+class Cosine(SumMetric):
+    def scores(self, y_ref: Tensor, y: Tensor, labels: Optional[Tensor]) -> Tensor:
+        return F.cosine_similarity(_flat(y).double(), _flat(y_ref).double(), dim=1, eps=1e-12)
+
+
+class CallableMetric(SumMetric):
+    """A user function ``fn(y_ref, y, labels) -> float`` scored per batch, weighted by batch size."""
+
+    def __init__(self, fn: Callable[..., Any], higher_is_better: bool = True, name: Optional[str] = None) -> None:
+        super().__init__()
+        self.fn = fn
+        self.higher_is_better = higher_is_better
+        self.name = name or getattr(fn, "__name__", "custom")
+
+    def update(self, y_ref: Tensor, y: Tensor, labels: Optional[Tensor]) -> None:
+        v = self.fn(y_ref, y, labels)
+        v = float(v.item() if isinstance(v, Tensor) else v)
+        n = int(y.shape[0])
+        self.total += v * n
+        self.count += n
+
+
+MetricFactory = Callable[[], Metric]
+
+
+def make_metric(spec: Union[str, Callable[..., Any], Metric]) -> Metric:
+    """A fresh accumulator from a registered name, a user callable, or a metric to copy."""
+    if isinstance(spec, str):
+        if spec not in _REGISTRY:
+            raise QuantlensError(f"unknown metric {spec!r}: choose one of {', '.join(metrics())} or pass a callable")
+        return _REGISTRY[spec]()
+    if hasattr(spec, "update") and hasattr(spec, "compute") and hasattr(spec, "merge"):
+        return copy.deepcopy(spec)  # type: ignore[return-value]
+    if callable(spec):
+        return CallableMetric(spec)
+    raise QuantlensError(f"metric must be a name, a callable or a Metric, got {type(spec).__name__}")

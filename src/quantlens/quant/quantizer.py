@@ -1,0 +1,128 @@
+"""Quantizers built from a :class:`~quantlens.config.QuantSpec`.
+
+* :func:`quantize_weight`: fake-quantize a weight tensor (output channels on axis 0) with
+  the spec's granularity and range estimator.
+* :class:`ActQuantizer`: a module that fake-quantizes activations with fixed parameters
+  (computed once from calibration statistics), or passes them through when disabled.
+
+Example:
+    >>> import torch
+    >>> from quantlens.config import QuantSpec, PerChannel
+    >>> w = torch.randn(4, 3, 3, 3)
+    >>> wq = quantize_weight(w, QuantSpec(bits=4, granularity=PerChannel())).weight
+    >>> bool((wq[0] / (w[0].abs().max() / 7)).round().abs().max() <= 8)
+    True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..config import PerChannel, PerGroup, PerTensor, QuantSpec
+from .observers import HistogramObserver, MinMaxObserver
+from .primitives import fake_quantize, qparams_from_range
+from .ranges import estimate_activation, estimate_weight_rows
+
+__all__ = ["QuantizedWeight", "quantize_weight", "weight_rows", "ActQuantizer", "make_observer"]
+
+
+@dataclass(frozen=True)
+class QuantizedWeight:
+    """A fake-quantized weight and the parameters that made it.
+
+    ``lo``/``hi`` are per-scale ranges (one per row of :func:`weight_rows`);
+    ``clip`` is ``max(|lo|, |hi|)`` over all scales, for reports.
+    """
+
+    weight: Tensor
+    scale: Tensor
+    zero_point: Tensor
+    lo: Tensor
+    hi: Tensor
+
+    @property
+    def clip(self) -> float:
+        return float(torch.maximum(self.lo.abs(), self.hi.abs()).max())
+
+
+def _group_size(w: Tensor, spec: QuantSpec) -> Optional[int]:
+    g = spec.granularity
+    if not isinstance(g, PerGroup) or w.dim() < 2:
+        return None
+    cin = w.shape[1]
+    return g.group_size if cin % g.group_size == 0 else cin
+
+
+def weight_rows(w: Tensor, spec: QuantSpec) -> Tensor:
+    """``w`` viewed as ``[scales, values per scale]`` for the spec's granularity."""
+    if isinstance(spec.granularity, PerTensor) or w.dim() < 1:
+        return w.reshape(1, -1)
+    if isinstance(spec.granularity, PerChannel):
+        return w.reshape(w.shape[0], -1)
+    gs = _group_size(w, spec)
+    if gs is None:
+        return w.reshape(w.shape[0], -1)
+    # [O, I, *k] -> [O, I/gs, gs, *k] -> rows of (o, group)
+    o, i = w.shape[0], w.shape[1]
+    return w.reshape(o, i // gs, gs, -1).reshape(o * (i // gs), -1)
+
+
+def quantize_weight(w: Tensor, spec: QuantSpec) -> QuantizedWeight:
+    """Fake-quantize ``w`` (float) under ``spec``; returns the weight and its parameters."""
+    w = w.detach()
+    rows = weight_rows(w, spec)
+    lo, hi = estimate_weight_rows(rows, spec)
+    scale, zp = qparams_from_range(lo, hi, spec.qmin, spec.qmax, spec.symmetric)
+    if isinstance(spec.granularity, PerTensor):
+        wq = fake_quantize(w, scale[0], zp[0], spec.qmin, spec.qmax)
+    else:
+        # one scale per row: quantize the row view along axis 0, then restore the shape
+        q_rows = fake_quantize(rows.reshape(rows.shape[0], -1), scale, zp, spec.qmin, spec.qmax, axis=0)
+        wq = q_rows.reshape(w.shape)
+    return QuantizedWeight(wq, scale, zp, lo, hi)
+
+
+def make_observer(spec: Optional[QuantSpec]) -> MinMaxObserver | HistogramObserver:
+    """The cheapest observer whose statistics the spec's estimator can use."""
+    if spec is None or spec.estimator == "minmax":
+        return MinMaxObserver()
+    return HistogramObserver()
+
+
+class ActQuantizer(nn.Module):
+    """Fake-quantizes activations with fixed per-tensor parameters; identity when disabled.
+
+    ``forward(x) = (clamp(round(x / s) + z, qmin, qmax) - z) * s``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enabled = False
+        self.qmin = 0
+        self.qmax = 255
+        self.register_buffer("scale", torch.ones(()), persistent=False)
+        self.register_buffer("zero_point", torch.zeros((), dtype=torch.int32), persistent=False)
+
+    @classmethod
+    def from_spec(cls, spec: Optional[QuantSpec], obs: Optional[MinMaxObserver | HistogramObserver]) -> "ActQuantizer":
+        q = cls()
+        if spec is not None and obs is not None:
+            q.set(spec, obs)
+        return q
+
+    def set(self, spec: QuantSpec, obs: MinMaxObserver | HistogramObserver) -> None:
+        lo, hi = estimate_activation(obs, spec)
+        scale, zp = qparams_from_range(torch.tensor(lo), torch.tensor(hi), spec.qmin, spec.qmax, spec.symmetric)
+        self.scale = scale.to(self.scale.device)
+        self.zero_point = zp.to(self.zero_point.device)
+        self.qmin, self.qmax = spec.qmin, spec.qmax
+        self.enabled = True
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.enabled:
+            return x
+        return fake_quantize(x, self.scale, self.zero_point, self.qmin, self.qmax)
