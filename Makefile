@@ -1,0 +1,33 @@
+# Two commands do all the set-up on a fresh machine (Python 3.10+):
+#   make demo   -- create .venv, install quantlens, run the embedded demo
+#   make test   -- create .venv, install quantlens with test dependencies, run the tests
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+# constraints.txt pins the local CPU wheel of torch on our machines; users bring their own torch.
+PIPFLAGS := -q --disable-pip-version-check -c constraints.txt
+
+.PHONY: demo test venv install install-dev bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
+	$(PIP) install $(PIPFLAGS) -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/quantlens demo --out quantlens-demo
+
+test: install
+	$(BIN)/python -m pytest tests
+
+bench: install
+	$(PIP) install $(PIPFLAGS) -e '.[dev,bench]'
+	$(BIN)/python -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) quantlens-demo .pytest_cache

@@ -1,0 +1,60 @@
+"""The ``quantlens`` command line: a thin layer over the public API.
+
+Each sub-command lives in its own module of this package with a ``register(subparsers)``
+function; :data:`COMMANDS` lists them in the order ``--help`` shows. Errors a user causes
+(:class:`~quantlens.errors.QuantlensError`) print as one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import warnings
+from typing import Optional, Sequence
+
+from ..errors import QuantlensError
+
+__all__ = ["main", "COMMANDS"]
+
+COMMANDS = ["analyze", "demo", "info"]
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
+    return f"quantlens: warning: {message}\n"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="quantlens",
+        description="Layer-wise quantization analysis: which layers hurt, why, and what to do about it.",
+    )
+    parser.add_argument("--version", action="version", version=f"quantlens {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"{__name__}.{name}").register(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    warnings.formatwarning = _format_warning  # type: ignore[assignment]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        rc = args.func(args)
+    except QuantlensError as e:
+        print(f"quantlens: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("quantlens: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

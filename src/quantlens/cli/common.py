@@ -1,0 +1,130 @@
+"""Options and output shared by the sub-commands."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Optional
+
+from rich.console import Console
+from rich.table import Table
+
+from ..analysis.results import SweepResult
+from ..config import check_bits
+from ..errors import QuantlensError
+
+__all__ = [
+    "add_model_args",
+    "add_quant_args",
+    "parse_bits_list",
+    "parse_a_bits",
+    "prepare_out_dir",
+    "print_summary",
+    "console",
+]
+
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
+
+
+def parse_bits_list(text: str) -> tuple[int, ...]:
+    """``3,4,5`` or ``3-8`` -> a tuple of bit-widths, each checked to be in 2..16."""
+    out: list[int] = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            if "-" in part[1:]:
+                a, b = part.split("-", 1)
+                out += list(range(int(a), int(b) + 1))
+            else:
+                out.append(int(part))
+        except ValueError:
+            raise QuantlensError(f"--w-bits {text!r}: expected integers like 3,4,5,6,7,8 or 3-8") from None
+    if not out:
+        raise QuantlensError("--w-bits is empty: give bit-widths like 3,4,5,6,7,8")
+    for b in out:
+        check_bits(b, "weight bits")
+    return tuple(dict.fromkeys(out))
+
+
+def parse_a_bits(text: str) -> Optional[int]:
+    if str(text).strip().lower() in ("none", "float", "fp32", "off"):
+        return None
+    try:
+        b = int(text)
+    except ValueError:
+        raise QuantlensError(f"--a-bits {text!r}: expected an integer in 2..16 or 'none'") from None
+    return check_bits(b, "activation bits")
+
+
+def add_model_args(p: argparse.ArgumentParser, data: bool = True) -> None:
+    p.add_argument("--model", required=True, metavar="MOD:FN", help="function returning the nn.Module (MOD: module or .py path)")
+    if data:
+        p.add_argument("--data", required=True, metavar="MOD:FN", help="function returning an iterable of (inputs, labels) batches")
+        p.add_argument("--calib", metavar="MOD:FN", help="calibration batches for activation ranges (default: --data)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--output-key", default=None, help="key/attribute/index of the output tensor when the model returns a tuple/dict")
+
+
+def add_quant_args(p: argparse.ArgumentParser, w_bits_default: str = "3,4,5,6,7,8") -> None:
+    from ..metrics import metrics
+    from ..quant.ranges import estimators
+
+    p.add_argument("--metric", default="top1", help=f"task metric: {', '.join(metrics())} (default: top1)")
+    p.add_argument("--w-bits", default=w_bits_default, help=f"weight bit-widths (default: {w_bits_default})")
+    p.add_argument("--a-bits", default="8", help="activation bits, or 'none' for float activations (default: 8)")
+    p.add_argument("--granularity", default="per-tensor", help="weights: per-tensor, per-channel or per-group-N")
+    p.add_argument("--weight-estimator", default="minmax", help=f"weight range: {', '.join(estimators())}")
+    p.add_argument("--act-estimator", default="minmax", help="activation range: minmax, percentile, mse")
+
+
+def prepare_out_dir(path: str) -> Path:
+    """Create ``path`` as a directory; one clear error if that is impossible."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise QuantlensError(f"--out {path}: exists and is not a directory; choose another path")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise QuantlensError(f"--out {path}: cannot create it ({e.strerror})") from None
+    return p
+
+
+def _fmt(x: float, pct: bool) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{100 * x:+.2f}%" if pct else f"{x:+.4g}"
+
+
+def print_summary(result: SweepResult, k: int = 5, rank_bits: Optional[int] = None) -> None:
+    """Baseline, then the ``k`` worst layers ranked at ``rank_bits`` with every bit-width's degradation."""
+    bits = result.w_bits
+    rb = rank_bits if rank_bits in bits else (4 if 4 in bits else min(bits))
+    pct = result.metric_name in ("top1", "top5", "agreement")
+    base = f"{100 * result.baseline:.2f}%" if pct else f"{result.baseline:.6g}"
+    console.print(
+        f"[bold]{result.model}[/bold]: {len(result.layers)} layers, {result.num_samples} samples, "
+        f"float {result.metric_name} = [bold]{base}[/bold] (engine: {result.engine})"
+    )
+    table = Table(title=f"worst layers at {rb}-bit weights" + (f", {result.cells[0].a_bits}-bit activations" if result.cells[0].a_bits else ", float activations"))
+    table.add_column("#", justify="right")
+    table.add_column("layer")
+    table.add_column("op")
+    table.add_column("params", justify="right")
+    for b in bits:
+        table.add_column(f"deg@{b}b", justify="right")
+    table.add_column(f"SQNR@{rb}b", justify="right")
+    table.add_column(f"share@{rb}b", justify="right")
+    info = {l.name: l for l in result.layers}
+    share = result.share(rb)
+    for rank, c in enumerate(result.worst(rb, k), 1):
+        l = info[c.layer]
+        op = l.op + ("/dw" if l.kind == "depthwise" else "")
+        row = [str(rank), c.layer, op, f"{l.params:,}"]
+        row += [_fmt(result.cell(c.layer, b).degradation, pct) for b in bits]
+        row += [f"{c.sqnr_db:.1f} dB", f"{100 * share[c.layer]:.0f}%"]
+        table.add_row(*row)
+    console.print(table)

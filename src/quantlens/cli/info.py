@@ -1,0 +1,25 @@
+"""``quantlens info``: what is registered (metrics, range estimators)."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import console
+
+__all__ = ["register", "run"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="list the registered metrics and range estimators")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import __version__
+    from ..metrics import metrics
+    from ..quant.ranges import estimators
+
+    console.print(f"quantlens {__version__}")
+    console.print(f"metrics:          {', '.join(metrics())}")
+    console.print(f"range estimators: {', '.join(estimators())}")
+    return 0
