@@ -1,0 +1,31 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _quantlens_cache(tmp_path_factory):
+    """Share one trained demo model across the test session, away from the user's cache."""
+    if "QUANTLENS_CACHE" not in os.environ:
+        os.environ["QUANTLENS_CACHE"] = str(tmp_path_factory.mktemp("qlcache"))
+    yield
+
+
+@pytest.fixture(scope="session")
+def demo_model():
+    from quantlens import demo
+
+    return demo.model()
+
+
+@pytest.fixture(scope="session")
+def demo_data():
+    from quantlens import demo
+
+    return demo.data()

@@ -1,0 +1,94 @@
+"""An independent oracle: the naive per-layer loop built from PyTorch's fake-quantize ops.
+
+For each layer and bit-width it edits a copy of the folded fx graph (fake-quantize nodes on
+the layer's input edge and after its activation, the weight replaced by
+``torch.fake_quantize_per_tensor_affine`` of it) and runs a full forward pass per batch.
+It shares nothing with quantlens's engine but the capture (whose BN folding is tested
+against the float model on its own).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import fx
+
+from quantlens.graph import capture
+
+
+def _node_values(gm: fx.GraphModule, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    vals: dict[str, torch.Tensor] = {}
+
+    class Grab(fx.Interpreter):
+        def run_node(self, n):
+            v = super().run_node(n)
+            vals[n.name] = v
+            return v
+
+    Grab(gm).run(x)
+    return vals
+
+
+def _act_qparams(lo: float, hi: float, bits: int) -> tuple[float, int]:
+    lo, hi = min(0.0, lo), max(0.0, hi)
+    qmax = 2**bits - 1
+    scale = torch.tensor((hi - lo) / qmax, dtype=torch.float32)  # float32, as the engine stores it
+    scale = float(scale) if float(scale) > 0 else 1.0
+    zp = int(min(max(round(-lo / scale), 0), qmax))
+    return scale, zp
+
+
+def naive_sweep(model, data, w_bits, a_bits=8, layer_names=None):
+    """{(layer, bits): (noise, sqnr_db, top1_agreement_with_float)} by full forward passes."""
+    g = capture(model)
+    gm = g.gm
+    layers = [l for l in g.layers if layer_names is None or l.name in layer_names]
+    # calibration ranges: min/max of each layer's input and output over the data
+    ranges: dict[str, list[float]] = {}
+    for x, _ in data:
+        vals = _node_values(gm, x)
+        for l in layers:
+            conv = next(n for n in gm.graph.nodes if n.name == l.node)
+            for key, name in (("in", conv.args[0].name), ("out", l.output_node)):
+                v = vals[name]
+                r = ranges.setdefault(f"{l.name}:{key}", [math.inf, -math.inf])
+                r[0], r[1] = min(r[0], float(v.min())), max(r[1], float(v.max()))
+    out = {}
+    for l in layers:
+        for b in w_bits:
+            q = copy.deepcopy(gm)
+            mod = q.get_submodule(l.name)
+            w = mod.weight.detach()
+            qmax = 2 ** (b - 1) - 1
+            s = float(w.abs().max()) / qmax
+            s = float(torch.tensor(s, dtype=torch.float32))
+            mod.weight.data = torch.fake_quantize_per_tensor_affine(w, s, 0, -qmax - 1, qmax)
+            if a_bits is not None:
+                nodes = {n.name: n for n in q.graph.nodes}
+                conv, o = nodes[l.node], nodes[l.output_node]
+                si, zi = _act_qparams(*ranges[f"{l.name}:in"], a_bits)
+                so, zo = _act_qparams(*ranges[f"{l.name}:out"], a_bits)
+                with q.graph.inserting_before(conv):
+                    qi = q.graph.call_function(
+                        torch.fake_quantize_per_tensor_affine, (conv.args[0], si, zi, 0, 2**a_bits - 1)
+                    )
+                conv.args = (qi,) + tuple(conv.args[1:])
+                with q.graph.inserting_after(o):
+                    qo = q.graph.call_function(torch.fake_quantize_per_tensor_affine, (o, so, zo, 0, 2**a_bits - 1))
+                o.replace_all_uses_with(qo)
+                qo.args = (o, so, zo, 0, 2**a_bits - 1)
+                q.recompile()
+            noise = signal = 0.0
+            agree = n = 0
+            for x, _ in data:
+                y = gm(x).double()
+                yq = q(x).double()
+                noise += float(((y - yq) ** 2).reshape(len(y), -1).sum())
+                signal += float((y**2).reshape(len(y), -1).sum())
+                agree += int((y.argmax(1) == yq.argmax(1)).sum())
+                n += len(y)
+            sqnr = 10 * math.log10(signal / noise) if noise > 0 else math.inf
+            out[(l.name, b)] = (noise / n, sqnr, agree / n)
+    return out
