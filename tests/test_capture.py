@@ -13,7 +13,7 @@ from quantlens.graph import build_cone, capture, cone_nodes
 
 
 def _rel(a, b):
-    return float((a - b).norm() / b.norm())
+    return float((a - b).detach().norm() / b.detach().norm())
 
 
 def test_bn_folding_preserves_float_output():
@@ -94,3 +94,18 @@ def test_unknown_layer_name():
     g = capture(tiny_net())
     with pytest.raises(QuantlensError, match="no layer named"):
         g.layer("nope")
+
+
+def test_module_called_twice_is_two_layers():
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.out = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.out(torch.relu(self.fc(torch.relu(self.fc(x)))))
+
+    g = capture(Shared().eval())
+    assert [l.name for l in g.layers] == ["fc", "fc:1", "out"]
+    assert g.module(g.layers[1]) is g.module(g.layers[0])

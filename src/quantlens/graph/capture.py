@@ -84,6 +84,8 @@ class Layer:
         act_node: the fx node of the fused activation, if any.
         act: the activation's name, if any.
         params: number of weight elements.
+        target: the module's qualified name when ``name`` had to be made unique
+            (a module called more than once is one layer per call: ``fc``, ``fc:1``, ...).
     """
 
     index: int
@@ -94,6 +96,12 @@ class Layer:
     act_node: Optional[str]
     act: Optional[str]
     params: int
+    target: str = ""
+
+    @property
+    def module_name(self) -> str:
+        """Qualified name of the module (differs from ``name`` for a module called twice)."""
+        return self.target or self.name
 
     @property
     def output_node(self) -> str:
@@ -134,7 +142,7 @@ class LayerGraph:
     layers: list[Layer]
 
     def module(self, layer: Layer) -> nn.Module:
-        return self.gm.get_submodule(layer.name)
+        return self.gm.get_submodule(layer.module_name)
 
     def layer(self, name: str) -> Layer:
         for l in self.layers:
@@ -204,6 +212,7 @@ def _make_out_of_place(gm: fx.GraphModule) -> None:
 
 def _discover(gm: fx.GraphModule) -> list[Layer]:
     layers: list[Layer] = []
+    calls: dict[str, int] = {}
     for node in gm.graph.nodes:
         if node.op != "call_module":
             continue
@@ -215,16 +224,19 @@ def _discover(gm: fx.GraphModule) -> list[Layer]:
             user = next(iter(node.users))
             act = activation_name(gm, user)
             act_node = user.name if act else None
+        k = calls.get(str(node.target), 0)
+        calls[str(node.target)] = k + 1
         layers.append(
             Layer(
                 index=len(layers),
-                name=str(node.target),
+                name=str(node.target) if k == 0 else f"{node.target}:{k}",
                 op=type(m).__name__,
                 kind=_layer_kind(m),
                 node=node.name,
                 act_node=act_node,
                 act=act,
                 params=int(m.weight.numel()),
+                target=str(node.target),
             )
         )
     return layers

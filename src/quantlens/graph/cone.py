@@ -122,7 +122,7 @@ def build_cone(graph: LayerGraph, layer: Layer, full: bool = False) -> Cone:
     else:
         inside = cone_nodes(graph, layer)
     frontier = frontier_of(graph, inside)
-    qlayer = QuantLayer(gm.get_submodule(layer.name))
+    qlayer = QuantLayer(gm.get_submodule(layer.module_name))
     in_q, out_q = ActQuantizer(), ActQuantizer()
     modules: dict[str, Any] = {"ql_layer": qlayer, "ql_in_q": in_q, "ql_out_q": out_q}
 
