@@ -109,3 +109,25 @@ def test_module_called_twice_is_two_layers():
     g = capture(Shared().eval())
     assert [l.name for l in g.layers] == ["fc", "fc:1", "out"]
     assert g.module(g.layers[1]) is g.module(g.layers[0])
+
+
+class _PaddedConv(nn.Conv2d):
+    """Like a library's 'same'-padding conv: a subclass with its own forward."""
+
+    def forward(self, x):
+        return F.conv2d(F.pad(x, (0, 1, 0, 1)), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def test_layer_subclasses_are_layers():
+    import quantlens as ql
+    from models import tiny_data
+
+    m = nn.Sequential(_PaddedConv(3, 4, 2), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3)).eval()
+    m[1].running_mean.normal_()
+    g = capture(m)
+    assert [(l.name, l.act) for l in g.layers] == [("0", "ReLU"), ("4", None)]
+    x = tiny_data(1)[0][0]
+    assert _rel(g.gm(x), m(x)) < 1e-5
+    r = ql.analyze(m, tiny_data(1), w_bits=(8,), metric="kl", a_bits=None)
+    r2 = ql.analyze(m, tiny_data(1), w_bits=(8,), metric="kl", a_bits=None, engine="naive")
+    assert r.cells[0].noise == pytest.approx(r2.cells[0].noise, rel=1e-5) and r.cells[0].noise > 0

@@ -242,12 +242,26 @@ def _discover(gm: fx.GraphModule) -> list[Layer]:
     return layers
 
 
+class _LayerTracer(fx.Tracer):
+    """fx tracer that keeps subclasses of the layer, BatchNorm and activation types as leaves.
+
+    (fx's default only stops at modules defined inside ``torch.nn``; a library's
+    ``Conv2dStaticSamePadding(nn.Conv2d)`` would otherwise dissolve into ``F.conv2d`` calls.)
+    """
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if isinstance(m, LAYER_TYPES + _BN_TYPES + tuple(_ACT_MODULES)):
+            return True
+        return super().is_leaf_module(m, qualname)
+
+
 def trace(model: nn.Module) -> fx.GraphModule:
     """Symbolically trace a deep, eval-mode copy of ``model`` (raises the tracer's error)."""
     m = copy.deepcopy(model).eval()
     for p in m.parameters():
         p.requires_grad_(False)
-    return fx.symbolic_trace(m)
+    graph = _LayerTracer().trace(m)
+    return fx.GraphModule(m, graph, class_name=type(m).__name__)
 
 
 def capture(model: nn.Module) -> LayerGraph:

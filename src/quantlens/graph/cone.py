@@ -51,9 +51,13 @@ class QuantLayer(nn.Module):
         self.qweight = w
 
     def forward(self, x: Tensor) -> Tensor:
-        if isinstance(self.layer, nn.Linear):
+        kind = type(self.layer)
+        if kind is nn.Linear:
             return F.linear(x, self.qweight, self.layer.bias)
-        return self.layer._conv_forward(x, self.qweight, self.layer.bias)  # type: ignore[operator]
+        if kind in (nn.Conv1d, nn.Conv2d):
+            return self.layer._conv_forward(x, self.qweight, self.layer.bias)  # type: ignore[operator]
+        # a subclass (e.g. a conv with its own padding): its own forward, with the weight replaced
+        return torch.func.functional_call(self.layer, {"weight": self.qweight}, (x,))
 
 
 def input_node(graph: LayerGraph, layer: Layer) -> str:
