@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks of quantlens's cone sweep against the naive per-layer loop (not tests)."""
