@@ -48,6 +48,9 @@ def run(args: argparse.Namespace) -> int:
     )
     result.to_json(out / "results.json")
     result.to_csv(out / "results.csv")
+    from ..report import save_report
+
+    report = save_report(result, out)
     print_summary(result, k=args.top)
-    console.print(f"wrote {out / 'results.json'} and {out / 'results.csv'} in {result.elapsed_s:.1f} s")
+    console.print(f"wrote {out / 'results.json'}, {out / 'results.csv'} and {report} in {result.elapsed_s:.1f} s")
     return 0

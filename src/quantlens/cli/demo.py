@@ -42,6 +42,9 @@ def run(args: argparse.Namespace) -> int:
     )
     result.to_json(out / "results.json")
     result.to_csv(out / "results.csv")
+    from ..report import save_report
+
+    report = save_report(result, out)
     print_summary(result, k=5)
-    console.print(f"wrote {out}/results.json and results.csv; demo took {time.perf_counter() - t0:.1f} s")
+    console.print(f"wrote {out}/results.json, results.csv and {report.name}; demo took {time.perf_counter() - t0:.1f} s")
     return 0

@@ -1,0 +1,136 @@
+"""Build the report page of one sweep: ``render_report`` (HTML text) and ``write_report`` (a file).
+
+The page is drawn from a :class:`SweepResult` (and the optional files next to it) only; nothing
+is recomputed.
+
+Example:
+    >>> path = write_report("quantlens-demo")                       # doctest: +SKIP
+    >>> html = render_report(SweepResult.from_json("results.json"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional, Union
+
+from ..analysis.results import SweepResult
+from ..errors import QuantlensError
+from .extras import Extras, load_extras
+from .extras_html import additivity_html, fix_html, plan_html
+from .figures import activation_figure, heatmap, layer_profile, noise_scatter
+from .fmt import Units
+from .options import ReportOptions
+from .page import Page, plot_div
+from .safe import esc
+from .sections import layers_table, summary_html
+from .weights import weight_histograms
+
+__all__ = ["render_report", "write_report", "save_report", "load_result", "write_html", "results_path"]
+
+
+def results_path(source: Union[str, os.PathLike]) -> Path:
+    """``DIR/results.json`` for a directory, the path itself for a file."""
+    p = Path(source)
+    return p / "results.json" if p.is_dir() else p
+
+
+def load_result(source: Union[str, os.PathLike]) -> SweepResult:
+    """Load a ``results.json`` (or its directory) with one clear error for each way it can be wrong."""
+    p = results_path(source)
+    if not p.exists():
+        raise QuantlensError(f"{p} does not exist: run `quantlens analyze ... --out DIR` (or `quantlens demo`) first")
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise QuantlensError(f"cannot read {p} ({e}): check the path and its permissions") from None
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise QuantlensError(f"{p} is not valid JSON ({e}); rerun `quantlens analyze` to rewrite it") from None
+    if not isinstance(d, dict):
+        raise QuantlensError(f"{p} is not a quantlens results file (not a JSON object)")
+    try:
+        r = SweepResult.from_dict(d)
+    except QuantlensError as e:
+        raise QuantlensError(f"{p}: {e}") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise QuantlensError(f"{p} is incomplete or damaged ({type(e).__name__}: {e}); rerun `quantlens analyze` to rewrite it") from None
+    if not r.cells or not r.layers:
+        raise QuantlensError(f"{p} holds no measurements: rerun `quantlens analyze`")
+    return r
+
+
+def write_html(html: str, out: Union[str, os.PathLike], suggest: str = "report.html") -> Path:
+    """Write ``html`` to ``out`` atomically; a clear error if ``out`` is a directory or unwritable."""
+    p = Path(out)
+    if p.is_dir():
+        raise QuantlensError(f"{p} is a directory: give a file name such as {p / suggest}")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(p.name + ".tmp")
+        tmp.write_text(html, encoding="utf-8")
+        os.replace(tmp, p)
+    except OSError as e:
+        raise QuantlensError(f"cannot write {p} ({e.strerror or e}); choose another --out") from None
+    return p
+
+
+def render_report(result: SweepResult, extras: Optional[Extras] = None, options: Optional[ReportOptions] = None) -> str:
+    """The whole page as HTML text."""
+    opt = options or ReportOptions()
+    ex = extras or Extras()
+    units = Units.for_metric(result.metric_name)
+    focus = opt.focus_bits(result.w_bits)
+    sat = opt.saturation(result.metric_name, result.baseline)
+    title = opt.title or f"quantlens report: {result.model or 'model'}"
+    sub = f"{result.metric_name} on {result.num_samples:,} samples · float baseline {units.value(result.baseline)} · {len(result.layers)} layers"
+    page = Page(title, sub)
+    page.add("summary", "Summary", summary_html(result, units, focus))
+    page.add("per-layer", "Per-layer degradation and noise",
+             '<p class="lead">Quantize one layer at a time, everything else in float; layers in topological order. '
+             "Pick the bit-width with the buttons; hover for exact values.</p>" + plot_div(layer_profile(result, units, focus), "plot-profile"))
+    page.add("heatmap", "Layers x bits",
+             f'<p class="lead">Each cell: the absolute degradation of {esc(result.metric_name)} when only that layer is '
+             f"quantized to that bit-width (the paper's Figure 3). Colour saturates at {esc(units.deg(sat))}; "
+             "blue cells improved the metric.</p>" + plot_div(heatmap(result, units, sat), "plot-heatmap"))
+    hist = weight_histograms(result, focus)
+    page.add("weights", "Weights, activation ranges and bias shift",
+             '<p class="lead">The weight histogram of the chosen layer (the worst one first) with its quantization range '
+             "(the paper's Figure 6): dotted lines mark the weights' min and max, dashed red the quantizer's range, red ticks "
+             "its levels. Below it, every layer's activation ranges and the mean shift of its output under quantization.</p>"
+             + (plot_div(hist, "plot-weights") if hist is not None else '<p class="note">No weight statistics in these results.</p>')
+             + plot_div(activation_figure(result, focus), "plot-activations"))
+    page.add("noise", "Noise against degradation",
+             '<p class="lead">Each point is one layer at one bit-width. Noise and degradation usually rise together; '
+             "a layer far above the trend hurts the metric more than its noise suggests.</p>"
+             + plot_div(noise_scatter(result, units), "plot-noise"))
+    page.add("layers", "All layers", '<p class="lead">Click a column header to sort.</p>' + layers_table(result, units, focus))
+    if ex.additivity is not None:
+        page.add("additivity", "Additivity", additivity_html(ex.additivity, units))
+    if ex.fix is not None:
+        page.add("fixes", "Fixes: global against local", fix_html(ex.fix, units))
+    if ex.plan is not None:
+        page.add("plan", "Mixed-precision plan", plan_html(ex.plan, units))
+    if ex.notes:
+        page.add("notes", "Notes", "".join(f'<p class="note">{esc(n)}</p>' for n in ex.notes))
+    return page.render()
+
+
+def write_report(source: Union[str, os.PathLike], out: Union[str, os.PathLike, None] = None,
+                 options: Optional[ReportOptions] = None) -> Path:
+    """Render the report of ``source`` (a results directory or ``results.json``) to ``out``.
+
+    ``out`` defaults to ``report.html`` next to ``results.json``. Returns the path written.
+    """
+    rp = results_path(source)
+    result = load_result(rp)
+    target = Path(out) if out is not None else rp.parent / "report.html"
+    return write_html(render_report(result, load_extras(rp.parent), options), target)
+
+
+def save_report(result: SweepResult, directory: Union[str, os.PathLike], options: Optional[ReportOptions] = None) -> Path:
+    """Write ``directory/report.html`` for a result just computed (with any extras already in ``directory``)."""
+    d = Path(directory)
+    return write_html(render_report(result, load_extras(d), options), d / "report.html")

@@ -1,0 +1,176 @@
+"""Optional result files written next to ``results.json`` by other commands, read defensively.
+
+* ``additivity.json`` (``quantlens/additivity-v1``): ``pearson_r``, ``slope``,
+  ``points[{low_bit_layers, predicted, measured}]`` -- the paper's Figure 2.
+* ``fix.json`` (``quantlens/fix-v1``): ``metric``, ``rows[{method, metric, fixes?}]`` -- Table 1.
+* ``plan.json``: per-layer bits (``bits: {layer: b}`` or ``layers: [{layer|name, bits}]``),
+  ``predicted``, ``measured``, and the uniform baseline (``uniform: {bits, predicted, measured}``).
+
+A missing file is ``None`` (its section is left out); an unreadable one is ``None`` plus a note
+that the page shows, so one bad file never costs the whole report.
+
+Example:
+    >>> ex = load_extras("quantlens-demo")            # doctest: +SKIP
+    >>> ex.additivity.pearson_r if ex.additivity else None   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+__all__ = ["AdditivityPoint", "Additivity", "FixRow", "FixTable", "PlanLayer", "Plan", "Extras", "load_extras"]
+
+
+def _f(x: Any) -> float:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return float("nan")
+    return v if math.isfinite(v) else float("nan")
+
+
+def _opt_f(x: Any) -> Optional[float]:
+    v = _f(x)
+    return None if math.isnan(v) else v
+
+
+@dataclass(frozen=True)
+class AdditivityPoint:
+    """One random mixed-precision configuration: predicted (sum of cells) and measured degradation."""
+
+    low_bit_layers: tuple[str, ...]
+    predicted: float
+    measured: float
+
+
+@dataclass(frozen=True)
+class Additivity:
+    """``additivity.json``: the paper's Figure 2."""
+
+    pearson_r: float
+    slope: float
+    points: tuple[AdditivityPoint, ...]
+    low: Optional[int] = None
+    high: Optional[int] = None
+    metric: Optional[str] = None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Additivity":
+        pts = tuple(
+            AdditivityPoint(tuple(str(n) for n in (p.get("low_bit_layers") or [])), _f(p.get("predicted")), _f(p.get("measured")))
+            for p in d.get("points") or [] if isinstance(p, dict)
+        )
+        low, high = d.get("low"), d.get("high")
+        return cls(_f(d.get("pearson_r")), _f(d.get("slope")), pts, low if isinstance(low, int) else None,
+                   high if isinstance(high, int) else None, str(d["metric"]) if d.get("metric") else None)
+
+
+@dataclass(frozen=True)
+class FixRow:
+    """One row of the Table 1 analogue: a method and the metric of the fully quantized network."""
+
+    method: str
+    metric: float
+    fixes: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FixTable:
+    """``fix.json``: float, naive, each fix applied globally, and the chosen local fixes."""
+
+    metric: str
+    rows: tuple[FixRow, ...]
+    w_bits: Optional[int] = None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FixTable":
+        rows = []
+        for r in d.get("rows") or []:
+            if not isinstance(r, dict):
+                continue
+            fx = r.get("fixes") if isinstance(r.get("fixes"), dict) else {}
+            fixes = {str(k): tuple(str(x) for x in (v if isinstance(v, (list, tuple)) else [v])) for k, v in fx.items()}
+            rows.append(FixRow(str(r.get("method", "?")), _f(r.get("metric")), fixes))
+        wb = d.get("w_bits")
+        return cls(str(d.get("metric", "metric")), tuple(rows), wb if isinstance(wb, int) else None)
+
+
+@dataclass(frozen=True)
+class PlanLayer:
+    """One layer's chosen weight bit-width."""
+
+    layer: str
+    bits: int
+    params: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """``plan.json``: the mixed-precision plan, its predicted and measured degradation, and the uniform baseline."""
+
+    layers: tuple[PlanLayer, ...]
+    predicted: Optional[float]
+    measured: Optional[float]
+    budget: Optional[float] = None
+    uniform_bits: Optional[float] = None
+    uniform_predicted: Optional[float] = None
+    uniform_measured: Optional[float] = None
+    avg_bits: Optional[float] = None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Plan":
+        layers: list[PlanLayer] = []
+        if isinstance(d.get("bits"), dict):
+            layers = [PlanLayer(str(k), int(v)) for k, v in d["bits"].items() if isinstance(v, (int, float))]
+        elif isinstance(d.get("layers"), list):
+            for r in d["layers"]:
+                if isinstance(r, dict) and isinstance(r.get("bits", r.get("w_bits")), (int, float)):
+                    p = r.get("params")
+                    layers.append(PlanLayer(str(r.get("layer", r.get("name", "?"))), int(r.get("bits", r.get("w_bits"))),
+                                            int(p) if isinstance(p, (int, float)) else None))
+        u = d.get("uniform") if isinstance(d.get("uniform"), dict) else {}
+        return cls(tuple(layers), _opt_f(d.get("predicted")), _opt_f(d.get("measured")), _opt_f(d.get("budget")),
+                   _opt_f(u.get("bits", d.get("uniform_bits"))), _opt_f(u.get("predicted")), _opt_f(u.get("measured")),
+                   _opt_f(d.get("avg_bits")))
+
+
+@dataclass(frozen=True)
+class Extras:
+    """The optional files found next to a ``results.json``, and notes on those that could not be read."""
+
+    additivity: Optional[Additivity] = None
+    fix: Optional[FixTable] = None
+    plan: Optional[Plan] = None
+    notes: tuple[str, ...] = ()
+
+
+_FILES: dict[str, tuple[str, Any, Optional[str]]] = {
+    "additivity": ("additivity.json", Additivity, "quantlens/additivity-v1"),
+    "fix": ("fix.json", FixTable, "quantlens/fix-v1"),
+    "plan": ("plan.json", Plan, None),
+}
+
+
+def load_extras(directory: Union[str, os.PathLike]) -> Extras:
+    """Read ``additivity.json``, ``fix.json`` and ``plan.json`` from ``directory`` when present."""
+    found: dict[str, Any] = {}
+    notes: list[str] = []
+    for key, (fname, cls, schema) in _FILES.items():
+        p = Path(directory) / fname
+        if not p.is_file():
+            continue
+        try:
+            d = json.loads(p.read_text())
+            if not isinstance(d, dict):
+                raise ValueError("not a JSON object")
+            if schema and d.get("schema") not in (schema, None):
+                raise ValueError(f"schema {d.get('schema')!r}, expected {schema!r}")
+            found[key] = cls.from_dict(d)
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+            notes.append(f"{fname} could not be read ({e}); its section is left out")
+    return Extras(notes=tuple(notes), **found)

@@ -1,0 +1,171 @@
+"""What to do next: plain sentences derived from a :class:`SweepResult` (no recomputation).
+
+Each culprit layer gets a share of the summed degradation and, when its stored statistics point
+at one, a reason and a remedy:
+
+* weight outliers -- ``max|w| / std`` above :data:`OUTLIER_RATIO` or more than
+  :data:`OUTLIER_FRACTION` of the weights beyond 3 sigma: clip the range or go per-channel;
+* bias shift -- ``mean_shift`` (in output std) above :data:`DW_SHIFT` on a depthwise layer, or
+  :data:`SHIFT` elsewhere (the paper's section 4.4): bias correction;
+* wide activations -- an input/output range :data:`WIDE_RANGE` times the median layer's: a
+  clipping activation estimator.
+
+Example:
+    >>> for i in insights(result, bits=4): print(i.text)          # doctest: +SKIP
+    conv1 accounts for 78% of the summed 4-bit degradation (1.56% of 2.00%). ...
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Optional
+
+from ..analysis.results import Cell, LayerInfo, SweepResult
+from .fmt import Units, finite
+
+__all__ = ["Insight", "insights", "worst_by_bits", "safe_bits", "OUTLIER_RATIO", "OUTLIER_FRACTION", "DW_SHIFT", "SHIFT", "WIDE_RANGE"]
+
+OUTLIER_RATIO = 5.0
+OUTLIER_FRACTION = 0.01
+DW_SHIFT = 0.05
+SHIFT = 0.2
+WIDE_RANGE = 4.0
+CULPRIT_SHARE = 0.10
+
+
+@dataclass(frozen=True)
+class Insight:
+    """One sentence of advice; ``layer`` names the layer it is about, if any."""
+
+    text: str
+    layer: Optional[str] = None
+    kind: str = "info"  # share | cause | safe | info
+
+
+def worst_by_bits(result: SweepResult, k: int = 3) -> dict[int, list[Cell]]:
+    """The ``k`` worst layers at every swept bit-width."""
+    return {b: result.worst(b, k) for b in result.w_bits}
+
+
+def safe_bits(result: SweepResult, layer: str, tol: float) -> Optional[int]:
+    """The lowest swept bit-width from which ``layer`` stays within ``tol`` degradation."""
+    ok: Optional[int] = None
+    for b in sorted(result.w_bits, reverse=True):
+        d = _deg(result, layer, b)
+        if finite(d) and d <= tol:
+            ok = b
+        else:
+            break
+    return ok
+
+
+def _deg(result: SweepResult, layer: str, bits: int) -> float:
+    for c in result.cells:
+        if c.layer == layer and c.w_bits == bits:
+            return c.degradation
+    return float("nan")
+
+
+def _width(r: Optional[tuple[float, float]]) -> Optional[float]:
+    if not r or not all(finite(x) for x in r):
+        return None
+    return float(r[1]) - float(r[0])
+
+
+def _median_width(layers: tuple[LayerInfo, ...], attr: str) -> Optional[float]:
+    ws = [w for w in (_width(getattr(l, attr)) for l in layers) if w and w > 0]
+    return statistics.median(ws) if len(ws) >= 3 else None
+
+
+def causes(result: SweepResult, layer: LayerInfo, cell: Cell, a_quantized: bool) -> list[str]:
+    """Reasons the stored statistics give for ``layer``'s degradation, each with a remedy."""
+    out: list[str] = []
+    w = layer.weight
+    if w is not None and w.std > 0:
+        n = max(1, sum(w.hist_counts) or layer.params)
+        ratio, frac = w.absmax_over_std, w.outliers_3sigma / n
+        if ratio >= OUTLIER_RATIO or frac >= OUTLIER_FRACTION:
+            clipped = finite(cell.w_clip) and cell.w_clip < 0.999 * w.absmax
+            out.append(
+                f"its weights have outliers (max|w| = {ratio:.1f} std, {w.outliers_3sigma} of {n} weights beyond 3 sigma), "
+                f"so the {cell.w_bits}-bit grid spends its levels on a few weights: "
+                + ("the range is already clipped, try a tighter clip or per-channel granularity"
+                   if clipped else "clip this layer's range (SAWB, MSE or percentile via --weight-estimator) or use per-channel granularity")
+            )
+    ms = cell.mean_shift
+    if finite(ms) and ((layer.kind == "depthwise" and ms >= DW_SHIFT) or ms >= SHIFT):
+        out.append(
+            f"quantization shifts the mean of its output by {ms:.2f} std"
+            + (" (a depthwise layer: the bias shift of section 4.4)" if layer.kind == "depthwise" else "")
+            + ": bias correction should recover it, and the sum of single-layer degradations will under-estimate the joint one"
+        )
+    if a_quantized:
+        for attr, what in (("input_range", "input"), ("output_range", "output")):
+            med, wd = _median_width(result.layers, attr), _width(getattr(layer, attr))
+            if med and wd and wd >= WIDE_RANGE * med:
+                lo, hi = getattr(layer, attr)
+                out.append(
+                    f"its {what} range [{lo:.3g}, {hi:.3g}] is {wd / med:.0f}x the median layer's, so the activation steps are coarse: "
+                    "try --act-estimator percentile or mse"
+                )
+    return out
+
+
+def insights(result: SweepResult, bits: int, units: Optional[Units] = None, tol: Optional[float] = None) -> list[Insight]:
+    """Sentences for the summary at ``bits`` (``tol``: a negligible degradation, default 0.1%)."""
+    u = units or Units.for_metric(result.metric_name)
+    tol = (0.001 if u.pct else 0.001 * max(abs(result.baseline), 1e-12)) if tol is None else tol
+    cells = result.at(bits)
+    info = {l.name: l for l in result.layers}
+    total = sum(max(0.0, c.degradation) for c in cells if finite(c.degradation))
+    out: list[Insight] = []
+    uniform: Optional[int] = None
+    for b in sorted(result.w_bits, reverse=True):
+        if not all(finite(c.degradation) and c.degradation <= tol for c in result.at(b)):
+            break
+        uniform = b
+    if total <= tol:
+        out.append(Insight(f"At {bits} bits no layer alone costs more than {u.deg(tol)} of {result.metric_name}: "
+                           f"quantize every layer's weights to {bits} bits.", kind="safe"))
+    else:
+        share = result.share(bits)
+        ranked = [c for c in result.worst(bits, len(cells)) if finite(c.degradation) and c.degradation > 0]
+        top = ranked[0]
+        out.append(Insight(f"{top.layer} accounts for {share[top.layer]:.0%} of the summed {bits}-bit degradation "
+                           f"({u.deg(top.degradation)} of {u.deg(total)}).", top.layer, "share"))
+        cum, group = 0.0, []
+        for c in ranked:
+            group.append(c)
+            cum += share[c.layer]
+            if cum >= 0.8:
+                break
+        if 1 < len(group) < len(cells) and len(group) <= max(3, len(cells) // 4):
+            names = ", ".join(c.layer for c in group)
+            out.append(Insight(f"{len(group)} of {len(cells)} layers ({names}) carry {cum:.0%} of it: keep those at higher "
+                               f"precision and quantize the rest to {bits} bits.", kind="share"))
+        a_quantized = any(c.a_bits for c in cells)
+        for c in ranked:
+            if share[c.layer] < CULPRIT_SHARE:
+                break
+            layer = info[c.layer]
+            sb = safe_bits(result, c.layer, tol)
+            keep = f" It stays within {u.deg(tol)} from {sb} bits up." if sb and sb > bits else ""
+            why = causes(result, layer, c, a_quantized)
+            if why:
+                text = f"{c.layer} ({u.deg(c.degradation)} at {bits} bits): " + "; ".join(why) + "." + keep
+            else:
+                w = layer.weight
+                stats = f"max|w| = {w.absmax_over_std:.1f} std, {w.outliers_3sigma} weights beyond 3 sigma, " if w else ""
+                text = (f"{c.layer} ({u.deg(c.degradation)} at {bits} bits): no stored statistic flags it ({stats}"
+                        f"mean shift {c.mean_shift:.2f} std); its sensitivity comes from its place in the network"
+                        + (f" and its size ({layer.params:,} parameters)" if layer.params < 1000 else "")
+                        + ": keep it at higher precision." + keep)
+            out.append(Insight(text, c.layer, "cause"))
+    if uniform is not None:
+        out.append(Insight(f"Every layer stays within {u.deg(tol)} from {uniform} bits up: the lowest safe uniform weight bit-width.", kind="safe"))
+    else:
+        out.append(Insight(f"No swept bit-width keeps every layer within {u.deg(tol)}: plan mixed precision or fix the culprit layers.", kind="info"))
+    out.append(Insight(f"By the paper's additivity (Figure 2), quantizing every layer to {bits} bits should cost about the sum, "
+                       f"{u.deg(total)}; depthwise layers with a mean shift make the real figure larger.", kind="info"))
+    return out

@@ -1,0 +1,57 @@
+"""Escaping for everything that comes from the user's model (layer names, model name, metric).
+
+Three contexts, three helpers:
+
+* :func:`esc` -- HTML text and attribute values (``&``, ``<``, ``>``, quotes).
+* :func:`plot_text` -- strings that plotly.js renders (tick labels, hover, titles). plotly.js
+  parses a few tags (``<b>``, ``<a href>``) and decodes entities, then sets the result as text,
+  so ``&lt;img&gt;`` shows as ``<img>`` and never becomes an element.
+* :func:`script_json` -- JSON placed inside ``<script>``: ``<``, ``>``, ``&`` and U+2028/9 are
+  written as ``\\uXXXX`` so neither ``</script>`` nor ``<!--`` can appear; NaN/Inf become null.
+
+Example:
+    >>> esc('<img src=x onerror=alert(1)>')
+    '&lt;img src=x onerror=alert(1)&gt;'
+    >>> script_json({"n": "</script><!--"})
+    '{"n": "\\\\u003c/script\\\\u003e\\\\u003c!--"}'
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from typing import Any
+
+__all__ = ["esc", "plot_text", "script_json", "clean_json"]
+
+_SCRIPT_SWAPS = (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029"))
+
+
+def esc(value: Any) -> str:
+    """``str(value)`` escaped for HTML text or a quoted attribute."""
+    return html.escape(str(value), quote=True)
+
+
+def plot_text(value: Any) -> str:
+    """``str(value)`` escaped for plotly.js text (shown literally, never parsed as a tag)."""
+    return html.escape(str(value), quote=False)
+
+
+def clean_json(x: Any) -> Any:
+    """Replace NaN/Inf by None and tuples by lists, recursively (JSON has neither)."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {str(k): clean_json(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [clean_json(v) for v in x]
+    return x
+
+
+def script_json(obj: Any) -> str:
+    """JSON text that is safe to place verbatim inside a ``<script>`` element."""
+    text = json.dumps(clean_json(obj), allow_nan=False, ensure_ascii=False)
+    for raw, safe in _SCRIPT_SWAPS:
+        text = text.replace(raw, safe)
+    return text

@@ -1,0 +1,102 @@
+"""HTML of the report's text sections: the summary and the sortable per-layer table.
+
+Every string from the results goes through :func:`~quantlens.report.safe.esc` (via
+:func:`~quantlens.report.page.table` or directly).
+
+Example:
+    >>> html = summary_html(result, Units.for_metric("top1"), focus=4)     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..analysis.results import SweepResult
+from .fmt import Units, finite
+from .insights import insights, worst_by_bits
+from .page import Td, table
+from .safe import esc
+
+__all__ = ["facts", "summary_html", "layers_table", "config_text"]
+
+
+def config_text(result: SweepResult) -> str:
+    """The quantization settings in one line (``per-tensor minmax weights, 8-bit minmax activations``)."""
+    c: Any = result.config if isinstance(result.config, dict) else {}
+    w, a = c.get("weight") or {}, c.get("act") or {}
+    wt = f"{w.get('granularity', 'per-tensor')} {w.get('estimator', 'minmax')} weights"
+    ab = c.get("a_bits", a.get("bits") if a else None)
+    at = f"{ab}-bit {a.get('estimator', 'minmax')} activations" if ab else "float activations"
+    return f"{wt}, {at}"
+
+
+def facts(result: SweepResult, units: Units) -> list[tuple[str, str]]:
+    """(label, value) pairs shown as cards at the top of the summary."""
+    return [
+        ("model", result.model or "(unnamed)"),
+        ("data", f"{result.num_samples:,} samples"),
+        ("metric", f"{result.metric_name} ({'higher' if result.higher_is_better else 'lower'} is better)"),
+        ("float baseline", units.value(result.baseline)),
+        ("layers", f"{len(result.layers)}"),
+        ("weight bit-widths", ", ".join(str(b) for b in result.w_bits)),
+        ("quantization", config_text(result)),
+        ("engine / time", f"{result.engine}, {result.elapsed_s:.1f} s" if finite(result.elapsed_s) else result.engine),
+    ]
+
+
+def _cards(pairs: list[tuple[str, str]]) -> str:
+    return '<div class="facts">' + "".join(f'<div class="fact"><b>{esc(k)}</b><span>{esc(v)}</span></div>' for k, v in pairs) + "</div>"
+
+
+def worst_table(result: SweepResult, units: Units, k: int = 3) -> str:
+    """Per bit-width: summed positive degradation and the ``k`` worst layers."""
+    rows = []
+    for b, cells in worst_by_bits(result, k).items():
+        total = sum(max(0.0, c.degradation) for c in result.at(b) if finite(c.degradation))
+        worst = [Td(f"{c.layer} ({units.deg(c.degradation, signed=True)})", c.layer, "t") for c in cells
+                 if finite(c.degradation) and c.degradation > 0]
+        worst += [Td("")] * (k - len(worst))
+        rows.append([Td(f"{b}", b), Td(units.deg(total), total), *worst])
+    heads = ["weight bits", "summed degradation"] + [f"worst #{i + 1}" for i in range(k)]
+    return table(heads, rows, sortable=False, text_cols=range(2, 2 + k))
+
+
+def summary_html(result: SweepResult, units: Units, focus: int) -> str:
+    """Cards, what to do next at ``focus`` bits, and the worst layers at each bit-width."""
+    items = "".join(f'<li class="{esc(i.kind)}">{esc(i.text)}</li>' for i in insights(result, focus, units))
+    return (_cards(facts(result, units)) + f"<h3>What to do next ({focus}-bit weights)</h3><ul class=\"next\">{items}</ul>"
+            "<h3>Worst layers at each bit-width</h3>" + worst_table(result, units))
+
+
+def layers_table(result: SweepResult, units: Units, focus: int) -> str:
+    """Every layer with its degradation at every bit-width and its statistics; click a header to sort."""
+    bits = result.w_bits
+    share = result.share(focus)
+    idx = {(c.layer, c.w_bits): c for c in result.cells}
+    heads = ["#", "layer", "op", "kind", "params"] + [f"deg@{b}b" for b in bits]
+    heads += [f"SQNR@{focus}b (dB)", f"share@{focus}b", "max|w|/std", "outliers >3σ", f"clip@{focus}b",
+              f"mean shift@{focus}b", "input range", "output range"]
+    rows = []
+    for l in result.layers:
+        c = idx.get((l.name, focus))
+        row: list[Td] = [Td(str(l.index), l.index), Td(l.name, l.name, "t"), Td(l.op, l.op, "t"), Td(l.kind, l.kind, "t"),
+                         Td(f"{l.params:,}", l.params)]
+        for b in bits:
+            cb = idx.get((l.name, b))
+            d = cb.degradation if cb else None
+            row.append(Td(units.deg(d, signed=True), d if finite(d) else None, "bad" if finite(d) and d > 0.001 else ""))
+        w = l.weight
+        ratio = w.absmax_over_std if w else None
+        row += [
+            Td(f"{c.sqnr_db:.1f}" if c and finite(c.sqnr_db) else "-", c.sqnr_db if c and finite(c.sqnr_db) else None),
+            Td(f"{100 * share.get(l.name, 0.0):.0f}%", share.get(l.name, 0.0)),
+            Td(f"{ratio:.1f}" if finite(ratio) else "-", ratio if finite(ratio) else None),
+            Td(str(w.outliers_3sigma) if w else "-", w.outliers_3sigma if w else None),
+            Td(f"{c.w_clip:.4g}" if c and finite(c.w_clip) else "-", c.w_clip if c and finite(c.w_clip) else None),
+            Td(f"{c.mean_shift:.3g}" if c and finite(c.mean_shift) else "-", c.mean_shift if c and finite(c.mean_shift) else None),
+        ]
+        for r in (l.input_range, l.output_range):
+            ok = r is not None and all(finite(v) for v in r)
+            row.append(Td(f"[{r[0]:.3g}, {r[1]:.3g}]" if ok else "-", (r[1] - r[0]) if ok else None))  # type: ignore[index]
+        rows.append(row)
+    return table(heads, rows, text_cols=(1, 2, 3), table_id="layers-table")
