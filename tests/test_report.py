@@ -1,0 +1,253 @@
+"""The report page of one sweep: sections, real numbers, escaping, extras, options, error paths."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import pytest
+
+from quantlens.cli import main
+from quantlens.errors import QuantlensError
+from quantlens.report import ReportOptions, insights, load_result, render_report, write_report
+from quantlens.report.fmt import Units
+from quantlens.report.safe import script_json
+
+from report_helpers import EVIL, demo_result, parse, plots, synthetic_result, without_plotly_js, write_run
+
+SECTIONS = ["summary", "per-layer", "heatmap", "weights", "noise", "layers"]
+PLOTS = ["plot-profile", "plot-heatmap", "plot-weights", "plot-activations", "plot-noise"]
+
+
+@pytest.fixture(scope="module")
+def run(demo_model, demo_data, tmp_path_factory):
+    """A real sweep of the demo, its directory and the report ``quantlens report DIR`` writes."""
+    result = demo_result(demo_model, demo_data)
+    d = write_run(result, tmp_path_factory.mktemp("demo-run"))
+    assert main(["report", str(d)]) == 0
+    return result, d, (d / "report.html").read_text()
+
+
+def test_sections_and_plots_present(run):
+    result, d, html = run
+    assert html.startswith("<!DOCTYPE html>")
+    for s in SECTIONS:
+        assert f'<section id="{s}">' in html
+    assert set(PLOTS) <= set(plots(html))
+    for s in ("additivity", "fixes", "plan", "notes"):  # no extra files: no such sections
+        assert f'<section id="{s}">' not in html
+
+
+def test_self_contained(run):
+    _, _, html = run
+    assert html.count("<script>") == 1 + len(PLOTS) + 1  # plotly.js, one per plot, the table sorter
+    rest = without_plotly_js(html)
+    assert not re.search(r"<(script|img|iframe|link)[^>]*\s(src|href)=", rest, re.I)
+    assert "@import" not in rest and "url(" not in rest
+    assert "default-src 'none'" in html and "connect-src 'none'" in html
+
+
+def test_summary_numbers_come_from_results(run):
+    result, _, html = run
+    u = Units.for_metric("top1")
+    assert u.value(result.baseline) in html and f"{result.num_samples:,} samples" in html
+    top = result.worst(4, 1)[0]
+    share = result.share(4)[top.layer]
+    assert f"{top.layer} accounts for {share:.0%} of the summed 4-bit degradation" in html
+    for b in result.w_bits:  # worst-layers table: the worst layer at every bit-width, if it degrades
+        w = result.worst(b, 1)[0]
+        if w.degradation > 0:
+            assert f"{w.layer} ({u.deg(w.degradation, signed=True)})" in html
+
+
+def test_figures_hold_the_results(run):
+    result, _, html = run
+    p = plots(html)
+    names, bits, deg = result.table("degradation")
+    data, layout = p["plot-heatmap"]
+    z = data[0]["z"]
+    assert data[0]["x"] == [f"{b} bits" for b in bits] and data[0]["y"] == names
+    for row_z, row_d in zip(z, deg):
+        assert row_z == pytest.approx([100 * v for v in row_d])
+    assert data[0]["zmax"] == pytest.approx(5.0) and data[0]["text"][0][0] == f"{100 * deg[0][0]:.2f}"
+    prof, layout = p["plot-profile"]
+    assert len(prof) == 2 * len(bits) and [t["visible"] for t in prof[::2]] == [b == 4 for b in bits]
+    sq = next(t for t in prof if t["name"] == "SQNR (4-bit)")
+    assert sq["y"] == pytest.approx([c.sqnr_db for c in result.at(4)])
+    assert [b["label"] for b in layout["updatemenus"][0]["buttons"]] == [f"{b} bits" for b in bits]
+    noise, _ = p["plot-noise"]
+    assert len(noise) == len(bits) and noise[0]["x"] == pytest.approx([c.noise for c in result.at(bits[0])])
+
+
+def test_weight_histograms_and_ranges(run):
+    result, _, html = run
+    data, layout = plots(html)["plot-weights"]
+    bars = [t for t in data if t["type"] == "bar"]
+    assert [t["name"] for t in bars] == result.layer_names
+    for t, l in zip(bars, result.layers):
+        assert t["y"] == l.weight.hist_counts
+    worst = result.worst(4, 1)[0]
+    shown = [t for t in bars if t["visible"]]
+    assert [t["name"] for t in shown] == [worst.layer]  # the culprit first
+    xs = sorted(s["x0"] for s in layout["shapes"])
+    w = result.layers[result.layer_names.index(worst.layer)].weight
+    assert xs == pytest.approx(sorted([w.min, w.max, -worst.w_clip, worst.w_clip]))
+    note = layout["annotations"][-1]["text"]
+    assert f"{w.outliers_3sigma} of " in note and "beyond 3σ" in note and "mean shift at 4 bits" in note
+    acts, _ = plots(html)["plot-activations"]
+    inp = acts[0]
+    assert inp["base"] == pytest.approx([l.input_range[0] for l in result.layers])
+
+
+def test_table_is_sortable_and_complete(run):
+    result, _, html = run
+    table = html[html.index('id="layers-table"'):]
+    table = table[: table.index("</table>")]
+    assert table.count("<tr>") == 1 + len(result.layers)
+    assert "class=sortable" in html[html.index('<table id="layers-table"'):][:60] and "aria-sort" in html
+    c = result.cell("conv1", 3)
+    assert f'data-v="{c.degradation}"' in table
+
+
+def test_escaping_of_model_names(tmp_path):
+    r = synthetic_result(names=[EVIL, "dw", "</script><!--x", "fine"])
+    r = type(r)(**{**r.__dict__, "model": "<script>alert(2)</script>", "metric_name": "<b>m</b>"})
+    write_run(r, tmp_path)
+    html = write_report(tmp_path).read_text()
+    rest = without_plotly_js(html)
+    assert EVIL not in html and "<script>alert(2)" not in html and "<b>m</b>" not in rest
+    assert "&lt;img src=x onerror=alert(1)&gt;" in rest
+    tags = parse(html)
+    assert not [t for t, _ in tags.tags if t in ("img", "iframe", "object", "embed")]
+    assert not [a for _, attrs in tags.tags for a, _ in attrs if a.lower().startswith("on")]
+    assert EVIL in "".join(tags.text)  # shown as text
+    for body in re.findall(r"<script>(.*?)</script>", rest, re.S):
+        assert "</" not in body and "<!--" not in body
+    assert plots(html)["plot-heatmap"][0][0]["y"][0] == "&lt;img src=x onerror=alert(1)&gt;"  # plotly.js shows it as text
+
+
+def test_script_json_escapes():
+    s = script_json({"a": "</script><!-- \u2028 & >", "n": float("nan"), "t": (1, 2)})
+    assert "<" not in s and ">" not in s and "&" not in s and "\u2028" not in s
+    assert json.loads(s) == {"a": "</script><!-- \u2028 & >", "n": None, "t": [1, 2]}
+
+
+def test_insights_explain_why():
+    r = synthetic_result()
+    text = " ".join(i.text for i in insights(r, 4))
+    assert "outl accounts for 63% of the summed 4-bit degradation" in text
+    assert "weights have outliers (max|w| = 9.0 std, 40 of 1000 weights beyond 3 sigma)" in text
+    assert "range is already clipped" in text  # w_clip < max|w| for that layer
+    assert "0.30 std (a depthwise layer: the bias shift of section 4.4)" in text and "bias correction" in text
+    assert "input range [-20, 20] is 36x the median layer's" in text
+    causes = {i.layer for i in insights(r, 4) if i.kind == "cause"}
+    assert causes == {"outl", "dw", "wide"}
+    assert "from 8 bits up" in text
+
+
+def test_insights_when_nothing_degrades():
+    r = synthetic_result()
+    text = " ".join(i.text for i in insights(r, 8))
+    assert "At 8 bits no layer alone costs more than 0.10%" in text
+
+
+def test_options_saturate_and_bits(tmp_path, capsys):
+    r = synthetic_result()
+    write_run(r, tmp_path)
+    assert main(["report", str(tmp_path), "--saturate", "0.02", "--bits", "8", "--out", str(tmp_path / "r.html")]) == 0
+    html = (tmp_path / "r.html").read_text()
+    assert plots(html)["plot-heatmap"][0][0]["zmax"] == pytest.approx(2.0)
+    assert "What to do next (8-bit weights)" in html
+    assert ReportOptions().saturation("kl", 2.0) == pytest.approx(0.1)
+    with pytest.raises(QuantlensError, match="--saturate"):
+        ReportOptions(saturate=-1)
+    assert main(["report", str(tmp_path), "--bits", "5"]) == 2
+    assert "--bits 5: the results have [3, 4, 8]" in capsys.readouterr().err
+
+
+def test_extras_rendered_from_fixtures(tmp_path):
+    r = synthetic_result()
+    write_run(r, tmp_path)
+    (tmp_path / "additivity.json").write_text(json.dumps({
+        "schema": "quantlens/additivity-v1", "pearson_r": 0.97, "slope": 1.1, "low": 4, "high": 8,
+        "points": [{"low_bit_layers": ["outl", EVIL], "predicted": 0.012, "measured": 0.014},
+                   {"low_bit_layers": ["dw"], "predicted": 0.02, "measured": 0.019}, {"predicted": None, "measured": 1}]}))
+    (tmp_path / "fix.json").write_text(json.dumps({
+        "schema": "quantlens/fix-v1", "metric": "top1", "rows": [
+            {"method": "float", "metric": 0.9}, {"method": "naive", "metric": 0.8},
+            {"method": "global:sawb", "metric": 0.75}, {"method": "local", "fixes": {"outl": ["sawb"]}, "metric": 0.88}]}))
+    (tmp_path / "plan.json").write_text(json.dumps({
+        "bits": {"outl": 8, "dw": 6, "wide": 4, "fine": 4}, "predicted": 0.01, "measured": 0.012, "budget": 5.0,
+        "uniform": {"bits": 5, "predicted": 0.03, "measured": 0.035}}))
+    html = write_report(tmp_path).read_text()
+    for s in ("additivity", "fixes", "plan"):
+        assert f'<section id="{s}">' in html
+    data, layout = plots(html)["plot-additivity"]
+    assert data[0]["x"] == data[0]["y"]  # the y = x line
+    assert data[1]["x"] == pytest.approx([1.2, 2.0]) and data[1]["y"] == pytest.approx([1.4, 1.9])
+    assert "Pearson r = 0.970, slope = 1.10" in layout["title"]["text"]
+    fix = html[html.index('id="fix-table"'):]
+    assert "global:sawb" in fix and "75.00%" in fix and "+8.00%" in fix and "outl: sawb" in fix
+    plan = html[html.index('id="plan-table"'):]
+    assert "1.00%" in plan and "1.20%" in plan and "3.50%" in plan
+    assert plots(html)["plot-plan"][0][0]["y"] == [8, 6, 4, 4]
+    assert EVIL not in html
+
+
+def test_extras_damaged_or_other_shape(tmp_path):
+    write_run(synthetic_result(), tmp_path)
+    (tmp_path / "additivity.json").write_text("{not json")
+    (tmp_path / "fix.json").write_text(json.dumps({"schema": "quantlens/other", "rows": []}))
+    (tmp_path / "plan.json").write_text(json.dumps({"layers": [{"layer": "outl", "bits": 6}, {"name": "dw", "w_bits": 4}]}))
+    html = write_report(tmp_path).read_text()
+    assert '<section id="additivity">' not in html and '<section id="fixes">' not in html
+    assert "additivity.json could not be read" in html and "fix.json could not be read" in html
+    assert plots(html)["plot-plan"][0][0]["y"] == [6, 4]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "does not exist: run `quantlens analyze"),
+        ("{oops", "is not valid JSON"),
+        ('{"schema": "something/else"}', "not a quantlens sweep result"),
+        ('{"schema": "quantlens/sweep-v1", "metric": {"name": "top1"}}', "incomplete or damaged"),
+        ("[1, 2]", "not a JSON object"),
+    ],
+)
+def test_bad_results_one_line_error(tmp_path, capsys, content, message):
+    if content is not None:
+        (tmp_path / "results.json").write_text(content)
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_out_is_a_directory(tmp_path, capsys):
+    write_run(synthetic_result(), tmp_path)
+    (tmp_path / "sub").mkdir()
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "sub")]) == 2
+    assert "is a directory: give a file name" in capsys.readouterr().err
+    with pytest.raises(QuantlensError):
+        load_result(tmp_path / "sub")
+
+
+def test_nan_cells_render(tmp_path):
+    r = synthetic_result()
+    cells = tuple(type(c)(**{**c.__dict__, "sqnr_db": math.inf, "mean_shift": math.nan}) if c.layer == "fine" else c for c in r.cells)
+    html = render_report(type(r)(**{**r.__dict__, "cells": cells}))
+    p = plots(html)  # strict JSON: NaN/Infinity would raise
+    assert set(PLOTS) <= set(p)
+    assert p["plot-profile"][0][3]["y"][3] is None  # SQNR at 4 bits of "fine": a gap, not Infinity
+
+
+def test_demo_and_analyze_write_the_report(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--w-bits", "4,8", "--no-progress"]) == 0
+    html = (out / "report.html").read_text()
+    assert '<section id="heatmap">' in html and "quantlens.demo:model" in html
+    out2 = tmp_path / "an"
+    assert main(["analyze", "--model", "quantlens.demo:model", "--data", "quantlens.demo:data", "--w-bits", "4",
+                 "--out", str(out2), "--no-progress"]) == 0
+    assert '<section id="summary">' in (out2 / "report.html").read_text()
