@@ -17,7 +17,7 @@ from ..errors import QuantlensError
 
 __all__ = ["main", "COMMANDS"]
 
-COMMANDS = ["analyze", "demo", "info", "report", "compare"]
+COMMANDS = ["analyze", "demo", "info", "report", "compare", "fix", "additivity", "plan"]
 
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001

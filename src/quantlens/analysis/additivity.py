@@ -1,0 +1,272 @@
+"""Additivity (the paper's Figure 2): do single-layer degradations add up?
+
+For ``K`` random configurations, a random subset of layers gets ``low``-bit weights and the rest
+``high``-bit weights (activations ``a_bits``). For each configuration::
+
+    predicted = sum_l cell(l, bits_l).degradation      (single-layer sweep cells)
+    measured  = degradation of the configuration quantized jointly
+
+and the same for the output noise (``sum_l cell.noise`` against the joint ``noise``), which is
+what the additivity argument is about (independent, zero-mean, small noises add). Reported:
+Pearson ``r`` and the least-squares slope of measured on predicted, for both.
+
+Subsets: with a seeded RNG, each configuration draws a size ``m`` uniformly in ``1..n`` and
+then ``m`` distinct layers. Per layer, the relative mean shift of its output (``mean_c |E[o_q -
+o]_c| / std_c``) is reported alone (the sweep cell at ``low`` bits) and with every layer at
+``low`` bits; a layer whose own shift exceeds ``shift_threshold`` is flagged as the likely
+reason when measured exceeds predicted (section 4.4: small-kernel, e.g. depthwise, layers).
+
+``additivity.json`` carries ``"schema": "quantlens/additivity-v1"``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
+
+from torch import nn
+
+from ..errors import QuantlensError
+from ..qconfig import LayerQuant, QuantConfig
+from .results import SweepResult, _clean, _num
+
+__all__ = [
+    "ADDITIVITY_SCHEMA",
+    "AdditivityPoint",
+    "LayerShift",
+    "AdditivityResult",
+    "random_subsets",
+    "pearson",
+    "fit_line",
+    "additivity",
+    "run_additivity",
+]
+
+ADDITIVITY_SCHEMA = "quantlens/additivity-v1"
+
+
+@dataclass(frozen=True)
+class AdditivityPoint:
+    """One configuration: which layers were at low bits, predicted and measured values."""
+
+    low_bit_layers: list[str]
+    predicted: float
+    measured: float
+    predicted_noise: float = float("nan")
+    measured_noise: float = float("nan")
+
+
+@dataclass(frozen=True)
+class LayerShift:
+    """A layer's relative output mean shift, alone and with every layer at low bits."""
+
+    layer: str
+    kind: str
+    mean_shift: float
+    joint_mean_shift: float
+    flagged: bool
+
+
+def pearson(x: Sequence[float], y: Sequence[float]) -> float:
+    """Pearson correlation; NaN when either side has no spread."""
+    n = len(x)
+    if n < 2:
+        return float("nan")
+    mx, my = sum(x) / n, sum(y) / n
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
+    sxx = sum((a - mx) ** 2 for a in x)
+    syy = sum((b - my) ** 2 for b in y)
+    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else float("nan")
+
+
+def fit_line(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
+    """Least-squares ``(slope, intercept)`` of ``y = slope * x + intercept``."""
+    n = len(x)
+    mx, my = sum(x) / n, sum(y) / n
+    sxx = sum((a - mx) ** 2 for a in x)
+    if sxx <= 0:
+        return float("nan"), float("nan")
+    slope = sum((a - mx) * (b - my) for a, b in zip(x, y)) / sxx
+    return slope, my - slope * mx
+
+
+@dataclass(frozen=True)
+class AdditivityResult:
+    """Predicted against measured degradation (and noise) over random configurations."""
+
+    metric_name: str
+    baseline: float
+    low: int
+    high: int
+    a_bits: Optional[int]
+    seed: int
+    points: tuple[AdditivityPoint, ...]
+    layers: tuple[LayerShift, ...] = ()
+    shift_threshold: float = 0.1
+    num_samples: int = 0
+    model: str = ""
+
+    @property
+    def pearson_r(self) -> float:
+        return pearson([p.predicted for p in self.points], [p.measured for p in self.points])
+
+    @property
+    def slope(self) -> float:
+        return fit_line([p.predicted for p in self.points], [p.measured for p in self.points])[0]
+
+    @property
+    def noise_pearson_r(self) -> float:
+        return pearson([p.predicted_noise for p in self.points], [p.measured_noise for p in self.points])
+
+    @property
+    def noise_slope(self) -> float:
+        return fit_line([p.predicted_noise for p in self.points], [p.measured_noise for p in self.points])[0]
+
+    @property
+    def flagged(self) -> list[str]:
+        return [l.layer for l in self.layers if l.flagged]
+
+    def to_dict(self) -> dict:
+        return _clean(
+            {
+                "schema": ADDITIVITY_SCHEMA,
+                "model": self.model,
+                "metric": self.metric_name,
+                "baseline": self.baseline,
+                "low": self.low,
+                "high": self.high,
+                "a_bits": self.a_bits,
+                "seed": self.seed,
+                "num_samples": self.num_samples,
+                "pearson_r": self.pearson_r,
+                "slope": self.slope,
+                "intercept": fit_line([p.predicted for p in self.points], [p.measured for p in self.points])[1],
+                "noise_pearson_r": self.noise_pearson_r,
+                "noise_slope": self.noise_slope,
+                "points": [asdict(p) for p in self.points],
+                "shift_threshold": self.shift_threshold,
+                "layers": [asdict(l) for l in self.layers],
+                "flagged": self.flagged,
+            }
+        )
+
+    def to_json(self, path: Union[str, os.PathLike, None] = None) -> str:
+        text = json.dumps(self.to_dict(), indent=1)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @classmethod
+    def from_json(cls, source: Union[str, os.PathLike]) -> "AdditivityResult":
+        s = str(source)
+        d = json.loads(s if s.lstrip().startswith("{") else Path(source).read_text())
+        if d.get("schema") != ADDITIVITY_SCHEMA:
+            raise QuantlensError(f"not a quantlens additivity result (schema {d.get('schema')!r})")
+        pts = tuple(
+            AdditivityPoint(list(p["low_bit_layers"]), _num(p["predicted"]), _num(p["measured"]), _num(p.get("predicted_noise")), _num(p.get("measured_noise")))
+            for p in d["points"]
+        )
+        lays = tuple(LayerShift(l["layer"], l["kind"], _num(l["mean_shift"]), _num(l["joint_mean_shift"]), bool(l["flagged"])) for l in d.get("layers", []))
+        return cls(d["metric"], _num(d["baseline"]), int(d["low"]), int(d["high"]), d.get("a_bits"), int(d["seed"]), pts, lays, float(d.get("shift_threshold", 0.1)), int(d.get("num_samples", 0)), d.get("model", ""))
+
+
+def random_subsets(names: Sequence[str], k: int, seed: int) -> list[list[str]]:
+    """``k`` subsets: size uniform in ``1..n``, then that many distinct layers (topological order kept)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(k):
+        m = rng.randint(1, len(names))
+        chosen = set(rng.sample(list(names), m))
+        out.append([n for n in names if n in chosen])
+    return out
+
+
+def additivity(
+    sweep: SweepResult,
+    measure: Callable[[QuantConfig, bool], Any],
+    *,
+    low: int = 4,
+    high: int = 8,
+    configs: int = 20,
+    seed: int = 0,
+    a_bits: Optional[int] = 8,
+    shift_threshold: float = 0.1,
+    model_name: str = "",
+) -> AdditivityResult:
+    """Run the additivity experiment given a sweep at ``low`` and ``high`` bits.
+
+    ``measure(config, mean_shift)`` quantizes the network with ``config`` and returns a
+    :class:`~quantlens.analysis.measure.NetworkResult` (a
+    :class:`~quantlens.analysis.measure.NetworkMeasurer` does; see :func:`run_additivity`).
+    """
+    if configs < 2:
+        raise QuantlensError(f"--configs must be at least 2 to compute a correlation, got {configs}")
+    if low == high:
+        raise QuantlensError(f"--low and --high are both {low}: give two different bit-widths")
+    for b in (low, high):
+        if b not in sweep.w_bits:
+            raise QuantlensError(f"the sweep has no cells at {b} bits (it has {sweep.w_bits})")
+    names = sweep.layer_names
+    points = []
+    for subset in random_subsets(names, configs, seed):
+        low_set = set(subset)
+        cfg = QuantConfig(tuple((n, LayerQuant(w_bits=low if n in low_set else high, a_bits=a_bits)) for n in names))
+        res = measure(cfg, False)
+        cells = [sweep.cell(n, low if n in low_set else high) for n in names]
+        points.append(
+            AdditivityPoint(subset, sum(c.degradation for c in cells), res.degradation, sum(c.noise for c in cells), res.noise)
+        )
+    joint = measure(QuantConfig(tuple((n, LayerQuant(w_bits=low, a_bits=a_bits)) for n in names)), True)
+    kinds = {l.name: l.kind for l in sweep.layers}
+    shifts = []
+    for n in names:
+        own = sweep.cell(n, low).mean_shift
+        shifts.append(LayerShift(n, kinds.get(n, ""), own, joint.mean_shift.get(n, float("nan")), bool(own > shift_threshold)))
+    return AdditivityResult(
+        sweep.metric_name, sweep.baseline, low, high, a_bits, seed, tuple(points), tuple(shifts), shift_threshold, sweep.num_samples, model_name
+    )
+
+
+def run_additivity(
+    model: nn.Module,
+    data: Iterable[Any],
+    *,
+    low: int = 4,
+    high: int = 8,
+    configs: int = 20,
+    seed: int = 0,
+    a_bits: Optional[int] = 8,
+    metric: Any = "top1",
+    calib: Optional[Iterable[Any]] = None,
+    reference: Optional[nn.Module] = None,
+    device: Any = "cpu",
+    output_key: Any = None,
+    shift_threshold: float = 0.1,
+    sweep: Optional[SweepResult] = None,
+    model_name: str = "",
+) -> AdditivityResult:
+    """Sweep ``model`` at ``low`` and ``high`` bits (unless ``sweep`` is given), then :func:`additivity`.
+
+    Example:
+        >>> from quantlens import demo                                              # doctest: +SKIP
+        >>> r = run_additivity(demo.model(), demo.data(), calib=demo.calib())       # doctest: +SKIP
+        >>> r.pearson_r, r.slope                                                    # doctest: +SKIP
+    """
+    from .measure import NetworkMeasurer
+    from .sweep import analyze
+
+    if sweep is None:
+        sweep = analyze(
+            model, data, w_bits=sorted({low, high}), a_bits=a_bits, metric=metric, calib=calib,
+            reference=reference, device=device, output_key=output_key, model_name=model_name,
+        )
+    measurer = NetworkMeasurer(model, data, calib=calib, metric=metric, reference=reference, device=device, output_key=output_key)
+    return additivity(
+        sweep, measurer, low=low, high=high, configs=configs, seed=seed, a_bits=a_bits,
+        shift_threshold=shift_threshold, model_name=model_name or type(model).__name__,
+    )

@@ -1,0 +1,204 @@
+"""Close the loop (section 4.2, Table 1): culprit layers, local fixes, whole-network table.
+
+1. Rank culprits: layers of the sweep at ``w_bits`` with positive degradation, worst first.
+2. For each culprit ``l`` and each candidate fix ``f``: apply ``f`` to ``l`` alone (a copy),
+   re-measure the single-layer cell with the cone engine against the same reference, and keep
+   the best fix only if its degradation is lower than the naive cell's (ties between fixes:
+   lower output noise).
+3. Measure, each with every layer quantized at once on the evaluation data: the float network,
+   naive quantization, each fix applied to every layer (``global:sawb``, ``global:mse``,
+   ``global:equalize+bias_correction``, plus ``global:<f>`` for any fix chosen locally), and
+   the chosen local fixes (``local``).
+
+``fix.json`` carries ``"schema": "quantlens/fix-v1"``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+from torch import nn
+
+from ..config import QuantSpec, SweepConfig, parse_granularity
+from ..errors import QuantlensError
+from ..fixes import FixContext, check_fix, make_fix
+from ..qconfig import QuantConfig
+from .measure import NetworkMeasurer
+from .results import SweepResult, _clean, _num
+
+__all__ = ["FIX_SCHEMA", "DEFAULT_FIXES", "GLOBAL_ROWS", "FixRow", "LocalTrial", "FixResult", "rank_culprits", "fix_loop"]
+
+FIX_SCHEMA = "quantlens/fix-v1"
+DEFAULT_FIXES = ("sawb", "mse", "mse_output", "percentile", "equalize", "bias_correction")
+GLOBAL_ROWS: tuple[tuple[str, ...], ...] = (("sawb",), ("mse",), ("equalize", "bias_correction"))
+
+
+@dataclass(frozen=True)
+class FixRow:
+    """One row of Table 1: a method measured with the whole network quantized."""
+
+    method: str
+    metric: float
+    degradation: float
+    noise: float
+    sqnr_db: float
+    fixes: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LocalTrial:
+    """One fix tried on one culprit, measured as a single-layer cell."""
+
+    layer: str
+    fix: str
+    degradation: float
+    noise: float
+    naive_degradation: float
+    kept: bool = False
+
+
+@dataclass(frozen=True)
+class FixResult:
+    """Table 1 for the user's network, the local trials, and the chosen configuration."""
+
+    metric_name: str
+    higher_is_better: bool
+    w_bits: int
+    a_bits: Optional[int]
+    culprits: tuple[str, ...]
+    trials: tuple[LocalTrial, ...]
+    rows: tuple[FixRow, ...]
+    config: QuantConfig
+    num_samples: int = 0
+    model: str = ""
+
+    def row(self, method: str) -> FixRow:
+        for r in self.rows:
+            if r.method == method:
+                return r
+        raise QuantlensError(f"no row {method!r} in the fix table")
+
+    @property
+    def local_fixes(self) -> dict[str, list[str]]:
+        return {n: list(lq.fixes) for n, lq in self.config.layers if lq.fixes}
+
+    def to_dict(self) -> dict:
+        return _clean(
+            {
+                "schema": FIX_SCHEMA,
+                "model": self.model,
+                "metric": self.metric_name,
+                "higher_is_better": self.higher_is_better,
+                "w_bits": self.w_bits,
+                "a_bits": self.a_bits,
+                "num_samples": self.num_samples,
+                "culprits": list(self.culprits),
+                "rows": [asdict(r) for r in self.rows],
+                "trials": [asdict(t) for t in self.trials],
+                "config": self.config.to_dict(),
+            }
+        )
+
+    def to_json(self, path: Union[str, os.PathLike, None] = None) -> str:
+        text = json.dumps(self.to_dict(), indent=1)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @classmethod
+    def from_json(cls, source: Union[str, os.PathLike]) -> "FixResult":
+        s = str(source)
+        d: dict[str, Any] = json.loads(s if s.lstrip().startswith("{") else Path(source).read_text())
+        if d.get("schema") != FIX_SCHEMA:
+            raise QuantlensError(f"not a quantlens fix result (schema {d.get('schema')!r})")
+        rows = tuple(FixRow(r["method"], _num(r["metric"]), _num(r["degradation"]), _num(r["noise"]), _num(r["sqnr_db"]), r.get("fixes", {})) for r in d["rows"])
+        trials = tuple(
+            LocalTrial(t["layer"], t["fix"], _num(t["degradation"]), _num(t["noise"]), _num(t["naive_degradation"]), bool(t["kept"])) for t in d["trials"]
+        )
+        return cls(d["metric"], bool(d["higher_is_better"]), int(d["w_bits"]), d.get("a_bits"), tuple(d["culprits"]), trials, rows,
+                   QuantConfig.from_dict(d["config"]), int(d.get("num_samples", 0)), d.get("model", ""))
+
+
+def rank_culprits(sweep: SweepResult, bits: int, k: int = 3) -> list[str]:
+    """Up to ``k`` layers with positive degradation at ``bits``, worst first."""
+    return [c.layer for c in sweep.worst(bits, k=len(sweep.layers)) if c.degradation > 0][:k]
+
+
+def _local_cell(measurer: NetworkMeasurer, graph: Any, layer: str, sweep_cfg: SweepConfig, reference: nn.Module) -> tuple[float, float]:
+    from .sweep import analyze
+
+    r = analyze(graph.gm, measurer.data, config=sweep_cfg, metric=measurer.metric, calib=measurer.calib,
+                reference=reference, device=measurer.device, output_key=measurer.output_key, layers=[layer])
+    c = r.cell(layer, sweep_cfg.w_bits[0])
+    return c.degradation, c.noise
+
+
+def fix_loop(
+    model: nn.Module,
+    data: Any,
+    sweep: SweepResult,
+    *,
+    w_bits: int = 8,
+    a_bits: Optional[int] = 8,
+    granularity: str = "per-tensor",
+    candidates: Sequence[str] = DEFAULT_FIXES,
+    top: int = 3,
+    metric: Any = "top1",
+    calib: Any = None,
+    reference: Optional[nn.Module] = None,
+    device: Any = "cpu",
+    output_key: Any = None,
+    model_name: str = "",
+) -> tuple[FixResult, NetworkMeasurer]:
+    """Run steps 1-3 of the module docstring; returns the result and the measurer used."""
+    for f in candidates:
+        check_fix(f)
+    if w_bits not in sweep.w_bits:
+        raise QuantlensError(f"the sweep has no cells at {w_bits} bits (it has {sweep.w_bits})")
+    measurer = NetworkMeasurer(model, data, calib=calib, metric=metric, reference=reference, device=device, output_key=output_key)
+    names = measurer.names
+    naive = QuantConfig.uniform(names, w_bits, a_bits, granularity)
+    g = parse_granularity(granularity)
+    sweep_cfg = SweepConfig(w_bits=(w_bits,), a_bits=a_bits, weight=QuantSpec(bits=w_bits, granularity=g))
+    ref_module = measurer.reference
+    culprits = rank_culprits(sweep, w_bits, top)
+    trials: list[LocalTrial] = []
+    chosen = naive
+    ctx = FixContext(naive, measurer.calib, measurer.device)
+    for layer in culprits:
+        base = sweep.cell(layer, w_bits).degradation
+        results = []
+        for f in candidates:
+            fixed = make_fix(f, ctx).apply(measurer.graph, [layer])
+            deg, noise = _local_cell(measurer, fixed, layer, sweep_cfg, ref_module)
+            results.append((deg, noise, f))
+        best = min(results) if results else None
+        keep = best is not None and best[0] < base
+        for deg, noise, f in results:
+            trials.append(LocalTrial(layer, f, deg, noise, base, keep and f == best[2]))  # type: ignore[index]
+        if keep:
+            chosen = chosen.with_fix(best[2], [layer])  # type: ignore[index]
+    rows = [_row("float", measurer(QuantConfig())), _row("naive", measurer(naive))]
+    global_sets = list(GLOBAL_ROWS)
+    for fs in chosen.fix_layers():
+        if (fs,) not in global_sets:
+            global_sets.append((fs,))
+    for fs in global_sets:
+        cfg = naive
+        for f in fs:
+            cfg = cfg.with_fix(f, names)
+        rows.append(_row("global:" + "+".join(fs), measurer(cfg)))
+    rows.append(_row("local", measurer(chosen), {n: list(lq.fixes) for n, lq in chosen.layers if lq.fixes}))
+    return (
+        FixResult(sweep.metric_name, sweep.higher_is_better, w_bits, a_bits, tuple(culprits), tuple(trials), tuple(rows), chosen,
+                  sweep.num_samples, model_name),
+        measurer,
+    )
+
+
+def _row(method: str, r: Any, fixes: Optional[dict] = None) -> FixRow:
+    return FixRow(method, r.metric, r.degradation, r.noise, r.sqnr_db, fixes or {})

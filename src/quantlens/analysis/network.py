@@ -1,0 +1,159 @@
+"""Full-network quantization: every layer of a :class:`QuantConfig` quantized at once.
+
+:func:`build_quantized` compiles a copy of the LayerGraph's GraphModule in which, for each
+configured layer ``l``::
+
+    x --ActQuantizer(in_l)--> op(x, Q_w(W_l), b_l) --activation--> ActQuantizer(out_l) --> users
+
+The input quantizer sits on ``l``'s own input edge (other consumers of the same tensor see
+what they saw before); the output quantizer follows the layer's fused activation. Weights are
+quantized with the layer's :class:`~quantlens.qconfig.LayerQuant` (bits, granularity, range
+estimator). Activation ranges are calibrated on the **float** network given as ``graph`` (no
+quantizer active, after any fixes already applied to it), so that every layer's ranges are
+those its tensors have in the network being quantized, not ones distorted by upstream noise.
+
+Measuring it: :mod:`quantlens.analysis.measure`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Union
+
+import torch
+from torch import fx, nn
+
+from ..graph.capture import Layer, LayerGraph
+from ..graph.cone import QuantLayer, build_cache_module, input_node
+from ..qconfig import QuantConfig
+from ..quant.quantizer import ActQuantizer, QuantizedWeight, make_observer, quantize_weight
+from .data import iterate, to_device
+
+__all__ = ["QuantizedNetwork", "build_quantized", "calibrate_ranges"]
+
+
+@dataclass
+class QuantizedNetwork:
+    """A compiled, fully quantized copy of a network.
+
+    ``gm(*inputs) -> (output, (tap values...))`` where ``taps`` names nodes of the float graph;
+    a tap on a layer's output node gives the value after its output quantizer.
+    """
+
+    gm: fx.GraphModule
+    graph: LayerGraph
+    config: QuantConfig
+    taps: list[str]
+    weights: dict[str, QuantizedWeight] = field(default_factory=dict)
+    in_q: dict[str, ActQuantizer] = field(default_factory=dict)
+    out_q: dict[str, ActQuantizer] = field(default_factory=dict)
+
+    def ranges(self) -> dict[str, dict]:
+        """Per layer: weight clip and scales, input/output activation scale and zero point."""
+        out: dict[str, dict] = {}
+        for name in self.config.names:
+            d: dict[str, Any] = {}
+            if name in self.weights:
+                qw = self.weights[name]
+                d["w_clip"] = qw.clip
+                d["w_scale"] = [float(s) for s in qw.scale.reshape(-1).tolist()]
+            for key, qs in (("in", self.in_q), ("out", self.out_q)):
+                q = qs.get(name)
+                if q is not None and q.enabled:
+                    s, z = float(q.scale), int(q.zero_point)
+                    d[f"{key}_scale"], d[f"{key}_zero_point"] = s, z
+                    d[f"{key}_range"] = [(q.qmin - z) * s, (q.qmax - z) * s]
+            out[name] = d
+        return out
+
+
+def calibrate_ranges(graph: LayerGraph, config: QuantConfig, calib: Iterable[Any], device: torch.device) -> tuple[dict, dict]:
+    """Observers of each configured layer's input and output over ``calib`` on the float graph."""
+    layers = [graph.layer(n) for n in config.names if config.layer(n).a_bits is not None]
+    ins_nodes = {l.name: input_node(graph, l) for l in layers}
+    cache_gm, keep = build_cache_module(graph, [ins_nodes[l.name] for l in layers] + [l.output_node for l in layers])
+    cache_gm.to(device)
+    ins = {l.name: make_observer(config.layer(l.name).act_spec(config.act_estimator)) for l in layers}
+    outs = {l.name: make_observer(config.layer(l.name).act_spec(config.act_estimator)) for l in layers}
+    if not layers:
+        return ins, outs
+    with torch.inference_mode():
+        for inputs, _ in iterate(calib, "calibration data"):
+            _, values = cache_gm(*to_device(inputs, device))
+            vals = dict(zip(keep, values))
+            for l in layers:
+                ins[l.name].update(vals[ins_nodes[l.name]])
+                outs[l.name].update(vals[l.output_node])
+    return ins, outs
+
+
+def build_quantized(
+    graph: LayerGraph,
+    config: QuantConfig,
+    calib: Iterable[Any],
+    device: Union[str, torch.device] = "cpu",
+    taps: Iterable[str] = (),
+) -> QuantizedNetwork:
+    """Compile ``graph`` with every layer of ``config`` quantized (see module docstring)."""
+    device = torch.device(device)
+    config.check_layers(l.name for l in graph.layers)
+    graph.gm.to(device)
+    obs_in, obs_out = calibrate_ranges(graph, config, calib, device)
+    tap_list = list(dict.fromkeys(taps))
+    by_node = {l.node: l for l in graph.layers if config.get(l.name) is not None}
+    by_out = {l.output_node: l for l in by_node.values()}
+    modules: dict[str, Any] = {}
+    qnet = QuantizedNetwork(gm=None, graph=graph, config=config, taps=tap_list)  # type: ignore[arg-type]
+    g = fx.Graph()
+    env: dict[str, fx.Node] = {}
+    gm = graph.gm
+    for n in gm.graph.nodes:
+        if n.op == "output":
+            y = fx.node.map_arg(n.args[0], lambda a: env[a.name])
+            g.output((y, tuple(env[t] for t in tap_list)))
+            continue
+        layer = by_node.get(n.name)
+        if layer is None:
+            new = g.node_copy(n, lambda a: env[a.name])
+            if n.op in ("call_module", "get_attr"):
+                modules[str(n.target)] = _fetch(gm, str(n.target))
+        else:
+            new = _quantized_call(g, n, env, layer, config, qnet, modules, obs_in)
+        env[n.name] = new
+        lo = by_out.get(n.name)
+        if lo is not None and lo.name in obs_out:
+            q = ActQuantizer().to(device)
+            q.set(config.layer(lo.name).act_spec(config.act_estimator), obs_out[lo.name])  # type: ignore[arg-type]
+            key = f"ql_out_{lo.index}"
+            modules[key] = qnet.out_q[lo.name] = q
+            env[n.name] = g.call_module(key, (new,))
+    qnet.gm = fx.GraphModule(modules, g, class_name="QuantizedNetwork").to(device).eval()
+    return qnet
+
+
+def _quantized_call(g: fx.Graph, n: fx.Node, env: dict, layer: Layer, config: QuantConfig, qnet: QuantizedNetwork, modules: dict, obs_in: dict) -> fx.Node:
+    lq = config.layer(layer.name)
+    module = qnet.graph.gm.get_submodule(layer.name)
+    ql = QuantLayer(module)
+    spec = lq.weight_spec()
+    if spec is not None:
+        qw = quantize_weight(module.weight.detach(), spec)
+        ql.set_weight(qw.weight)
+        qnet.weights[layer.name] = qw
+    src = env[n.args[0].name]  # type: ignore[union-attr]
+    if layer.name in obs_in:
+        q = ActQuantizer().to(module.weight.device)
+        q.set(lq.act_spec(config.act_estimator), obs_in[layer.name])  # type: ignore[arg-type]
+        key = f"ql_in_{layer.index}"
+        modules[key] = qnet.in_q[layer.name] = q
+        src = g.call_module(key, (src,))
+    key = f"ql_layer_{layer.index}"
+    modules[key] = ql
+    return g.call_module(key, (src,))
+
+
+def _fetch(gm: nn.Module, target: str) -> Any:
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj

@@ -1,0 +1,53 @@
+"""Options shared by ``fix``, ``additivity`` and ``plan`` (the commands that act on a sweep)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Optional
+
+from ..analysis.results import SweepResult
+from ..config import check_bits
+from ..errors import QuantlensError
+
+__all__ = ["add_common", "parse_bits", "load_inputs", "load_sweep"]
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    from ..metrics import metrics
+
+    p.add_argument("--metric", default="top1", help=f"task metric: {', '.join(metrics())} (default: top1)")
+    p.add_argument("--a-bits", default="8", help="activation bits, or 'none' for float activations (default: 8)")
+    p.add_argument("--granularity", default="per-tensor", help="weights: per-tensor, per-channel or per-group-N")
+    p.add_argument("--reference", metavar="MOD:FN", help="float model to measure against (for a fine-tuned/QAT model; see docs/fixes.md)")
+    p.add_argument("--results", metavar="DIR", help="reuse the sweep in DIR/results.json (from `quantlens analyze`) instead of running one")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+
+
+def parse_bits(text: Any, option: str) -> int:
+    try:
+        b = int(str(text))
+    except ValueError:
+        raise QuantlensError(f"{option} {text!r}: expected an integer in 2..16") from None
+    return check_bits(b, option)
+
+
+def load_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
+    """``(model, data, calib or None, reference or None)`` from the MOD:FN options."""
+    from ..loading import load_data, load_model
+
+    model = load_model(args.model)
+    data = load_data(args.data)
+    calib = load_data(args.calib, "--calib") if args.calib else None
+    reference = load_model(args.reference, "--reference") if args.reference else None
+    return model, data, calib, reference
+
+
+def load_sweep(args: argparse.Namespace, need_bits: list[int]) -> Optional[SweepResult]:
+    """The sweep from ``--results`` (checked to have ``need_bits``), or None to run one."""
+    if not args.results:
+        return None
+    sweep = SweepResult.from_json(args.results)
+    missing = [b for b in need_bits if b not in sweep.w_bits]
+    if missing:
+        raise QuantlensError(f"--results {args.results}: the sweep has no cells at {missing} bits (it has {sweep.w_bits})")
+    return sweep

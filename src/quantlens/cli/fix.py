@@ -1,0 +1,83 @@
+"""``quantlens fix``: culprit layers, local fixes, and the paper's Table 1 for the user's network."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from rich.table import Table
+
+from ._loop_args import add_common, load_inputs, load_sweep, parse_bits
+from .common import add_model_args, console, parse_a_bits, prepare_out_dir
+
+__all__ = ["register", "run", "print_table"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from ..analysis.fixloop import DEFAULT_FIXES
+
+    p = sub.add_parser("fix", help="find the culprit layers, fix them locally, and print Table 1 (float/naive/global/local)")
+    add_model_args(p)
+    p.add_argument("--w-bits", default="8", help="weight bits of the quantized network (default: 8)")
+    add_common(p)
+    p.add_argument("--fixes", default=",".join(DEFAULT_FIXES), help=f"fixes to try on each culprit (default: {','.join(DEFAULT_FIXES)})")
+    p.add_argument("--top", type=int, default=3, help="how many culprit layers to try fixing (default 3)")
+    p.set_defaults(func=run)
+
+
+def _pct(x: float, pct: bool) -> str:
+    if x is None or math.isnan(x):
+        return "-"
+    return f"{100 * x:.2f}%" if pct else f"{x:.5g}"
+
+
+def print_table(result) -> None:  # noqa: ANN001
+    pct = result.metric_name in ("top1", "top5", "agreement")
+    a = f"{result.a_bits}-bit activations" if result.a_bits else "float activations"
+    t = Table(title=f"Table 1: {result.w_bits}-bit weights, {a}, whole network quantized")
+    for col, just in (("method", "left"), (result.metric_name, "right"), ("degradation", "right"), ("SQNR", "right"), ("fixes", "left")):
+        t.add_column(col, justify=just)  # type: ignore[arg-type]
+    for r in result.rows:
+        fixes = ", ".join(f"{k}: {'+'.join(v)}" for k, v in r.fixes.items())
+        sq = "-" if math.isinf(r.sqnr_db) or math.isnan(r.sqnr_db) else f"{r.sqnr_db:.1f} dB"
+        t.add_row(r.method, _pct(r.metric, pct), _pct(r.degradation, pct), sq, fixes)
+    console.print(t)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..analysis.fixloop import fix_loop
+    from ..analysis.sweep import analyze, make_config
+    from ..errors import QuantlensError
+    from ..export import export
+    from ..fixes import check_fix
+
+    w_bits = parse_bits(args.w_bits, "--w-bits")
+    a_bits = parse_a_bits(args.a_bits)
+    candidates = [f.strip() for f in args.fixes.split(",") if f.strip()]
+    if not candidates:
+        raise QuantlensError("--fixes is empty: give fix names, e.g. sawb,mse,equalize")
+    for f in candidates:
+        check_fix(f)
+    if args.top < 1:
+        raise QuantlensError(f"--top must be at least 1, got {args.top}")
+    out = prepare_out_dir(args.out)
+    model, data, calib, reference = load_inputs(args)
+    sweep = load_sweep(args, [w_bits])
+    if sweep is None:
+        sweep = analyze(model, data, config=make_config([w_bits], a_bits, args.granularity), metric=args.metric, calib=calib,
+                        reference=reference, device=args.device, output_key=args.output_key, model_name=args.model)
+        sweep.to_json(out / "results.json")
+    result, measurer = fix_loop(
+        model, data, sweep, w_bits=w_bits, a_bits=a_bits, granularity=args.granularity, candidates=candidates, top=args.top,
+        metric=args.metric, calib=calib, reference=reference, device=args.device, output_key=args.output_key, model_name=args.model,
+    )
+    result.to_json(out / "fix.json")
+    export(measurer.build(result.config), out, extra={"model": args.model, "metric": result.metric_name, "local": result.row("local").metric})
+    if result.culprits:
+        console.print(f"culprits at {w_bits} bits: {', '.join(result.culprits)}; kept: "
+                      + (", ".join(f"{k}: {'+'.join(v)}" for k, v in result.local_fixes.items()) or "none"))
+    else:
+        console.print(f"no layer degrades {result.metric_name} at {w_bits} bits on its own: nothing to fix locally")
+    print_table(result)
+    console.print(f"wrote {out / 'fix.json'}, {out / 'quant_config.json'} and {out / 'weights.safetensors'}")
+    return 0

@@ -1,0 +1,66 @@
+"""``quantlens plan``: per-layer weight bits under a size budget (exact multiple-choice knapsack)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from rich.table import Table
+
+from ._loop_args import add_common, load_inputs, load_sweep
+from .common import add_model_args, console, parse_a_bits, parse_bits_list, prepare_out_dir
+
+__all__ = ["register", "run"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plan", help="choose per-layer weight bits under a budget, measure it against uniform")
+    add_model_args(p)
+    p.add_argument("--budget", type=float, help="average weight bits, weighted by parameter count (e.g. 5.0)")
+    p.add_argument("--budget-bytes", type=float, help="total weight bytes instead of --budget")
+    p.add_argument("--w-bits", default="3,4,5,6,7,8", help="candidate weight bit-widths (default: 3,4,5,6,7,8)")
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+def _f(x: float, pct: bool) -> str:
+    if x is None or math.isnan(x):
+        return "-"
+    return f"{100 * x:+.2f}%" if pct else f"{x:+.4g}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..analysis.sweep import analyze, make_config
+    from ..errors import QuantlensError
+    from ..plan import run_plan
+
+    if (args.budget is None) == (args.budget_bytes is None):
+        raise QuantlensError("give exactly one of --budget (average weight bits) or --budget-bytes")
+    w_bits = parse_bits_list(args.w_bits)
+    a_bits = parse_a_bits(args.a_bits)
+    for v, name in ((args.budget, "--budget"), (args.budget_bytes, "--budget-bytes")):
+        if v is not None and (not math.isfinite(v) or v <= 0):
+            raise QuantlensError(f"{name} must be a positive number, got {v}")
+    out = prepare_out_dir(args.out)
+    model, data, calib, reference = load_inputs(args)
+    sweep = load_sweep(args, list(w_bits))
+    if sweep is None:
+        sweep = analyze(model, data, config=make_config(w_bits, a_bits, args.granularity), metric=args.metric, calib=calib,
+                        reference=reference, device=args.device, output_key=args.output_key, model_name=args.model)
+        sweep.to_json(out / "results.json")
+    r = run_plan(model, data, budget=args.budget, budget_bytes=args.budget_bytes, a_bits=a_bits, granularity=args.granularity,
+                 metric=args.metric, calib=calib, reference=reference, device=args.device, output_key=args.output_key, sweep=sweep)
+    r.to_json(out / "plan.json")
+    pct = r.metric_name in ("top1", "top5", "agreement")
+    t = Table(title=f"plan: {r.avg_bits:.2f} average weight bits (budget {r.budget_bits:.2f})")
+    for col in ("layer", "params", "bits", "cell degradation"):
+        t.add_column(col, justify="left" if col == "layer" else "right")
+    for l in r.layers:
+        t.add_row(l.layer, f"{l.params:,}", str(l.w_bits), _f(l.predicted, pct))
+    console.print(t)
+    console.print(f"plan: predicted {_f(r.predicted, pct)}, measured {_f(r.measured, pct)} degradation")
+    if r.uniform_bits is not None:
+        console.print(f"uniform {r.uniform_bits} bits (same size or smaller): predicted {_f(r.uniform_predicted, pct)}, "
+                      f"measured {_f(r.uniform_measured, pct)}")
+    console.print(f"wrote {out / 'plan.json'}")
+    return 0

@@ -1,0 +1,21 @@
+"""Fixes: graph transforms ``apply(graph, layers) -> graph`` that make quantization hurt less.
+
+Registered by name (``quantlens.fixes.fixes()`` lists them):
+
+* ``sawb``, ``mse``, ``mse_output``, ``percentile``: weight clipping (:mod:`.clipping`)
+* ``equalize``: cross-layer equalization (:mod:`.equalize`)
+* ``bias_correction``: empirical bias correction (:mod:`.bias_correction`)
+
+A :class:`~quantlens.qconfig.QuantConfig` records which fixes each layer gets;
+:func:`apply_fixes` applies them all in fix order to a copy of the graph.
+
+Example:
+    >>> from quantlens.fixes import fixes
+    >>> "sawb" in fixes() and "equalize" in fixes()
+    True
+"""
+
+from . import bias_correction, clipping, equalize  # noqa: F401  (register the fixes)
+from .base import Fix, FixContext, apply_fixes, check_fix, copy_graph, fixes, make_fix, register_fix
+
+__all__ = ["Fix", "FixContext", "apply_fixes", "check_fix", "copy_graph", "fixes", "make_fix", "register_fix"]

@@ -1,0 +1,99 @@
+"""The fix registry: graph transforms ``apply(graph, layers) -> graph`` registered by name.
+
+A fix is built from a :class:`FixContext` (the quantization config it prepares for, the
+calibration data, the device) by :func:`make_fix`, then applied with
+``fix.apply(graph, ["conv2", ...])``. It returns a new :class:`LayerGraph` and never changes
+the graph it was given (nor, therefore, the user's model). Fixes run in a fixed order
+(``order``): equalization (changes which weights exist), then clipping, then bias correction
+(which measures what the final quantized weights do).
+
+Example:
+    >>> from quantlens.fixes import fixes
+    >>> fixes()[:3]
+    ['bias_correction', 'equalize', 'mse']
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Optional, Protocol, Sequence
+
+import torch
+
+from ..errors import QuantlensError
+from ..graph.capture import LayerGraph
+from ..qconfig import QuantConfig
+
+__all__ = ["Fix", "FixContext", "register_fix", "fixes", "make_fix", "apply_fixes", "copy_graph", "check_fix"]
+
+
+@dataclass(frozen=True)
+class FixContext:
+    """What a fix may need: the config it prepares for, calibration batches, device."""
+
+    config: QuantConfig
+    calib: Optional[Iterable[Any]] = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    percentile: float = 99.0
+
+
+class Fix(Protocol):
+    name: str
+    order: int
+
+    def apply(self, graph: LayerGraph, layers: Sequence[str]) -> LayerGraph: ...
+
+
+_REGISTRY: dict[str, tuple[int, Callable[[FixContext], Fix]]] = {}
+
+
+def register_fix(name: str, order: int) -> Callable[[type], type]:
+    """Class decorator: ``cls(ctx)`` builds the fix; ``order`` sorts fixes when several apply."""
+
+    def deco(cls: type) -> type:
+        cls.name = name
+        cls.order = order
+        _REGISTRY[name] = (order, cls)
+        return cls
+
+    return deco
+
+
+def fixes() -> list[str]:
+    """Names of the registered fixes."""
+    return sorted(_REGISTRY)
+
+
+def check_fix(name: str) -> None:
+    if name not in _REGISTRY:
+        raise QuantlensError(f"unknown fix {name!r}: choose one of {', '.join(fixes())}")
+
+
+def make_fix(name: str, ctx: FixContext) -> Fix:
+    check_fix(name)
+    return _REGISTRY[name][1](ctx)
+
+
+def copy_graph(graph: LayerGraph) -> LayerGraph:
+    """A deep copy (module weights included) with the same node and layer names."""
+    return LayerGraph(copy.deepcopy(graph.gm), list(graph.layers))
+
+
+def apply_fixes(graph: LayerGraph, config: QuantConfig, calib: Optional[Iterable[Any]], device: torch.device) -> LayerGraph:
+    """Apply every fix that ``config`` records, in fix order, each to the layers that list it."""
+    todo = config.fix_layers()
+    if not todo:
+        return graph
+    for name in todo:
+        check_fix(name)
+    ctx = FixContext(config, calib, device)
+    out = graph
+    for name in sorted(todo, key=lambda n: _REGISTRY[n][0]):
+        out = make_fix(name, ctx).apply(out, todo[name])
+    return out
+
+
+def weight_of(graph: LayerGraph, name: str) -> torch.Tensor:
+    """The (float, BN-folded) weight parameter of layer ``name`` in ``graph``."""
+    return graph.gm.get_submodule(graph.layer(name).name).weight

@@ -1,0 +1,135 @@
+"""Weight clipping fixes: clamp a layer's float weights to the range an estimator picks.
+
+For each layer, at the bits and granularity the config gives it, each scale's row of weights
+``w`` is clamped to ``[lo, hi]``; quantizing the clamped weights with min/max then uses exactly
+that range. The fixes:
+
+* ``sawb``: ``clip = c1*sqrt(E[w^2]) - c2*E[|w|]`` (Choi et al. 2018; coefficients in
+  :data:`quantlens.quant.ranges.SAWB_COEFFICIENTS`), capped at ``max|w|``.
+* ``mse``: the clip ``c*max|w|`` (``c`` on a grid of 100 in (0, 1]) minimising the weights'
+  own quantization error ``sum (Q(w) - w)^2``.
+* ``mse_output``: the clip minimising the error the layer's *output* sees,
+  ``E||(Q(W) - W) x||^2 ~ sum_{o,c,k} (Q(W) - W)_{o,c,k}^2 E[x_c^2]`` (the diagonal of the
+  input's second moment over the calibration data, per input channel). Weights on inputs that
+  are (almost) never active cost (almost) nothing, so their outliers get clipped.
+* ``percentile``: ``|w|``'s ``FixContext.percentile``-th percentile (default 99).
+
+Example:
+    >>> from quantlens.fixes import FixContext, make_fix              # doctest: +SKIP
+    >>> g2 = make_fix("sawb", FixContext(cfg)).apply(g, ["conv2"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from ..analysis.accumulate import _channel_sums, channel_axis
+from ..analysis.data import iterate, to_device
+from ..config import QuantSpec
+from ..errors import QuantlensError
+from ..graph.capture import LayerGraph
+from ..graph.cone import build_cache_module, input_node
+from ..quant.quantizer import weight_rows
+from ..quant.ranges import _mse_best_scale, estimate_weight_rows
+from .base import FixContext, copy_graph, register_fix, weight_of
+
+__all__ = ["ClipFix", "SAWBClip", "MSEClip", "PercentileClip", "OutputMSEClip"]
+
+
+class ClipFix:
+    """Clamp each scale's weights to ``[lo, hi]`` from ``self.range(rows, spec, layer)``."""
+
+    name = "clip"
+    order = 20
+    estimator = "minmax"
+
+    def __init__(self, ctx: FixContext) -> None:
+        self.ctx = ctx
+
+    def spec(self, name: str) -> Optional[QuantSpec]:
+        lq = self.ctx.config.get(name)
+        spec = None if lq is None else lq.weight_spec()
+        if spec is None:
+            return None
+        return replace(spec, estimator=self.estimator, percentile=self.ctx.percentile)
+
+    def range(self, graph: LayerGraph, name: str, rows: Tensor, spec: QuantSpec) -> tuple[Tensor, Tensor]:
+        return estimate_weight_rows(rows, spec)
+
+    def apply(self, graph: LayerGraph, layers: Sequence[str]) -> LayerGraph:
+        out = copy_graph(graph)
+        for name in layers:
+            spec = self.spec(name)
+            if spec is None:
+                continue
+            w = weight_of(out, name)
+            rows = weight_rows(w.detach(), spec)
+            lo, hi = self.range(out, name, rows, spec)
+            clamped = torch.maximum(torch.minimum(rows, hi.unsqueeze(1).to(rows)), lo.unsqueeze(1).to(rows))
+            with torch.no_grad():
+                w.copy_(clamped.reshape(w.shape))
+        return out
+
+
+@register_fix("sawb", order=20)
+class SAWBClip(ClipFix):
+    estimator = "sawb"
+
+
+@register_fix("mse", order=20)
+class MSEClip(ClipFix):
+    estimator = "mse"
+
+
+@register_fix("percentile", order=20)
+class PercentileClip(ClipFix):
+    estimator = "percentile"
+
+
+def input_second_moment(graph: LayerGraph, name: str, calib, device: torch.device) -> Tensor:
+    """``E[x_c^2]`` per input channel ``c`` of layer ``name`` over ``calib`` (float graph)."""
+    if calib is None:
+        raise QuantlensError("fix 'mse_output' needs calibration data")
+    layer = graph.layer(name)
+    node = input_node(graph, layer)
+    gm, keep = build_cache_module(graph, [node])
+    gm.to(device)
+    total: Optional[Tensor] = None
+    count = 0
+    with torch.inference_mode():
+        for inputs, _ in iterate(calib, "calibration data"):
+            _, (x,) = gm(*to_device(inputs, device))
+            s, c = _channel_sums(x.double() ** 2, channel_axis(layer.op))
+            total = s if total is None else total + s
+            count += c
+    assert total is not None
+    return (total / max(count, 1)).float()
+
+
+def _importance(w: Tensor, groups: int, ex2: Tensor) -> Tensor:
+    """``E[x_c^2]`` broadcast to each weight element ``W[o, j, ...]`` (``c`` = its input channel)."""
+    o, ipg = w.shape[0], w.shape[1]
+    opg = o // groups
+    chan = (torch.arange(o) // opg).unsqueeze(1) * ipg + torch.arange(ipg).unsqueeze(0)  # [O, ipg]
+    imp = ex2.to(w.device)[chan]
+    return imp.reshape(o, ipg, *([1] * (w.dim() - 2))).expand_as(w)
+
+
+@register_fix("mse_output", order=20)
+class OutputMSEClip(ClipFix):
+    estimator = "minmax"
+
+    def range(self, graph: LayerGraph, name: str, rows: Tensor, spec: QuantSpec) -> tuple[Tensor, Tensor]:
+        module = graph.gm.get_submodule(graph.layer(name).name)
+        ex2 = input_second_moment(graph, name, self.ctx.calib, self.ctx.device)
+        imp = _importance(module.weight.detach(), int(getattr(module, "groups", 1)), ex2)
+        imp_rows = weight_rows(imp, spec).float() + 1e-12
+        amax = rows.abs().amax(dim=1)
+        lo, hi = -amax, amax
+        c = _mse_best_scale(rows.float(), imp_rows, lo, hi, spec)
+        return lo * c, hi * c
+

@@ -1,0 +1,248 @@
+"""Mixed precision on the additive table: per-layer weight bits under a size budget.
+
+Given the sweep cells ``d(l, b)`` (degradation of the network when only layer ``l`` is at ``b``
+bits) and the additivity of Figure 2, choose one ``b_l`` per layer to::
+
+    minimise  sum_l d(l, b_l)     subject to   sum_l params_l * b_l <= budget
+
+(the budget is ``avg_bits * sum_l params_l`` bits, or ``8 * bytes``). This is a multiple-choice
+knapsack; :func:`mckp` solves it exactly by dynamic programming over the Pareto frontier of
+``(cost, value)`` states, layer by layer (a state survives only if no cheaper state has a value
+as low). A negative cell (the layer quantized scores better than float: sampling noise on
+small data) counts as 0 in the objective, and ties in degradation (common for top-1 on small
+data) are broken by the summed output noise, then by size. ``predicted`` reports the plain sum. The plan is then measured with every layer quantized at once and compared
+with the uniform bit-width of the same size (the largest ``b`` with ``b * params <= budget``).
+
+``plan.json`` carries ``"schema": "quantlens/plan-v1"``.
+
+Example:
+    >>> mckp([[(1, 5.0), (2, 1.0)], [(1, 3.0), (2, 0.0)]], capacity=3)
+    ([1, 0], 4.0)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+from .analysis.results import SweepResult, _clean
+from .errors import QuantlensError
+
+__all__ = ["PLAN_SCHEMA", "mckp", "LayerPlan", "PlanResult", "plan_bits", "budget_capacity", "run_plan"]
+
+PLAN_SCHEMA = "quantlens/plan-v1"
+
+Value = Union[float, tuple]
+
+
+def mckp(options: Sequence[Sequence[tuple[int, Value]]], capacity: int) -> tuple[list[int], Value]:
+    """Exact multiple-choice knapsack: one option ``(cost, value)`` per group, least total value.
+
+    Returns ``(chosen option index per group, total value)``; raises if nothing fits.
+    Values may be floats or tuples (compared lexicographically and summed element-wise).
+    """
+
+    def add(a: Value, b: Value) -> Value:
+        return tuple(x + y for x, y in zip(a, b)) if isinstance(a, tuple) else a + b  # type: ignore[operator,arg-type]
+
+    zero: Value = tuple(0.0 for _ in options[0][0][1]) if options and isinstance(options[0][0][1], tuple) else 0.0
+    states: list[tuple[int, Value, tuple[int, ...]]] = [(0, zero, ())]
+    for group in options:
+        cand = [(c + oc, add(v, ov), ch + (i,)) for c, v, ch in states for i, (oc, ov) in enumerate(group) if c + oc <= capacity]
+        cand.sort(key=lambda s: (s[0], s[1]))
+        states = []
+        for s in cand:
+            if not states or s[1] < states[-1][1]:
+                states.append(s)
+        if not states:
+            raise QuantlensError("the budget is too small: even the lowest bit-width of every layer does not fit")
+    best = min(states, key=lambda s: (s[1], s[0]))
+    return list(best[2]), best[1]
+
+
+def budget_capacity(params: int, budget_bits: Optional[float], budget_bytes: Optional[float]) -> int:
+    """The budget in bits of weights, from an average bit-width or a byte count."""
+    if (budget_bits is None) == (budget_bytes is None):
+        raise QuantlensError("give exactly one of --budget (average weight bits) or --budget-bytes")
+    if budget_bits is not None:
+        if not math.isfinite(budget_bits) or budget_bits <= 0:
+            raise QuantlensError(f"--budget must be a positive number of bits, got {budget_bits}")
+        return int(math.floor(budget_bits * params + 1e-9))
+    assert budget_bytes is not None
+    if not math.isfinite(budget_bytes) or budget_bytes <= 0:
+        raise QuantlensError(f"--budget-bytes must be positive, got {budget_bytes}")
+    return int(math.floor(budget_bytes * 8 + 1e-9))
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """One layer's chosen bit-width and its sweep cell."""
+
+    layer: str
+    params: int
+    w_bits: int
+    predicted: float
+    noise: float
+
+
+def plan_bits(sweep: SweepResult, capacity: int, bits: Optional[Sequence[int]] = None) -> list[LayerPlan]:
+    """The exact minimum-predicted-degradation choice of bits per layer (module docstring)."""
+    bits = sorted(bits or sweep.w_bits)
+    params = {l.name: l.params for l in sweep.layers}
+    options = []
+    for n in sweep.layer_names:
+        group = []
+        for b in bits:
+            c = sweep.cell(n, b)
+            deg = 0.0 if math.isnan(c.degradation) else round(max(0.0, c.degradation), 9)
+            group.append((params[n] * b, (deg, 0.0 if math.isnan(c.noise) else c.noise)))
+        options.append(group)
+    lowest = sum(params[n] * bits[0] for n in sweep.layer_names)
+    if lowest > capacity:
+        total = sum(params.values())
+        raise QuantlensError(
+            f"the budget ({capacity / total:.3f} average bits, {capacity / 8:,.0f} bytes) is below the smallest plan "
+            f"({bits[0]} bits everywhere = {lowest / 8:,.0f} bytes)"
+        )
+    choice, _ = mckp(options, capacity)
+    out = []
+    for n, i in zip(sweep.layer_names, choice):
+        c = sweep.cell(n, bits[i])
+        out.append(LayerPlan(n, params[n], bits[i], c.degradation, c.noise))
+    return out
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    """A mixed-precision plan, measured, with the uniform plan of the same size."""
+
+    metric_name: str
+    baseline: float
+    budget_bits: float
+    capacity_bits: int
+    a_bits: Optional[int]
+    layers: tuple[LayerPlan, ...]
+    measured: float
+    measured_metric: float
+    uniform_bits: Optional[int]
+    uniform_predicted: float
+    uniform_measured: float
+    uniform_metric: float
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def params(self) -> int:
+        return sum(l.params for l in self.layers)
+
+    @property
+    def avg_bits(self) -> float:
+        return sum(l.params * l.w_bits for l in self.layers) / self.params
+
+    @property
+    def predicted(self) -> float:
+        return sum(l.predicted for l in self.layers)
+
+    def to_dict(self) -> dict:
+        p = self.params
+        return _clean(
+            {
+                "schema": PLAN_SCHEMA,
+                "metric": self.metric_name,
+                "baseline": self.baseline,
+                "budget": {"avg_bits": self.budget_bits, "bits": self.capacity_bits, "bytes": self.capacity_bits / 8},
+                "a_bits": self.a_bits,
+                "params": p,
+                "avg_bits": self.avg_bits,
+                "bytes": sum(l.params * l.w_bits for l in self.layers) / 8,
+                "layers": [asdict(l) for l in self.layers],
+                "w_bits": {l.layer: l.w_bits for l in self.layers},
+                "predicted": self.predicted,
+                "measured": self.measured,
+                "measured_metric": self.measured_metric,
+                "uniform": {
+                    "w_bits": self.uniform_bits,
+                    "avg_bits": self.uniform_bits,
+                    "bytes": None if self.uniform_bits is None else self.uniform_bits * p / 8,
+                    "predicted": self.uniform_predicted,
+                    "measured": self.uniform_measured,
+                    "metric": self.uniform_metric,
+                },
+                **self.extra,
+            }
+        )
+
+    def to_json(self, path: Union[str, os.PathLike, None] = None) -> str:
+        text = json.dumps(self.to_dict(), indent=1)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @classmethod
+    def from_json(cls, source: Union[str, os.PathLike]) -> "PlanResult":
+        s = str(source)
+        d: dict[str, Any] = json.loads(s if s.lstrip().startswith("{") else Path(source).read_text())
+        if d.get("schema") != PLAN_SCHEMA:
+            raise QuantlensError(f"not a quantlens plan (schema {d.get('schema')!r})")
+        nan = float("nan")
+
+        def num(x: Any) -> float:
+            return nan if x is None else float(x)
+
+        u = d["uniform"]
+        return cls(
+            d["metric"], num(d["baseline"]), num(d["budget"]["avg_bits"]), int(d["budget"]["bits"]), d.get("a_bits"),
+            tuple(LayerPlan(l["layer"], int(l["params"]), int(l["w_bits"]), num(l["predicted"]), num(l["noise"])) for l in d["layers"]),
+            num(d["measured"]), num(d["measured_metric"]), u.get("w_bits"), num(u["predicted"]), num(u["measured"]), num(u["metric"]),
+        )
+
+
+def run_plan(
+    model: Any,
+    data: Any,
+    *,
+    budget: Optional[float] = None,
+    budget_bytes: Optional[float] = None,
+    w_bits: Sequence[int] = (3, 4, 5, 6, 7, 8),
+    a_bits: Optional[int] = 8,
+    granularity: str = "per-tensor",
+    metric: Any = "top1",
+    calib: Any = None,
+    reference: Any = None,
+    device: Any = "cpu",
+    output_key: Any = None,
+    sweep: Optional[SweepResult] = None,
+) -> PlanResult:
+    """Sweep (unless given), plan under the budget, and measure the plan and the uniform baseline.
+
+    Example:
+        >>> from quantlens import demo                                         # doctest: +SKIP
+        >>> run_plan(demo.model(), demo.data(), budget=5.0).measured           # doctest: +SKIP
+    """
+    from .analysis.measure import NetworkMeasurer
+    from .analysis.sweep import analyze, make_config
+    from .qconfig import LayerQuant, QuantConfig
+    from .config import parse_granularity
+
+    if sweep is None:
+        sweep = analyze(model, data, config=make_config(w_bits, a_bits, granularity), metric=metric, calib=calib,
+                        reference=reference, device=device, output_key=output_key)
+    total = sum(l.params for l in sweep.layers)
+    cap = budget_capacity(total, budget, budget_bytes)
+    plan = plan_bits(sweep, cap)
+    g = parse_granularity(granularity)
+    measurer = NetworkMeasurer(model, data, calib=calib, metric=metric, reference=reference, device=device, output_key=output_key)
+    res = measurer(QuantConfig(tuple((p.layer, LayerQuant(p.w_bits, a_bits, g)) for p in plan)))
+    fits = [b for b in sweep.w_bits if b * total <= cap]
+    ub = max(fits) if fits else None
+    if ub is not None:
+        uni = measurer(QuantConfig.uniform(sweep.layer_names, ub, a_bits, g))
+        u_pred, u_meas, u_metric = sum(sweep.cell(n, ub).degradation for n in sweep.layer_names), uni.degradation, uni.metric
+    else:
+        u_pred = u_meas = u_metric = float("nan")
+    return PlanResult(
+        sweep.metric_name, sweep.baseline, cap / total, cap, a_bits, tuple(plan), res.degradation, res.metric, ub, u_pred, u_meas, u_metric
+    )
