@@ -70,7 +70,7 @@ def layer_profile(result: SweepResult, units: Units, focus: int) -> go.Figure:
         **BASE_LAYOUT, title=dict(text=titles[active], y=0.97), height=440, barmode="group",
         updatemenus=bits_buttons([f"{b} bits" for b in bits], masks, titles, active),
         yaxis=dict(title=f"{plot_text(result.metric_name)} degradation{' (%)' if units.pct else ''}", zeroline=True),
-        yaxis2=dict(title="SQNR (dB)", overlaying="y", side="right", showgrid=False, rangemode="tozero"),
+        yaxis2=dict(title="SQNR (dB)", overlaying="y", side="right", showgrid=False, rangemode="tozero", tickmode="auto"),
         xaxis=dict(title="layer (topological order)", type="category", tickangle=-45 if len(names) > 8 else 0),
         legend=dict(orientation="h", y=-0.25 if len(names) > 8 else -0.18),
     )
