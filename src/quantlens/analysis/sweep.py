@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -362,6 +363,10 @@ def analyze(
     engine: str = "cone",
     progress: bool = False,
     model_name: str = "",
+    backend: Any = "serial",
+    address: Optional[str] = None,
+    cache: Union[str, "os.PathLike[str]", None] = None,
+    fresh: bool = False,
 ) -> SweepResult:
     """Quantize one layer at a time and measure what each does to the network's output.
 
@@ -377,25 +382,33 @@ def analyze(
             fine-tuned model, section 4.3 of the paper); default: the model itself.
         layers: restrict the sweep to these layer names.
         engine: ``cone`` (default), ``naive`` (full forward per layer, for benchmarks) or ``hooks``.
+        backend: ``serial`` (default), ``ray`` (tasks over layer groups x data shards; needs
+            ``quantlens[ray]``), or an executor from :mod:`quantlens.parallel`.
+        address: the Ray cluster to join (``auto``, ``HOST:PORT`` or ``ray://HOST:10001``);
+            default: the running Ray instance, else a new local one.
+        cache: a directory where progress is saved atomically after each batch (each task
+            with Ray); a rerun resumes from it. Refused if made by a different run. Removed
+            when the sweep finishes. Default: no cache.
+        fresh: discard an existing cache first.
 
     Returns:
         a :class:`SweepResult` with one cell per (layer, weight bits).
     """
+    from ..parallel import SweepRecipe, make_executor, run_sweep
+
     cfg = config or make_config(w_bits, a_bits, granularity, weight_estimator, act_estimator)
     check_reiterable(data, "data")
     if calib is not None:
         check_reiterable(calib, "calibration data")
+    executor = make_executor(backend, address)
     t0 = time.perf_counter()
     with preserve_model(model):
         sample = next(iter(iterate(data, "data")))
-        sweep = Sweep(model, sample, cfg, metric, device, output_key, reference, engine, layers)
-        sweep.calibrate(calib if calib is not None else data)
-        state = sweep.new_state()
-        nb = count_batches(data)
-        bar = make_progress(progress, None if nb is None else nb * len(sweep.layer_ids), "sweep")
-        try:
-            for batch in iterate(data, "data"):
-                sweep.process_batch(state, batch, on_layer=bar.advance)
-        finally:
-            bar.close()
-    return sweep.result(state, time.perf_counter() - t0, model_name or type(model).__name__)
+        recipe = SweepRecipe(model, sample, cfg, metric, device, output_key, reference, engine, layers)
+        sweep, state, store = run_sweep(
+            recipe, data, calib, executor, cache, fresh, bar_factory=lambda n: make_progress(progress, n, "sweep")
+        )
+    result = sweep.result(state, time.perf_counter() - t0, model_name or type(model).__name__)
+    if store is not None:
+        store.clear()
+    return result
