@@ -86,7 +86,7 @@ def profile_overlay(runs: Sequence[Run], layers: list[str], bits: list[int], foc
     titles = [f"Per-layer profiles at {b}-bit weights" for b in bits]
     fig.update_layout(**BASE_LAYOUT, height=620, title=dict(text=titles[bits.index(focus)], y=0.97),
                       updatemenus=bits_buttons([f"{b} bits" for b in bits], masks, titles, bits.index(focus)),
-                      legend=dict(orientation="h", y=-0.15))
+                      legend=dict(orientation="h", x=1, xanchor="right", y=1.0, yanchor="bottom"))
     fig.update_xaxes(type="category", categoryorder="array", categoryarray=x, tickangle=-45 if len(x) > 8 else 0)
     fig.update_yaxes(title_text=f"degradation{' (%)' if units.pct else ''}", row=1, col=1)
     fig.update_yaxes(title_text="SQNR (dB)", row=2, col=1)

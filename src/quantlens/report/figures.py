@@ -72,7 +72,7 @@ def layer_profile(result: SweepResult, units: Units, focus: int) -> go.Figure:
         yaxis=dict(title=f"{plot_text(result.metric_name)} degradation{' (%)' if units.pct else ''}", zeroline=True),
         yaxis2=dict(title="SQNR (dB)", overlaying="y", side="right", showgrid=False, rangemode="tozero", tickmode="auto"),
         xaxis=dict(title="layer (topological order)", type="category", tickangle=-45 if len(names) > 8 else 0),
-        legend=dict(orientation="h", y=-0.25 if len(names) > 8 else -0.18),
+        legend=dict(orientation="h", x=1, xanchor="right", y=1.0, yanchor="bottom"),
     )
     return fig
 
@@ -89,7 +89,8 @@ def heatmap(result: SweepResult, units: Units, saturate: float) -> go.Figure:
         z=z, x=[f"{b} bits" for b in bits], y=[plot_text(n) for n in names], text=text, texttemplate="%{text}",
         customdata=cd, zmin=-sat, zmax=sat, zmid=0,
         colorscale=[[0, "#2166ac"], [0.35, "#d1e5f0"], [0.5, "#ffffff"], [0.65, "#fddbc7"], [0.85, "#d6604d"], [1, "#67001f"]],
-        colorbar=dict(title=dict(text=f"degradation{' (%)' if units.pct else ''}<br>saturated at {units.deg(saturate)}")),
+        colorbar=dict(title=dict(text=f"degradation{' (%)' if units.pct else ''}<br>saturated at {units.deg(saturate)}"),
+                      lenmode="pixels", len=min(300, 26 * len(names) + 40), y=1, yanchor="top"),
         hovertemplate="<b>%{y}</b> at %{x}<br>degradation %{customdata[0]}<br>SQNR %{customdata[1]} dB<extra></extra>",
         xgap=1, ygap=1,
     ))
@@ -137,7 +138,7 @@ def activation_figure(result: SweepResult, focus: int) -> go.Figure:
                         visible=True if b in (focus, min(result.w_bits)) or len(result.w_bits) <= 3 else "legendonly",
                         hovertemplate=f"<b>%{{x}}</b><br>{b}-bit weights: mean shift %{{y:.3g}} std<extra></extra>")
     fig.update_layout(**BASE_LAYOUT, height=560, barmode="group", title="Activation ranges and bias shift (section 4.4)",
-                      legend=dict(orientation="h", y=-0.12))
+                      legend=dict(x=1.01, y=1, xanchor="left", yanchor="top"))
     fig.update_xaxes(type="category", tickangle=-45 if len(names) > 8 else 0)
     fig.update_yaxes(title_text="value", row=1, col=1)
     fig.update_yaxes(title_text="|mean shift| / std", rangemode="tozero", row=2, col=1)

@@ -113,9 +113,12 @@ def causes(result: SweepResult, layer: LayerInfo, cell: Cell, a_quantized: bool)
 
 
 def insights(result: SweepResult, bits: int, units: Optional[Units] = None, tol: Optional[float] = None) -> list[Insight]:
-    """Sentences for the summary at ``bits`` (``tol``: a negligible degradation, default 0.1%)."""
+    """Sentences for the summary at ``bits`` (``tol``: a negligible degradation, default 0.1% of top-1)."""
     u = units or Units.for_metric(result.metric_name)
-    tol = (0.001 if u.pct else 0.001 * max(abs(result.baseline), 1e-12)) if tol is None else tol
+    if tol is None:  # negligible: 1/50 of the heatmap's default saturation (0.1% of top-1)
+        from .options import ReportOptions
+
+        tol = ReportOptions().saturation(result.metric_name, result.baseline, [c.degradation for c in result.cells]) / 50
     cells = result.at(bits)
     info = {l.name: l for l in result.layers}
     total = sum(max(0.0, c.degradation) for c in cells if finite(c.degradation))

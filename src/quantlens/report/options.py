@@ -2,7 +2,7 @@
 
 ``saturate`` is the degradation at which the heatmap's colour saturates, in the metric's stored
 units (``0.05`` = 5 points of top-1). ``None`` means 5%: 0.05 for percentage metrics, 5% of
-``|baseline|`` for the others. ``bits`` is the bit-width the page focuses on first (the summary,
+``|baseline|`` for the others (the largest degradation when the baseline is 0). ``bits`` is the bit-width the page focuses on first (the summary,
 the default of the bit-width selectors); ``None`` picks 4 when swept, else the lowest.
 
 Example:
@@ -40,13 +40,21 @@ class ReportOptions:
         if self.bits is not None and not 2 <= int(self.bits) <= 16:
             raise QuantlensError(f"--bits {self.bits}: expected a weight bit-width in 2..16")
 
-    def saturation(self, metric: str, baseline: float) -> float:
-        """The colour saturation level in stored metric units."""
+    def saturation(self, metric: str, baseline: float, degradations: Sequence[float] = ()) -> float:
+        """The colour saturation level in stored metric units.
+
+        Percentage metrics: 0.05. Others: 5% of ``|baseline|``; when the baseline is 0 (``kl``,
+        ``mse`` against the float model) there is no scale to take 5% of, so the largest
+        degradation in ``degradations`` is used.
+        """
         if self.saturate is not None:
             return float(self.saturate)
-        if metric.lower() in PCT_METRICS or not (math.isfinite(baseline) and baseline != 0):
+        if metric.lower() in PCT_METRICS:
             return DEFAULT_SATURATE
-        return DEFAULT_SATURATE * abs(baseline)
+        if math.isfinite(baseline) and baseline != 0:
+            return DEFAULT_SATURATE * abs(baseline)
+        worst = max((d for d in degradations if math.isfinite(d) and d > 0), default=0.0)
+        return worst if worst > 0 else DEFAULT_SATURATE
 
     def focus_bits(self, available: Sequence[int]) -> int:
         """The bit-width to show first: the requested one, else 4, else the lowest swept."""

@@ -52,7 +52,7 @@ def layer_note(layer: LayerInfo, cell: Optional[Cell]) -> str:
     return " · ".join(parts)
 
 
-def _shapes(layer: LayerInfo, cell: Optional[Cell], symmetric: bool) -> tuple[list[dict], list[dict], list[float]]:
+def _shapes(layer: LayerInfo, cell: Optional[Cell], symmetric: bool, granularity: str) -> tuple[list[dict], list[dict], list[float]]:
     w = layer.weight
     assert w is not None
     shapes = [_line(w.min, "#555", "dot"), _line(w.max, "#555", "dot")]
@@ -62,12 +62,13 @@ def _shapes(layer: LayerInfo, cell: Optional[Cell], symmetric: bool) -> tuple[li
         clip, b = cell.w_clip, cell.w_bits
         lo = -clip if symmetric else w.min
         clipped = clip < 0.999 * w.absmax
-        name = "clip" if clipped else "quant range"
+        per_tensor = granularity in ("per-tensor", "")
+        name = ("clip" if clipped else "quant range") if per_tensor else "widest channel range"
         shapes += [_line(lo, "#d62728", "dash"), _line(clip, "#d62728", "dash")]
         ann += [_label(lo, f"-{name} ({b}b)" if symmetric else f"{name} lo", "#d62728", 0.93),
                 _label(clip, f"+{name} ({b}b)", "#d62728", 0.93)]
         levels = 2 ** (b - 1) - 1
-        if symmetric and levels > 0 and 2 * levels + 1 <= MAX_GRID_TICKS:
+        if symmetric and per_tensor and levels > 0 and 2 * levels + 1 <= MAX_GRID_TICKS:
             step = clip / levels
             grid = [k * step for k in range(-levels - 1, levels + 1)]
     return shapes, ann, grid
@@ -78,7 +79,9 @@ def weight_histograms(result: SweepResult, focus: int) -> Optional[go.Figure]:
     layers = [l for l in result.layers if l.weight is not None and len(l.weight.hist_counts) + 1 == len(l.weight.hist_edges)]
     if not layers:
         return None
-    symmetric = bool(result.config.get("weight", {}).get("symmetric", True)) if isinstance(result.config, dict) else True
+    wcfg = result.config.get("weight") if isinstance(result.config, dict) else None
+    wcfg = wcfg if isinstance(wcfg, dict) else {}
+    symmetric, granularity = bool(wcfg.get("symmetric", True)), str(wcfg.get("granularity", "per-tensor"))
     cells = {c.layer: c for c in result.cells if c.w_bits == focus}
     worst = [c.layer for c in result.worst(focus, len(result.layers))]
     first = next((i for i, l in enumerate(layers) if worst and l.name == worst[0]), 0)
@@ -94,7 +97,7 @@ def weight_histograms(result: SweepResult, focus: int) -> Optional[go.Figure]:
         fig.add_bar(x=centers, y=w.hist_counts, width=widths, name=name, marker_color="#4c78a8", visible=i == first,
                     customdata=[[a, b] for a, b in zip(e[:-1], e[1:])],
                     hovertemplate="[%{customdata[0]:.4g}, %{customdata[1]:.4g}): %{y} weights<extra></extra>")
-        shapes, ann, grid = _shapes(l, cells.get(l.name), symmetric)
+        shapes, ann, grid = _shapes(l, cells.get(l.name), symmetric, granularity)
         fig.add_scatter(x=grid, y=[0] * len(grid), mode="markers", visible=i == first and bool(grid), name=f"{focus}-bit grid",
                         marker=dict(symbol="line-ns-open", size=10, color="#d62728"), hovertemplate="level %{x:.4g}<extra></extra>")
         ann.append(dict(x=0, y=-0.3, xref="paper", yref="paper", xanchor="left", showarrow=False, font=dict(size=12),
