@@ -115,12 +115,19 @@ class FixResult:
         d: dict[str, Any] = json.loads(s if s.lstrip().startswith("{") else Path(source).read_text())
         if d.get("schema") != FIX_SCHEMA:
             raise QuantlensError(f"not a quantlens fix result (schema {d.get('schema')!r})")
-        rows = tuple(FixRow(r["method"], _num(r["metric"]), _num(r["degradation"]), _num(r["noise"]), _num(r["sqnr_db"]), r.get("fixes", {})) for r in d["rows"])
+        rows = tuple(FixRow(r["method"], _num(r["metric"]), _num(r["degradation"]), _num(r["noise"]), _sqnr(r), r.get("fixes", {})) for r in d["rows"])
         trials = tuple(
             LocalTrial(t["layer"], t["fix"], _num(t["degradation"]), _num(t["noise"]), _num(t["naive_degradation"]), bool(t["kept"])) for t in d["trials"]
         )
         return cls(d["metric"], bool(d["higher_is_better"]), int(d["w_bits"]), d.get("a_bits"), tuple(d["culprits"]), trials, rows,
                    QuantConfig.from_dict(d["config"]), int(d.get("num_samples", 0)), d.get("model", ""))
+
+
+def _sqnr(r: dict) -> float:
+    """JSON has no Inf: a null SQNR with zero noise is +Inf (the float row)."""
+    if r.get("sqnr_db") is None and r.get("noise") == 0:
+        return float("inf")
+    return _num(r.get("sqnr_db"))
 
 
 def rank_culprits(sweep: SweepResult, bits: int, k: int = 3) -> list[str]:

@@ -95,21 +95,23 @@ def evaluate_network(
 ) -> NetworkResult:
     """Run ``qnet`` over ``data`` and score it against ``reference(*inputs)``."""
     device = torch.device(device)
+    tap_pos = {t: i for i, t in enumerate(qnet.taps)}
     layers = [qnet.graph.layer(n) for n in qnet.config.names]
-    float_gm, keep = build_cache_module(qnet.graph, [l.output_node for l in layers])
+    shifted = [l for l in layers if l.output_node in tap_pos]
+    float_gm, keep = build_cache_module(qnet.graph, [l.output_node for l in shifted])
     float_gm.to(device)
+    ref_outputs = reference if isinstance(reference, _CachedReference) else None
     base, quant = make_metric(metric), make_metric(metric)
     noise = signal = 0.0
     n = 0
     stats = {l.name: ChannelStats() for l in layers}
     shift: dict[str, Optional[Tensor]] = {l.name: None for l in layers}
     counts = {l.name: 0 for l in layers}
-    tap_pos = {t: i for i, t in enumerate(qnet.taps)}
     with torch.inference_mode():
-        for inputs, labels in iterate(data, "data"):
+        for b, (inputs, labels) in enumerate(iterate(data, "data")):
             inputs = to_device(inputs, device)
             labels = None if labels is None else labels.to(device)
-            y_ref = extract_output(reference(*inputs), output_key)
+            y_ref = ref_outputs.get(b, inputs, output_key) if ref_outputs is not None else extract_output(reference(*inputs), output_key)
             out, taps = qnet.gm(*inputs)
             y = extract_output(out, output_key)
             if not bool(torch.isfinite(y_ref).all()):
@@ -119,11 +121,11 @@ def evaluate_network(
             noise += float(per_sample_sq(y.to(y_ref.dtype) - y_ref).sum())
             signal += float(per_sample_sq(y_ref).sum())
             n += int(y_ref.shape[0])
+            if not shifted:
+                continue
             _, fvals = float_gm(*inputs)
             fv = dict(zip(keep, fvals))
-            for l in layers:
-                if l.output_node not in tap_pos:
-                    continue
+            for l in shifted:
                 o, oq, axis = fv[l.output_node], taps[tap_pos[l.output_node]], channel_axis(l.op)
                 stats[l.name].update(o, axis)
                 s, c = _channel_sums(oq.double() - o.double(), axis)
@@ -149,6 +151,33 @@ def evaluate_network(
         mean_shift=shifts,
         config=qnet.config.to_dict(),
     )
+
+
+class _CachedReference:
+    """The reference's output per batch, kept while under ``limit`` bytes.
+
+    A kept output is reused only if the batch at that index has the same inputs (shape and
+    sum), so shuffling data loaders get fresh reference outputs.
+    """
+
+    def __init__(self, fn: Callable[..., Any], limit: int = 256 << 20) -> None:
+        self.fn, self.limit, self.used = fn, limit, 0
+        self.outputs: dict[int, tuple[tuple, Tensor]] = {}
+
+    def get(self, b: int, inputs: tuple, output_key: Any) -> Tensor:
+        key = tuple((tuple(t.shape), float(t.double().sum())) for t in inputs)
+        hit = self.outputs.get(b)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        y = extract_output(self.fn(*inputs), output_key)
+        size = y.numel() * y.element_size()
+        if hit is None and self.used + size <= self.limit:
+            self.outputs[b] = (key, y.detach().clone())
+            self.used += size
+        return y
+
+    def __call__(self, *inputs: Any) -> Any:
+        return self.fn(*inputs)
 
 
 def reference_fn(graph: LayerGraph, reference: Optional[nn.Module], device: torch.device) -> Callable[..., Any]:
@@ -185,6 +214,7 @@ class NetworkMeasurer:
                     self.reference = reference_fn(self.graph, reference, self.device)
             else:
                 self.reference = reference_fn(self.graph, None, self.device)
+        self.cached_reference = _CachedReference(self.reference)
         self.data, self.calib = data, (calib if calib is not None else data)
         self.metric, self.output_key = metric, output_key
 
@@ -205,7 +235,7 @@ class NetworkMeasurer:
 
     def __call__(self, config: QuantConfig, mean_shift: bool = False) -> NetworkResult:
         qnet = self.build(config, mean_shift)
-        return evaluate_network(qnet, self.data, self.reference, self.metric, self.output_key, self.device)
+        return evaluate_network(qnet, self.data, self.cached_reference, self.metric, self.output_key, self.device)
 
     def float_result(self) -> NetworkResult:
         """The float network itself measured like a configuration (no layer quantized)."""

@@ -1,0 +1,173 @@
+"""Each fix: what it changes, what it leaves alone, and that it never touches the user's model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from models import tiny_data, tiny_net
+from quantlens import QuantlensError
+from quantlens.analysis.measure import NetworkMeasurer
+from quantlens.fixes import FixContext, apply_fixes, fixes, make_fix
+from quantlens.fixes.equalize import equalizable_pairs
+from quantlens.graph import capture
+from quantlens.guard import state_fingerprint
+from quantlens.qconfig import QuantConfig
+from quantlens.quant.ranges import SAWB_COEFFICIENTS
+
+
+def _graph_and_cfg(bits: int = 8):
+    net = tiny_net()
+    g = capture(net)
+    return net, g, QuantConfig.uniform([l.name for l in g.layers], w_bits=bits)
+
+
+def test_registry_lists_every_fix():
+    assert set(fixes()) >= {"sawb", "mse", "mse_output", "percentile", "equalize", "bias_correction"}
+    with pytest.raises(QuantlensError, match="unknown fix 'nope'"):
+        make_fix("nope", FixContext(QuantConfig()))
+
+
+@pytest.mark.parametrize("name", ["sawb", "mse", "mse_output", "percentile", "equalize", "bias_correction"])
+def test_fix_returns_a_new_graph_and_leaves_model_and_graph_bitwise_equal(name):
+    net, g, cfg = _graph_and_cfg(4)
+    before_model, before_graph = state_fingerprint(net), state_fingerprint(g.gm)
+    out = make_fix(name, FixContext(cfg, tiny_data(1))).apply(g, [l.name for l in g.layers])
+    assert out is not g and out.gm is not g.gm
+    for fp, mod in ((before_model, net), (before_graph, g.gm)):
+        now = state_fingerprint(mod)
+        assert all(torch.equal(fp[k], now[k]) for k in fp)
+    changed = any(not torch.equal(a, b) for a, b in zip(g.gm.state_dict().values(), out.gm.state_dict().values()))
+    assert changed, f"{name} changed nothing on a 4-bit tiny net"
+
+
+def test_sawb_clip_is_the_formula_and_covers_8_bits():
+    assert set(SAWB_COEFFICIENTS) >= set(range(2, 9))
+    net, g, cfg = _graph_and_cfg(4)
+    out = make_fix("sawb", FixContext(cfg)).apply(g, ["b1"])
+    w = g.gm.b1.weight.detach()
+    c1, c2 = SAWB_COEFFICIENTS[4]
+    clip = min(float(c1 * w.pow(2).mean().sqrt() - c2 * w.abs().mean()), float(w.abs().max()))
+    assert float(out.gm.b1.weight.abs().max()) == pytest.approx(clip, rel=1e-5)
+    assert torch.equal(out.gm.b2.weight, g.gm.b2.weight)  # other layers untouched
+
+
+def test_percentile_and_mse_clip_only_the_listed_layer():
+    net, g, cfg = _graph_and_cfg(4)
+    out = make_fix("percentile", FixContext(cfg, percentile=90.0)).apply(g, ["fc1"])
+    w = g.gm.fc1.weight.detach().abs().reshape(-1).sort().values
+    assert float(out.gm.fc1.weight.abs().max()) <= float(w[int(0.9 * (w.numel() - 1)) + 1]) + 1e-7
+    out2 = make_fix("mse", FixContext(cfg)).apply(g, ["stem"])
+    assert float(out2.gm.stem.weight.abs().max()) <= float(g.gm.stem.weight.abs().max())
+    assert torch.equal(out2.gm.fc1.weight, g.gm.fc1.weight)
+
+
+def test_mse_output_clips_outliers_on_a_silent_input():
+    lin = nn.Sequential(nn.Linear(4, 3))
+    with torch.no_grad():
+        lin[0].weight.copy_(torch.tensor([[0.5, -0.3, 0.2, 50.0], [0.1, 0.4, -0.5, 0.0], [0.3, 0.2, 0.1, -50.0]]))
+    data = [(torch.cat([torch.randn(16, 3), torch.zeros(16, 1)], 1), None)]
+    g = capture(lin)
+    cfg = QuantConfig.uniform(["0"], w_bits=8)
+    out = make_fix("mse_output", FixContext(cfg, data)).apply(g, ["0"])
+    assert float(out.gm.get_submodule("0").weight.abs().max()) < 1.0
+    weight_mse = make_fix("mse", FixContext(cfg)).apply(g, ["0"])
+    assert float(weight_mse.gm.get_submodule("0").weight.abs().max()) > 40  # weight MSE keeps them
+
+
+def test_mse_output_and_bias_correction_need_calibration_data():
+    net, g, cfg = _graph_and_cfg(4)
+    for name in ("mse_output", "bias_correction"):
+        with pytest.raises(QuantlensError, match="needs calibration data"):
+            make_fix(name, FixContext(cfg)).apply(g, ["stem"])
+
+
+def test_equalization_keeps_the_float_function_and_balances_ranges():
+    net, g, cfg = _graph_and_cfg(8)
+    pairs = {(p.l1, p.l2) for p in equalizable_pairs(g)}
+    assert ("stem", "b1") not in pairs  # stem's output feeds a residual add too
+    assert ("dw", "pw") not in pairs  # ReLU6 is not homogeneous
+    assert ("b1", "b2") in pairs
+    out = make_fix("equalize", FixContext(cfg)).apply(g, [l.name for l in g.layers])
+    x = tiny_data(1)[0][0]
+    with torch.no_grad():
+        y0, y1 = g.gm(x), out.gm(x)
+    assert float((y1 - y0).norm() / y0.norm()) < 1e-5
+    r1 = out.gm.b1.weight.detach().reshape(8, -1).abs().amax(1)
+    r2 = out.gm.b2.weight.detach().abs().amax(dim=(0, 2, 3))
+    assert torch.allclose(r1, r2, rtol=1e-4)
+
+
+class DepthwiseChain(nn.Module):
+    """pointwise -> ReLU -> depthwise -> LeakyReLU -> maxpool -> pointwise -> ReLU -> flatten -> linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.pw1 = nn.Conv2d(3, 6, 1)
+        self.dw = nn.Conv2d(6, 6, 3, padding=1, groups=6)
+        self.pw2 = nn.Conv2d(6, 4, 1)
+        self.fc = nn.Linear(4 * 2 * 2, 5)
+        with torch.no_grad():
+            self.pw1.weight[2] *= 30.0  # an imbalanced channel
+            self.dw.weight[4] *= 0.01
+
+    def forward(self, x):
+        x = torch.relu(self.pw1(x))
+        x = nn.functional.leaky_relu(self.dw(x), 0.1)
+        x = nn.functional.max_pool2d(x, 2)
+        x = torch.relu(self.pw2(x))
+        return self.fc(torch.flatten(x, 1))
+
+
+def test_equalization_through_depthwise_pool_and_flatten():
+    net = DepthwiseChain().eval()
+    g = capture(net)
+    pairs = {(p.l1, p.l2, p.block) for p in equalizable_pairs(g)}
+    assert pairs == {("pw1", "dw", 1), ("dw", "pw2", 1), ("pw2", "fc", 4)}
+    out = make_fix("equalize", FixContext(QuantConfig())).apply(g, ["pw1", "dw", "pw2", "fc"])
+    x = torch.randn(4, 3, 4, 4)
+    with torch.no_grad():
+        y0, y1 = g.gm(x), out.gm(x)
+    assert float((y1 - y0).norm() / y0.norm()) < 1e-5
+    before = g.gm.pw1.weight.reshape(6, -1).abs().amax(1)
+    after = out.gm.pw1.weight.reshape(6, -1).abs().amax(1)
+    assert float(after.max() / after.min()) < float(before.max() / before.min())
+
+
+def _pre_activation_shift(graph, float_graph, cfg, data, names):
+    from quantlens.analysis.network import build_quantized
+    from quantlens.graph.cone import build_cache_module
+
+    nodes = [graph.layer(n).node for n in names]
+    q = build_quantized(graph, cfg, data, taps=nodes)
+    f, keep = build_cache_module(float_graph, nodes)
+    x = torch.cat([b[0] for b in data])
+    with torch.no_grad():
+        _, qv = q.gm(x)
+        _, fv = f(x)
+    return {n: float((a - b).mean(dim=(0, 2, 3)).abs().max()) for n, a, b in zip(names, qv, fv)}
+
+
+def test_bias_correction_removes_the_pre_activation_mean_shift():
+    net, data = tiny_net(), tiny_data(3)
+    g = capture(net)
+    names = ["stem", "b1", "dw", "pw"]
+    cfg = QuantConfig.uniform(names, w_bits=3)
+    fixed = make_fix("bias_correction", FixContext(cfg, data)).apply(g, names)
+    before = _pre_activation_shift(g, g, cfg, data, names)
+    after = _pre_activation_shift(fixed, g, cfg, data, names)
+    for n in names:
+        assert after[n] < 1e-4 + 0.05 * before[n], (n, before[n], after[n])
+    m = NetworkMeasurer(net, data, metric="mse")
+    assert m(cfg.with_fix("bias_correction", names)).noise < m(cfg).noise
+
+
+def test_apply_fixes_in_fix_order_and_noop_without_fixes():
+    net, g, cfg = _graph_and_cfg(4)
+    assert apply_fixes(g, cfg, None, torch.device("cpu")) is g
+    both = cfg.with_fix("sawb", ["b1"]).with_fix("equalize", ["b1"])
+    out = apply_fixes(g, both, None, torch.device("cpu"))
+    eq_then_clip = make_fix("sawb", FixContext(both)).apply(make_fix("equalize", FixContext(both)).apply(g, ["b1"]), ["b1"])
+    assert torch.equal(out.gm.b1.weight, eq_then_clip.gm.b1.weight)
