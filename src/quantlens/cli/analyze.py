@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from .scale import add_scale_args, scale_kwargs
 from .common import add_model_args, add_quant_args, console, parse_a_bits, parse_bits_list, prepare_out_dir, print_summary
 
 __all__ = ["register", "run"]
@@ -18,6 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top", type=int, default=5, help="how many worst layers to print (default 5)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (results.json, results.csv)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_scale_args(p)
     p.set_defaults(func=run)
 
 
@@ -45,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         engine=args.engine,
         progress=not args.no_progress,
         model_name=args.model,
+        **scale_kwargs(args, out),
     )
     result.to_json(out / "results.json")
     result.to_csv(out / "results.csv")

@@ -25,7 +25,7 @@ from ..analysis.state_io import calibration_to_dict, load_calibration, state_fro
 from ..errors import QuantlensError
 from ..progress import Progress
 from .fingerprint import batch_hash
-from .store import CheckpointStore
+from .store import CheckpointStore, resume_notice
 
 __all__ = ["RayExecutor", "group_layers", "run_task"]
 
@@ -145,6 +145,8 @@ class RayExecutor:
                 if s not in shard_refs:
                     shard_refs[s] = ray.put(shard)
                 pending[task.remote(run_key, recipe_ref, calibration, ids, shard_refs[s])] = (g, s)
+        if results:
+            resume_notice(store, f"{len(results)} of {len(results) + len(pending)} task(s) already done")
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             g, s = pending.pop(ready[0])

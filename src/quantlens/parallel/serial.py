@@ -19,7 +19,7 @@ from ..analysis.state_io import state_from_dict
 from ..errors import QuantlensError
 from ..progress import Progress
 from .fingerprint import batch_hash
-from .store import CheckpointStore
+from .store import CheckpointStore, resume_notice
 
 __all__ = ["SerialExecutor"]
 
@@ -49,6 +49,7 @@ class SerialExecutor:
         if saved is not None:
             state = state_from_dict(sweep, saved["state"])
             done = list(saved["batch_hashes"])
+            resume_notice(store, f"{len(done)} batch(es) already done")
         per_batch = len(sweep.layer_ids)
         for k, batch in enumerate(iterate(data, "data")):
             h = batch_hash(batch) if store is not None else ""

@@ -22,12 +22,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any, Optional, Union
 
 from ..errors import QuantlensError
 
-__all__ = ["CheckpointStore", "atomic_write_json"]
+__all__ = ["CheckpointStore", "atomic_write_json", "resume_notice"]
 
 _LABELS = {
     "model": "model weights",
@@ -60,6 +61,13 @@ def atomic_write_json(path: Path, obj: Any) -> None:
             os.close(fd)
     except OSError:  # pragma: no cover - directories cannot be fsynced everywhere
         pass
+
+
+def resume_notice(store: Any, what: str) -> None:
+    """Tell the user (as a :class:`QuantlensWarning`, one line) that a run resumes."""
+    from ..analysis.sweep import QuantlensWarning
+
+    warnings.warn(f"resuming from the cache in {store.root}: {what}", QuantlensWarning, stacklevel=3)
 
 
 def _read(path: Path) -> Optional[Any]:
