@@ -170,16 +170,20 @@ def test_extras_rendered_from_fixtures(tmp_path):
     r = synthetic_result()
     write_run(r, tmp_path)
     (tmp_path / "additivity.json").write_text(json.dumps({
-        "schema": "quantlens/additivity-v1", "pearson_r": 0.97, "slope": 1.1, "low": 4, "high": 8,
+        "schema": "quantlens/additivity-v1", "pearson_r": 0.97, "slope": 1.1, "low": 4, "high": 8, "flagged": ["dw"],
         "points": [{"low_bit_layers": ["outl", EVIL], "predicted": 0.012, "measured": 0.014},
                    {"low_bit_layers": ["dw"], "predicted": 0.02, "measured": 0.019}, {"predicted": None, "measured": 1}]}))
     (tmp_path / "fix.json").write_text(json.dumps({
-        "schema": "quantlens/fix-v1", "metric": "top1", "rows": [
-            {"method": "float", "metric": 0.9}, {"method": "naive", "metric": 0.8},
-            {"method": "global:sawb", "metric": 0.75}, {"method": "local", "fixes": {"outl": ["sawb"]}, "metric": 0.88}]}))
+        "schema": "quantlens/fix-v1", "metric": "top1", "w_bits": 4, "rows": [
+            {"method": "float", "metric": 0.9, "degradation": 0.0, "sqnr_db": None}, {"method": "naive", "metric": 0.8},
+            {"method": "global:sawb", "metric": 0.75, "degradation": 0.15, "sqnr_db": 10.4},
+            {"method": "local", "fixes": {"outl": ["sawb"]}, "metric": 0.88}],
+        "trials": [{"layer": "outl", "fix": "sawb", "degradation": 0.01, "naive_degradation": 0.06, "kept": True},
+                   {"layer": "outl", "fix": "mse", "degradation": 0.07, "naive_degradation": 0.06, "kept": False}]}))
     (tmp_path / "plan.json").write_text(json.dumps({
-        "bits": {"outl": 8, "dw": 6, "wide": 4, "fine": 4}, "predicted": 0.01, "measured": 0.012, "budget": 5.0,
-        "uniform": {"bits": 5, "predicted": 0.03, "measured": 0.035}}))
+        "schema": "quantlens/plan-v1", "w_bits": {"outl": 8, "dw": 6, "wide": 4, "fine": 4}, "predicted": 0.01,
+        "measured": 0.012, "budget": {"avg_bits": 5.0, "bits": 20000}, "avg_bits": 5.5,
+        "uniform": {"w_bits": 5, "predicted": 0.03, "measured": 0.035}}))
     html = write_report(tmp_path).read_text()
     for s in ("additivity", "fixes", "plan"):
         assert f'<section id="{s}">' in html
@@ -187,10 +191,15 @@ def test_extras_rendered_from_fixtures(tmp_path):
     assert data[0]["x"] == data[0]["y"]  # the y = x line
     assert data[1]["x"] == pytest.approx([1.2, 2.0]) and data[1]["y"] == pytest.approx([1.4, 1.9])
     assert "Pearson r = 0.970, slope = 1.10" in layout["title"]["text"]
+    assert "mean shifts most under quantization (section 4.4): dw." in html
     fix = html[html.index('id="fix-table"'):]
-    assert "global:sawb" in fix and "75.00%" in fix and "+8.00%" in fix and "outl: sawb" in fix
+    assert "global:sawb" in fix and "75.00%" in fix and "+8.00%" in fix and "outl: sawb" in fix and "10.4" in fix
+    trials = html[html.index('id="fix-trials"'):]
+    trials = trials[: trials.index("</table>")]
+    assert trials.count("<tr>") == 3 and "kept" in trials and "1.00%" in trials
     plan = html[html.index('id="plan-table"'):]
-    assert "1.00%" in plan and "1.20%" in plan and "3.50%" in plan
+    assert "1.00%" in plan and "1.20%" in plan and "3.50%" in plan and "5.50" in plan
+    assert "(budget 5)" in plots(html)["plot-plan"][1]["title"]["text"]
     assert plots(html)["plot-plan"][0][0]["y"] == [8, 6, 4, 4]
     assert EVIL not in html
 

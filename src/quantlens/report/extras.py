@@ -3,8 +3,9 @@
 * ``additivity.json`` (``quantlens/additivity-v1``): ``pearson_r``, ``slope``,
   ``points[{low_bit_layers, predicted, measured}]`` -- the paper's Figure 2.
 * ``fix.json`` (``quantlens/fix-v1``): ``metric``, ``rows[{method, metric, fixes?}]`` -- Table 1.
-* ``plan.json``: per-layer bits (``bits: {layer: b}`` or ``layers: [{layer|name, bits}]``),
-  ``predicted``, ``measured``, and the uniform baseline (``uniform: {bits, predicted, measured}``).
+* ``plan.json`` (``quantlens/plan-v1``): per-layer bits (``layers: [{layer, w_bits|bits}]`` or
+  ``w_bits|bits: {layer: b}``), ``predicted``, ``measured``, ``avg_bits``, ``budget`` (a number or
+  ``{avg_bits}``) and the uniform baseline (``uniform: {w_bits|bits, predicted, measured}``).
 
 A missing file is ``None`` (its section is left out); an unreadable one is ``None`` plus a note
 that the page shows, so one bad file never costs the whole report.
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-__all__ = ["AdditivityPoint", "Additivity", "FixRow", "FixTable", "PlanLayer", "Plan", "Extras", "load_extras"]
+__all__ = ["AdditivityPoint", "Additivity", "FixRow", "FixTrial", "FixTable", "PlanLayer", "Plan", "Extras", "load_extras"]
 
 
 def _f(x: Any) -> float:
@@ -58,6 +59,7 @@ class Additivity:
     low: Optional[int] = None
     high: Optional[int] = None
     metric: Optional[str] = None
+    flagged: tuple[str, ...] = ()
 
     @classmethod
     def from_dict(cls, d: dict) -> "Additivity":
@@ -66,8 +68,9 @@ class Additivity:
             for p in d.get("points") or [] if isinstance(p, dict)
         )
         low, high = d.get("low"), d.get("high")
+        flagged = tuple(str(n) for n in d.get("flagged") or [] if isinstance(n, str))
         return cls(_f(d.get("pearson_r")), _f(d.get("slope")), pts, low if isinstance(low, int) else None,
-                   high if isinstance(high, int) else None, str(d["metric"]) if d.get("metric") else None)
+                   high if isinstance(high, int) else None, str(d["metric"]) if isinstance(d.get("metric"), str) else None, flagged)
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,19 @@ class FixRow:
     method: str
     metric: float
     fixes: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    degradation: Optional[float] = None
+    sqnr_db: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class FixTrial:
+    """One fix tried on one culprit layer alone: its degradation against the naive one, kept or not."""
+
+    layer: str
+    fix: str
+    degradation: float
+    naive_degradation: float
+    kept: bool
 
 
 @dataclass(frozen=True)
@@ -86,6 +102,7 @@ class FixTable:
     metric: str
     rows: tuple[FixRow, ...]
     w_bits: Optional[int] = None
+    trials: tuple[FixTrial, ...] = ()
 
     @classmethod
     def from_dict(cls, d: dict) -> "FixTable":
@@ -95,9 +112,11 @@ class FixTable:
                 continue
             fx = r.get("fixes") if isinstance(r.get("fixes"), dict) else {}
             fixes = {str(k): tuple(str(x) for x in (v if isinstance(v, (list, tuple)) else [v])) for k, v in fx.items()}
-            rows.append(FixRow(str(r.get("method", "?")), _f(r.get("metric")), fixes))
+            rows.append(FixRow(str(r.get("method", "?")), _f(r.get("metric")), fixes, _opt_f(r.get("degradation")), _opt_f(r.get("sqnr_db"))))
+        trials = tuple(FixTrial(str(t.get("layer", "?")), str(t.get("fix", "?")), _f(t.get("degradation")), _f(t.get("naive_degradation")),
+                                bool(t.get("kept"))) for t in d.get("trials") or [] if isinstance(t, dict))
         wb = d.get("w_bits")
-        return cls(str(d.get("metric", "metric")), tuple(rows), wb if isinstance(wb, int) else None)
+        return cls(str(d.get("metric", "metric")), tuple(rows), wb if isinstance(wb, int) else None, trials)
 
 
 @dataclass(frozen=True)
@@ -125,18 +144,21 @@ class Plan:
     @classmethod
     def from_dict(cls, d: dict) -> "Plan":
         layers: list[PlanLayer] = []
-        if isinstance(d.get("bits"), dict):
-            layers = [PlanLayer(str(k), int(v)) for k, v in d["bits"].items() if isinstance(v, (int, float))]
-        elif isinstance(d.get("layers"), list):
+        table = d.get("bits") if isinstance(d.get("bits"), dict) else d.get("w_bits")
+        if isinstance(d.get("layers"), list):
             for r in d["layers"]:
                 if isinstance(r, dict) and isinstance(r.get("bits", r.get("w_bits")), (int, float)):
                     p = r.get("params")
                     layers.append(PlanLayer(str(r.get("layer", r.get("name", "?"))), int(r.get("bits", r.get("w_bits"))),
                                             int(p) if isinstance(p, (int, float)) else None))
+        if not layers and isinstance(table, dict):
+            layers = [PlanLayer(str(k), int(v)) for k, v in table.items() if isinstance(v, (int, float))]
         u = d.get("uniform") if isinstance(d.get("uniform"), dict) else {}
-        return cls(tuple(layers), _opt_f(d.get("predicted")), _opt_f(d.get("measured")), _opt_f(d.get("budget")),
-                   _opt_f(u.get("bits", d.get("uniform_bits"))), _opt_f(u.get("predicted")), _opt_f(u.get("measured")),
-                   _opt_f(d.get("avg_bits")))
+        budget = d.get("budget")
+        budget = budget.get("avg_bits") if isinstance(budget, dict) else budget
+        ubits = next((u[k] for k in ("bits", "w_bits", "avg_bits") if u.get(k) is not None), d.get("uniform_bits"))
+        return cls(tuple(layers), _opt_f(d.get("predicted")), _opt_f(d.get("measured")), _opt_f(budget),
+                   _opt_f(ubits), _opt_f(u.get("predicted")), _opt_f(u.get("measured")), _opt_f(d.get("avg_bits")))
 
 
 @dataclass(frozen=True)
@@ -152,7 +174,7 @@ class Extras:
 _FILES: dict[str, tuple[str, Any, Optional[str]]] = {
     "additivity": ("additivity.json", Additivity, "quantlens/additivity-v1"),
     "fix": ("fix.json", FixTable, "quantlens/fix-v1"),
-    "plan": ("plan.json", Plan, None),
+    "plan": ("plan.json", Plan, "quantlens/plan-v1"),
 }
 
 

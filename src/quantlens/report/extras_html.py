@@ -35,7 +35,7 @@ def additivity_figure(a: Additivity, units: Units) -> go.Figure:
     unit = " (%)" if units.pct else ""
     fig.update_layout(**BASE_LAYOUT, height=460, title=f"Additivity{bits}: {r}, {s}",
                       xaxis=dict(title=f"predicted degradation (sum of single-layer cells){unit}", range=[lo - pad, hi + pad]),
-                      yaxis=dict(title=f"measured degradation{unit}", range=[lo - pad, hi + pad], scaleanchor="x"),
+                      yaxis=dict(title=f"measured degradation{unit}", range=[lo - pad, hi + pad]),
                       legend=dict(orientation="h", y=-0.2))
     return fig
 
@@ -48,7 +48,9 @@ def additivity_html(a: Additivity, units: Units) -> str:
         verdict = (f"Single-layer degradations {'add up' if ok else 'do not add up well'} (r = {a.pearson_r:.2f}); "
                    f"measured = {a.slope:.2f} x predicted"
                    + (": the joint degradation is larger than the sum, look for layers with a mean shift (section 4.4)." if a.slope > 1.2 else "."))
-    return (f'<p class="lead">{esc(verdict)} {len(a.points)} random configurations.</p>'
+    flagged = (f" Layers whose output mean shifts most under quantization (section 4.4): {', '.join(a.flagged)}."
+               if a.flagged else "")
+    return (f'<p class="lead">{esc(verdict)} {len(a.points)} random configurations.{esc(flagged)}</p>'
             + plot_div(additivity_figure(a, units), "plot-additivity"))
 
 
@@ -61,11 +63,19 @@ def fix_html(f: FixTable, baseline_units: Units) -> str:
         d = r.metric - naive if naive is not None and finite(r.metric) and finite(naive) else None
         fixes = "; ".join(f"{k}: {'+'.join(v)}" for k, v in r.fixes.items())
         rows.append([Td(r.method, r.method, "t"), Td(u.value(r.metric), r.metric if finite(r.metric) else None),
+                     Td(u.deg(r.degradation), r.degradation),
                      Td(u.deg(d, signed=True) if d is not None else "-", d, "good" if d and d > 0 else ("bad" if d and d < 0 else "")),
-                     Td(fixes or "-", fixes, "t")])
+                     Td(f"{r.sqnr_db:.1f}" if r.sqnr_db is not None else "-", r.sqnr_db), Td(fixes or "-", fixes, "t")])
     head = f"Whole network quantized{f' at {f.w_bits} bits' if f.w_bits else ''}, measured on the evaluation data."
-    return (f'<p class="lead">{esc(head)}</p>'
-            + table(["method", f.metric, "vs naive", "local fixes"], rows, text_cols=(0, 3), table_id="fix-table"))
+    out = (f'<p class="lead">{esc(head)}</p>'
+           + table(["method", f.metric, "degradation", "vs naive", "SQNR (dB)", "local fixes"], rows, text_cols=(0, 5), table_id="fix-table"))
+    if f.trials:
+        trows = [[Td(t.layer, t.layer, "t"), Td(t.fix, t.fix, "t"), Td(u.deg(t.naive_degradation), t.naive_degradation),
+                  Td(u.deg(t.degradation), t.degradation), Td("kept" if t.kept else "-", int(t.kept), "good" if t.kept else "")]
+                 for t in f.trials]
+        out += ("<h3>Fixes tried on each culprit layer alone</h3>"
+                + table(["layer", "fix", "naive degradation", "with the fix", "kept"], trows, text_cols=(0, 1), table_id="fix-trials"))
+    return out
 
 
 def plan_html(p: Plan, units: Units) -> str:
