@@ -34,7 +34,9 @@ def test_sweep_ranks_the_planted_layer_first(culprit):
 def test_local_clipping_recovers_what_global_sawb_does_not(culprit):
     model, data, calib, sweep = culprit
     before = state_fingerprint(model)
-    result, measurer = fix_loop(model, data, sweep, w_bits=8, calib=calib, candidates=("sawb", "mse", "mse_output"), top=1)
+    result, measurer = fix_loop(
+        model, data, sweep, w_bits=8, calib=calib, candidates=("sawb", "mse", "mse_output"), top=1, global_rows=[("sawb",)]
+    )
     naive = result.row("naive").degradation
     assert naive >= 3 / 450
 

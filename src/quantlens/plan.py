@@ -230,13 +230,16 @@ def run_plan(
     if sweep is None:
         sweep = analyze(model, data, config=make_config(w_bits, a_bits, granularity), metric=metric, calib=calib,
                         reference=reference, device=device, output_key=output_key)
+    bits = [b for b in sweep.w_bits if b in set(w_bits)]
+    if not bits:
+        raise QuantlensError(f"the sweep has none of the bit-widths {list(w_bits)} (it has {sweep.w_bits})")
     total = sum(l.params for l in sweep.layers)
     cap = budget_capacity(total, budget, budget_bytes)
-    plan = plan_bits(sweep, cap)
+    plan = plan_bits(sweep, cap, bits)
     g = parse_granularity(granularity)
     measurer = NetworkMeasurer(model, data, calib=calib, metric=metric, reference=reference, device=device, output_key=output_key)
     res = measurer(QuantConfig(tuple((p.layer, LayerQuant(p.w_bits, a_bits, g)) for p in plan)))
-    fits = [b for b in sweep.w_bits if b * total <= cap]
+    fits = [b for b in bits if b * total <= cap]
     ub = max(fits) if fits else None
     if ub is not None:
         uni = measurer(QuantConfig.uniform(sweep.layer_names, ub, a_bits, g))

@@ -154,6 +154,7 @@ def fix_loop(
     granularity: str = "per-tensor",
     candidates: Sequence[str] = DEFAULT_FIXES,
     top: int = 3,
+    global_rows: Sequence[Sequence[str]] = GLOBAL_ROWS,
     metric: Any = "top1",
     calib: Any = None,
     reference: Optional[nn.Module] = None,
@@ -190,7 +191,7 @@ def fix_loop(
         if keep:
             chosen = chosen.with_fix(best[2], [layer])  # type: ignore[index]
     rows = [_row("float", measurer(QuantConfig())), _row("naive", measurer(naive))]
-    global_sets = list(GLOBAL_ROWS)
+    global_sets = [tuple(fs) for fs in global_rows]
     for fs in chosen.fix_layers():
         if (fs,) not in global_sets:
             global_sets.append((fs,))

@@ -32,7 +32,7 @@ from ..metrics import Metric, make_metric
 from ..qconfig import QuantConfig
 from .accumulate import ChannelStats, _channel_sums, channel_axis, per_sample_sq
 from .data import extract_output, iterate, to_device
-from .network import QuantizedNetwork, build_quantized
+from .network import QuantizedNetwork, build_quantized, calibrate_ranges
 from .results import _clean, _num
 
 __all__ = ["NetworkResult", "NetworkMeasurer", "evaluate_network", "quantize_network", "reference_fn"]
@@ -215,6 +215,7 @@ class NetworkMeasurer:
             else:
                 self.reference = reference_fn(self.graph, None, self.device)
         self.cached_reference = _CachedReference(self.reference)
+        self._observers: dict[str, tuple[dict, dict]] = {}
         self.data, self.calib = data, (calib if calib is not None else data)
         self.metric, self.output_key = metric, output_key
 
@@ -231,7 +232,14 @@ class NetworkMeasurer:
     def build(self, config: QuantConfig, mean_shift: bool = False) -> QuantizedNetwork:
         fixed = self.fixed_graph(config)
         taps = [fixed.layer(n).output_node for n in config.names] if mean_shift else []
-        return build_quantized(fixed, config, self.calib, self.device, taps)
+        observers = None
+        if fixed is self.graph:  # no fix: the float graph's statistics are the same every time
+            est = config.act_estimator
+            if est not in self._observers:
+                everything = QuantConfig.uniform(self.names, a_bits=8, act_estimator=est)
+                self._observers[est] = calibrate_ranges(self.graph, everything, self.calib, self.device)
+            observers = self._observers[est]
+        return build_quantized(fixed, config, self.calib, self.device, taps, observers)
 
     def __call__(self, config: QuantConfig, mean_shift: bool = False) -> NetworkResult:
         qnet = self.build(config, mean_shift)

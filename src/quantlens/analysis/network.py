@@ -18,7 +18,7 @@ Measuring it: :mod:`quantlens.analysis.measure`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Union
+from typing import Any, Iterable, Optional, Union
 
 import torch
 from torch import fx, nn
@@ -93,12 +93,21 @@ def build_quantized(
     calib: Iterable[Any],
     device: Union[str, torch.device] = "cpu",
     taps: Iterable[str] = (),
+    observers: Optional[tuple[dict, dict]] = None,
 ) -> QuantizedNetwork:
-    """Compile ``graph`` with every layer of ``config`` quantized (see module docstring)."""
+    """Compile ``graph`` with every layer of ``config`` quantized (see module docstring).
+
+    ``observers``: ``(inputs, outputs)`` statistics per layer name from an earlier
+    :func:`calibrate_ranges` on this same float graph, to skip the calibration pass.
+    """
     device = torch.device(device)
     config.check_layers(l.name for l in graph.layers)
     graph.gm.to(device)
-    obs_in, obs_out = calibrate_ranges(graph, config, calib, device)
+    if observers is None:
+        obs_in, obs_out = calibrate_ranges(graph, config, calib, device)
+    else:
+        want = [n for n in config.names if config.layer(n).a_bits is not None]
+        obs_in, obs_out = ({n: observers[0][n] for n in want}, {n: observers[1][n] for n in want})
     tap_list = list(dict.fromkeys(taps))
     by_node = {l.node: l for l in graph.layers if config.get(l.name) is not None}
     by_out = {l.output_node: l for l in by_node.values()}

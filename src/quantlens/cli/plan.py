@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         sweep = analyze(model, data, config=make_config(w_bits, a_bits, args.granularity), metric=args.metric, calib=calib,
                         reference=reference, device=args.device, output_key=args.output_key, model_name=args.model)
         sweep.to_json(out / "results.json")
-    r = run_plan(model, data, budget=args.budget, budget_bytes=args.budget_bytes, a_bits=a_bits, granularity=args.granularity,
+    r = run_plan(model, data, budget=args.budget, budget_bytes=args.budget_bytes, w_bits=w_bits, a_bits=a_bits, granularity=args.granularity,
                  metric=args.metric, calib=calib, reference=reference, device=args.device, output_key=args.output_key, sweep=sweep)
     r.to_json(out / "plan.json")
     pct = r.metric_name in ("top1", "top5", "agreement")

@@ -1,0 +1,105 @@
+"""``quantlens fix``, ``additivity`` and ``plan`` end to end on the demo, and their user errors."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from quantlens.cli import main
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("loop")
+    (d / "user_loop.py").write_text(
+        textwrap.dedent(
+            """
+            from quantlens import demo, demo_culprit
+
+            def model():
+                return demo_culprit.model()
+
+            def data():
+                return demo.data()[:2]
+
+            def calib():
+                return demo.calib()[:1]
+            """
+        )
+    )
+    mod = str(d / "user_loop.py")
+    sweep_dir = d / "sweep"
+    assert main(["analyze", "--model", f"{mod}:model", "--data", f"{mod}:data", "--calib", f"{mod}:calib",
+                 "--w-bits", "4,8", "--out", str(sweep_dir), "--no-progress"]) == 0
+    return d, mod, sweep_dir
+
+
+def _args(mod: str, *extra: str) -> list[str]:
+    return ["--model", f"{mod}:model", "--data", f"{mod}:data", "--calib", f"{mod}:calib", *extra]
+
+
+def test_fix_end_to_end(files, capsys):
+    d, mod, sweep = files
+    out = d / "fix"
+    assert main(["fix", *_args(mod, "--w-bits", "8", "--results", str(sweep), "--fixes", "sawb,mse_output", "--top", "1", "--out", str(out))]) == 0
+    fix = json.loads((out / "fix.json").read_text())
+    assert fix["schema"] == "quantlens/fix-v1" and fix["metric"] == "top1"
+    methods = [r["method"] for r in fix["rows"]]
+    assert methods[:5] == ["float", "naive", "global:sawb", "global:mse", "global:equalize+bias_correction"] and methods[-1] == "local"
+    assert fix["rows"][-1]["fixes"] == {"conv2": ["mse_output"]}
+    cfg = json.loads((out / "quant_config.json").read_text())
+    assert cfg["schema"] == "quantlens/quant-config-v1" and cfg["layers"]["conv2"]["fixes"] == ["mse_output"]
+    assert cfg["ranges"]["conv2"]["w_clip"] < 1.0
+    from safetensors.torch import load_file
+
+    w = load_file(str(out / "weights.safetensors"))
+    assert {"conv2.weight", "conv2.bias", "conv2.weight_quantized", "conv2.weight_scale"} <= set(w)
+    assert "Table 1" in capsys.readouterr().out
+
+
+def test_additivity_and_plan_end_to_end(files, capsys):
+    d, mod, sweep = files
+    out = d / "add"
+    assert main(["additivity", *_args(mod, "--results", str(sweep), "--configs", "4", "--out", str(out))]) == 0
+    a = json.loads((out / "additivity.json").read_text())
+    assert a["schema"] == "quantlens/additivity-v1" and len(a["points"]) == 4
+    assert {"pearson_r", "slope", "noise_pearson_r", "layers"} <= set(a)
+    out = d / "plan"
+    assert main(["plan", *_args(mod, "--results", str(sweep), "--w-bits", "4,8", "--budget", "5.0", "--out", str(out))]) == 0
+    p = json.loads((out / "plan.json").read_text())
+    assert p["schema"] == "quantlens/plan-v1" and set(p["w_bits"]) == {"conv1", "conv2", "conv3", "fc"}
+    assert p["avg_bits"] <= 5.0 and p["uniform"]["w_bits"] == 4
+    assert {"predicted", "measured"} <= set(p)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["fix", "--w-bits", "1"], "--w-bits must be in 2..16"),
+        (["fix", "--w-bits", "x"], "--w-bits 'x': expected an integer"),
+        (["fix", "--fixes", "magic"], "unknown fix 'magic'"),
+        (["fix", "--fixes", ","], "--fixes is empty"),
+        (["fix", "--top", "0"], "--top must be at least 1"),
+        (["fix", "--results", "/no/such/dir"], "does not exist"),
+        (["fix", "--w-bits", "6", "--results", "SWEEP"], "no cells at [6] bits"),
+        (["fix", "--reference", "nomod_xyz:f"], "cannot import module 'nomod_xyz'"),
+        (["additivity", "--low", "4", "--high", "4"], "both 4"),
+        (["additivity", "--configs", "1"], "--configs must be at least 2"),
+        (["additivity", "--low", "3", "--results", "SWEEP"], "no cells at [3] bits"),
+        (["plan"], "exactly one of --budget"),
+        (["plan", "--budget", "4", "--budget-bytes", "10"], "exactly one of --budget"),
+        (["plan", "--budget", "-2"], "--budget must be a positive"),
+        (["plan", "--budget", "2.5", "--w-bits", "4,8", "--results", "SWEEP"], "below the smallest plan"),
+    ],
+)
+def test_user_errors_are_one_line(files, capsys, args, message):
+    d, mod, sweep = files
+    cmd, rest = args[0], [a.replace("SWEEP", str(sweep)) for a in args[1:]]
+    rc = main([cmd, *_args(mod, *rest, "--out", str(d / "err"))])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert message in err, err
+    assert err.count("\n") == 1
