@@ -260,3 +260,14 @@ def test_demo_and_analyze_write_the_report(tmp_path):
     assert main(["analyze", "--model", "quantlens.demo:model", "--data", "quantlens.demo:data", "--w-bits", "4",
                  "--out", str(out2), "--no-progress"]) == 0
     assert '<section id="summary">' in (out2 / "report.html").read_text()
+
+
+def test_missing_cells_leave_gaps_not_shifts():
+    r = synthetic_result()
+    cells = tuple(c for c in r.cells if not (c.layer == "dw" and c.w_bits == 3))
+    html = render_report(type(r)(**{**r.__dict__, "cells": cells}))
+    data, layout = plots(html)["plot-profile"]
+    bar3 = data[0]
+    assert bar3["x"] == ["outl", "wide", "fine"] and bar3["y"] == pytest.approx([18.0, 4.5, 0.0])
+    assert layout["xaxis"]["categoryarray"] == ["outl", "dw", "wide", "fine"]
+    assert plots(html)["plot-heatmap"][0][0]["z"][1][0] is None

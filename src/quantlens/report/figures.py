@@ -55,12 +55,13 @@ def layer_profile(result: SweepResult, units: Units, focus: int) -> go.Figure:
         cd = [[plot_text(info[c.layer].op), info[c.layer].kind, info[c.layer].params, units.deg(c.degradation),
                units.value(c.metric), f"{c.noise:.4g}", f"{c.mean_shift:.3g}"] for c in cells]
         vis = b == focus
-        fig.add_bar(x=names, y=[units.shown(c.degradation) for c in cells], name=f"degradation ({b}-bit)", customdata=cd,
+        xs = [plot_text(c.layer) for c in cells]  # a layer without a cell at b is a gap, never a shift
+        fig.add_bar(x=xs, y=[units.shown(c.degradation) for c in cells], name=f"degradation ({b}-bit)", customdata=cd,
                     marker_color="#d62728", visible=vis,
                     hovertemplate="<b>%{x}</b> (%{customdata[0]}, %{customdata[1]}, %{customdata[2]:,} params)<br>"
                     f"{b}-bit weights: degradation %{{customdata[3]}}, metric %{{customdata[4]}}<br>"
                     "noise %{customdata[5]}, mean shift %{customdata[6]} std<extra></extra>")
-        fig.add_scatter(x=names, y=[_val(c.sqnr_db) for c in cells], name=f"SQNR ({b}-bit)", yaxis="y2", visible=vis,
+        fig.add_scatter(x=xs, y=[_val(c.sqnr_db) for c in cells], name=f"SQNR ({b}-bit)", yaxis="y2", visible=vis,
                         mode="lines+markers", line=dict(color="#1f77b4"),
                         hovertemplate=f"<b>%{{x}}</b><br>SQNR at {b} bits: %{{y:.2f}} dB<extra></extra>")
     masks = [[bb == b for bb in bits for _ in (0, 1)] for b in bits]
@@ -71,7 +72,8 @@ def layer_profile(result: SweepResult, units: Units, focus: int) -> go.Figure:
         updatemenus=bits_buttons([f"{b} bits" for b in bits], masks, titles, active),
         yaxis=dict(title=f"{plot_text(result.metric_name)} degradation{' (%)' if units.pct else ''}", zeroline=True),
         yaxis2=dict(title="SQNR (dB)", overlaying="y", side="right", showgrid=False, rangemode="tozero", tickmode="auto"),
-        xaxis=dict(title="layer (topological order)", type="category", tickangle=-45 if len(names) > 8 else 0),
+        xaxis=dict(title="layer (topological order)", type="category", categoryorder="array", categoryarray=names,
+                   tickangle=-45 if len(names) > 8 else 0),
         legend=dict(orientation="h", x=1, xanchor="right", y=1.0, yanchor="bottom"),
     )
     return fig
@@ -133,13 +135,13 @@ def activation_figure(result: SweepResult, focus: int) -> go.Figure:
                     hovertemplate=f"<b>%{{x}}</b><br>{label} [%{{customdata[0]:.4g}}, %{{customdata[1]:.4g}}]<extra></extra>")
     for i, b in enumerate(result.w_bits):
         cells = result.at(b)
-        fig.add_scatter(x=names, y=[_val(c.mean_shift) for c in cells], name=f"mean shift {b}b", mode="lines+markers",
+        fig.add_scatter(x=[plot_text(c.layer) for c in cells], y=[_val(c.mean_shift) for c in cells], name=f"mean shift {b}b", mode="lines+markers",
                         line=dict(color=COLORS[i % len(COLORS)], width=3 if b == focus else 1.5), row=2, col=1,
                         visible=True if b in (focus, min(result.w_bits)) or len(result.w_bits) <= 3 else "legendonly",
                         hovertemplate=f"<b>%{{x}}</b><br>{b}-bit weights: mean shift %{{y:.3g}} std<extra></extra>")
     fig.update_layout(**BASE_LAYOUT, height=560, barmode="group", title="Activation ranges and bias shift (section 4.4)",
                       legend=dict(x=1.01, y=1, xanchor="left", yanchor="top"))
-    fig.update_xaxes(type="category", tickangle=-45 if len(names) > 8 else 0)
+    fig.update_xaxes(type="category", categoryorder="array", categoryarray=names, tickangle=-45 if len(names) > 8 else 0)
     fig.update_yaxes(title_text="value", row=1, col=1)
     fig.update_yaxes(title_text="|mean shift| / std", rangemode="tozero", row=2, col=1)
     return fig
