@@ -23,6 +23,8 @@ def add_scale_args(p: argparse.ArgumentParser) -> None:
                    help="Ray cluster to join: auto, HOST:PORT or ray://HOST:10001 (default: a new local Ray)")
     g.add_argument("--ray-groups", type=int, default=4, metavar="N", help="Ray: layer groups (default 4)")
     g.add_argument("--shard-batches", type=int, default=1, metavar="N", help="Ray: batches per task (default 1)")
+    g.add_argument("--ray-threads", type=int, default=None, metavar="N",
+                   help="Ray: torch threads (and CPUs) per task (default: as many as this process uses)")
     g.add_argument("--cache", default=None, metavar="DIR", help=f"resumable progress (default: OUT/{DEFAULT_CACHE})")
     g.add_argument("--no-cache", action="store_true", help="do not save progress")
     g.add_argument("--fresh", action="store_true", help="discard a cached partial run and start over")
@@ -36,7 +38,8 @@ def scale_kwargs(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     if args.no_cache and args.cache:
         raise QuantlensError("--cache and --no-cache contradict each other; give one")
     if args.backend == "ray":
-        backend: Any = make_executor("ray", args.address, groups=args.ray_groups, shard_batches=args.shard_batches)
+        backend: Any = make_executor("ray", args.address, groups=args.ray_groups, shard_batches=args.shard_batches,
+                                 threads=args.ray_threads)
         address = None
     else:
         backend, address = "serial", args.address

@@ -5,7 +5,10 @@ A task rebuilds the prepared network from the :class:`~quantlens.parallel.recipe
 (once per worker process), loads the driver's calibration, runs its batches through its
 layers and returns the plain-data state. States are merged in a fixed order (shards in data
 order within a group, then groups united), so the result does not depend on which task
-finished first. Ray retries a task whose worker dies (``max_retries``); with a checkpoint
+finished first. Each task uses as many torch threads (and asks Ray for as many CPUs) as the
+driver has, by default: float rounding depends on the thread count and activation
+quantization can amplify it (~1e-4 on a cell's noise), so only then do the cells equal the
+serial run's on the same hardware. Ray retries a task whose worker dies (``max_retries``); with a checkpoint
 store every finished task is saved atomically and skipped by a rerun.
 
 Ray is imported only when this executor runs: ``pip install 'quantlens[ray]'``.
@@ -44,8 +47,11 @@ def group_layers(layer_ids: list[int], costs: list[float], groups: int) -> list[
     return [sorted(b) for b in bins if b]
 
 
-def run_task(run_key: str, recipe: Any, calibration: dict, layer_ids: list[int], batches: list) -> dict:
-    """One unit of work (runs in a Ray worker): ``layer_ids`` over ``batches``."""
+def run_task(run_key: str, recipe: Any, calibration: dict, layer_ids: list[int], batches: list, threads: int) -> dict:
+    """One unit of work (runs in a Ray worker): ``layer_ids`` over ``batches``, on ``threads`` threads."""
+    import torch
+
+    torch.set_num_threads(threads)
     sweep = _SWEEPS.get(run_key)
     if sweep is None:
         _SWEEPS.clear()
@@ -86,9 +92,11 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(self, address: Optional[str] = None, groups: int = 4, shard_batches: int = 1, max_retries: int = 3) -> None:
-        if groups < 1 or shard_batches < 1:
-            raise QuantlensError("--ray-groups and --shard-batches must be >= 1")
+    def __init__(self, address: Optional[str] = None, groups: int = 4, shard_batches: int = 1, max_retries: int = 3,
+                 threads: Optional[int] = None) -> None:
+        if groups < 1 or shard_batches < 1 or (threads is not None and threads < 1):
+            raise QuantlensError("--ray-groups, --shard-batches and --ray-threads must be >= 1")
+        self.threads = threads
         self.address = address
         self.groups = groups
         self.shard_batches = shard_batches
@@ -127,7 +135,10 @@ class RayExecutor:
         shards = [batches[a : a + self.shard_batches] for a in range(0, len(batches), self.shard_batches)]
         calibration = calibration_to_dict(sweep)
         run_key = uuid.uuid4().hex  # workers prepare the network once per run
-        task = ray.remote(run_task).options(max_retries=self.max_retries, num_cpus=1,
+        import torch
+
+        threads = self.threads or torch.get_num_threads()
+        task = ray.remote(run_task).options(max_retries=self.max_retries, num_cpus=threads,
                                            num_gpus=1 if sweep.device.type == "cuda" else 0)
         recipe_ref = ray.put(recipe)
         shard_refs: dict[int, Any] = {}
@@ -144,7 +155,7 @@ class RayExecutor:
                     continue
                 if s not in shard_refs:
                     shard_refs[s] = ray.put(shard)
-                pending[task.remote(run_key, recipe_ref, calibration, ids, shard_refs[s])] = (g, s)
+                pending[task.remote(run_key, recipe_ref, calibration, ids, shard_refs[s], threads)] = (g, s)
         if results:
             resume_notice(store, f"{len(results)} of {len(results) + len(pending)} task(s) already done")
         while pending:
