@@ -87,3 +87,17 @@ def test_joint_quantization_is_noisier_than_any_single_layer_and_round_trips():
     qnet = m.build(QuantConfig.uniform(names, w_bits=4))
     rng = qnet.ranges()["stem"]
     assert rng["w_clip"] > 0 and rng["in_range"][0] <= 0 <= rng["in_range"][1]
+
+
+def test_reference_model_is_what_noise_is_measured_against():
+    """Section 4.3: a fine-tuned model is measured against its float original."""
+    original, data = tiny_net(0), tiny_data(2)
+    tuned = tiny_net(0)
+    with torch.no_grad():
+        tuned.fc2.bias.add_(0.05)
+    names = [l.name for l in capture(tuned).layers]
+    alone = quantize_network(tuned, data, QuantConfig(), metric="mse")
+    against = quantize_network(tuned, data, QuantConfig(), metric="mse", reference=original)
+    assert alone.noise == 0.0 and against.noise == pytest.approx(0.05**2 * 10, rel=1e-3)
+    q = quantize_network(tuned, data, QuantConfig.uniform(names, w_bits=6), metric="mse", reference=original)
+    assert q.baseline == 0.0 and q.noise > 0

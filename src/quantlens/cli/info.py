@@ -1,4 +1,4 @@
-"""``quantlens info``: what is registered (metrics, range estimators)."""
+"""``quantlens info``: what is registered (metrics, range estimators, fixes)."""
 
 from __future__ import annotations
 
@@ -10,16 +10,18 @@ __all__ = ["register", "run"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="list the registered metrics and range estimators")
+    p = sub.add_parser("info", help="list the registered metrics, range estimators and fixes")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from .. import __version__
     from ..metrics import metrics
+    from ..fixes import fixes
     from ..quant.ranges import estimators
 
     console.print(f"quantlens {__version__}")
     console.print(f"metrics:          {', '.join(metrics())}")
     console.print(f"range estimators: {', '.join(estimators())}")
+    console.print(f"fixes:            {', '.join(fixes())}")
     return 0
