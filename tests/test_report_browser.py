@@ -135,7 +135,7 @@ def test_hostile_layer_name_runs_nothing(chrome, tmp_path):
     from selenium.common.exceptions import NoAlertPresentException
 
     with pytest.raises(NoAlertPresentException):
-        chrome.switch_to.alert.text
+        _ = chrome.switch_to.alert.text
     assert chrome.execute_script("return document.images.length") == 0
     assert EVIL in chrome.execute_script("return document.body.innerText")
     ticks = chrome.execute_script("return [...document.querySelectorAll('#plot-heatmap .ytick text')].map(t => t.textContent)")

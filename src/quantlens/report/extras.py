@@ -110,7 +110,7 @@ class FixTable:
         for r in d.get("rows") or []:
             if not isinstance(r, dict):
                 continue
-            fx = r.get("fixes") if isinstance(r.get("fixes"), dict) else {}
+            fx: dict = r["fixes"] if isinstance(r.get("fixes"), dict) else {}
             fixes = {str(k): tuple(str(x) for x in (v if isinstance(v, (list, tuple)) else [v])) for k, v in fx.items()}
             rows.append(FixRow(str(r.get("method", "?")), _f(r.get("metric")), fixes, _opt_f(r.get("degradation")), _opt_f(r.get("sqnr_db"))))
         trials = tuple(FixTrial(str(t.get("layer", "?")), str(t.get("fix", "?")), _f(t.get("degradation")), _f(t.get("naive_degradation")),
@@ -147,13 +147,13 @@ class Plan:
         table = d.get("bits") if isinstance(d.get("bits"), dict) else d.get("w_bits")
         if isinstance(d.get("layers"), list):
             for r in d["layers"]:
-                if isinstance(r, dict) and isinstance(r.get("bits", r.get("w_bits")), (int, float)):
+                b = r.get("bits", r.get("w_bits")) if isinstance(r, dict) else None
+                if isinstance(b, (int, float)):
                     p = r.get("params")
-                    layers.append(PlanLayer(str(r.get("layer", r.get("name", "?"))), int(r.get("bits", r.get("w_bits"))),
-                                            int(p) if isinstance(p, (int, float)) else None))
+                    layers.append(PlanLayer(str(r.get("layer", r.get("name", "?"))), int(b), int(p) if isinstance(p, (int, float)) else None))
         if not layers and isinstance(table, dict):
             layers = [PlanLayer(str(k), int(v)) for k, v in table.items() if isinstance(v, (int, float))]
-        u = d.get("uniform") if isinstance(d.get("uniform"), dict) else {}
+        u: dict = d["uniform"] if isinstance(d.get("uniform"), dict) else {}
         budget = d.get("budget")
         budget = budget.get("avg_bits") if isinstance(budget, dict) else budget
         ubits = next((u[k] for k in ("bits", "w_bits", "avg_bits") if u.get(k) is not None), d.get("uniform_bits"))

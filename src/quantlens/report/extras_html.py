@@ -20,7 +20,7 @@ __all__ = ["additivity_figure", "additivity_html", "fix_html", "plan_html"]
 def additivity_figure(a: Additivity, units: Units) -> go.Figure:
     """Measured against predicted degradation of random mixed-precision networks, with y = x."""
     pts = [p for p in a.points if finite(p.predicted) and finite(p.measured)]
-    xs, ys = [units.shown(p.predicted) for p in pts], [units.shown(p.measured) for p in pts]
+    xs, ys = [p.predicted * units.scale for p in pts], [p.measured * units.scale for p in pts]
     lo, hi = min(xs + ys + [0.0]), max(xs + ys + [0.0])
     pad = 0.05 * (hi - lo or 1.0)
     fig = go.Figure()

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional, TypeGuard
 
 __all__ = ["Units", "PCT_METRICS", "num", "finite"]
 
 PCT_METRICS = frozenset({"top1", "top5", "agreement", "accuracy", "acc"})
 
 
-def finite(x: Optional[float]) -> bool:
+def finite(x: Any) -> TypeGuard[float]:
     """True for a real, finite number."""
     return x is not None and isinstance(x, (int, float)) and math.isfinite(x)
 
