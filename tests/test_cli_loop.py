@@ -17,6 +17,7 @@ def files(tmp_path_factory):
     (d / "user_loop.py").write_text(
         textwrap.dedent(
             """
+            import torch
             from quantlens import demo, demo_culprit
 
             def model():
@@ -27,6 +28,20 @@ def files(tmp_path_factory):
 
             def calib():
                 return demo.calib()[:1]
+
+            class Untraceable(torch.nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.conv = torch.nn.Conv2d(1, 10, 3)
+
+                def forward(self, x):
+                    h = self.conv(x)
+                    if h.mean() > -100:
+                        h = h * 1.0
+                    return h.mean((2, 3))
+
+            def untraceable():
+                return Untraceable()
             """
         )
     )
@@ -86,6 +101,10 @@ def test_additivity_and_plan_end_to_end(files, capsys):
         (["fix", "--results", "/no/such/dir"], "does not exist"),
         (["fix", "--w-bits", "6", "--results", "SWEEP"], "no cells at [6] bits"),
         (["fix", "--reference", "nomod_xyz:f"], "cannot import module 'nomod_xyz'"),
+        (["fix", "--a-bits", "6", "--results", "SWEEP"], "the sweep used 8-bit activations"),
+        (["fix", "--granularity", "per-channel", "--results", "SWEEP"], "the sweep used per-tensor weights"),
+        (["plan", "--budget", "4", "--w-bits", "4,8", "--metric", "kl", "--results", "SWEEP"], "the sweep measured top1"),
+        (["fix", "--model", "MODELS:untraceable"], "needs a model torch.fx can trace"),
         (["additivity", "--low", "4", "--high", "4"], "both 4"),
         (["additivity", "--configs", "1"], "--configs must be at least 2"),
         (["additivity", "--low", "3", "--results", "SWEEP"], "no cells at [3] bits"),
@@ -97,7 +116,7 @@ def test_additivity_and_plan_end_to_end(files, capsys):
 )
 def test_user_errors_are_one_line(files, capsys, args, message):
     d, mod, sweep = files
-    cmd, rest = args[0], [a.replace("SWEEP", str(sweep)) for a in args[1:]]
+    cmd, rest = args[0], [a.replace("SWEEP", str(sweep)).replace("MODELS", mod) for a in args[1:]]
     rc = main([cmd, *_args(mod, *rest, "--out", str(d / "err"))])
     err = capsys.readouterr().err
     assert rc == 2

@@ -15,6 +15,8 @@ from .config import PerChannel, PerGroup, PerTensor, QuantSpec, SweepConfig
 from .errors import QuantlensError
 from .graph import LayerGraph, capture
 from .metrics import make_metric, metrics, register_metric
+from .qconfig import LayerQuant, QuantConfig
+from .analysis.measure import quantize_network
 
 __version__ = "0.1.0"
 
@@ -37,5 +39,8 @@ __all__ = [
     "make_metric",
     "metrics",
     "register_metric",
+    "QuantConfig",
+    "LayerQuant",
+    "quantize_network",
     "__version__",
 ]

@@ -187,6 +187,19 @@ def reference_fn(graph: LayerGraph, reference: Optional[nn.Module], device: torc
     return copy.deepcopy(reference).eval().to(device)
 
 
+def _capture(model: nn.Module) -> LayerGraph:
+    try:
+        return capture(model)
+    except QuantlensError:
+        raise
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise QuantlensError(
+            f"full-network quantization needs a model torch.fx can trace ({type(e).__name__}: {first}); "
+            "`quantlens analyze` still works through forward hooks"
+        ) from None
+
+
 class NetworkMeasurer:
     """Capture a model once, then quantize and measure it under many configurations.
 
@@ -208,7 +221,7 @@ class NetworkMeasurer:
     ) -> None:
         self.device = torch.device(device)
         with preserve_model(model):
-            self.graph = capture(model)
+            self.graph = _capture(model)
             if reference is not None:
                 with preserve_model(reference):
                     self.reference = reference_fn(self.graph, reference, self.device)

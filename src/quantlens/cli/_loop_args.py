@@ -6,8 +6,9 @@ import argparse
 from typing import Any, Optional
 
 from ..analysis.results import SweepResult
-from ..config import check_bits
+from ..config import check_bits, parse_granularity
 from ..errors import QuantlensError
+from .common import parse_a_bits
 
 __all__ = ["add_common", "parse_bits", "load_inputs", "load_sweep"]
 
@@ -50,4 +51,12 @@ def load_sweep(args: argparse.Namespace, need_bits: list[int]) -> Optional[Sweep
     missing = [b for b in need_bits if b not in sweep.w_bits]
     if missing:
         raise QuantlensError(f"--results {args.results}: the sweep has no cells at {missing} bits (it has {sweep.w_bits})")
+    cfg = sweep.config or {}
+    if "a_bits" in cfg and cfg["a_bits"] != parse_a_bits(args.a_bits):
+        raise QuantlensError(f"--results {args.results}: the sweep used {cfg['a_bits']}-bit activations, not --a-bits {args.a_bits}")
+    gran = (cfg.get("weight") or {}).get("granularity")
+    if gran is not None and gran != str(parse_granularity(args.granularity)):
+        raise QuantlensError(f"--results {args.results}: the sweep used {gran} weights, not --granularity {args.granularity}")
+    if sweep.metric_name != args.metric:
+        raise QuantlensError(f"--results {args.results}: the sweep measured {sweep.metric_name}, not --metric {args.metric}")
     return sweep
