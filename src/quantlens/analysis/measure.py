@@ -35,7 +35,7 @@ from .data import extract_output, iterate, to_device
 from .network import QuantizedNetwork, build_quantized, calibrate_ranges
 from .results import _clean, _num
 
-__all__ = ["NetworkResult", "NetworkMeasurer", "evaluate_network", "quantize_network", "reference_fn"]
+__all__ = ["NetworkResult", "NetworkMeasurer", "capture_traceable", "evaluate_network", "quantize_network", "reference_fn"]
 
 
 @dataclass(frozen=True)
@@ -187,7 +187,8 @@ def reference_fn(graph: LayerGraph, reference: Optional[nn.Module], device: torc
     return copy.deepcopy(reference).eval().to(device)
 
 
-def _capture(model: nn.Module) -> LayerGraph:
+def capture_traceable(model: nn.Module) -> LayerGraph:
+    """``capture(model)``, with a one-line error if torch.fx cannot trace it."""
     try:
         return capture(model)
     except QuantlensError:
@@ -221,7 +222,7 @@ class NetworkMeasurer:
     ) -> None:
         self.device = torch.device(device)
         with preserve_model(model):
-            self.graph = _capture(model)
+            self.graph = capture_traceable(model)
             if reference is not None:
                 with preserve_model(reference):
                     self.reference = reference_fn(self.graph, reference, self.device)

@@ -36,7 +36,12 @@ def load_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
     """``(model, data, calib or None, reference or None)`` from the MOD:FN options."""
     from ..loading import load_data, load_model
 
+    from ..analysis.measure import capture_traceable
+    from ..guard import preserve_model
+
     model = load_model(args.model)
+    with preserve_model(model):
+        capture_traceable(model)  # fail before the sweep, not after it
     data = load_data(args.data)
     calib = load_data(args.calib, "--calib") if args.calib else None
     reference = load_model(args.reference, "--reference") if args.reference else None
