@@ -90,7 +90,9 @@ def test_weight_histograms_and_ranges(run):
     worst = result.worst(4, 1)[0]
     shown = [t for t in bars if t["visible"]]
     assert [t["name"] for t in shown] == [worst.layer]  # the culprit first
-    xs = sorted(s["x0"] for s in layout["shapes"])
+    xs = sorted(s["x0"] for s in layout["shapes"] if s["y1"] == 1)
+    grid = [s["x0"] for s in layout["shapes"] if s["y1"] < 1]
+    assert len(grid) == 16 and min(grid) == pytest.approx(-8 / 7 * worst.w_clip)  # the 4-bit levels
     w = result.layers[result.layer_names.index(worst.layer)].weight
     assert xs == pytest.approx(sorted([w.min, w.max, -worst.w_clip, worst.w_clip]))
     note = layout["annotations"][-1]["text"]

@@ -3,8 +3,9 @@
 For each layer: the stored 64-bin histogram of its BN-folded float weights, the weights' min and
 max (dotted), the quantizer's range ``±w_clip`` at the focus bit-width (dashed red; it differs
 from ``max|w|`` when a clipping estimator is used), the quantization grid of that bit-width as
-ticks on the axis, and the number of weights beyond 3 sigma. A dropdown picks the layer; the
-worst layer at the focus bit-width is shown first.
+ticks on the axis (up to 6 bits), and the number of weights beyond 3 sigma. A dropdown picks the
+layer, the worst one at the focus bit-width first; counts are on a log axis when that layer has
+outliers (a switch toggles it).
 
 Example:
     >>> fig = weight_histograms(result, focus=4)     # doctest: +SKIP
@@ -19,11 +20,12 @@ import plotly.graph_objects as go
 from ..analysis.results import Cell, LayerInfo, SweepResult
 from .figures import BASE_LAYOUT
 from .fmt import finite
+from .insights import OUTLIER_RATIO
 from .safe import plot_text
 
 __all__ = ["weight_histograms", "layer_note", "MAX_GRID_TICKS"]
 
-MAX_GRID_TICKS = 257
+MAX_GRID_TICKS = 65
 
 
 def _line(x: float, color: str, dash: str) -> dict:
@@ -52,12 +54,11 @@ def layer_note(layer: LayerInfo, cell: Optional[Cell]) -> str:
     return " · ".join(parts)
 
 
-def _shapes(layer: LayerInfo, cell: Optional[Cell], symmetric: bool, granularity: str) -> tuple[list[dict], list[dict], list[float]]:
+def _shapes(layer: LayerInfo, cell: Optional[Cell], symmetric: bool, granularity: str) -> tuple[list[dict], list[dict]]:
     w = layer.weight
     assert w is not None
     shapes = [_line(w.min, "#555", "dot"), _line(w.max, "#555", "dot")]
     ann = [_label(w.min, "min", "#555", 1.04), _label(w.max, "max", "#555", 1.04)]
-    grid: list[float] = []
     if cell is not None and finite(cell.w_clip) and cell.w_clip > 0:
         clip, b = cell.w_clip, cell.w_bits
         lo = -clip if symmetric else w.min
@@ -69,9 +70,10 @@ def _shapes(layer: LayerInfo, cell: Optional[Cell], symmetric: bool, granularity
                 _label(clip, f"+{name} ({b}b)", "#d62728", 0.93)]
         levels = 2 ** (b - 1) - 1
         if symmetric and per_tensor and levels > 0 and 2 * levels + 1 <= MAX_GRID_TICKS:
-            step = clip / levels
-            grid = [k * step for k in range(-levels - 1, levels + 1)]
-    return shapes, ann, grid
+            step = clip / levels  # the grid as ticks on the axis (shapes: they survive a log count axis)
+            shapes += [dict(type="line", xref="x", yref="paper", x0=k * step, x1=k * step, y0=0, y1=0.05,
+                            line=dict(color="#d62728", width=1.5)) for k in range(-levels - 1, levels + 1)]
+    return shapes, ann
 
 
 def weight_histograms(result: SweepResult, focus: int) -> Optional[go.Figure]:
@@ -97,23 +99,27 @@ def weight_histograms(result: SweepResult, focus: int) -> Optional[go.Figure]:
         fig.add_bar(x=centers, y=w.hist_counts, width=widths, name=name, marker_color="#4c78a8", visible=i == first,
                     customdata=[[a, b] for a, b in zip(e[:-1], e[1:])],
                     hovertemplate="[%{customdata[0]:.4g}, %{customdata[1]:.4g}): %{y} weights<extra></extra>")
-        shapes, ann, grid = _shapes(l, cells.get(l.name), symmetric, granularity)
-        fig.add_scatter(x=grid, y=[0] * len(grid), mode="markers", visible=i == first and bool(grid), name=f"{focus}-bit grid",
-                        marker=dict(symbol="line-ns-open", size=10, color="#d62728"), hovertemplate="level %{x:.4g}<extra></extra>")
+        shapes, ann = _shapes(l, cells.get(l.name), symmetric, granularity)
         ann.append(dict(x=0, y=-0.3, xref="paper", yref="paper", xanchor="left", showarrow=False, font=dict(size=12),
                         text=layer_note(l, cells.get(l.name))))
         views.append(dict(label=name, title=f"Weights of {name} ({plot_text(l.op)}, {l.kind}, {l.params:,} params) "
                           f"and the {focus}-bit quantization range", shapes=shapes, annotations=ann))
     n = len(layers)
+    w0 = layers[first].weight
+    log = w0 is not None and w0.absmax_over_std >= OUTLIER_RATIO  # outliers: a few weights, visible on a log axis
     buttons = []
     for i, v in enumerate(views):
-        mask = [j == i for j in range(n) for _ in (0, 1)]
+        mask = [j == i for j in range(n)]
         buttons.append(dict(label=v["label"], method="update",
                             args=[{"visible": mask}, {"title.text": v["title"], "shapes": v["shapes"], "annotations": v["annotations"]}]))
     fig.update_layout(**BASE_LAYOUT, height=440, showlegend=False, bargap=0, title=dict(text=views[first]["title"], y=0.97),
                       shapes=views[first]["shapes"], annotations=views[first]["annotations"],
-                      xaxis=dict(title="weight value (BN folded)"), yaxis=dict(title="count"),
+                      xaxis=dict(title="weight value (BN folded)"), yaxis=dict(title="count", type="log" if log else "linear"),
                       updatemenus=[dict(type="dropdown", buttons=buttons, active=first, x=1.0, xanchor="right", y=1.13,
-                                        yanchor="bottom", bgcolor="#f3f4f6")])
+                                        yanchor="bottom", bgcolor="#f3f4f6"),
+                                   dict(type="buttons", direction="right", active=int(log), x=0.83, xanchor="right", y=1.13,
+                                        yanchor="bottom", bgcolor="#f3f4f6", showactive=True,
+                                        buttons=[dict(label="linear count", method="relayout", args=[{"yaxis.type": "linear"}]),
+                                                 dict(label="log count", method="relayout", args=[{"yaxis.type": "log"}])])])
     fig.update_layout(margin=dict(l=60, r=30, t=110, b=120))
     return fig
