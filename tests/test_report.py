@@ -273,3 +273,11 @@ def test_missing_cells_leave_gaps_not_shifts():
     assert bar3["x"] == ["outl", "wide", "fine"] and bar3["y"] == pytest.approx([18.0, 4.5, 0.0])
     assert layout["xaxis"]["categoryarray"] == ["outl", "dw", "wide", "fine"]
     assert plots(html)["plot-heatmap"][0][0]["z"][1][0] is None
+
+
+def test_results_without_statistics_still_render():
+    r = synthetic_result()
+    layers = tuple(type(l)(**{**l.__dict__, "weight": None, "input_range": None, "output_range": None}) for l in r.layers)
+    html = render_report(type(r)(**{**r.__dict__, "layers": layers, "config": {}}))
+    assert "No weight statistics in these results." in html and "plot-weights" not in plots(html)
+    assert {"plot-profile", "plot-heatmap", "plot-activations", "plot-noise"} <= set(plots(html))
