@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 from torch import nn
 
+from ..config import parse_granularity
 from ..errors import QuantlensError
 from ..qconfig import LayerQuant, QuantConfig
 from .results import SweepResult, _clean, _num
@@ -195,6 +196,7 @@ def additivity(
     configs: int = 20,
     seed: int = 0,
     a_bits: Optional[int] = 8,
+    granularity: str = "per-tensor",
     shift_threshold: float = 0.1,
     model_name: str = "",
 ) -> AdditivityResult:
@@ -212,16 +214,17 @@ def additivity(
         if b not in sweep.w_bits:
             raise QuantlensError(f"the sweep has no cells at {b} bits (it has {sweep.w_bits})")
     names = sweep.layer_names
+    g = parse_granularity(granularity)
     points = []
     for subset in random_subsets(names, configs, seed):
         low_set = set(subset)
-        cfg = QuantConfig(tuple((n, LayerQuant(w_bits=low if n in low_set else high, a_bits=a_bits)) for n in names))
+        cfg = QuantConfig(tuple((n, LayerQuant(low if n in low_set else high, a_bits, g)) for n in names))
         res = measure(cfg, False)
         cells = [sweep.cell(n, low if n in low_set else high) for n in names]
         points.append(
             AdditivityPoint(subset, sum(c.degradation for c in cells), res.degradation, sum(c.noise for c in cells), res.noise)
         )
-    joint = measure(QuantConfig(tuple((n, LayerQuant(w_bits=low, a_bits=a_bits)) for n in names)), True)
+    joint = measure(QuantConfig(tuple((n, LayerQuant(low, a_bits, g)) for n in names)), True)
     kinds = {l.name: l.kind for l in sweep.layers}
     shifts = []
     for n in names:
@@ -241,6 +244,7 @@ def run_additivity(
     configs: int = 20,
     seed: int = 0,
     a_bits: Optional[int] = 8,
+    granularity: str = "per-tensor",
     metric: Any = "top1",
     calib: Optional[Iterable[Any]] = None,
     reference: Optional[nn.Module] = None,
@@ -262,11 +266,11 @@ def run_additivity(
 
     if sweep is None:
         sweep = analyze(
-            model, data, w_bits=sorted({low, high}), a_bits=a_bits, metric=metric, calib=calib,
+            model, data, w_bits=sorted({low, high}), a_bits=a_bits, granularity=granularity, metric=metric, calib=calib,
             reference=reference, device=device, output_key=output_key, model_name=model_name,
         )
     measurer = NetworkMeasurer(model, data, calib=calib, metric=metric, reference=reference, device=device, output_key=output_key)
     return additivity(
-        sweep, measurer, low=low, high=high, configs=configs, seed=seed, a_bits=a_bits,
+        sweep, measurer, low=low, high=high, configs=configs, seed=seed, a_bits=a_bits, granularity=granularity,
         shift_threshold=shift_threshold, model_name=model_name or type(model).__name__,
     )

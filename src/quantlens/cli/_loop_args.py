@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any, Optional
 
 from ..analysis.results import SweepResult
@@ -10,7 +11,7 @@ from ..config import check_bits, parse_granularity
 from ..errors import QuantlensError
 from .common import parse_a_bits
 
-__all__ = ["add_common", "parse_bits", "load_inputs", "load_sweep"]
+__all__ = ["add_common", "parse_bits", "load_inputs", "load_sweep", "sweep_or_run"]
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -64,4 +65,25 @@ def load_sweep(args: argparse.Namespace, need_bits: list[int]) -> Optional[Sweep
         raise QuantlensError(f"--results {args.results}: the sweep used {gran} weights, not --granularity {args.granularity}")
     if sweep.metric_name != args.metric:
         raise QuantlensError(f"--results {args.results}: the sweep measured {sweep.metric_name}, not --metric {args.metric}")
+    return sweep
+
+
+def sweep_or_run(args: argparse.Namespace, out: Path, model: Any, data: Any, calib: Any, reference: Any, w_bits: list[int], a_bits: Optional[int]) -> SweepResult:
+    """The ``--results`` sweep, or a fresh one; either way also written to ``out/results.json``.
+
+    With ``results.json`` next to ``fix.json`` / ``additivity.json`` / ``plan.json``,
+    ``quantlens report OUT`` renders them together.
+    """
+    from ..analysis.sweep import analyze, make_config
+
+    sweep = load_sweep(args, w_bits)
+    if sweep is None:
+        sweep = analyze(model, data, config=make_config(w_bits, a_bits, args.granularity), metric=args.metric, calib=calib,
+                        reference=reference, device=args.device, output_key=args.output_key, model_name=args.model)
+    target = out / "results.json"
+    source = Path(args.results) if args.results else None
+    if source is not None and source.is_dir():
+        source = source / "results.json"
+    if source is None or not target.exists() or not source.exists() or not target.samefile(source):
+        sweep.to_json(target)
     return sweep

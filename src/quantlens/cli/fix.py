@@ -7,7 +7,7 @@ import math
 
 from rich.table import Table
 
-from ._loop_args import add_common, load_inputs, load_sweep, parse_bits
+from ._loop_args import add_common, load_inputs, parse_bits, sweep_or_run
 from .common import add_model_args, console, parse_a_bits, prepare_out_dir
 
 __all__ = ["register", "run", "print_table"]
@@ -46,7 +46,6 @@ def print_table(result) -> None:  # noqa: ANN001
 
 def run(args: argparse.Namespace) -> int:
     from ..analysis.fixloop import fix_loop
-    from ..analysis.sweep import analyze, make_config
     from ..errors import QuantlensError
     from ..export import export
     from ..fixes import check_fix
@@ -62,11 +61,7 @@ def run(args: argparse.Namespace) -> int:
         raise QuantlensError(f"--top must be at least 1, got {args.top}")
     out = prepare_out_dir(args.out)
     model, data, calib, reference = load_inputs(args)
-    sweep = load_sweep(args, [w_bits])
-    if sweep is None:
-        sweep = analyze(model, data, config=make_config([w_bits], a_bits, args.granularity), metric=args.metric, calib=calib,
-                        reference=reference, device=args.device, output_key=args.output_key, model_name=args.model)
-        sweep.to_json(out / "results.json")
+    sweep = sweep_or_run(args, out, model, data, calib, reference, [w_bits], a_bits)
     result, measurer = fix_loop(
         model, data, sweep, w_bits=w_bits, a_bits=a_bits, granularity=args.granularity, candidates=candidates, top=args.top,
         metric=args.metric, calib=calib, reference=reference, device=args.device, output_key=args.output_key, model_name=args.model,

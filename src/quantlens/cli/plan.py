@@ -7,7 +7,7 @@ import math
 
 from rich.table import Table
 
-from ._loop_args import add_common, load_inputs, load_sweep
+from ._loop_args import add_common, load_inputs, sweep_or_run
 from .common import add_model_args, console, parse_a_bits, parse_bits_list, prepare_out_dir
 
 __all__ = ["register", "run"]
@@ -30,7 +30,6 @@ def _f(x: float, pct: bool) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..analysis.sweep import analyze, make_config
     from ..errors import QuantlensError
     from ..plan import run_plan
 
@@ -43,11 +42,7 @@ def run(args: argparse.Namespace) -> int:
             raise QuantlensError(f"{name} must be a positive number, got {v}")
     out = prepare_out_dir(args.out)
     model, data, calib, reference = load_inputs(args)
-    sweep = load_sweep(args, list(w_bits))
-    if sweep is None:
-        sweep = analyze(model, data, config=make_config(w_bits, a_bits, args.granularity), metric=args.metric, calib=calib,
-                        reference=reference, device=args.device, output_key=args.output_key, model_name=args.model)
-        sweep.to_json(out / "results.json")
+    sweep = sweep_or_run(args, out, model, data, calib, reference, list(w_bits), a_bits)
     r = run_plan(model, data, budget=args.budget, budget_bytes=args.budget_bytes, w_bits=w_bits, a_bits=a_bits, granularity=args.granularity,
                  metric=args.metric, calib=calib, reference=reference, device=args.device, output_key=args.output_key, sweep=sweep)
     r.to_json(out / "plan.json")
