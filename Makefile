@@ -8,7 +8,7 @@ PIP    := $(BIN)/python -m pip
 # constraints.txt pins the local CPU wheel of torch on our machines; users bring their own torch.
 PIPFLAGS := -q --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo test venv install install-dev bench clean
+.PHONY: demo test venv install install-dev bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,10 @@ test: install
 
 bench: install
 	$(PIP) install $(PIPFLAGS) -e '.[dev,bench]'
-	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
+bench-quick: BENCH_ARGS = --quick
+bench-quick: bench
 
 clean:
 	rm -rf $(VENV) quantlens-demo .pytest_cache

@@ -1,0 +1,158 @@
+"""``python -m benchmarks.run [--quick] [--only NAMES] [--json PATH]``: quantlens vs the naive loop.
+
+For each subject, on the same data and in one process, times quantlens's cone sweep and
+the naive loop (a full forward pass per layer and bit-width, same quantization, same
+numbers), batch by batch in turn so that load from other processes hits both alike; checks
+that both give the same cells (1e-5 relative) and prints wall times, the ratio naive /
+quantlens and the FLOP bound of that ratio. Memory is measured through
+:func:`quantlens.analyze` in fresh processes (peak resident memory, ``VmHWM``): the
+ResNet-18 3..8 sweep, and N vs 10 N images (streaming). On the digits demo it also prints
+the sweep's batch loop time over the measured cost of its cone passes (bookkeeping).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+__all__ = ["main", "plan", "compare"]
+
+
+def plan(quick: bool) -> dict[str, dict]:
+    """Parameters of each subject, full or ``--quick``."""
+    if quick:
+        return {
+            "resnet18": {"images": 8, "batch": 8, "bits": [4, 8], "size": 224},
+            "effnet-lite0": {"images": 8, "batch": 8, "bits": [4], "size": 224},
+            "digits": {"bits": [3, 4, 5, 6, 7, 8]},
+            "memory": {"images": [16, 160], "batch": 8, "bits": [8], "full_bits": [4, 8], "size": 112},
+        }
+    return {
+        "resnet18": {"images": 64, "batch": 32, "bits": [3, 4, 5, 6, 7, 8], "size": 224},
+        "effnet-lite0": {"images": 16, "batch": 16, "bits": [4, 6, 8], "size": 224},
+        "digits": {"bits": [3, 4, 5, 6, 7, 8]},
+        "memory": {"images": [64, 640], "batch": 32, "bits": [8], "full_bits": [3, 4, 5, 6, 7, 8], "size": 224},
+    }
+
+
+def _worker(params: dict) -> dict:
+    cmd = [sys.executable, "-m", "benchmarks.worker", json.dumps(params)]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"worker failed ({params}):\n{p.stderr[-3000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def _rel(a: float, b: float) -> float:
+    if a is None or b is None or (isinstance(a, float) and math.isnan(a) and math.isnan(b)):
+        return 0.0
+    if math.isinf(a) or math.isinf(b):
+        return 0.0 if a == b else math.inf
+    return abs(a - b) / max(abs(a), abs(b), 1e-12)
+
+
+def compare(a: dict, b: dict) -> float:
+    """Largest relative difference between two runs' cells (noise, SQNR, metric, mean shift)."""
+    worst = 0.0
+    cb = {(c[0], c[1]): c for c in b["cells"]}
+    for c in a["cells"]:
+        d = cb[(c[0], c[1])]
+        for k in (2, 3, 5):
+            worst = max(worst, _rel(c[k], d[k]))
+        worst = max(worst, abs(c[4] - d[4]) if abs(c[4] - d[4]) > 1e-9 else 0.0)
+    return worst
+
+
+def _bound(subject: str, size: int) -> dict:
+    from .flops import cone_fraction
+    from .worker import SUBJECTS
+
+    model, _, _ = SUBJECTS[subject]({"images": 1, "batch": 1, "size": size})
+    shape = (1, 1, 8, 8) if subject == "digits" else (1, 3, size, size)
+    return cone_fraction(model, shape)
+
+
+def _line(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def run_pair(subject: str, p: dict, overhead: bool = False) -> dict:
+    """Cone and naive side by side in one process, on the same data; both results compared."""
+    m = _worker({"subject": subject, **p, "pair": True, "overhead": overhead})
+    cone, naive = m["cone"], m["naive"]
+    bound = _bound(subject, p.get("size", 224))
+    ratio = naive["wall_s"] / cone["wall_s"]
+    layers = len({c[0] for c in cone["cells"]})
+    res = {**m, "ratio": ratio, "bound": bound["bound"], "max_rel_diff": compare(cone, naive)}
+    _line(
+        f"{subject:13s} {layers:3d} layers x {len(p['bits'])} bits, {cone['num_samples']:4d} images | "
+        f"naive {naive['wall_s']:7.1f} s  quantlens {cone['wall_s']:7.1f} s  ratio {ratio:4.2f}x "
+        f"(FLOP bound {bound['bound']:.2f}x; ratio = {100 * ratio / bound['bound']:.0f}% of the bound) | "
+        f"max rel diff {res['max_rel_diff']:.1e} ({'equal' if res['max_rel_diff'] <= 1e-5 else 'DIFFERENT'} to 1e-5)"
+    )
+    if overhead:
+        _line(
+            f"{'':13s} overhead: {m['cone_passes']} cone passes cost {m['cone_cost_s']:.2f} s measured alone; the "
+            f"sweep's batch loop took {m['loop_s']:.2f} s = {m['loop_s'] / m['cone_cost_s']:.2f}x (target <= 1.3x)"
+        )
+    return res
+
+
+def _single(n: int, p: dict, bits: list) -> dict:
+    return _worker({"subject": "resnet18", "engine": "cone", "images": n, "batch": p["batch"], "bits": bits,
+                    "size": p["size"]})
+
+
+def run_memory(p: dict) -> dict:
+    """Peak RSS of :func:`quantlens.analyze` on ResNet-18: the full sweep, and N vs 10 N images."""
+    full = _single(p["images"][0], p, p["full_bits"])
+    _line(
+        f"{'memory':13s} ResNet-18 {p['size']}x{p['size']}, {p['images'][0]} images, bits {p['full_bits']}: peak RSS "
+        f"{full['peak_rss_mb']:.0f} MB (target < 2048 MB; {full['rss_before_mb']:.0f} MB before the sweep; "
+        f"{full['wall_s']:.0f} s through quantlens.analyze)"
+    )
+    small, large = (_single(n, p, p["bits"]) for n in p["images"])
+    ratio = large["peak_rss_mb"] / small["peak_rss_mb"]
+    _line(
+        f"{'streaming':13s} ResNet-18 {p['size']}x{p['size']}, bits {p['bits']}: peak RSS {p['images'][0]} images "
+        f"{small['peak_rss_mb']:.0f} MB, {p['images'][1]} images {large['peak_rss_mb']:.0f} MB -> {ratio:.2f}x "
+        f"(target <= 1.2x; {small['wall_s']:.0f} s / {large['wall_s']:.0f} s)"
+    )
+    return {"full": full, "small": small, "large": large, "ratio": ratio}
+
+
+def main(argv: Any = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer images and bit-widths: a check in about a minute")
+    ap.add_argument("--only", default="resnet18,effnet-lite0,digits,memory", help="comma-separated subjects")
+    ap.add_argument("--json", default=None, metavar="PATH", help="also write every measurement as JSON")
+    args = ap.parse_args(argv)
+    import torch
+
+    cfg = plan(args.quick)
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    _line(f"quantlens benchmarks ({'quick' if args.quick else 'full'}): torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs; engines side by side in one process, memory in fresh ones")
+    t0 = time.perf_counter()
+    out: dict[str, Any] = {}
+    for name in only:
+        if name == "memory":
+            out[name] = run_memory(cfg["memory"])
+        else:
+            out[name] = run_pair(name, cfg[name], overhead=(name == "digits"))
+    _line(f"total {time.perf_counter() - t0:.0f} s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

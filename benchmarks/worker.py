@@ -1,0 +1,146 @@
+"""One benchmark measurement, run in its own process so that its peak memory is its own.
+
+``python -m benchmarks.worker '{"subject": "resnet18", "engine": "cone", ...}'`` prints one
+JSON line: wall time of :func:`quantlens.analyze`, peak resident memory (``ru_maxrss``) and
+the result cells. With ``"pair": true`` it times the cone and the naive engine side by side
+in this process (and, with ``"overhead": true``, the measured cost of every cone pass).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+import torch
+
+__all__ = ["SUBJECTS", "measure", "measure_pair", "cone_pass_cost"]
+
+
+def _resnet18(p: dict) -> tuple[Any, Any, str]:
+    from .data import SyntheticImages
+    from .models import resnet18
+
+    return resnet18(seed=0), SyntheticImages(p["images"], p["batch"], p.get("size", 224), seed=1), "kl"
+
+
+def _effnet(p: dict) -> tuple[Any, Any, str]:
+    from .data import photo_crops
+    from .models import efficientnet_lite0
+
+    return efficientnet_lite0(), photo_crops(p["images"], p["batch"], p.get("size", 224), seed=0), p.get("metric", "kl")
+
+
+def _digits(p: dict) -> tuple[Any, Any, str]:
+    from quantlens import demo
+
+    return demo.model(), demo.data(), "top1"
+
+
+SUBJECTS: dict[str, Callable[[dict], tuple[Any, Any, str]]] = {
+    "resnet18": _resnet18,
+    "effnet-lite0": _effnet,
+    "digits": _digits,
+}
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory (``VmHWM``; ``ru_maxrss`` would include the parent's
+    memory at fork, which Linux carries across ``execve``)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:  # pragma: no cover - not Linux
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def cone_pass_cost(sweep: Any, data: Any, repeats: int = 3) -> float:
+    """Sum over batches, layers and bit-widths of the median time of one cone pass alone."""
+    from quantlens.analysis.data import iterate, to_device
+
+    total = 0.0
+    with torch.inference_mode():
+        for inputs, _ in iterate(data):
+            _, cache = sweep.runner.float_pass(to_device(inputs, sweep.device))
+            for i in sweep.layer_ids:
+                for b in sweep.config.w_bits:
+                    w = sweep.qweights[(i, b)].weight
+                    times = []
+                    for _ in range(repeats):
+                        t0 = time.perf_counter()
+                        sweep.runner.run(cache, i, w)
+                        times.append(time.perf_counter() - t0)
+                    total += statistics.median(times)
+    return total
+
+
+def _cells(r: Any) -> list:
+    return [[c.layer, c.w_bits, c.noise, c.sqnr_db, c.metric, c.mean_shift] for c in r.cells]
+
+
+def measure(p: dict) -> dict:
+    """One engine through :func:`quantlens.analyze` (the real path): wall time and peak memory."""
+    import quantlens as ql
+
+    torch.set_num_threads(int(p.get("threads", torch.get_num_threads())))
+    model, data, metric = SUBJECTS[p["subject"]](p)
+    metric = p.get("metric", metric)
+    rss0 = _peak_rss_mb()
+    t0 = time.perf_counter()
+    r = ql.analyze(model, data, w_bits=tuple(p["bits"]), a_bits=8, metric=metric, engine=p["engine"],
+                   device=p.get("device", "cpu"))
+    return {"params": p, "wall_s": time.perf_counter() - t0, "peak_rss_mb": _peak_rss_mb(), "rss_before_mb": rss0,
+            "baseline": r.baseline, "num_samples": r.num_samples, "cells": _cells(r)}
+
+
+def measure_pair(p: dict) -> dict:
+    """Cone and naive sweeps in this one process, batch by batch in turn, so that load from
+    other processes hits both alike; each engine's time is its own setup, calibration and
+    batches. Same pieces as :func:`quantlens.analyze` (``Sweep``, ``calibrate``, ``process_batch``)."""
+    from quantlens.analysis.data import iterate
+    from quantlens.analysis.sweep import Sweep, make_config
+
+    torch.set_num_threads(int(p.get("threads", torch.get_num_threads())))
+    model, data, metric = SUBJECTS[p["subject"]](p)
+    metric = p.get("metric", metric)
+    cfg = make_config(tuple(p["bits"]), 8)
+    sample = next(iter(iterate(data)))
+    times = {"cone": 0.0, "naive": 0.0}
+    sweeps, states = {}, {}
+    for eng in ("naive", "cone"):
+        t0 = time.perf_counter()
+        sweeps[eng] = Sweep(model, sample, cfg, metric, p.get("device", "cpu"), engine=eng)
+        sweeps[eng].calibrate(data)
+        states[eng] = sweeps[eng].new_state()
+        times[eng] += time.perf_counter() - t0
+    for k, batch in enumerate(iterate(data)):
+        for eng in (("cone", "naive") if k % 2 == 0 else ("naive", "cone")):
+            t0 = time.perf_counter()
+            sweeps[eng].process_batch(states[eng], batch)
+            times[eng] += time.perf_counter() - t0
+    out: dict[str, Any] = {"params": p}
+    for eng in ("cone", "naive"):
+        r = sweeps[eng].result(states[eng])
+        out[eng] = {"wall_s": times[eng], "baseline": r.baseline, "num_samples": r.num_samples, "cells": _cells(r)}
+    if p.get("overhead"):
+        sw = sweeps["cone"]
+        state = sw.new_state()
+        t0 = time.perf_counter()
+        for batch in iterate(data):
+            sw.process_batch(state, batch)
+        out["loop_s"] = time.perf_counter() - t0
+        out["cone_passes"] = len(sw.layer_ids) * len(cfg.w_bits) * sum(1 for _ in iterate(data))
+        out["cone_cost_s"] = cone_pass_cost(sw, data)
+    out["peak_rss_mb"] = _peak_rss_mb()
+    return out
+
+
+if __name__ == "__main__":
+    params = json.loads(sys.argv[1])
+    print(json.dumps(measure_pair(params) if params.get("pair") else measure(params)))
