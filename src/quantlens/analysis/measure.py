@@ -223,6 +223,7 @@ class NetworkMeasurer:
         self.device = torch.device(device)
         with preserve_model(model):
             self.graph = capture_traceable(model)
+            self.graph.gm.to(self.device)
             if reference is not None:
                 with preserve_model(reference):
                     self.reference = reference_fn(self.graph, reference, self.device)

@@ -127,7 +127,7 @@ class OutputMSEClip(ClipFix):
         module = graph.gm.get_submodule(graph.layer(name).name)
         ex2 = input_second_moment(graph, name, self.ctx.calib, self.ctx.device)
         imp = _importance(module.weight.detach(), int(getattr(module, "groups", 1)), ex2)
-        imp_rows = weight_rows(imp, spec).float() + 1e-12
+        imp_rows = weight_rows(imp, spec).float().to(rows.device) + 1e-12
         amax = rows.abs().amax(dim=1)
         lo, hi = -amax, amax
         c = _mse_best_scale(rows.float(), imp_rows, lo, hi, spec)

@@ -118,7 +118,7 @@ def _input_columns(m2: nn.Module, c: int, block: int) -> tuple[slice | Tensor, s
 
 def _r2(m2: nn.Module, channels: int, block: int) -> Tensor:
     w = m2.weight.detach()
-    r = torch.empty(channels, dtype=w.dtype)
+    r = torch.empty(channels, dtype=w.dtype, device=w.device)
     for c in range(channels):
         rows, cols = _input_columns(m2, c, block)
         r[c] = w[rows, cols].abs().max()

@@ -163,8 +163,8 @@ _MSE_GRID = torch.linspace(0.01, 1.0, 100)
 
 def _mse_best_scale(values: Tensor, weights: Optional[Tensor], lo: Tensor, hi: Tensor, spec: "QuantSpec") -> Tensor:
     """For each row, the factor ``c`` in the grid whose range ``c*[lo, hi]`` has least weighted MSE."""
-    best_err = torch.full((values.shape[0],), float("inf"), dtype=torch.float64)
-    best_c = torch.ones(values.shape[0])
+    best_err = torch.full((values.shape[0],), float("inf"), dtype=torch.float64, device=values.device)
+    best_c = torch.ones(values.shape[0], device=values.device)
     for c in _MSE_GRID.tolist():
         clo, chi = lo * c, hi * c
         if spec.symmetric:
