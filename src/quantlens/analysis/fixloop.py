@@ -162,7 +162,12 @@ def fix_loop(
     output_key: Any = None,
     model_name: str = "",
 ) -> tuple[FixResult, NetworkMeasurer]:
-    """Run steps 1-3 of the module docstring; returns the result and the measurer used."""
+    """Run steps 1-3 of the module docstring; returns the result and the measurer used.
+
+    ``candidates``: fixes tried on each culprit; ``top``: at most this many culprits;
+    ``global_rows``: the fix sets applied to every layer for the ``global:...`` rows (the
+    contract's three by default; each fix chosen locally is added as ``global:<fix>``).
+    """
     for f in candidates:
         check_fix(f)
     if w_bits not in sweep.w_bits:

@@ -15,12 +15,13 @@ __all__ = ["register", "run", "print_table"]
 
 def register(sub: argparse._SubParsersAction) -> None:
     from ..analysis.fixloop import DEFAULT_FIXES
+    from ..fixes import fixes
 
     p = sub.add_parser("fix", help="find the culprit layers, fix them locally, and print Table 1 (float/naive/global/local)")
     add_model_args(p)
     p.add_argument("--w-bits", default="8", help="weight bits of the quantized network (default: 8)")
     add_common(p)
-    p.add_argument("--fixes", default=",".join(DEFAULT_FIXES), help=f"fixes to try on each culprit (default: {','.join(DEFAULT_FIXES)})")
+    p.add_argument("--fixes", default=",".join(DEFAULT_FIXES), help=f"fixes to try on each culprit, from: {', '.join(fixes())} (default: all)")
     p.add_argument("--top", type=int, default=3, help="how many culprit layers to try fixing (default 3)")
     p.set_defaults(func=run)
 
