@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import textwrap
-from pathlib import Path
 
 import pytest
 
 from quantlens.cli import main
+from single_thread import one_thread_demo  # noqa: F401  (module fixture: one intra-op thread)
 
 
 @pytest.fixture(scope="module")

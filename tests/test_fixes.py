@@ -15,6 +15,7 @@ from quantlens.graph import capture
 from quantlens.guard import state_fingerprint
 from quantlens.qconfig import QuantConfig
 from quantlens.quant.ranges import SAWB_COEFFICIENTS
+from single_thread import one_thread  # noqa: F401  (module fixture: one intra-op thread)
 
 
 def _graph_and_cfg(bits: int = 8):

@@ -12,6 +12,7 @@ from quantlens.config import PerChannel
 from quantlens.graph import capture
 from quantlens.guard import state_fingerprint
 from quantlens.qconfig import LayerQuant, QuantConfig
+from single_thread import one_thread  # noqa: F401  (module fixture: one intra-op thread)
 
 
 def test_config_json_round_trip_and_queries():
