@@ -181,9 +181,9 @@ def fix_loop(
     culprits = rank_culprits(sweep, w_bits, top)
     trials: list[LocalTrial] = []
     chosen = naive
-    ctx = FixContext(naive, measurer.calib, measurer.device)
     for layer in culprits:
         base = sweep.cell(layer, w_bits).degradation
+        ctx = FixContext(QuantConfig(((layer, naive.layer(layer)),)), measurer.calib, measurer.device)  # the cell's network
         results = []
         for f in candidates:
             fixed = make_fix(f, ctx).apply(measurer.graph, [layer])

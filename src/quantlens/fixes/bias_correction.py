@@ -1,10 +1,10 @@
 """Empirical bias correction, fix ``bias_correction`` (Nagel et al. 2019; Finkelstein et al. 2019).
 
 Quantization shifts the mean of a layer's output (most in small-kernel layers, section 4.4 of
-the paper). Layer by layer in topological order, with every layer of ``layers`` quantized as
-the config says and the layers before ``l`` already corrected, measure over the calibration
-data the per-channel mean shift of ``l``'s pre-activation output against the float network,
-and remove it from the bias::
+the paper). For each layer ``l`` of ``layers`` in topological order, with every layer of the
+context's config quantized as it says (the network being built) and the layers before ``l``
+already corrected, measure over the calibration data the per-channel mean shift of ``l``'s
+pre-activation output against the float network, and remove it from the bias::
 
     b_l[c] <- b_l[c] - (E[z_q,l[c]] - E[z_l[c]])
 
@@ -46,7 +46,8 @@ class BiasCorrection:
 
         if self.ctx.calib is None:
             raise QuantlensError("fix 'bias_correction' needs calibration data")
-        chosen = [l for l in graph.layers if l.name in set(layers) and self.ctx.config.get(l.name) is not None]
+        cfg = self.ctx.config
+        chosen = [l for l in graph.layers if l.name in set(layers) and cfg.get(l.name) is not None]
         if not chosen:
             return graph
         out = copy_graph(graph)
@@ -54,9 +55,9 @@ class BiasCorrection:
             m = out.gm.get_submodule(l.name)
             if m.bias is None:
                 m.bias = nn.Parameter(torch.zeros(m.weight.shape[0], device=m.weight.device), requires_grad=False)
-        sub = QuantConfig(tuple((l.name, self.ctx.config.layer(l.name)) for l in chosen), self.ctx.config.act_estimator)
+        quantized = QuantConfig(tuple((n, lq) for n, lq in cfg.layers if n in {l.name for l in graph.layers}), cfg.act_estimator)
         dev = self.ctx.device
-        qnet = build_quantized(out, sub, self.ctx.calib, dev, taps=[l.node for l in chosen])
+        qnet = build_quantized(out, quantized, self.ctx.calib, dev, taps=[l.node for l in chosen])
         float_gm, keep = build_cache_module(graph, [l.node for l in chosen])
         float_gm.to(dev)
         for i, l in enumerate(chosen):
