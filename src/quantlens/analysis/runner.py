@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +24,7 @@ from ..errors import QuantlensError
 from ..graph.capture import LAYER_TYPES, Layer, LayerGraph, _layer_kind
 from ..graph.cone import Cone, build_cache_module, build_cone, input_node
 from ..quant.quantizer import ActQuantizer
+from .multibit import BitBatcher
 
 __all__ = ["Runner", "ConeRunner", "HookRunner"]
 
@@ -56,12 +57,21 @@ class Runner:
     def run(self, cache: dict[str, Any], i: int, weight: Tensor) -> Evaluation:  # pragma: no cover
         raise NotImplementedError
 
+    def evaluations(self, cache: dict[str, Any], i: int, weights: Sequence[Tensor]) -> Iterator[Evaluation]:
+        """One evaluation per weight (bit-width), in order."""
+        for w in weights:
+            yield self.run(cache, i, w)
+
 
 class ConeRunner(Runner):
     """Float pass once per batch, then only the cone of each layer (see module docstring)."""
 
-    def __init__(self, graph: LayerGraph, device: Union[str, torch.device] = "cpu", full: bool = False) -> None:
+    def __init__(
+        self, graph: LayerGraph, device: Union[str, torch.device] = "cpu", full: bool = False, batch_bits: bool = True
+    ) -> None:
         self.graph = graph
+        # several bit-widths per cone pass where measured faster; never for the naive loop
+        self.batcher = BitBatcher(enabled=batch_bits and not full)
         self.engine = "naive" if full else "cone"
         self.layers = list(graph.layers)
         self.device = torch.device(device)
@@ -93,6 +103,9 @@ class ConeRunner(Runner):
 
     def layer_io(self, cache: dict[str, Any], i: int) -> tuple[Tensor, Tensor]:
         return cache[self._inputs[i]], cache[self.layers[i].output_node]
+
+    def evaluations(self, cache: dict[str, Any], i: int, weights: Sequence[Tensor]) -> Iterator[Evaluation]:
+        return self.batcher.evaluations(self, cache, i, weights)
 
     def run(self, cache: dict[str, Any], i: int, weight: Tensor) -> Evaluation:
         cone = self.cones[i]

@@ -247,8 +247,8 @@ class Sweep:
                 state.in_range[i].update(x)
                 state.out_range[i].update(o)
                 state.channels[i].update(o, axis)
-                for b in self.config.w_bits:
-                    ev = self.runner.run(cache, i, self.qweights[(i, b)].weight)
+                weights = [self.qweights[(i, b)].weight for b in self.config.w_bits]
+                for b, ev in zip(self.config.w_bits, self.runner.evaluations(cache, i, weights)):
                     y = extract_output(ev.output, self.output_key)
                     state.cells[(i, b)].update(y_ref, y, labels, signal, ev.layer_output, o, axis)
                 if on_layer is not None:

@@ -50,14 +50,25 @@ class QuantLayer(nn.Module):
     def set_weight(self, w: Tensor) -> None:
         self.qweight = w
 
+    def set_weights(self, ws: Optional[list[Tensor]]) -> None:
+        """Several weights in one pass (or ``None`` for one): the input's batch is ``len(ws)``
+        equal chunks, chunk ``k`` goes through weight ``k``, and the outputs are concatenated."""
+        self.multi = ws
+
     def forward(self, x: Tensor) -> Tensor:
+        ws = getattr(self, "multi", None)
+        if ws:
+            return torch.cat([self._compute(c, w) for c, w in zip(x.chunk(len(ws)), ws)])
+        return self._compute(x, self.qweight)
+
+    def _compute(self, x: Tensor, w: Tensor) -> Tensor:
         kind = type(self.layer)
         if kind is nn.Linear:
-            return F.linear(x, self.qweight, self.layer.bias)
+            return F.linear(x, w, self.layer.bias)
         if kind in (nn.Conv1d, nn.Conv2d):
-            return self.layer._conv_forward(x, self.qweight, self.layer.bias)  # type: ignore[operator]
+            return self.layer._conv_forward(x, w, self.layer.bias)  # type: ignore[operator]
         # a subclass (e.g. a conv with its own padding): its own forward, with the weight replaced
-        return torch.func.functional_call(self.layer, {"weight": self.qweight}, (x,))
+        return torch.func.functional_call(self.layer, {"weight": w}, (x,))
 
 
 def input_node(graph: LayerGraph, layer: Layer) -> str:
