@@ -95,7 +95,8 @@ def run_pair(subject: str, p: dict, overhead: bool = False) -> dict:
         f"{subject:13s} {layers:3d} layers x {len(p['bits'])} bits, {cone['num_samples']:4d} images | "
         f"naive {naive['wall_s']:7.1f} s  quantlens {cone['wall_s']:7.1f} s  ratio {ratio:4.2f}x "
         f"(FLOP bound {bound['bound']:.2f}x; ratio = {100 * ratio / bound['bound']:.0f}% of the bound) | "
-        f"max rel diff {res['max_rel_diff']:.1e} ({'equal' if res['max_rel_diff'] <= 1e-5 else 'DIFFERENT'} to 1e-5)"
+        f"max rel diff {res['max_rel_diff']:.1e} ({'equal' if res['max_rel_diff'] <= 1e-5 else 'DIFFERENT'} to 1e-5) | "
+        f"{m.get('batched_layers', 0)}/{layers} layers batch their bit-widths"
     )
     if overhead:
         _line(

@@ -125,6 +125,8 @@ def measure_pair(p: dict) -> dict:
             sweeps[eng].process_batch(states[eng], batch)
             times[eng] += time.perf_counter() - t0
     out: dict[str, Any] = {"params": p}
+    batcher = getattr(sweeps["cone"].runner, "batcher", None)
+    out["batched_layers"] = sum(m == "batched" for m in batcher.mode.values()) if batcher else 0
     for eng in ("cone", "naive"):
         r = sweeps[eng].result(states[eng])
         out[eng] = {"wall_s": times[eng], "baseline": r.baseline, "num_samples": r.num_samples, "cells": _cells(r)}
