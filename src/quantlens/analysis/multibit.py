@@ -6,12 +6,18 @@ times along the batch, the layer applies ``W_k`` to the ``k``-th chunk, and chun
 the outputs is the evaluation with ``W_k``. Larger batches use the CPU's (or GPU's) kernels
 better, most of all in the small late layers.
 
-It is used for a layer only if, on the first batch,
+Kernels may round differently at another batch size (a GEMM picks its blocking by shape),
+so batching is decided per (layer, batch size), on the first batch of that size: the first
+group of bit-widths runs separately (these are the results used) and then batched, and the
+layer batches later groups of exactly that size only if
 
 * every value the cone reads is a tensor whose first axis is the batch,
-* the batched pass of the first two bit-widths gives **bitwise** the same outputs as the two
-  separate passes (so numbers never change, and an op that mixes samples is caught), and
-* it measured faster per bit-width than the separate passes.
+* the batched pass gave **bitwise** the same outputs as the separate passes (so numbers
+  never change, and an op that mixes samples is caught), and
+* it measured faster per bit-width.
+
+The check costs one batched group per layer and batch size; it pays off from about the
+third batch on.
 
 At most ``budget_bytes / (4 N bytes_per_sample)`` bit-widths go in one pass, so memory stays
 bounded (early, high-resolution layers run separately).
@@ -73,14 +79,17 @@ class BitBatcher:
     """Chooses, per layer, batched or separate cone passes over bit-widths (see module docstring).
 
     Attributes:
-        mode: ``{layer index: "batched" | "separate"}`` once decided.
+        mode: ``{(layer index, batch size): "batched" | "separate"}`` once decided.
+        groups: bit-widths per batched pass, by the same key; ``bitwise``: whether the check passed.
         timings: ``{layer index: (seconds per separate pass, seconds per batched bit-width)}``.
     """
 
-    def __init__(self, budget_bytes: int = 384 * 2**20, enabled: bool = True) -> None:
+    def __init__(self, budget_bytes: int = 256 * 2**20, enabled: bool = True) -> None:
         self.budget = budget_bytes
         self.enabled = enabled
-        self.mode: dict[int, str] = {}
+        self.mode: dict[tuple[int, int], str] = {}
+        self.groups: dict[tuple[int, int], int] = {}
+        self.bitwise: dict[tuple[int, int], bool] = {}
         self.timings: dict[int, tuple[float, float]] = {}
 
     def _chunk(self, runner: Any, cache: dict[str, Any], i: int, k: int) -> int:
@@ -119,27 +128,37 @@ class BitBatcher:
     def evaluations(self, runner: Any, cache: dict[str, Any], i: int, weights: Sequence[Tensor]) -> Iterator[Any]:
         """One evaluation per weight, in order: batched where chosen, else one pass each."""
         chunk = self._chunk(runner, cache, i, len(weights)) if self.enabled and len(weights) >= 2 else 0
-        rest: Sequence[Tensor] = weights
-        if chunk >= 2 and i not in self.mode:
-            rest = weights[2:]
-            t0 = time.perf_counter()
-            first = [runner.run(cache, i, weights[0]), runner.run(cache, i, weights[1])]
-            t_sep = (time.perf_counter() - t0) / 2
-            t0 = time.perf_counter()
-            pair = self._batched(runner, cache, i, weights[:2])
-            t_bat = (time.perf_counter() - t0) / 2
-            ok = pair is not None and all(
-                _same(a.output, b.output) and _same(a.layer_output, b.layer_output) for a, b in zip(first, pair)
-            )
-            self.mode[i] = "batched" if ok and t_bat < 0.95 * t_sep else "separate"
-            self.timings[i] = (t_sep, t_bat)
-            del pair
-            yield from first
-        if chunk < 2 or self.mode.get(i) != "batched":
-            for w in rest:
+        n = int(cache[runner.layers[i].output_node].shape[0]) if chunk else 0
+        key = (i, n)
+        if chunk < 2 or self.mode.get(key) == "separate":
+            for w in weights:
                 yield runner.run(cache, i, w)
             return
-        for start in range(0, len(rest), chunk):
-            ws = rest[start : start + chunk]
-            evs = self._batched(runner, cache, i, ws) if len(ws) > 1 else None
-            yield from (evs if evs is not None else (runner.run(cache, i, w) for w in ws))
+        if key not in self.mode:  # first batch of this size: the group separately, then batched
+            group = weights[:chunk]
+            t0 = time.perf_counter()
+            sep = [runner.run(cache, i, w) for w in group]
+            t_sep = (time.perf_counter() - t0) / len(group)
+            t0 = time.perf_counter()
+            bat = self._batched(runner, cache, i, group)
+            t_bat = (time.perf_counter() - t0) / len(group)
+            same = bat is not None and all(
+                _same(a.output, b.output) and _same(a.layer_output, b.layer_output) for a, b in zip(sep, bat)
+            )
+            self.mode[key] = "batched" if same and t_bat < 0.95 * t_sep else "separate"
+            self.groups[key] = chunk
+            self.bitwise[key] = same
+            self.timings[i] = (t_sep, t_bat)
+            del bat
+            yield from sep
+            del sep
+            for w in weights[chunk:]:
+                yield runner.run(cache, i, w)
+            return
+        g = self.groups[key]  # only groups of the verified size are batched
+        full = len(weights) - len(weights) % g
+        for start in range(0, full, g):
+            evs = self._batched(runner, cache, i, weights[start : start + g])
+            yield from (evs if evs is not None else (runner.run(cache, i, w) for w in weights[start : start + g]))
+        for w in weights[full:]:
+            yield runner.run(cache, i, w)
