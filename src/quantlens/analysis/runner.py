@@ -67,10 +67,11 @@ class ConeRunner(Runner):
     """Float pass once per batch, then only the cone of each layer (see module docstring)."""
 
     def __init__(
-        self, graph: LayerGraph, device: Union[str, torch.device] = "cpu", full: bool = False, batch_bits: bool = True
+        self, graph: LayerGraph, device: Union[str, torch.device] = "cpu", full: bool = False, batch_bits: bool = False
     ) -> None:
         self.graph = graph
-        # several bit-widths per cone pass where measured faster; never for the naive loop
+        # several bit-widths per cone pass (opt-in, see analysis/multibit.py: faster on late
+        # layers, but not bitwise reproducible in general); never for the naive loop
         self.batcher = BitBatcher(enabled=batch_bits and not full)
         self.engine = "naive" if full else "cone"
         self.layers = list(graph.layers)
