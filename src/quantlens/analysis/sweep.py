@@ -30,6 +30,7 @@ from ..config import Granularity, PerTensor, QuantSpec, SweepConfig, parse_granu
 from ..errors import QuantlensError
 from ..graph.capture import capture
 from ..guard import preserve_model
+from ..memory import trim_heap
 from ..metrics import Metric, make_metric
 from ..progress import make_progress
 from ..quant.observers import HistogramObserver, MinMaxObserver
@@ -204,6 +205,8 @@ class Sweep:
                     ins[i].update(x)
                     outs[i].update(o)
                 n += int(inputs[0].shape[0])
+                del cache, x, o  # one batch of activations alive at a time
+                trim_heap()
         for i in self.layer_ids:
             self.runner.in_q[i].set(spec, ins[i])
             self.runner.out_q[i].set(spec, outs[i])
@@ -251,10 +254,13 @@ class Sweep:
                 for b, ev in zip(self.config.w_bits, self.runner.evaluations(cache, i, weights)):
                     y = extract_output(ev.output, self.output_key)
                     state.cells[(i, b)].update(y_ref, y, labels, signal, ev.layer_output, o, axis)
+                    del ev, y  # not alive during the next cone pass
                 if on_layer is not None:
                     on_layer()
         state.num_samples += int(y_ref.shape[0])
         state.batches += 1
+        del cache, out
+        trim_heap()  # resident memory stays one batch's, however many batches
 
     # ---- results ---------------------------------------------------------------------------
     def layer_info(self, state: SweepState) -> list[LayerInfo]:
