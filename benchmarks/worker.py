@@ -104,7 +104,8 @@ def measure_pair(p: dict) -> dict:
     other processes hits both alike; each engine's time is its own setup, calibration and
     batches. Same pieces as :func:`quantlens.analyze` (``Sweep``, ``calibrate``, ``process_batch``)."""
     from quantlens.analysis.data import iterate
-    from quantlens.analysis.sweep import Sweep, make_config
+    from quantlens.analysis.api import make_config
+    from quantlens.analysis.sweep import Sweep
 
     torch.set_num_threads(int(p.get("threads", torch.get_num_threads())))
     model, data, metric = SUBJECTS[p["subject"]](p)

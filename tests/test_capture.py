@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models import NoLayers, TinyNet, tiny_data, tiny_net
+from models import NoLayers, tiny_data, tiny_net
 from quantlens.errors import QuantlensError
 from quantlens.graph import build_cone, capture, cone_nodes
 

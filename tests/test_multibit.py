@@ -10,7 +10,8 @@ import quantlens as ql
 from models import tiny_data, tiny_net
 from quantlens.analysis.data import iterate
 from quantlens.analysis.multibit import BitBatcher
-from quantlens.analysis.sweep import Sweep, make_config
+from quantlens.analysis.api import make_config
+from quantlens.analysis.sweep import Sweep
 
 
 class MixesBatch(nn.Module):

@@ -16,7 +16,7 @@ import ray
 
 import quantlens as ql
 from models import tiny_data, tiny_net
-from quantlens.analysis.sweep import make_config
+from quantlens.analysis.api import make_config
 from quantlens.parallel import SweepRecipe, run_sweep
 from quantlens.parallel.ray_executor import RayExecutor, group_layers
 

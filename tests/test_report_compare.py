@@ -17,7 +17,7 @@ from report_helpers import EVIL, demo_result, plots, synthetic_result, write_run
 @pytest.fixture(scope="module")
 def runs(demo_model, demo_data, tmp_path_factory):
     """Two real sweeps of the demo: per-tensor min/max against per-channel MSE-clipped weights."""
-    from quantlens.analysis.sweep import make_config
+    from quantlens.analysis.api import make_config
 
     root = tmp_path_factory.mktemp("cmp")
     a = demo_result(demo_model, demo_data, w_bits=(3, 4, 8))

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 import quantlens as ql
 from models import tiny_data, tiny_net

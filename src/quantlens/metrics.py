@@ -30,10 +30,8 @@ Example:
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from typing import Any, Callable, Optional, Protocol, Union
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 

@@ -223,7 +223,7 @@ def run_plan(
         >>> run_plan(demo.model(), demo.data(), budget=5.0).measured           # doctest: +SKIP
     """
     from .analysis.measure import NetworkMeasurer
-    from .analysis.sweep import analyze, make_config
+    from .analysis.api import analyze, make_config
     from .qconfig import LayerQuant, QuantConfig
     from .config import parse_granularity
 

@@ -1,6 +1,8 @@
 """The layer-wise analysis: sweep engine, results."""
 
 from .results import Cell, LayerInfo, SweepResult, WeightStats
-from .sweep import QuantlensWarning, Sweep, SweepState, analyze, make_config
+from .api import analyze, make_config
+from .state import SweepState
+from .sweep import QuantlensWarning, Sweep
 
 __all__ = ["analyze", "Sweep", "SweepState", "SweepResult", "Cell", "LayerInfo", "WeightStats", "QuantlensWarning", "make_config"]

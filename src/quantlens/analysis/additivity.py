@@ -262,7 +262,7 @@ def run_additivity(
         >>> r.pearson_r, r.slope                                                    # doctest: +SKIP
     """
     from .measure import NetworkMeasurer
-    from .sweep import analyze
+    from .api import analyze
 
     if sweep is None:
         sweep = analyze(

@@ -136,7 +136,7 @@ def rank_culprits(sweep: SweepResult, bits: int, k: int = 3) -> list[str]:
 
 
 def _local_cell(measurer: NetworkMeasurer, graph: Any, layer: str, sweep_cfg: SweepConfig, reference: nn.Module) -> tuple[float, float]:
-    from .sweep import analyze
+    from .api import analyze
 
     r = analyze(graph.gm, measurer.data, config=sweep_cfg, metric=measurer.metric, calib=measurer.calib,
                 reference=reference, device=measurer.device, output_key=measurer.output_key, layers=[layer])

@@ -26,7 +26,7 @@ __all__ = ["state_from_dict", "calibration_to_dict", "load_calibration", "union_
 
 def state_from_dict(sweep: Any, d: dict) -> Any:
     """A :class:`SweepState` of ``sweep`` from :meth:`SweepState.to_dict` output."""
-    from .sweep import SweepState
+    from .state import SweepState
 
     cells = {}
     for i, b, s in d["cells"]:
@@ -57,7 +57,7 @@ def union_states(states: list[Any]) -> Any:
     Cells and per-layer statistics are united; the baseline and sample counts, which every
     group measured on the same data, are taken once (from the first state).
     """
-    from .sweep import SweepState
+    from .state import SweepState
 
     first = states[0]
     out = SweepState(dict(first.cells), first.baseline, dict(first.channels), dict(first.in_range),

@@ -17,30 +17,26 @@ Example:
 
 from __future__ import annotations
 
-import os
-import time
 import warnings
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
-from ..config import Granularity, PerTensor, QuantSpec, SweepConfig, parse_granularity
+from ..config import SweepConfig
 from ..errors import QuantlensError
 from ..graph.capture import capture
-from ..guard import preserve_model
 from ..memory import trim_heap
 from ..metrics import Metric, make_metric
-from ..progress import make_progress
-from ..quant.observers import HistogramObserver, MinMaxObserver
+from ..quant.observers import MinMaxObserver
 from ..quant.quantizer import QuantizedWeight, make_observer, quantize_weight
 from .accumulate import CellAccumulator, ChannelStats, channel_axis, per_sample_sq
-from .data import Batch, check_reiterable, count_batches, extract_output, iterate, to_device
+from .data import Batch, extract_output, iterate, to_device
 from .results import Cell, LayerInfo, SweepResult, WeightStats
 from .runner import ConeRunner, HookRunner, Runner
+from .state import SweepState
 
-__all__ = ["analyze", "Sweep", "SweepState", "QuantlensWarning", "weight_stats"]
+__all__ = ["Sweep", "SweepState", "QuantlensWarning", "weight_stats", "MetricSpec"]
 
 
 class QuantlensWarning(UserWarning):
@@ -66,52 +62,6 @@ def weight_stats(w: Tensor, bins: int = 64) -> WeightStats:
         hist_counts=[int(c) for c in counts.tolist()],
         hist_edges=[float(e) for e in edges.tolist()],
     )
-
-
-@dataclass
-class SweepState:
-    """Mergeable sums of a sweep over part of the data (and possibly part of the layers)."""
-
-    cells: dict[tuple[int, int], CellAccumulator]
-    baseline: Metric
-    channels: dict[int, ChannelStats]
-    in_range: dict[int, MinMaxObserver]
-    out_range: dict[int, MinMaxObserver]
-    num_samples: int = 0
-    batches: int = 0
-
-    def merge(self, other: "SweepState") -> "SweepState":
-        """Sums of both. Cells and layers present in only one side are kept as they are."""
-        cells = dict(self.cells)
-        for k, v in other.cells.items():
-            cells[k] = cells[k].merge(v) if k in cells else v
-
-        def merged(a: dict, b: dict) -> dict:
-            out = dict(a)
-            for k, v in b.items():
-                out[k] = out[k].merge(v) if k in out else v
-            return out
-
-        return SweepState(
-            cells,
-            self.baseline.merge(other.baseline),
-            merged(self.channels, other.channels),
-            merged(self.in_range, other.in_range),
-            merged(self.out_range, other.out_range),
-            self.num_samples + other.num_samples,
-            self.batches + other.batches,
-        )
-
-    def to_dict(self) -> dict:
-        return {
-            "cells": [[i, b, acc.state()] for (i, b), acc in self.cells.items()],
-            "baseline": self.baseline.state(),
-            "channels": {str(i): c.state() for i, c in self.channels.items()},
-            "in_range": {str(i): o.to_dict() for i, o in self.in_range.items()},
-            "out_range": {str(i): o.to_dict() for i, o in self.out_range.items()},
-            "num_samples": self.num_samples,
-            "batches": self.batches,
-        }
 
 
 class Sweep:
@@ -326,95 +276,3 @@ def _device(device: Union[str, torch.device]) -> torch.device:
     if d.type == "cuda" and not torch.cuda.is_available():
         raise QuantlensError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
     return d
-
-
-def make_config(
-    w_bits: Iterable[int] = range(3, 9),
-    a_bits: Optional[int] = 8,
-    granularity: Union[str, Granularity] = "per-tensor",
-    weight_estimator: str = "minmax",
-    act_estimator: str = "minmax",
-    symmetric_weights: bool = True,
-) -> SweepConfig:
-    """A :class:`SweepConfig` from the plain options of :func:`analyze`."""
-    g = parse_granularity(granularity) if isinstance(granularity, str) else granularity
-    try:
-        bits = tuple(int(b) if not isinstance(b, bool) else b for b in w_bits)  # type: ignore[misc]
-    except (TypeError, ValueError):
-        raise QuantlensError(f"w_bits must be integers, got {w_bits!r}") from None
-    return SweepConfig(
-        w_bits=bits,
-        a_bits=a_bits,
-        weight=QuantSpec(bits=8, symmetric=symmetric_weights, granularity=g, estimator=weight_estimator),
-        act=QuantSpec(bits=8, symmetric=False, granularity=PerTensor(), estimator=act_estimator),
-    )
-
-
-def analyze(
-    model: nn.Module,
-    data: Iterable[Any],
-    *,
-    w_bits: Iterable[int] = range(3, 9),
-    a_bits: Optional[int] = 8,
-    metric: MetricSpec = "top1",
-    calib: Optional[Iterable[Any]] = None,
-    granularity: Union[str, Granularity] = "per-tensor",
-    weight_estimator: str = "minmax",
-    act_estimator: str = "minmax",
-    config: Optional[SweepConfig] = None,
-    device: Union[str, torch.device] = "cpu",
-    output_key: Union[str, int, None] = None,
-    reference: Optional[nn.Module] = None,
-    layers: Optional[Sequence[str]] = None,
-    engine: str = "cone",
-    progress: bool = False,
-    model_name: str = "",
-    backend: Any = "serial",
-    address: Optional[str] = None,
-    cache: Union[str, "os.PathLike[str]", None] = None,
-    fresh: bool = False,
-) -> SweepResult:
-    """Quantize one layer at a time and measure what each does to the network's output.
-
-    Args:
-        model: any ``nn.Module``; never modified.
-        data: re-iterable ``(inputs, labels)`` batches (a DataLoader works); labels may be None
-            for label-free metrics.
-        w_bits: weight bit-widths to sweep. a_bits: activation bits, or None for float activations.
-        metric: a registered metric name, a callable ``fn(y_ref, y, labels) -> float``, or a Metric.
-        calib: calibration data for activation ranges (default: ``data``).
-        granularity: ``per-tensor``, ``per-channel`` or ``per-group-N`` for weights.
-        reference: the float model the noise and degradation are measured against (for a
-            fine-tuned model, section 4.3 of the paper); default: the model itself.
-        layers: restrict the sweep to these layer names.
-        engine: ``cone`` (default), ``naive`` (full forward per layer, for benchmarks) or ``hooks``.
-        backend: ``serial`` (default), ``ray`` (tasks over layer groups x data shards; needs
-            ``quantlens[ray]``), or an executor from :mod:`quantlens.parallel`.
-        address: the Ray cluster to join (``auto``, ``HOST:PORT`` or ``ray://HOST:10001``);
-            default: the running Ray instance, else a new local one.
-        cache: a directory where progress is saved atomically after each batch (each task
-            with Ray); a rerun resumes from it. Refused if made by a different run. Removed
-            when the sweep finishes. Default: no cache.
-        fresh: discard an existing cache first.
-
-    Returns:
-        a :class:`SweepResult` with one cell per (layer, weight bits).
-    """
-    from ..parallel import SweepRecipe, make_executor, run_sweep
-
-    cfg = config or make_config(w_bits, a_bits, granularity, weight_estimator, act_estimator)
-    check_reiterable(data, "data")
-    if calib is not None:
-        check_reiterable(calib, "calibration data")
-    executor = make_executor(backend, address)
-    t0 = time.perf_counter()
-    with preserve_model(model):
-        sample = next(iter(iterate(data, "data")))
-        recipe = SweepRecipe(model, sample, cfg, metric, device, output_key, reference, engine, layers)
-        sweep, state, store = run_sweep(
-            recipe, data, calib, executor, cache, fresh, bar_factory=lambda n: make_progress(progress, n, "sweep")
-        )
-    result = sweep.result(state, time.perf_counter() - t0, model_name or type(model).__name__)
-    if store is not None:
-        store.clear()
-    return result

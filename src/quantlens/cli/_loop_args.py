@@ -74,7 +74,7 @@ def sweep_or_run(args: argparse.Namespace, out: Path, model: Any, data: Any, cal
     With ``results.json`` next to ``fix.json`` / ``additivity.json`` / ``plan.json``,
     ``quantlens report OUT`` renders them together.
     """
-    from ..analysis.sweep import analyze, make_config
+    from ..analysis.api import analyze, make_config
 
     sweep = load_sweep(args, w_bits)
     if sweep is None:

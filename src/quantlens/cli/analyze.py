@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..analysis.sweep import analyze, make_config
+    from ..analysis.api import analyze, make_config
     from ..loading import load_data, load_model
 
     w_bits = parse_bits_list(args.w_bits)

@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import demo
-    from ..analysis.sweep import analyze
+    from ..analysis.api import analyze
 
     t0 = time.perf_counter()
     w_bits, a_bits = parse_bits_list(args.w_bits), parse_a_bits(args.a_bits)

@@ -61,7 +61,7 @@ class MinMaxObserver:
 
 def _rebin(counts: Tensor, lo: float, hi: float, new_lo: float, new_hi: float, bins: int) -> Tensor:
     """Spread ``counts`` over ``[lo, hi]`` onto ``bins`` bins over ``[new_lo, new_hi]`` by overlap."""
-    old_edges = torch.linspace(lo, hi, counts.numel() + 1, dtype=torch.float64)
+    torch.linspace(lo, hi, counts.numel() + 1, dtype=torch.float64)
     new_edges = torch.linspace(new_lo, new_hi, bins + 1, dtype=torch.float64)
     if hi <= lo:  # a point mass
         idx = int(torch.clamp(torch.searchsorted(new_edges, torch.tensor([lo], dtype=torch.float64)) - 1, 0, bins - 1))

@@ -1,0 +1,123 @@
+"""The public entry point: :func:`analyze` and the :func:`make_config` it builds on.
+
+``analyze`` validates the data, prepares a :class:`~quantlens.analysis.sweep.Sweep`
+(through a :class:`~quantlens.parallel.SweepRecipe`, so that Ray workers rebuild the same
+one), runs it with the chosen executor (serial or Ray, resumable through ``cache``) and
+returns the :class:`~quantlens.analysis.results.SweepResult`.
+
+Example:
+    >>> import quantlens as ql                                       # doctest: +SKIP
+    >>> r = ql.analyze(model, loader, w_bits=range(3, 9), a_bits=8)  # doctest: +SKIP
+    >>> r.worst(bits=4, k=5)                                         # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Iterable, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from ..config import Granularity, PerTensor, QuantSpec, SweepConfig, parse_granularity
+from ..errors import QuantlensError
+from ..guard import preserve_model
+from ..progress import make_progress
+from .data import check_reiterable, iterate
+from .results import SweepResult
+from .sweep import MetricSpec
+
+__all__ = ["analyze", "make_config"]
+
+
+def make_config(
+    w_bits: Iterable[int] = range(3, 9),
+    a_bits: Optional[int] = 8,
+    granularity: Union[str, Granularity] = "per-tensor",
+    weight_estimator: str = "minmax",
+    act_estimator: str = "minmax",
+    symmetric_weights: bool = True,
+) -> SweepConfig:
+    """A :class:`SweepConfig` from the plain options of :func:`analyze`."""
+    g = parse_granularity(granularity) if isinstance(granularity, str) else granularity
+    try:
+        bits = tuple(int(b) if not isinstance(b, bool) else b for b in w_bits)  # type: ignore[misc]
+    except (TypeError, ValueError):
+        raise QuantlensError(f"w_bits must be integers, got {w_bits!r}") from None
+    return SweepConfig(
+        w_bits=bits,
+        a_bits=a_bits,
+        weight=QuantSpec(bits=8, symmetric=symmetric_weights, granularity=g, estimator=weight_estimator),
+        act=QuantSpec(bits=8, symmetric=False, granularity=PerTensor(), estimator=act_estimator),
+    )
+
+
+def analyze(
+    model: nn.Module,
+    data: Iterable[Any],
+    *,
+    w_bits: Iterable[int] = range(3, 9),
+    a_bits: Optional[int] = 8,
+    metric: MetricSpec = "top1",
+    calib: Optional[Iterable[Any]] = None,
+    granularity: Union[str, Granularity] = "per-tensor",
+    weight_estimator: str = "minmax",
+    act_estimator: str = "minmax",
+    config: Optional[SweepConfig] = None,
+    device: Union[str, torch.device] = "cpu",
+    output_key: Union[str, int, None] = None,
+    reference: Optional[nn.Module] = None,
+    layers: Optional[Sequence[str]] = None,
+    engine: str = "cone",
+    progress: bool = False,
+    model_name: str = "",
+    backend: Any = "serial",
+    address: Optional[str] = None,
+    cache: Union[str, "os.PathLike[str]", None] = None,
+    fresh: bool = False,
+) -> SweepResult:
+    """Quantize one layer at a time and measure what each does to the network's output.
+
+    Args:
+        model: any ``nn.Module``; never modified.
+        data: re-iterable ``(inputs, labels)`` batches (a DataLoader works); labels may be None
+            for label-free metrics.
+        w_bits: weight bit-widths to sweep. a_bits: activation bits, or None for float activations.
+        metric: a registered metric name, a callable ``fn(y_ref, y, labels) -> float``, or a Metric.
+        calib: calibration data for activation ranges (default: ``data``).
+        granularity: ``per-tensor``, ``per-channel`` or ``per-group-N`` for weights.
+        reference: the float model the noise and degradation are measured against (for a
+            fine-tuned model, section 4.3 of the paper); default: the model itself.
+        layers: restrict the sweep to these layer names.
+        engine: ``cone`` (default), ``naive`` (full forward per layer, for benchmarks) or ``hooks``.
+        backend: ``serial`` (default), ``ray`` (tasks over layer groups x data shards; needs
+            ``quantlens[ray]``), or an executor from :mod:`quantlens.parallel`.
+        address: the Ray cluster to join (``auto``, ``HOST:PORT`` or ``ray://HOST:10001``);
+            default: the running Ray instance, else a new local one.
+        cache: a directory where progress is saved atomically after each batch (each task
+            with Ray); a rerun resumes from it. Refused if made by a different run. Removed
+            when the sweep finishes. Default: no cache.
+        fresh: discard an existing cache first.
+
+    Returns:
+        a :class:`SweepResult` with one cell per (layer, weight bits).
+    """
+    from ..parallel import SweepRecipe, make_executor, run_sweep
+
+    cfg = config or make_config(w_bits, a_bits, granularity, weight_estimator, act_estimator)
+    check_reiterable(data, "data")
+    if calib is not None:
+        check_reiterable(calib, "calibration data")
+    executor = make_executor(backend, address)
+    t0 = time.perf_counter()
+    with preserve_model(model):
+        sample = next(iter(iterate(data, "data")))
+        recipe = SweepRecipe(model, sample, cfg, metric, device, output_key, reference, engine, layers)
+        sweep, state, store = run_sweep(
+            recipe, data, calib, executor, cache, fresh, bar_factory=lambda n: make_progress(progress, n, "sweep")
+        )
+    result = sweep.result(state, time.perf_counter() - t0, model_name or type(model).__name__)
+    if store is not None:
+        store.clear()
+    return result
