@@ -103,8 +103,8 @@ def measure_pair(p: dict) -> dict:
     """Cone and naive sweeps in this one process, batch by batch in turn, so that load from
     other processes hits both alike; each engine's time is its own setup, calibration and
     batches. Same pieces as :func:`quantlens.analyze` (``Sweep``, ``calibrate``, ``process_batch``)."""
-    from quantlens.analysis.data import iterate
     from quantlens.analysis.api import make_config
+    from quantlens.analysis.data import iterate
     from quantlens.analysis.sweep import Sweep
 
     torch.set_num_threads(int(p.get("threads", torch.get_num_threads())))

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from models import NoLayers, tiny_data, tiny_net
+
 from quantlens.errors import QuantlensError
 from quantlens.graph import build_cone, capture, cone_nodes
 
@@ -119,8 +119,9 @@ class _PaddedConv(nn.Conv2d):
 
 
 def test_layer_subclasses_are_layers():
-    import quantlens as ql
     from models import tiny_data
+
+    import quantlens as ql
 
     m = nn.Sequential(_PaddedConv(3, 4, 2), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3)).eval()
     m[1].running_mean.normal_()

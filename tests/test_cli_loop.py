@@ -6,9 +6,9 @@ import json
 import textwrap
 
 import pytest
+from single_thread import one_thread_demo  # noqa: F401  (module fixture: one intra-op thread)
 
 from quantlens.cli import main
-from single_thread import one_thread_demo  # noqa: F401  (module fixture: one intra-op thread)
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from models import tiny_data, tiny_net
 
 import quantlens as ql
-from models import tiny_data, tiny_net
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from single_thread import one_thread_demo  # noqa: F401  (module fixture: one intra-op thread)
 
 from quantlens import analyze, demo, demo_culprit
 from quantlens.analysis.additivity import AdditivityResult, run_additivity
 from quantlens.analysis.fixloop import FixResult, fix_loop
 from quantlens.guard import state_fingerprint
 from quantlens.qconfig import QuantConfig
-from single_thread import one_thread_demo  # noqa: F401  (module fixture: one intra-op thread)
 
 
 @pytest.fixture(scope="module")

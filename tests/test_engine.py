@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
-
-import quantlens as ql
 from models import DictOut, NaNOut, NoLayers, TinyNet, Untraceable, tiny_data, tiny_net
 from oracle import naive_sweep
+
+import quantlens as ql
 from quantlens.errors import QuantlensError
 from quantlens.guard import state_fingerprint
 
@@ -211,3 +211,19 @@ def test_cuda_requested_without_gpu():
         pytest.skip("a GPU is present")
     with pytest.raises(QuantlensError, match="no CUDA"):
         ql.analyze(tiny_net(), tiny_data(n_batches=1), metric="kl", device="cuda")
+
+
+def test_analysis_mode_restores_tf32_flags():
+    from quantlens.numerics import analysis_mode
+
+    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        with pytest.raises(RuntimeError):
+            with analysis_mode():
+                assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+                assert torch.is_inference_mode_enabled()
+                raise RuntimeError("boom")
+        assert torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before

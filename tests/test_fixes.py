@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
-
 from models import tiny_data, tiny_net
+from single_thread import one_thread  # noqa: F401  (module fixture: one intra-op thread)
+
 from quantlens import QuantlensError
 from quantlens.analysis.measure import NetworkMeasurer
 from quantlens.fixes import FixContext, apply_fixes, fixes, make_fix
@@ -15,7 +16,6 @@ from quantlens.graph import capture
 from quantlens.guard import state_fingerprint
 from quantlens.qconfig import QuantConfig
 from quantlens.quant.ranges import SAWB_COEFFICIENTS
-from single_thread import one_thread  # noqa: F401  (module fixture: one intra-op thread)
 
 
 def _graph_and_cfg(bits: int = 8):

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from models import tiny_data, tiny_net
 
 import quantlens as ql
-from models import tiny_data, tiny_net
+from quantlens.analysis.api import make_config
 from quantlens.analysis.data import iterate
 from quantlens.analysis.multibit import BitBatcher
-from quantlens.analysis.api import make_config
 from quantlens.analysis.sweep import Sweep
 
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from models import tiny_data, tiny_net
+from single_thread import one_thread  # noqa: F401  (module fixture: one intra-op thread)
+
 from quantlens import QuantlensError, analyze
 from quantlens.analysis.measure import NetworkMeasurer, NetworkResult, quantize_network
 from quantlens.config import PerChannel
 from quantlens.graph import capture
 from quantlens.guard import state_fingerprint
 from quantlens.qconfig import LayerQuant, QuantConfig
-from single_thread import one_thread  # noqa: F401  (module fixture: one intra-op thread)
 
 
 def test_config_json_round_trip_and_queries():

@@ -6,11 +6,11 @@ import itertools
 import random
 
 import pytest
+from single_thread import one_thread  # noqa: F401  (module fixture: one intra-op thread)
 
 from quantlens import QuantlensError
 from quantlens.analysis.results import Cell, LayerInfo, SweepResult
 from quantlens.plan import PlanResult, budget_capacity, mckp, plan_bits
-from single_thread import one_thread  # noqa: F401  (module fixture: one intra-op thread)
 
 
 def _brute(options, capacity):

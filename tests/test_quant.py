@@ -5,12 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from quantlens.config import PerChannel, PerGroup, PerTensor, QuantSpec, SweepConfig, parse_granularity
+from quantlens.config import (
+    PerChannel,
+    PerGroup,
+    PerTensor,
+    QuantSpec,
+    SweepConfig,
+    parse_granularity,
+)
 from quantlens.errors import QuantlensError
 from quantlens.quant import (
+    ActQuantizer,
     HistogramObserver,
     MinMaxObserver,
-    ActQuantizer,
     estimate_activation,
     fake_quantize,
     qparams_from_range,

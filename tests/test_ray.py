@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import ray
+from models import tiny_data, tiny_net
 
 import quantlens as ql
-from models import tiny_data, tiny_net
 from quantlens.analysis.api import make_config
 from quantlens.parallel import SweepRecipe, run_sweep
 from quantlens.parallel.ray_executor import RayExecutor, group_layers

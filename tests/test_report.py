@@ -7,14 +7,27 @@ import math
 import re
 
 import pytest
+from report_helpers import (
+    EVIL,
+    demo_result,
+    parse,
+    plots,
+    synthetic_result,
+    without_plotly_js,
+    write_run,
+)
 
 from quantlens.cli import main
 from quantlens.errors import QuantlensError
-from quantlens.report import ReportOptions, insights, load_result, render_report, write_report
+from quantlens.report import (
+    ReportOptions,
+    insights,
+    load_result,
+    render_report,
+    write_report,
+)
 from quantlens.report.fmt import Units
 from quantlens.report.safe import script_json
-
-from report_helpers import EVIL, demo_result, parse, plots, synthetic_result, without_plotly_js, write_run
 
 SECTIONS = ["summary", "per-layer", "heatmap", "weights", "noise", "layers"]
 PLOTS = ["plot-profile", "plot-heatmap", "plot-weights", "plot-activations", "plot-noise"]

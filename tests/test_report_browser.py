@@ -15,10 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
+from report_helpers import EVIL, synthetic_result, write_run
 
 from quantlens.cli import main
-
-from report_helpers import EVIL, synthetic_result, write_run
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from report_helpers import EVIL, demo_result, plots, synthetic_result, write_run
 
 from quantlens.cli import main
 from quantlens.errors import QuantlensError
 from quantlens.report import write_compare
 from quantlens.report.compare import merged_layers, run_labels
-
-from report_helpers import EVIL, demo_result, plots, synthetic_result, write_run
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
+from models import tiny_data, tiny_net
 
 import quantlens as ql
-from models import tiny_data, tiny_net
 from quantlens.errors import QuantlensError
 
 TESTS = Path(__file__).parent

@@ -10,13 +10,21 @@ Example:
     >>> result.worst(bits=4, k=5)
 """
 
-from .analysis import Cell, LayerInfo, QuantlensWarning, Sweep, SweepResult, SweepState, analyze
+from .analysis import (
+    Cell,
+    LayerInfo,
+    QuantlensWarning,
+    Sweep,
+    SweepResult,
+    SweepState,
+    analyze,
+)
+from .analysis.measure import quantize_network
 from .config import PerChannel, PerGroup, PerTensor, QuantSpec, SweepConfig
 from .errors import QuantlensError
 from .graph import LayerGraph, capture
 from .metrics import make_metric, metrics, register_metric
 from .qconfig import LayerQuant, QuantConfig
-from .analysis.measure import quantize_network
 
 __version__ = "0.1.0"
 

@@ -222,10 +222,10 @@ def run_plan(
         >>> from quantlens import demo                                         # doctest: +SKIP
         >>> run_plan(demo.model(), demo.data(), budget=5.0).measured           # doctest: +SKIP
     """
-    from .analysis.measure import NetworkMeasurer
     from .analysis.api import analyze, make_config
-    from .qconfig import LayerQuant, QuantConfig
+    from .analysis.measure import NetworkMeasurer
     from .config import parse_granularity
+    from .qconfig import LayerQuant, QuantConfig
 
     if sweep is None:
         sweep = analyze(model, data, config=make_config(w_bits, a_bits, granularity), metric=metric, calib=calib,

@@ -1,7 +1,7 @@
 """The layer-wise analysis: sweep engine, results."""
 
-from .results import Cell, LayerInfo, SweepResult, WeightStats
 from .api import analyze, make_config
+from .results import Cell, LayerInfo, SweepResult, WeightStats
 from .state import SweepState
 from .sweep import QuantlensWarning, Sweep
 

@@ -261,8 +261,8 @@ def run_additivity(
         >>> r = run_additivity(demo.model(), demo.data(), calib=demo.calib())       # doctest: +SKIP
         >>> r.pearson_r, r.slope                                                    # doctest: +SKIP
     """
-    from .measure import NetworkMeasurer
     from .api import analyze
+    from .measure import NetworkMeasurer
 
     if sweep is None:
         sweep = analyze(

@@ -29,6 +29,7 @@ from ..graph.capture import LayerGraph, capture
 from ..graph.cone import build_cache_module
 from ..guard import preserve_model
 from ..metrics import Metric, make_metric
+from ..numerics import analysis_mode
 from ..qconfig import QuantConfig
 from .accumulate import ChannelStats, _channel_sums, channel_axis, per_sample_sq
 from .data import extract_output, iterate, to_device
@@ -107,7 +108,7 @@ def evaluate_network(
     stats = {l.name: ChannelStats() for l in layers}
     shift: dict[str, Optional[Tensor]] = {l.name: None for l in layers}
     counts = {l.name: 0 for l in layers}
-    with torch.inference_mode():
+    with analysis_mode():
         for b, (inputs, labels) in enumerate(iterate(data, "data")):
             inputs = to_device(inputs, device)
             labels = None if labels is None else labels.to(device)

@@ -25,8 +25,14 @@ from torch import fx, nn
 
 from ..graph.capture import Layer, LayerGraph
 from ..graph.cone import QuantLayer, build_cache_module, input_node
+from ..numerics import analysis_mode
 from ..qconfig import QuantConfig
-from ..quant.quantizer import ActQuantizer, QuantizedWeight, make_observer, quantize_weight
+from ..quant.quantizer import (
+    ActQuantizer,
+    QuantizedWeight,
+    make_observer,
+    quantize_weight,
+)
 from .data import iterate, to_device
 
 __all__ = ["QuantizedNetwork", "build_quantized", "calibrate_ranges"]
@@ -77,7 +83,7 @@ def calibrate_ranges(graph: LayerGraph, config: QuantConfig, calib: Iterable[Any
     outs = {l.name: make_observer(config.layer(l.name).act_spec(config.act_estimator)) for l in layers}
     if not layers:
         return ins, outs
-    with torch.inference_mode():
+    with analysis_mode():
         for inputs, _ in iterate(calib, "calibration data"):
             _, values = cache_gm(*to_device(inputs, device))
             vals = dict(zip(keep, values))

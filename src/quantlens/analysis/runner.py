@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from ..errors import QuantlensError
 from ..graph.capture import LAYER_TYPES, Layer, LayerGraph, _layer_kind
 from ..graph.cone import Cone, build_cache_module, build_cone, input_node
+from ..numerics import analysis_mode
 from ..quant.quantizer import ActQuantizer
 from .multibit import BitBatcher
 
@@ -134,7 +135,7 @@ class HookRunner(Runner):
 
         handles = [m.register_forward_hook(record) for m in names]
         try:
-            with torch.inference_mode():
+            with analysis_mode():
                 self.model(*[t.to(self.device) for t in sample])
         finally:
             for h in handles:

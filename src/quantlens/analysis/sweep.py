@@ -28,6 +28,7 @@ from ..errors import QuantlensError
 from ..graph.capture import capture
 from ..memory import trim_heap
 from ..metrics import Metric, make_metric
+from ..numerics import analysis_mode
 from ..quant.observers import MinMaxObserver
 from ..quant.quantizer import QuantizedWeight, make_observer, quantize_weight
 from .accumulate import CellAccumulator, ChannelStats, channel_axis, per_sample_sq
@@ -147,7 +148,7 @@ class Sweep:
         ins = {i: make_observer(spec) for i in self.layer_ids}
         outs = {i: make_observer(spec) for i in self.layer_ids}
         n = 0
-        with torch.inference_mode():
+        with analysis_mode():
             for inputs, _ in iterate(data, "calibration data"):
                 _, cache = self.runner.float_pass(to_device(inputs, self.device))
                 for i in self.layer_ids:
@@ -182,7 +183,7 @@ class Sweep:
         if labels is not None:
             labels = labels.to(self.device)
         layer_ids = sorted(state.channels)
-        with torch.inference_mode():
+        with analysis_mode():
             out, cache = self.runner.float_pass(inputs)
             y_model = extract_output(out, self.output_key)
             y_ref = y_model if self.reference is None else extract_output(self.reference(*inputs), self.output_key)

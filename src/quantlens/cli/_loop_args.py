@@ -35,10 +35,9 @@ def parse_bits(text: Any, option: str) -> int:
 
 def load_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
     """``(model, data, calib or None, reference or None)`` from the MOD:FN options."""
-    from ..loading import load_data, load_model
-
     from ..analysis.measure import capture_traceable
     from ..guard import preserve_model
+    from ..loading import load_data, load_model
 
     model = load_model(args.model)
     with preserve_model(model):

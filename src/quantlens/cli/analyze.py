@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import argparse
 
+from .common import (
+    add_model_args,
+    add_quant_args,
+    console,
+    parse_a_bits,
+    parse_bits_list,
+    prepare_out_dir,
+    print_summary,
+)
 from .scale import add_scale_args, scale_kwargs
-from .common import add_model_args, add_quant_args, console, parse_a_bits, parse_bits_list, prepare_out_dir, print_summary
 
 __all__ = ["register", "run"]
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import time
 
-from .common import console, parse_a_bits, parse_bits_list, prepare_out_dir, print_summary
+from .common import (
+    console,
+    parse_a_bits,
+    parse_bits_list,
+    prepare_out_dir,
+    print_summary,
+)
 
 __all__ = ["register", "run"]
 

@@ -16,8 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import __version__
-    from ..metrics import metrics
     from ..fixes import fixes
+    from ..metrics import metrics
     from ..quant.ranges import estimators
 
     console.print(f"quantlens {__version__}")

@@ -8,7 +8,13 @@ import math
 from rich.table import Table
 
 from ._loop_args import add_common, load_inputs, sweep_or_run
-from .common import add_model_args, console, parse_a_bits, parse_bits_list, prepare_out_dir
+from .common import (
+    add_model_args,
+    console,
+    parse_a_bits,
+    parse_bits_list,
+    prepare_out_dir,
+)
 
 __all__ = ["register", "run"]
 

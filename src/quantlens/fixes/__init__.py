@@ -16,6 +16,15 @@ Example:
 """
 
 from . import bias_correction, clipping, equalize  # noqa: F401  (register the fixes)
-from .base import Fix, FixContext, apply_fixes, check_fix, copy_graph, fixes, make_fix, register_fix
+from .base import (
+    Fix,
+    FixContext,
+    apply_fixes,
+    check_fix,
+    copy_graph,
+    fixes,
+    make_fix,
+    register_fix,
+)
 
 __all__ = ["Fix", "FixContext", "apply_fixes", "check_fix", "copy_graph", "fixes", "make_fix", "register_fix"]

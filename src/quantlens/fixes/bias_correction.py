@@ -28,6 +28,7 @@ from ..analysis.data import iterate, to_device
 from ..errors import QuantlensError
 from ..graph.capture import LayerGraph
 from ..graph.cone import build_cache_module
+from ..numerics import analysis_mode
 from ..qconfig import QuantConfig
 from .base import FixContext, copy_graph, register_fix
 
@@ -72,7 +73,7 @@ class BiasCorrection:
     def _shift(self, qgm: nn.Module, fgm: nn.Module, tap: int, ftap: int, axis: int) -> Optional[Tensor]:
         total: Optional[Tensor] = None
         count = 0
-        with torch.inference_mode():
+        with analysis_mode():
             for inputs, _ in iterate(self.ctx.calib, "calibration data"):
                 inputs = to_device(inputs, self.ctx.device)
                 _, q = qgm(*inputs)

@@ -33,6 +33,7 @@ from ..config import QuantSpec
 from ..errors import QuantlensError
 from ..graph.capture import LayerGraph
 from ..graph.cone import build_cache_module, input_node
+from ..numerics import analysis_mode
 from ..quant.quantizer import weight_rows
 from ..quant.ranges import _mse_best_scale, estimate_weight_rows
 from .base import FixContext, copy_graph, register_fix, weight_of
@@ -100,7 +101,7 @@ def input_second_moment(graph: LayerGraph, name: str, calib, device: torch.devic
     gm.to(device)
     total: Optional[Tensor] = None
     count = 0
-    with torch.inference_mode():
+    with analysis_mode():
         for inputs, _ in iterate(calib, "calibration data"):
             _, (x,) = gm(*to_device(inputs, device))
             s, c = _channel_sums(x.double() ** 2, channel_axis(layer.op))

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
 import torch
-from torch import Tensor, fx, nn
 import torch.nn.functional as F
+from torch import Tensor, fx, nn
 
 from ..quant.quantizer import ActQuantizer
 from .capture import Layer, LayerGraph

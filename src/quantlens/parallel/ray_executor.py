@@ -24,7 +24,12 @@ import uuid
 from typing import Any, Optional
 
 from ..analysis.data import iterate
-from ..analysis.state_io import calibration_to_dict, load_calibration, state_from_dict, union_states
+from ..analysis.state_io import (
+    calibration_to_dict,
+    load_calibration,
+    state_from_dict,
+    union_states,
+)
 from ..errors import QuantlensError
 from ..progress import Progress
 from .fingerprint import batch_hash
