@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -84,5 +86,9 @@ def sweep_or_run(args: argparse.Namespace, out: Path, model: Any, data: Any, cal
     if source is not None and source.is_dir():
         source = source / "results.json"
     if source is None or not target.exists() or not source.exists() or not target.samefile(source):
+        if target.exists():  # never lose an earlier sweep: keep it beside the new one
+            backup = target.with_name("results.previous.json")
+            os.replace(target, backup)
+            warnings.warn(f"{target} existed: kept as {backup.name} (pass --results {out} to reuse a sweep)", stacklevel=2)
         sweep.to_json(target)
     return sweep

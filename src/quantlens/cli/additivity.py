@@ -55,5 +55,8 @@ def run(args: argparse.Namespace) -> int:
     if r.flagged:
         console.print(f"large output mean shift (> {r.shift_threshold} std) when quantized alone: {', '.join(r.flagged)}; "
                       "where measured exceeds predicted, look there first (section 4.4)")
-    console.print(f"wrote {out / 'additivity.json'}")
+    from ..report import save_report
+
+    report = save_report(sweep, out)
+    console.print(f"wrote {out / 'additivity.json'} (and {report})")
     return 0

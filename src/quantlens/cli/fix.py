@@ -75,5 +75,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         console.print(f"no layer degrades {result.metric_name} at {w_bits} bits on its own: nothing to fix locally")
     print_table(result)
-    console.print(f"wrote {out / 'fix.json'}, {out / 'quant_config.json'} and {out / 'weights.safetensors'}")
+    from ..report import save_report
+
+    report = save_report(sweep, out)
+    console.print(f"wrote {out / 'fix.json'}, {out / 'quant_config.json'} and {out / 'weights.safetensors'} (and {report})")
     return 0

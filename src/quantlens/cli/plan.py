@@ -63,5 +63,8 @@ def run(args: argparse.Namespace) -> int:
     if r.uniform_bits is not None:
         console.print(f"uniform {r.uniform_bits} bits (same size or smaller): predicted {_f(r.uniform_predicted, pct)}, "
                       f"measured {_f(r.uniform_measured, pct)}")
-    console.print(f"wrote {out / 'plan.json'}")
+    from ..report import save_report
+
+    report = save_report(sweep, out)
+    console.print(f"wrote {out / 'plan.json'} (and {report})")
     return 0
