@@ -35,7 +35,7 @@ def test_config_json_round_trip_and_queries():
         (lambda: QuantConfig(act_estimator="sawb"), "'sawb' is for weights"),
         (lambda: QuantConfig.from_json('{"schema": "x"}'), "not a quantlens quantization config"),
         (lambda: QuantConfig.from_json("{not json"), "not valid JSON"),
-        (lambda: QuantConfig.from_json("/no/such/file.json"), "no such quantization config"),
+        (lambda: QuantConfig.from_json("/no/such/file.json"), "does not exist"),
         (lambda: QuantConfig().layer("zz"), "has no layer 'zz'"),
     ],
 )

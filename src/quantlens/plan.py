@@ -22,14 +22,13 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
-from .analysis.results import SweepResult, _clean
+from . import jsonio
+from .analysis.results import SweepResult
 from .errors import QuantlensError
 
 __all__ = ["PLAN_SCHEMA", "mckp", "LayerPlan", "PlanResult", "plan_bits", "budget_capacity", "run_plan"]
@@ -148,7 +147,7 @@ class PlanResult:
 
     def to_dict(self) -> dict:
         p = self.params
-        return _clean(
+        return jsonio.clean(
             {
                 "schema": PLAN_SCHEMA,
                 "metric": self.metric_name,
@@ -176,17 +175,13 @@ class PlanResult:
         )
 
     def to_json(self, path: Union[str, os.PathLike, None] = None) -> str:
-        text = json.dumps(self.to_dict(), indent=1)
-        if path is not None:
-            Path(path).write_text(text)
-        return text
+        """The JSON text; also written (atomically) to ``path`` if given."""
+        return jsonio.dump(self.to_dict(), path)
 
     @classmethod
     def from_json(cls, source: Union[str, os.PathLike]) -> "PlanResult":
-        s = str(source)
-        d: dict[str, Any] = json.loads(s if s.lstrip().startswith("{") else Path(source).read_text())
-        if d.get("schema") != PLAN_SCHEMA:
-            raise QuantlensError(f"not a quantlens plan (schema {d.get('schema')!r})")
+        """From JSON text, a path to ``plan.json``, or its directory."""
+        d = jsonio.load(source, PLAN_SCHEMA, "plan", "plan.json")
         nan = float("nan")
 
         def num(x: Any) -> float:

@@ -19,12 +19,11 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Iterable, Mapping, Optional, Union
 
+from . import jsonio
 from .config import Granularity, PerTensor, QuantSpec, check_bits, parse_granularity
 from .errors import QuantlensError
 from .quant.ranges import check_estimator
@@ -196,23 +195,11 @@ class QuantConfig:
         return cls(tuple((str(n), LayerQuant.from_dict(v)) for n, v in layers.items()), str(d.get("act_estimator", "minmax")))
 
     def to_json(self, path: Union[str, os.PathLike, None] = None, extra: Optional[dict] = None) -> str:
-        """The JSON text (with ``extra`` fields merged in); also written to ``path`` if given."""
-        text = json.dumps({**self.to_dict(), **(extra or {})}, indent=1)
-        if path is not None:
-            Path(path).write_text(text)
-        return text
+        """The JSON text (with ``extra`` fields merged in); also written (atomically) to ``path`` if given."""
+        return jsonio.dump({**self.to_dict(), **(extra or {})}, path)
 
     @classmethod
     def from_json(cls, source: Union[str, os.PathLike]) -> "QuantConfig":
-        """From JSON text or a path to ``quant_config.json``."""
-        s = str(source)
-        if not s.lstrip().startswith("{"):
-            p = Path(source)
-            if not p.is_file():
-                raise QuantlensError(f"{p}: no such quantization config file")
-            s = p.read_text()
-        try:
-            return cls.from_dict(json.loads(s))
-        except json.JSONDecodeError as e:
-            raise QuantlensError(f"quantization config is not valid JSON: {e}") from None
+        """From JSON text, a path to ``quant_config.json``, or its directory."""
+        return cls.from_dict(jsonio.load(source, CONFIG_SCHEMA, "quantization config", "quant_config.json"))
 

@@ -21,20 +21,20 @@ reason when measured exceeds predicted (section 4.4: small-kernel, e.g. depthwis
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 from torch import nn
 
+from .. import jsonio
 from ..config import parse_granularity
 from ..errors import QuantlensError
+from ..jsonio import num as _num
 from ..qconfig import LayerQuant, QuantConfig
-from .results import SweepResult, _clean, _num
+from .results import SweepResult
 
 __all__ = [
     "ADDITIVITY_SCHEMA",
@@ -133,7 +133,7 @@ class AdditivityResult:
         return [l.layer for l in self.layers if l.flagged]
 
     def to_dict(self) -> dict:
-        return _clean(
+        return jsonio.clean(
             {
                 "schema": ADDITIVITY_SCHEMA,
                 "model": self.model,
@@ -157,17 +157,13 @@ class AdditivityResult:
         )
 
     def to_json(self, path: Union[str, os.PathLike, None] = None) -> str:
-        text = json.dumps(self.to_dict(), indent=1)
-        if path is not None:
-            Path(path).write_text(text)
-        return text
+        """The JSON text; also written (atomically) to ``path`` if given."""
+        return jsonio.dump(self.to_dict(), path)
 
     @classmethod
     def from_json(cls, source: Union[str, os.PathLike]) -> "AdditivityResult":
-        s = str(source)
-        d = json.loads(s if s.lstrip().startswith("{") else Path(source).read_text())
-        if d.get("schema") != ADDITIVITY_SCHEMA:
-            raise QuantlensError(f"not a quantlens additivity result (schema {d.get('schema')!r})")
+        """From JSON text, a path to ``additivity.json``, or its directory."""
+        d = jsonio.load(source, ADDITIVITY_SCHEMA, "additivity result", "additivity.json")
         pts = tuple(
             AdditivityPoint(list(p["low_bit_layers"]), _num(p["predicted"]), _num(p["measured"]), _num(p.get("predicted_noise")), _num(p.get("measured_noise")))
             for p in d["points"]

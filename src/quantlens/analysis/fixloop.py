@@ -15,20 +15,20 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 from torch import nn
 
+from .. import jsonio
 from ..config import QuantSpec, SweepConfig, parse_granularity
 from ..errors import QuantlensError
 from ..fixes import FixContext, check_fix, make_fix
+from ..jsonio import num as _num
 from ..qconfig import QuantConfig
 from .measure import NetworkMeasurer
-from .results import SweepResult, _clean, _num
+from .results import SweepResult
 
 __all__ = ["FIX_SCHEMA", "DEFAULT_FIXES", "GLOBAL_ROWS", "FixRow", "LocalTrial", "FixResult", "rank_culprits", "fix_loop"]
 
@@ -87,7 +87,7 @@ class FixResult:
         return {n: list(lq.fixes) for n, lq in self.config.layers if lq.fixes}
 
     def to_dict(self) -> dict:
-        return _clean(
+        return jsonio.clean(
             {
                 "schema": FIX_SCHEMA,
                 "model": self.model,
@@ -104,17 +104,13 @@ class FixResult:
         )
 
     def to_json(self, path: Union[str, os.PathLike, None] = None) -> str:
-        text = json.dumps(self.to_dict(), indent=1)
-        if path is not None:
-            Path(path).write_text(text)
-        return text
+        """The JSON text; also written (atomically) to ``path`` if given."""
+        return jsonio.dump(self.to_dict(), path)
 
     @classmethod
     def from_json(cls, source: Union[str, os.PathLike]) -> "FixResult":
-        s = str(source)
-        d: dict[str, Any] = json.loads(s if s.lstrip().startswith("{") else Path(source).read_text())
-        if d.get("schema") != FIX_SCHEMA:
-            raise QuantlensError(f"not a quantlens fix result (schema {d.get('schema')!r})")
+        """From JSON text, a path to ``fix.json``, or its directory."""
+        d = jsonio.load(source, FIX_SCHEMA, "fix result", "fix.json")
         rows = tuple(FixRow(r["method"], _num(r["metric"]), _num(r["degradation"]), _num(r["noise"]), _sqnr(r), r.get("fixes", {})) for r in d["rows"])
         trials = tuple(
             LocalTrial(t["layer"], t["fix"], _num(t["degradation"]), _num(t["noise"]), _num(t["naive_degradation"]), bool(t["kept"])) for t in d["trials"]

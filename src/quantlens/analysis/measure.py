@@ -24,17 +24,18 @@ from typing import Any, Callable, Iterable, Optional, Union
 import torch
 from torch import Tensor, nn
 
+from .. import jsonio
 from ..errors import QuantlensError
 from ..graph.capture import LayerGraph, capture
 from ..graph.cone import build_cache_module
 from ..guard import preserve_model
+from ..jsonio import num as _num
 from ..metrics import Metric, make_metric
 from ..numerics import analysis_mode
 from ..qconfig import QuantConfig
 from .accumulate import ChannelStats, _channel_sums, channel_axis, per_sample_sq
 from .data import extract_output, iterate, to_device
 from .network import QuantizedNetwork, build_quantized, calibrate_ranges
-from .results import _clean, _num
 
 __all__ = ["NetworkResult", "NetworkMeasurer", "capture_traceable", "evaluate_network", "quantize_network", "reference_fn"]
 
@@ -55,7 +56,7 @@ class NetworkResult:
     config: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return _clean(
+        return jsonio.clean(
             {
                 "metric_name": self.metric_name,
                 "higher_is_better": self.higher_is_better,

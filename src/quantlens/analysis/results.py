@@ -10,33 +10,18 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any, Optional, Union
 
+from .. import jsonio
 from ..errors import QuantlensError
+from ..jsonio import num as _num
 
 __all__ = ["SCHEMA", "WeightStats", "LayerInfo", "Cell", "SweepResult"]
 
 SCHEMA = "quantlens/sweep-v1"
-
-
-def _clean(x: Any) -> Any:
-    """JSON has no NaN/Inf: write them as null."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    return x
-
-
-def _num(x: Any) -> float:
-    return float("nan") if x is None else float(x)
 
 
 @dataclass(frozen=True)
@@ -189,7 +174,7 @@ class SweepResult:
 
     # ---- serialisation -----------------------------------------------------------------
     def to_dict(self) -> dict:
-        return _clean(
+        return jsonio.clean(
             {
                 "schema": SCHEMA,
                 "model": self.model,
@@ -207,13 +192,7 @@ class SweepResult:
 
     def to_json(self, path: Union[str, os.PathLike, None] = None) -> str:
         """The JSON text; also written (atomically) to ``path`` if given."""
-        text = json.dumps(self.to_dict(), indent=1)
-        if path is not None:
-            p = Path(path)
-            tmp = p.with_name(p.name + ".tmp")
-            tmp.write_text(text)
-            os.replace(tmp, p)
-        return text
+        return jsonio.dump(self.to_dict(), path)
 
     @classmethod
     def from_dict(cls, d: dict) -> "SweepResult":
@@ -236,22 +215,7 @@ class SweepResult:
     @classmethod
     def from_json(cls, source: Union[str, os.PathLike]) -> "SweepResult":
         """Load from a path to ``results.json`` (or its directory), or from JSON text."""
-        text: str
-        s = str(source)
-        if s.lstrip().startswith("{"):
-            text = s
-        else:
-            p = Path(source)
-            if p.is_dir():
-                p = p / "results.json"
-            if not p.exists():
-                raise QuantlensError(f"{p} does not exist: run `quantlens analyze ... --out DIR` first")
-            text = p.read_text()
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise QuantlensError(f"results file is not valid JSON: {e}") from None
-        return cls.from_dict(d)
+        return cls.from_dict(jsonio.load(source, SCHEMA, "sweep result", "results.json", hint="run `quantlens analyze ... --out DIR` first"))
 
     def to_dataframe(self) -> Any:
         """A pandas DataFrame, one row per cell, with the layer's index, op and params."""

@@ -1,0 +1,82 @@
+"""JSON files of quantlens: NaN-free, written atomically, read with a schema check.
+
+Every file quantlens writes (``results.json``, ``fix.json``, ``additivity.json``,
+``plan.json``, ``quant_config.json``) carries a ``"schema"`` string. JSON has no NaN/Inf, so
+non-finite floats are written as ``null`` and read back as NaN (:func:`num`). A write goes to
+``NAME.tmp`` first and is renamed over ``NAME``, so a killed process never leaves half a file.
+
+Example:
+    >>> d = clean({"a": float("nan"), "b": [1.0, float("inf")]})
+    >>> d
+    {'a': None, 'b': [1.0, None]}
+    >>> load(dump({"schema": "x/v1", **d}), "x/v1", "thing")["a"] is None
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from .errors import QuantlensError
+
+__all__ = ["clean", "num", "dump", "load"]
+
+Source = Union[str, os.PathLike]
+
+
+def clean(x: Any) -> Any:
+    """``x`` with every non-finite float (also inside dicts, lists, tuples) replaced by ``None``."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [clean(v) for v in x]
+    return x
+
+
+def num(x: Any) -> float:
+    """A float read back from JSON: ``None`` (a written NaN/Inf) becomes NaN."""
+    return float("nan") if x is None else float(x)
+
+
+def dump(d: dict, path: Optional[Source] = None) -> str:
+    """The JSON text of ``clean(d)``; also written atomically to ``path`` if given."""
+    text = json.dumps(clean(d), indent=1)
+    if path is not None:
+        p = Path(path)
+        tmp = p.with_name(p.name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, p)
+    return text
+
+
+def load(source: Source, schema: str, what: str, default_name: Optional[str] = None, hint: str = "") -> dict:
+    """The dict in ``source`` (JSON text, a file, or a directory holding ``default_name``).
+
+    Raises :class:`QuantlensError` with one line when the file is missing (followed by
+    ``hint``, what to do), is not JSON, or carries another ``schema`` than ``schema``;
+    ``what`` names the file for those messages.
+    """
+    s = str(source)
+    if s.lstrip().startswith("{"):
+        text = s
+    else:
+        p = Path(source)
+        if p.is_dir() and default_name is not None:
+            p = p / default_name
+        if not p.is_file():
+            raise QuantlensError(f"{p} does not exist" + (f": {hint}" if hint else f" (expected a {what} file)"))
+        text = p.read_text()
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise QuantlensError(f"{what} is not valid JSON: {e}") from None
+    if not isinstance(d, dict) or d.get("schema") != schema:
+        found = d.get("schema") if isinstance(d, dict) else None
+        raise QuantlensError(f"not a quantlens {what} (schema {found!r}, expected {schema!r})")
+    return d
