@@ -101,7 +101,7 @@ def run_pair(subject: str, p: dict, overhead: bool = False) -> dict:
     if overhead:
         _line(
             f"{'':13s} overhead: {m['cone_passes']} cone passes cost {m['cone_cost_s']:.2f} s measured alone; the "
-            f"sweep's batch loop took {m['loop_s']:.2f} s = {m['loop_s'] / m['cone_cost_s']:.2f}x (target <= 1.3x)"
+            f"sweep's batch loop took {m['loop_s']:.2f} s (median of 3) = {m['loop_s'] / m['cone_cost_s']:.2f}x (target <= 1.3x)"
         )
     return res
 

@@ -23,6 +23,7 @@ from quantlens.quant import (
     qparams_from_range,
     quantize_weight,
 )
+from quantlens.quant.primitives import fake_quantize_formula
 from quantlens.quant.ranges import SAWB_COEFFICIENTS, estimate_weight_rows
 
 
@@ -61,6 +62,20 @@ def test_asymmetric_per_tensor_matches_torch(bits):
     ours = fake_quantize(x, s, z, 0, 2**bits - 1)
     ref = torch.fake_quantize_per_tensor_affine(x, float(s), int(z), 0, 2**bits - 1)
     assert torch.equal(ours, ref)
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8, 16])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_written_out_formula_matches_torch_per_tensor(bits, symmetric):
+    """The fused fast path of ``fake_quantize`` is torch's operator: check the formula against it."""
+    x = _x(seed=5) + (0.0 if symmetric else 0.7)
+    qmin, qmax = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if symmetric else (0, 2**bits - 1)
+    s, z = qparams_from_range(x.min(), x.max(), qmin, qmax, symmetric=symmetric)
+    ref = torch.fake_quantize_per_tensor_affine(x, float(s), int(z), qmin, qmax)
+    assert torch.equal(fake_quantize_formula(x, s, z, qmin, qmax), ref)
+    assert torch.equal(fake_quantize(x, s, z, qmin, qmax), ref)
+    # other dtypes take the formula, in float32 arithmetic
+    assert torch.equal(fake_quantize(x.double(), s, z, qmin, qmax), ref.double())
 
 
 def test_asymmetric_range_includes_zero():
