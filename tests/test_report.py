@@ -217,6 +217,12 @@ def test_extras_rendered_from_fixtures(tmp_path):
     assert "(budget 5)" in plots(html)["plot-plan"][1]["title"]["text"]
     assert plots(html)["plot-plan"][0][0]["y"] == [8, 6, 4, 4]
     assert EVIL not in html
+    # the summary says what the follow-ups measured (naive 10%, local 2%: 80% recovered; best global 15%)
+    summary = html[html.index('<section id="summary">'):html.index('<section id="per-layer">')]
+    assert "naive costs 10.00%; the local fixes (outl: sawb) leave 2.00%, recovering 80% of it" in summary
+    assert "the best fix applied to every layer (sawb) leaves 15.00%" in summary
+    assert "Pearson r = 0.970, slope 1.10; single-layer degradations add up" in summary
+    assert "5.50 average weight bits, predicted 1.00%, measured 1.20%; uniform 5 bits measured 3.50%" in summary
 
 
 def test_extras_damaged_or_other_shape(tmp_path):
@@ -294,3 +300,19 @@ def test_results_without_statistics_still_render():
     html = render_report(type(r)(**{**r.__dict__, "layers": layers, "config": {}}))
     assert "No weight statistics in these results." in html and "plot-weights" not in plots(html)
     assert {"plot-profile", "plot-heatmap", "plot-activations", "plot-noise"} <= set(plots(html))
+
+
+def test_followups_when_nothing_helps_and_additivity_fails():
+    from quantlens.report.extras import Additivity, AdditivityPoint, Extras, FixRow, FixTable, FixTrial
+    from quantlens.report.fmt import Units
+    from quantlens.report.followup import followups
+
+    fix = FixTable("top1", (FixRow("float", 0.9, degradation=0.0), FixRow("naive", 0.8), FixRow("local", 0.8)), 8,
+                   (FixTrial("outl", "sawb", 0.12, 0.1, False),))
+    add = Additivity(0.5, 0.3, (AdditivityPoint(("a",), 0.01, 0.02),), 4, 8, "top1")
+    texts = [i.text for i in followups(Extras(additivity=add, fix=fix), Units.for_metric("top1"), "top1")]
+    assert texts[0] == ("Measured with the whole network quantized at 8 bits (fix.json): naive costs 10.00%; "
+                        "no fix lowered a culprit layer's own degradation, so none was kept.")
+    assert "do not add up well here" in texts[1] and "Pearson r = 0.500" in texts[1]
+    # a fix.json measured with another metric than the sweep's is not quoted
+    assert len(followups(Extras(fix=fix), Units.for_metric("kl"), "kl")) == 0

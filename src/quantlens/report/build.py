@@ -87,7 +87,7 @@ def render_report(result: SweepResult, extras: Optional[Extras] = None, options:
     title = opt.title or f"quantlens report: {result.model or 'model'}"
     sub = f"{result.metric_name} on {result.num_samples:,} samples · float baseline {units.value(result.baseline)} · {len(result.layers)} layers"
     page = Page(title, sub)
-    page.add("summary", "Summary", summary_html(result, units, focus))
+    page.add("summary", "Summary", summary_html(result, units, focus, ex))
     page.add("per-layer", "Per-layer degradation and noise",
              '<p class="lead">Quantize one layer at a time, everything else in float; layers in topological order. '
              "Pick the bit-width with the buttons; hover for exact values.</p>" + plot_div(layer_profile(result, units, focus), "plot-profile"))

@@ -9,10 +9,12 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from ..analysis.results import SweepResult
+from .extras import Extras
 from .fmt import Units, finite
+from .followup import followups
 from .insights import insights, worst_by_bits
 from .page import Td, table
 from .safe import esc
@@ -61,11 +63,14 @@ def worst_table(result: SweepResult, units: Units, k: int = 3) -> str:
     return table(heads, rows, sortable=False, text_cols=range(2, 2 + k))
 
 
-def summary_html(result: SweepResult, units: Units, focus: int) -> str:
-    """Cards, what to do next at ``focus`` bits, and the worst layers at each bit-width."""
+def summary_html(result: SweepResult, units: Units, focus: int, extras: Optional[Extras] = None) -> str:
+    """Cards, what to do next at ``focus`` bits, what the follow-up commands measured, and the worst layers."""
     items = "".join(f'<li class="{esc(i.kind)}">{esc(i.text)}</li>' for i in insights(result, focus, units))
+    measured = followups(extras, units, result.metric_name, result.higher_is_better) if extras is not None else []
+    done = ("<h3>Measured on the whole network</h3><ul class=\"next\">"
+            + "".join(f'<li class="{esc(i.kind)}">{esc(i.text)}</li>' for i in measured) + "</ul>") if measured else ""
     return (_cards(facts(result, units)) + f"<h3>What to do next ({focus}-bit weights)</h3><ul class=\"next\">{items}</ul>"
-            "<h3>Worst layers at each bit-width</h3>" + worst_table(result, units))
+            + done + "<h3>Worst layers at each bit-width</h3>" + worst_table(result, units))
 
 
 def layers_table(result: SweepResult, units: Units, focus: int) -> str:
