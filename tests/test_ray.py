@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import textwrap
 from pathlib import Path
 
 import pytest
 import ray
+import torch
 from models import tiny_data, tiny_net
 
 import quantlens as ql
@@ -96,3 +98,32 @@ def test_ray_rerun_skips_finished_tasks(local_ray, tmp_path):
     assert sweep2.result(state2).cells == sweep.result(state).cells
     serial = ql.analyze(tiny_net(), data, w_bits=(4,), metric="kl")
     _same_cells(sweep2.result(state2).to_dict(), serial.to_dict())
+
+
+class _DiesOnceInAWorker(torch.nn.Module):
+    """The tiny net; the first Ray worker that unpickles it dies (``os._exit``), as a lost machine would."""
+
+    def __init__(self, marker: Path) -> None:
+        super().__init__()
+        self.net = tiny_net()
+        self.driver_pid = os.getpid()
+        self.marker = str(marker)
+
+    def forward(self, x):
+        return self.net(x)
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if os.getpid() != self.driver_pid and not os.path.exists(self.marker):
+            Path(self.marker).write_text(str(os.getpid()))
+            os._exit(1)
+
+
+def test_a_task_whose_worker_dies_is_retried_not_lost(local_ray, tmp_path):
+    marker = tmp_path / "died"
+    data = tiny_data(n_batches=2)
+    model = _DiesOnceInAWorker(marker).eval()
+    r = ql.analyze(model, data, w_bits=(4,), metric="kl", backend=RayExecutor(groups=2, shard_batches=1))
+    assert marker.exists()  # a worker really died
+    serial = ql.analyze(model, data, w_bits=(4,), metric="kl")
+    _same_cells(r.to_dict(), serial.to_dict())
