@@ -4,9 +4,10 @@
   each layer's compiled cone then recomputes only what depends on that layer.
   With ``full=True`` every layer recomputes the whole network instead (the naive way, for
   benchmarks): same numbers, more work.
-* :class:`HookRunner`: for models that torch.fx cannot trace. Forward hooks on a copy of the
-  model quantize a module's input, weight and output; each evaluation is a full forward
-  pass, BatchNorm is not folded and the activation after a module is not fused.
+* :class:`HookRunner`: for models that torch.fx cannot trace. Forward hooks on a prepared copy
+  of the model quantize a module's input, weight and output; each evaluation is a full forward
+  pass. BatchNorm folding and activation fusion are recovered by following tensors through one
+  forward pass (:mod:`quantlens.graph.eager`), so the quantization is the traced path's.
 
 Both expose the same small interface, used by :mod:`quantlens.analysis.sweep`.
 """
@@ -21,9 +22,9 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import QuantlensError
-from ..graph.capture import LAYER_TYPES, Layer, LayerGraph, _layer_kind
+from ..graph.capture import Layer, LayerGraph, _layer_kind
 from ..graph.cone import Cone, build_cache_module, build_cone, input_node
-from ..numerics import analysis_mode
+from ..graph.eager import ActivationWatch, EagerLayer, capture_eager
 from ..quant.quantizer import ActQuantizer
 from .multibit import BitBatcher
 
@@ -117,60 +118,66 @@ class ConeRunner(Runner):
 
 
 class HookRunner(Runner):
-    """Forward hooks on a copy of the model: full forward per evaluation (see module docstring)."""
+    """Forward hooks on a prepared copy of the model: full forward per evaluation (see module docstring)."""
 
     engine = "hooks"
 
     def __init__(self, model: nn.Module, sample: tuple[Tensor, ...], device: Union[str, torch.device] = "cpu") -> None:
         self.device = torch.device(device)
-        self.model = copy.deepcopy(model).eval().to(self.device)
-        for p in self.model.parameters():
+        work = copy.deepcopy(model).eval().to(self.device)
+        for p in work.parameters():
             p.requires_grad_(False)
-        names = {m: n for n, m in self.model.named_modules() if isinstance(m, LAYER_TYPES)}
-        order: list[nn.Module] = []
-
-        def record(m: nn.Module, args: Any, out: Any) -> None:
-            if m not in order:
-                order.append(m)
-
-        handles = [m.register_forward_hook(record) for m in names]
-        try:
-            with analysis_mode():
-                self.model(*[t.to(self.device) for t in sample])
-        finally:
-            for h in handles:
-                h.remove()
-        if not order:
-            raise QuantlensError(
-                "the model has no quantizable layer: quantlens analyses Conv1d, Conv2d and Linear modules"
-            )
-        self.modules = order
+        eg = capture_eager(work, tuple(t.to(self.device) for t in sample))
+        self.model = eg.model
+        self.notes = eg.notes
+        self.eager = eg.layers
+        self.modules = [l.module for l in eg.layers]
         self.layers = [
-            Layer(i, names[m], type(m).__name__, _layer_kind(m), names[m], None, None, int(m.weight.numel()))
-            for i, m in enumerate(order)
+            Layer(i, l.name, type(l.module).__name__, _layer_kind(l.module), l.name, None, l.act, int(l.module.weight.numel()))
+            for i, l in enumerate(eg.layers)
         ]
-        self.in_q = [ActQuantizer().to(self.device) for _ in order]
-        self.out_q = [ActQuantizer().to(self.device) for _ in order]
+        self.in_q = [ActQuantizer().to(self.device) for _ in self.layers]
+        self.out_q = [ActQuantizer().to(self.device) for _ in self.layers]
 
     def float_weight(self, i: int) -> Tensor:
         return self.modules[i].weight.detach()
 
     def float_pass(self, inputs: tuple[Tensor, ...]) -> tuple[Any, dict[str, Any]]:
         cache: dict[str, Any] = {}
+        watch = ActivationWatch()
 
-        def grab(name: str):
+        def grab(l: EagerLayer):
             def hook(m: nn.Module, args: Any, out: Any) -> None:
-                if name not in cache:
-                    cache[name] = (args[0], out)
+                if l.name in cache or l.name in armed:
+                    return
+                if l.act_func is None:
+                    cache[l.name] = (args[0], out)
+                    return
+                x = args[0]
+                armed.add(l.name)
+
+                def after_activation(r: Tensor) -> Tensor:
+                    cache[l.name] = (x, r)
+                    return r
+
+                watch.arm(out, l.act_func, after_activation)
 
             return hook
 
-        handles = [m.register_forward_hook(grab(l.name)) for m, l in zip(self.modules, self.layers)]
+        armed: set[str] = set()
+        handles = [l.module.register_forward_hook(grab(l)) for l in self.eager]
         try:
-            out = self.model(*inputs)
+            with watch:
+                out = self.model(*inputs)
         finally:
             for h in handles:
                 h.remove()
+        missing = [l.name for l in self.layers if l.name not in cache]
+        if missing:
+            raise QuantlensError(
+                f"layer {missing[0]} (or its activation) did not run on this batch as it did on the first one: "
+                "quantlens needs every layer to run on every batch"
+            )
         cache["__inputs__"] = inputs
         return out, cache
 
@@ -178,27 +185,39 @@ class HookRunner(Runner):
         return cache[self.layers[i].name]
 
     def run(self, cache: dict[str, Any], i: int, weight: Tensor) -> Evaluation:
-        m = self.modules[i]
+        m, l = self.modules[i], self.eager[i]
         in_q, out_q = self.in_q[i], self.out_q[i]
         seen: list[Tensor] = []
+        watch = ActivationWatch()
 
         def pre(mod: nn.Module, args: tuple) -> tuple:
             return (in_q(args[0]),) + tuple(args[1:])
 
-        def post(mod: nn.Module, args: Any, out: Tensor) -> Tensor:
-            q = out_q(out)
+        def quantize_output(r: Tensor) -> Tensor:
+            q = out_q(r)
             if not seen:
                 seen.append(q)
             return q
+
+        def post(mod: nn.Module, args: Any, out: Tensor) -> Tensor:
+            if l.act_func is None:
+                return quantize_output(out)
+            if not seen and not watch.armed:  # the first call is the layer: quantize after its activation
+                watch.arm(out, l.act_func, quantize_output)
+            return out
 
         original = m.weight.data
         h1 = m.register_forward_pre_hook(pre)
         h2 = m.register_forward_hook(post)
         try:
             m.weight.data = weight
-            out = self.model(*cache["__inputs__"])
+            with watch:
+                out = self.model(*cache["__inputs__"])
         finally:
             m.weight.data = original
             h1.remove()
             h2.remove()
+        if not seen:
+            raise QuantlensError(f"the activation after layer {l.name} did not run in the quantized pass (control flow "
+                                 "that depends on the values?): quantlens cannot quantize that layer's output")
         return Evaluation(out, seen[0])

@@ -112,7 +112,7 @@ class Sweep:
     # ---- preparation -----------------------------------------------------------------------
     def _make_runner(self, model: nn.Module, sample: Batch, engine: str) -> Runner:
         if engine == "hooks":
-            return HookRunner(model, to_device(sample[0], self.device), self.device)
+            return self._hook_runner(model, sample)
         try:
             graph = capture(model)
         except QuantlensError:
@@ -121,12 +121,12 @@ class Sweep:
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             warnings.warn(
                 f"torch.fx cannot trace the model ({type(e).__name__}: {reason[:160]}); using forward hooks "
-                "instead: same quantization per module, no BatchNorm folding, a full forward pass per layer",
+                "instead: the same quantization (BatchNorm folded, activations fused), a full forward pass per layer",
                 QuantlensWarning,
                 stacklevel=3,
             )
             try:
-                return HookRunner(model, to_device(sample[0], self.device), self.device)
+                return self._hook_runner(model, sample)
             except QuantlensError:
                 raise
             except Exception as e2:
@@ -135,6 +135,12 @@ class Sweep:
                     f"pass ({type(e2).__name__}: {str(e2).splitlines()[0] if str(e2) else ''})"
                 ) from None
         return ConeRunner(graph, self.device, full=(engine == "naive"))
+
+    def _hook_runner(self, model: nn.Module, sample: Batch) -> HookRunner:
+        runner = HookRunner(model, to_device(sample[0], self.device), self.device)
+        for note in runner.notes:
+            warnings.warn(note, QuantlensWarning, stacklevel=4)
+        return runner
 
     @property
     def layers(self):

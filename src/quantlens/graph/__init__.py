@@ -1,4 +1,4 @@
-"""Graph capture (fx trace, BN folding, layers) and downstream cones."""
+"""Graph capture (fx trace, BN folding, layers), downstream cones, and eager capture for untraceable models."""
 
 from .capture import Layer, LayerGraph, capture
 from .cone import Cone, build_cache_module, build_cone, cone_nodes

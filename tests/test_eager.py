@@ -1,0 +1,136 @@
+"""The hooks fallback for models torch.fx cannot trace: the traced path's quantization, found eagerly.
+
+Oracle: each untraceable model has a traceable twin (the same modules, the data-dependent
+branch removed); the hooks engine on the model must give the cone engine's cells on the twin.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from models import tiny_data, tiny_net
+
+import quantlens as ql
+from quantlens.graph.eager import capture_eager
+
+
+def _same(a, b, rel=1e-6):
+    assert [l.name for l in a.layers] == [l.name for l in b.layers]
+    assert [l.activation for l in a.layers] == [l.activation for l in b.layers]
+    for x, y in zip(a.cells, b.cells):
+        assert (x.layer, x.w_bits) == (y.layer, y.w_bits)
+        for k in ("noise", "metric", "mean_shift"):
+            u, v = getattr(x, k), getattr(y, k)
+            assert math.isclose(u, v, rel_tol=rel, abs_tol=1e-12), (x.layer, x.w_bits, k, u, v)
+
+
+class Branchy(nn.Module):
+    """BN after convs, a ReLU module shared by two layers, a conv feeding two consumers, a BN'd linear."""
+
+    def __init__(self, traceable: bool = False) -> None:
+        super().__init__()
+        self.traceable = traceable
+        self.c1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.c2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.c3 = nn.Conv2d(8, 8, 1)
+        self.relu = nn.ReLU()  # shared by c1 and c2
+        self.act = nn.Hardswish()
+        self.fc1, self.bnf = nn.Linear(8, 16), nn.BatchNorm1d(16)
+        self.fc2 = nn.Linear(16, 10)
+        g = torch.Generator().manual_seed(1)
+        for bn in (self.bn1, self.bn2, self.bnf):
+            n = bn.num_features
+            bn.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
+            bn.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            bn.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            bn.bias.data.copy_(torch.randn(n, generator=g) * 0.2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.c1(x)))
+        if self.traceable or bool(x.mean() > -1):  # data-dependent: fx cannot trace it
+            x = self.relu(self.bn2(self.c2(x)))
+        y = self.c3(x)
+        z = self.act(y) + 0.5 * y  # c3 feeds two consumers: no activation fused
+        v = z.mean((2, 3))
+        return self.fc2(F.silu(self.bnf(self.fc1(v))))
+
+
+def _pair():
+    torch.manual_seed(0)
+    m = Branchy().eval()
+    twin = Branchy(traceable=True).eval()
+    twin.load_state_dict(m.state_dict())
+    return m, twin
+
+
+@pytest.mark.parametrize("a_bits", [8, None])
+def test_hooks_equal_cone_on_a_traceable_twin(a_bits):
+    m, twin = _pair()
+    data = tiny_data(n_batches=2)
+    with pytest.warns(ql.QuantlensWarning, match="BatchNorm folded, activations fused"):
+        r = ql.analyze(m, data, w_bits=(4, 8), a_bits=a_bits, metric="kl")
+    assert r.engine == "hooks"
+    t = ql.analyze(twin, data, w_bits=(4, 8), a_bits=a_bits, metric="kl")
+    assert t.engine == "cone"
+    assert [l.activation for l in r.layers] == ["ReLU", "ReLU", None, "SiLU", None]
+    _same(r, t)
+
+
+def test_hooks_engine_equals_cone_on_the_test_net():
+    m, data = tiny_net(), tiny_data(n_batches=2)
+    _same(ql.analyze(m, data, w_bits=(4,), metric="kl", engine="hooks"), ql.analyze(m, data, w_bits=(4,), metric="kl"))
+
+
+def test_eager_capture_folds_and_leaves_the_model_alone():
+    m, _ = _pair()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    x = tiny_data(n_batches=1)[0][0]
+    eg = capture_eager(copy.deepcopy(m), (x,))
+    assert [(l.name, l.bn, l.act) for l in eg.layers] == [
+        ("c1", "bn1", "ReLU"), ("c2", "bn2", "ReLU"), ("c3", None, None), ("fc1", "bnf", "SiLU"), ("fc2", None, None)]
+    assert isinstance(eg.model.bn1, nn.Identity) and not eg.notes
+    with torch.no_grad():
+        assert torch.allclose(eg.model(x), m(x), rtol=1e-5, atol=1e-6)
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+    assert isinstance(m.bn1, nn.BatchNorm2d)
+
+
+class HiddenUse(nn.Module):
+    """The conv's output is also read through ``.data``, which the forward pass cannot show as a use."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.bn.running_mean.fill_(0.5)
+        self.bn.running_var.fill_(2.0)
+        self.fc = nn.Linear(4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        h = torch.relu(self.bn(y)) + y.data
+        if h.mean() > -1e9:
+            h = h * 1.0
+        return self.fc(h.mean((2, 3)))
+
+
+def test_folding_that_changes_the_output_is_undone():
+    m, data = HiddenUse().eval(), tiny_data(n_batches=2)
+    with pytest.warns(ql.QuantlensWarning, match="no BatchNorm is folded"):
+        r = ql.analyze(m, data, w_bits=(4,), metric="kl")
+    assert r.engine == "hooks" and [l.activation for l in r.layers] == [None, None]
+    assert all(math.isfinite(c.noise) and c.noise > 0 for c in r.cells)
+
+
+def test_hooks_engine_leaves_the_model_unchanged():
+    m, _ = _pair()
+    m.train()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    with pytest.warns(ql.QuantlensWarning):
+        ql.analyze(m, tiny_data(n_batches=1), w_bits=(4,), metric="kl")
+    assert m.training and all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+    assert not m._forward_hooks and not m.c1._forward_hooks and not m.c1._forward_pre_hooks
