@@ -37,11 +37,9 @@ from torch.overrides import TorchFunctionMode
 
 from ..errors import QuantlensError
 from ..numerics import analysis_mode
+from .capture import _BN_TYPES, LAYER_TYPES, _set_submodule
 
 __all__ = ["EagerLayer", "EagerGraph", "capture_eager", "ACT_FUNCTIONS", "ActivationWatch"]
-
-LAYER_TYPES: tuple[type, ...] = (nn.Conv1d, nn.Conv2d, nn.Linear)
-_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 # the torch functions an eager forward calls for each supported activation (modules call these)
 ACT_FUNCTIONS: dict[Any, str] = {
@@ -155,12 +153,6 @@ def _act_name(u: _Use) -> str:
         if lo == 0.0 and hi == 6.0:
             return "ReLU6"
     return name
-
-
-def _set_submodule(root: nn.Module, target: str, module: nn.Module) -> None:
-    parent_name, _, child = target.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, module)
 
 
 def _fuse(layer: nn.Module, bn: nn.Module) -> Optional[nn.Module]:
