@@ -134,3 +134,45 @@ def test_hooks_engine_leaves_the_model_unchanged():
         ql.analyze(m, tiny_data(n_batches=1), w_bits=(4,), metric="kl")
     assert m.training and all(torch.equal(before[k], v) for k, v in m.state_dict().items())
     assert not m._forward_hooks and not m.c1._forward_hooks and not m.c1._forward_pre_hooks
+
+
+def test_whole_network_through_hooks_equals_the_traced_twin():
+    from quantlens.analysis.measure import NetworkMeasurer
+    from quantlens.analysis.measure_eager import EagerNetworkMeasurer, make_measurer
+    from quantlens.qconfig import LayerQuant, QuantConfig
+
+    m, twin = _pair()
+    data = tiny_data(n_batches=2)
+    with pytest.warns(ql.QuantlensWarning, match="quantizing the whole network through forward hooks"):
+        eager = make_measurer(m, data, metric="kl")
+    assert isinstance(eager, EagerNetworkMeasurer)
+    traced = NetworkMeasurer(twin, data, metric="kl")
+    assert eager.names == traced.names
+    configs = [
+        QuantConfig.uniform(traced.names, w_bits=4),
+        QuantConfig(tuple((n, LayerQuant(4 if i % 2 else 8, 8)) for i, n in enumerate(traced.names))),
+        QuantConfig.uniform(traced.names, w_bits=3, a_bits=None),
+        QuantConfig(),
+    ]
+    for cfg in configs:
+        a, b = eager(cfg, mean_shift=True), traced(cfg, mean_shift=True)
+        assert a.degradation == pytest.approx(b.degradation, rel=1e-6, abs=1e-12)
+        assert a.noise == pytest.approx(b.noise, rel=1e-6, abs=1e-15)
+        assert a.mean_shift.keys() == b.mean_shift.keys()
+        for k in a.mean_shift:
+            assert a.mean_shift[k] == pytest.approx(b.mean_shift[k], rel=1e-6, abs=1e-12)
+    with pytest.raises(ql.QuantlensError, match="fixes .* need a model torch.fx can trace"):
+        eager(QuantConfig(((traced.names[0], LayerQuant(8, 8, fixes=("sawb",))),)))
+
+
+def test_additivity_and_plan_run_on_an_untraceable_model():
+    from quantlens.analysis.additivity import run_additivity
+    from quantlens.plan import run_plan
+
+    m, _ = _pair()
+    data = tiny_data(n_batches=2)
+    with pytest.warns(ql.QuantlensWarning):
+        a = run_additivity(m, data, metric="kl", configs=4)
+        p = run_plan(m, data, metric="kl", budget=6.0, w_bits=(4, 8))
+    assert len(a.points) == 4 and math.isfinite(a.pearson_r)
+    assert math.isfinite(p.measured) and p.uniform_bits is not None

@@ -218,7 +218,7 @@ def run_plan(
         >>> run_plan(demo.model(), demo.data(), budget=5.0).measured           # doctest: +SKIP
     """
     from .analysis.api import analyze, make_config
-    from .analysis.measure import NetworkMeasurer
+    from .analysis.measure_eager import make_measurer
     from .config import parse_granularity
     from .qconfig import LayerQuant, QuantConfig
 
@@ -232,7 +232,7 @@ def run_plan(
     cap = budget_capacity(total, budget, budget_bytes)
     plan = plan_bits(sweep, cap, bits)
     g = parse_granularity(granularity)
-    measurer = NetworkMeasurer(model, data, calib=calib, metric=metric, reference=reference, device=device, output_key=output_key)
+    measurer = make_measurer(model, data, calib=calib, metric=metric, reference=reference, device=device, output_key=output_key)
     res = measurer(QuantConfig(tuple((p.layer, LayerQuant(p.w_bits, a_bits, g)) for p in plan)))
     fits = [b for b in bits if b * total <= cap]
     ub = max(fits) if fits else None

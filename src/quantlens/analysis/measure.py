@@ -37,7 +37,7 @@ from .accumulate import ChannelStats, _channel_sums, channel_axis, per_sample_sq
 from .data import extract_output, iterate, to_device
 from .network import QuantizedNetwork, build_quantized, calibrate_ranges
 
-__all__ = ["NetworkResult", "NetworkMeasurer", "capture_traceable", "evaluate_network", "quantize_network", "reference_fn"]
+__all__ = ["NetworkResult", "NetworkMeasurer", "UntraceableError", "capture_traceable", "evaluate_network", "score_network", "quantize_network", "reference_fn"]
 
 
 @dataclass(frozen=True)
@@ -102,19 +102,50 @@ def evaluate_network(
     shifted = [l for l in layers if l.output_node in tap_pos]
     float_gm, keep = build_cache_module(qnet.graph, [l.output_node for l in shifted])
     float_gm.to(device)
+
+    def quantized(inputs: tuple) -> tuple[Any, dict[str, Tensor]]:
+        out, taps = qnet.gm(*inputs)
+        return out, {l.name: taps[tap_pos[l.output_node]] for l in shifted}
+
+    def floats(inputs: tuple) -> dict[str, Tensor]:
+        _, values = float_gm(*inputs)
+        fv = dict(zip(keep, values))
+        return {l.name: fv[l.output_node] for l in shifted}
+
+    axes = {l.name: channel_axis(l.op) for l in layers}
+    return score_network(quantized, floats if shifted else None, axes, data, reference, metric, output_key, device, qnet.config)
+
+
+def score_network(
+    quantized: Callable[[tuple], tuple[Any, dict[str, Tensor]]],
+    floats: Optional[Callable[[tuple], dict[str, Tensor]]],
+    axes: dict[str, int],
+    data: Iterable[Any],
+    reference: Callable[..., Any],
+    metric: Union[str, Callable[..., Any], Metric],
+    output_key: Union[str, int, None],
+    device: torch.device,
+    config: QuantConfig,
+) -> NetworkResult:
+    """The scoring loop shared by the traced and the eager networks (see module docstring).
+
+    ``quantized(inputs) -> (output, {layer: quantized output})`` runs the quantized network;
+    ``floats(inputs) -> {layer: float output}`` (``None``: no mean shift) the float one;
+    ``axes`` gives each layer's channel axis.
+    """
     ref_outputs = reference if isinstance(reference, _CachedReference) else None
     base, quant = make_metric(metric), make_metric(metric)
     noise = signal = 0.0
     n = 0
-    stats = {l.name: ChannelStats() for l in layers}
-    shift: dict[str, Optional[Tensor]] = {l.name: None for l in layers}
-    counts = {l.name: 0 for l in layers}
+    stats = {name: ChannelStats() for name in axes}
+    shift: dict[str, Optional[Tensor]] = {name: None for name in axes}
+    counts = {name: 0 for name in axes}
     with analysis_mode():
         for b, (inputs, labels) in enumerate(iterate(data, "data")):
             inputs = to_device(inputs, device)
             labels = None if labels is None else labels.to(device)
             y_ref = ref_outputs.get(b, inputs, output_key) if ref_outputs is not None else extract_output(reference(*inputs), output_key)
-            out, taps = qnet.gm(*inputs)
+            out, taps = quantized(inputs)
             y = extract_output(out, output_key)
             if not bool(torch.isfinite(y_ref).all()):
                 raise QuantlensError("the reference model's output has NaN or Inf: fix the model or its inputs first")
@@ -123,24 +154,23 @@ def evaluate_network(
             noise += float(per_sample_sq(y.to(y_ref.dtype) - y_ref).sum())
             signal += float(per_sample_sq(y_ref).sum())
             n += int(y_ref.shape[0])
-            if not shifted:
+            if floats is None or not taps:
                 continue
-            _, fvals = float_gm(*inputs)
-            fv = dict(zip(keep, fvals))
-            for l in shifted:
-                o, oq, axis = fv[l.output_node], taps[tap_pos[l.output_node]], channel_axis(l.op)
-                stats[l.name].update(o, axis)
+            fv = floats(inputs)
+            for name, oq in taps.items():
+                o, axis = fv[name], axes[name]
+                stats[name].update(o, axis)
                 s, c = _channel_sums(oq.double() - o.double(), axis)
-                shift[l.name] = s if shift[l.name] is None else shift[l.name] + s  # type: ignore[operator]
-                counts[l.name] += c
+                shift[name] = s if shift[name] is None else shift[name] + s  # type: ignore[operator]
+                counts[name] += c
     b, m = base.compute(), quant.compute()
     hib = bool(base.higher_is_better)
     shifts = {}
-    for l in layers:
-        std, s = stats[l.name].std(), shift[l.name]
+    for name in axes:
+        std, s = stats[name].std(), shift[name]
         if std is not None and s is not None:
             ok = std > 1e-12
-            shifts[l.name] = float(((s / counts[l.name]).abs()[ok] / std[ok]).mean()) if bool(ok.any()) else float("nan")
+            shifts[name] = float(((s / counts[name]).abs()[ok] / std[ok]).mean()) if bool(ok.any()) else float("nan")
     return NetworkResult(
         metric_name=str(getattr(base, "name", "custom")),
         higher_is_better=hib,
@@ -151,7 +181,7 @@ def evaluate_network(
         sqnr_db=float("inf") if noise <= 0 else (10 * math.log10(signal / noise) if signal > 0 else float("-inf")),
         num_samples=n,
         mean_shift=shifts,
-        config=qnet.config.to_dict(),
+        config=config.to_dict(),
     )
 
 
@@ -189,17 +219,26 @@ def reference_fn(graph: LayerGraph, reference: Optional[nn.Module], device: torc
     return copy.deepcopy(reference).eval().to(device)
 
 
+class UntraceableError(QuantlensError):
+    """torch.fx cannot trace the model; ``reason`` is the tracer's complaint in one line."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 def capture_traceable(model: nn.Module) -> LayerGraph:
-    """``capture(model)``, with a one-line error if torch.fx cannot trace it."""
+    """``capture(model)``, with a one-line error (:class:`UntraceableError`) if torch.fx cannot trace it."""
     try:
         return capture(model)
     except QuantlensError:
         raise
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise QuantlensError(
-            f"full-network quantization needs a model torch.fx can trace ({type(e).__name__}: {first}); "
-            "`quantlens analyze` still works through forward hooks"
+        raise UntraceableError(
+            f"fixes need a model torch.fx can trace ({type(e).__name__}: {first}); "
+            "`quantlens analyze`, `additivity` and `plan` work on it through forward hooks",
+            f"{type(e).__name__}: {first}",
         ) from None
 
 

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import SweepConfig
-from ..errors import QuantlensError
+from ..errors import QuantlensError, QuantlensWarning
 from ..graph.capture import capture
 from ..memory import trim_heap
 from ..metrics import Metric, make_metric
@@ -38,10 +38,6 @@ from .runner import ConeRunner, HookRunner, Runner
 from .state import SweepState
 
 __all__ = ["Sweep", "SweepState", "QuantlensWarning", "weight_stats", "MetricSpec"]
-
-
-class QuantlensWarning(UserWarning):
-    """A one-line notice (e.g. the hooks fallback) that the CLI prints as a warning."""
 
 
 MetricSpec = Union[str, Callable[..., Any], Metric]

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise QuantlensError(f"--top must be at least 1, got {args.top}")
     out = prepare_out_dir(args.out)
-    model, data, calib, reference = load_inputs(args)
+    model, data, calib, reference = load_inputs(args, need_fx=True)
     sweep = sweep_or_run(args, out, model, data, calib, reference, [w_bits], a_bits)
     result, measurer = fix_loop(
         model, data, sweep, w_bits=w_bits, a_bits=a_bits, granularity=args.granularity, candidates=candidates, top=args.top,

@@ -65,7 +65,7 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 def resume_notice(store: Any, what: str) -> None:
     """Tell the user (as a :class:`QuantlensWarning`, one line) that a run resumes."""
-    from ..analysis.sweep import QuantlensWarning
+    from ..errors import QuantlensWarning
 
     warnings.warn(f"resuming from the cache in {store.root}: {what}", QuantlensWarning, stacklevel=3)
 

@@ -1,0 +1,204 @@
+"""Full-network quantization of a model torch.fx cannot trace, through forward hooks.
+
+The same network as :func:`~quantlens.analysis.network.build_quantized` builds from a graph,
+on the prepared copy of :class:`~quantlens.analysis.runner.HookRunner` (BatchNorm folded,
+activations fused, found eagerly by :mod:`quantlens.graph.eager`): for every configured layer
+at once, a pre-hook quantizes the input the layer receives, its weight is swapped for
+``Q_w(W)``, and its output is quantized after its fused activation. Activation ranges are
+calibrated on the float copy, as in the traced path; it is scored by the same loop
+(:func:`~quantlens.analysis.measure.score_network`). Fixes are written on fx graphs, so a
+configuration with fixes is refused here.
+
+:func:`make_measurer` picks the traced :class:`~quantlens.analysis.measure.NetworkMeasurer`
+when torch.fx can trace the model, and this one (with a one-line warning) when it cannot.
+
+Example:
+    >>> m = make_measurer(untraceable_model, data, metric="kl")     # doctest: +SKIP
+    >>> m(QuantConfig.uniform(m.names, w_bits=4)).degradation        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import Any, Callable, Iterable, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import QuantlensError, QuantlensWarning
+from ..graph.eager import ActivationWatch
+from ..guard import preserve_model
+from ..metrics import Metric
+from ..qconfig import QuantConfig
+from ..quant.quantizer import (
+    ActQuantizer,
+    QuantizedWeight,
+    make_observer,
+    quantize_weight,
+)
+from .accumulate import channel_axis
+from .data import iterate, to_device
+from .measure import (
+    NetworkMeasurer,
+    NetworkResult,
+    UntraceableError,
+    _CachedReference,
+    score_network,
+)
+from .runner import HookRunner
+
+__all__ = ["EagerNetworkMeasurer", "make_measurer"]
+
+
+class EagerNetworkMeasurer:
+    """Quantize and measure an untraceable model under many configurations (see module docstring)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: Iterable[Any],
+        *,
+        calib: Optional[Iterable[Any]] = None,
+        metric: Union[str, Callable[..., Any], Metric] = "top1",
+        reference: Optional[nn.Module] = None,
+        device: Union[str, torch.device] = "cpu",
+        output_key: Union[str, int, None] = None,
+    ) -> None:
+        self.device = torch.device(device)
+        first = next(iter(iterate(data, "data")))
+        with preserve_model(model):
+            self.runner = HookRunner(model, to_device(first[0], self.device), self.device)
+            if reference is not None:
+                with preserve_model(reference):
+                    self.reference: nn.Module = copy.deepcopy(reference).eval().to(self.device)
+            else:
+                self.reference = self.runner.model
+        for note in self.runner.notes:
+            warnings.warn(note, QuantlensWarning, stacklevel=3)
+        self.cached_reference = _CachedReference(self.reference)
+        self._observers: dict[str, tuple[dict, dict]] = {}
+        self.data, self.calib = data, (calib if calib is not None else data)
+        self.metric, self.output_key = metric, output_key
+        self._index = {l.name: i for i, l in enumerate(self.runner.layers)}
+
+    @property
+    def names(self) -> list[str]:
+        return [l.name for l in self.runner.layers]
+
+    def _calibrated(self, estimator: str) -> tuple[dict, dict]:
+        """Observers of every layer's input and (post-activation) output over the calibration data."""
+        if estimator not in self._observers:
+            spec = QuantConfig.uniform(self.names, a_bits=8, act_estimator=estimator)
+            ins = {n: make_observer(spec.layer(n).act_spec(estimator)) for n in self.names}
+            outs = {n: make_observer(spec.layer(n).act_spec(estimator)) for n in self.names}
+            with torch.inference_mode():
+                for inputs, _ in iterate(self.calib, "calibration data"):
+                    _, cache = self.runner.float_pass(to_device(inputs, self.device))
+                    for n in self.names:
+                        x, o = cache[n]
+                        ins[n].update(x)
+                        outs[n].update(o)
+            self._observers[estimator] = (ins, outs)
+        return self._observers[estimator]
+
+    def _quantizers(self, config: QuantConfig) -> tuple[dict[str, QuantizedWeight], dict[str, ActQuantizer], dict[str, ActQuantizer]]:
+        config.check_layers(self.names)
+        fixed = [n for n in config.names if config.layer(n).fixes]
+        if fixed:
+            raise QuantlensError(
+                f"fixes ({', '.join(config.layer(fixed[0]).fixes)} on {fixed[0]}) need a model torch.fx can trace; "
+                "this one runs through forward hooks"
+            )
+        ins, outs = self._calibrated(config.act_estimator)
+        weights: dict[str, QuantizedWeight] = {}
+        in_q: dict[str, ActQuantizer] = {}
+        out_q: dict[str, ActQuantizer] = {}
+        for n in config.names:
+            lq = config.layer(n)
+            wspec = lq.weight_spec()
+            if wspec is not None:
+                weights[n] = quantize_weight(self.runner.float_weight(self._index[n]), wspec)
+            aspec = lq.act_spec(config.act_estimator)
+            if aspec is not None:
+                in_q[n] = ActQuantizer().to(self.device)
+                in_q[n].set(aspec, ins[n])
+                out_q[n] = ActQuantizer().to(self.device)
+                out_q[n].set(aspec, outs[n])
+        return weights, in_q, out_q
+
+    def _run(self, inputs: tuple, config: QuantConfig, weights: dict, in_q: dict, out_q: dict) -> tuple[Any, dict[str, Tensor]]:
+        """One forward pass with every configured layer quantized; each layer's first quantized output."""
+        watch = ActivationWatch()
+        taps: dict[str, Tensor] = {}
+        handles, originals = [], []
+
+        def hooks(n: str):
+            layer = self.runner.eager[self._index[n]]
+            iq, oq = in_q.get(n), out_q.get(n)
+
+            def record(r: Tensor) -> Tensor:
+                q = oq(r) if oq is not None else r
+                taps.setdefault(n, q)
+                return q
+
+            def pre(mod: nn.Module, args: tuple) -> tuple:
+                return (iq(args[0]),) + tuple(args[1:]) if iq is not None else args
+
+            def post(mod: nn.Module, args: Any, out: Tensor) -> Tensor:
+                if layer.act_func is None:
+                    return record(out)
+                if n not in taps:
+                    watch.arm(out, layer.act_func, record)
+                return out
+
+            return layer.module, pre, post
+
+        try:
+            for n in config.names:
+                module, pre, post = hooks(n)
+                if n in weights:
+                    originals.append((module, module.weight.data))
+                    module.weight.data = weights[n].weight
+                handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+            with watch:
+                out = self.runner.model(*inputs)
+        finally:
+            for h in handles:
+                h.remove()
+            for module, w in originals:
+                module.weight.data = w
+        return out, taps
+
+    def __call__(self, config: QuantConfig, mean_shift: bool = False) -> NetworkResult:
+        weights, in_q, out_q = self._quantizers(config)
+
+        def quantized(inputs: tuple) -> tuple[Any, dict[str, Tensor]]:
+            out, taps = self._run(inputs, config, weights, in_q, out_q)
+            return out, (taps if mean_shift else {})
+
+        def floats(inputs: tuple) -> dict[str, Tensor]:
+            _, cache = self.runner.float_pass(inputs)
+            return {n: cache[n][1] for n in config.names}
+
+        axes = {n: channel_axis(self.runner.layers[self._index[n]].op) for n in config.names}
+        return score_network(quantized, floats if mean_shift else None, axes, self.data, self.cached_reference,
+                             self.metric, self.output_key, self.device, config)
+
+    def float_result(self) -> NetworkResult:
+        """The float network itself measured like a configuration (no layer quantized)."""
+        return self(QuantConfig())
+
+
+def make_measurer(model: nn.Module, data: Iterable[Any], **kwargs: Any) -> Union[NetworkMeasurer, EagerNetworkMeasurer]:
+    """The traced measurer when torch.fx can trace ``model``, else the eager one (with a warning)."""
+    try:
+        return NetworkMeasurer(model, data, **kwargs)
+    except UntraceableError as e:
+        warnings.warn(
+            f"torch.fx cannot trace the model ({e.reason}); quantizing the whole network through forward hooks "
+            "instead: the same quantization (BatchNorm folded, activations fused), no fixes",
+            QuantlensWarning,
+            stacklevel=2,
+        )
+        return EagerNetworkMeasurer(model, data, **kwargs)
