@@ -37,7 +37,7 @@ from .accumulate import ChannelStats, _channel_sums, channel_axis, per_sample_sq
 from .data import extract_output, iterate, to_device
 from .network import QuantizedNetwork, build_quantized, calibrate_ranges
 
-__all__ = ["NetworkResult", "NetworkMeasurer", "UntraceableError", "capture_traceable", "evaluate_network", "score_network", "quantize_network", "reference_fn"]
+__all__ = ["NetworkResult", "NetworkMeasurer", "UntraceableError", "capture_traceable", "evaluate_network", "score_network", "quantize_network", "reference_fn", "MeasurerBase"]
 
 
 @dataclass(frozen=True)
@@ -212,11 +212,32 @@ class _CachedReference:
         return self.fn(*inputs)
 
 
-def reference_fn(graph: LayerGraph, reference: Optional[nn.Module], device: torch.device) -> Callable[..., Any]:
-    """The float function that ``y`` comes from: a copy of ``reference`` or the float ``graph``."""
+def reference_fn(float_model: nn.Module, reference: Optional[nn.Module], device: torch.device) -> nn.Module:
+    """The float function that ``y`` comes from: a copy of ``reference`` (left as it was) or of ``float_model``."""
     if reference is None:
-        return copy.deepcopy(graph.gm).to(device).eval()
-    return copy.deepcopy(reference).eval().to(device)
+        return copy.deepcopy(float_model).to(device).eval()
+    with preserve_model(reference):
+        return copy.deepcopy(reference).eval().to(device)
+
+
+class MeasurerBase:
+    """What both measurers keep: data, calibration data, metric, and the reference with its cached outputs."""
+
+    names: list[str]
+
+    def _keep(self, data: Iterable[Any], calib: Optional[Iterable[Any]], metric: Any, output_key: Any, reference: nn.Module) -> None:
+        self.reference = reference
+        self.cached_reference = _CachedReference(reference)
+        self._observers: dict[str, tuple[dict, dict]] = {}
+        self.data, self.calib = data, (calib if calib is not None else data)
+        self.metric, self.output_key = metric, output_key
+
+    def __call__(self, config: QuantConfig, mean_shift: bool = False) -> NetworkResult:  # pragma: no cover
+        raise NotImplementedError
+
+    def float_result(self) -> NetworkResult:
+        """The float network itself measured like a configuration (no layer quantized)."""
+        return self(QuantConfig())
 
 
 class UntraceableError(QuantlensError):
@@ -242,7 +263,7 @@ def capture_traceable(model: nn.Module) -> LayerGraph:
         ) from None
 
 
-class NetworkMeasurer:
+class NetworkMeasurer(MeasurerBase):
     """Capture a model once, then quantize and measure it under many configurations.
 
     ``measurer(config)`` applies the config's fixes to a copy of the captured float graph,
@@ -265,15 +286,7 @@ class NetworkMeasurer:
         with preserve_model(model):
             self.graph = capture_traceable(model)
             self.graph.gm.to(self.device)
-            if reference is not None:
-                with preserve_model(reference):
-                    self.reference = reference_fn(self.graph, reference, self.device)
-            else:
-                self.reference = reference_fn(self.graph, None, self.device)
-        self.cached_reference = _CachedReference(self.reference)
-        self._observers: dict[str, tuple[dict, dict]] = {}
-        self.data, self.calib = data, (calib if calib is not None else data)
-        self.metric, self.output_key = metric, output_key
+        self._keep(data, calib, metric, output_key, reference_fn(self.graph.gm, reference, self.device))
 
     @property
     def names(self) -> list[str]:
@@ -300,11 +313,6 @@ class NetworkMeasurer:
     def __call__(self, config: QuantConfig, mean_shift: bool = False) -> NetworkResult:
         qnet = self.build(config, mean_shift)
         return evaluate_network(qnet, self.data, self.cached_reference, self.metric, self.output_key, self.device)
-
-    def float_result(self) -> NetworkResult:
-        """The float network itself measured like a configuration (no layer quantized)."""
-        return self(QuantConfig())
-
 
 def quantize_network(
     model: nn.Module,

@@ -19,7 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import warnings
 from typing import Any, Callable, Iterable, Optional, Union
 
@@ -40,10 +39,11 @@ from ..quant.quantizer import (
 from .accumulate import channel_axis
 from .data import iterate, to_device
 from .measure import (
+    MeasurerBase,
     NetworkMeasurer,
     NetworkResult,
     UntraceableError,
-    _CachedReference,
+    reference_fn,
     score_network,
 )
 from .runner import HookRunner
@@ -51,7 +51,7 @@ from .runner import HookRunner
 __all__ = ["EagerNetworkMeasurer", "make_measurer"]
 
 
-class EagerNetworkMeasurer:
+class EagerNetworkMeasurer(MeasurerBase):
     """Quantize and measure an untraceable model under many configurations (see module docstring)."""
 
     def __init__(
@@ -69,17 +69,10 @@ class EagerNetworkMeasurer:
         first = next(iter(iterate(data, "data")))
         with preserve_model(model):
             self.runner = HookRunner(model, to_device(first[0], self.device), self.device)
-            if reference is not None:
-                with preserve_model(reference):
-                    self.reference: nn.Module = copy.deepcopy(reference).eval().to(self.device)
-            else:
-                self.reference = self.runner.model
         for note in self.runner.notes:
             warnings.warn(note, QuantlensWarning, stacklevel=3)
-        self.cached_reference = _CachedReference(self.reference)
-        self._observers: dict[str, tuple[dict, dict]] = {}
-        self.data, self.calib = data, (calib if calib is not None else data)
-        self.metric, self.output_key = metric, output_key
+        ref = reference_fn(self.runner.model, reference, self.device) if reference is not None else self.runner.model
+        self._keep(data, calib, metric, output_key, ref)
         self._index = {l.name: i for i, l in enumerate(self.runner.layers)}
 
     @property
@@ -184,10 +177,6 @@ class EagerNetworkMeasurer:
         axes = {n: channel_axis(self.runner.layers[self._index[n]].op) for n in config.names}
         return score_network(quantized, floats if mean_shift else None, axes, self.data, self.cached_reference,
                              self.metric, self.output_key, self.device, config)
-
-    def float_result(self) -> NetworkResult:
-        """The float network itself measured like a configuration (no layer quantized)."""
-        return self(QuantConfig())
 
 
 def make_measurer(model: nn.Module, data: Iterable[Any], **kwargs: Any) -> Union[NetworkMeasurer, EagerNetworkMeasurer]:
