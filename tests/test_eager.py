@@ -176,3 +176,50 @@ def test_additivity_and_plan_run_on_an_untraceable_model():
         p = run_plan(m, data, metric="kl", budget=6.0, w_bits=(4, 8))
     assert len(a.points) == 4 and math.isfinite(a.pearson_r)
     assert math.isfinite(p.measured) and p.uniform_bits is not None
+
+
+class Looped(nn.Module):
+    """One Linear applied a data-dependent number of times (fx cannot trace the loop)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.inp = nn.Linear(12, 8)
+        self.step = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.inp(x.mean((2, 3)).repeat(1, 4)))
+        for _ in range(int(x.shape[0] > 0) + 1):  # two steps; fx cannot trace a loop over a tensor's value
+            h = self.step(h * 4.0)
+        return self.head(h)
+
+
+def test_a_module_called_twice_is_calibrated_on_both_calls():
+    from quantlens.analysis.api import make_config
+    from quantlens.analysis.data import iterate
+    from quantlens.analysis.sweep import Sweep
+
+    data = tiny_data(n_batches=2)
+    with pytest.warns(ql.QuantlensWarning, match="cannot trace"):
+        sw = Sweep(Looped().eval(), next(iter(iterate(data))), make_config((8,), 8), "kl", "cpu")
+    sw.calibrate(data)
+    i = [l.name for l in sw.runner.layers].index("step")
+    # the oracle: every input and output the module sees, over both calls and both batches
+    seen_in, seen_out = [], []
+    net = Looped().eval()
+
+    def grab(m, a, o):
+        seen_in.append(a[0])
+        seen_out.append(o)
+
+    hook = net.step.register_forward_hook(grab)
+    with torch.no_grad():
+        for x, _ in data:
+            net(x)
+    hook.remove()
+    assert len(seen_in) == 4
+    for q, seen in ((sw.runner.in_q[i], seen_in), (sw.runner.out_q[i], seen_out)):
+        lo = min(0.0, min(float(t.min()) for t in seen))
+        hi = max(0.0, max(float(t.max()) for t in seen))
+        assert float(q.scale) == pytest.approx((hi - lo) / 255, rel=1e-6)

@@ -88,10 +88,10 @@ class EagerNetworkMeasurer(MeasurerBase):
             with torch.inference_mode():
                 for inputs, _ in iterate(self.calib, "calibration data"):
                     _, cache = self.runner.float_pass(to_device(inputs, self.device))
-                    for n in self.names:
-                        x, o = cache[n]
-                        ins[n].update(x)
-                        outs[n].update(o)
+                    for i, n in enumerate(self.names):
+                        for x, o in self.runner.calibration_io(cache, i):
+                            ins[n].update(x)
+                            outs[n].update(o)
             self._observers[estimator] = (ins, outs)
         return self._observers[estimator]
 

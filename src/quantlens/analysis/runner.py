@@ -6,7 +6,8 @@
   benchmarks): same numbers, more work.
 * :class:`HookRunner`: for models that torch.fx cannot trace. Forward hooks on a prepared copy
   of the model quantize a module's input, weight and output; each evaluation is a full forward
-  pass. BatchNorm folding and activation fusion are recovered by following tensors through one
+  pass. A module called several times (a loop whose length depends on the data) is one layer,
+  quantized in every call and calibrated on every call. BatchNorm folding and activation fusion are recovered by following tensors through one
   forward pass (:mod:`quantlens.graph.eager`), so the quantization is the traced path's.
 
 Both expose the same small interface, used by :mod:`quantlens.analysis.sweep`.
@@ -55,6 +56,10 @@ class Runner:
 
     def layer_io(self, cache: dict[str, Any], i: int) -> tuple[Tensor, Tensor]:  # pragma: no cover
         raise NotImplementedError
+
+    def calibration_io(self, cache: dict[str, Any], i: int) -> list[tuple[Tensor, Tensor]]:
+        """Every ``(input, output)`` pair the layer's quantizers will see (one per call of its module)."""
+        return [self.layer_io(cache, i)]
 
     def run(self, cache: dict[str, Any], i: int, weight: Tensor) -> Evaluation:  # pragma: no cover
         raise NotImplementedError
@@ -149,6 +154,8 @@ class HookRunner(Runner):
         def grab(l: EagerLayer):
             def hook(m: nn.Module, args: Any, out: Any) -> None:
                 if l.name in cache or l.name in armed:
+                    if l.act_func is None:  # a module called again: its quantizers see this call too
+                        cache.setdefault(f"{l.name}#more", []).append((args[0], out))
                     return
                 if l.act_func is None:
                     cache[l.name] = (args[0], out)
@@ -183,6 +190,10 @@ class HookRunner(Runner):
 
     def layer_io(self, cache: dict[str, Any], i: int) -> tuple[Tensor, Tensor]:
         return cache[self.layers[i].name]
+
+    def calibration_io(self, cache: dict[str, Any], i: int) -> list[tuple[Tensor, Tensor]]:
+        name = self.layers[i].name
+        return [cache[name]] + cache.get(f"{name}#more", [])
 
     def run(self, cache: dict[str, Any], i: int, weight: Tensor) -> Evaluation:
         m, l = self.modules[i], self.eager[i]

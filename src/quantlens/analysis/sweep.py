@@ -154,9 +154,9 @@ class Sweep:
             for inputs, _ in iterate(data, "calibration data"):
                 _, cache = self.runner.float_pass(to_device(inputs, self.device))
                 for i in self.layer_ids:
-                    x, o = self.runner.layer_io(cache, i)
-                    ins[i].update(x)
-                    outs[i].update(o)
+                    for x, o in self.runner.calibration_io(cache, i):
+                        ins[i].update(x)
+                        outs[i].update(o)
                 n += int(inputs[0].shape[0])
                 del cache, x, o  # one batch of activations alive at a time
                 trim_heap()
