@@ -303,7 +303,14 @@ def test_results_without_statistics_still_render():
 
 
 def test_followups_when_nothing_helps_and_additivity_fails():
-    from quantlens.report.extras import Additivity, AdditivityPoint, Extras, FixRow, FixTable, FixTrial
+    from quantlens.report.extras import (
+        Additivity,
+        AdditivityPoint,
+        Extras,
+        FixRow,
+        FixTable,
+        FixTrial,
+    )
     from quantlens.report.fmt import Units
     from quantlens.report.followup import followups
 
