@@ -112,21 +112,27 @@ class AdditivityResult:
     num_samples: int = 0
     model: str = ""
 
+    def _xy(self, noise: bool = False) -> tuple[list[float], list[float]]:
+        """``(predicted, measured)`` over the points: degradations, or output noises."""
+        if noise:
+            return [p.predicted_noise for p in self.points], [p.measured_noise for p in self.points]
+        return [p.predicted for p in self.points], [p.measured for p in self.points]
+
     @property
     def pearson_r(self) -> float:
-        return pearson([p.predicted for p in self.points], [p.measured for p in self.points])
+        return pearson(*self._xy())
 
     @property
     def slope(self) -> float:
-        return fit_line([p.predicted for p in self.points], [p.measured for p in self.points])[0]
+        return fit_line(*self._xy())[0]
 
     @property
     def noise_pearson_r(self) -> float:
-        return pearson([p.predicted_noise for p in self.points], [p.measured_noise for p in self.points])
+        return pearson(*self._xy(noise=True))
 
     @property
     def noise_slope(self) -> float:
-        return fit_line([p.predicted_noise for p in self.points], [p.measured_noise for p in self.points])[0]
+        return fit_line(*self._xy(noise=True))[0]
 
     @property
     def flagged(self) -> list[str]:
@@ -146,7 +152,7 @@ class AdditivityResult:
                 "num_samples": self.num_samples,
                 "pearson_r": self.pearson_r,
                 "slope": self.slope,
-                "intercept": fit_line([p.predicted for p in self.points], [p.measured for p in self.points])[1],
+                "intercept": fit_line(*self._xy())[1],
                 "noise_pearson_r": self.noise_pearson_r,
                 "noise_slope": self.noise_slope,
                 "points": [asdict(p) for p in self.points],
