@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import textwrap
+from pathlib import Path
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -97,3 +100,20 @@ def tiny_data(n_batches: int = 3, batch: int = 8, seed: int = 0, classes: int = 
 def tiny_net(seed: int = 0) -> TinyNet:
     torch.manual_seed(seed)
     return TinyNet().eval()
+
+
+def user_file(tmp_path: Path, n_batches: int, batch: int = 8, hw: int = 8, name: str = "user_models.py") -> str:
+    """A ``.py`` file for ``--model FILE:model --data FILE:data``: the tiny net and ``tiny_data(...)``."""
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from models import tiny_data, tiny_net
+
+        def model():
+            return tiny_net()
+
+        def data():
+            return tiny_data(n_batches={n_batches}, batch={batch}, hw={hw})
+    """))
+    return str(p)

@@ -9,13 +9,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import textwrap
 from pathlib import Path
 
 import pytest
 import ray
 import torch
-from models import tiny_data, tiny_net
+from models import tiny_data, tiny_net, user_file
 
 import quantlens as ql
 from quantlens.analysis.api import make_config
@@ -63,16 +62,7 @@ def test_ray_api_and_cli_equal_serial(local_ray, tmp_path):
     r = ql.analyze(tiny_net(), data, w_bits=(3, 8), metric="kl", backend=RayExecutor(groups=3, shard_batches=2))
     _same_cells(r.to_dict(), serial.to_dict())
 
-    user = tmp_path / "ray_user.py"
-    user.write_text(textwrap.dedent(f"""
-        import sys
-        sys.path.insert(0, {str(TESTS)!r})
-        from models import tiny_data, tiny_net
-        def model():
-            return tiny_net()
-        def data():
-            return tiny_data(n_batches=3)
-    """))
+    user = user_file(tmp_path, n_batches=3)
     from quantlens.cli import main
 
     args = ["analyze", "--model", f"{user}:model", "--data", f"{user}:data", "--metric", "kl", "--w-bits", "3,8",

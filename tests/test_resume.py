@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from models import tiny_data, tiny_net
+from models import tiny_data, tiny_net, user_file
 
 import quantlens as ql
 from quantlens.errors import QuantlensError
@@ -27,19 +27,7 @@ def _cells(path: Path) -> list:
 
 
 def _user_file(tmp_path: Path, n_batches: int) -> str:
-    p = tmp_path / "resume_user.py"
-    p.write_text(textwrap.dedent(f"""
-        import sys
-        sys.path.insert(0, {str(TESTS)!r})
-        from models import tiny_data, tiny_net
-
-        def model():
-            return tiny_net()
-
-        def data():
-            return tiny_data(n_batches={n_batches}, batch=16, hw=16)
-    """))
-    return str(p)
+    return user_file(tmp_path, n_batches, batch=16, hw=16)
 
 
 def _cli(user: str, out: Path, *extra: str) -> list[str]:
