@@ -187,6 +187,8 @@ def test_config_errors():
     assert parse_granularity("per-tensor") == PerTensor()
     with pytest.raises(QuantlensError, match="sawb"):
         estimate_activation(_obs(), QuantSpec(bits=8, symmetric=False, estimator="sawb"))
+    with pytest.raises(QuantlensError, match="'sawb' is for weights"):  # refused before any calibration
+        SweepConfig(act=QuantSpec(bits=8, symmetric=False, estimator="sawb"))
     with pytest.raises(QuantlensError, match="empty"):
         SweepConfig(w_bits=())
     spec = QuantSpec(bits=5, symmetric=False, granularity=PerChannel(), estimator="mse")

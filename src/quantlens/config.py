@@ -144,10 +144,6 @@ class QuantSpec:
     def with_bits(self, bits: int) -> "QuantSpec":
         return replace(self, bits=bits)
 
-    def describe(self) -> str:
-        kind = "sym" if self.symmetric else "asym"
-        return f"{self.bits}b {kind} {self.granularity} {self.estimator}"
-
     def to_dict(self) -> dict:
         return {
             "bits": self.bits,
@@ -202,6 +198,9 @@ class SweepConfig:
             check_bits(self.a_bits, "activation bits")
         if isinstance(self.act.granularity, (PerChannel, PerGroup)):
             raise QuantlensError("activations are quantized per-tensor; per-channel/per-group is for weights")
+        from .quant.ranges import check_estimator  # (quant imports this module)
+
+        check_estimator(self.act.estimator, activations=True)  # before calibration, not after it
 
     def weight_spec(self, bits: int) -> QuantSpec:
         return self.weight.with_bits(bits)

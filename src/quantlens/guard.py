@@ -2,7 +2,7 @@
 
 quantlens only ever works on copies, but it calls ``deepcopy`` and ``eval`` around the
 user's model; :func:`preserve_model` restores every module's ``training`` flag on exit,
-even on error, and (with ``check=True``) verifies that no parameter or buffer changed.
+even on error. (The tests check that parameters, buffers and hooks are unchanged.)
 
 Example:
     >>> import torch.nn as nn

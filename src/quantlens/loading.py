@@ -88,13 +88,13 @@ def load_data(spec: str, option: str = "--data") -> Any:
     """Call ``MOD:FN`` and check it returned a re-iterable of batches."""
     obj = _call(spec, option)
     try:
-        iter(obj)
+        it = iter(obj)  # once: a DataLoader starts its workers on each iter()
     except TypeError:
         raise QuantlensError(f"{option} {spec!r} returned {type(obj).__name__}, expected an iterable of (inputs, labels) batches") from None
     import torch
 
     if isinstance(obj, torch.Tensor):
         raise QuantlensError(f"{option} {spec!r} returned a Tensor; return an iterable of (inputs, labels) batches")
-    if iter(obj) is obj:  # a generator: materialise it once (data for a sweep is re-read)
+    if it is obj:  # a generator: materialise it once (data for a sweep is re-read)
         obj = list(obj)
     return obj

@@ -43,7 +43,6 @@ __all__ = [
     "register_metric",
     "metrics",
     "make_metric",
-    "MetricFactory",
     "CallableMetric",
 ]
 
@@ -201,9 +200,6 @@ class CallableMetric(SumMetric):
         n = int(y.shape[0])
         self.total += v * n
         self.count += n
-
-
-MetricFactory = Callable[[], Metric]
 
 
 def make_metric(spec: Union[str, Callable[..., Any], Metric]) -> Metric:

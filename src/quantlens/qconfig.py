@@ -111,9 +111,7 @@ class QuantConfig:
         names = [n for n, _ in self.layers]
         if len(set(names)) != len(names):
             raise QuantlensError(f"the quantization config names a layer twice: {names}")
-        check_estimator(self.act_estimator)
-        if self.act_estimator == "sawb":
-            raise QuantlensError("range estimator 'sawb' is for weights; use minmax, percentile or mse for activations")
+        check_estimator(self.act_estimator, activations=True)
 
     # ---- construction ------------------------------------------------------------------
     @classmethod

@@ -40,8 +40,9 @@ class MinMaxObserver:
         x = x.detach()
         if x.numel() == 0:
             return
-        self.min = min(self.min, float(x.min()))
-        self.max = max(self.max, float(x.max()))
+        lo, hi = torch.aminmax(x)  # one pass over the tensor
+        self.min = min(self.min, float(lo))
+        self.max = max(self.max, float(hi))
         self.count += x.numel()
 
     def merge(self, other: "MinMaxObserver") -> "MinMaxObserver":
@@ -61,7 +62,6 @@ class MinMaxObserver:
 
 def _rebin(counts: Tensor, lo: float, hi: float, new_lo: float, new_hi: float, bins: int) -> Tensor:
     """Spread ``counts`` over ``[lo, hi]`` onto ``bins`` bins over ``[new_lo, new_hi]`` by overlap."""
-    torch.linspace(lo, hi, counts.numel() + 1, dtype=torch.float64)
     new_edges = torch.linspace(new_lo, new_hi, bins + 1, dtype=torch.float64)
     if hi <= lo:  # a point mass
         idx = int(torch.clamp(torch.searchsorted(new_edges, torch.tensor([lo], dtype=torch.float64)) - 1, 0, bins - 1))
@@ -102,10 +102,10 @@ class HistogramObserver:
             self.min, self.max = new_lo, new_hi
 
     def update(self, x: Tensor) -> None:
-        x = x.detach().reshape(-1).double().cpu()
+        x = x.detach().reshape(-1).cpu().double()  # to the host first: half the bytes to copy
         if x.numel() == 0:
             return
-        lo, hi = float(x.min()), float(x.max())
+        lo, hi = (float(v) for v in torch.aminmax(x))
         if self.counts is None:
             self.min, self.max = lo, hi
             self.counts = torch.zeros(self.bins, dtype=torch.float64)

@@ -73,9 +73,13 @@ def estimators() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def check_estimator(name: str) -> None:
+def check_estimator(name: str, activations: bool = False) -> None:
+    """Raise a one-line error if ``name`` is not registered (or, for ``activations``, is weights-only)."""
     if name not in _REGISTRY:
         raise QuantlensError(f"unknown range estimator {name!r}: choose one of {', '.join(estimators())}")
+    if activations and not getattr(_REGISTRY[name], "for_activations", True):
+        act = ", ".join(n for n in estimators() if getattr(_REGISTRY[n], "for_activations", True))
+        raise QuantlensError(f"range estimator {name!r} is for weights; use {act} for activations")
 
 
 def _symmetric(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
@@ -142,15 +146,15 @@ class Percentile:
     def weights(self, rows: Tensor, spec: "QuantSpec") -> tuple[Tensor, Tensor]:
         p = spec.percentile / 100.0
         n = rows.shape[1]
+
+        def rank(q: float) -> int:
+            return min(n - 1, max(0, int(round(q * (n - 1)))))
+
         if spec.symmetric:
-            a = rows.abs().sort(dim=1).values
-            k = min(n - 1, max(0, int(round(p * (n - 1)))))
-            amax = a[:, k]
+            amax = rows.abs().sort(dim=1).values[:, rank(p)]
             return -amax, amax
         s = rows.sort(dim=1).values
-        k_hi = min(n - 1, max(0, int(round(p * (n - 1)))))
-        k_lo = min(n - 1, max(0, int(round((1 - p) * (n - 1)))))
-        return s[:, k_lo], s[:, k_hi]
+        return s[:, rank(1 - p)], s[:, rank(p)]
 
     def activations(self, obs: Observer, spec: "QuantSpec") -> tuple[float, float]:
         h = _need_histogram(obs, "percentile")
@@ -167,9 +171,7 @@ def _mse_best_scale(values: Tensor, weights: Optional[Tensor], lo: Tensor, hi: T
     best_c = torch.ones(values.shape[0], device=values.device)
     for c in _MSE_GRID.tolist():
         clo, chi = lo * c, hi * c
-        if spec.symmetric:
-            clo, chi = _symmetric(clo, chi)
-        scale, zp = qparams_from_range(clo, chi, spec.qmin, spec.qmax, spec.symmetric)
+        scale, zp = qparams_from_range(clo, chi, spec.qmin, spec.qmax, spec.symmetric)  # symmetric: max(|lo|, |hi|)
         xq = fake_quantize(values, scale, zp, spec.qmin, spec.qmax, axis=0)
         err = (xq - values).double() ** 2
         err = (err * weights).sum(1) if weights is not None else err.sum(1)
@@ -191,7 +193,8 @@ class MSE:
     def activations(self, obs: Observer, spec: "QuantSpec") -> tuple[float, float]:
         h = _need_histogram(obs, "mse")
         assert h.counts is not None
-        centers = ((h.edges[1:] + h.edges[:-1]) / 2).float().unsqueeze(0)
+        edges = h.edges
+        centers = ((edges[1:] + edges[:-1]) / 2).float().unsqueeze(0)
         lo, hi = torch.tensor([h.min]), torch.tensor([h.max])
         c = float(_mse_best_scale(centers, h.counts.unsqueeze(0), lo, hi, spec)[0])
         return h.min * c, h.max * c
@@ -218,14 +221,14 @@ class SAWB:
     """Statistics-aware weight binning: ``clip = c1*sqrt(E[w^2]) - c2*E[|w|]``, capped at ``max|w|``."""
 
     def weights(self, rows: Tensor, spec: "QuantSpec") -> tuple[Tensor, Tensor]:
-        bits = spec.bits
-        if bits not in SAWB_COEFFICIENTS:
-            bits = max(b for b in SAWB_COEFFICIENTS if b <= bits) if bits > 2 else 2
-        c1, c2 = SAWB_COEFFICIENTS[bits]
+        c1, c2 = SAWB_COEFFICIENTS[min(spec.bits, max(SAWB_COEFFICIENTS))]  # bits >= 2; above 8 the 8-bit pair
         amax = rows.abs().amax(dim=1)
         clip = c1 * rows.pow(2).mean(dim=1).sqrt() - c2 * rows.abs().mean(dim=1)
         clip = torch.where(clip > 0, torch.minimum(clip, amax), amax)
         return -clip, clip
 
+    for_activations = False
+
     def activations(self, obs: Observer, spec: "QuantSpec") -> tuple[float, float]:
-        raise QuantlensError("range estimator 'sawb' is for weights; use minmax, percentile or mse for activations")
+        check_estimator("sawb", activations=True)  # raises: weights only
+        raise AssertionError("unreachable")
