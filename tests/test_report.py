@@ -323,3 +323,14 @@ def test_followups_when_nothing_helps_and_additivity_fails():
     assert "do not add up well here" in texts[1] and "Pearson r = 0.500" in texts[1]
     # a fix.json measured with another metric than the sweep's is not quoted
     assert len(followups(Extras(fix=fix), Units.for_metric("kl"), "kl")) == 0
+
+
+def test_fix_table_marks_improvement_for_lower_is_better_metrics():
+    from quantlens.report.extras import FixTable
+    from quantlens.report.extras_html import fix_html
+
+    t = FixTable.from_dict({"schema": "quantlens/fix-v1", "metric": "kl", "higher_is_better": False, "rows": [
+        {"method": "naive", "metric": 0.5}, {"method": "local", "metric": 0.1, "fixes": {"a": ["sawb"]}}]})
+    html = fix_html(t)
+    local = html[html.index("local</td>"):]
+    assert 'class="good"' in local[: local.index("</tr>")] and "+0.4" in local[: local.index("</tr>")]

@@ -110,7 +110,7 @@ def render_report(result: SweepResult, extras: Optional[Extras] = None, options:
     if ex.additivity is not None:
         page.add("additivity", "Additivity", additivity_html(ex.additivity, units))
     if ex.fix is not None:
-        page.add("fixes", "Fixes: global against local", fix_html(ex.fix, units))
+        page.add("fixes", "Fixes: global against local", fix_html(ex.fix))
     if ex.plan is not None:
         page.add("plan", "Mixed-precision plan", plan_html(ex.plan, units))
     if ex.notes:

@@ -103,6 +103,7 @@ class FixTable:
     rows: tuple[FixRow, ...]
     w_bits: Optional[int] = None
     trials: tuple[FixTrial, ...] = ()
+    higher_is_better: bool = True
 
     @classmethod
     def from_dict(cls, d: dict) -> "FixTable":
@@ -116,7 +117,8 @@ class FixTable:
         trials = tuple(FixTrial(str(t.get("layer", "?")), str(t.get("fix", "?")), _f(t.get("degradation")), _f(t.get("naive_degradation")),
                                 bool(t.get("kept"))) for t in d.get("trials") or [] if isinstance(t, dict))
         wb = d.get("w_bits")
-        return cls(str(d.get("metric", "metric")), tuple(rows), wb if isinstance(wb, int) else None, trials)
+        return cls(str(d.get("metric", "metric")), tuple(rows), wb if isinstance(wb, int) else None, trials,
+                   d.get("higher_is_better") is not False)
 
 
 @dataclass(frozen=True)

@@ -54,13 +54,14 @@ def additivity_html(a: Additivity, units: Units) -> str:
             + plot_div(additivity_figure(a, units), "plot-additivity"))
 
 
-def fix_html(f: FixTable, baseline_units: Units) -> str:
-    """The paper's Table 1 for the user's network: each method, its metric, its change from naive."""
+def fix_html(f: FixTable) -> str:
+    """The paper's Table 1 for the user's network: each method, its metric, its improvement over naive."""
     u = Units.for_metric(f.metric)
     naive = next((r.metric for r in f.rows if r.method == "naive"), None)
+    sign = 1.0 if f.higher_is_better else -1.0  # positive "vs naive" is always better
     rows = []
     for r in f.rows:
-        d = r.metric - naive if naive is not None and finite(r.metric) and finite(naive) else None
+        d = sign * (r.metric - naive) if naive is not None and finite(r.metric) and finite(naive) else None
         fixes = "; ".join(f"{k}: {'+'.join(v)}" for k, v in r.fixes.items())
         rows.append([Td(r.method, r.method, "t"), Td(u.value(r.metric), r.metric if finite(r.metric) else None),
                      Td(u.deg(r.degradation), r.degradation),
