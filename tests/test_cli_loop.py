@@ -99,6 +99,7 @@ def test_additivity_and_plan_end_to_end(files, capsys):
         (["fix", "--fixes", ","], "--fixes is empty"),
         (["fix", "--top", "0"], "--top must be at least 1"),
         (["fix", "--results", "/no/such/dir"], "does not exist"),
+        (["fix", "--results", "DAMAGED"], "incomplete or damaged"),
         (["fix", "--w-bits", "6", "--results", "SWEEP"], "no cells at [6] bits"),
         (["fix", "--reference", "nomod_xyz:f"], "cannot import module 'nomod_xyz'"),
         (["fix", "--a-bits", "6", "--results", "SWEEP"], "the sweep used 8-bit activations"),
@@ -116,7 +117,9 @@ def test_additivity_and_plan_end_to_end(files, capsys):
 )
 def test_user_errors_are_one_line(files, capsys, args, message):
     d, mod, sweep = files
-    cmd, rest = args[0], [a.replace("SWEEP", str(sweep)).replace("MODELS", mod) for a in args[1:]]
+    damaged = d / "damaged.json"
+    damaged.write_text('{"schema": "quantlens/sweep-v1", "metric": {"name": "top1"}}')
+    cmd, rest = args[0], [a.replace("SWEEP", str(sweep)).replace("MODELS", mod).replace("DAMAGED", str(damaged)) for a in args[1:]]
     rc = main([cmd, *_args(mod, *rest, "--out", str(d / "err"))])
     err = capsys.readouterr().err
     assert rc == 2

@@ -59,24 +59,29 @@ def load(source: Source, schema: str, what: str, default_name: Optional[str] = N
     """The dict in ``source`` (JSON text, a file, or a directory holding ``default_name``).
 
     Raises :class:`QuantlensError` with one line when the file is missing (followed by
-    ``hint``, what to do), is not JSON, or carries another ``schema`` than ``schema``;
-    ``what`` names the file for those messages.
+    ``hint``, what to do) or unreadable, is not a JSON object, or carries another ``schema``
+    than ``schema``; ``what`` names the file for those messages.
     """
     s = str(source)
-    if s.lstrip().startswith("{"):
-        text = s
+    if s.lstrip().startswith(("{", "[")):
+        text, label = s, f"the {what} text"
     else:
         p = Path(source)
         if p.is_dir() and default_name is not None:
             p = p / default_name
         if not p.is_file():
             raise QuantlensError(f"{p} does not exist" + (f": {hint}" if hint else f" (expected a {what} file)"))
-        text = p.read_text()
+        try:
+            text = p.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise QuantlensError(f"cannot read {p} ({e}): check the path and its permissions") from None
+        label = str(p)
     try:
         d = json.loads(text)
     except json.JSONDecodeError as e:
-        raise QuantlensError(f"{what} is not valid JSON: {e}") from None
-    if not isinstance(d, dict) or d.get("schema") != schema:
-        found = d.get("schema") if isinstance(d, dict) else None
-        raise QuantlensError(f"not a quantlens {what} (schema {found!r}, expected {schema!r})")
+        raise QuantlensError(f"{label} is not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise QuantlensError(f"{label} is not a JSON object (expected a quantlens {what})")
+    if d.get("schema") != schema:
+        raise QuantlensError(f"{label}: not a quantlens {what} (schema {d.get('schema')!r}, expected {schema!r})")
     return d

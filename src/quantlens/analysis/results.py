@@ -198,6 +198,15 @@ class SweepResult:
     def from_dict(cls, d: dict) -> "SweepResult":
         if d.get("schema") != SCHEMA:
             raise QuantlensError(f"not a quantlens sweep result (schema {d.get('schema')!r}, expected {SCHEMA!r})")
+        try:
+            return cls._from_fields(d)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise QuantlensError(
+                f"the sweep result is incomplete or damaged ({type(e).__name__}: {e}); rerun `quantlens analyze` to rewrite it"
+            ) from None
+
+    @classmethod
+    def _from_fields(cls, d: dict) -> "SweepResult":
         return cls(
             metric_name=d["metric"]["name"],
             higher_is_better=bool(d["metric"]["higher_is_better"]),
@@ -215,7 +224,13 @@ class SweepResult:
     @classmethod
     def from_json(cls, source: Union[str, os.PathLike]) -> "SweepResult":
         """Load from a path to ``results.json`` (or its directory), or from JSON text."""
-        return cls.from_dict(jsonio.load(source, SCHEMA, "sweep result", "results.json", hint="run `quantlens analyze ... --out DIR` first"))
+        d = jsonio.load(source, SCHEMA, "sweep result", "results.json", hint="run `quantlens analyze ... --out DIR` first")
+        try:
+            return cls.from_dict(d)
+        except QuantlensError as e:
+            if str(source).lstrip().startswith("{"):
+                raise
+            raise QuantlensError(f"{source}: {e}") from None
 
     def to_dataframe(self) -> Any:
         """A pandas DataFrame, one row per cell, with the layer's index, op and params."""

@@ -10,7 +10,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Optional, Union
@@ -37,28 +36,10 @@ def results_path(source: Union[str, os.PathLike]) -> Path:
 
 
 def load_result(source: Union[str, os.PathLike]) -> SweepResult:
-    """Load a ``results.json`` (or its directory) with one clear error for each way it can be wrong."""
-    p = results_path(source)
-    if not p.exists():
-        raise QuantlensError(f"{p} does not exist: run `quantlens analyze ... --out DIR` (or `quantlens demo`) first")
-    try:
-        text = p.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise QuantlensError(f"cannot read {p} ({e}): check the path and its permissions") from None
-    try:
-        d = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise QuantlensError(f"{p} is not valid JSON ({e}); rerun `quantlens analyze` to rewrite it") from None
-    if not isinstance(d, dict):
-        raise QuantlensError(f"{p} is not a quantlens results file (not a JSON object)")
-    try:
-        r = SweepResult.from_dict(d)
-    except QuantlensError as e:
-        raise QuantlensError(f"{p}: {e}") from None
-    except (KeyError, TypeError, ValueError) as e:
-        raise QuantlensError(f"{p} is incomplete or damaged ({type(e).__name__}: {e}); rerun `quantlens analyze` to rewrite it") from None
+    """Load a ``results.json`` (or its directory); one clear error for each way it can be wrong."""
+    r = SweepResult.from_json(results_path(source))
     if not r.cells or not r.layers:
-        raise QuantlensError(f"{p} holds no measurements: rerun `quantlens analyze`")
+        raise QuantlensError(f"{results_path(source)} holds no measurements: rerun `quantlens analyze`")
     return r
 
 
