@@ -223,3 +223,31 @@ def test_a_module_called_twice_is_calibrated_on_both_calls():
         lo = min(0.0, min(float(t.min()) for t in seen))
         hi = max(0.0, max(float(t.max()) for t in seen))
         assert float(q.scale) == pytest.approx((hi - lo) / 255, rel=1e-6)
+
+
+class InPlaceAfter(nn.Module):
+    """A conv's output is changed in place later in the pass (``y += x``); fx cannot trace the branch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(5)
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.fc = nn.Linear(3, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        if y.mean() > -1e9:
+            y += x
+        return self.fc(torch.relu(y).mean((2, 3)))
+
+
+def test_hooks_keep_layer_outputs_as_the_layer_produced_them():
+    from quantlens.analysis.runner import HookRunner
+
+    m, (x, _) = InPlaceAfter().eval(), tiny_data(n_batches=1)[0]
+    runner = HookRunner(m, (x,))
+    with torch.no_grad():
+        _, cache = runner.float_pass((x,))
+        expect = m.conv(x)
+    seen_in, seen_out = runner.layer_io(cache, 0)
+    assert torch.equal(seen_in, x) and torch.allclose(seen_out, expect, atol=1e-6)

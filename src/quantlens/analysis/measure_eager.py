@@ -132,7 +132,8 @@ class EagerNetworkMeasurer(MeasurerBase):
 
             def record(r: Tensor) -> Tensor:
                 q = oq(r) if oq is not None else r
-                taps.setdefault(n, q)
+                if n not in taps:
+                    taps[n] = q.clone()  # the model may change q in place later
                 return q
 
             def pre(mod: nn.Module, args: tuple) -> tuple:

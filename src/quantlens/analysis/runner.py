@@ -153,18 +153,19 @@ class HookRunner(Runner):
 
         def grab(l: EagerLayer):
             def hook(m: nn.Module, args: Any, out: Any) -> None:
+                # copies: the model may change these tensors in place later in the pass (``y += x``)
                 if l.name in cache or l.name in armed:
                     if l.act_func is None:  # a module called again: its quantizers see this call too
-                        cache.setdefault(f"{l.name}#more", []).append((args[0], out))
+                        cache.setdefault(f"{l.name}#more", []).append((args[0].clone(), out.clone()))
                     return
                 if l.act_func is None:
-                    cache[l.name] = (args[0], out)
+                    cache[l.name] = (args[0].clone(), out.clone())
                     return
-                x = args[0]
+                x = args[0].clone()
                 armed.add(l.name)
 
                 def after_activation(r: Tensor) -> Tensor:
-                    cache[l.name] = (x, r)
+                    cache[l.name] = (x, r.clone())
                     return r
 
                 watch.arm(out, l.act_func, after_activation)
@@ -207,7 +208,7 @@ class HookRunner(Runner):
         def quantize_output(r: Tensor) -> Tensor:
             q = out_q(r)
             if not seen:
-                seen.append(q)
+                seen.append(q.clone())  # the model may change q in place later
             return q
 
         def post(mod: nn.Module, args: Any, out: Tensor) -> Tensor:

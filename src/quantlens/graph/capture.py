@@ -154,6 +154,19 @@ class LayerGraph:
         return {n.name: n for n in self.gm.graph.nodes}
 
 
+def fuse_bn(layer: nn.Module, bn: nn.Module) -> Optional[nn.Module]:
+    """``layer`` with eval-mode ``bn`` folded in (a new module), or None when they do not fold."""
+    if not getattr(bn, "track_running_stats", False) or bn.running_mean is None:
+        return None
+    if isinstance(layer, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+        return fuse_conv_bn_eval(layer, bn)
+    if isinstance(layer, nn.Conv1d) and isinstance(bn, nn.BatchNorm1d):
+        return fuse_conv_bn_eval(layer, bn)
+    if isinstance(layer, nn.Linear) and isinstance(bn, nn.BatchNorm1d):
+        return fuse_linear_bn_eval(layer, bn)
+    return None
+
+
 def _fold_batchnorm(gm: fx.GraphModule) -> None:
     """Fold each BatchNorm that is the only user of a conv/linear into that conv/linear."""
     for node in list(gm.graph.nodes):
@@ -162,17 +175,8 @@ def _fold_batchnorm(gm: fx.GraphModule) -> None:
         src = node.args[0]
         if not isinstance(src, fx.Node) or src.op != "call_module" or len(src.users) != 1:
             continue
-        layer = gm.get_submodule(src.target)
-        bn = gm.get_submodule(node.target)
-        if not bn.track_running_stats or bn.running_mean is None:
-            continue
-        if isinstance(layer, (nn.Conv1d, nn.Conv2d)) and not (
-            isinstance(layer, nn.Conv1d) ^ isinstance(bn, nn.BatchNorm1d)
-        ):
-            fused = fuse_conv_bn_eval(layer, bn)
-        elif isinstance(layer, nn.Linear) and isinstance(bn, nn.BatchNorm1d):
-            fused = fuse_linear_bn_eval(layer, bn)
-        else:
+        fused = fuse_bn(gm.get_submodule(src.target), gm.get_submodule(node.target))
+        if fused is None:
             continue
         _set_submodule(gm, src.target, fused)
         node.replace_all_uses_with(src)

@@ -32,22 +32,28 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 from torch.overrides import TorchFunctionMode
 
 from ..errors import QuantlensError
 from ..numerics import analysis_mode
-from .capture import _BN_TYPES, LAYER_TYPES, _set_submodule
+from .capture import (
+    _ACT_FUNCTIONS,
+    _ACT_METHODS,
+    _BN_TYPES,
+    _INPLACE_FUNCTIONS,
+    LAYER_TYPES,
+    _set_submodule,
+    fuse_bn,
+)
 
 __all__ = ["EagerLayer", "EagerGraph", "capture_eager", "ACT_FUNCTIONS", "ActivationWatch"]
 
-# the torch functions an eager forward calls for each supported activation (modules call these)
+# the torch functions an eager forward calls for each supported activation (modules call the
+# functional forms): the traced path's tables, with methods and in-place forms as callables
 ACT_FUNCTIONS: dict[Any, str] = {
-    F.relu: "ReLU", torch.relu: "ReLU", torch.relu_: "ReLU", Tensor.relu: "ReLU", Tensor.relu_: "ReLU",
-    F.relu6: "ReLU6", F.hardtanh: "Hardtanh", F.leaky_relu: "LeakyReLU",
-    F.silu: "SiLU", F.gelu: "GELU", F.hardswish: "Hardswish",
-    torch.sigmoid: "Sigmoid", F.sigmoid: "Sigmoid", Tensor.sigmoid: "Sigmoid", Tensor.sigmoid_: "Sigmoid",
-    torch.tanh: "Tanh", F.tanh: "Tanh", Tensor.tanh: "Tanh", Tensor.tanh_: "Tanh",
+    **_ACT_FUNCTIONS,
+    **{f: _ACT_FUNCTIONS[g] for f, g in _INPLACE_FUNCTIONS.items()},
+    **{getattr(Tensor, m): name for m, name in _ACT_METHODS.items()},
 }
 # metadata reads are not consumers of a tensor's values
 _METADATA = {"__get__", "size", "dim", "numel", "stride", "is_contiguous", "element_size", "nelement", "ndimension",
@@ -155,18 +161,6 @@ def _act_name(u: _Use) -> str:
     return name
 
 
-def _fuse(layer: nn.Module, bn: nn.Module) -> Optional[nn.Module]:
-    if not getattr(bn, "track_running_stats", False) or bn.running_mean is None:
-        return None
-    if isinstance(layer, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-        return fuse_conv_bn_eval(layer, bn)
-    if isinstance(layer, nn.Conv1d) and isinstance(bn, nn.BatchNorm1d):
-        return fuse_conv_bn_eval(layer, bn)
-    if isinstance(layer, nn.Linear) and isinstance(bn, nn.BatchNorm1d):
-        return fuse_linear_bn_eval(layer, bn)
-    return None
-
-
 def _record(model: nn.Module, sample: tuple[Tensor, ...]) -> tuple[Any, list[tuple[str, nn.Module, Tensor]], dict[str, int], _Recorder]:
     """One forward pass: (output, [(layer name, module, first output)], call counts, recorder)."""
     names = {m: n for n, m in model.named_modules() if isinstance(m, LAYER_TYPES)}
@@ -233,7 +227,7 @@ def capture_eager(model: nn.Module, sample: tuple[Tensor, ...]) -> EagerGraph:
             bn = bn_by_mean.get(id(u.args[1])) if len(u.args) > 1 else None
             training = u.kwargs.get("training", u.args[5] if len(u.args) > 5 else True)
             if bn is not None and not training and bn_calls.get(id(bn.running_mean)) == 1:
-                fused = _fuse(module, bn)
+                fused = fuse_bn(module, bn)
                 if fused is not None:
                     folds.append((name, bn_names[bn], fused))
                     layer.bn = bn_names[bn]
