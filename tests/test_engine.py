@@ -203,6 +203,8 @@ def test_unknown_metric_and_layer():
         ql.analyze(tiny_net(), tiny_data(n_batches=1), metric="f1")
     with pytest.raises(QuantlensError, match="unknown layer"):
         ql.analyze(tiny_net(), tiny_data(n_batches=1), metric="kl", layers=["nope"])
+    with pytest.raises(QuantlensError, match="layer selection is empty"):
+        ql.analyze(tiny_net(), tiny_data(n_batches=1), metric="kl", layers=[])
 
 
 def test_cuda_requested_without_gpu():

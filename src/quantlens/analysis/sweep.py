@@ -89,6 +89,8 @@ class Sweep:
         self.engine = self.runner.engine
         all_layers = self.runner.layers
         if layers is not None:
+            if len(layers) == 0:
+                raise QuantlensError("the layer selection is empty: name at least one layer, or pass layers=None for all")
             known = {l.name for l in all_layers}
             missing = [n for n in layers if n not in known]
             if missing:
