@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn as nn
@@ -172,3 +174,52 @@ def test_apply_fixes_in_fix_order_and_noop_without_fixes():
     out = apply_fixes(g, both, None, torch.device("cpu"))
     eq_then_clip = make_fix("sawb", FixContext(both)).apply(make_fix("equalize", FixContext(both)).apply(g, ["b1"]), ["b1"])
     assert torch.equal(out.gm.b1.weight, eq_then_clip.gm.b1.weight)
+
+
+class _ConvThenLinearOnLength(nn.Module):
+    """A Linear after a Conv1d without a flatten acts on the length axis, not on the channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = nn.Conv1d(3, 4, 1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.c(x)))
+
+
+def test_equalization_skips_a_linear_over_the_length_axis():
+    torch.manual_seed(0)
+    m = _ConvThenLinearOnLength().eval()
+    with torch.no_grad():
+        m.c.weight[0] *= 10
+    g = capture(m)
+    assert equalizable_pairs(g) == []
+    g2 = make_fix("equalize", FixContext(QuantConfig.uniform([l.name for l in g.layers]))).apply(g, [l.name for l in g.layers])
+    x = torch.randn(2, 3, 8)
+    assert torch.equal(g.gm(x), g2.gm(x))
+
+
+class _CalledTwice(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.fc(torch.relu(self.fc(x)))))
+
+
+def test_a_module_called_twice_is_quantized_and_fixed_without_changing_its_other_call():
+    torch.manual_seed(0)
+    data = [(torch.randn(16, 8), torch.randint(0, 3, (16,))) for _ in range(2)]
+    meas = NetworkMeasurer(_CalledTwice().eval(), data, metric="kl")
+    assert meas.names == ["fc", "fc:1", "out"]
+    base = QuantConfig.uniform(meas.names, 4)
+    assert meas(base).degradation > 0
+    for fix in ("sawb", "bias_correction", "equalize"):
+        assert math.isfinite(meas(base.with_fix(fix, meas.names)).degradation)
+    g = meas.graph
+    assert [(p.l1, p.l2) for p in equalizable_pairs(g)] == []  # fc is shared: not rescaled
+    g2 = make_fix("bias_correction", FixContext(base, data)).apply(g, meas.names)
+    assert torch.equal(g2.module(g.layer("fc")).bias, g.module(g.layer("fc")).bias)  # shared bias left alone

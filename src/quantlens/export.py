@@ -30,7 +30,7 @@ def weight_tensors(qnet: QuantizedNetwork) -> dict[str, torch.Tensor]:
     """The tensors written to ``weights.safetensors`` (contiguous CPU copies)."""
     out: dict[str, torch.Tensor] = {}
     for layer in qnet.graph.layers:
-        m = qnet.graph.gm.get_submodule(layer.name)
+        m = qnet.graph.module(layer)
         out[f"{layer.name}.weight"] = m.weight.detach()
         if m.bias is not None:
             out[f"{layer.name}.bias"] = m.bias.detach()

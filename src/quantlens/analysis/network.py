@@ -148,7 +148,7 @@ def build_quantized(
 
 def _quantized_call(g: fx.Graph, n: fx.Node, env: dict, layer: Layer, config: QuantConfig, qnet: QuantizedNetwork, modules: dict, obs_in: dict) -> fx.Node:
     lq = config.layer(layer.name)
-    module = qnet.graph.gm.get_submodule(layer.name)
+    module = qnet.graph.module(layer)
     ql = QuantLayer(module)
     spec = lq.weight_spec()
     if spec is not None:

@@ -96,4 +96,4 @@ def apply_fixes(graph: LayerGraph, config: QuantConfig, calib: Optional[Iterable
 
 def weight_of(graph: LayerGraph, name: str) -> torch.Tensor:
     """The (float, BN-folded) weight parameter of layer ``name`` in ``graph``."""
-    return graph.gm.get_submodule(graph.layer(name).name).weight
+    return graph.module(graph.layer(name)).weight

@@ -48,12 +48,13 @@ class BiasCorrection:
         if self.ctx.calib is None:
             raise QuantlensError("fix 'bias_correction' needs calibration data")
         cfg = self.ctx.config
-        chosen = [l for l in graph.layers if l.name in set(layers) and cfg.get(l.name) is not None]
+        # a module called twice is skipped: its one bias cannot correct two different shifts
+        chosen = [l for l in graph.layers if l.name in set(layers) and cfg.get(l.name) is not None and not graph.shared(l)]
         if not chosen:
             return graph
         out = copy_graph(graph)
         for l in chosen:
-            m = out.gm.get_submodule(l.name)
+            m = out.module(l)
             if m.bias is None:
                 m.bias = nn.Parameter(torch.zeros(m.weight.shape[0], device=m.weight.device), requires_grad=False)
         quantized = QuantConfig(tuple((n, lq) for n, lq in cfg.layers if n in {l.name for l in graph.layers}), cfg.act_estimator)
@@ -65,7 +66,7 @@ class BiasCorrection:
             shift = self._shift(qnet.gm, float_gm, i, keep.index(l.node), channel_axis(l.op))
             if shift is None:
                 continue
-            m = out.gm.get_submodule(l.name)
+            m = out.module(l)
             with torch.no_grad():
                 m.bias.sub_(shift.to(m.bias))
         return out

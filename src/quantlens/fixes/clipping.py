@@ -125,7 +125,7 @@ class OutputMSEClip(ClipFix):
     estimator = "minmax"
 
     def range(self, graph: LayerGraph, name: str, rows: Tensor, spec: QuantSpec) -> tuple[Tensor, Tensor]:
-        module = graph.gm.get_submodule(graph.layer(name).name)
+        module = graph.module(graph.layer(name))
         ex2 = input_second_moment(graph, name, self.ctx.calib, self.ctx.device)
         imp = _importance(module.weight.detach(), int(getattr(module, "groups", 1)), ex2)
         imp_rows = weight_rows(imp, spec).float().to(rows.device) + 1e-12

@@ -78,11 +78,13 @@ def _follow(graph: LayerGraph, l1: Layer) -> Optional[Pair]:
         u = next(iter(n.users))
         if u.op == "call_module" and u.name in by_node and u.args and u.args[0] is n:
             l2 = by_node[u.name]
-            c = gm.get_submodule(l1.name).weight.shape[0]
-            m2 = gm.get_submodule(l2.name)
+            if graph.shared(l1) or graph.shared(l2):  # rescaling shared weights would change their other calls
+                return None
+            m1, m2 = graph.module(l1), graph.module(l2)
+            c = m1.weight.shape[0]
             if isinstance(m2, nn.Linear):
-                if m2.in_features % c:
-                    return None
+                if m2.in_features % c or (not isinstance(m1, nn.Linear) and not flattened):
+                    return None  # after a conv, a Linear mixes channels only once they are flattened
                 return Pair(l1.name, l2.name, m2.in_features // c)
             if flattened or m2.in_channels != c:
                 return None

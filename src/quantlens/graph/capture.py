@@ -144,6 +144,10 @@ class LayerGraph:
     def module(self, layer: Layer) -> nn.Module:
         return self.gm.get_submodule(layer.module_name)
 
+    def shared(self, layer: Layer) -> bool:
+        """Whether ``layer``'s module is called more than once (its weights serve several layers)."""
+        return sum(l.module_name == layer.module_name for l in self.layers) > 1
+
     def layer(self, name: str) -> Layer:
         for l in self.layers:
             if l.name == name:
