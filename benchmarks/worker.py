@@ -141,7 +141,7 @@ def measure_pair(p: dict) -> dict:
                 sw.process_batch(state, batch)
             loops.append(time.perf_counter() - t0)
         out["loop_s"] = statistics.median(loops)
-        out["cone_passes"] = len(sw.layer_ids) * len(cfg.w_bits) * sum(1 for _ in iterate(data))
+        out["cone_passes"] = len(sw.layer_ids) * len(cfg.w_bits) * states["cone"].batches
         out["cone_cost_s"] = cone_pass_cost(sw, data)
     out["peak_rss_mb"] = _peak_rss_mb()
     return out

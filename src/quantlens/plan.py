@@ -182,11 +182,7 @@ class PlanResult:
     def from_json(cls, source: Union[str, os.PathLike]) -> "PlanResult":
         """From JSON text, a path to ``plan.json``, or its directory."""
         d = jsonio.load(source, PLAN_SCHEMA, "plan", "plan.json")
-        nan = float("nan")
-
-        def num(x: Any) -> float:
-            return nan if x is None else float(x)
-
+        num = jsonio.num
         u = d["uniform"]
         return cls(
             d["metric"], num(d["baseline"]), num(d["budget"]["avg_bits"]), int(d["budget"]["bits"]), d.get("a_bits"),

@@ -100,20 +100,23 @@ def evaluate_network(
     tap_pos = {t: i for i, t in enumerate(qnet.taps)}
     layers = [qnet.graph.layer(n) for n in qnet.config.names]
     shifted = [l for l in layers if l.output_node in tap_pos]
-    float_gm, keep = build_cache_module(qnet.graph, [l.output_node for l in shifted])
-    float_gm.to(device)
 
     def quantized(inputs: tuple) -> tuple[Any, dict[str, Tensor]]:
         out, taps = qnet.gm(*inputs)
         return out, {l.name: taps[tap_pos[l.output_node]] for l in shifted}
 
-    def floats(inputs: tuple) -> dict[str, Tensor]:
-        _, values = float_gm(*inputs)
-        fv = dict(zip(keep, values))
-        return {l.name: fv[l.output_node] for l in shifted}
+    floats: Optional[Callable[[tuple], dict[str, Tensor]]] = None
+    if shifted:  # the float network's layer outputs, only for the mean shift
+        float_gm, keep = build_cache_module(qnet.graph, [l.output_node for l in shifted])
+        float_gm.to(device)
+
+        def floats(inputs: tuple) -> dict[str, Tensor]:
+            _, values = float_gm(*inputs)
+            fv = dict(zip(keep, values))
+            return {l.name: fv[l.output_node] for l in shifted}
 
     axes = {l.name: channel_axis(l.op) for l in layers}
-    return score_network(quantized, floats if shifted else None, axes, data, reference, metric, output_key, device, qnet.config)
+    return score_network(quantized, floats, axes, data, reference, metric, output_key, device, qnet.config)
 
 
 def score_network(
@@ -234,10 +237,6 @@ class MeasurerBase:
 
     def __call__(self, config: QuantConfig, mean_shift: bool = False) -> NetworkResult:  # pragma: no cover
         raise NotImplementedError
-
-    def float_result(self) -> NetworkResult:
-        """The float network itself measured like a configuration (no layer quantized)."""
-        return self(QuantConfig())
 
 
 class UntraceableError(QuantlensError):

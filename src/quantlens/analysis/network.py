@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Union
 
 import torch
-from torch import fx, nn
+from torch import fx
 
 from ..graph.capture import Layer, LayerGraph
-from ..graph.cone import QuantLayer, build_cache_module, input_node
+from ..graph.cone import QuantLayer, build_cache_module, fetch_attr, input_node
 from ..numerics import analysis_mode
 from ..qconfig import QuantConfig
 from ..quant.quantizer import (
@@ -131,7 +131,7 @@ def build_quantized(
         if layer is None:
             new = g.node_copy(n, lambda a: env[a.name])
             if n.op in ("call_module", "get_attr"):
-                modules[str(n.target)] = _fetch(gm, str(n.target))
+                modules[str(n.target)] = fetch_attr(gm, str(n.target))
         else:
             new = _quantized_call(g, n, env, layer, config, qnet, modules, obs_in)
         env[n.name] = new
@@ -165,10 +165,3 @@ def _quantized_call(g: fx.Graph, n: fx.Node, env: dict, layer: Layer, config: Qu
     key = f"ql_layer_{layer.index}"
     modules[key] = ql
     return g.call_module(key, (src,))
-
-
-def _fetch(gm: nn.Module, target: str) -> Any:
-    obj: Any = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj

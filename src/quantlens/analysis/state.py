@@ -29,9 +29,6 @@ class SweepState:
 
     def merge(self, other: "SweepState") -> "SweepState":
         """Sums of both. Cells and layers present in only one side are kept as they are."""
-        cells = dict(self.cells)
-        for k, v in other.cells.items():
-            cells[k] = cells[k].merge(v) if k in cells else v
 
         def merged(a: dict, b: dict) -> dict:
             out = dict(a)
@@ -40,7 +37,7 @@ class SweepState:
             return out
 
         return SweepState(
-            cells,
+            merged(self.cells, other.cells),
             self.baseline.merge(other.baseline),
             merged(self.channels, other.channels),
             merged(self.in_range, other.in_range),

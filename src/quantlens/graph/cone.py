@@ -148,7 +148,7 @@ def build_cone(graph: LayerGraph, layer: Layer, full: bool = False) -> Cone:
     for n in gm.graph.nodes:
         if n.op == "get_attr" and any(u in inside for u in n.users):
             env[n.name] = g.node_copy(n, lambda a: env[a.name])
-            modules[str(n.target)] = _fetch_attr(gm, str(n.target))
+            modules[str(n.target)] = fetch_attr(gm, str(n.target))
     for n in inside:
         if n.name == layer.node:
             src = env[n.args[0].name]  # type: ignore[union-attr]
@@ -168,7 +168,8 @@ def build_cone(graph: LayerGraph, layer: Layer, full: bool = False) -> Cone:
     return Cone(layer, cone_gm, frontier, qlayer, in_q, out_q, size=len(inside))
 
 
-def _fetch_attr(gm: fx.GraphModule, target: str) -> Any:
+def fetch_attr(gm: nn.Module, target: str) -> Any:
+    """The attribute at dotted ``target`` of ``gm`` (a submodule, parameter or buffer)."""
     obj: Any = gm
     for part in target.split("."):
         obj = getattr(obj, part)

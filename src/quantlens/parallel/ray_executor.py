@@ -145,7 +145,7 @@ class RayExecutor:
         threads = self.threads or torch.get_num_threads()
         task = ray.remote(run_task).options(max_retries=self.max_retries, num_cpus=threads,
                                            num_gpus=1 if sweep.device.type == "cuda" else 0)
-        recipe_ref = ray.put(recipe)
+        recipe_ref, calibration_ref = ray.put(recipe), ray.put(calibration)  # once, not per task
         shard_refs: dict[int, Any] = {}
         results: dict[tuple[int, int], dict] = {}
         pending: dict[Any, tuple[int, int]] = {}
@@ -160,7 +160,7 @@ class RayExecutor:
                     continue
                 if s not in shard_refs:
                     shard_refs[s] = ray.put(shard)
-                pending[task.remote(run_key, recipe_ref, calibration, ids, shard_refs[s], threads)] = (g, s)
+                pending[task.remote(run_key, recipe_ref, calibration_ref, ids, shard_refs[s], threads)] = (g, s)
         if results:
             resume_notice(store, f"{len(results)} of {len(results) + len(pending)} task(s) already done")
         while pending:

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Optional, TypeGuard
 
-__all__ = ["Units", "PCT_METRICS", "num", "finite"]
+__all__ = ["Units", "PCT_METRICS", "finite"]
 
 PCT_METRICS = frozenset({"top1", "top5", "agreement", "accuracy", "acc"})
 
@@ -23,13 +23,6 @@ PCT_METRICS = frozenset({"top1", "top5", "agreement", "accuracy", "acc"})
 def finite(x: Any) -> TypeGuard[float]:
     """True for a real, finite number."""
     return x is not None and isinstance(x, (int, float)) and math.isfinite(x)
-
-
-def num(x: Optional[float], digits: int = 4) -> str:
-    """A compact number, ``-`` when missing."""
-    if not finite(x):
-        return "-"
-    return f"{x:.{digits}g}"
 
 
 @dataclass(frozen=True)
@@ -46,15 +39,6 @@ class Units:
     def scale(self) -> float:
         """Multiplier from stored values to displayed values."""
         return 100.0 if self.pct else 1.0
-
-    @property
-    def suffix(self) -> str:
-        return "%" if self.pct else ""
-
-    @property
-    def d3(self) -> str:
-        """plotly/d3 format of a displayed value."""
-        return ".2f" if self.pct else ".4g"
 
     def value(self, x: Optional[float]) -> str:
         """A metric value (``99.56%`` or ``0.1234``)."""
