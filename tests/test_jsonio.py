@@ -16,7 +16,7 @@ from quantlens.plan import PlanResult
 def test_nan_roundtrip_and_atomic_write(tmp_path):
     p = tmp_path / "x.json"
     jsonio.dump({"schema": "t/v1", "a": float("nan"), "b": (1.5, float("-inf"))}, p)
-    assert not (tmp_path / "x.json.tmp").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]  # no temporary file left
     d = jsonio.load(p, "t/v1", "test file")
     assert d["a"] is None and d["b"] == [1.5, None]
     assert math.isnan(jsonio.num(d["a"])) and jsonio.num(d["b"][0]) == 1.5

@@ -23,19 +23,20 @@ from typing import Any, Optional, Union
 
 from .errors import QuantlensError
 
-__all__ = ["clean", "num", "dump", "load"]
+__all__ = ["clean", "num", "dump", "load", "write_atomic"]
 
 Source = Union[str, os.PathLike]
 
 
-def clean(x: Any) -> Any:
-    """``x`` with every non-finite float (also inside dicts, lists, tuples) replaced by ``None``."""
+def clean(x: Any, str_keys: bool = False) -> Any:
+    """``x`` with every non-finite float (also inside dicts, lists, tuples) replaced by ``None``,
+    tuples made lists, and (``str_keys``) dict keys made strings."""
     if isinstance(x, float) and not math.isfinite(x):
         return None
     if isinstance(x, dict):
-        return {k: clean(v) for k, v in x.items()}
+        return {(str(k) if str_keys else k): clean(v, str_keys) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [clean(v) for v in x]
+        return [clean(v, str_keys) for v in x]
     return x
 
 
@@ -44,14 +45,36 @@ def num(x: Any) -> float:
     return float("nan") if x is None else float(x)
 
 
+def write_atomic(path: Source, text: str, fsync: bool = False) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file or the new one, whole.
+
+    The text goes to a temporary file beside ``path`` that is renamed over it; ``fsync``
+    also flushes the file and its directory to disk (for checkpoints that must survive a crash).
+    """
+    p = Path(path)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        if fsync:
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(tmp, p)
+    if fsync:
+        try:
+            fd = os.open(p.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError:  # pragma: no cover - directories cannot be fsynced everywhere
+            pass
+
+
 def dump(d: dict, path: Optional[Source] = None) -> str:
     """The JSON text of ``clean(d)``; also written atomically to ``path`` if given."""
     text = json.dumps(clean(d), indent=1)
     if path is not None:
-        p = Path(path)
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, p)
+        write_atomic(path, text)
     return text
 
 

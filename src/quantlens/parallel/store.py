@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from ..errors import QuantlensError
+from ..jsonio import write_atomic
 
 __all__ = ["CheckpointStore", "atomic_write_json", "resume_notice"]
 
@@ -46,21 +47,8 @@ _LABELS = {
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` so that readers see the old file or the new, whole."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, allow_nan=True, separators=(",", ":"))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    try:
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:  # pragma: no cover - directories cannot be fsynced everywhere
-        pass
+    """Write ``obj`` as JSON to ``path`` so that readers see the old file or the new, whole (and on disk)."""
+    write_atomic(path, json.dumps(obj, allow_nan=True, separators=(",", ":")), fsync=True)
 
 
 def resume_notice(store: Any, what: str) -> None:

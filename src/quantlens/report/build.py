@@ -16,6 +16,7 @@ from typing import Optional, Union
 
 from ..analysis.results import SweepResult
 from ..errors import QuantlensError
+from ..jsonio import write_atomic
 from .extras import Extras, load_extras
 from .extras_html import additivity_html, fix_html, plan_html
 from .figures import activation_figure, heatmap, layer_profile, noise_scatter
@@ -50,9 +51,7 @@ def write_html(html: str, out: Union[str, os.PathLike], suggest: str = "report.h
         raise QuantlensError(f"{p} is a directory: give a file name such as {p / suggest}")
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(html, encoding="utf-8")
-        os.replace(tmp, p)
+        write_atomic(p, html)
     except OSError as e:
         raise QuantlensError(f"cannot write {p} ({e.strerror or e}); choose another --out") from None
     return p

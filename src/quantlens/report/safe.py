@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import html
 import json
-import math
 from typing import Any
+
+from ..jsonio import clean
 
 __all__ = ["esc", "plot_text", "script_json", "clean_json"]
 
@@ -39,14 +40,8 @@ def plot_text(value: Any) -> str:
 
 
 def clean_json(x: Any) -> Any:
-    """Replace NaN/Inf by None and tuples by lists, recursively (JSON has neither)."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {str(k): clean_json(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [clean_json(v) for v in x]
-    return x
+    """Replace NaN/Inf by None, tuples by lists and keys by strings, recursively (JSON has none of them)."""
+    return clean(x, str_keys=True)
 
 
 def script_json(obj: Any) -> str:
