@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass, field, fields
+from functools import cached_property
 from typing import Any, Optional, Union
 
 from .. import jsonio
@@ -142,11 +143,19 @@ class SweepResult:
     def layer_names(self) -> list[str]:
         return [l.name for l in self.layers]
 
+    @cached_property
+    def _by_key(self) -> dict[tuple[str, int], Cell]:
+        return {(c.layer, c.w_bits): c for c in self.cells}
+
+    def find(self, layer: str, bits: int) -> Optional[Cell]:
+        """The cell of ``layer`` at ``bits``, or None."""
+        return self._by_key.get((layer, bits))
+
     def cell(self, layer: str, bits: int) -> Cell:
-        for c in self.cells:
-            if c.layer == layer and c.w_bits == bits:
-                return c
-        raise QuantlensError(f"no cell for layer {layer!r} at {bits} bits")
+        c = self.find(layer, bits)
+        if c is None:
+            raise QuantlensError(f"no cell for layer {layer!r} at {bits} bits")
+        return c
 
     def at(self, bits: int) -> list[Cell]:
         """Cells at one bit-width, layers in topological order."""
@@ -169,8 +178,9 @@ class SweepResult:
     def table(self, value: str = "degradation") -> tuple[list[str], list[int], list[list[float]]]:
         """``(layer names, bits, matrix[layer][bits])`` of one cell field."""
         bits = self.w_bits
-        idx = {(c.layer, c.w_bits): getattr(c, value) for c in self.cells}
-        return self.layer_names, bits, [[idx.get((n, b), float("nan")) for b in bits] for n in self.layer_names]
+        nan = float("nan")
+        return self.layer_names, bits, [[getattr(self._by_key[(n, b)], value) if (n, b) in self._by_key else nan for b in bits]
+                                        for n in self.layer_names]
 
     # ---- serialisation -----------------------------------------------------------------
     def to_dict(self) -> dict:

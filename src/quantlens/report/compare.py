@@ -55,11 +55,9 @@ def run_labels(paths: Sequence[Union[str, os.PathLike]]) -> list[str]:
 
 
 def _deg(r: SweepResult, layer: str, b: int, field: str = "degradation") -> Optional[float]:
-    for c in r.cells:
-        if c.layer == layer and c.w_bits == b:
-            v = getattr(c, field)
-            return v if finite(v) else None
-    return None
+    c = r.find(layer, b)
+    v = getattr(c, field) if c is not None else None
+    return v if finite(v) else None
 
 
 def _total(r: SweepResult, b: int) -> Optional[float]:

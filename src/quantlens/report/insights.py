@@ -61,10 +61,8 @@ def safe_bits(result: SweepResult, layer: str, tol: float) -> Optional[int]:
 
 
 def _deg(result: SweepResult, layer: str, bits: int) -> float:
-    for c in result.cells:
-        if c.layer == layer and c.w_bits == bits:
-            return c.degradation
-    return float("nan")
+    c = result.find(layer, bits)
+    return c.degradation if c is not None else float("nan")
 
 
 def _width(r: Optional[tuple[float, float]]) -> Optional[float]:

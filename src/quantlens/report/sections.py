@@ -77,17 +77,16 @@ def layers_table(result: SweepResult, units: Units, focus: int) -> str:
     """Every layer with its degradation at every bit-width and its statistics; click a header to sort."""
     bits = result.w_bits
     share = result.share(focus)
-    idx = {(c.layer, c.w_bits): c for c in result.cells}
     heads = ["#", "layer", "op", "kind", "params"] + [f"deg@{b}b" for b in bits]
     heads += [f"SQNR@{focus}b (dB)", f"share@{focus}b", "max|w|/std", "outliers >3σ", f"clip@{focus}b",
               f"mean shift@{focus}b", "input range", "output range"]
     rows = []
     for l in result.layers:
-        c = idx.get((l.name, focus))
+        c = result.find(l.name, focus)
         row: list[Td] = [Td(str(l.index), l.index), Td(l.name, l.name, "t"), Td(l.op, l.op, "t"), Td(l.kind, l.kind, "t"),
                          Td(f"{l.params:,}", l.params)]
         for b in bits:
-            cb = idx.get((l.name, b))
+            cb = result.find(l.name, b)
             d = cb.degradation if cb else None
             row.append(Td(units.deg(d, signed=True), d if finite(d) else None, "bad" if finite(d) and d > 0.001 else ""))
         w = l.weight
