@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ._loop_args import load_inputs
 from .common import (
     add_model_args,
     add_quant_args,
@@ -33,16 +34,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..analysis.api import analyze, make_config
-    from ..loading import load_data, load_model
 
     w_bits = parse_bits_list(args.w_bits)
     a_bits = parse_a_bits(args.a_bits)
     cfg = make_config(w_bits, a_bits, args.granularity, args.weight_estimator, args.act_estimator)
     out = prepare_out_dir(args.out)
-    model = load_model(args.model)
-    data = load_data(args.data)
-    calib = load_data(args.calib, "--calib") if args.calib else None
-    reference = load_model(args.reference, "--reference") if args.reference else None
+    model, data, calib, reference = load_inputs(args)
     result = analyze(
         model,
         data,
