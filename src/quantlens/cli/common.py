@@ -14,6 +14,7 @@ from rich.table import Table
 from ..analysis.results import SweepResult
 from ..config import check_bits
 from ..errors import QuantlensError
+from ..report.fmt import Units
 
 __all__ = [
     "add_model_args",
@@ -103,7 +104,7 @@ def print_summary(result: SweepResult, k: int = 5, rank_bits: Optional[int] = No
     """Baseline, then the ``k`` worst layers ranked at ``rank_bits`` with every bit-width's degradation."""
     bits = result.w_bits
     rb = rank_bits if rank_bits in bits else (4 if 4 in bits else min(bits))
-    pct = result.metric_name in ("top1", "top5", "agreement")
+    pct = Units.for_metric(result.metric_name).pct  # the report's rule
     base = f"{100 * result.baseline:.2f}%" if pct else f"{result.baseline:.6g}"
     console.print(
         f"[bold]{result.model}[/bold]: {len(result.layers)} layers, {result.num_samples} samples, "

@@ -7,6 +7,7 @@ import math
 
 from rich.table import Table
 
+from ..report.fmt import Units
 from ._loop_args import add_common, load_inputs, parse_bits, sweep_or_run
 from .common import add_model_args, console, parse_a_bits, prepare_out_dir
 
@@ -33,7 +34,7 @@ def _pct(x: float, pct: bool) -> str:
 
 
 def print_table(result) -> None:  # noqa: ANN001
-    pct = result.metric_name in ("top1", "top5", "agreement")
+    pct = Units.for_metric(result.metric_name).pct  # the report's rule
     a = f"{result.a_bits}-bit activations" if result.a_bits else "float activations"
     t = Table(title=f"Table 1: {result.w_bits}-bit weights, {a}, whole network quantized")
     for col, just in (("method", "left"), (result.metric_name, "right"), ("degradation", "right"), ("SQNR", "right"), ("fixes", "left")):

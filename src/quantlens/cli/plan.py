@@ -7,8 +7,10 @@ import math
 
 from rich.table import Table
 
+from ..report.fmt import Units
 from ._loop_args import add_common, load_inputs, sweep_or_run
 from .common import (
+    _fmt,
     add_model_args,
     console,
     parse_a_bits,
@@ -29,12 +31,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _f(x: float, pct: bool) -> str:
-    if x is None or math.isnan(x):
-        return "-"
-    return f"{100 * x:+.2f}%" if pct else f"{x:+.4g}"
-
-
 def run(args: argparse.Namespace) -> int:
     from ..errors import QuantlensError
     from ..plan import run_plan
@@ -52,17 +48,17 @@ def run(args: argparse.Namespace) -> int:
     r = run_plan(model, data, budget=args.budget, budget_bytes=args.budget_bytes, w_bits=w_bits, a_bits=a_bits, granularity=args.granularity,
                  metric=args.metric, calib=calib, reference=reference, device=args.device, output_key=args.output_key, sweep=sweep)
     r.to_json(out / "plan.json")
-    pct = r.metric_name in ("top1", "top5", "agreement")
+    pct = Units.for_metric(r.metric_name).pct  # the report's rule
     t = Table(title=f"plan: {r.avg_bits:.2f} average weight bits (budget {r.budget_bits:.2f})")
     for col in ("layer", "params", "bits", "cell degradation"):
         t.add_column(col, justify="left" if col == "layer" else "right")
     for l in r.layers:
-        t.add_row(l.layer, f"{l.params:,}", str(l.w_bits), _f(l.predicted, pct))
+        t.add_row(l.layer, f"{l.params:,}", str(l.w_bits), _fmt(l.predicted, pct))
     console.print(t)
-    console.print(f"plan: predicted {_f(r.predicted, pct)}, measured {_f(r.measured, pct)} degradation")
+    console.print(f"plan: predicted {_fmt(r.predicted, pct)}, measured {_fmt(r.measured, pct)} degradation")
     if r.uniform_bits is not None:
-        console.print(f"uniform {r.uniform_bits} bits (same size or smaller): predicted {_f(r.uniform_predicted, pct)}, "
-                      f"measured {_f(r.uniform_measured, pct)}")
+        console.print(f"uniform {r.uniform_bits} bits (same size or smaller): predicted {_fmt(r.uniform_predicted, pct)}, "
+                      f"measured {_fmt(r.uniform_measured, pct)}")
     from ..report import save_report
 
     report = save_report(sweep, out)
