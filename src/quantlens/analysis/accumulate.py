@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ..metrics import Metric
 
-__all__ = ["CellAccumulator", "ChannelStats", "channel_axis", "per_sample_sq"]
+__all__ = ["CellAccumulator", "ShiftAccumulator", "ChannelStats", "channel_axis", "per_sample_sq"]
 
 
 def channel_axis(op: str) -> int:
@@ -102,6 +102,39 @@ class ChannelStats:
         self.count = int(d["count"])
 
 
+class ShiftAccumulator:
+    """Per-channel sums of ``o_q - o`` of one layer's output: its mean shift under quantization."""
+
+    def __init__(self) -> None:
+        self.sum: Optional[Tensor] = None
+        self.count = 0
+
+    def update(self, layer_out: Tensor, layer_ref: Tensor, axis: int) -> None:
+        s, c = _channel_sums(layer_out - layer_ref, axis)
+        self.sum = s if self.sum is None else self.sum + s
+        self.count += c
+
+    def merge(self, other: "ShiftAccumulator") -> "ShiftAccumulator":
+        out = ShiftAccumulator()
+        if self.sum is None:
+            out.sum, out.count = other.sum, other.count
+        elif other.sum is None:
+            out.sum, out.count = self.sum, self.count
+        else:
+            out.sum, out.count = self.sum + other.sum, self.count + other.count
+        return out
+
+    def mean_shift(self, std: Optional[Tensor]) -> float:
+        """``mean_c |E[o_i - o]_c| / std_c`` over channels with ``std_c > 0``."""
+        if self.sum is None or std is None or self.count == 0:
+            return float("nan")
+        shift = (self.sum / self.count).abs()
+        ok = std > 1e-12
+        if not bool(ok.any()):
+            return float("nan")
+        return float((shift[ok] / std[ok]).mean())
+
+
 class CellAccumulator:
     """Sums for one (layer, bits) cell: output noise, signal, task metric, mean shift."""
 
@@ -110,8 +143,7 @@ class CellAccumulator:
         self.noise = 0.0
         self.signal = 0.0
         self.n = 0
-        self.shift: Optional[Tensor] = None
-        self.shift_count = 0
+        self.shift = ShiftAccumulator()
 
     def update(
         self,
@@ -129,21 +161,14 @@ class CellAccumulator:
         self.n += int(y_ref.shape[0])
         self.metric.update(y_ref, y, labels)
         if layer_out is not None and layer_ref is not None:
-            s, c = _channel_sums(layer_out - layer_ref, axis)
-            self.shift = s if self.shift is None else self.shift + s
-            self.shift_count += c
+            self.shift.update(layer_out, layer_ref, axis)
 
     def merge(self, other: "CellAccumulator") -> "CellAccumulator":
         out = CellAccumulator(self.metric.merge(other.metric))
         out.noise = self.noise + other.noise
         out.signal = self.signal + other.signal
         out.n = self.n + other.n
-        if self.shift is None:
-            out.shift, out.shift_count = other.shift, other.shift_count
-        elif other.shift is None:
-            out.shift, out.shift_count = self.shift, self.shift_count
-        else:
-            out.shift, out.shift_count = self.shift + other.shift, self.shift_count + other.shift_count
+        out.shift = self.shift.merge(other.shift)
         return out
 
     @property
@@ -159,14 +184,7 @@ class CellAccumulator:
         return 10.0 * math.log10(self.signal / self.noise)
 
     def mean_shift(self, std: Optional[Tensor]) -> float:
-        """``mean_c |E[o_i - o]_c| / std_c`` over channels with ``std_c > 0``."""
-        if self.shift is None or std is None or self.shift_count == 0:
-            return float("nan")
-        shift = (self.shift / self.shift_count).abs()
-        ok = std > 1e-12
-        if not bool(ok.any()):
-            return float("nan")
-        return float((shift[ok] / std[ok]).mean())
+        return self.shift.mean_shift(std)
 
     def state(self) -> dict[str, Any]:
         return {
@@ -174,12 +192,12 @@ class CellAccumulator:
             "noise": self.noise,
             "signal": self.signal,
             "n": self.n,
-            "shift": None if self.shift is None else self.shift.tolist(),
-            "shift_count": self.shift_count,
+            "shift": None if self.shift.sum is None else self.shift.sum.tolist(),
+            "shift_count": self.shift.count,
         }
 
     def load_state(self, d: dict[str, Any]) -> None:
         self.metric.load_state(d["metric"])
         self.noise, self.signal, self.n = float(d["noise"]), float(d["signal"]), int(d["n"])
-        self.shift = None if d["shift"] is None else torch.tensor(d["shift"], dtype=torch.float64)
-        self.shift_count = int(d["shift_count"])
+        self.shift.sum = None if d["shift"] is None else torch.tensor(d["shift"], dtype=torch.float64)
+        self.shift.count = int(d["shift_count"])

@@ -17,7 +17,6 @@ Example:
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional, Union
 
@@ -33,7 +32,7 @@ from ..jsonio import num as _num
 from ..metrics import Metric, make_metric
 from ..numerics import analysis_mode
 from ..qconfig import QuantConfig
-from .accumulate import ChannelStats, _channel_sums, channel_axis, per_sample_sq
+from .accumulate import CellAccumulator, ChannelStats, ShiftAccumulator, channel_axis
 from .data import extract_output, iterate, to_device
 from .network import QuantizedNetwork, build_quantized, calibrate_ranges
 
@@ -137,12 +136,9 @@ def score_network(
     ``axes`` gives each layer's channel axis.
     """
     ref_outputs = reference if isinstance(reference, _CachedReference) else None
-    base, quant = make_metric(metric), make_metric(metric)
-    noise = signal = 0.0
-    n = 0
+    base, out_acc = make_metric(metric), CellAccumulator(make_metric(metric))
     stats = {name: ChannelStats() for name in axes}
-    shift: dict[str, Optional[Tensor]] = {name: None for name in axes}
-    counts = {name: 0 for name in axes}
+    shift = {name: ShiftAccumulator() for name in axes}
     with analysis_mode():
         for b, (inputs, labels) in enumerate(iterate(data, "data")):
             inputs = to_device(inputs, device)
@@ -153,36 +149,25 @@ def score_network(
             if not bool(torch.isfinite(y_ref).all()):
                 raise QuantlensError("the reference model's output has NaN or Inf: fix the model or its inputs first")
             base.update(y_ref, y_ref, labels)
-            quant.update(y_ref, y, labels)
-            noise += float(per_sample_sq(y.to(y_ref.dtype) - y_ref).sum())
-            signal += float(per_sample_sq(y_ref).sum())
-            n += int(y_ref.shape[0])
+            out_acc.update(y_ref, y, labels)
             if floats is None or not taps:
                 continue
             fv = floats(inputs)
             for name, oq in taps.items():
-                o, axis = fv[name], axes[name]
-                stats[name].update(o, axis)
-                s, c = _channel_sums(oq.double() - o.double(), axis)
-                shift[name] = s if shift[name] is None else shift[name] + s  # type: ignore[operator]
-                counts[name] += c
-    b, m = base.compute(), quant.compute()
+                stats[name].update(fv[name], axes[name])
+                shift[name].update(oq, fv[name], axes[name])
+    b, m = base.compute(), out_acc.metric.compute()
     hib = bool(base.higher_is_better)
-    shifts = {}
-    for name in axes:
-        std, s = stats[name].std(), shift[name]
-        if std is not None and s is not None:
-            ok = std > 1e-12
-            shifts[name] = float(((s / counts[name]).abs()[ok] / std[ok]).mean()) if bool(ok.any()) else float("nan")
+    shifts = {name: shift[name].mean_shift(stats[name].std()) for name in axes if shift[name].sum is not None and stats[name].sum is not None}
     return NetworkResult(
         metric_name=str(getattr(base, "name", "custom")),
         higher_is_better=hib,
         baseline=b,
         metric=m,
         degradation=(b - m) if hib else (m - b),
-        noise=noise / n if n else float("nan"),
-        sqnr_db=float("inf") if noise <= 0 else (10 * math.log10(signal / noise) if signal > 0 else float("-inf")),
-        num_samples=n,
+        noise=out_acc.noise_mean,
+        sqnr_db=out_acc.sqnr_db,
+        num_samples=out_acc.n,
         mean_shift=shifts,
         config=config.to_dict(),
     )
