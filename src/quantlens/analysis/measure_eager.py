@@ -26,7 +26,6 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import QuantlensError, QuantlensWarning
-from ..graph.eager import ActivationWatch
 from ..guard import preserve_model
 from ..metrics import Metric
 from ..qconfig import QuantConfig
@@ -122,47 +121,9 @@ class EagerNetworkMeasurer(MeasurerBase):
 
     def _run(self, inputs: tuple, config: QuantConfig, weights: dict, in_q: dict, out_q: dict) -> tuple[Any, dict[str, Tensor]]:
         """One forward pass with every configured layer quantized; each layer's first quantized output."""
-        watch = ActivationWatch()
-        taps: dict[str, Tensor] = {}
-        handles, originals = [], []
-
-        def hooks(n: str):
-            layer = self.runner.eager[self._index[n]]
-            iq, oq = in_q.get(n), out_q.get(n)
-
-            def record(r: Tensor) -> Tensor:
-                q = oq(r) if oq is not None else r
-                if n not in taps:
-                    taps[n] = q.clone()  # the model may change q in place later
-                return q
-
-            def pre(mod: nn.Module, args: tuple) -> tuple:
-                return (iq(args[0]),) + tuple(args[1:]) if iq is not None else args
-
-            def post(mod: nn.Module, args: Any, out: Tensor) -> Tensor:
-                if layer.act_func is None:
-                    return record(out)
-                if n not in taps:
-                    watch.arm(out, layer.act_func, record)
-                return out
-
-            return layer.module, pre, post
-
-        try:
-            for n in config.names:
-                module, pre, post = hooks(n)
-                if n in weights:
-                    originals.append((module, module.weight.data))
-                    module.weight.data = weights[n].weight
-                handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
-            with watch:
-                out = self.runner.model(*inputs)
-        finally:
-            for h in handles:
-                h.remove()
-            for module, w in originals:
-                module.weight.data = w
-        return out, taps
+        plan = {self._index[n]: (weights[n].weight if n in weights else None, in_q.get(n), out_q.get(n)) for n in config.names}
+        out, taps = self.runner.run_quantized(inputs, plan)
+        return out, {self.runner.layers[i].name: t for i, t in taps.items()}
 
     def __call__(self, config: QuantConfig, mean_shift: bool = False) -> NetworkResult:
         weights, in_q, out_q = self._quantizers(config)

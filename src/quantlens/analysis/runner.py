@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -197,39 +197,60 @@ class HookRunner(Runner):
         return [cache[name]] + cache.get(f"{name}#more", [])
 
     def run(self, cache: dict[str, Any], i: int, weight: Tensor) -> Evaluation:
-        m, l = self.modules[i], self.eager[i]
-        in_q, out_q = self.in_q[i], self.out_q[i]
-        seen: list[Tensor] = []
+        out, taps = self.run_quantized(cache["__inputs__"], {i: (weight, self.in_q[i], self.out_q[i])})
+        if i not in taps:
+            raise QuantlensError(f"the activation after layer {self.layers[i].name} did not run in the quantized pass (control "
+                                 "flow that depends on the values?): quantlens cannot quantize that layer's output")
+        return Evaluation(out, taps[i])
+
+    def run_quantized(
+        self, inputs: tuple[Tensor, ...], plan: dict[int, tuple[Optional[Tensor], Optional[ActQuantizer], Optional[ActQuantizer]]]
+    ) -> tuple[Any, dict[int, Tensor]]:
+        """One forward pass with each layer ``i`` of ``plan`` quantized: its weight replaced by
+        ``plan[i][0]`` (None: kept), its input by ``plan[i][1]`` and its output, after its fused
+        activation, by ``plan[i][2]`` (None: float). Returns the output and a copy of each
+        layer's first quantized output."""
         watch = ActivationWatch()
+        taps: dict[int, Tensor] = {}
+        armed: set[int] = set()
+        handles: list[Any] = []
+        originals: list[tuple[nn.Module, Tensor]] = []
 
-        def pre(mod: nn.Module, args: tuple) -> tuple:
-            return (in_q(args[0]),) + tuple(args[1:])
+        def hooks(i: int, iq: Optional[ActQuantizer], oq: Optional[ActQuantizer]) -> tuple[Any, Any]:
+            act = self.eager[i].act_func
 
-        def quantize_output(r: Tensor) -> Tensor:
-            q = out_q(r)
-            if not seen:
-                seen.append(q.clone())  # the model may change q in place later
-            return q
+            def record(r: Tensor) -> Tensor:
+                q = oq(r) if oq is not None else r
+                if i not in taps:
+                    taps[i] = q.clone()  # the model may change q in place later
+                return q
 
-        def post(mod: nn.Module, args: Any, out: Tensor) -> Tensor:
-            if l.act_func is None:
-                return quantize_output(out)
-            if not seen and not watch.armed:  # the first call is the layer: quantize after its activation
-                watch.arm(out, l.act_func, quantize_output)
-            return out
+            def pre(mod: nn.Module, args: tuple) -> tuple:
+                return (iq(args[0]),) + tuple(args[1:]) if iq is not None else args
 
-        original = m.weight.data
-        h1 = m.register_forward_pre_hook(pre)
-        h2 = m.register_forward_hook(post)
+            def post(mod: nn.Module, args: Any, out: Tensor) -> Tensor:
+                if act is None:
+                    return record(out)
+                if i not in taps and i not in armed:  # the first call is the layer: quantize after its activation
+                    armed.add(i)
+                    watch.arm(out, act, record)
+                return out
+
+            return pre, post
+
         try:
-            m.weight.data = weight
+            for i, (weight, iq, oq) in plan.items():
+                m = self.modules[i]
+                pre, post = hooks(i, iq, oq)
+                if weight is not None:
+                    originals.append((m, m.weight.data))
+                    m.weight.data = weight
+                handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
             with watch:
-                out = self.model(*cache["__inputs__"])
+                out = self.model(*inputs)
         finally:
-            m.weight.data = original
-            h1.remove()
-            h2.remove()
-        if not seen:
-            raise QuantlensError(f"the activation after layer {l.name} did not run in the quantized pass (control flow "
-                                 "that depends on the values?): quantlens cannot quantize that layer's output")
-        return Evaluation(out, seen[0])
+            for h in handles:
+                h.remove()
+            for m, w in reversed(originals):
+                m.weight.data = w
+        return out, taps
