@@ -28,11 +28,10 @@ from torch import Tensor, nn
 from ..errors import QuantlensError, QuantlensWarning
 from ..guard import preserve_model
 from ..metrics import Metric
-from ..qconfig import QuantConfig
+from ..qconfig import LayerQuant, QuantConfig
 from ..quant.quantizer import (
     ActQuantizer,
     QuantizedWeight,
-    make_observer,
     quantize_weight,
 )
 from .accumulate import channel_axis
@@ -81,17 +80,10 @@ class EagerNetworkMeasurer(MeasurerBase):
     def _calibrated(self, estimator: str) -> tuple[dict, dict]:
         """Observers of every layer's input and (post-activation) output over the calibration data."""
         if estimator not in self._observers:
-            spec = QuantConfig.uniform(self.names, a_bits=8, act_estimator=estimator)
-            ins = {n: make_observer(spec.layer(n).act_spec(estimator)) for n in self.names}
-            outs = {n: make_observer(spec.layer(n).act_spec(estimator)) for n in self.names}
-            with torch.inference_mode():
-                for inputs, _ in iterate(self.calib, "calibration data"):
-                    _, cache = self.runner.float_pass(to_device(inputs, self.device))
-                    for i, n in enumerate(self.names):
-                        for x, o in self.runner.calibration_io(cache, i):
-                            ins[n].update(x)
-                            outs[n].update(o)
-            self._observers[estimator] = (ins, outs)
+            spec = LayerQuant(a_bits=8).act_spec(estimator)
+            assert spec is not None
+            ins, outs, _ = self.runner.observe(self.calib, range(len(self.names)), spec, self.device)
+            self._observers[estimator] = ({n: ins[i] for i, n in enumerate(self.names)}, {n: outs[i] for i, n in enumerate(self.names)})
         return self._observers[estimator]
 
     def _quantizers(self, config: QuantConfig) -> tuple[dict[str, QuantizedWeight], dict[str, ActQuantizer], dict[str, ActQuantizer]]:

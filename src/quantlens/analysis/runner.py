@@ -17,16 +17,20 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
+from ..config import QuantSpec
 from ..errors import QuantlensError
 from ..graph.capture import Layer, LayerGraph, _layer_kind
 from ..graph.cone import Cone, build_cache_module, build_cone, input_node
 from ..graph.eager import ActivationWatch, EagerLayer, capture_eager
-from ..quant.quantizer import ActQuantizer
+from ..memory import trim_heap
+from ..numerics import analysis_mode
+from ..quant.quantizer import ActQuantizer, make_observer
+from .data import iterate, to_device
 from .multibit import BitBatcher
 
 __all__ = ["Runner", "ConeRunner", "HookRunner"]
@@ -60,6 +64,24 @@ class Runner:
     def calibration_io(self, cache: dict[str, Any], i: int) -> list[tuple[Tensor, Tensor]]:
         """Every ``(input, output)`` pair the layer's quantizers will see (one per call of its module)."""
         return [self.layer_io(cache, i)]
+
+    def observe(self, data: Iterable[Any], layer_ids: Sequence[int], spec: QuantSpec, device: torch.device) -> tuple[dict, dict, int]:
+        """Observers of each layer's input and (post-activation) output over ``data`` on the float
+        network, streamed: one batch of activations alive at a time. Returns ``(ins, outs, samples)``."""
+        ins = {i: make_observer(spec) for i in layer_ids}
+        outs = {i: make_observer(spec) for i in layer_ids}
+        n = 0
+        with analysis_mode():
+            for inputs, _ in iterate(data, "calibration data"):
+                _, cache = self.float_pass(to_device(inputs, device))
+                for i in layer_ids:
+                    for x, o in self.calibration_io(cache, i):
+                        ins[i].update(x)
+                        outs[i].update(o)
+                n += int(inputs[0].shape[0])
+                del cache
+                trim_heap()
+        return ins, outs, n
 
     def run(self, cache: dict[str, Any], i: int, weight: Tensor) -> Evaluation:  # pragma: no cover
         raise NotImplementedError

@@ -30,9 +30,9 @@ from ..memory import trim_heap
 from ..metrics import Metric, make_metric
 from ..numerics import analysis_mode
 from ..quant.observers import MinMaxObserver
-from ..quant.quantizer import QuantizedWeight, make_observer, quantize_weight
+from ..quant.quantizer import QuantizedWeight, quantize_weight
 from .accumulate import CellAccumulator, ChannelStats, channel_axis, per_sample_sq
-from .data import Batch, extract_output, iterate, to_device
+from .data import Batch, extract_output, to_device
 from .results import Cell, LayerInfo, SweepResult, WeightStats
 from .runner import ConeRunner, HookRunner, Runner
 from .state import SweepState
@@ -149,19 +149,7 @@ class Sweep:
         spec = self.config.act_spec()
         if spec is None:
             return 0
-        ins = {i: make_observer(spec) for i in self.layer_ids}
-        outs = {i: make_observer(spec) for i in self.layer_ids}
-        n = 0
-        with analysis_mode():
-            for inputs, _ in iterate(data, "calibration data"):
-                _, cache = self.runner.float_pass(to_device(inputs, self.device))
-                for i in self.layer_ids:
-                    for x, o in self.runner.calibration_io(cache, i):
-                        ins[i].update(x)
-                        outs[i].update(o)
-                n += int(inputs[0].shape[0])
-                del cache, x, o  # one batch of activations alive at a time
-                trim_heap()
+        ins, outs, n = self.runner.observe(data, self.layer_ids, spec, self.device)
         for i in self.layer_ids:
             self.runner.in_q[i].set(spec, ins[i])
             self.runner.out_q[i].set(spec, outs[i])
