@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from .. import jsonio
 from ..errors import QuantlensError
-from ..graph.capture import LayerGraph, capture
+from ..graph.capture import LayerGraph, capture, trace_failure
 from ..graph.cone import build_cache_module
 from ..guard import preserve_model
 from ..jsonio import num as _num
@@ -239,11 +239,11 @@ def capture_traceable(model: nn.Module) -> LayerGraph:
     except QuantlensError:
         raise
     except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        reason = trace_failure(e)
         raise UntraceableError(
-            f"fixes need a model torch.fx can trace ({type(e).__name__}: {first}); "
-            "`quantlens analyze`, `additivity` and `plan` work on it through forward hooks",
-            f"{type(e).__name__}: {first}",
+            f"fixes need a model torch.fx can trace ({reason}); `quantlens analyze`, `additivity` and `plan` work on it "
+            "through forward hooks",
+            reason,
         ) from None
 
 

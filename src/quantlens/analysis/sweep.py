@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ..config import SweepConfig
 from ..errors import QuantlensError, QuantlensWarning
-from ..graph.capture import capture
+from ..graph.capture import capture, trace_failure
 from ..memory import trim_heap
 from ..metrics import Metric, make_metric
 from ..numerics import analysis_mode
@@ -116,9 +116,8 @@ class Sweep:
         except QuantlensError:
             raise
         except Exception as e:  # fx cannot trace this model: fall back to hooks
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             warnings.warn(
-                f"torch.fx cannot trace the model ({type(e).__name__}: {reason[:160]}); using forward hooks "
+                f"torch.fx cannot trace the model ({trace_failure(e)}); using forward hooks "
                 "instead: the same quantization (BatchNorm folded, activations fused), a full forward pass per layer",
                 QuantlensWarning,
                 stacklevel=3,

@@ -158,6 +158,12 @@ class LayerGraph:
         return {n.name: n for n in self.gm.graph.nodes}
 
 
+def trace_failure(e: BaseException) -> str:
+    """Why tracing failed, in one line: ``TraceError: <first line, at most 160 characters>``."""
+    first = (str(e).strip().splitlines() or [""])[0][:160]
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
 def fuse_bn(layer: nn.Module, bn: nn.Module) -> Optional[nn.Module]:
     """``layer`` with eval-mode ``bn`` folded in (a new module), or None when they do not fold."""
     if not getattr(bn, "track_running_stats", False) or bn.running_mean is None:
