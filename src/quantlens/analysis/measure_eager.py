@@ -105,10 +105,8 @@ class EagerNetworkMeasurer(MeasurerBase):
                 weights[n] = quantize_weight(self.runner.float_weight(self._index[n]), wspec)
             aspec = lq.act_spec(config.act_estimator)
             if aspec is not None:
-                in_q[n] = ActQuantizer().to(self.device)
-                in_q[n].set(aspec, ins[n])
-                out_q[n] = ActQuantizer().to(self.device)
-                out_q[n].set(aspec, outs[n])
+                in_q[n] = ActQuantizer.from_spec(aspec, ins[n]).to(self.device)
+                out_q[n] = ActQuantizer.from_spec(aspec, outs[n]).to(self.device)
         return weights, in_q, out_q
 
     def _run(self, inputs: tuple, config: QuantConfig, weights: dict, in_q: dict, out_q: dict) -> tuple[Any, dict[str, Tensor]]:

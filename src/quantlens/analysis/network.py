@@ -137,8 +137,7 @@ def build_quantized(
         env[n.name] = new
         lo = by_out.get(n.name)
         if lo is not None and lo.name in obs_out:
-            q = ActQuantizer().to(device)
-            q.set(config.layer(lo.name).act_spec(config.act_estimator), obs_out[lo.name])  # type: ignore[arg-type]
+            q = ActQuantizer.from_spec(config.layer(lo.name).act_spec(config.act_estimator), obs_out[lo.name]).to(device)
             key = f"ql_out_{lo.index}"
             modules[key] = qnet.out_q[lo.name] = q
             env[n.name] = g.call_module(key, (new,))
@@ -157,8 +156,7 @@ def _quantized_call(g: fx.Graph, n: fx.Node, env: dict, layer: Layer, config: Qu
         qnet.weights[layer.name] = qw
     src = env[n.args[0].name]  # type: ignore[union-attr]
     if layer.name in obs_in:
-        q = ActQuantizer().to(module.weight.device)
-        q.set(lq.act_spec(config.act_estimator), obs_in[layer.name])  # type: ignore[arg-type]
+        q = ActQuantizer.from_spec(lq.act_spec(config.act_estimator), obs_in[layer.name]).to(module.weight.device)
         key = f"ql_in_{layer.index}"
         modules[key] = qnet.in_q[layer.name] = q
         src = g.call_module(key, (src,))
