@@ -91,26 +91,43 @@ class EagerGraph:
     notes: list[str] = field(default_factory=list)
 
 
+# a watched tensor's value: (id, version); an in-place call (``relu_``, ``+=``,
+# ``F.relu(x, inplace=True)``, whose result is its input) starts a new version
+_Key = tuple[int, int]
+
+
 @dataclass
 class _Use:
     func: Any
     args: tuple
     kwargs: dict
     out: Any
+    out_key: Optional[_Key] = None  # the result's key when it is watched (BN outputs, in-place results)
 
 
 class _Recorder(TorchFunctionMode):
-    """Records, for every watched tensor (by identity), the torch calls that consume it."""
+    """Records, for every watched tensor value, the torch calls that consume it.
+
+    A value is a tensor (by identity) at a version: an in-place call consumes the current
+    value and its result is a new value of the same tensor, whose consumers are recorded
+    apart (``nn.ReLU(inplace=True)`` after a conv: the conv's output has one consumer, the
+    ReLU, and the next layer consumes the ReLU's result).
+    """
 
     def __init__(self) -> None:
         super().__init__()
-        self.uses: dict[int, list[_Use]] = {}
+        self.uses: dict[_Key, list[_Use]] = {}
+        self.version: dict[int, int] = {}
         self.keep: list[Any] = []  # watched tensors stay alive, so their ids stay unique
-        self.follow: set[int] = set()  # ids of BN calls' inputs: watch their outputs too
 
-    def watch(self, t: Tensor) -> None:
-        self.uses.setdefault(id(t), [])
+    def watch(self, t: Tensor) -> _Key:
+        key = (id(t), self.version.setdefault(id(t), 0))
+        self.uses.setdefault(key, [])
         self.keep.append(t)
+        return key
+
+    def key(self, t: Tensor) -> Optional[_Key]:
+        return (id(t), self.version[id(t)]) if id(t) in self.version else None
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Optional[dict] = None) -> Any:
         kwargs = kwargs or {}
@@ -118,10 +135,16 @@ class _Recorder(TorchFunctionMode):
         if getattr(func, "__name__", "") in _METADATA:
             return out
         for t in {id(t): t for t in _tensors((args, kwargs))}.values():
-            if id(t) in self.uses:
-                self.uses[id(t)].append(_Use(func, tuple(args), dict(kwargs), out))
-                if func is F.batch_norm and isinstance(out, Tensor):
-                    self.watch(out)
+            key = self.key(t)
+            if key is None:
+                continue
+            use = _Use(func, tuple(args), dict(kwargs), out)
+            self.uses[key].append(use)
+            if out is t:  # in place: later consumers read a new value
+                self.version[id(t)] += 1
+                use.out_key = self.watch(t)
+            elif func is F.batch_norm and isinstance(out, Tensor):
+                use.out_key = self.watch(out)
         return out
 
 
@@ -130,7 +153,9 @@ class ActivationWatch(TorchFunctionMode):
 
     ``arm(t, func, cb)``: when ``func`` is next called with ``t`` (by identity) as its first
     argument, its result ``r`` is replaced by ``cb(r)``. Several tensors may be armed at once
-    (the float pass arms every fused layer's output).
+    (the float pass arms every fused layer's output). An in-place activation (``y.relu_()``,
+    ``nn.ReLU(inplace=True)``) returns its input: ``cb(r)`` is then written back into it, so
+    that every alias of the tensor (``z = y; z.relu_(); conv(y)``) reads the callback's result.
     """
 
     def __init__(self) -> None:
@@ -146,7 +171,11 @@ class ActivationWatch(TorchFunctionMode):
             hit = self.armed.get(id(args[0]))
             if hit is not None and hit[0] is args[0] and func is hit[1]:
                 del self.armed[id(args[0])]
-                return hit[2](out)
+                r = hit[2](out)
+                if out is args[0] and r is not out:
+                    out.copy_(r)
+                    return out
+                return r
         return out
 
 
@@ -161,19 +190,18 @@ def _act_name(u: _Use) -> str:
     return name
 
 
-def _record(model: nn.Module, sample: tuple[Tensor, ...]) -> tuple[Any, list[tuple[str, nn.Module, Tensor]], dict[str, int], _Recorder]:
-    """One forward pass: (output, [(layer name, module, first output)], call counts, recorder)."""
+def _record(model: nn.Module, sample: tuple[Tensor, ...]) -> tuple[Any, list[tuple[str, nn.Module, _Key]], dict[str, int], _Recorder]:
+    """One forward pass: (output, [(layer name, module, first output's key)], call counts, recorder)."""
     names = {m: n for n, m in model.named_modules() if isinstance(m, LAYER_TYPES)}
     calls: dict[str, int] = {}
-    first: list[tuple[str, nn.Module, Tensor]] = []
+    first: list[tuple[str, nn.Module, _Key]] = []
     rec = _Recorder()
 
     def hook(m: nn.Module, args: Any, out: Any) -> None:
         n = names[m]
         calls[n] = calls.get(n, 0) + 1
         if calls[n] == 1 and isinstance(out, Tensor):
-            first.append((n, m, out))
-            rec.watch(out)
+            first.append((n, m, rec.watch(out)))
 
     handles = [m.register_forward_hook(hook) for m in names]
     try:
@@ -220,7 +248,7 @@ def capture_eager(model: nn.Module, sample: tuple[Tensor, ...]) -> EagerGraph:
         layers.append(layer)
         if calls[name] != 1:
             continue
-        uses = rec.uses.get(id(out), [])
+        uses = rec.uses.get(out, [])
         tail = out
         if len(uses) == 1 and uses[0].func is F.batch_norm:
             u = uses[0]
@@ -231,11 +259,11 @@ def capture_eager(model: nn.Module, sample: tuple[Tensor, ...]) -> EagerGraph:
                 if fused is not None:
                     folds.append((name, bn_names[bn], fused))
                     layer.bn = bn_names[bn]
-                    tail = u.out
+                    tail = u.out_key
         if layer.bn is None and len(uses) == 1 and uses[0].func is F.batch_norm:
             continue  # an unfoldable BN sits between the layer and any activation
-        tuses = rec.uses.get(id(tail), [])
-        if len(tuses) == 1 and tuses[0].func in ACT_FUNCTIONS and tuses[0].args and tuses[0].args[0] is tail:
+        tuses = rec.uses.get(tail, []) if tail is not None else []
+        if len(tuses) == 1 and tuses[0].func in ACT_FUNCTIONS and tuses[0].args and id(tuses[0].args[0]) == tail[0]:
             layer.act = _act_name(tuses[0])
             layer.act_func = tuses[0].func
     notes: list[str] = []
