@@ -202,8 +202,35 @@ def _set_submodule(root: nn.Module, target: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
+_INPLACE_OPERATORS = {operator.iadd: operator.add, operator.imul: operator.mul, operator.isub: operator.sub}
+_INPLACE_METHODS = ("relu", "sigmoid", "tanh", "add", "mul", "sub", "clamp", "div")
+
+
+def _is_inplace(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether ``node`` changes its first argument in place (and returns it)."""
+    if node.op == "call_function":
+        return node.kwargs.get("inplace") is True or node.target in _INPLACE_FUNCTIONS or node.target in _INPLACE_OPERATORS
+    if node.op == "call_method":
+        t = str(node.target)
+        return t.endswith("_") and not t.startswith("_") and t[:-1] in _INPLACE_METHODS
+    if node.op == "call_module":
+        return getattr(gm.get_submodule(str(node.target)), "inplace", None) is True
+    return False
+
+
 def _make_out_of_place(gm: fx.GraphModule) -> None:
-    """In-place ops would overwrite cached activations: make activations out-of-place."""
+    """In-place ops would overwrite cached activations: make activations out-of-place.
+
+    An in-place call's result is its argument changed, so every later use of that argument
+    is first made a use of the call (``y.relu_(); z = y * 2`` reads the ReLU's result, as in
+    the model; fx records ``mul(y, 2)``)."""
+    order = {n: k for k, n in enumerate(gm.graph.nodes)}
+    for node in list(gm.graph.nodes):
+        if _is_inplace(gm, node) and node.args and isinstance(node.args[0], fx.Node):
+            arg = node.args[0]
+            for user in list(arg.users):
+                if user is not node and order[user] > order[node]:
+                    user.replace_input_with(arg, node)
     for m in gm.modules():
         if hasattr(m, "inplace") and isinstance(getattr(m, "inplace"), bool):
             m.inplace = False
@@ -213,14 +240,10 @@ def _make_out_of_place(gm: fx.GraphModule) -> None:
                 node.kwargs = {**node.kwargs, "inplace": False}
             if node.target in _INPLACE_FUNCTIONS:
                 node.target = _INPLACE_FUNCTIONS[node.target]
-            if node.target in (operator.iadd, operator.imul, operator.isub):
-                node.target = {operator.iadd: operator.add, operator.imul: operator.mul, operator.isub: operator.sub}[
-                    node.target
-                ]
-        elif node.op == "call_method" and str(node.target).endswith("_") and not str(node.target).startswith("_"):
-            plain = str(node.target)[:-1]
-            if plain in ("relu", "sigmoid", "tanh", "add", "mul", "sub", "clamp", "div"):
-                node.target = plain
+            if node.target in _INPLACE_OPERATORS:
+                node.target = _INPLACE_OPERATORS[node.target]
+        elif node.op == "call_method" and _is_inplace(gm, node):
+            node.target = str(node.target)[:-1]
     gm.recompile()
 
 
