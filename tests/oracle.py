@@ -3,8 +3,8 @@
 For each layer and bit-width it edits a copy of the folded fx graph (fake-quantize nodes on
 the layer's input edge and after its activation, the weight replaced by
 ``torch.fake_quantize_per_tensor_affine`` of it) and runs a full forward pass per batch.
-It shares nothing with quantlens's engine but the capture (whose BN folding is tested
-against the float model on its own).
+It shares nothing with quantlens's engine but the capture, whose float output it checks
+against the model's own on every batch (BN folding changes the last bits, not more).
 """
 
 from __future__ import annotations
@@ -31,19 +31,36 @@ def _node_values(gm: fx.GraphModule, x: torch.Tensor) -> dict[str, torch.Tensor]
     return vals
 
 
+def _f32(v: float) -> torch.Tensor:
+    return torch.tensor(v, dtype=torch.float32)
+
+
 def _act_qparams(lo: float, hi: float, bits: int) -> tuple[float, int]:
+    # float32 arithmetic, as the documented rule computes it (a double-precision scale can
+    # differ in the last bit and move values across a rounding boundary)
     lo, hi = min(0.0, lo), max(0.0, hi)
     qmax = 2**bits - 1
-    scale = torch.tensor((hi - lo) / qmax, dtype=torch.float32)  # float32, as the engine stores it
-    scale = float(scale) if float(scale) > 0 else 1.0
-    zp = int(min(max(round(-lo / scale), 0), qmax))
-    return scale, zp
+    scale = (_f32(hi) - _f32(lo)) / _f32(qmax)
+    scale = scale if float(scale) > 0 else _f32(1.0)
+    zp = int(min(max(float(torch.round(-_f32(lo) / scale)), 0), qmax))
+    return float(scale), zp
+
+
+def _weight_scale(w: torch.Tensor, bits: int) -> float:
+    s = w.abs().max().float() / _f32(2 ** (bits - 1) - 1)
+    return float(s) if float(s) > 0 else 1.0
 
 
 def naive_sweep(model, data, w_bits, a_bits=8, layer_names=None):
     """{(layer, bits): (noise, sqnr_db, top1_agreement_with_float)} by full forward passes."""
     g = capture(model)
     gm = g.gm
+    # the capture must compute the model (so that a capture error cannot hide behind the
+    # oracle sharing it): the folded graph's float output against the model's own
+    with torch.no_grad():
+        for x, _ in data if not model.training else []:
+            want, got = model(x.clone()), gm(x)
+            assert torch.allclose(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max())), "capture changed the model"
     layers = [l for l in g.layers if layer_names is None or l.name in layer_names]
     # calibration ranges: min/max of each layer's input and output over the data
     ranges: dict[str, list[float]] = {}
@@ -62,8 +79,7 @@ def naive_sweep(model, data, w_bits, a_bits=8, layer_names=None):
             mod = q.get_submodule(l.name)
             w = mod.weight.detach()
             qmax = 2 ** (b - 1) - 1
-            s = float(w.abs().max()) / qmax
-            s = float(torch.tensor(s, dtype=torch.float32))
+            s = _weight_scale(w, b)
             mod.weight.data = torch.fake_quantize_per_tensor_affine(w, s, 0, -qmax - 1, qmax)
             if a_bits is not None:
                 nodes = {n.name: n for n in q.graph.nodes}
