@@ -1,5 +1,5 @@
-"""In-place operations: every path quantizes them as the model computes them (regressions
-found by the generated networks of tests/test_archgen.py)."""
+"""In-place operations (and an ``nn.Identity`` slot): every path quantizes them as the model
+computes them. Regressions found by the generated networks of tests/test_archgen.py."""
 
 from __future__ import annotations
 
@@ -102,3 +102,22 @@ def test_inplace_activation_result_reaches_aliases(engine):
     # float ReLU output: layer ``a``'s output quantization missed its second reader
     torch.manual_seed(2)
     _assert_oracle(_Alias().eval(), _data((3, 8, 8)), engine, ["ReLU", None, None])
+
+
+class _IdleSlot(nn.Module):
+    """A configurable block with its BN switched off: conv, ``nn.Identity``, ReLU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.norm, self.act, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.Identity(), nn.ReLU(), nn.Linear(4, 5)
+
+    def forward(self, x):
+        return self.fc(self.act(self.norm(self.a(x))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("engine", ["cone", "hooks"])
+def test_identity_between_layer_and_activation(engine):
+    # fx kept the Identity call as the conv's consumer, so the ReLU was not fused there while
+    # the eager capture (which sees no call) fused it: the same model gave different cells
+    torch.manual_seed(3)
+    _assert_oracle(_IdleSlot().eval(), _data((3, 8, 8)), engine, ["ReLU", None])

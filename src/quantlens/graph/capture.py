@@ -247,6 +247,16 @@ def _make_out_of_place(gm: fx.GraphModule) -> None:
     gm.recompile()
 
 
+def _drop_identities(gm: fx.GraphModule) -> None:
+    """``nn.Identity`` calls (a switched-off BN or activation slot) are not consumers: remove them,
+    so that a BN or activation behind one is folded or fused as the eager capture does."""
+    for node in list(gm.graph.nodes):
+        if node.op == "call_module" and type(gm.get_submodule(str(node.target))) is nn.Identity and node.args:
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+    gm.recompile()
+
+
 def _discover(gm: fx.GraphModule) -> list[Layer]:
     layers: list[Layer] = []
     calls: dict[str, int] = {}
@@ -306,6 +316,7 @@ def capture(model: nn.Module) -> LayerGraph:
     if not isinstance(model, nn.Module):
         raise QuantlensError(f"the model must be a torch.nn.Module, got {type(model).__name__}")
     gm = trace(model)
+    _drop_identities(gm)
     _make_out_of_place(gm)
     _fold_batchnorm(gm)
     layers = _discover(gm)
