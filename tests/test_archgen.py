@@ -21,7 +21,7 @@ N_NETS = 100
 N_FAST = 10
 BITS = (3, 8)
 PATHS = {
-    "cone-fx": dict(engine="cone"),
+    "cone-fx": dict(engine="cone", capture="fx"),
     "hooks": dict(engine="hooks"),
     "cone-export": dict(engine="cone", capture="export"),
 }
@@ -46,8 +46,6 @@ def _params():
     for seed in range(N_NETS):
         for path in PATHS:
             marks = [pytest.mark.slow] if seed >= N_FAST else []
-            if path == "cone-export":
-                marks.append(pytest.mark.xfail(reason="export capture not landed"))
             out.append(pytest.param(path, seed, marks=marks, id=f"{path}-{seed}"))
     return out
 
