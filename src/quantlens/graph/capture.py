@@ -67,6 +67,7 @@ _aten = torch.ops.aten
 # torch.export's ATen forms (after run_decompositions, so never in-place)
 _ACT_FUNCTIONS.update({
     _aten.relu.default: "ReLU",
+    _aten.relu6.default: "ReLU6",  # F.relu6 (nn.ReLU6 is hardtanh(x, 0, 6))
     _aten.hardtanh.default: "Hardtanh",
     _aten.leaky_relu.default: "LeakyReLU",
     _aten.silu.default: "SiLU",
