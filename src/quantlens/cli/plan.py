@@ -59,8 +59,28 @@ def run(args: argparse.Namespace) -> int:
     if r.uniform_bits is not None:
         console.print(f"uniform {r.uniform_bits} bits (same size or smaller): predicted {_fmt(r.uniform_predicted, pct)}, "
                       f"measured {_fmt(r.uniform_measured, pct)}")
+    wrote = _write_config(args, r, model, data, calib, out)
     from ..report import save_report
 
     report = save_report(sweep, out)
-    console.print(f"wrote {out / 'plan.json'} (and {report})")
+    console.print(f"wrote {out / 'plan.json'}{wrote} (and {report})")
     return 0
+
+
+def _write_config(args: argparse.Namespace, r, model, data, calib, out) -> str:  # noqa: ANN001
+    """``quant_config.json`` and ``weights.safetensors`` of the plan (for ``quantlens export``), if fx can trace the model."""
+    from ..analysis.measure import NetworkMeasurer, UntraceableError
+    from ..config import parse_granularity
+    from ..export import export
+    from ..qconfig import LayerQuant, QuantConfig
+
+    g = parse_granularity(args.granularity)
+    cfg = QuantConfig(tuple((l.layer, LayerQuant(l.w_bits, r.a_bits, g)) for l in r.layers))
+    try:
+        m = NetworkMeasurer(model, data, calib=calib, metric=args.metric, device=args.device, output_key=args.output_key)
+    except UntraceableError as e:
+        console.print(f"no quant_config.json: export needs a model torch.fx can trace ({e.reason})")
+        return ""
+    export(m.build(cfg), out, extra={"model": args.model, "data": args.data, "calib": args.calib, "metric": r.metric_name,
+                                     "measured_metric": r.measured_metric})
+    return f", {out / 'quant_config.json'}, {out / 'weights.safetensors'}"
