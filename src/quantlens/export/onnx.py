@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -127,6 +128,9 @@ def _sample(data: Iterable[Any]) -> tuple[Tensor, ...]:
 def _torch_export(module: QDQNetwork, sample: tuple[Tensor, ...], names: list[str], path: Path) -> bool:
     """``torch.onnx.export`` with a dynamic batch (static if the model fixes it); returns whether dynamic."""
     module.set_exporting(True)
+    quiet = logging.getLogger("torch.onnx._internal.exporter._registration")  # "torchvision is not installed"
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
     try:
         for dynamic in (True, False):
             batch = torch.export.Dim("batch", min=1)
@@ -138,12 +142,12 @@ def _torch_export(module: QDQNetwork, sample: tuple[Tensor, ...], names: list[st
                                       output_names=["output"], dynamic_shapes=shapes, external_data=False, verbose=False)
                 return dynamic
             except Exception as e:
-                if os.environ.get("QL_DEBUG"): import traceback; traceback.print_exc()
                 if not dynamic:
                     first = (str(e).strip().splitlines() or [""])[0][:200]
                     raise QuantlensError(f"torch's ONNX exporter failed on this model ({type(e).__name__}: {first})") from None
     finally:
         module.set_exporting(False)
+        quiet.setLevel(level)
     return False  # pragma: no cover
 
 
