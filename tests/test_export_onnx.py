@@ -223,3 +223,25 @@ def test_export_needs_calib_without_saved_ranges(tmp_path):
     cfg = QuantConfig.uniform(["stem"], w_bits=8)
     with pytest.raises(QuantlensError, match="no activation ranges"):
         export_onnx(tiny_net(), cfg, tmp_path, data=data)
+
+
+@pytest.mark.parametrize("flagged", [False, True])
+def test_report_runtime_check_section(tmp_path, flagged):
+    from report_helpers import synthetic_result, write_run
+
+    from quantlens.report import write_report
+    from quantlens.runtime.verify import Comparison
+
+    write_run(synthetic_result(), tmp_path)
+    c = Comparison(0.995, 41.5, 0.02)
+    diff = (0.03, 0.12) if flagged else (-0.01, 0.01)
+    VerifyResult("top1", True, 450, 0.9, 0.88, 0.80 if flagged else 0.88, (0.85, 0.91), diff, c, Comparison(1.0, float("inf"), 0.0),
+                 c, 0.88, {"QLinearConv": 3, "Conv": 1}).to_json(tmp_path / "verify.json")
+    html = write_report(tmp_path).read_text()
+    sec = html[html.index('<section id="runtime">'):]
+    sec = sec[: sec.index("</section>")]
+    assert "88.00%" in sec and "99.50%" in sec and "41.5 dB" in sec and "identical" in sec and "QLinearConv x3" in sec
+    assert ("Flagged" in sec) == flagged and ("within sampling noise" in sec) != flagged
+    (tmp_path / "verify.json").write_text(json.dumps({"schema": "quantlens/verify-v1", "metric": "top1"}))
+    html = write_report(tmp_path).read_text()
+    assert '<section id="runtime">' not in html and "verify.json could not be read" in html

@@ -85,5 +85,10 @@ def run(args: argparse.Namespace) -> int:
         r = verify_export(args.onnx, model, data, metric=args.metric, calib=calib, output_key=args.output_key)
     r.to_json(out / "verify.json")
     print_verify(r)
-    console.print(f"wrote {out / 'verify.json'}")
+    wrote = f"{out / 'verify.json'}"
+    if (out / "results.json").is_file():  # the report there gains its "Runtime check" section
+        from ..report import write_report
+
+        wrote += f" (and {write_report(out)})"
+    console.print(f"wrote {wrote}")
     return 0
