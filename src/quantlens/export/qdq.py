@@ -80,6 +80,11 @@ def layer_formats(qnet: QuantizedNetwork, int4: bool = True) -> dict[str, LayerF
         if lq.a_bits is not None and lq.a_bits != ACT_BITS:
             raise QuantlensError(f"layer {name}: {lq.a_bits}-bit activations cannot go to onnx-qdq, which holds 8-bit "
                                  f"(uint8) or float activations; use --a-bits 8, or 16 (float), or --keep-float {name}")
+        act = lq.act_spec()
+        if act is not None and (act.qmin, act.qmax) != (0, 255):
+            raise QuantlensError(f"layer {name}: activations on [{act.qmin}, {act.qmax}] (the {lq.convention} convention) cannot go "
+                                 "to uint8 QuantizeLinear, which saturates at [0, 255]; export a config made with --convention "
+                                 "quantlens or onnxruntime")
         if lq.w_bits is not None and lq.w_bits > 8:
             raise QuantlensError(f"layer {name}: {lq.w_bits}-bit weights cannot go to onnx-qdq, which holds 2..8-bit "
                                  f"weights (int8/int4) or float (16 bits); use --w-bits 8, or --keep-float {name}")
