@@ -55,6 +55,9 @@ def print_verify(r) -> None:  # noqa: ANN001
     verdict = "[bold red]FLAGGED: beyond the interval[/bold red]" if r.flagged else "within the interval"
     console.print(f"runtime - predicted degradation: {_pct(r.difference, pct, True)} (95% interval {_pct(lo, pct, True)} .. "
                   f"{_pct(hi, pct, True)}): {verdict}")
+    slo, shi = r.simulated_interval
+    console.print(f"runtime {r.metric_name} {_pct(r.runtime_metric, pct)} is {'within' if r.within_simulated_interval else 'OUTSIDE'} "
+                  f"the simulation's 95% interval {_pct(slo, pct)} .. {_pct(shi, pct)}")
     c = r.runtime_vs_simulation
     console.print(f"runtime vs simulation: top-1 agreement {100 * c.agreement:.2f}%, output SQNR {_db(c.sqnr_db)}; "
                   f"integer kernels onnxruntime used: {', '.join(f'{k} x{v}' for k, v in r.fused_ops.items()) or 'none'}")

@@ -31,7 +31,7 @@ from typing import Any, Iterable, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from ..analysis.measure import capture_traceable
+from ..analysis.measure import UntraceableError, capture_traceable
 from ..analysis.network import QuantizedNetwork, build_quantized, calibrate_ranges
 from ..errors import QuantlensError
 from ..graph.capture import LayerGraph
@@ -130,7 +130,10 @@ def load_quantized(
     """The simulated network of ``config`` (see module docstring) and the effective config."""
     base, ranges, directory = read_config(config)
     with preserve_model(model):
-        g = graph if graph is not None else capture_traceable(model)
+        try:
+            g = graph if graph is not None else capture_traceable(model)
+        except UntraceableError as e:
+            raise QuantlensError(f"export and verify need a model torch.fx can trace ({e.reason})") from None
     base.check_layers(l.name for l in g.layers)
     eff = effective_config(base, keep_float)
     wpath = directory / "weights.safetensors" if directory is not None else None
