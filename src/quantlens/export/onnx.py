@@ -116,12 +116,17 @@ def _check_runtime(formats: dict[str, LayerFormat], int4: bool) -> bool:
     return int4 and _runtime_supports("int4")
 
 
-def _sample(data: Iterable[Any]) -> tuple[Tensor, ...]:
+def _sample(qnet: QuantizedNetwork, data: Iterable[Any]) -> tuple[Tensor, ...]:
+    """The graph's placeholder values for the first batch of ``data`` (batch of at least 2)."""
     for inputs, _ in iterate(data, "data"):
-        inputs = tuple(t.detach().cpu() for t in inputs)
-        if inputs[0].shape[0] < 2:  # a batch of 1 would let the exporter fix the batch size
-            inputs = tuple(torch.cat([t, t]) for t in inputs)
-        return inputs[:]
+        flat = qnet.graph.flat(inputs)
+        bad = [type(v).__name__ for v in flat if not isinstance(v, Tensor)]
+        if bad:
+            raise QuantlensError(f"onnx-qdq export takes tensor inputs only; the model's inputs include {', '.join(bad)}")
+        flat = tuple(t.detach().cpu() for t in flat)
+        if flat[0].shape[0] < 2:  # a batch of 1 would let the exporter fix the batch size
+            flat = tuple(torch.cat([t, t]) for t in flat)
+        return flat
     raise QuantlensError("data is empty")  # pragma: no cover - iterate raises first
 
 
@@ -201,7 +206,10 @@ def export_qnet(
     int4: bool = True,
     extra: Optional[dict] = None,
 ) -> OnnxExport:
-    """Write ``out_dir/model.onnx`` and ``export.json`` for the simulated network ``qnet``."""
+    """Write ``out_dir/model.onnx`` and ``export.json`` for the simulated network ``qnet``.
+
+    ``sample``: the graph's placeholder values for one batch (``qnet.graph.flat(inputs)``).
+    """
     check_onnx_available()
     d = Path(out_dir)
     if d.exists() and not d.is_dir():
@@ -212,7 +220,7 @@ def export_qnet(
     module = qdq_module(qnet, formats, output_key)
     names = [n.name for n in qnet.graph.gm.graph.nodes if n.op == "placeholder"]
     if len(names) != len(sample):
-        raise QuantlensError(f"the model takes {len(names)} input(s) ({', '.join(names)}); the data gives {len(sample)}")
+        raise QuantlensError(f"the model takes {len(names)} input(s) ({', '.join(names)}); the sample gives {len(sample)}")
     path = d / "model.onnx"
     dynamic = _torch_export(module, sample, names, path)
     _place_weights(path, qnet, formats, use_int4)
@@ -256,7 +264,7 @@ def export_onnx(
     sample_src = data if data is not None else calib
     if sample_src is None:
         raise QuantlensError("the exporter needs one batch of inputs: give data (--data MOD:FN)")
-    qnet, eff = load_quantized(model, config, calib=calib, keep_float=keep_float)
+    qnet, eff = load_quantized(model, config, calib=calib, keep_float=keep_float, data=sample_src)
     src = None if isinstance(config, QuantConfig) else str(Path(config).resolve())
-    return export_qnet(qnet, d, _sample(sample_src), output_key=output_key, int4=int4,
+    return export_qnet(qnet, d, _sample(qnet, sample_src), output_key=output_key, int4=int4,
                        extra={"model": model_name, "source_config": src, "keep_float": list(keep_float)})

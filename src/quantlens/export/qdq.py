@@ -165,10 +165,11 @@ class WeightDQLayer(nn.Module):
 class QDQNetwork(nn.Module):
     """The QDQ twin of a simulated network; ``forward(*inputs)`` returns the output tensor."""
 
-    def __init__(self, gm: nn.Module, output_key: Union[str, int, None]) -> None:
+    def __init__(self, gm: nn.Module, output_key: Union[str, int, None], output: Any = None) -> None:
         super().__init__()
         self.gm = gm
         self.output_key = output_key
+        self.rebuild = output if output is not None else (lambda out: out)  # LayerGraph.output
 
     def set_exporting(self, on: bool) -> None:
         for m in self.modules():
@@ -176,8 +177,9 @@ class QDQNetwork(nn.Module):
                 m.exporting = on
 
     def forward(self, *inputs: Tensor) -> Tensor:
+        """``inputs``: the graph's placeholders (``LayerGraph.flat`` of a batch)."""
         out, _ = self.gm(*inputs)
-        return extract_output(out, self.output_key)
+        return extract_output(self.rebuild(out), self.output_key)
 
 
 def qdq_module(qnet: QuantizedNetwork, formats: dict[str, LayerFormat], output_key: Union[str, int, None] = None) -> QDQNetwork:
@@ -195,7 +197,7 @@ def qdq_module(qnet: QuantizedNetwork, formats: dict[str, LayerFormat], output_k
             spec = qnet.config.layer(fmt.layer).weight_spec()
             rows = weight_rows(qnet.weights[fmt.layer].weight, spec)  # type: ignore[arg-type]
             setattr(gm, key, WeightDQLayer(mod, q.cpu(), scale.cpu(), tuple(rows.shape)))
-    return QDQNetwork(gm, output_key).eval()
+    return QDQNetwork(gm, output_key, qnet.graph.output).eval()
 
 
 def onnx_scale(qnet: QuantizedNetwork, fmt: LayerFormat) -> Tensor:

@@ -126,12 +126,16 @@ def load_quantized(
     keep_float: Sequence[str] = (),
     device: Union[str, torch.device] = "cpu",
     graph: Optional[LayerGraph] = None,
+    data: Optional[Iterable[Any]] = None,
 ) -> tuple[QuantizedNetwork, QuantConfig]:
-    """The simulated network of ``config`` (see module docstring) and the effective config."""
+    """The simulated network of ``config`` (see module docstring) and the effective config.
+
+    ``data`` (or ``calib``): a first batch for a capture through torch.export, when torch.fx cannot trace the model.
+    """
     base, ranges, directory = read_config(config)
     with preserve_model(model):
         try:
-            g = graph if graph is not None else capture_traceable(model)
+            g = graph if graph is not None else capture_traceable(model, data if data is not None else calib)
         except UntraceableError as e:
             raise QuantlensError(f"export and verify need a model torch.fx can trace ({e.reason})") from None
     base.check_layers(l.name for l in g.layers)

@@ -59,7 +59,7 @@ def verify_export(
     if not src or not Path(src).exists():
         raise QuantlensError(f"the config this model was exported from ({src}) is gone: export it again")
     key = output_key if output_key is not None else info.get("output_key")
-    qnet, _ = load_quantized(model, src, calib=calib, keep_float=info.get("keep_float", []))
+    qnet, _ = load_quantized(model, src, calib=calib, keep_float=info.get("keep_float", []), data=data)
     recorded = None
     if not info.get("keep_float"):
         raw = json.loads(Path(src if not Path(src).is_dir() else Path(src) / "quant_config.json").read_text(encoding="utf-8"))
@@ -69,8 +69,8 @@ def verify_export(
     with preserve_model(model):
         reference = copy.deepcopy(model).eval()
 
-    def simulate(*args: Any) -> Any:
-        return qnet.gm(*args)[0]
+    def simulate(inputs: Any) -> Any:
+        return qnet.graph.output(qnet.gm(*qnet.graph.flat(inputs))[0])
 
-    return verify_onnx(onnx_path, reference, data, simulate, metric=metric, output_key=key, recorded_metric=recorded,
+    return verify_onnx(onnx_path, lambda inputs: inputs.call(reference), data, simulate, feeds=qnet.graph.flat, metric=metric, output_key=key, recorded_metric=recorded,
                        source="export", extra={"onnx": str(onnx_path), "config": info.get("config"), "keep_float": info.get("keep_float", [])})

@@ -52,8 +52,8 @@ def verify_tool_model(
     with preserve_model(model):
         reference = copy.deepcopy(model).eval()
 
-    def simulate(*args: Any) -> Any:
-        return qnet.gm(*args)[0]
+    def simulate(inputs: Any) -> Any:
+        return qnet.graph.output(qnet.gm(*qnet.graph.flat(inputs))[0])
 
-    return verify_onnx(onnx_path, reference, data, simulate, metric=metric, output_key=output_key, source=f"tool ({convention})",
+    return verify_onnx(onnx_path, lambda inputs: inputs.call(reference), data, simulate, metric=metric, output_key=output_key, source=f"tool ({convention})",
                        extra={"onnx": str(onnx_path), "config": cfg.to_dict(), "convention": convention})

@@ -228,29 +228,32 @@ def verify_onnx(
     data: Iterable[Any],
     simulate: Callable[..., Any],
     *,
+    feeds: Optional[Callable[[Any], tuple]] = None,
     metric: Union[str, Callable[..., Any], Metric] = "top1",
     output_key: Union[str, int, None] = None,
     recorded_metric: Optional[float] = None,
     source: str = "export",
     extra: Optional[dict] = None,
 ) -> VerifyResult:
-    """Run ``onnx_path`` in onnxruntime (optimized and plain), ``simulate(*inputs)`` and the float
-    ``reference(*inputs)`` over ``data``, and compare them (module docstring)."""
+    """Run ``onnx_path`` in onnxruntime (optimized and plain), ``simulate(inputs)`` and the float
+    ``reference(inputs)`` over ``data`` (each batch's :class:`~quantlens.inputs.Inputs`), and
+    compare them (module docstring). ``feeds(inputs)``: the ONNX model's input tensors, in
+    order (default: the positional arguments)."""
     runtime, plain = RuntimeSession(onnx_path, optimized=True), RuntimeSession(onnx_path, optimized=False)
     ys: dict[str, list[Tensor]] = {"float": [], "sim": [], "rt": [], "plain": []}
     labels: list[Optional[Tensor]] = []
     batches: list[int] = []
     with analysis_mode():
         for b, (inputs, lab) in enumerate(iterate(data, "data")):
-            args = tuple(getattr(inputs, "args", inputs))
+            inputs = inputs.to("cpu")
+            args = tuple(feeds(inputs) if feeds is not None else inputs.args)
             runtime.check_inputs(args, b)
-            args = tuple(t.cpu() for t in args)
-            ys["float"].append(extract_output(reference(*args), output_key).detach().float().cpu())
-            ys["sim"].append(extract_output(simulate(*args), output_key).detach().float().cpu())
+            ys["float"].append(extract_output(reference(inputs), output_key).detach().float().cpu())
+            ys["sim"].append(extract_output(simulate(inputs), output_key).detach().float().cpu())
             ys["rt"].append(runtime.run(args, b))
             ys["plain"].append(plain.run(args, b))
             labels.append(lab)
-            batches.append(int(args[0].shape[0]))
+            batches.append(int(inputs.batch_size))
     y = {k: torch.cat(v) for k, v in ys.items()}
     if y["rt"].shape != y["sim"].shape:
         raise QuantlensError(f"the ONNX model's output has shape {tuple(y['rt'].shape[1:])} per sample, the model's "
