@@ -245,3 +245,16 @@ def test_report_runtime_check_section(tmp_path, flagged):
     (tmp_path / "verify.json").write_text(json.dumps({"schema": "quantlens/verify-v1", "metric": "top1"}))
     html = write_report(tmp_path).read_text()
     assert '<section id="runtime">' not in html and "verify.json could not be read" in html
+
+
+def test_mixed_plan_int4_and_int8_layers(measurer, tmp_path):
+    data = tiny_data(n_batches=2)
+    cfg = QuantConfig.uniform(measurer.names, w_bits=8, granularity="per-channel").with_layer("b1", w_bits=4).with_layer("fc1", w_bits=3)
+    qnet = measurer.build(cfg)
+    res = export_qnet(qnet, tmp_path, (data[0][0],))
+    assert {n: f.storage for n, f in res.layers.items() if f.storage == "int4"} == {"b1": "int4", "fc1": "int4"}
+    g = onnx.load(res.path).graph
+    types = {t.name.rsplit(".", 2)[-2]: t.data_type for t in g.initializer if t.name.endswith(".wint")}
+    assert types["ql_layer_1"] == TensorProto.INT4 and types["ql_layer_0"] == TensorProto.INT8
+    sim, _, plain, _ = _run_both(res.path, qnet, data)
+    assert compare_outputs(sim, plain).agreement == 1.0
