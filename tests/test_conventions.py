@@ -128,3 +128,27 @@ def test_verify_accepts_a_model_quantized_by_the_tool(ort_models, tmp_path, caps
     v = json.loads((tmp_path / "verify.json").read_text())
     assert v["source"] == "tool (onnxruntime)" and v["convention"] == "onnxruntime"
     assert abs(v["difference"]) <= 0.01 and v["agreement"] >= 0.97
+
+
+def test_sweep_under_a_convention_matches_the_whole_network_measurement():
+    """A sweep cell made with --convention onnxruntime is the one-layer network quantized under that convention."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from models import tiny_data, tiny_net
+
+    import quantlens as ql
+    from quantlens.analysis.api import make_config
+    from quantlens.analysis.measure import NetworkMeasurer
+
+    data = tiny_data(n_batches=2)
+    sweep = ql.analyze(tiny_net(), data, config=make_config([4], 8, convention="onnxruntime"), metric="agreement")
+    assert sweep.config["weight"]["convention"] == "onnxruntime"
+    m = NetworkMeasurer(tiny_net(), data, metric="agreement")
+    for layer in ("stem", "fc1"):
+        one = m(QuantConfig(((layer, LayerQuant(4, 8, convention="onnxruntime")),)))
+        cell = sweep.cell(layer, 4)
+        assert cell.sqnr_db == pytest.approx(one.sqnr_db, abs=1e-3)
+        other = m(QuantConfig(((layer, LayerQuant(4, 8)),)))
+        assert abs(other.sqnr_db - one.sqnr_db) > 1e-3  # the convention changes the network
