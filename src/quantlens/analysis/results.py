@@ -96,6 +96,10 @@ class Cell:
     * ``mean_shift``: mean over output channels of ``|E[o_i - o]| / std(o)`` for the layer's
       own output ``o`` (the bias shift of the paper's section 4.4)
     * ``w_clip``: the largest ``|range|`` of the weight quantizer (shows clipping)
+    * ``ci_low`` / ``ci_high``: the paired 95% interval on ``degradation``
+      (:mod:`quantlens.stats.intervals`); NaN (``null`` in JSON) for a metric without a rule
+    * ``samples``: the samples this cell was measured on (fewer than the sweep's when
+      ``early_stop``: an adaptive sweep stopped adding batches to it)
     """
 
     layer: str
@@ -107,12 +111,25 @@ class Cell:
     degradation: float
     mean_shift: float = float("nan")
     w_clip: float = float("nan")
+    ci_low: float = float("nan")
+    ci_high: float = float("nan")
+    samples: int = 0
+    early_stop: bool = False
+
+    @property
+    def interval(self) -> "Optional[Interval]":
+        """``ci_low``/``ci_high`` as an :class:`~quantlens.stats.intervals.Interval` (None if absent)."""
+        from ..stats.intervals import Interval
+
+        if math.isnan(self.ci_low) or math.isnan(self.ci_high):
+            return None
+        return Interval(self.ci_low, self.ci_high, "stored", self.samples)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Cell":
         names = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in names}
-        for k in ("noise", "sqnr_db", "metric", "degradation", "mean_shift", "w_clip"):
+        for k in ("noise", "sqnr_db", "metric", "degradation", "mean_shift", "w_clip", "ci_low", "ci_high"):
             if k in kw:
                 kw[k] = _num(kw[k])
         return cls(**kw)

@@ -27,10 +27,11 @@ from ..config import SweepConfig
 from ..errors import QuantlensError, QuantlensWarning
 from ..graph.capture import capture, trace_failure
 from ..memory import trim_heap
-from ..metrics import Metric, make_metric
+from ..metrics import Metric, degradation, make_metric
 from ..numerics import analysis_mode
 from ..quant.observers import MinMaxObserver
 from ..quant.quantizer import QuantizedWeight, quantize_weight
+from ..stats.intervals import metric_interval
 from .accumulate import CellAccumulator, ChannelStats, channel_axis, per_sample_sq
 from .data import Batch, extract_output, to_device
 from .results import Cell, LayerInfo, SweepResult, WeightStats
@@ -234,7 +235,10 @@ class Sweep:
             for b in self.config.w_bits:
                 acc = state.cells[(i, b)]
                 m = acc.metric.compute()
-                deg = (baseline - m) if self.higher_is_better else (m - baseline)
+                deg = degradation(baseline, m, self.higher_is_better)
+                iv = metric_interval(acc.metric, self.higher_is_better)
+                if acc.n != state.num_samples:  # stopped early: its own paired samples, not the sweep's baseline
+                    deg = acc.metric.paired.degradation(self.higher_is_better)
                 cells.append(
                     Cell(
                         layer=l.name,
@@ -246,6 +250,10 @@ class Sweep:
                         degradation=deg,
                         mean_shift=acc.mean_shift(std),
                         w_clip=self.qweights[(i, b)].clip,
+                        ci_low=iv.low if iv else float("nan"),
+                        ci_high=iv.high if iv else float("nan"),
+                        samples=acc.n,
+                        early_stop=acc.n < state.num_samples,
                     )
                 )
         return SweepResult(
