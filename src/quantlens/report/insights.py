@@ -23,6 +23,7 @@ from typing import Optional
 
 from ..analysis.results import Cell, LayerInfo, SweepResult
 from .fmt import Units, finite
+from .noise import has_intervals, names as layer_list, noise_sentences, top_tier, verdict
 
 __all__ = ["Insight", "insights", "worst_by_bits", "safe_bits", "OUTLIER_RATIO", "OUTLIER_FRACTION", "DW_SHIFT", "SHIFT", "WIDE_RANGE"]
 
@@ -40,7 +41,7 @@ class Insight:
 
     text: str
     layer: Optional[str] = None
-    kind: str = "info"  # share | cause | safe | info
+    kind: str = "info"  # share | cause | safe | info | noise
 
 
 def worst_by_bits(result: SweepResult, k: int = 3) -> dict[int, list[Cell]]:
@@ -132,16 +133,28 @@ def insights(result: SweepResult, bits: int, units: Optional[Units] = None, tol:
     else:
         share = result.share(bits)
         ranked = [c for c in result.worst(bits, len(cells)) if finite(c.degradation) and c.degradation > 0]
-        top = ranked[0]
-        out.append(Insight(f"{top.layer} accounts for {share[top.layer]:.0%} of the summed {bits}-bit degradation "
-                           f"({u.deg(top.degradation)} of {u.deg(total)}).", top.layer, "share"))
+        noisy = has_intervals(cells)
+        out += [Insight(t, kind="noise") for t in noise_sentences(result, bits, u)]
+        if noisy:  # rank only what the data can tell from zero, and name what it cannot rank
+            ranked = [c for c in ranked if verdict(c) == "worse"]
+        tier = top_tier(ranked) if noisy else ranked[:1]
+        if len(tier) == 1:
+            top = tier[0]
+            out.append(Insight(f"{top.layer} accounts for {share[top.layer]:.0%} of the summed {bits}-bit degradation "
+                               f"({u.deg(top.degradation)} of {u.deg(total)})"
+                               + (f", significantly more than any other layer." if noisy and len(ranked) > 1 else "."), top.layer, "share"))
+        elif tier:
+            together = sum(share[c.layer] for c in tier)
+            out.append(Insight(f"{layer_list(tier)} together account for {together:.0%} of the summed {bits}-bit degradation "
+                               f"({u.deg(sum(c.degradation for c in tier))} of {u.deg(total)}); the data cannot rank them.",
+                               tier[0].layer, "share"))
         cum, group = 0.0, []
         for c in ranked:
             group.append(c)
             cum += share[c.layer]
             if cum >= 0.8:
                 break
-        if 1 < len(group) < len(cells) and len(group) <= max(3, len(cells) // 4):
+        if group and 1 < len(group) < len(cells) and len(group) <= max(3, len(cells) // 4) and len(group) != len(tier):
             names = ", ".join(c.layer for c in group)
             out.append(Insight(f"{len(group)} of {len(cells)} layers ({names}) carry {cum:.0%} of it: keep those at higher "
                                f"precision and quantize the rest to {bits} bits.", kind="share"))
@@ -163,6 +176,15 @@ def insights(result: SweepResult, bits: int, units: Optional[Units] = None, tol:
                         + (f" and its size ({layer.params:,} parameters)" if layer.params < 1000 else "")
                         + ": keep it at higher precision." + keep)
             out.append(Insight(text, c.layer, "cause"))
+    if has_intervals(cells):
+        clean: Optional[int] = None
+        for b in sorted(result.w_bits, reverse=True):
+            if any(verdict(c) == "worse" for c in result.at(b)):
+                break
+            clean = b
+        if clean is not None:
+            out.append(Insight(f"From {clean} bits up no layer is significantly worse than float on {result.num_samples:,} samples.",
+                               kind="noise"))
     if uniform is not None:
         out.append(Insight(f"Every layer stays within {u.deg(tol)} from {uniform} bits up: the lowest safe uniform weight bit-width.", kind="safe"))
     else:
