@@ -76,6 +76,7 @@ def analyze(
     address: Optional[str] = None,
     cache: Union[str, "os.PathLike[str]", None] = None,
     fresh: bool = False,
+    split_noise: bool = False,
 ) -> SweepResult:
     """Quantize one layer at a time and measure what each does to the network's output.
 
@@ -99,6 +100,8 @@ def analyze(
             with Ray); a rerun resumes from it. Refused if made by a different run. Removed
             when the sweep finishes. Default: no cache.
         fresh: discard an existing cache first.
+        split_noise: also measure each cell's output noise from its weights, its input
+            quantizer and its output quantizer alone (:mod:`quantlens.analysis.split`).
 
     Returns:
         a :class:`SweepResult` with one cell per (layer, weight bits).
@@ -117,7 +120,11 @@ def analyze(
         sweep, state, store = run_sweep(
             recipe, data, calib, executor, cache, fresh, bar_factory=lambda n: make_progress(progress, n, "sweep")
         )
-    result = sweep.result(state, time.perf_counter() - t0, model_name or type(model).__name__)
+        result = sweep.result(state, time.perf_counter() - t0, model_name or type(model).__name__)
+        if split_noise:
+            from .split import split_noise as _split
+
+            result = _split(sweep, data, result)
     if store is not None:
         store.clear()
     return result

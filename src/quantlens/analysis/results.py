@@ -100,6 +100,8 @@ class Cell:
       (:mod:`quantlens.stats.intervals`); NaN (``null`` in JSON) for a metric without a rule
     * ``samples``: the samples this cell was measured on (fewer than the sweep's when
       ``early_stop``: an adaptive sweep stopped adding batches to it)
+    * ``noise_weights`` / ``noise_input`` / ``noise_output``: the output noise with only that
+      source quantized (``--split-noise``, :mod:`quantlens.analysis.split`); NaN when not split
     """
 
     layer: str
@@ -115,6 +117,21 @@ class Cell:
     ci_high: float = float("nan")
     samples: int = 0
     early_stop: bool = False
+    noise_weights: float = float("nan")
+    noise_input: float = float("nan")
+    noise_output: float = float("nan")
+
+    @property
+    def noise_parts(self) -> dict[str, float]:
+        """``{source: noise}`` of the split sources that were measured."""
+        parts = {"weights": self.noise_weights, "input": self.noise_input, "output": self.noise_output}
+        return {k: v for k, v in parts.items() if not math.isnan(v)}
+
+    @property
+    def noise_source(self) -> Optional[str]:
+        """The source with the largest noise alone (``weights``, ``input``, ``output``), None if not split."""
+        parts = self.noise_parts
+        return max(parts, key=lambda k: parts[k]) if parts else None
 
     @property
     def interval(self) -> "Optional[Interval]":
@@ -129,7 +146,8 @@ class Cell:
     def from_dict(cls, d: dict) -> "Cell":
         names = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in names}
-        for k in ("noise", "sqnr_db", "metric", "degradation", "mean_shift", "w_clip", "ci_low", "ci_high"):
+        for k in ("noise", "sqnr_db", "metric", "degradation", "mean_shift", "w_clip", "ci_low", "ci_high",
+                  "noise_weights", "noise_input", "noise_output"):
             if k in kw:
                 kw[k] = _num(kw[k])
         return cls(**kw)

@@ -28,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top", type=int, default=5, help="how many worst layers to print (default 5)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (results.json, results.csv)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--split-noise", action="store_true",
+                   help="also split each cell's output noise into weights / input quantizer / output quantizer alone (bits+2 more cone passes per layer)")
     add_scale_args(p)
     p.set_defaults(func=run)
 
@@ -52,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
         engine=args.engine,
         progress=not args.no_progress,
         model_name=args.model,
+        split_noise=args.split_noise,
         **scale_kwargs(args, out),
     )
     result.to_json(out / "results.json")

@@ -77,6 +77,14 @@ def _median_width(layers: tuple[LayerInfo, ...], attr: str) -> Optional[float]:
     return statistics.median(ws) if len(ws) >= 3 else None
 
 
+_SOURCE_ADVICE = {
+    "weights": "the noise comes from its weights{frac}, not its activations: clip its weight range or go per-channel",
+    "input": "the noise comes from its input activation range{frac}, not its weights: clip that range "
+             "(--act-estimator percentile or mse) or keep its input at higher precision",
+    "output": "the noise comes from its output activation range{frac}, not its weights: widen or clip that range",
+}
+
+
 def causes(result: SweepResult, layer: LayerInfo, cell: Cell, a_quantized: bool) -> list[str]:
     """Reasons the stored statistics give for ``layer``'s degradation, each with a remedy."""
     out: list[str] = []
@@ -92,6 +100,12 @@ def causes(result: SweepResult, layer: LayerInfo, cell: Cell, a_quantized: bool)
                 + ("the range is already clipped, try a tighter clip or per-channel granularity"
                    if clipped else "clip this layer's range (SAWB, MSE or percentile via --weight-estimator) or use per-channel granularity")
             )
+    src = cell.noise_source
+    if src is not None:
+        parts = cell.noise_parts
+        tot = sum(parts.values())
+        frac = f" ({parts[src] / tot:.0%} of the split noise)" if tot > 0 else ""
+        out.append(_SOURCE_ADVICE[src].format(frac=frac))
     ms = cell.mean_shift
     if finite(ms) and ((layer.kind == "depthwise" and ms >= DW_SHIFT) or ms >= SHIFT):
         out.append(
