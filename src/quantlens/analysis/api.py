@@ -77,6 +77,8 @@ def analyze(
     cache: Union[str, "os.PathLike[str]", None] = None,
     fresh: bool = False,
     split_noise: bool = False,
+    adaptive: bool = False,
+    tolerance: Union[str, float, None] = None,
 ) -> SweepResult:
     """Quantize one layer at a time and measure what each does to the network's output.
 
@@ -102,6 +104,9 @@ def analyze(
         fresh: discard an existing cache first.
         split_noise: also measure each cell's output noise from its weights, its input
             quantizer and its output quantizer alone (:mod:`quantlens.analysis.split`).
+        adaptive: stop adding batches to a cell once its 95% interval is on one side of
+            ``tolerance`` and of 0 (:mod:`quantlens.analysis.adaptive`); serial, no cache.
+        tolerance: the degradation that matters for ``adaptive`` (``"0.5%"`` or 0.005, the default).
 
     Returns:
         a :class:`SweepResult` with one cell per (layer, weight bits).
@@ -113,6 +118,10 @@ def analyze(
     if calib is not None:
         check_reiterable(calib, "calibration data")
     executor = make_executor(backend, address)
+    if adaptive:
+        executor = _adaptive_executor(backend, cache, metric, tolerance)
+    elif tolerance is not None:
+        raise QuantlensError("--tolerance is for --adaptive (or --estimate): add --adaptive or drop --tolerance")
     t0 = time.perf_counter()
     with preserve_model(model):
         sample = next(iter(iterate(data, "data")))
@@ -125,6 +134,23 @@ def analyze(
             from .split import split_noise as _split
 
             result = _split(sweep, data, result)
+        if adaptive:
+            import dataclasses
+
+            result = dataclasses.replace(result, extra={**result.extra, "adaptive": executor.summary()})
     if store is not None:
         store.clear()
     return result
+
+
+def _adaptive_executor(backend: Any, cache: Any, metric: MetricSpec, tolerance: Union[str, float, None]) -> Any:
+    from ..metrics import make_metric
+    from .adaptive import AdaptiveExecutor, check_adaptive_metric, parse_tolerance
+
+    if backend not in ("serial", None):
+        raise QuantlensError("--adaptive runs serially: drop --backend ray")
+    if cache is not None:
+        raise QuantlensError("--adaptive does not resume from a cache yet: add --no-cache")
+    probe = make_metric(metric)
+    check_adaptive_metric(probe)
+    return AdaptiveExecutor(parse_tolerance(tolerance, pct_metric=getattr(probe, "interval_rule", None) == "binary"))

@@ -167,9 +167,11 @@ class Sweep:
         )
 
     def process_batch(
-        self, state: SweepState, batch: Batch, on_layer: Optional[Callable[[], None]] = None
+        self, state: SweepState, batch: Batch, on_layer: Optional[Callable[[], None]] = None,
+        active: Optional[set] = None,
     ) -> None:
-        """Add one batch to ``state`` for the layers it holds."""
+        """Add one batch to ``state`` for the layers it holds (only the ``(layer, bits)`` cells in
+        ``active`` if given: an adaptive sweep's cells that still need data)."""
         inputs, labels = batch
         inputs = to_device(inputs, self.device)
         if labels is not None:
@@ -193,8 +195,9 @@ class Sweep:
                 state.in_range[i].update(x)
                 state.out_range[i].update(o)
                 state.channels[i].update(o, axis)
-                weights = [self.qweights[(i, b)].weight for b in self.config.w_bits]
-                for b, ev in zip(self.config.w_bits, self.runner.evaluations(cache, i, weights)):
+                bits = [b for b in self.config.w_bits if active is None or (i, b) in active]
+                weights = [self.qweights[(i, b)].weight for b in bits]
+                for b, ev in zip(bits, self.runner.evaluations(cache, i, weights) if bits else ()):
                     y = extract_output(ev.output, self.output_key)
                     state.cells[(i, b)].update(y_ref, y, labels, signal, ev.layer_output, o, axis)
                     del ev, y  # not alive during the next cone pass

@@ -30,6 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--split-noise", action="store_true",
                    help="also split each cell's output noise into weights / input quantizer / output quantizer alone (bits+2 more cone passes per layer)")
+    p.add_argument("--adaptive", action="store_true",
+                   help="stop measuring a cell once its 95%% interval is clear of --tolerance and 0 (serial, no cache)")
+    p.add_argument("--tolerance", default=None, metavar="TOL",
+                   help="the degradation that matters for --adaptive: 0.5%% (default) or a plain number in the metric's units")
     add_scale_args(p)
     p.set_defaults(func=run)
 
@@ -55,7 +59,9 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         model_name=args.model,
         split_noise=args.split_noise,
-        **scale_kwargs(args, out),
+        adaptive=args.adaptive,
+        tolerance=args.tolerance,
+        **{**scale_kwargs(args, out), **({"cache": None} if args.adaptive else {})},
     )
     result.to_json(out / "results.json")
     result.to_csv(out / "results.csv")
@@ -63,5 +69,9 @@ def run(args: argparse.Namespace) -> int:
 
     report = save_report(result, out)
     print_summary(result, k=args.top)
+    ad = result.extra.get("adaptive")
+    if ad:
+        console.print(f"adaptive: {ad['cone_passes']:,} of {ad['exact_cone_passes']:,} cone passes ({ad['speedup']:.1f}x fewer); "
+                      f"{sum(c.early_stop for c in result.cells)} of {len(result.cells)} cells stopped early")
     console.print(f"wrote {out / 'results.json'}, {out / 'results.csv'} and {report} in {result.elapsed_s:.1f} s")
     return 0
