@@ -131,8 +131,7 @@ class AdaptiveExecutor:
 
 
 def _batch_size(batch: Any) -> int:
-    inputs = batch[0]
-    return int(inputs[0].shape[0])
+    return int(batch[0].batch_size)
 
 
 def compare_to_exact(exact: Any, other: Any, bits: int, tol: float) -> dict:

@@ -80,6 +80,8 @@ def analyze(
     split_noise: bool = False,
     adaptive: bool = False,
     tolerance: Union[str, float, None] = None,
+    estimate: bool = False,
+    estimate_k: int = 5,
 ) -> SweepResult:
     """Quantize one layer at a time and measure what each does to the network's output.
 
@@ -112,6 +114,9 @@ def analyze(
         adaptive: stop adding batches to a cell once its 95% interval is on one side of
             ``tolerance`` and of 0 (:mod:`quantlens.analysis.adaptive`); serial, no cache.
         tolerance: the degradation that matters for ``adaptive`` (``"0.5%"`` or 0.005, the default).
+        estimate: a first-order estimate of every cell from one forward and backward pass per
+            batch, checked by measuring ``estimate_k`` top and ``estimate_k`` random layers per
+            bit-width exactly (:mod:`quantlens.analysis.estimate`).
 
     Returns:
         a :class:`SweepResult` with one cell per (layer, weight bits).
@@ -122,6 +127,9 @@ def analyze(
     check_reiterable(data, "data")
     if calib is not None:
         check_reiterable(calib, "calibration data")
+    if estimate:
+        return _estimate(model, data, cfg, metric, calib, device, output_key, reference, layers, engine, model_name,
+                         estimate_k, adaptive or split_noise or backend not in ("serial", None))
     executor = make_executor(backend, address)
     if adaptive:
         executor = _adaptive_executor(backend, cache, metric, tolerance)
@@ -159,3 +167,25 @@ def _adaptive_executor(backend: Any, cache: Any, metric: MetricSpec, tolerance: 
     probe = make_metric(metric)
     check_adaptive_metric(probe)
     return AdaptiveExecutor(parse_tolerance(tolerance, pct_metric=getattr(probe, "interval_rule", None) == "binary"))
+
+
+def _estimate(model: nn.Module, data: Any, cfg: SweepConfig, metric: MetricSpec, calib: Any, device: Any, output_key: Any,
+              reference: Any, layers: Any, engine: str, model_name: str, k: int, other: bool) -> SweepResult:
+    from .estimate import estimate_sweep
+
+    if other:
+        raise QuantlensError("--estimate runs alone: drop --adaptive, --split-noise and --backend ray")
+    if k < 1:
+        raise QuantlensError(f"--estimate-k must be at least 1, got {k}")
+    from ..parallel import SweepRecipe
+
+    with preserve_model(model):
+        sample = next(iter(iterate(data, "data")))
+        sweep = SweepRecipe(model, sample, cfg, metric, device, output_key, reference, engine, layers).build()
+        sweep.calibrate(calib if calib is not None else data)
+
+        def exact(names: list) -> SweepResult:
+            return analyze(model, data, config=cfg, metric=metric, calib=calib, device=device, output_key=output_key,
+                           reference=reference, layers=names, engine=engine, model_name=model_name)
+
+        return estimate_sweep(sweep, data, exact, k=k, model_name=model_name or type(model).__name__)

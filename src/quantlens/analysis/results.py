@@ -102,6 +102,9 @@ class Cell:
       ``early_stop``: an adaptive sweep stopped adding batches to it)
     * ``noise_weights`` / ``noise_input`` / ``noise_output``: the output noise with only that
       source quantized (``--split-noise``, :mod:`quantlens.analysis.split`); NaN when not split
+    * ``estimate``: the first-order estimate of the cell (``--estimate``, expected KL increase,
+      :mod:`quantlens.analysis.estimate`); with ``--estimate`` the exact fields are NaN except
+      for the cells re-measured to check it
     """
 
     layer: str
@@ -120,6 +123,7 @@ class Cell:
     noise_weights: float = float("nan")
     noise_input: float = float("nan")
     noise_output: float = float("nan")
+    estimate: float = float("nan")
 
     @property
     def noise_parts(self) -> dict[str, float]:
@@ -147,7 +151,7 @@ class Cell:
         names = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in names}
         for k in ("noise", "sqnr_db", "metric", "degradation", "mean_shift", "w_clip", "ci_low", "ci_high",
-                  "noise_weights", "noise_input", "noise_output"):
+                  "noise_weights", "noise_input", "noise_output", "estimate"):
             if k in kw:
                 kw[k] = _num(kw[k])
         return cls(**kw)

@@ -34,7 +34,7 @@ from ..memory import trim_heap
 from ..metrics import make_metric
 from ..numerics import analysis_mode
 from .accumulate import CellAccumulator, per_sample_sq
-from .data import extract_output, iterate, to_device
+from .data import extract_output, iterate
 from .results import SweepResult
 from .runner import ConeRunner, HookRunner
 
@@ -69,10 +69,6 @@ def evaluate_part(runner: Any, cache: dict[str, Any], i: int, part: str, weight:
     return ev.output
 
 
-def _call(module: Any, inputs: Any) -> Any:
-    return module(*inputs)
-
-
 def split_noise(sweep: Any, data: Iterable[Any], result: SweepResult) -> SweepResult:
     """``result`` with ``noise_weights`` / ``noise_input`` / ``noise_output`` filled in (see module docstring)."""
     a_on = sweep.config.a_bits is not None
@@ -85,10 +81,10 @@ def split_noise(sweep: Any, data: Iterable[Any], result: SweepResult) -> SweepRe
                 parts[(i, p)] = CellAccumulator(make_metric(sweep.metric_spec))
     with analysis_mode():
         for inputs, labels in iterate(data, "data"):
-            inputs = to_device(inputs, sweep.device)
+            inputs = inputs.to(sweep.device)
             labels = None if labels is None else labels.to(sweep.device)
             out, cache = sweep.runner.float_pass(inputs)
-            y_ref = extract_output(out if sweep.reference is None else _call(sweep.reference, inputs), sweep.output_key)
+            y_ref = extract_output(out if sweep.reference is None else inputs.call(sweep.reference), sweep.output_key)
             signal = per_sample_sq(y_ref)
             for i in sweep.layer_ids:
                 for b in sweep.config.w_bits:

@@ -34,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="stop measuring a cell once its 95%% interval is clear of --tolerance and 0 (serial, no cache)")
     p.add_argument("--tolerance", default=None, metavar="TOL",
                    help="the degradation that matters for --adaptive: 0.5%% (default) or a plain number in the metric's units")
+    p.add_argument("--estimate", action="store_true",
+                   help="first-order estimate of every cell (one forward+backward per batch), checked on top-k and k random layers")
+    p.add_argument("--estimate-k", type=int, default=5, metavar="K", help="layers re-measured exactly per bit-width, top and random (default 5)")
     add_scale_args(p)
     p.set_defaults(func=run)
 
@@ -61,7 +64,9 @@ def run(args: argparse.Namespace) -> int:
         split_noise=args.split_noise,
         adaptive=args.adaptive,
         tolerance=args.tolerance,
-        **{**scale_kwargs(args, out), **({"cache": None} if args.adaptive else {})},
+        estimate=args.estimate,
+        estimate_k=args.estimate_k,
+        **{**scale_kwargs(args, out), **({"cache": None} if args.adaptive or args.estimate else {})},
     )
     result.to_json(out / "results.json")
     result.to_csv(out / "results.csv")
@@ -69,6 +74,13 @@ def run(args: argparse.Namespace) -> int:
 
     report = save_report(result, out)
     print_summary(result, k=args.top)
+    est = result.extra.get("estimate")
+    if est:
+        rho = est["spearman"]
+        console.print(f"estimate: {est['estimate_s']:.1f} s; checked on {est['checked_cells']} exact cells ({est['check_s']:.1f} s): "
+                      f"Spearman {rho:.2f}, top-{est['k']} overlap "
+                      + ", ".join(f"{b}b {v:.0%}" for b, v in est["topk_overlap"].items())
+                      + ("" if rho >= 0.7 else " -- the estimate cannot be trusted for this model: run the exact sweep"))
     ad = result.extra.get("adaptive")
     if ad:
         console.print(f"adaptive: {ad['cone_passes']:,} of {ad['exact_cone_passes']:,} cone passes ({ad['speedup']:.1f}x fewer); "

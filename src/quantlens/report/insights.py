@@ -134,8 +134,20 @@ def insights(result: SweepResult, bits: int, units: Optional[Units] = None, tol:
         tol = ReportOptions().saturation(result.metric_name, result.baseline, [c.degradation for c in result.cells]) / 50
     cells = result.at(bits)
     info = {l.name: l for l in result.layers}
+    check = result.extra.get("estimate")
+    est_note: list[Insight] = []
+    if check:
+        rho = check.get("spearman")
+        head = (f"These cells are a first-order estimate, checked on {check.get('checked_cells', 0)} cells measured exactly "
+                f"(the estimate's top {check.get('k')} and {check.get('k')} random layers per bit-width): Spearman "
+                f"{rho:.2f}" if finite(rho) else "These cells are a first-order estimate; its check has no Spearman (too few cells)")
+        if finite(rho) and rho >= 0.7:
+            est_note.append(Insight(head + "; only the measured cells carry a degradation.", kind="noise"))
+        else:
+            est_note.append(Insight(head + ": the estimate cannot be trusted for this model; run the exact sweep (drop --estimate).",
+                                    kind="noise"))
     total = sum(max(0.0, c.degradation) for c in cells if finite(c.degradation))
-    out: list[Insight] = []
+    out: list[Insight] = list(est_note)
     uniform: Optional[int] = None
     for b in sorted(result.w_bits, reverse=True):
         if not all(finite(c.degradation) and c.degradation <= tol for c in result.at(b)):
