@@ -4,7 +4,6 @@ are one-line errors."""
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch

@@ -29,11 +29,11 @@ import dataclasses
 import math
 import random
 import time
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, fx
+from torch import fx
 
 from ..errors import QuantlensError
 from ..graph.cone import QuantLayer, build_cache_module, fetch_attr, input_node

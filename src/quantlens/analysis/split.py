@@ -27,7 +27,6 @@ import dataclasses
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, Optional
 
-import torch
 from torch import Tensor
 
 from ..memory import trim_heap
