@@ -132,8 +132,8 @@ class PlanResult:
     uniform_measured: float
     uniform_metric: float
     extra: dict = field(default_factory=dict)
-    measured_ci: tuple = (float("nan"), float("nan"))  # paired 95% interval on ``measured``
-    uniform_ci: tuple = (float("nan"), float("nan"))  # and on ``uniform_measured``
+    measured_ci: tuple = (jsonio.NAN, jsonio.NAN)  # paired 95% interval on ``measured``
+    uniform_ci: tuple = (jsonio.NAN, jsonio.NAN)  # and on ``uniform_measured``
     num_samples: int = 0
 
     def vs_uniform(self) -> Optional[dict]:
@@ -263,7 +263,7 @@ def run_plan(
         u_ci = (uni.ci_low, uni.ci_high)
     else:
         u_pred = u_meas = u_metric = float("nan")
-        u_ci = (float("nan"), float("nan"))
+        u_ci = (jsonio.NAN, jsonio.NAN)
     return PlanResult(
         sweep.metric_name, sweep.baseline, cap / total, cap, a_bits, tuple(plan), res.degradation, res.metric, ub, u_pred, u_meas, u_metric,
         measured_ci=(res.ci_low, res.ci_high), uniform_ci=u_ci, num_samples=res.num_samples,

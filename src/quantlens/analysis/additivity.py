@@ -60,8 +60,8 @@ class AdditivityPoint:
     measured: float
     predicted_noise: float = float("nan")
     measured_noise: float = float("nan")
-    measured_ci_low: float = float("nan")  # paired 95% interval on ``measured``
-    measured_ci_high: float = float("nan")
+    measured_ci_low: float = jsonio.NAN  # paired 95% interval on ``measured``
+    measured_ci_high: float = jsonio.NAN
 
 
 @dataclass(frozen=True)

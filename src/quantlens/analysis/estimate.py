@@ -37,6 +37,7 @@ from torch import fx
 
 from ..errors import QuantlensError
 from ..graph.cone import QuantLayer, build_cache_module, fetch_attr, input_node
+from .. import jsonio
 from ..memory import trim_heap
 from .data import extract_output, iterate
 from .results import Cell, SweepResult
@@ -194,7 +195,7 @@ def estimate_sweep(sweep: Any, data: Iterable[Any], recipe_analyze: Any, k: int 
         exact_top = set(sorted(chosen[b], key=lambda n: -exact.cell(n, b).degradation)[:k])
         overlap[b] = len(est_top & exact_top) / max(1, len(est_top))
     rho = spearman(xs, ys)
-    nan = float("nan")
+    nan = jsonio.NAN
     cells = []
     for i in sweep.layer_ids:
         for b in sweep.config.w_bits:

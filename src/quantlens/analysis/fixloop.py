@@ -49,8 +49,8 @@ class FixRow:
     noise: float
     sqnr_db: float
     fixes: dict = field(default_factory=dict)
-    ci_low: float = float("nan")
-    ci_high: float = float("nan")
+    ci_low: float = jsonio.NAN
+    ci_high: float = jsonio.NAN
 
 
 @dataclass(frozen=True)
@@ -63,8 +63,8 @@ class LocalTrial:
     noise: float
     naive_degradation: float
     kept: bool = False
-    ci_low: float = float("nan")
-    ci_high: float = float("nan")
+    ci_low: float = jsonio.NAN
+    ci_high: float = jsonio.NAN
     significant: Optional[bool] = None  # the gain over the naive cell; None without intervals
 
 

@@ -54,8 +54,8 @@ class NetworkResult:
     num_samples: int
     mean_shift: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
-    ci_low: float = float("nan")
-    ci_high: float = float("nan")
+    ci_low: float = jsonio.NAN
+    ci_high: float = jsonio.NAN
 
     @property
     def interval(self) -> "Optional[Interval]":
@@ -187,8 +187,8 @@ def score_network(
         num_samples=out_acc.n,
         mean_shift=shifts,
         config=config.to_dict(),
-        ci_low=iv.low if iv else float("nan"),
-        ci_high=iv.high if iv else float("nan"),
+        ci_low=iv.low if iv else jsonio.NAN,
+        ci_high=iv.high if iv else jsonio.NAN,
     )
 
 

@@ -116,14 +116,14 @@ class Cell:
     degradation: float
     mean_shift: float = float("nan")
     w_clip: float = float("nan")
-    ci_low: float = float("nan")
-    ci_high: float = float("nan")
+    ci_low: float = jsonio.NAN
+    ci_high: float = jsonio.NAN
     samples: int = 0
     early_stop: bool = False
-    noise_weights: float = float("nan")
-    noise_input: float = float("nan")
-    noise_output: float = float("nan")
-    estimate: float = float("nan")
+    noise_weights: float = jsonio.NAN
+    noise_input: float = jsonio.NAN
+    noise_output: float = jsonio.NAN
+    estimate: float = jsonio.NAN
 
     @property
     def noise_parts(self) -> dict[str, float]:

@@ -29,6 +29,7 @@ from typing import Any, Iterable, Iterator, Optional
 
 from torch import Tensor
 
+from .. import jsonio
 from ..memory import trim_heap
 from ..metrics import make_metric
 from ..numerics import analysis_mode
@@ -95,7 +96,7 @@ def split_noise(sweep: Any, data: Iterable[Any], result: SweepResult) -> SweepRe
                         parts[(i, p)].update(y_ref, y, labels, signal)
             del cache, out
             trim_heap()
-    nan = float("nan")
+    nan = jsonio.NAN
     by_name = {sweep.runner.layers[i].name: i for i in sweep.layer_ids}
     cells = []
     for c in result.cells:

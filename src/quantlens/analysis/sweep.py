@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import SweepConfig
+from .. import jsonio
 from ..errors import QuantlensError, QuantlensWarning
 from ..graph.capture import CAPTURE_METHODS, CaptureError, capture
 from ..memory import trim_heap
@@ -256,8 +257,8 @@ class Sweep:
                         degradation=deg,
                         mean_shift=acc.mean_shift(std),
                         w_clip=self.qweights[(i, b)].clip,
-                        ci_low=iv.low if iv else float("nan"),
-                        ci_high=iv.high if iv else float("nan"),
+                        ci_low=iv.low if iv else jsonio.NAN,
+                        ci_high=iv.high if iv else jsonio.NAN,
                         samples=acc.n,
                         early_stop=acc.n < state.num_samples,
                     )
