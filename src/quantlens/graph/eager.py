@@ -37,12 +37,13 @@ from torch.overrides import TorchFunctionMode
 from ..errors import QuantlensError
 from ..inputs import as_inputs
 from ..numerics import analysis_mode
+from .export import check_no_cache
 from .capture import (
     _ACT_FUNCTIONS,
     _ACT_METHODS,
     _BN_TYPES,
     _INPLACE_FUNCTIONS,
-    LAYER_TYPES,
+    is_layer_module,
     _set_submodule,
     fuse_bn,
 )
@@ -164,7 +165,7 @@ def _act_name(u: _Use) -> str:
 
 def _record(model: nn.Module, sample: Any) -> tuple[Any, list[tuple[str, nn.Module, Tensor]], dict[str, int], _Recorder]:
     """One forward pass: (output, [(layer name, module, first output)], call counts, recorder)."""
-    names = {m: n for n, m in model.named_modules() if isinstance(m, LAYER_TYPES)}
+    names = {m: n for n, m in model.named_modules() if is_layer_module(m)}
     calls: dict[str, int] = {}
     first: list[tuple[str, nn.Module, Tensor]] = []
     rec = _Recorder()
@@ -208,6 +209,7 @@ def capture_eager(model: nn.Module, sample: Any) -> EagerGraph:
     ``sample``: the first batch's :class:`~quantlens.inputs.Inputs` (or a tuple of tensors)."""
     sample = as_inputs(sample)
     reference, first, calls, rec = _record(model, sample)
+    check_no_cache(reference)
     if not first:
         raise QuantlensError("the model has no quantizable layer: quantlens analyses Conv1d, Conv2d and Linear modules")
     bn_names = {m: n for n, m in model.named_modules() if isinstance(m, _BN_TYPES)}
