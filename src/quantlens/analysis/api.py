@@ -129,7 +129,7 @@ def analyze(
         check_reiterable(calib, "calibration data")
     if estimate:
         return _estimate(model, data, cfg, metric, calib, device, output_key, reference, layers, engine, model_name,
-                         estimate_k, adaptive or split_noise or backend not in ("serial", None))
+                         estimate_k, adaptive or split_noise or backend not in ("serial", None), capture)
     executor = make_executor(backend, address)
     if adaptive:
         executor = _adaptive_executor(backend, cache, metric, tolerance)
@@ -170,7 +170,7 @@ def _adaptive_executor(backend: Any, cache: Any, metric: MetricSpec, tolerance: 
 
 
 def _estimate(model: nn.Module, data: Any, cfg: SweepConfig, metric: MetricSpec, calib: Any, device: Any, output_key: Any,
-              reference: Any, layers: Any, engine: str, model_name: str, k: int, other: bool) -> SweepResult:
+              reference: Any, layers: Any, engine: str, model_name: str, k: int, other: bool, capture: str = "auto") -> SweepResult:
     from .estimate import estimate_sweep
 
     if other:
@@ -181,11 +181,11 @@ def _estimate(model: nn.Module, data: Any, cfg: SweepConfig, metric: MetricSpec,
 
     with preserve_model(model):
         sample = next(iter(iterate(data, "data")))
-        sweep = SweepRecipe(model, sample, cfg, metric, device, output_key, reference, engine, layers).build()
+        sweep = SweepRecipe(model, sample, cfg, metric, device, output_key, reference, engine, layers, capture).build()
         sweep.calibrate(calib if calib is not None else data)
 
         def exact(names: list) -> SweepResult:
             return analyze(model, data, config=cfg, metric=metric, calib=calib, device=device, output_key=output_key,
-                           reference=reference, layers=names, engine=engine, model_name=model_name)
+                           reference=reference, layers=names, engine=engine, model_name=model_name, capture=capture)
 
         return estimate_sweep(sweep, data, exact, k=k, model_name=model_name or type(model).__name__)
