@@ -137,7 +137,8 @@ def first_order(sweep: Any, data: Iterable[Any], seed: int = 0) -> dict[tuple[in
         with torch.enable_grad():
             for t in floats:
                 t.requires_grad_(True)
-            out, values = inputs.call(gm)
+            flat, values = gm(*runner.graph.flat(inputs))
+            out = runner.graph.output(flat)
             vals = dict(zip(keep, values))
             y = extract_output(out, sweep.output_key)
             if not y.requires_grad or any(not vals[o].requires_grad for o in outs):
@@ -161,7 +162,7 @@ def first_order(sweep: Any, data: Iterable[Any], seed: int = 0) -> dict[tuple[in
                     s = (g.double() * d).reshape(d.shape[0], -1).sum(1)
                     sums[(i, b)] += float(0.5 * (s * s).sum())
         n_total += int(y.shape[0])
-        del vals, values, out, grads
+        del vals, values, out, flat, grads
         trim_heap()
     return {k: v / n_total for k, v in sums.items()}
 
