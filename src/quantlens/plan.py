@@ -231,6 +231,7 @@ def run_plan(
     device: Any = "cpu",
     output_key: Any = None,
     sweep: Optional[SweepResult] = None,
+    convention: str = "quantlens",
 ) -> PlanResult:
     """Sweep (unless given), plan under the budget, and measure the plan and the uniform baseline.
 
@@ -244,7 +245,7 @@ def run_plan(
     from .qconfig import LayerQuant, QuantConfig
 
     if sweep is None:
-        sweep = analyze(model, data, config=make_config(w_bits, a_bits, granularity), metric=metric, calib=calib,
+        sweep = analyze(model, data, config=make_config(w_bits, a_bits, granularity, convention=convention), metric=metric, calib=calib,
                         reference=reference, device=device, output_key=output_key)
     bits = [b for b in sweep.w_bits if b in set(w_bits)]
     if not bits:
@@ -254,11 +255,11 @@ def run_plan(
     plan = plan_bits(sweep, cap, bits)
     g = parse_granularity(granularity)
     measurer = make_measurer(model, data, calib=calib, metric=metric, reference=reference, device=device, output_key=output_key)
-    res = measurer(QuantConfig(tuple((p.layer, LayerQuant(p.w_bits, a_bits, g)) for p in plan)))
+    res = measurer(QuantConfig(tuple((p.layer, LayerQuant(p.w_bits, a_bits, g, convention=convention)) for p in plan)))
     fits = [b for b in bits if b * total <= cap]
     ub = max(fits) if fits else None
     if ub is not None:
-        uni = measurer(QuantConfig.uniform(sweep.layer_names, ub, a_bits, g))
+        uni = measurer(QuantConfig.uniform(sweep.layer_names, ub, a_bits, g, convention=convention))
         u_pred, u_meas, u_metric = sum(sweep.cell(n, ub).degradation for n in sweep.layer_names), uni.degradation, uni.metric
         u_ci = (uni.ci_low, uni.ci_high)
     else:

@@ -73,6 +73,9 @@ def load_sweep(args: argparse.Namespace, need_bits: list[int]) -> Optional[Sweep
     gran = (cfg.get("weight") or {}).get("granularity")
     if gran is not None and gran != str(parse_granularity(args.granularity)):
         raise QuantlensError(f"--results {args.results}: the sweep used {gran} weights, not --granularity {args.granularity}")
+    conv = (cfg.get("weight") or {}).get("convention", "quantlens")
+    if conv != getattr(args, "convention", "quantlens"):
+        raise QuantlensError(f"--results {args.results}: the sweep used the {conv} convention, not --convention {getattr(args, 'convention', 'quantlens')}")
     if sweep.metric_name != args.metric:
         raise QuantlensError(f"--results {args.results}: the sweep measured {sweep.metric_name}, not --metric {args.metric}")
     return sweep
@@ -88,7 +91,8 @@ def sweep_or_run(args: argparse.Namespace, out: Path, model: Any, data: Any, cal
 
     sweep = load_sweep(args, w_bits)
     if sweep is None:
-        sweep = analyze(model, data, config=make_config(w_bits, a_bits, args.granularity), metric=args.metric, calib=calib,
+        cfg = make_config(w_bits, a_bits, args.granularity, convention=getattr(args, "convention", "quantlens"))
+        sweep = analyze(model, data, config=cfg, metric=args.metric, calib=calib,
                         reference=reference, device=args.device, output_key=args.output_key, model_name=args.model)
     target = out / "results.json"
     source = Path(args.results) if args.results else None
