@@ -51,8 +51,10 @@ def _weight_scale(w: torch.Tensor, bits: int) -> float:
     return float(s) if float(s) > 0 else 1.0
 
 
-def naive_sweep(model, data, w_bits, a_bits=8, layer_names=None):
-    """{(layer, bits): (noise, sqnr_db, top1_agreement_with_float)} by full forward passes."""
+def naive_sweep(model, data, w_bits, a_bits=8, layer_names=None, only=None):
+    """{(layer, bits): (noise, sqnr_db, top1_agreement_with_float)} by full forward passes.
+
+    ``only``: quantize just that source of the layer (``weights``, ``input`` or ``output``)."""
     g = capture(model)
     gm = g.gm
     # the capture must compute the model (so that a capture error cannot hide behind the
@@ -80,21 +82,24 @@ def naive_sweep(model, data, w_bits, a_bits=8, layer_names=None):
             w = mod.weight.detach()
             qmax = 2 ** (b - 1) - 1
             s = _weight_scale(w, b)
-            mod.weight.data = torch.fake_quantize_per_tensor_affine(w, s, 0, -qmax - 1, qmax)
-            if a_bits is not None:
+            if only in (None, "weights"):
+                mod.weight.data = torch.fake_quantize_per_tensor_affine(w, s, 0, -qmax - 1, qmax)
+            if a_bits is not None and only != "weights":
                 nodes = {n.name: n for n in q.graph.nodes}
                 conv, o = nodes[l.node], nodes[l.output_node]
                 si, zi = _act_qparams(*ranges[f"{l.name}:in"], a_bits)
                 so, zo = _act_qparams(*ranges[f"{l.name}:out"], a_bits)
-                with q.graph.inserting_before(conv):
-                    qi = q.graph.call_function(
-                        torch.fake_quantize_per_tensor_affine, (conv.args[0], si, zi, 0, 2**a_bits - 1)
-                    )
-                conv.args = (qi,) + tuple(conv.args[1:])
-                with q.graph.inserting_after(o):
-                    qo = q.graph.call_function(torch.fake_quantize_per_tensor_affine, (o, so, zo, 0, 2**a_bits - 1))
-                o.replace_all_uses_with(qo)
-                qo.args = (o, so, zo, 0, 2**a_bits - 1)
+                if only in (None, "input"):
+                    with q.graph.inserting_before(conv):
+                        qi = q.graph.call_function(
+                            torch.fake_quantize_per_tensor_affine, (conv.args[0], si, zi, 0, 2**a_bits - 1)
+                        )
+                    conv.args = (qi,) + tuple(conv.args[1:])
+                if only in (None, "output"):
+                    with q.graph.inserting_after(o):
+                        qo = q.graph.call_function(torch.fake_quantize_per_tensor_affine, (o, so, zo, 0, 2**a_bits - 1))
+                    o.replace_all_uses_with(qo)
+                    qo.args = (o, so, zo, 0, 2**a_bits - 1)
                 q.recompile()
             noise = signal = 0.0
             agree = n = 0

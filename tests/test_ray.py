@@ -46,7 +46,7 @@ def _same_cells(a: dict, b: dict) -> None:
     assert len(a["cells"]) == len(b["cells"])
     for x, y in zip(a["cells"], b["cells"]):
         assert (x["layer"], x["w_bits"]) == (y["layer"], y["w_bits"])
-        for k in ("noise", "sqnr_db", "metric", "degradation", "mean_shift", "w_clip"):
+        for k in ("noise", "sqnr_db", "metric", "degradation", "mean_shift", "w_clip", "ci_low", "ci_high", "samples"):  # intervals merge too
             assert _close(x[k], y[k]), (x["layer"], x["w_bits"], k, x[k], y[k])
 
 

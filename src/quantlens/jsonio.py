@@ -23,7 +23,9 @@ from typing import Any, Optional, Union
 
 from .errors import QuantlensError
 
-__all__ = ["clean", "num", "dump", "load", "write_atomic"]
+__all__ = ["clean", "num", "dump", "load", "write_atomic", "NAN"]
+
+NAN = float("nan")  # one NaN object: dataclasses holding it compare equal after a JSON round trip
 
 Source = Union[str, os.PathLike]
 
@@ -42,7 +44,7 @@ def clean(x: Any, str_keys: bool = False) -> Any:
 
 def num(x: Any) -> float:
     """A float read back from JSON: ``None`` (a written NaN/Inf) becomes NaN."""
-    return float("nan") if x is None else float(x)
+    return NAN if x is None else float(x)
 
 
 def write_atomic(path: Source, text: str, fsync: bool = False) -> None:

@@ -17,7 +17,12 @@ callable       ``fn(y_ref, y, labels) -> float`` per batch, weighted by batch si
 =============  ======================================================  ================
 
 The degradation of a quantized network is ``H(y_ref) - H(y)`` for higher-is-better metrics
-and ``H(y) - H(y_ref)`` otherwise, so that a positive degradation is always worse.
+and ``H(y) - H(y_ref)`` otherwise, so that a positive degradation is always worse
+(:func:`degradation`, the one sign rule).
+
+Each per-sample metric also keeps the paired sums of its reference and quantized scores
+(:class:`~quantlens.stats.sums.PairedSums`), from which :mod:`quantlens.stats.intervals` makes a
+95% interval; ``interval_rule`` names the rule (``binary`` or ``mean``; ``None`` for a callable).
 
 Example:
     >>> import torch
@@ -36,8 +41,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import QuantlensError
+from .stats.sums import PairedSums
 
 __all__ = [
+    "degradation",
     "Metric",
     "SumMetric",
     "register_metric",
@@ -45,6 +52,15 @@ __all__ = [
     "make_metric",
     "CallableMetric",
 ]
+
+
+def degradation(baseline: float, value: float, higher_is_better: bool) -> float:
+    """The sign rule: ``baseline - value`` if higher is better, else ``value - baseline`` (positive = worse).
+
+    >>> degradation(0.9, 0.8, True), degradation(0.1, 0.3, False)
+    (0.09999999999999998, 0.19999999999999998)
+    """
+    return (baseline - value) if higher_is_better else (value - baseline)
 
 
 class Metric(Protocol):
@@ -69,10 +85,12 @@ class SumMetric:
     name = "sum"
     higher_is_better = True
     needs_labels = False
+    interval_rule: Optional[str] = "mean"
 
     def __init__(self) -> None:
         self.total = 0.0
         self.count = 0
+        self.paired = PairedSums()
 
     def scores(self, y_ref: Tensor, y: Tensor, labels: Optional[Tensor]) -> Tensor:  # pragma: no cover
         raise NotImplementedError
@@ -83,26 +101,30 @@ class SumMetric:
                 f"metric {self.name!r} needs labels but the data has none: use a label-free metric "
                 "(agreement, kl, mse, cosine)"
             )
-        s = self.scores(y_ref.detach().float(), y.detach().float(), labels)
+        yr, yq = y_ref.detach().float(), y.detach().float()
+        s = self.scores(yr, yq, labels)
         self.total += float(s.double().sum())
         self.count += int(s.numel())
+        self.paired.update(self.scores(yr, yr, labels), s)
 
     def merge(self, other: "Metric") -> "SumMetric":
         assert isinstance(other, SumMetric)
         out = copy.copy(self)
         out.total = self.total + other.total
         out.count = self.count + other.count
+        out.paired = self.paired.merge(other.paired)
         return out
 
     def compute(self) -> float:
         return self.total / self.count if self.count else float("nan")
 
     def state(self) -> dict:
-        return {"total": self.total, "count": self.count}
+        return {"total": self.total, "count": self.count, "paired": self.paired.state()}
 
     def load_state(self, state: dict) -> None:
         self.total = float(state["total"])
         self.count = int(state["count"])
+        self.paired = PairedSums.from_state(state.get("paired"))  # older states: no interval
 
 
 _REGISTRY: dict[str, Callable[[], Metric]] = {}
@@ -138,6 +160,7 @@ def _labels(labels: Optional[Tensor], y: Tensor) -> Tensor:
 
 @register_metric("top1")
 class Top1(SumMetric):
+    interval_rule = "binary"
     needs_labels = True
 
     def scores(self, y_ref: Tensor, y: Tensor, labels: Optional[Tensor]) -> Tensor:
@@ -146,6 +169,7 @@ class Top1(SumMetric):
 
 @register_metric("top5")
 class Top5(SumMetric):
+    interval_rule = "binary"
     needs_labels = True
 
     def scores(self, y_ref: Tensor, y: Tensor, labels: Optional[Tensor]) -> Tensor:
@@ -157,6 +181,7 @@ class Top5(SumMetric):
 
 @register_metric("agreement")
 class Agreement(SumMetric):
+    interval_rule = "binary"
     def scores(self, y_ref: Tensor, y: Tensor, labels: Optional[Tensor]) -> Tensor:
         return (_flat(y).argmax(1) == _flat(y_ref).argmax(1)).double()
 
@@ -188,8 +213,11 @@ class Cosine(SumMetric):
 class CallableMetric(SumMetric):
     """A user function ``fn(y_ref, y, labels) -> float`` scored per batch, weighted by batch size."""
 
+    interval_rule = None  # scored per batch: no per-sample differences, no interval
+
     def __init__(self, fn: Callable[..., Any], higher_is_better: bool = True, name: Optional[str] = None) -> None:
         super().__init__()
+        self.paired = PairedSums(valid=False)
         self.fn = fn
         self.higher_is_better = higher_is_better
         self.name = name or getattr(fn, "__name__", "custom")

@@ -132,6 +132,24 @@ class PlanResult:
     uniform_measured: float
     uniform_metric: float
     extra: dict = field(default_factory=dict)
+    measured_ci: tuple = (jsonio.NAN, jsonio.NAN)  # paired 95% interval on ``measured``
+    uniform_ci: tuple = (jsonio.NAN, jsonio.NAN)  # and on ``uniform_measured``
+    num_samples: int = 0
+
+    def vs_uniform(self) -> Optional[dict]:
+        """Plan vs uniform: ``gain`` (uniform minus plan degradation), whether it is ``significant``
+        (:func:`quantlens.stats.resolve.separated`) and the samples that would resolve it; None
+        without intervals or a uniform plan."""
+        from .stats.intervals import Interval
+        from .stats.resolve import samples_to_resolve, separated
+
+        if self.uniform_bits is None or any(math.isnan(x) for x in (*self.measured_ci, *self.uniform_ci)) or self.num_samples < 2:
+            return None
+        a = Interval(self.measured_ci[0], self.measured_ci[1], "stored", self.num_samples)
+        b = Interval(self.uniform_ci[0], self.uniform_ci[1], "stored", self.num_samples)
+        gain = self.uniform_measured - self.measured
+        sig = separated(a, self.measured, b, self.uniform_measured)
+        return {"gain": gain, "significant": sig, "samples_to_resolve": 0 if sig else samples_to_resolve(gain, a, b)}
 
     @property
     def params(self) -> int:
@@ -169,7 +187,11 @@ class PlanResult:
                     "predicted": self.uniform_predicted,
                     "measured": self.uniform_measured,
                     "metric": self.uniform_metric,
+                    "ci": list(self.uniform_ci),
                 },
+                "measured_ci": list(self.measured_ci),
+                "num_samples": self.num_samples,
+                "vs_uniform": self.vs_uniform(),
                 **self.extra,
             }
         )
@@ -188,6 +210,9 @@ class PlanResult:
             d["metric"], num(d["baseline"]), num(d["budget"]["avg_bits"]), int(d["budget"]["bits"]), d.get("a_bits"),
             tuple(LayerPlan(l["layer"], int(l["params"]), int(l["w_bits"]), num(l["predicted"]), num(l["noise"])) for l in d["layers"]),
             num(d["measured"]), num(d["measured_metric"]), u.get("w_bits"), num(u["predicted"]), num(u["measured"]), num(u["metric"]),
+            measured_ci=tuple(num(x) for x in d.get("measured_ci", [None, None])),
+            uniform_ci=tuple(num(x) for x in u.get("ci", [None, None])),
+            num_samples=int(d.get("num_samples", 0)),
         )
 
 
@@ -236,8 +261,11 @@ def run_plan(
     if ub is not None:
         uni = measurer(QuantConfig.uniform(sweep.layer_names, ub, a_bits, g, convention=convention))
         u_pred, u_meas, u_metric = sum(sweep.cell(n, ub).degradation for n in sweep.layer_names), uni.degradation, uni.metric
+        u_ci = (uni.ci_low, uni.ci_high)
     else:
         u_pred = u_meas = u_metric = float("nan")
+        u_ci = (jsonio.NAN, jsonio.NAN)
     return PlanResult(
-        sweep.metric_name, sweep.baseline, cap / total, cap, a_bits, tuple(plan), res.degradation, res.metric, ub, u_pred, u_meas, u_metric
+        sweep.metric_name, sweep.baseline, cap / total, cap, a_bits, tuple(plan), res.degradation, res.metric, ub, u_pred, u_meas, u_metric,
+        measured_ci=(res.ci_low, res.ci_high), uniform_ci=u_ci, num_samples=res.num_samples,
     )

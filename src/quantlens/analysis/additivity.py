@@ -60,6 +60,8 @@ class AdditivityPoint:
     measured: float
     predicted_noise: float = float("nan")
     measured_noise: float = float("nan")
+    measured_ci_low: float = jsonio.NAN  # paired 95% interval on ``measured``
+    measured_ci_high: float = jsonio.NAN
 
 
 @dataclass(frozen=True)
@@ -171,7 +173,8 @@ class AdditivityResult:
         """From JSON text, a path to ``additivity.json``, or its directory."""
         d = jsonio.load(source, ADDITIVITY_SCHEMA, "additivity result", "additivity.json")
         pts = tuple(
-            AdditivityPoint(list(p["low_bit_layers"]), _num(p["predicted"]), _num(p["measured"]), _num(p.get("predicted_noise")), _num(p.get("measured_noise")))
+            AdditivityPoint(list(p["low_bit_layers"]), _num(p["predicted"]), _num(p["measured"]), _num(p.get("predicted_noise")), _num(p.get("measured_noise")),
+                            _num(p.get("measured_ci_low")), _num(p.get("measured_ci_high")))
             for p in d["points"]
         )
         lays = tuple(LayerShift(l["layer"], l["kind"], _num(l["mean_shift"]), _num(l["joint_mean_shift"]), bool(l["flagged"])) for l in d.get("layers", []))
@@ -224,7 +227,8 @@ def additivity(
         res = measure(cfg, False)
         cells = [sweep.cell(n, low if n in low_set else high) for n in names]
         points.append(
-            AdditivityPoint(subset, sum(c.degradation for c in cells), res.degradation, sum(c.noise for c in cells), res.noise)
+            AdditivityPoint(subset, sum(c.degradation for c in cells), res.degradation, sum(c.noise for c in cells), res.noise,
+                            res.ci_low, res.ci_high)
         )
     joint = measure(QuantConfig(tuple((n, LayerQuant(low, a_bits, g)) for n in names)), True)
     kinds = {l.name: l.kind for l in sweep.layers}

@@ -79,6 +79,11 @@ def analyze(
     address: Optional[str] = None,
     cache: Union[str, "os.PathLike[str]", None] = None,
     fresh: bool = False,
+    split_noise: bool = False,
+    adaptive: bool = False,
+    tolerance: Union[str, float, None] = None,
+    estimate: bool = False,
+    estimate_k: int = 5,
 ) -> SweepResult:
     """Quantize one layer at a time and measure what each does to the network's output.
 
@@ -106,6 +111,14 @@ def analyze(
             with Ray); a rerun resumes from it. Refused if made by a different run. Removed
             when the sweep finishes. Default: no cache.
         fresh: discard an existing cache first.
+        split_noise: also measure each cell's output noise from its weights, its input
+            quantizer and its output quantizer alone (:mod:`quantlens.analysis.split`).
+        adaptive: stop adding batches to a cell once its 95% interval is on one side of
+            ``tolerance`` and of 0 (:mod:`quantlens.analysis.adaptive`); serial, no cache.
+        tolerance: the degradation that matters for ``adaptive`` (``"0.5%"`` or 0.005, the default).
+        estimate: a first-order estimate of every cell from one forward and backward pass per
+            batch, checked by measuring ``estimate_k`` top and ``estimate_k`` random layers per
+            bit-width exactly (:mod:`quantlens.analysis.estimate`).
 
     Returns:
         a :class:`SweepResult` with one cell per (layer, weight bits).
@@ -116,7 +129,14 @@ def analyze(
     check_reiterable(data, "data")
     if calib is not None:
         check_reiterable(calib, "calibration data")
+    if estimate:
+        return _estimate(model, data, cfg, metric, calib, device, output_key, reference, layers, engine, model_name,
+                         estimate_k, adaptive or split_noise or backend not in ("serial", None), capture)
     executor = make_executor(backend, address)
+    if adaptive:
+        executor = _adaptive_executor(backend, cache, metric, tolerance)
+    elif tolerance is not None:
+        raise QuantlensError("--tolerance is for --adaptive (or --estimate): add --adaptive or drop --tolerance")
     t0 = time.perf_counter()
     with preserve_model(model):
         sample = next(iter(iterate(data, "data")))
@@ -124,7 +144,50 @@ def analyze(
         sweep, state, store = run_sweep(
             recipe, data, calib, executor, cache, fresh, bar_factory=lambda n: make_progress(progress, n, "sweep")
         )
-    result = sweep.result(state, time.perf_counter() - t0, model_name or type(model).__name__)
+        result = sweep.result(state, time.perf_counter() - t0, model_name or type(model).__name__)
+        if split_noise:
+            from .split import split_noise as _split
+
+            result = _split(sweep, data, result)
+        if adaptive:
+            import dataclasses
+
+            result = dataclasses.replace(result, extra={**result.extra, "adaptive": executor.summary()})
     if store is not None:
         store.clear()
     return result
+
+
+def _adaptive_executor(backend: Any, cache: Any, metric: MetricSpec, tolerance: Union[str, float, None]) -> Any:
+    from ..metrics import make_metric
+    from .adaptive import AdaptiveExecutor, check_adaptive_metric, parse_tolerance
+
+    if backend not in ("serial", None):
+        raise QuantlensError("--adaptive runs serially: drop --backend ray")
+    if cache is not None:
+        raise QuantlensError("--adaptive does not resume from a cache yet: add --no-cache")
+    probe = make_metric(metric)
+    check_adaptive_metric(probe)
+    return AdaptiveExecutor(parse_tolerance(tolerance, pct_metric=getattr(probe, "interval_rule", None) == "binary"))
+
+
+def _estimate(model: nn.Module, data: Any, cfg: SweepConfig, metric: MetricSpec, calib: Any, device: Any, output_key: Any,
+              reference: Any, layers: Any, engine: str, model_name: str, k: int, other: bool, capture: str = "auto") -> SweepResult:
+    from .estimate import estimate_sweep
+
+    if other:
+        raise QuantlensError("--estimate runs alone: drop --adaptive, --split-noise and --backend ray")
+    if k < 1:
+        raise QuantlensError(f"--estimate-k must be at least 1, got {k}")
+    from ..parallel import SweepRecipe
+
+    with preserve_model(model):
+        sample = next(iter(iterate(data, "data")))
+        sweep = SweepRecipe(model, sample, cfg, metric, device, output_key, reference, engine, layers, capture).build()
+        sweep.calibrate(calib if calib is not None else data)
+
+        def exact(names: list) -> SweepResult:
+            return analyze(model, data, config=cfg, metric=metric, calib=calib, device=device, output_key=output_key,
+                           reference=reference, layers=names, engine=engine, model_name=model_name, capture=capture)
+
+        return estimate_sweep(sweep, data, exact, k=k, model_name=model_name or type(model).__name__)

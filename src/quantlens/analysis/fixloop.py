@@ -4,7 +4,9 @@
 2. For each culprit ``l`` and each candidate fix ``f``: apply ``f`` to ``l`` alone (a copy),
    re-measure the single-layer cell with the cone engine against the same reference, and keep
    the best fix only if its degradation is lower than the naive cell's (ties between fixes:
-   lower output noise).
+   lower output noise). ``significant`` says whether the gain is larger than the two cells'
+   95% intervals allow by chance (:func:`quantlens.stats.resolve.separated`); a kept fix that
+   is not significant is reported as such.
 3. Measure, each with every layer quantized at once on the evaluation data: the float network,
    naive quantization, each fix applied to every layer (``global:sawb``, ``global:mse``,
    ``global:equalize+bias_correction``, plus ``global:<f>`` for any fix chosen locally), and
@@ -47,6 +49,8 @@ class FixRow:
     noise: float
     sqnr_db: float
     fixes: dict = field(default_factory=dict)
+    ci_low: float = jsonio.NAN
+    ci_high: float = jsonio.NAN
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,9 @@ class LocalTrial:
     noise: float
     naive_degradation: float
     kept: bool = False
+    ci_low: float = jsonio.NAN
+    ci_high: float = jsonio.NAN
+    significant: Optional[bool] = None  # the gain over the naive cell; None without intervals
 
 
 @dataclass(frozen=True)
@@ -111,9 +118,11 @@ class FixResult:
     def from_json(cls, source: Union[str, os.PathLike]) -> "FixResult":
         """From JSON text, a path to ``fix.json``, or its directory."""
         d = jsonio.load(source, FIX_SCHEMA, "fix result", "fix.json")
-        rows = tuple(FixRow(r["method"], _num(r["metric"]), _num(r["degradation"]), _num(r["noise"]), _sqnr(r), r.get("fixes", {})) for r in d["rows"])
+        rows = tuple(FixRow(r["method"], _num(r["metric"]), _num(r["degradation"]), _num(r["noise"]), _sqnr(r), r.get("fixes", {}),
+                            _num(r.get("ci_low")), _num(r.get("ci_high"))) for r in d["rows"])
         trials = tuple(
-            LocalTrial(t["layer"], t["fix"], _num(t["degradation"]), _num(t["noise"]), _num(t["naive_degradation"]), bool(t["kept"])) for t in d["trials"]
+            LocalTrial(t["layer"], t["fix"], _num(t["degradation"]), _num(t["noise"]), _num(t["naive_degradation"]), bool(t["kept"]),
+                       _num(t.get("ci_low")), _num(t.get("ci_high")), t.get("significant")) for t in d["trials"]
         )
         return cls(d["metric"], bool(d["higher_is_better"]), int(d["w_bits"]), d.get("a_bits"), tuple(d["culprits"]), trials, rows,
                    QuantConfig.from_dict(d["config"]), int(d.get("num_samples", 0)), d.get("model", ""))
@@ -131,13 +140,22 @@ def rank_culprits(sweep: SweepResult, bits: int, k: int = 3) -> list[str]:
     return [c.layer for c in sweep.worst(bits, k=len(sweep.layers)) if c.degradation > 0][:k]
 
 
-def _local_cell(measurer: NetworkMeasurer, graph: Any, layer: str, sweep_cfg: SweepConfig, reference: nn.Module) -> tuple[float, float]:
+def _local_cell(measurer: NetworkMeasurer, graph: Any, layer: str, sweep_cfg: SweepConfig, reference: nn.Module) -> Any:
     from .api import analyze
 
     r = analyze(graph.gm, measurer.data, config=sweep_cfg, metric=measurer.metric, calib=measurer.calib,
                 reference=reference, device=measurer.device, output_key=measurer.output_key, layers=[layer])
-    c = r.cell(layer, sweep_cfg.w_bits[0])
-    return c.degradation, c.noise
+    return r.cell(layer, sweep_cfg.w_bits[0])
+
+
+def _gain_significant(naive: Any, fixed: Any) -> Optional[bool]:
+    """Whether ``fixed`` (a cell) is significantly better than ``naive`` (None without intervals)."""
+    from ..stats.resolve import separated
+
+    a, b = naive.interval, fixed.interval
+    if a is None or b is None:
+        return None
+    return fixed.degradation < naive.degradation and separated(a, naive.degradation, b, fixed.degradation)
 
 
 def fix_loop(
@@ -178,17 +196,19 @@ def fix_loop(
     trials: list[LocalTrial] = []
     chosen = naive
     for layer in culprits:
-        base = sweep.cell(layer, w_bits).degradation
+        naive_cell = sweep.cell(layer, w_bits)
+        base = naive_cell.degradation
         ctx = FixContext(QuantConfig(((layer, naive.layer(layer)),)), measurer.calib, measurer.device)  # the cell's network
         results = []
         for f in candidates:
             fixed = make_fix(f, ctx).apply(measurer.graph, [layer])
-            deg, noise = _local_cell(measurer, fixed, layer, sweep_cfg, ref_module)
-            results.append((deg, noise, f))
-        best = min(results) if results else None
+            c = _local_cell(measurer, fixed, layer, sweep_cfg, ref_module)
+            results.append((c.degradation, c.noise, f, c))
+        best = min(results, key=lambda t: t[:3]) if results else None
         keep = best is not None and best[0] < base
-        for deg, noise, f in results:
-            trials.append(LocalTrial(layer, f, deg, noise, base, keep and f == best[2]))  # type: ignore[index]
+        for deg, noise, f, c in results:
+            trials.append(LocalTrial(layer, f, deg, noise, base, keep and f == best[2], c.ci_low, c.ci_high,  # type: ignore[index]
+                                     _gain_significant(naive_cell, c)))
         if keep:
             chosen = chosen.with_fix(best[2], [layer])  # type: ignore[index]
     rows = [_row("float", measurer(QuantConfig())), _row("naive", measurer(naive))]
@@ -210,4 +230,4 @@ def fix_loop(
 
 
 def _row(method: str, r: Any, fixes: Optional[dict] = None) -> FixRow:
-    return FixRow(method, r.metric, r.degradation, r.noise, r.sqnr_db, fixes or {})
+    return FixRow(method, r.metric, r.degradation, r.noise, r.sqnr_db, fixes or {}, r.ci_low, r.ci_high)

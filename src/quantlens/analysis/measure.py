@@ -29,9 +29,10 @@ from ..graph.capture import CaptureError, LayerGraph, capture
 from ..graph.cone import build_cache_module
 from ..guard import preserve_model
 from ..jsonio import num as _num
-from ..metrics import Metric, make_metric
+from ..metrics import Metric, degradation, make_metric
 from ..numerics import analysis_mode
 from ..qconfig import QuantConfig
+from ..stats.intervals import metric_interval
 from .accumulate import CellAccumulator, ChannelStats, ShiftAccumulator, channel_axis
 from .data import Inputs, extract_output, iterate
 from .network import QuantizedNetwork, build_quantized, calibrate_ranges
@@ -53,6 +54,17 @@ class NetworkResult:
     num_samples: int
     mean_shift: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
+    ci_low: float = jsonio.NAN
+    ci_high: float = jsonio.NAN
+
+    @property
+    def interval(self) -> "Optional[Interval]":
+        """The paired 95% interval on ``degradation`` (None for a metric without a rule)."""
+        from ..stats.intervals import Interval
+
+        if self.ci_low != self.ci_low or self.ci_high != self.ci_high:
+            return None
+        return Interval(self.ci_low, self.ci_high, "stored", self.num_samples)
 
     def to_dict(self) -> dict:
         return jsonio.clean(
@@ -67,6 +79,8 @@ class NetworkResult:
                 "num_samples": self.num_samples,
                 "mean_shift": self.mean_shift,
                 "config": self.config,
+                "ci_low": self.ci_low,
+                "ci_high": self.ci_high,
             }
         )
 
@@ -83,6 +97,8 @@ class NetworkResult:
             num_samples=int(d["num_samples"]),
             mean_shift={k: _num(v) for k, v in d.get("mean_shift", {}).items()},
             config=d.get("config", {}),
+            ci_low=_num(d.get("ci_low")),
+            ci_high=_num(d.get("ci_high")),
         )
 
 
@@ -158,18 +174,21 @@ def score_network(
                 shift[name].update(oq, fv[name], axes[name])
     b, m = base.compute(), out_acc.metric.compute()
     hib = bool(base.higher_is_better)
+    iv = metric_interval(out_acc.metric, hib)
     shifts = {name: shift[name].mean_shift(stats[name].std()) for name in axes if shift[name].sum is not None and stats[name].sum is not None}
     return NetworkResult(
         metric_name=str(getattr(base, "name", "custom")),
         higher_is_better=hib,
         baseline=b,
         metric=m,
-        degradation=(b - m) if hib else (m - b),
+        degradation=degradation(b, m, hib),
         noise=out_acc.noise_mean,
         sqnr_db=out_acc.sqnr_db,
         num_samples=out_acc.n,
         mean_shift=shifts,
         config=config.to_dict(),
+        ci_low=iv.low if iv else jsonio.NAN,
+        ci_high=iv.high if iv else jsonio.NAN,
     )
 
 

@@ -96,6 +96,15 @@ class Cell:
     * ``mean_shift``: mean over output channels of ``|E[o_i - o]| / std(o)`` for the layer's
       own output ``o`` (the bias shift of the paper's section 4.4)
     * ``w_clip``: the largest ``|range|`` of the weight quantizer (shows clipping)
+    * ``ci_low`` / ``ci_high``: the paired 95% interval on ``degradation``
+      (:mod:`quantlens.stats.intervals`); NaN (``null`` in JSON) for a metric without a rule
+    * ``samples``: the samples this cell was measured on (fewer than the sweep's when
+      ``early_stop``: an adaptive sweep stopped adding batches to it)
+    * ``noise_weights`` / ``noise_input`` / ``noise_output``: the output noise with only that
+      source quantized (``--split-noise``, :mod:`quantlens.analysis.split`); NaN when not split
+    * ``estimate``: the first-order estimate of the cell (``--estimate``, expected KL increase,
+      :mod:`quantlens.analysis.estimate`); with ``--estimate`` the exact fields are NaN except
+      for the cells re-measured to check it
     """
 
     layer: str
@@ -107,12 +116,42 @@ class Cell:
     degradation: float
     mean_shift: float = float("nan")
     w_clip: float = float("nan")
+    ci_low: float = jsonio.NAN
+    ci_high: float = jsonio.NAN
+    samples: int = 0
+    early_stop: bool = False
+    noise_weights: float = jsonio.NAN
+    noise_input: float = jsonio.NAN
+    noise_output: float = jsonio.NAN
+    estimate: float = jsonio.NAN
+
+    @property
+    def noise_parts(self) -> dict[str, float]:
+        """``{source: noise}`` of the split sources that were measured."""
+        parts = {"weights": self.noise_weights, "input": self.noise_input, "output": self.noise_output}
+        return {k: v for k, v in parts.items() if not math.isnan(v)}
+
+    @property
+    def noise_source(self) -> Optional[str]:
+        """The source with the largest noise alone (``weights``, ``input``, ``output``), None if not split."""
+        parts = self.noise_parts
+        return max(parts, key=lambda k: parts[k]) if parts else None
+
+    @property
+    def interval(self) -> "Optional[Interval]":
+        """``ci_low``/``ci_high`` as an :class:`~quantlens.stats.intervals.Interval` (None if absent)."""
+        from ..stats.intervals import Interval
+
+        if math.isnan(self.ci_low) or math.isnan(self.ci_high):
+            return None
+        return Interval(self.ci_low, self.ci_high, "stored", self.samples)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Cell":
         names = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in names}
-        for k in ("noise", "sqnr_db", "metric", "degradation", "mean_shift", "w_clip"):
+        for k in ("noise", "sqnr_db", "metric", "degradation", "mean_shift", "w_clip", "ci_low", "ci_high",
+                  "noise_weights", "noise_input", "noise_output", "estimate"):
             if k in kw:
                 kw[k] = _num(kw[k])
         return cls(**kw)

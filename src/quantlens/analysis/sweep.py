@@ -24,14 +24,16 @@ import torch
 from torch import Tensor, nn
 
 from ..config import SweepConfig
+from .. import jsonio
 from ..errors import QuantlensError, QuantlensWarning
 from ..graph.capture import CAPTURE_METHODS, CaptureError, capture
 from ..graph.export import check_no_cache
 from ..memory import trim_heap
-from ..metrics import Metric, make_metric
+from ..metrics import Metric, degradation, make_metric
 from ..numerics import analysis_mode
 from ..quant.observers import MinMaxObserver
 from ..quant.quantizer import QuantizedWeight, quantize_weight
+from ..stats.intervals import metric_interval
 from .accumulate import CellAccumulator, ChannelStats, channel_axis, per_sample_sq
 from .data import Batch, extract_output
 from .results import Cell, LayerInfo, SweepResult, WeightStats
@@ -172,9 +174,11 @@ class Sweep:
         )
 
     def process_batch(
-        self, state: SweepState, batch: Batch, on_layer: Optional[Callable[[], None]] = None
+        self, state: SweepState, batch: Batch, on_layer: Optional[Callable[[], None]] = None,
+        active: Optional[set] = None,
     ) -> None:
-        """Add one batch to ``state`` for the layers it holds."""
+        """Add one batch to ``state`` for the layers it holds (only the ``(layer, bits)`` cells in
+        ``active`` if given: an adaptive sweep's cells that still need data)."""
         inputs, labels = batch
         inputs = inputs.to(self.device)
         if labels is not None:
@@ -198,8 +202,9 @@ class Sweep:
                 state.in_range[i].update(x)
                 state.out_range[i].update(o)
                 state.channels[i].update(o, axis)
-                weights = [self.qweights[(i, b)].weight for b in self.config.w_bits]
-                for b, ev in zip(self.config.w_bits, self.runner.evaluations(cache, i, weights)):
+                bits = [b for b in self.config.w_bits if active is None or (i, b) in active]
+                weights = [self.qweights[(i, b)].weight for b in bits]
+                for b, ev in zip(bits, self.runner.evaluations(cache, i, weights) if bits else ()):
                     y = extract_output(ev.output, self.output_key)
                     state.cells[(i, b)].update(y_ref, y, labels, signal, ev.layer_output, o, axis)
                     del ev, y  # not alive during the next cone pass
@@ -240,7 +245,10 @@ class Sweep:
             for b in self.config.w_bits:
                 acc = state.cells[(i, b)]
                 m = acc.metric.compute()
-                deg = (baseline - m) if self.higher_is_better else (m - baseline)
+                deg = degradation(baseline, m, self.higher_is_better)
+                iv = metric_interval(acc.metric, self.higher_is_better)
+                if acc.n != state.num_samples:  # stopped early: its own paired samples, not the sweep's baseline
+                    deg = acc.metric.paired.degradation(self.higher_is_better)
                 cells.append(
                     Cell(
                         layer=l.name,
@@ -252,6 +260,10 @@ class Sweep:
                         degradation=deg,
                         mean_shift=acc.mean_shift(std),
                         w_clip=self.qweights[(i, b)].clip,
+                        ci_low=iv.low if iv else jsonio.NAN,
+                        ci_high=iv.high if iv else jsonio.NAN,
+                        samples=acc.n,
+                        early_stop=acc.n < state.num_samples,
                     )
                 )
         return SweepResult(

@@ -30,6 +30,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top", type=int, default=5, help="how many worst layers to print (default 5)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (results.json, results.csv)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--split-noise", action="store_true",
+                   help="also split each cell's output noise into weights / input quantizer / output quantizer alone (bits+2 more cone passes per layer)")
+    p.add_argument("--adaptive", action="store_true",
+                   help="stop measuring a cell once its 95%% interval is clear of --tolerance and 0 (serial, no cache)")
+    p.add_argument("--tolerance", default=None, metavar="TOL",
+                   help="the degradation that matters for --adaptive: 0.5%% (default) or a plain number in the metric's units")
+    p.add_argument("--estimate", action="store_true",
+                   help="first-order estimate of every cell (one forward+backward per batch), checked on top-k and k random layers")
+    p.add_argument("--estimate-k", type=int, default=5, metavar="K", help="layers re-measured exactly per bit-width, top and random (default 5)")
     add_scale_args(p)
     p.set_defaults(func=run)
 
@@ -55,7 +64,12 @@ def run(args: argparse.Namespace) -> int:
         capture=args.capture,
         progress=not args.no_progress,
         model_name=args.model,
-        **scale_kwargs(args, out),
+        split_noise=args.split_noise,
+        adaptive=args.adaptive,
+        tolerance=args.tolerance,
+        estimate=args.estimate,
+        estimate_k=args.estimate_k,
+        **{**scale_kwargs(args, out), **({"cache": None} if args.adaptive or args.estimate else {})},
     )
     result.to_json(out / "results.json")
     result.to_csv(out / "results.csv")
@@ -63,5 +77,16 @@ def run(args: argparse.Namespace) -> int:
 
     report = save_report(result, out)
     print_summary(result, k=args.top)
+    est = result.extra.get("estimate")
+    if est:
+        rho = est["spearman"]
+        console.print(f"estimate: {est['estimate_s']:.1f} s; checked on {est['checked_cells']} exact cells ({est['check_s']:.1f} s): "
+                      f"Spearman {rho:.2f}, top-{est['k']} overlap "
+                      + ", ".join(f"{b}b {v:.0%}" for b, v in est["topk_overlap"].items())
+                      + ("" if rho >= 0.7 else " -- the estimate cannot be trusted for this model: run the exact sweep"))
+    ad = result.extra.get("adaptive")
+    if ad:
+        console.print(f"adaptive: {ad['cone_passes']:,} of {ad['exact_cone_passes']:,} cone passes ({ad['speedup']:.1f}x fewer); "
+                      f"{sum(c.early_stop for c in result.cells)} of {len(result.cells)} cells stopped early")
     console.print(f"wrote {out / 'results.json'}, {out / 'results.csv'} and {report} in {result.elapsed_s:.1f} s")
     return 0

@@ -126,15 +126,27 @@ def print_summary(result: SweepResult, k: int = 5, rank_bits: Optional[int] = No
     table.add_column("params", justify="right")
     for b in bits:
         table.add_column(f"deg@{b}b", justify="right")
+    from ..report.noise import has_intervals, noise_sentences, verdict
+
+    noisy = has_intervals(result.at(rb))
+    if noisy:
+        table.add_column(f"95% CI@{rb}b", justify="right")
+        table.add_column(f"vs float@{rb}b")
     table.add_column(f"SQNR@{rb}b", justify="right")
     table.add_column(f"share@{rb}b", justify="right")
     info = {l.name: l for l in result.layers}
     share = result.share(rb)
+    said = {"worse": "worse", "better": "better", "zero": "~ 0 (noise)", "unknown": "-"}
     for rank, c in enumerate(result.worst(rb, k), 1):
         l = info[c.layer]
         op = l.op + ("/dw" if l.kind == "depthwise" else "")
         row = [str(rank), c.layer, op, f"{l.params:,}"]
         row += [_fmt(result.cell(c.layer, b).degradation, pct) for b in bits]
+        if noisy:
+            row += [f"[{_fmt(c.ci_low, pct)}, {_fmt(c.ci_high, pct)}]", said[verdict(c)]
+                    + (f" (n={c.samples:,}, stopped early)" if c.early_stop else "")]
         row += [f"{c.sqnr_db:.1f} dB", f"{100 * share[c.layer]:.0f}%"]
         table.add_row(*row)
     console.print(table)
+    for line in noise_sentences(result, rb):
+        console.print(line)

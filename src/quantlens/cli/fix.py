@@ -37,13 +37,47 @@ def print_table(result) -> None:  # noqa: ANN001
     pct = Units.for_metric(result.metric_name).pct  # the report's rule
     a = f"{result.a_bits}-bit activations" if result.a_bits else "float activations"
     t = Table(title=f"Table 1: {result.w_bits}-bit weights, {a}, whole network quantized")
-    for col, just in (("method", "left"), (result.metric_name, "right"), ("degradation", "right"), ("SQNR", "right"), ("fixes", "left")):
+    for col, just in (("method", "left"), (result.metric_name, "right"), ("degradation", "right"), ("95% CI", "right"),
+                      ("SQNR", "right"), ("fixes", "left")):
         t.add_column(col, justify=just)  # type: ignore[arg-type]
     for r in result.rows:
         fixes = ", ".join(f"{k}: {'+'.join(v)}" for k, v in r.fixes.items())
         sq = "-" if math.isinf(r.sqnr_db) or math.isnan(r.sqnr_db) else f"{r.sqnr_db:.1f} dB"
-        t.add_row(r.method, _pct(r.metric, pct), _pct(r.degradation, pct), sq, fixes)
+        ci = "-" if math.isnan(r.ci_low) or r.method == "float" else f"[{_pct(r.ci_low, pct)}, {_pct(r.ci_high, pct)}]"
+        t.add_row(r.method, _pct(r.metric, pct), _pct(r.degradation, pct), ci, sq, fixes)
     console.print(t)
+    for line in significance_lines(result):
+        console.print(line)
+
+
+def significance_lines(result) -> list[str]:  # noqa: ANN001
+    """Whether each kept fix, and the local configuration as a whole, beat naive beyond the noise."""
+    from ..stats.intervals import Interval
+    from ..stats.resolve import samples_to_resolve, separated
+
+    pct = Units.for_metric(result.metric_name).pct
+    out = []
+    for tr in result.trials:
+        if tr.kept and tr.significant is False:
+            out.append(f"{tr.layer}: {tr.fix} is kept ({_pct(tr.naive_degradation, pct)} -> {_pct(tr.degradation, pct)} as a "
+                       f"single-layer cell) but the gain is not significant on {result.num_samples:,} samples")
+        elif tr.kept and tr.significant:
+            out.append(f"{tr.layer}: {tr.fix} is kept, a significant gain ({_pct(tr.naive_degradation, pct)} -> "
+                       f"{_pct(tr.degradation, pct)} as a single-layer cell)")
+    rows = {r.method: r for r in result.rows}
+    naive, local = rows.get("naive"), rows.get("local")
+    if naive and local and local.fixes and not math.isnan(naive.ci_low) and not math.isnan(local.ci_low):
+        n = result.num_samples
+        a = Interval(naive.ci_low, naive.ci_high, "stored", n)
+        b = Interval(local.ci_low, local.ci_high, "stored", n)
+        gain = naive.degradation - local.degradation
+        if separated(a, naive.degradation, b, local.degradation):
+            out.append(f"local fixes vs naive: {_pct(gain, pct)} {'better' if gain > 0 else 'worse'}, significant on {n:,} samples")
+        else:
+            need = samples_to_resolve(gain, a, b)
+            out.append(f"local fixes vs naive: {_pct(gain, pct)} is not significant on {n:,} samples"
+                       + (f"; about {need:,} would resolve it" if need else ""))
+    return out
 
 
 def run(args: argparse.Namespace) -> int:

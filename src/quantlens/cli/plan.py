@@ -58,10 +58,20 @@ def run(args: argparse.Namespace) -> int:
     for l in r.layers:
         t.add_row(l.layer, f"{l.params:,}", str(l.w_bits), _fmt(l.predicted, pct))
     console.print(t)
-    console.print(f"plan: predicted {_fmt(r.predicted, pct)}, measured {_fmt(r.measured, pct)} degradation")
+
+    def ci(t: tuple) -> str:
+        return "" if any(math.isnan(x) for x in t) else f" [95% CI {_fmt(t[0], pct)}, {_fmt(t[1], pct)}]"
+
+    console.print(f"plan: predicted {_fmt(r.predicted, pct)}, measured {_fmt(r.measured, pct)}{ci(r.measured_ci)} degradation")
     if r.uniform_bits is not None:
         console.print(f"uniform {r.uniform_bits} bits (same size or smaller): predicted {_fmt(r.uniform_predicted, pct)}, "
-                      f"measured {_fmt(r.uniform_measured, pct)}")
+                      f"measured {_fmt(r.uniform_measured, pct)}{ci(r.uniform_ci)}")
+    vs = r.vs_uniform()
+    if vs is not None:
+        console.print(f"plan vs uniform: {_fmt(vs['gain'], pct)} "
+                      + (f"(significant on {r.num_samples:,} samples)" if vs["significant"] else
+                         f"is not significant on {r.num_samples:,} samples"
+                         + (f"; about {vs['samples_to_resolve']:,} would resolve it" if vs["samples_to_resolve"] else "")))
     wrote = _write_config(args, r, model, data, calib, out)
     from ..report import save_report
 

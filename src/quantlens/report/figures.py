@@ -84,8 +84,18 @@ def heatmap(result: SweepResult, units: Units, saturate: float) -> go.Figure:
     names, bits, deg = result.table("degradation")
     _, _, sqnr = result.table("sqnr_db")
     z = [[units.shown(v) for v in row] for row in deg]
+    _, _, lo = result.table("ci_low")
+    _, _, hi = result.table("ci_high")
     text = [[units.deg(v).rstrip("%") for v in row] for row in deg]
-    cd = [[[units.deg(v, signed=True), f"{s:.1f}" if finite(s) else "-"] for v, s in zip(r1, r2)] for r1, r2 in zip(deg, sqnr)]
+
+    def ci(a: float, b: float) -> str:
+        if not (finite(a) and finite(b)):
+            return "no interval (custom metric)"
+        zero = " (contains 0: not distinguishable from float)" if a <= 0 <= b else ""
+        return f"95% interval [{units.deg(a, signed=True)}, {units.deg(b, signed=True)}]{zero}"
+
+    cd = [[[units.deg(v, signed=True), f"{s:.1f}" if finite(s) else "-", ci(a, b)] for v, s, a, b in zip(r1, r2, r3, r4)]
+          for r1, r2, r3, r4 in zip(deg, sqnr, lo, hi)]
     sat = saturate * units.scale
     fig = go.Figure(go.Heatmap(
         z=z, x=[f"{b} bits" for b in bits], y=[plot_text(n) for n in names], text=text, texttemplate="%{text}",
@@ -93,10 +103,22 @@ def heatmap(result: SweepResult, units: Units, saturate: float) -> go.Figure:
         colorscale=[[0, "#2166ac"], [0.35, "#d1e5f0"], [0.5, "#ffffff"], [0.65, "#fddbc7"], [0.85, "#d6604d"], [1, "#67001f"]],
         colorbar=dict(title=dict(text=f"degradation{' (%)' if units.pct else ''}<br>saturated at {units.deg(saturate)}"),
                       lenmode="pixels", len=min(300, 26 * len(names) + 40), y=1, yanchor="top"),
-        hovertemplate="<b>%{y}</b> at %{x}<br>degradation %{customdata[0]}<br>SQNR %{customdata[1]} dB<extra></extra>",
+        hovertemplate="<b>%{y}</b> at %{x}<br>degradation %{customdata[0]}<br>%{customdata[2]}<br>SQNR %{customdata[1]} dB<extra></extra>",
         xgap=1, ygap=1,
     ))
-    fig.update_layout(**BASE_LAYOUT, title=f"Degradation when only that layer is quantized (colour saturated at {units.deg(saturate)})",
+    # cells whose 95% interval contains 0: a light veil and a "~" (not distinguishable from float)
+    veil = [[1.0 if finite(a) and finite(b) and a <= 0 <= b else None for a, b in zip(r3, r4)] for r3, r4 in zip(lo, hi)]
+    if any(v is not None for row in veil for v in row):
+        fig.add_trace(go.Heatmap(
+            z=veil, x=[f"{b} bits" for b in bits], y=[plot_text(n) for n in names], name="interval contains 0",
+            text=[[f"~{t}" if v is not None else "" for t, v in zip(tr, vr)] for tr, vr in zip(text, veil)],
+            texttemplate="%{text}", customdata=cd, showscale=False, zmin=0, zmax=1,
+            colorscale=[[0, "rgba(255,255,255,0.65)"], [1, "rgba(255,255,255,0.65)"]],
+            hovertemplate="<b>%{y}</b> at %{x}<br>degradation %{customdata[0]}<br>%{customdata[2]}<br>SQNR %{customdata[1]} dB<extra></extra>",
+            xgap=1, ygap=1,
+        ))
+    fig.update_layout(**BASE_LAYOUT, title=f"Degradation when only that layer is quantized (colour saturated at {units.deg(saturate)}; "
+                      "pale with ~: the 95% interval contains 0)",
                       height=max(320, 26 * len(names) + 160), yaxis=dict(autorange="reversed", type="category"),
                       xaxis=dict(side="top", type="category"))
     fig.update_layout(margin=dict(l=60, r=30, t=100, b=30))

@@ -23,6 +23,7 @@ from typing import Optional
 
 from ..analysis.results import Cell, LayerInfo, SweepResult
 from .fmt import Units, finite
+from .noise import has_intervals, names as layer_list, noise_sentences, top_tier, verdict
 
 __all__ = ["Insight", "insights", "worst_by_bits", "safe_bits", "OUTLIER_RATIO", "OUTLIER_FRACTION", "DW_SHIFT", "SHIFT", "WIDE_RANGE"]
 
@@ -40,7 +41,7 @@ class Insight:
 
     text: str
     layer: Optional[str] = None
-    kind: str = "info"  # share | cause | safe | info
+    kind: str = "info"  # share | cause | safe | info | noise
 
 
 def worst_by_bits(result: SweepResult, k: int = 3) -> dict[int, list[Cell]]:
@@ -76,6 +77,14 @@ def _median_width(layers: tuple[LayerInfo, ...], attr: str) -> Optional[float]:
     return statistics.median(ws) if len(ws) >= 3 else None
 
 
+_SOURCE_ADVICE = {
+    "weights": "the noise comes from its weights{frac}, not its activations: clip its weight range or go per-channel",
+    "input": "the noise comes from its input activation range{frac}, not its weights: clip that range "
+             "(--act-estimator percentile or mse) or keep its input at higher precision",
+    "output": "the noise comes from its output activation range{frac}, not its weights: widen or clip that range",
+}
+
+
 def causes(result: SweepResult, layer: LayerInfo, cell: Cell, a_quantized: bool) -> list[str]:
     """Reasons the stored statistics give for ``layer``'s degradation, each with a remedy."""
     out: list[str] = []
@@ -91,6 +100,12 @@ def causes(result: SweepResult, layer: LayerInfo, cell: Cell, a_quantized: bool)
                 + ("the range is already clipped, try a tighter clip or per-channel granularity"
                    if clipped else "clip this layer's range (SAWB, MSE or percentile via --weight-estimator) or use per-channel granularity")
             )
+    src = cell.noise_source
+    if src is not None:
+        parts = cell.noise_parts
+        tot = sum(parts.values())
+        frac = f" ({parts[src] / tot:.0%} of the split noise)" if tot > 0 else ""
+        out.append(_SOURCE_ADVICE[src].format(frac=frac))
     ms = cell.mean_shift
     if finite(ms) and ((layer.kind == "depthwise" and ms >= DW_SHIFT) or ms >= SHIFT):
         out.append(
@@ -119,8 +134,20 @@ def insights(result: SweepResult, bits: int, units: Optional[Units] = None, tol:
         tol = ReportOptions().saturation(result.metric_name, result.baseline, [c.degradation for c in result.cells]) / 50
     cells = result.at(bits)
     info = {l.name: l for l in result.layers}
+    check = result.extra.get("estimate")
+    est_note: list[Insight] = []
+    if check:
+        rho = check.get("spearman")
+        head = (f"These cells are a first-order estimate, checked on {check.get('checked_cells', 0)} cells measured exactly "
+                f"(the estimate's top {check.get('k')} and {check.get('k')} random layers per bit-width): Spearman "
+                f"{rho:.2f}" if finite(rho) else "These cells are a first-order estimate; its check has no Spearman (too few cells)")
+        if finite(rho) and rho >= 0.7:
+            est_note.append(Insight(head + "; only the measured cells carry a degradation.", kind="noise"))
+        else:
+            est_note.append(Insight(head + ": the estimate cannot be trusted for this model; run the exact sweep (drop --estimate).",
+                                    kind="noise"))
     total = sum(max(0.0, c.degradation) for c in cells if finite(c.degradation))
-    out: list[Insight] = []
+    out: list[Insight] = list(est_note)
     uniform: Optional[int] = None
     for b in sorted(result.w_bits, reverse=True):
         if not all(finite(c.degradation) and c.degradation <= tol for c in result.at(b)):
@@ -132,16 +159,28 @@ def insights(result: SweepResult, bits: int, units: Optional[Units] = None, tol:
     else:
         share = result.share(bits)
         ranked = [c for c in result.worst(bits, len(cells)) if finite(c.degradation) and c.degradation > 0]
-        top = ranked[0]
-        out.append(Insight(f"{top.layer} accounts for {share[top.layer]:.0%} of the summed {bits}-bit degradation "
-                           f"({u.deg(top.degradation)} of {u.deg(total)}).", top.layer, "share"))
+        noisy = has_intervals(cells)
+        out += [Insight(t, kind="noise") for t in noise_sentences(result, bits, u)]
+        if noisy:  # rank only what the data can tell from zero, and name what it cannot rank
+            ranked = [c for c in ranked if verdict(c) == "worse"]
+        tier = top_tier(ranked) if noisy else ranked[:1]
+        if len(tier) == 1:
+            top = tier[0]
+            out.append(Insight(f"{top.layer} accounts for {share[top.layer]:.0%} of the summed {bits}-bit degradation "
+                               f"({u.deg(top.degradation)} of {u.deg(total)})"
+                               + (f", significantly more than any other layer." if noisy and len(ranked) > 1 else "."), top.layer, "share"))
+        elif tier:
+            together = sum(share[c.layer] for c in tier)
+            out.append(Insight(f"{layer_list(tier)} together account for {together:.0%} of the summed {bits}-bit degradation "
+                               f"({u.deg(sum(c.degradation for c in tier))} of {u.deg(total)}); the data cannot rank them.",
+                               tier[0].layer, "share"))
         cum, group = 0.0, []
         for c in ranked:
             group.append(c)
             cum += share[c.layer]
             if cum >= 0.8:
                 break
-        if 1 < len(group) < len(cells) and len(group) <= max(3, len(cells) // 4):
+        if group and 1 < len(group) < len(cells) and len(group) <= max(3, len(cells) // 4) and len(group) != len(tier):
             names = ", ".join(c.layer for c in group)
             out.append(Insight(f"{len(group)} of {len(cells)} layers ({names}) carry {cum:.0%} of it: keep those at higher "
                                f"precision and quantize the rest to {bits} bits.", kind="share"))
@@ -163,6 +202,15 @@ def insights(result: SweepResult, bits: int, units: Optional[Units] = None, tol:
                         + (f" and its size ({layer.params:,} parameters)" if layer.params < 1000 else "")
                         + ": keep it at higher precision." + keep)
             out.append(Insight(text, c.layer, "cause"))
+    if has_intervals(cells):
+        clean: Optional[int] = None
+        for b in sorted(result.w_bits, reverse=True):
+            if any(verdict(c) == "worse" for c in result.at(b)):
+                break
+            clean = b
+        if clean is not None:
+            out.append(Insight(f"From {clean} bits up no layer is significantly worse than float on {result.num_samples:,} samples.",
+                               kind="noise"))
     if uniform is not None:
         out.append(Insight(f"Every layer stays within {u.deg(tol)} from {uniform} bits up: the lowest safe uniform weight bit-width.", kind="safe"))
     else:

@@ -79,7 +79,10 @@ def layers_table(result: SweepResult, units: Units, focus: int) -> str:
     share = result.share(focus)
     heads = ["#", "layer", "op", "kind", "params"] + [f"deg@{b}b" for b in bits]
     heads += [f"SQNR@{focus}b (dB)", f"share@{focus}b", "max|w|/std", "outliers >3σ", f"clip@{focus}b",
-              f"mean shift@{focus}b", "input range", "output range"]
+              f"mean shift@{focus}b", "input range", "output range", f"95% CI@{focus}b"]
+    split = any(c.noise_source for c in result.cells)
+    if split:
+        heads.append(f"noise source@{focus}b")
     rows = []
     for l in result.layers:
         c = result.find(l.name, focus)
@@ -102,5 +105,14 @@ def layers_table(result: SweepResult, units: Units, focus: int) -> str:
         for r in (l.input_range, l.output_range):
             ok = r is not None and all(finite(v) for v in r)
             row.append(Td(f"[{r[0]:.3g}, {r[1]:.3g}]" if ok else "-", (r[1] - r[0]) if ok else None))  # type: ignore[index]
+        ci = c.interval if c else None
+        row.append(Td(f"[{units.deg(ci.low, signed=True)}, {units.deg(ci.high, signed=True)}]" + (" ~0" if ci.contains(0.0) else "")
+                      if ci else "-", ci.low if ci else None, "" if ci is None or ci.contains(0.0) else "bad"))
+        if split:
+            src = c.noise_source if c else None
+            parts = c.noise_parts if c else {}
+            tot = sum(parts.values())
+            row.append(Td(f"{src} ({parts[src] / tot:.0%})" if src and tot > 0 else (src or "-"), src or "", "t"))
         rows.append(row)
-    return table(heads, rows, text_cols=(1, 2, 3), table_id="layers-table")
+    n = len(heads)
+    return table(heads, rows, text_cols=(1, 2, 3) + ((n - 1,) if split else ()), table_id="layers-table")
