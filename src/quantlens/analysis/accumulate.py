@@ -19,7 +19,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from ..metrics import Metric
+from ..metrics import Metric, update_metric
 
 __all__ = ["CellAccumulator", "ShiftAccumulator", "ChannelStats", "channel_axis", "per_sample_sq"]
 
@@ -154,12 +154,13 @@ class CellAccumulator:
         layer_out: Optional[Tensor] = None,
         layer_ref: Optional[Tensor] = None,
         axis: int = 1,
+        inputs: Any = None,
     ) -> None:
         sig = per_sample_sq(y_ref) if signal is None else signal
         self.noise += float(per_sample_sq(y.to(y_ref.dtype) - y_ref).sum())
         self.signal += float(sig.sum())
         self.n += int(y_ref.shape[0])
-        self.metric.update(y_ref, y, labels)
+        update_metric(self.metric, y_ref, y, labels, inputs)
         if layer_out is not None and layer_ref is not None:
             self.shift.update(layer_out, layer_ref, axis)
 

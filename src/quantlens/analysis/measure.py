@@ -29,7 +29,7 @@ from ..graph.capture import LayerGraph, capture, trace_failure
 from ..graph.cone import build_cache_module
 from ..guard import preserve_model
 from ..jsonio import num as _num
-from ..metrics import Metric, make_metric
+from ..metrics import Metric, make_metric, update_metric
 from ..numerics import analysis_mode
 from ..qconfig import QuantConfig
 from .accumulate import CellAccumulator, ChannelStats, ShiftAccumulator, channel_axis
@@ -148,8 +148,8 @@ def score_network(
             y = extract_output(out, output_key)
             if not bool(torch.isfinite(y_ref).all()):
                 raise QuantlensError("the reference model's output has NaN or Inf: fix the model or its inputs first")
-            base.update(y_ref, y_ref, labels)
-            out_acc.update(y_ref, y, labels)
+            update_metric(base, y_ref, y_ref, labels, inputs)
+            out_acc.update(y_ref, y, labels, inputs=inputs)
             if floats is None or not taps:
                 continue
             fv = floats(inputs)

@@ -27,7 +27,7 @@ from ..config import SweepConfig
 from ..errors import QuantlensError, QuantlensWarning
 from ..graph.capture import capture, trace_failure
 from ..memory import trim_heap
-from ..metrics import Metric, make_metric
+from ..metrics import Metric, make_metric, update_metric
 from ..numerics import analysis_mode
 from ..quant.observers import MinMaxObserver
 from ..quant.quantizer import QuantizedWeight, quantize_weight
@@ -183,7 +183,7 @@ class Sweep:
                     f"the float model's output has NaN or Inf on batch {state.batches}: fix the model or its inputs "
                     "before analysing quantization"
                 )
-            state.baseline.update(y_ref, y_ref, labels)
+            update_metric(state.baseline, y_ref, y_ref, labels, inputs)
             signal = per_sample_sq(y_ref)
             for i in layer_ids:
                 layer = self.runner.layers[i]
@@ -195,7 +195,7 @@ class Sweep:
                 weights = [self.qweights[(i, b)].weight for b in self.config.w_bits]
                 for b, ev in zip(self.config.w_bits, self.runner.evaluations(cache, i, weights)):
                     y = extract_output(ev.output, self.output_key)
-                    state.cells[(i, b)].update(y_ref, y, labels, signal, ev.layer_output, o, axis)
+                    state.cells[(i, b)].update(y_ref, y, labels, signal, ev.layer_output, o, axis, inputs=inputs)
                     del ev, y  # not alive during the next cone pass
                 if on_layer is not None:
                     on_layer()
