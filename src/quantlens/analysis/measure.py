@@ -276,6 +276,10 @@ class NetworkMeasurer(MeasurerBase):
     def names(self) -> list[str]:
         return [l.name for l in self.graph.layers]
 
+    @property
+    def layers(self) -> list:
+        return list(self.graph.layers)
+
     def fixed_graph(self, config: QuantConfig) -> LayerGraph:
         from ..fixes import apply_fixes
 

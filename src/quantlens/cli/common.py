@@ -23,6 +23,7 @@ __all__ = [
     "parse_a_bits",
     "prepare_out_dir",
     "print_summary",
+    "print_worst_roles",
     "console",
 ]
 
@@ -129,3 +130,21 @@ def print_summary(result: SweepResult, k: int = 5, rank_bits: Optional[int] = No
         row += [f"{c.sqnr_db:.1f} dB", f"{100 * share[c.layer]:.0f}%"]
         table.add_row(*row)
     console.print(table)
+    print_worst_roles(result, rb, k)
+
+
+def print_worst_roles(result: SweepResult, bits: int, k: int = 5) -> None:
+    """The ``k`` worst roles at ``bits`` (layers of repeated blocks grouped by role); nothing without roles."""
+    from ..report.roles import worst_roles
+
+    worst = worst_roles(result, bits, k)
+    if not worst or result.extra.get("group_by") == "role":  # a role sweep's table above already lists roles
+        return
+    units = Units.for_metric(result.metric_name)
+    t = Table(title=f"worst roles at {bits}-bit weights (degradation summed over blocks, one layer quantized at a time)")
+    t.add_column("#", justify="right")
+    t.add_column("role")
+    t.add_column(f"deg@{bits}b", justify="right")
+    for rank, (role, d) in enumerate(worst, 1):
+        t.add_row(str(rank), role, units.deg(d, signed=True))
+    console.print(t)

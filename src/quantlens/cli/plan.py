@@ -27,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budget", type=float, help="average weight bits, weighted by parameter count (e.g. 5.0)")
     p.add_argument("--budget-bytes", type=float, help="total weight bytes instead of --budget")
     p.add_argument("--w-bits", default="3,4,5,6,7,8", help="candidate weight bit-widths (default: 3,4,5,6,7,8)")
+    p.add_argument("--group-by", default="layer", choices=["layer", "role"],
+                   help="role: one bit-width per role of the repeated blocks (every mlp.down_proj alike)")
     add_common(p)
     p.set_defaults(func=run)
 
