@@ -23,6 +23,7 @@ from torch import nn
 from ..config import Granularity, PerTensor, QuantSpec, SweepConfig, parse_granularity
 from ..errors import QuantlensError
 from ..guard import preserve_model
+from ..precision import check_dtype_support
 from ..progress import make_progress
 from .data import check_reiterable, iterate
 from .results import SweepResult
@@ -109,6 +110,7 @@ def analyze(
     check_reiterable(data, "data")
     if calib is not None:
         check_reiterable(calib, "calibration data")
+    check_dtype_support(model, device)
     executor = make_executor(backend, address)
     t0 = time.perf_counter()
     with preserve_model(model):

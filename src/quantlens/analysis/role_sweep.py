@@ -27,6 +27,7 @@ from torch import nn
 
 from ..config import SweepConfig
 from ..guard import preserve_model
+from ..precision import check_dtype_support
 from ..progress import make_progress
 from ..qconfig import QuantConfig
 from ..roles import RoleMap, require_roles
@@ -63,6 +64,7 @@ def analyze_roles(
     from .measure_eager import make_measurer
 
     check_reiterable(data, "data")
+    check_dtype_support(model, device)
     t0 = time.perf_counter()
     with preserve_model(model):
         measurer = make_measurer(model, data, calib=calib, metric=metric, reference=reference, device=device, output_key=output_key)
