@@ -173,7 +173,7 @@ def fix_loop(
     naive = QuantConfig.uniform(names, w_bits, a_bits, granularity)
     g = parse_granularity(granularity)
     sweep_cfg = SweepConfig(w_bits=(w_bits,), a_bits=a_bits, weight=QuantSpec(bits=w_bits, granularity=g))
-    ref_module = measurer.reference
+    ref_module = measurer.reference_module if measurer.reference_module is not None else measurer.float_gm
     culprits = rank_culprits(sweep, w_bits, top)
     trials: list[LocalTrial] = []
     chosen = naive

@@ -38,17 +38,17 @@ def parse_bits(text: Any, option: str) -> int:
 def load_inputs(args: argparse.Namespace, need_fx: bool = False) -> tuple[Any, Any, Any, Any]:
     """``(model, data, calib or None, reference or None)`` from the MOD:FN options.
 
-    ``need_fx``: the command only works on a model torch.fx can trace (``fix``): say so before the sweep.
+    ``need_fx``: the command only works on a model torch.fx or torch.export can capture (``fix``): say so before the sweep.
     """
     from ..analysis.measure import capture_traceable
     from ..guard import preserve_model
     from ..loading import load_data, load_model
 
     model = load_model(args.model)
+    data = load_data(args.data)
     if need_fx:
         with preserve_model(model):
-            capture_traceable(model)  # fail before the sweep, not after it
-    data = load_data(args.data)
+            capture_traceable(model, data)  # fail before the sweep, not after it
     calib = load_data(args.calib, "--calib") if args.calib else None
     reference = load_model(args.reference, "--reference") if args.reference else None
     return model, data, calib, reference

@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional, Protocol, Sequence
 
@@ -77,7 +78,7 @@ def make_fix(name: str, ctx: FixContext) -> Fix:
 
 def copy_graph(graph: LayerGraph) -> LayerGraph:
     """A deep copy (module weights included) with the same node and layer names."""
-    return LayerGraph(copy.deepcopy(graph.gm), list(graph.layers))
+    return dataclasses.replace(graph, gm=copy.deepcopy(graph.gm), layers=list(graph.layers))
 
 
 def apply_fixes(graph: LayerGraph, config: QuantConfig, calib: Optional[Iterable[Any]], device: torch.device) -> LayerGraph:
