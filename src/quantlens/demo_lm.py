@@ -177,4 +177,4 @@ def data(batch_size: int = 4, seq_len: int = SEQ, batches: int = 2, seed: int = 
 
 
 def _batch(ids: torch.Tensor) -> tuple[Any, None]:
-    return (ids, None)
+    return ({"input_ids": ids}, None)

@@ -113,7 +113,7 @@ def print_summary(result: SweepResult, k: int = 5, rank_bits: Optional[int] = No
     )
     table = Table(title=f"worst layers at {rb}-bit weights" + (f", {result.cells[0].a_bits}-bit activations" if result.cells[0].a_bits else ", float activations"))
     table.add_column("#", justify="right")
-    table.add_column("layer")
+    table.add_column("layer", overflow="fold", min_width=16)
     table.add_column("op")
     table.add_column("params", justify="right")
     for b in bits:
@@ -141,7 +141,7 @@ def print_worst_roles(result: SweepResult, bits: int, k: int = 5) -> None:
     if not worst or result.extra.get("group_by") == "role":  # a role sweep's table above already lists roles
         return
     units = Units.for_metric(result.metric_name)
-    t = Table(title=f"worst roles at {bits}-bit weights (degradation summed over blocks, one layer quantized at a time)")
+    t = Table(title=f"worst roles at {bits}-bit weights", caption="summed over blocks, one layer quantized at a time")
     t.add_column("#", justify="right")
     t.add_column("role")
     t.add_column(f"deg@{bits}b", justify="right")
