@@ -84,8 +84,8 @@ class Sweep:
         probe = make_metric(metric)
         self.metric_name = str(getattr(probe, "name", "custom"))
         self.higher_is_better = bool(probe.higher_is_better)
-        if engine not in ("cone", "naive", "hooks"):
-            raise QuantlensError(f"unknown engine {engine!r}: use cone, naive or hooks")
+        if engine not in ("cone", "naive", "hooks", "cone-lowmem"):
+            raise QuantlensError(f"unknown engine {engine!r}: use cone, naive, hooks or cone-lowmem")
         if capture not in CAPTURE_METHODS:
             raise QuantlensError(f"unknown capture {capture!r}: use {', '.join(CAPTURE_METHODS)}")
         self.runner = self._make_runner(model, sample, engine, capture)
@@ -134,7 +134,7 @@ class Sweep:
                     f"cannot analyse the model: {e.describe()}, and a plain forward pass failed too "
                     f"({type(e2).__name__}: {str(e2).splitlines()[0] if str(e2) else ''})"
                 ) from None
-        return ConeRunner(graph, self.device, full=(engine == "naive"))
+        return ConeRunner(graph, self.device, full=(engine == "naive"), low_memory=(engine == "cone-lowmem"))
 
     def _hook_runner(self, model: nn.Module, sample: Batch) -> HookRunner:
         runner = HookRunner(model, sample[0].to(self.device), self.device)
