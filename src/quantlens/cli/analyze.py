@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     add_quant_args(p)
     p.add_argument("--reference", metavar="MOD:FN", help="float model to measure against (for a fine-tuned/QAT model)")
-    p.add_argument("--engine", default="cone", choices=["cone", "naive", "hooks"], help="cone (default), naive or hooks")
+    p.add_argument("--engine", default="cone", choices=["cone", "naive", "hooks", "cone-lowmem"],
+                   help="cone (default), naive, hooks, or cone-lowmem (cache only block inputs, recompute inside blocks)")
     p.add_argument("--group-by", default="layer", choices=["layer", "role"],
                    help="layer (default): one cell per (layer, bits); role: quantize every layer of a role of the "
                    "repeated blocks at once (every mlp.down_proj), one cell per (role, bits)")
