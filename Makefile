@@ -20,6 +20,9 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(PIP) install $(PIPFLAGS) -e '.[dev]'
+	# onnx2torch without its torchvision dependency: PyPI's torchvision does not import beside
+	# our CPU torch, and quantlens only needs torchvision for NMS / RoIAlign nodes
+	$(PIP) install $(PIPFLAGS) --no-deps 'onnx2torch>=1.5'
 	touch $@
 
 install: $(VENV)/.installed

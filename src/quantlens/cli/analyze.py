@@ -26,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reference", metavar="MOD:FN", help="float model to measure against (for a fine-tuned/QAT model)")
     p.add_argument("--engine", default="cone", choices=["cone", "naive", "hooks", "cone-lowmem"],
                    help="cone (default), naive, hooks, or cone-lowmem (cache only block inputs, recompute inside blocks)")
+    p.add_argument("--capture", default="auto", choices=["auto", "fx", "export"],
+                   help="how the cone engine gets the graph: auto (torch.fx, then torch.export), fx or export")
     p.add_argument("--group-by", default="layer", choices=["layer", "role"],
                    help="layer (default): one cell per (layer, bits); role: quantize every layer of a role of the "
                    "repeated blocks at once (every mlp.down_proj), one cell per (role, bits)")
@@ -64,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
             output_key=args.output_key,
             reference=reference,
             engine=args.engine,
+            capture=args.capture,
             progress=not args.no_progress,
             model_name=args.model,
             **scale_kwargs(args, out),
