@@ -5,7 +5,7 @@ blocks, width 128, a byte-level vocabulary (256 bytes + BOS, EOS, PAD). The text
 documentation strings of about 70 standard-library modules and their public classes and
 functions (``inspect.getdoc``; real English technical text that ships with every Python),
 split by docstring with a seeded shuffle: 90% to train on, 10% held out. Training is seeded
-and short (:data:`TRAIN_STEPS` steps of 16 x 128 bytes, about a minute on 2 cores); the
+and short (:data:`TRAIN_STEPS` AdamW steps of 16 x 128 bytes, about 11 GFLOP each); the
 weights are cached in the user's cache directory like the digits CNN's
 (:func:`quantlens.demo.cache_dir`). Threads follow torch's default, so two machines may
 train slightly different weights; one machine reloads the same ones.
