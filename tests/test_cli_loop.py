@@ -88,6 +88,9 @@ def test_additivity_and_plan_end_to_end(files, capsys):
     assert p["schema"] == "quantlens/plan-v1" and set(p["w_bits"]) == {"conv1", "conv2", "conv3", "fc"}
     assert p["avg_bits"] <= 5.0 and p["uniform"]["w_bits"] == 4
     assert {"predicted", "measured"} <= set(p)
+    cfg = json.loads((out / "quant_config.json").read_text())  # for `quantlens export`
+    assert {n: l["w_bits"] for n, l in cfg["layers"].items()} == p["w_bits"] and cfg["measured_metric"] == p["measured_metric"]
+    assert (out / "weights.safetensors").is_file()
 
 
 @pytest.mark.parametrize(

@@ -191,7 +191,7 @@ class Looped(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.tanh(self.inp(x.mean((2, 3)).repeat(1, 4)))
-        for _ in range(int(x.shape[0] > 0) + 1):  # two steps; fx cannot trace a loop over a tensor's value
+        for _ in range(int(x.abs().sum() >= 0) + 1):  # two steps; neither fx nor export follows a loop over a value
             h = self.step(h * 4.0)
         return self.head(h)
 

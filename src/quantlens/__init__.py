@@ -50,5 +50,19 @@ __all__ = [
     "QuantConfig",
     "LayerQuant",
     "quantize_network",
+    "export_onnx",
+    "verify_export",
     "__version__",
 ]
+
+
+def __getattr__(name: str):  # the ONNX side (torch.onnx, onnxruntime) loads on first use
+    if name == "export_onnx":
+        from .export.onnx import export_onnx
+
+        return export_onnx
+    if name == "verify_export":
+        from .runtime import verify_export
+
+        return verify_export
+    raise AttributeError(f"module 'quantlens' has no attribute {name!r}")

@@ -18,7 +18,10 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
+
+if TYPE_CHECKING:
+    import torch
 
 from .errors import QuantlensError
 
@@ -117,6 +120,9 @@ class QuantSpec:
         granularity: :class:`PerTensor`, :class:`PerChannel` or :class:`PerGroup`.
         estimator: name of a registered range estimator (``minmax``, ``percentile``, ``mse``, ``sawb``).
         percentile: the percentile used by the ``percentile`` estimator.
+        convention: a tool's quantizer convention (``quantlens``, ``onnxruntime``, ``tflite``,
+            ``torch-ao``; see :mod:`quantlens.quant.conventions`): it sets the integer grid
+            (``qmin``/``qmax``) and the symmetric scale rule for each bit-width.
     """
 
     bits: int = 8
@@ -124,9 +130,13 @@ class QuantSpec:
     granularity: Granularity = field(default_factory=PerTensor)
     estimator: str = "minmax"
     percentile: float = 99.99
+    convention: str = "quantlens"
 
     def __post_init__(self) -> None:
         check_bits(self.bits)
+        from .quant.conventions import get_convention
+
+        get_convention(self.convention)  # one line if unknown
         if not 50.0 < self.percentile <= 100.0:
             raise QuantlensError(f"percentile must be in (50, 100], got {self.percentile}")
         from .quant.ranges import check_estimator  # registry lives with the estimators
@@ -135,23 +145,44 @@ class QuantSpec:
 
     @property
     def qmin(self) -> int:
-        return -(2 ** (self.bits - 1)) if self.symmetric else 0
+        return self._grid()[0]
 
     @property
     def qmax(self) -> int:
-        return 2 ** (self.bits - 1) - 1 if self.symmetric else 2**self.bits - 1
+        return self._grid()[1]
+
+    @property
+    def half_range(self) -> bool:
+        """Symmetric scale ``max|x| / ((qmax - qmin) / 2)`` (onnxruntime's int4, torch.ao) instead of ``max|x| / qmax``."""
+        return self._grid()[2]
+
+    def _grid(self) -> tuple[int, int, bool]:
+        if self.convention == "quantlens":
+            return (-(2 ** (self.bits - 1)), 2 ** (self.bits - 1) - 1, False) if self.symmetric else (0, 2**self.bits - 1, False)
+        from .quant.conventions import get_convention
+
+        return get_convention(self.convention).grid(self.bits, self.symmetric)
+
+    def qparams(self, lo: "torch.Tensor", hi: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor"]:
+        """Scale and zero point of the range ``[lo, hi]`` on this spec's grid and scale rule."""
+        from .quant.primitives import qparams_from_range
+
+        return qparams_from_range(lo, hi, self.qmin, self.qmax, self.symmetric, self.half_range)
 
     def with_bits(self, bits: int) -> "QuantSpec":
         return replace(self, bits=bits)
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "bits": self.bits,
             "symmetric": self.symmetric,
             "granularity": str(self.granularity),
             "estimator": self.estimator,
             "percentile": self.percentile,
         }
+        if self.convention != "quantlens":
+            d["convention"] = self.convention
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "QuantSpec":
@@ -161,6 +192,7 @@ class QuantSpec:
             granularity=parse_granularity(d["granularity"]),
             estimator=d.get("estimator", "minmax"),
             percentile=float(d.get("percentile", 99.99)),
+            convention=str(d.get("convention", "quantlens")),
         )
 
 

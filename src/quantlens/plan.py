@@ -209,6 +209,7 @@ def run_plan(
     device: Any = "cpu",
     output_key: Any = None,
     sweep: Optional[SweepResult] = None,
+    convention: str = "quantlens",
 ) -> PlanResult:
     """Sweep (unless given), plan under the budget, and measure the plan and the uniform baseline.
 
@@ -223,7 +224,7 @@ def run_plan(
     from .qconfig import LayerQuant, QuantConfig
 
     if sweep is None:
-        sweep = analyze(model, data, config=make_config(w_bits, a_bits, granularity), metric=metric, calib=calib,
+        sweep = analyze(model, data, config=make_config(w_bits, a_bits, granularity, convention=convention), metric=metric, calib=calib,
                         reference=reference, device=device, output_key=output_key)
     bits = [b for b in sweep.w_bits if b in set(w_bits)]
     if not bits:
@@ -236,7 +237,7 @@ def run_plan(
 
     def config(bits_of: Sequence[tuple[str, int]]) -> QuantConfig:
         """Per-layer settings; a role's bits go to every layer of the role."""
-        return QuantConfig(tuple((l, LayerQuant(b, a_bits, g)) for n, b in bits_of for l in (members[n] if members else [n])))
+        return QuantConfig(tuple((l, LayerQuant(b, a_bits, g, convention=convention)) for n, b in bits_of for l in (members[n] if members else [n])))
 
     measurer = make_measurer(model, data, calib=calib, metric=metric, reference=reference, device=device, output_key=output_key)
     res = measurer(config([(p.layer, p.w_bits) for p in plan]))

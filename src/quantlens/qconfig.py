@@ -44,6 +44,8 @@ class LayerQuant:
         granularity: of the weight scale.
         estimator: weight range estimator (``minmax``, ``percentile``, ``mse``, ``sawb``).
         fixes: names of registered fixes applied to this layer (see :mod:`quantlens.fixes`).
+        convention: the quantizer convention of a tool (grid and scale rule per bit-width,
+            :mod:`quantlens.quant.conventions`); ``quantlens`` by default.
     """
 
     w_bits: Optional[int] = 8
@@ -51,6 +53,7 @@ class LayerQuant:
     granularity: Granularity = field(default_factory=PerTensor)
     estimator: str = "minmax"
     fixes: tuple[str, ...] = ()
+    convention: str = "quantlens"
 
     def __post_init__(self) -> None:
         if self.w_bits is not None:
@@ -58,27 +61,33 @@ class LayerQuant:
         if self.a_bits is not None:
             check_bits(self.a_bits, "activation bits")
         check_estimator(self.estimator)
+        from .quant.conventions import get_convention
+
+        get_convention(self.convention)
         if not isinstance(self.fixes, tuple):
             object.__setattr__(self, "fixes", tuple(self.fixes))
 
     def weight_spec(self) -> Optional[QuantSpec]:
         if self.w_bits is None:
             return None
-        return QuantSpec(bits=self.w_bits, symmetric=True, granularity=self.granularity, estimator=self.estimator)
+        return QuantSpec(bits=self.w_bits, symmetric=True, granularity=self.granularity, estimator=self.estimator, convention=self.convention)
 
     def act_spec(self, estimator: str = "minmax") -> Optional[QuantSpec]:
         if self.a_bits is None:
             return None
-        return QuantSpec(bits=self.a_bits, symmetric=False, granularity=PerTensor(), estimator=estimator)
+        return QuantSpec(bits=self.a_bits, symmetric=False, granularity=PerTensor(), estimator=estimator, convention=self.convention)
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "w_bits": self.w_bits,
             "a_bits": self.a_bits,
             "granularity": str(self.granularity),
             "estimator": self.estimator,
             "fixes": list(self.fixes),
         }
+        if self.convention != "quantlens":
+            d["convention"] = self.convention
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "LayerQuant":
@@ -89,6 +98,7 @@ class LayerQuant:
                 granularity=parse_granularity(str(d.get("granularity", "per-tensor"))),
                 estimator=str(d.get("estimator", "minmax")),
                 fixes=tuple(str(f) for f in d.get("fixes", ())),
+                convention=str(d.get("convention", "quantlens")),
             )
         except (TypeError, ValueError, AttributeError) as e:
             raise QuantlensError(f"bad layer entry in the quantization config: {e}") from None
@@ -123,10 +133,11 @@ class QuantConfig:
         granularity: Union[str, Granularity] = "per-tensor",
         estimator: str = "minmax",
         act_estimator: str = "minmax",
+        convention: str = "quantlens",
     ) -> "QuantConfig":
         """Every named layer with the same settings."""
         g = parse_granularity(granularity) if isinstance(granularity, str) else granularity
-        lq = LayerQuant(w_bits, a_bits, g, estimator)
+        lq = LayerQuant(w_bits, a_bits, g, estimator, convention=convention)
         return cls(tuple((n, lq) for n in names), act_estimator)
 
     def with_layer(self, name: str, **changes: object) -> "QuantConfig":

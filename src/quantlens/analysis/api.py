@@ -39,8 +39,10 @@ def make_config(
     weight_estimator: str = "minmax",
     act_estimator: str = "minmax",
     symmetric_weights: bool = True,
+    convention: str = "quantlens",
 ) -> SweepConfig:
-    """A :class:`SweepConfig` from the plain options of :func:`analyze`."""
+    """A :class:`SweepConfig` from the plain options of :func:`analyze` (``convention``: a tool's
+    quantizer grid and scale rule, :mod:`quantlens.quant.conventions`)."""
     g = parse_granularity(granularity) if isinstance(granularity, str) else granularity
     try:
         bits = tuple(int(b) if not isinstance(b, bool) else b for b in w_bits)  # type: ignore[misc]
@@ -49,8 +51,8 @@ def make_config(
     return SweepConfig(
         w_bits=bits,
         a_bits=a_bits,
-        weight=QuantSpec(bits=8, symmetric=symmetric_weights, granularity=g, estimator=weight_estimator),
-        act=QuantSpec(bits=8, symmetric=False, granularity=PerTensor(), estimator=act_estimator),
+        weight=QuantSpec(bits=8, symmetric=symmetric_weights, granularity=g, estimator=weight_estimator, convention=convention),
+        act=QuantSpec(bits=8, symmetric=False, granularity=PerTensor(), estimator=act_estimator, convention=convention),
     )
 
 

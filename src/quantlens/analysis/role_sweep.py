@@ -75,7 +75,8 @@ def analyze_roles(
     bar = make_progress(progress, len(roles.roles) * len(config.w_bits), "roles")
     for role in roles.roles:
         for b in config.w_bits:
-            qc = QuantConfig.uniform(roles.layers(role), b, config.a_bits, w.granularity, w.estimator, config.act.estimator)
+            qc = QuantConfig.uniform(roles.layers(role), b, config.a_bits, w.granularity, w.estimator, config.act.estimator,
+                                     convention=w.convention)
             r = measurer(qc)
             baseline, hib, name, n = r.baseline, r.higher_is_better, r.metric_name, r.num_samples
             cells.append(Cell(role, b, config.a_bits, r.noise, r.sqnr_db, r.metric, r.degradation))

@@ -17,7 +17,7 @@ from ..errors import QuantlensError
 
 __all__ = ["main", "COMMANDS"]
 
-COMMANDS = ["analyze", "demo", "info", "report", "compare", "fix", "additivity", "plan"]
+COMMANDS = ["analyze", "demo", "info", "report", "compare", "fix", "additivity", "plan", "export", "verify"]
 
 
 _plain_format = warnings.formatwarning

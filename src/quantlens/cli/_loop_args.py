@@ -73,6 +73,9 @@ def load_sweep(args: argparse.Namespace, need_bits: list[int]) -> Optional[Sweep
     gran = (cfg.get("weight") or {}).get("granularity")
     if gran is not None and gran != str(parse_granularity(args.granularity)):
         raise QuantlensError(f"--results {args.results}: the sweep used {gran} weights, not --granularity {args.granularity}")
+    conv = (cfg.get("weight") or {}).get("convention", "quantlens")
+    if conv != getattr(args, "convention", "quantlens"):
+        raise QuantlensError(f"--results {args.results}: the sweep used the {conv} convention, not --convention {getattr(args, 'convention', 'quantlens')}")
     if sweep.metric_name != args.metric:
         raise QuantlensError(f"--results {args.results}: the sweep measured {sweep.metric_name}, not --metric {args.metric}")
     return sweep
@@ -87,13 +90,14 @@ def sweep_or_run(args: argparse.Namespace, out: Path, model: Any, data: Any, cal
     from ..analysis.api import analyze, make_config
 
     sweep = load_sweep(args, w_bits)
+    cfg = make_config(w_bits, a_bits, args.granularity, convention=getattr(args, "convention", "quantlens"))
     if sweep is None and getattr(args, "group_by", "layer") == "role":  # plan: one bit-width per role
         from ..analysis.role_sweep import analyze_roles
 
-        sweep = analyze_roles(model, data, config=make_config(w_bits, a_bits, args.granularity), metric=args.metric, calib=calib,
+        sweep = analyze_roles(model, data, config=cfg, metric=args.metric, calib=calib,
                               reference=reference, device=args.device, output_key=args.output_key, model_name=args.model)
     elif sweep is None:
-        sweep = analyze(model, data, config=make_config(w_bits, a_bits, args.granularity), metric=args.metric, calib=calib,
+        sweep = analyze(model, data, config=cfg, metric=args.metric, calib=calib,
                         reference=reference, device=args.device, output_key=args.output_key, model_name=args.model)
     target = out / "results.json"
     source = Path(args.results) if args.results else None

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
 
     w_bits = parse_bits_list(args.w_bits)
     a_bits = parse_a_bits(args.a_bits)
-    cfg = make_config(w_bits, a_bits, args.granularity, args.weight_estimator, args.act_estimator)
+    cfg = make_config(w_bits, a_bits, args.granularity, args.weight_estimator, args.act_estimator, convention=args.convention)
     out = prepare_out_dir(args.out)
     model, data, calib, reference = load_inputs(args)
     if args.group_by == "role":

@@ -19,6 +19,7 @@ from ..report.fmt import Units
 __all__ = [
     "add_model_args",
     "add_quant_args",
+    "add_convention_arg",
     "parse_bits_list",
     "parse_a_bits",
     "prepare_out_dir",
@@ -81,6 +82,14 @@ def add_quant_args(p: argparse.ArgumentParser, w_bits_default: str = "3,4,5,6,7,
     p.add_argument("--granularity", default="per-tensor", help="weights: per-tensor, per-channel or per-group-N")
     p.add_argument("--weight-estimator", default="minmax", help=f"weight range: {', '.join(estimators())}")
     p.add_argument("--act-estimator", default="minmax", help="activation range: minmax, percentile, mse")
+    add_convention_arg(p)
+
+
+def add_convention_arg(p: argparse.ArgumentParser) -> None:
+    from ..quant.conventions import conventions
+
+    p.add_argument("--convention", default="quantlens",
+                   help=f"quantizer convention of the tool to predict: {', '.join(conventions())} (default: quantlens)")
 
 
 def prepare_out_dir(path: str) -> Path:

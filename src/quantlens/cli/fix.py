@@ -69,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
         metric=args.metric, calib=calib, reference=reference, device=args.device, output_key=args.output_key, model_name=args.model,
     )
     result.to_json(out / "fix.json")
-    export(measurer.build(result.config), out, extra={"model": args.model, "metric": result.metric_name, "local": result.row("local").metric})
+    export(measurer.build(result.config), out, extra={"model": args.model, "data": args.data, "calib": args.calib, "metric": result.metric_name,
+                                                    "local": result.row("local").metric})
     if result.culprits:
         console.print(f"culprits at {w_bits} bits: {', '.join(result.culprits)}; kept: "
                       + (", ".join(f"{k}: {'+'.join(v)}" for k, v in result.local_fixes.items()) or "none"))

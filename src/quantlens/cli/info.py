@@ -23,5 +23,10 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"quantlens {__version__}")
     console.print(f"metrics:          {', '.join(metrics())}")
     console.print(f"range estimators: {', '.join(estimators())}")
+    from ..quant.conventions import conventions, get_convention
+
+    console.print("conventions (--convention):")
+    for name in conventions():
+        console.print(f"  {name}: {get_convention(name).describe()}")
     console.print(f"fixes:            {', '.join(fixes())}")
     return 0

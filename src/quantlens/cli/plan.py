@@ -11,6 +11,7 @@ from ..report.fmt import Units
 from ._loop_args import add_common, load_inputs, sweep_or_run
 from .common import (
     _fmt,
+    add_convention_arg,
     add_model_args,
     console,
     parse_a_bits,
@@ -30,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--group-by", default="layer", choices=["layer", "role"],
                    help="role: one bit-width per role of the repeated blocks (every mlp.down_proj alike)")
     add_common(p)
+    add_convention_arg(p)
     p.set_defaults(func=run)
 
 
@@ -48,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     model, data, calib, reference = load_inputs(args)
     sweep = sweep_or_run(args, out, model, data, calib, reference, list(w_bits), a_bits)
     r = run_plan(model, data, budget=args.budget, budget_bytes=args.budget_bytes, w_bits=w_bits, a_bits=a_bits, granularity=args.granularity,
-                 metric=args.metric, calib=calib, reference=reference, device=args.device, output_key=args.output_key, sweep=sweep)
+                 metric=args.metric, calib=calib, reference=reference, device=args.device, output_key=args.output_key, sweep=sweep,
+                 convention=args.convention)
     r.to_json(out / "plan.json")
     pct = Units.for_metric(r.metric_name).pct  # the report's rule
     t = Table(title=f"plan: {r.avg_bits:.2f} average weight bits (budget {r.budget_bits:.2f})")
@@ -61,8 +64,28 @@ def run(args: argparse.Namespace) -> int:
     if r.uniform_bits is not None:
         console.print(f"uniform {r.uniform_bits} bits (same size or smaller): predicted {_fmt(r.uniform_predicted, pct)}, "
                       f"measured {_fmt(r.uniform_measured, pct)}")
+    wrote = _write_config(args, r, model, data, calib, out)
     from ..report import save_report
 
     report = save_report(sweep, out)
-    console.print(f"wrote {out / 'plan.json'} (and {report})")
+    console.print(f"wrote {out / 'plan.json'}{wrote} (and {report})")
     return 0
+
+
+def _write_config(args: argparse.Namespace, r, model, data, calib, out) -> str:  # noqa: ANN001
+    """``quant_config.json`` and ``weights.safetensors`` of the plan (for ``quantlens export``), if fx can trace the model."""
+    from ..analysis.measure import NetworkMeasurer, UntraceableError
+    from ..config import parse_granularity
+    from ..export import export
+    from ..qconfig import LayerQuant, QuantConfig
+
+    g = parse_granularity(args.granularity)
+    cfg = QuantConfig(tuple((l.layer, LayerQuant(l.w_bits, r.a_bits, g, convention=args.convention)) for l in r.layers))
+    try:
+        m = NetworkMeasurer(model, data, calib=calib, metric=args.metric, device=args.device, output_key=args.output_key)
+    except UntraceableError as e:
+        console.print(f"no quant_config.json: export needs a model torch.fx can trace ({e.reason})")
+        return ""
+    export(m.build(cfg), out, extra={"model": args.model, "data": args.data, "calib": args.calib, "metric": r.metric_name,
+                                     "measured_metric": r.measured_metric})
+    return f", {out / 'quant_config.json'}, {out / 'weights.safetensors'}"

@@ -100,14 +100,19 @@ def fake_quantize_formula(
 
 
 def qparams_from_range(
-    lo: Tensor, hi: Tensor, qmin: int, qmax: int, symmetric: bool
+    lo: Tensor, hi: Tensor, qmin: int, qmax: int, symmetric: bool, half_range: bool = False
 ) -> tuple[Tensor, Tensor]:
-    """Scale and zero point (float32, int32) for the range ``[lo, hi]`` on the grid ``[qmin, qmax]``."""
+    """Scale and zero point (float32, int32) for the range ``[lo, hi]`` on the grid ``[qmin, qmax]``.
+
+    ``half_range`` (symmetric only): ``scale = max(|lo|, |hi|) / ((qmax - qmin) / 2)``, the rule of
+    onnxruntime's and torch.ao's symmetric quantizers (``max|w| / 7.5`` on ``[-8, 7]``), instead
+    of ``max(|lo|, |hi|) / qmax``.
+    """
     lo = lo.detach().float()
     hi = hi.detach().float()
     if symmetric:
         amax = torch.maximum(lo.abs(), hi.abs())
-        scale = amax / float(qmax)
+        scale = amax / ((qmax - qmin) / 2.0 if half_range else float(qmax))
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         return scale, torch.zeros_like(scale, dtype=torch.int32)
     lo = torch.clamp(lo, max=0.0)

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from ..config import PerChannel, PerGroup, PerTensor, QuantSpec
 from .observers import HistogramObserver, MinMaxObserver
-from .primitives import fake_quantize, qparams_from_range
+from .primitives import fake_quantize
 from .ranges import estimate_activation, estimate_weight_rows
 
 __all__ = ["QuantizedWeight", "quantize_weight", "weight_rows", "ActQuantizer", "make_observer"]
@@ -80,7 +80,7 @@ def quantize_weight(w: Tensor, spec: QuantSpec) -> QuantizedWeight:
     w = w.detach().float()
     rows = weight_rows(w, spec)
     lo, hi = estimate_weight_rows(rows, spec)
-    scale, zp = qparams_from_range(lo, hi, spec.qmin, spec.qmax, spec.symmetric)
+    scale, zp = spec.qparams(lo, hi)
     if isinstance(spec.granularity, PerTensor):
         wq = fake_quantize(w, scale[0], zp[0], spec.qmin, spec.qmax)
     else:
@@ -120,7 +120,7 @@ class ActQuantizer(nn.Module):
 
     def set(self, spec: QuantSpec, obs: MinMaxObserver | HistogramObserver) -> None:
         lo, hi = estimate_activation(obs, spec)
-        scale, zp = qparams_from_range(torch.tensor(lo), torch.tensor(hi), spec.qmin, spec.qmax, spec.symmetric)
+        scale, zp = spec.qparams(torch.tensor(lo), torch.tensor(hi))
         self.scale = scale.to(self.scale.device)
         self.zero_point = zp.to(self.zero_point.device)
         self.qmin, self.qmax = spec.qmin, spec.qmax

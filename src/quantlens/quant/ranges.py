@@ -29,7 +29,7 @@ from torch import Tensor
 
 from ..errors import QuantlensError
 from .observers import HistogramObserver, MinMaxObserver
-from .primitives import fake_quantize, qparams_from_range
+from .primitives import fake_quantize
 
 if TYPE_CHECKING:
     from ..config import QuantSpec
@@ -171,7 +171,7 @@ def _mse_best_scale(values: Tensor, weights: Optional[Tensor], lo: Tensor, hi: T
     best_c = torch.ones(values.shape[0], device=values.device)
     for c in _MSE_GRID.tolist():
         clo, chi = lo * c, hi * c
-        scale, zp = qparams_from_range(clo, chi, spec.qmin, spec.qmax, spec.symmetric)  # symmetric: max(|lo|, |hi|)
+        scale, zp = spec.qparams(clo, chi)  # symmetric: max(|lo|, |hi|)
         xq = fake_quantize(values, scale, zp, spec.qmin, spec.qmax, axis=0)
         err = (xq - values).double() ** 2
         err = (err * weights).sum(1) if weights is not None else err.sum(1)

@@ -108,6 +108,10 @@ def render_report(result: SweepResult, extras: Optional[Extras] = None, options:
         page.add("fixes", "Fixes: global against local", fix_html(ex.fix))
     if ex.plan is not None:
         page.add("plan", "Mixed-precision plan", plan_html(ex.plan, units))
+    if ex.verify is not None:
+        from .runtime_html import runtime_html
+
+        page.add("runtime", "Runtime check", runtime_html(ex.verify))
     if ex.notes:
         page.add("notes", "Notes", "".join(f'<p class="note">{esc(n)}</p>' for n in ex.notes))
     return page.render()

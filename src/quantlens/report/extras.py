@@ -3,6 +3,8 @@
 * ``additivity.json`` (``quantlens/additivity-v1``): ``pearson_r``, ``slope``,
   ``points[{low_bit_layers, predicted, measured}]`` -- the paper's Figure 2.
 * ``fix.json`` (``quantlens/fix-v1``): ``metric``, ``rows[{method, metric, fixes?}]`` -- Table 1.
+* ``verify.json`` (``quantlens/verify-v1``): the runtime check, read by
+  :meth:`quantlens.runtime.verify.VerifyResult.from_dict`.
 * ``plan.json`` (``quantlens/plan-v1``): per-layer bits (``layers: [{layer, w_bits|bits}]`` or
   ``w_bits|bits: {layer: b}``), ``predicted``, ``measured``, ``avg_bits``, ``budget`` (a number or
   ``{avg_bits}``) and the uniform baseline (``uniform: {w_bits|bits, predicted, measured}``).
@@ -170,6 +172,7 @@ class Extras:
     additivity: Optional[Additivity] = None
     fix: Optional[FixTable] = None
     plan: Optional[Plan] = None
+    verify: Optional[Any] = None  # quantlens.runtime.verify.VerifyResult
     notes: tuple[str, ...] = ()
 
 
@@ -177,6 +180,7 @@ _FILES: dict[str, tuple[str, Any, Optional[str]]] = {
     "additivity": ("additivity.json", Additivity, "quantlens/additivity-v1"),
     "fix": ("fix.json", FixTable, "quantlens/fix-v1"),
     "plan": ("plan.json", Plan, "quantlens/plan-v1"),
+    "verify": ("verify.json", None, "quantlens/verify-v1"),  # read by its owner, VerifyResult.from_dict
 }
 
 
@@ -194,6 +198,10 @@ def load_extras(directory: Union[str, os.PathLike]) -> Extras:
                 raise ValueError("not a JSON object")
             if schema and d.get("schema") not in (schema, None):
                 raise ValueError(f"schema {d.get('schema')!r}, expected {schema!r}")
+            if cls is None:
+                from ..runtime.verify import VerifyResult
+
+                cls = VerifyResult
             found[key] = cls.from_dict(d)
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
             notes.append(f"{fname} could not be read ({e}); its section is left out")

@@ -20,8 +20,8 @@ from typing import Optional, Union
 
 import torch
 
-from .analysis.network import QuantizedNetwork
-from .errors import QuantlensError
+from ..analysis.network import QuantizedNetwork
+from ..errors import QuantlensError
 
 __all__ = ["export", "weight_tensors"]
 

@@ -1,0 +1,97 @@
+"""``quantlens verify``: run the ONNX model in onnxruntime and compare it with the simulation and the float model."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from rich.table import Table
+
+from ..report.fmt import Units
+from .common import console, prepare_out_dir
+
+__all__ = ["register", "run", "print_verify"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from ..metrics import metrics
+
+    p = sub.add_parser("verify", help="run an exported (or tool-quantized) ONNX model in onnxruntime; compare with the simulation")
+    p.add_argument("--onnx", required=True, metavar="PATH", help="model.onnx (from `quantlens export`, or quantized by another tool)")
+    p.add_argument("--data", required=True, metavar="MOD:FN", help="batches of (inputs, labels)")
+    p.add_argument("--model", metavar="MOD:FN", help="the float model (default: the one export.json records)")
+    p.add_argument("--calib", metavar="MOD:FN", help="calibration batches (a tool-quantized model, or a config without saved ranges)")
+    p.add_argument("--metric", default="top1", help=f"task metric: {', '.join(metrics())} (default: top1)")
+    p.add_argument("--w-bits", default=None, help="a tool-quantized model: the weight bits it used (quantlens predicts it)")
+    p.add_argument("--a-bits", default="8", help="a tool-quantized model: activation bits (default 8)")
+    p.add_argument("--granularity", default="per-tensor", help="a tool-quantized model: weight granularity")
+    p.add_argument("--convention", default=None, help="a tool-quantized model: the tool's quantizer convention (see `quantlens info`)")
+    p.add_argument("--output-key", default=None, help="key/attribute/index of the output tensor when the model returns a tuple/dict")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory (verify.json)")
+    p.set_defaults(func=run)
+
+
+def _pct(x: float, pct: bool, sign: bool = False) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return (f"{100 * x:+.2f}%" if sign else f"{100 * x:.2f}%") if pct else (f"{x:+.4g}" if sign else f"{x:.4g}")
+
+
+def _db(x: float) -> str:
+    return "identical" if x == float("inf") else f"{x:.1f} dB"
+
+
+def print_verify(r) -> None:  # noqa: ANN001
+    pct = Units.for_metric(r.metric_name).pct
+    t = Table(title=f"runtime check: {r.metric_name} on {r.num_samples} samples")
+    for col in ("network", r.metric_name, "degradation"):
+        t.add_column(col, justify="left" if col == "network" else "right")
+    t.add_row("float", _pct(r.float_metric, pct), "-")
+    t.add_row("simulation (quantlens)", _pct(r.simulated_metric, pct), _pct(r.predicted, pct, True))
+    t.add_row("onnxruntime", _pct(r.runtime_metric, pct), _pct(r.runtime, pct, True))
+    t.add_row("onnxruntime, no graph optimizations", _pct(r.plain_metric, pct), _pct(r._deg(r.plain_metric), pct, True))
+    console.print(t)
+    lo, hi = r.difference_interval
+    verdict = "[bold red]FLAGGED: beyond the interval[/bold red]" if r.flagged else "within the interval"
+    console.print(f"runtime - predicted degradation: {_pct(r.difference, pct, True)} (95% interval {_pct(lo, pct, True)} .. "
+                  f"{_pct(hi, pct, True)}): {verdict}")
+    slo, shi = r.simulated_interval
+    console.print(f"runtime {r.metric_name} {_pct(r.runtime_metric, pct)} is {'within' if r.within_simulated_interval else 'OUTSIDE'} "
+                  f"the simulation's 95% interval {_pct(slo, pct)} .. {_pct(shi, pct)}")
+    c = r.runtime_vs_simulation
+    console.print(f"runtime vs simulation: top-1 agreement {100 * c.agreement:.2f}%, output SQNR {_db(c.sqnr_db)}; "
+                  f"integer kernels onnxruntime used: {', '.join(f'{k} x{v}' for k, v in r.fused_ops.items()) or 'none'}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import QuantlensError
+    from ..loading import load_data, load_model
+    from ..runtime.export_check import read_export_info, verify_export
+
+    out = prepare_out_dir(args.out)
+    info = read_export_info(args.onnx) if not args.w_bits else None
+    model_spec = args.model or (info or {}).get("model")
+    if not model_spec:
+        raise QuantlensError("give --model MOD:FN (the float model): export.json does not record one")
+    model = load_model(model_spec)
+    data = load_data(args.data)
+    calib = load_data(args.calib, "--calib") if args.calib else None
+    if args.w_bits:
+        from ..runtime.tool_check import verify_tool_model
+
+        r = verify_tool_model(args.onnx, model, data, w_bits=int(args.w_bits), a_bits=args.a_bits, granularity=args.granularity,
+                              convention=args.convention or "quantlens", metric=args.metric, calib=calib, output_key=args.output_key)
+    else:
+        if info is None:
+            raise QuantlensError(f"{args.onnx}: no export.json beside it; for a model quantized by another tool give --w-bits "
+                                 "(and --convention, e.g. onnxruntime)")
+        r = verify_export(args.onnx, model, data, metric=args.metric, calib=calib, output_key=args.output_key)
+    r.to_json(out / "verify.json")
+    print_verify(r)
+    wrote = f"{out / 'verify.json'}"
+    if (out / "results.json").is_file():  # the report there gains its "Runtime check" section
+        from ..report import write_report
+
+        wrote += f" (and {write_report(out)})"
+    console.print(f"wrote {wrote}")
+    return 0

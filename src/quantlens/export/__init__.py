@@ -1,0 +1,19 @@
+"""Export a quantized network.
+
+* :mod:`quantlens.export.weights`: ``quant_config.json`` and ``weights.safetensors``
+  (what ``fix`` and ``plan`` write; :func:`export` keeps its old import path
+  ``from quantlens.export import export``).
+* :mod:`quantlens.export.onnx`: a QDQ ONNX model that onnxruntime runs (:func:`export_onnx`).
+"""
+
+from .weights import export, weight_tensors
+
+__all__ = ["export", "weight_tensors", "export_onnx", "OnnxExport"]
+
+
+def __getattr__(name: str):  # the ONNX side imports torch.onnx lazily
+    if name in ("export_onnx", "OnnxExport"):
+        from . import onnx as _onnx
+
+        return getattr(_onnx, name)
+    raise AttributeError(name)

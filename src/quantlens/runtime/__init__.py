@@ -1,0 +1,11 @@
+"""Run exported (or tool-quantized) ONNX models in onnxruntime and check them against the simulation.
+
+* :mod:`quantlens.runtime.ort`: sessions, input checks.
+* :mod:`quantlens.runtime.verify`: :func:`verify_onnx` and :class:`VerifyResult` (``verify.json``).
+* :func:`verify_export`: the whole check for a ``model.onnx`` written by ``quantlens export``.
+"""
+
+from .verify import Comparison, VerifyResult, verify_onnx
+from .export_check import verify_export
+
+__all__ = ["VerifyResult", "Comparison", "verify_onnx", "verify_export"]
