@@ -80,7 +80,8 @@ def _write_config(args: argparse.Namespace, r, model, data, calib, out) -> str: 
     from ..qconfig import LayerQuant, QuantConfig
 
     g = parse_granularity(args.granularity)
-    cfg = QuantConfig(tuple((l.layer, LayerQuant(l.w_bits, r.a_bits, g, convention=args.convention)) for l in r.layers))
+    bits_of = r.extra.get("layer_bits") or {l.layer: l.w_bits for l in r.layers}  # a role plan lists its layers' bits
+    cfg = QuantConfig(tuple((n, LayerQuant(b, r.a_bits, g, convention=args.convention)) for n, b in bits_of.items()))
     try:
         m = NetworkMeasurer(model, data, calib=calib, metric=args.metric, device=args.device, output_key=args.output_key)
     except UntraceableError as e:
