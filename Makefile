@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine (Python 3.10+):
 #   make demo   -- create .venv, install quantlens, run the embedded demo
-#   make test   -- create .venv, install quantlens with test dependencies, run the tests
+#   make test   -- create .venv, install quantlens with test dependencies (transformers included), run the tests
+#   make demo-lm -- the language-model demo (installs the lm extra: transformers)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -8,12 +9,16 @@ PIP    := $(BIN)/python -m pip
 # constraints.txt pins the local CPU wheel of torch on our machines; users bring their own torch.
 PIPFLAGS := -q --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo test venv install install-dev bench bench-quick clean
+.PHONY: demo demo-lm test venv install install-dev bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
+	$(PIP) install $(PIPFLAGS) -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
 	$(PIP) install $(PIPFLAGS) -e '.[dev]'
 	# onnx2torch without its torchvision dependency: PyPI's torchvision does not import beside
 	# our CPU torch, and quantlens only needs torchvision for NMS / RoIAlign nodes
@@ -22,13 +27,19 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 
 install: $(VENV)/.installed
 
+install-dev: $(VENV)/.installed-dev
+
 demo: install
 	$(BIN)/quantlens demo --out quantlens-demo
 
-test: install
+demo-lm: install
+	$(PIP) install $(PIPFLAGS) -e '.[lm]'
+	$(BIN)/quantlens demo --lm --out quantlens-demo-lm
+
+test: install-dev
 	$(BIN)/python -m pytest tests
 
-bench: install
+bench: install-dev
 	$(PIP) install $(PIPFLAGS) -e '.[dev,bench]'
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
@@ -36,4 +47,4 @@ bench-quick: BENCH_ARGS = --quick
 bench-quick: bench
 
 clean:
-	rm -rf $(VENV) quantlens-demo .pytest_cache
+	rm -rf $(VENV) quantlens-demo quantlens-demo-lm .pytest_cache

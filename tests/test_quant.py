@@ -199,3 +199,41 @@ def _obs():
     h = HistogramObserver()
     h.update(torch.randn(100))
     return h
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("group", [32, 64, 128])
+def test_per_group_linear_is_exact_against_a_direct_reference(symmetric, group):
+    """LLM granularity: one scale per output row and per block of ``group`` input columns."""
+    g = torch.Generator().manual_seed(group)
+    w = torch.randn(24, 256, generator=g) * torch.linspace(0.1, 3.0, 256)  # columns differ in range
+    spec = QuantSpec(bits=4, symmetric=symmetric, granularity=PerGroup(group))
+    qw = quantize_weight(w, spec)
+    ref = torch.empty_like(w)
+    for o in range(w.shape[0]):
+        for j in range(0, w.shape[1], group):
+            blk = w[o, j : j + group]
+            if symmetric:
+                s, z = float(blk.abs().max()) / 7, 0
+                q = torch.fake_quantize_per_tensor_affine(blk, s, z, -8, 7)
+            else:
+                lo, hi = blk.min().clamp(max=0), blk.max().clamp(min=0)  # float32, as documented
+                s = (hi - lo) / 15
+                z = int((-lo / s).round().clamp(0, 15))
+                q = torch.fake_quantize_per_tensor_affine(blk, s, z, 0, 15)
+            ref[o, j : j + group] = q
+    assert qw.scale.numel() == 24 * 256 // group
+    assert torch.equal(qw.weight, ref)
+
+
+def test_half_precision_weight_is_quantized_in_float32_and_cast_back():
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(16, 64, generator=g)
+    for dtype in (torch.bfloat16, torch.float16):
+        wh = w.to(dtype)
+        spec = QuantSpec(bits=4, granularity=PerGroup(32))
+        qh = quantize_weight(wh, spec)
+        q32 = quantize_weight(wh.float(), spec)
+        assert qh.weight.dtype == dtype
+        assert torch.equal(qh.weight, q32.weight.to(dtype))
+        assert torch.equal(qh.scale, q32.scale)

@@ -16,6 +16,14 @@ name           per-sample score, averaged over samples                 better
 callable       ``fn(y_ref, y, labels) -> float`` per batch, weighted by batch size
 =============  ======================================================  ================
 
+Token-level metrics of language models (``nll``, ``perplexity``, ``token_kl``,
+``token_agreement``) live in :mod:`quantlens.token_metrics` and are registered here too.
+
+A metric that needs to see the batch's inputs (its attention mask, its input ids) sets
+``needs_inputs = True``; the engine then calls ``update(y_ref, y, labels, inputs=inputs)``
+(through :func:`update_metric`). ``mse`` and ``cosine`` use it to leave padded tokens out of
+a per-token output ``[batch, seq, ...]`` when the inputs carry an ``attention_mask``.
+
 The degradation of a quantized network is ``H(y_ref) - H(y)`` for higher-is-better metrics
 and ``H(y) - H(y_ref)`` otherwise, so that a positive degradation is always worse
 (:func:`degradation`, the one sign rule).
@@ -37,6 +45,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Callable, Optional, Protocol, Union
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -51,6 +60,8 @@ __all__ = [
     "metrics",
     "make_metric",
     "CallableMetric",
+    "update_metric",
+    "token_mask",
 ]
 
 
@@ -69,6 +80,7 @@ class Metric(Protocol):
     needs_labels: bool
 
     def update(self, y_ref: Tensor, y: Tensor, labels: Optional[Tensor]) -> None: ...
+    # a metric with ``needs_inputs = True`` also takes ``inputs=`` (the batch's inputs)
 
     def merge(self, other: "Metric") -> "Metric": ...
 
@@ -86,26 +98,33 @@ class SumMetric:
     higher_is_better = True
     needs_labels = False
     interval_rule: Optional[str] = "mean"
+    needs_inputs = False
 
     def __init__(self) -> None:
         self.total = 0.0
         self.count = 0
         self.paired = PairedSums()
 
-    def scores(self, y_ref: Tensor, y: Tensor, labels: Optional[Tensor]) -> Tensor:  # pragma: no cover
+    def scores(self, y_ref: Tensor, y: Tensor, labels: Optional[Tensor], mask: Optional[Tensor] = None) -> Tensor:  # pragma: no cover
         raise NotImplementedError
 
-    def update(self, y_ref: Tensor, y: Tensor, labels: Optional[Tensor]) -> None:
+    def update(self, y_ref: Tensor, y: Tensor, labels: Optional[Tensor], inputs: Any = None) -> None:
         if self.needs_labels and labels is None:
             raise QuantlensError(
                 f"metric {self.name!r} needs labels but the data has none: use a label-free metric "
                 "(agreement, kl, mse, cosine)"
             )
         yr, yq = y_ref.detach().float(), y.detach().float()
-        s = self.scores(yr, yq, labels)
+        mask = token_mask(yq, inputs) if self.needs_inputs else None
+        kw: dict = {}
+        if mask is not None:  # padded tokens are zero in both outputs and not counted
+            keep = mask.reshape(*mask.shape, *([1] * (yq.dim() - 2)))
+            zero = torch.zeros((), dtype=yq.dtype, device=yq.device)
+            yr, yq, kw = torch.where(keep, yr, zero), torch.where(keep, yq, zero), {"mask": mask}
+        s = self.scores(yr, yq, labels, **kw)
         self.total += float(s.double().sum())
         self.count += int(s.numel())
-        self.paired.update(self.scores(yr, yr, labels), s)
+        self.paired.update(self.scores(yr, yr, labels, **kw), s)
 
     def merge(self, other: "Metric") -> "SumMetric":
         assert isinstance(other, SumMetric)
@@ -144,6 +163,25 @@ def register_metric(name: str) -> Callable[[type], type]:
 def metrics() -> list[str]:
     """Names of the registered metrics."""
     return sorted(_REGISTRY)
+
+
+def update_metric(metric: Metric, y_ref: Tensor, y: Tensor, labels: Optional[Tensor], inputs: Any = None) -> None:
+    """``metric.update``, with ``inputs=`` for the metrics that declare ``needs_inputs``."""
+    if getattr(metric, "needs_inputs", False):
+        metric.update(y_ref, y, labels, inputs=inputs)  # type: ignore[call-arg]
+    else:
+        metric.update(y_ref, y, labels)
+
+
+def token_mask(y: Tensor, inputs: Any) -> Optional[Tensor]:
+    """The inputs' attention mask as a bool ``[batch, seq]`` tensor on ``y``'s device, if ``y`` is
+    ``[batch, seq, ...]`` and the inputs carry one of that shape; else ``None``."""
+    from .analysis.data import attention_mask  # (analysis imports this module)
+
+    mask = attention_mask(inputs)
+    if mask is None or y.dim() < 3 or tuple(mask.shape) != tuple(y.shape[:2]):
+        return None
+    return (mask != 0).to(y.device)
 
 
 def _flat(y: Tensor) -> Tensor:
@@ -198,15 +236,26 @@ class KL(SumMetric):
 
 @register_metric("mse")
 class MSE(SumMetric):
-    higher_is_better = False
+    """Mean squared error per sample; padded tokens (attention mask 0) are not counted."""
 
-    def scores(self, y_ref: Tensor, y: Tensor, labels: Optional[Tensor]) -> Tensor:
-        return ((_flat(y).double() - _flat(y_ref).double()) ** 2).mean(1)
+    higher_is_better = False
+    needs_inputs = True
+
+    def scores(self, y_ref: Tensor, y: Tensor, labels: Optional[Tensor], mask: Optional[Tensor] = None) -> Tensor:
+        sq = ((_flat(y).double() - _flat(y_ref).double()) ** 2).sum(1)
+        if mask is None:
+            return sq / _flat(y).shape[1]
+        per_token = _flat(y).shape[1] // y.shape[1]
+        return sq / (mask.sum(1).double() * per_token).clamp(min=1)
 
 
 @register_metric("cosine")
 class Cosine(SumMetric):
-    def scores(self, y_ref: Tensor, y: Tensor, labels: Optional[Tensor]) -> Tensor:
+    """Cosine similarity per sample; padded tokens (attention mask 0) are left out."""
+
+    needs_inputs = True
+
+    def scores(self, y_ref: Tensor, y: Tensor, labels: Optional[Tensor], mask: Optional[Tensor] = None) -> Tensor:
         return F.cosine_similarity(_flat(y).double(), _flat(y_ref).double(), dim=1, eps=1e-12)
 
 
@@ -228,6 +277,9 @@ class CallableMetric(SumMetric):
         n = int(y.shape[0])
         self.total += v * n
         self.count += n
+
+
+from . import token_metrics as _token_metrics  # noqa: E402,F401  (registers the token metrics)
 
 
 def make_metric(spec: Union[str, Callable[..., Any], Metric]) -> Metric:

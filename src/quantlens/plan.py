@@ -1,5 +1,8 @@
 """Mixed precision on the additive table: per-layer weight bits under a size budget.
 
+A role sweep (``--group-by role``) plans one bit-width per role: its rows are roles, and the
+plan is measured with every layer of a role at the role's bits.
+
 Given the sweep cells ``d(l, b)`` (degradation of the network when only layer ``l`` is at ``b``
 bits) and the additivity of Figure 2, choose one ``b_l`` per layer to::
 
@@ -241,6 +244,7 @@ def run_plan(
     """
     from .analysis.api import analyze, make_config
     from .analysis.measure_eager import make_measurer
+    from .analysis.role_sweep import role_members
     from .config import parse_granularity
     from .qconfig import LayerQuant, QuantConfig
 
@@ -254,18 +258,27 @@ def run_plan(
     cap = budget_capacity(total, budget, budget_bytes)
     plan = plan_bits(sweep, cap, bits)
     g = parse_granularity(granularity)
+    members = role_members(sweep)
+
+    def config(bits_of: Sequence[tuple[str, int]]) -> QuantConfig:
+        """Per-layer settings; a role's bits go to every layer of the role."""
+        return QuantConfig(tuple((l, LayerQuant(b, a_bits, g, convention=convention)) for n, b in bits_of for l in (members[n] if members else [n])))
+
     measurer = make_measurer(model, data, calib=calib, metric=metric, reference=reference, device=device, output_key=output_key)
-    res = measurer(QuantConfig(tuple((p.layer, LayerQuant(p.w_bits, a_bits, g, convention=convention)) for p in plan)))
+    res = measurer(config([(p.layer, p.w_bits) for p in plan]))
     fits = [b for b in bits if b * total <= cap]
     ub = max(fits) if fits else None
     if ub is not None:
-        uni = measurer(QuantConfig.uniform(sweep.layer_names, ub, a_bits, g, convention=convention))
+        uni = measurer(config([(n, ub) for n in sweep.layer_names]))
         u_pred, u_meas, u_metric = sum(sweep.cell(n, ub).degradation for n in sweep.layer_names), uni.degradation, uni.metric
         u_ci = (uni.ci_low, uni.ci_high)
     else:
         u_pred = u_meas = u_metric = float("nan")
         u_ci = (jsonio.NAN, jsonio.NAN)
+    extra = {}
+    if members:
+        extra = {"group_by": "role", "layer_bits": {l: p.w_bits for p in plan for l in members[p.layer]}}
     return PlanResult(
         sweep.metric_name, sweep.baseline, cap / total, cap, a_bits, tuple(plan), res.degradation, res.metric, ub, u_pred, u_meas, u_metric,
-        measured_ci=(res.ci_low, res.ci_high), uniform_ci=u_ci, num_samples=res.num_samples,
+        extra, measured_ci=(res.ci_low, res.ci_high), uniform_ci=u_ci, num_samples=res.num_samples,
     )

@@ -19,9 +19,9 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from ..metrics import Metric
+from ..metrics import Metric, update_metric
 
-__all__ = ["CellAccumulator", "ShiftAccumulator", "ChannelStats", "channel_axis", "per_sample_sq"]
+__all__ = ["CellAccumulator", "ShiftAccumulator", "ChannelStats", "channel_axis", "per_sample_sq", "widen"]
 
 
 def channel_axis(op: str) -> int:
@@ -34,13 +34,18 @@ def per_sample_sq(t: Tensor) -> Tensor:
     return t.detach().double().reshape(t.shape[0], -1).pow(2).sum(1)
 
 
+def widen(t: Tensor) -> Tensor:
+    """A half-precision (bf16, fp16) tensor in float32; any other tensor as it is."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
 def _channel_sums(t: Tensor, axis: int) -> tuple[Tensor, int]:
     """Per-channel sums of ``t`` along ``axis`` (float64, on the CPU) and the count per channel.
 
     Sums over the batch axis are taken in float64 after float32 partial sums over the other
     axes (pairwise, accurate to ~1e-7 relative): no float64 copy of the whole tensor.
     """
-    t = t.detach()
+    t = widen(t.detach())
     axis = axis % t.dim()
     c = t.shape[axis]
     count = t.numel() // c if c else 0
@@ -63,6 +68,7 @@ class ChannelStats:
         self.count = 0
 
     def update(self, o: Tensor, axis: int) -> None:
+        o = widen(o)
         s, n = _channel_sums(o, axis)
         sq, _ = _channel_sums(o * o, axis)
         self.sum = s if self.sum is None else self.sum + s
@@ -110,7 +116,7 @@ class ShiftAccumulator:
         self.count = 0
 
     def update(self, layer_out: Tensor, layer_ref: Tensor, axis: int) -> None:
-        s, c = _channel_sums(layer_out - layer_ref, axis)
+        s, c = _channel_sums(widen(layer_out) - widen(layer_ref), axis)
         self.sum = s if self.sum is None else self.sum + s
         self.count += c
 
@@ -154,12 +160,13 @@ class CellAccumulator:
         layer_out: Optional[Tensor] = None,
         layer_ref: Optional[Tensor] = None,
         axis: int = 1,
+        inputs: Any = None,
     ) -> None:
         sig = per_sample_sq(y_ref) if signal is None else signal
-        self.noise += float(per_sample_sq(y.to(y_ref.dtype) - y_ref).sum())
+        self.noise += float(per_sample_sq(widen(y).to(widen(y_ref).dtype) - widen(y_ref)).sum())
         self.signal += float(sig.sum())
         self.n += int(y_ref.shape[0])
-        self.metric.update(y_ref, y, labels)
+        update_metric(self.metric, y_ref, y, labels, inputs)
         if layer_out is not None and layer_ref is not None:
             self.shift.update(layer_out, layer_ref, axis)
 

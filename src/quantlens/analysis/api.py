@@ -23,6 +23,7 @@ from torch import nn
 from ..config import Granularity, PerTensor, QuantSpec, SweepConfig, parse_granularity
 from ..errors import QuantlensError
 from ..guard import preserve_model
+from ..precision import check_dtype_support
 from ..progress import make_progress
 from .data import check_reiterable, iterate
 from .results import SweepResult
@@ -129,6 +130,7 @@ def analyze(
     check_reiterable(data, "data")
     if calib is not None:
         check_reiterable(calib, "calibration data")
+    check_dtype_support(model, device)
     if estimate:
         return _estimate(model, data, cfg, metric, calib, device, output_key, reference, layers, engine, model_name,
                          estimate_k, adaptive or split_noise or backend not in ("serial", None), capture)

@@ -33,7 +33,22 @@ from torch import Tensor
 from ..errors import QuantlensError
 from ..inputs import Inputs, as_inputs
 
-__all__ = ["Inputs", "as_inputs", "Batch", "normalize_batch", "iterate", "extract_output", "count_batches", "check_reiterable"]
+__all__ = [
+    "Inputs",
+    "as_inputs",
+    "Batch",
+    "normalize_batch",
+    "iterate",
+    "extract_output",
+    "count_batches",
+    "check_reiterable",
+    "attention_mask",
+    "input_ids",
+    "token_labels",
+    "IGNORE_INDEX",
+]
+
+IGNORE_INDEX = -100  # a label that is not counted (the Hugging Face convention)
 
 
 Batch = tuple[Inputs, Optional[Tensor]]
@@ -176,3 +191,49 @@ def extract_output(out: Any, key: Union[str, int, None] = None) -> Tensor:
     if y is None:
         raise QuantlensError(f"the model's output ({type(out).__name__}) contains no tensor")
     return y
+
+
+def _kwargs(inputs: Any) -> Mapping:
+    kw = getattr(inputs, "kwargs", None)
+    return kw if isinstance(kw, Mapping) else {}
+
+
+def attention_mask(inputs: Any) -> Optional[Tensor]:
+    """The batch's ``attention_mask`` keyword input (``[batch, seq]``, 0 = padding), if any."""
+    m = _kwargs(inputs).get("attention_mask")
+    return m if isinstance(m, Tensor) else None
+
+
+def input_ids(inputs: Any) -> Optional[Tensor]:
+    """The batch's ``input_ids``: the keyword input of that name, else the first positional
+    integer tensor."""
+    ids = _kwargs(inputs).get("input_ids")
+    if isinstance(ids, Tensor):
+        return ids
+    args = getattr(inputs, "args", inputs)
+    if isinstance(args, (tuple, list)) and args and isinstance(args[0], Tensor):
+        if not args[0].is_floating_point():
+            return args[0]
+    return None
+
+
+def token_labels(inputs: Any, labels: Optional[Tensor]) -> Optional[Tensor]:
+    """Per-token targets of a causal LM, in the positions of ``input_ids`` (not yet shifted).
+
+    ``labels`` if the batch has them, else the input ids; ``IGNORE_INDEX`` (-100) wherever the
+    attention mask is 0. ``None`` when there are neither labels nor input ids.
+
+    Example:
+        >>> import torch
+        >>> class I: kwargs = {"input_ids": torch.tensor([[5, 6, 7]]), "attention_mask": torch.tensor([[1, 1, 0]])}
+        >>> token_labels(I(), None)
+        tensor([[   5,    6, -100]])
+    """
+    lab = labels if labels is not None else input_ids(inputs)
+    if lab is None:
+        return None
+    lab = lab.long()
+    mask = attention_mask(inputs)
+    if mask is not None and tuple(mask.shape) == tuple(lab.shape):
+        lab = lab.masked_fill(mask.to(lab.device) == 0, IGNORE_INDEX)
+    return lab

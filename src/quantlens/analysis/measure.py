@@ -29,7 +29,7 @@ from ..graph.capture import CaptureError, LayerGraph, capture
 from ..graph.cone import build_cache_module
 from ..guard import preserve_model
 from ..jsonio import num as _num
-from ..metrics import Metric, degradation, make_metric
+from ..metrics import Metric, degradation, make_metric, update_metric
 from ..numerics import analysis_mode
 from ..qconfig import QuantConfig
 from ..stats.intervals import metric_interval
@@ -164,8 +164,8 @@ def score_network(
             y = extract_output(out, output_key)
             if not bool(torch.isfinite(y_ref).all()):
                 raise QuantlensError("the reference model's output has NaN or Inf: fix the model or its inputs first")
-            base.update(y_ref, y_ref, labels)
-            out_acc.update(y_ref, y, labels)
+            update_metric(base, y_ref, y_ref, labels, inputs)
+            out_acc.update(y_ref, y, labels, inputs=inputs)
             if floats is None or not taps:
                 continue
             fv = floats(inputs)
@@ -308,6 +308,10 @@ class NetworkMeasurer(MeasurerBase):
     @property
     def names(self) -> list[str]:
         return [l.name for l in self.graph.layers]
+
+    @property
+    def layers(self) -> list:
+        return list(self.graph.layers)
 
     def fixed_graph(self, config: QuantConfig) -> LayerGraph:
         from ..fixes import apply_fixes

@@ -77,6 +77,10 @@ class EagerNetworkMeasurer(MeasurerBase):
     def names(self) -> list[str]:
         return [l.name for l in self.runner.layers]
 
+    @property
+    def layers(self) -> list:
+        return list(self.runner.layers)
+
     def _calibrated(self, estimator: str) -> tuple[dict, dict]:
         """Observers of every layer's input and (post-activation) output over the calibration data."""
         if estimator not in self._observers:

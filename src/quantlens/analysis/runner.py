@@ -3,7 +3,10 @@
 * :class:`ConeRunner` (the default): one float pass per batch fills an activation cache;
   each layer's compiled cone then recomputes only what depends on that layer.
   With ``full=True`` every layer recomputes the whole network instead (the naive way, for
-  benchmarks): same numbers, more work.
+  benchmarks): same numbers, more work. With ``low_memory=True`` (or on CUDA when the float
+  pass runs out of memory) the cache keeps only the values that enter each repeated block
+  (:func:`block_starts`), and each cone recomputes in float what it reads inside its block:
+  same numbers, a fraction of the memory.
 * :class:`HookRunner`: for models that torch.fx cannot trace. Forward hooks on a prepared copy
   of the model quantize a module's input, weight and output; each evaluation is a full forward
   pass. A module called several times (a loop whose length depends on the data) is one layer,
@@ -25,7 +28,7 @@ from torch import Tensor, nn
 from ..config import QuantSpec
 from ..errors import QuantlensError
 from ..graph.capture import Layer, LayerGraph, _layer_kind, layer_op, transposed_linear
-from ..graph.cone import Cone, build_cache_module, build_cone, input_node
+from ..graph.cone import Cone, build_cache_module, build_cone, build_io_module, input_node
 from ..graph.eager import ActivationWatch, EagerLayer, capture_eager
 from ..memory import trim_heap
 from ..numerics import analysis_mode
@@ -33,7 +36,29 @@ from ..quant.quantizer import ActQuantizer, make_observer
 from .data import Inputs, as_inputs, iterate
 from .multibit import BitBatcher
 
-__all__ = ["Runner", "ConeRunner", "HookRunner"]
+__all__ = ["Runner", "ConeRunner", "HookRunner", "block_starts"]
+
+
+def block_starts(graph: LayerGraph) -> list[int]:
+    """Per layer, the topological position from which the low-memory mode recomputes: the first
+    layer call of its repeated block (``layers.7.*``, see :mod:`quantlens.roles`), else its own."""
+    from ..roles import split_name
+
+    pos = {n.name: i for i, n in enumerate(graph.gm.graph.nodes)}
+    block = {}
+    for l in graph.layers:
+        s = split_name(l.name)
+        block[l.index] = None if s is None else (s[0], s[1])
+    per_container: dict[str, set[int]] = {}
+    for b in block.values():
+        if b is not None:
+            per_container.setdefault(b[0], set()).add(b[1])
+    first: dict[tuple[str, int], int] = {}
+    for l in graph.layers:
+        b = block[l.index]
+        if b is not None and len(per_container[b[0]]) >= 2:
+            first[b] = min(first.get(b, pos[l.node]), pos[l.node])
+    return [first.get(block[l.index], pos[l.node]) if block[l.index] is not None else pos[l.node] for l in graph.layers]
 
 
 @dataclass
@@ -96,9 +121,12 @@ class ConeRunner(Runner):
     """Float pass once per batch, then only the cone of each layer (see module docstring)."""
 
     def __init__(
-        self, graph: LayerGraph, device: Union[str, torch.device] = "cpu", full: bool = False, batch_bits: bool = False
+        self, graph: LayerGraph, device: Union[str, torch.device] = "cpu", full: bool = False, batch_bits: bool = False,
+        low_memory: bool = False,
     ) -> None:
         self.graph = graph
+        self.low_memory = False
+        self.io: list[tuple[Any, list[str]]] = []
         # several bit-widths per cone pass (opt-in, see analysis/multibit.py: faster on late
         # layers, but not bitwise reproducible in general); never for the naive loop
         self.batcher = BitBatcher(enabled=batch_bits and not full)
@@ -119,6 +147,27 @@ class ConeRunner(Runner):
             keep += [inp, l.output_node]
         self.cache_gm, self.keep = build_cache_module(graph, keep)
         self.cache_gm.to(self.device)
+        if low_memory and not full:
+            self.use_low_memory()
+
+    def use_low_memory(self) -> None:
+        """Keep only block inputs in the cache; cones and layer statistics recompute inside the block."""
+        starts = block_starts(self.graph)
+        self.cones = [build_cone(self.graph, l, start=s, quantizers=(c.in_q, c.out_q)) for l, s, c in zip(self.layers, starts, self.cones)]
+        self.io = [build_io_module(self.graph, l, s) for l, s in zip(self.layers, starts)]
+        keep: list[str] = []
+        for c in self.cones:
+            keep += c.frontier
+        for _, frontier in self.io:
+            keep += frontier
+        for c in self.cones:
+            c.gm.to(self.device)
+        for gm, _ in self.io:
+            gm.to(self.device)
+        self.cache_gm, self.keep = build_cache_module(self.graph, keep)
+        self.cache_gm.to(self.device)
+        self.low_memory = True
+        self.engine = "cone-lowmem"
 
     @property
     def cone_sizes(self) -> list[int]:
@@ -128,10 +177,31 @@ class ConeRunner(Runner):
         return self.graph.module(self.layers[i]).weight.detach()
 
     def float_pass(self, inputs: Inputs) -> tuple[Any, dict[str, Any]]:
-        out, values = self.cache_gm(*self.graph.flat(inputs))
+        try:
+            out, values = self.cache_gm(*self.graph.flat(inputs))
+        except torch.cuda.OutOfMemoryError:
+            if self.low_memory or self.device.type != "cuda" or self.engine != "cone":
+                raise
+            torch.cuda.empty_cache()
+            import warnings
+
+            from ..errors import QuantlensWarning
+
+            warnings.warn(
+                "the float pass's activation cache does not fit in GPU memory: keeping only the inputs of each "
+                "repeated block and recomputing inside the block (same cells, more compute)",
+                QuantlensWarning,
+                stacklevel=2,
+            )
+            self.use_low_memory()
+            out, values = self.cache_gm(*self.graph.flat(inputs))
         return self.graph.output(out), dict(zip(self.keep, values))
 
     def layer_io(self, cache: dict[str, Any], i: int) -> tuple[Tensor, Tensor]:
+        if self.low_memory:
+            gm, frontier = self.io[i]
+            x, o = gm(*[cache[f] for f in frontier])
+            return x, o
         return cache[self._inputs[i]], cache[self.layers[i].output_node]
 
     def evaluations(self, cache: dict[str, Any], i: int, weights: Sequence[Tensor]) -> Iterator[Evaluation]:

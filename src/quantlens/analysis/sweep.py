@@ -29,7 +29,7 @@ from ..errors import QuantlensError, QuantlensWarning
 from ..graph.capture import CAPTURE_METHODS, CaptureError, capture
 from ..graph.export import check_no_cache
 from ..memory import trim_heap
-from ..metrics import Metric, degradation, make_metric
+from ..metrics import Metric, degradation, make_metric, update_metric
 from ..numerics import analysis_mode
 from ..quant.observers import MinMaxObserver
 from ..quant.quantizer import QuantizedWeight, quantize_weight
@@ -87,8 +87,8 @@ class Sweep:
         probe = make_metric(metric)
         self.metric_name = str(getattr(probe, "name", "custom"))
         self.higher_is_better = bool(probe.higher_is_better)
-        if engine not in ("cone", "naive", "hooks"):
-            raise QuantlensError(f"unknown engine {engine!r}: use cone, naive or hooks")
+        if engine not in ("cone", "naive", "hooks", "cone-lowmem"):
+            raise QuantlensError(f"unknown engine {engine!r}: use cone, naive, hooks or cone-lowmem")
         if capture not in CAPTURE_METHODS:
             raise QuantlensError(f"unknown capture {capture!r}: use {', '.join(CAPTURE_METHODS)}")
         self.runner = self._make_runner(model, sample, engine, capture)
@@ -139,7 +139,7 @@ class Sweep:
                     f"cannot analyse the model: {e.describe()}, and a plain forward pass failed too "
                     f"({type(e2).__name__}: {str(e2).splitlines()[0] if str(e2) else ''})"
                 ) from None
-        return ConeRunner(graph, self.device, full=(engine == "naive"))
+        return ConeRunner(graph, self.device, full=(engine == "naive"), low_memory=(engine == "cone-lowmem"))
 
     def _hook_runner(self, model: nn.Module, sample: Batch) -> HookRunner:
         runner = HookRunner(model, sample[0].to(self.device), self.device)
@@ -193,7 +193,7 @@ class Sweep:
                     f"the float model's output has NaN or Inf on batch {state.batches}: fix the model or its inputs "
                     "before analysing quantization"
                 )
-            state.baseline.update(y_ref, y_ref, labels)
+            update_metric(state.baseline, y_ref, y_ref, labels, inputs)
             signal = per_sample_sq(y_ref)
             for i in layer_ids:
                 layer = self.runner.layers[i]
@@ -206,7 +206,7 @@ class Sweep:
                 weights = [self.qweights[(i, b)].weight for b in bits]
                 for b, ev in zip(bits, self.runner.evaluations(cache, i, weights) if bits else ()):
                     y = extract_output(ev.output, self.output_key)
-                    state.cells[(i, b)].update(y_ref, y, labels, signal, ev.layer_output, o, axis)
+                    state.cells[(i, b)].update(y_ref, y, labels, signal, ev.layer_output, o, axis, inputs=inputs)
                     del ev, y  # not alive during the next cone pass
                 if on_layer is not None:
                     on_layer()

@@ -90,8 +90,13 @@ def sweep_or_run(args: argparse.Namespace, out: Path, model: Any, data: Any, cal
     from ..analysis.api import analyze, make_config
 
     sweep = load_sweep(args, w_bits)
-    if sweep is None:
-        cfg = make_config(w_bits, a_bits, args.granularity, convention=getattr(args, "convention", "quantlens"))
+    cfg = make_config(w_bits, a_bits, args.granularity, convention=getattr(args, "convention", "quantlens"))
+    if sweep is None and getattr(args, "group_by", "layer") == "role":  # plan: one bit-width per role
+        from ..analysis.role_sweep import analyze_roles
+
+        sweep = analyze_roles(model, data, config=cfg, metric=args.metric, calib=calib,
+                              reference=reference, device=args.device, output_key=args.output_key, model_name=args.model)
+    elif sweep is None:
         sweep = analyze(model, data, config=cfg, metric=args.metric, calib=calib,
                         reference=reference, device=args.device, output_key=args.output_key, model_name=args.model)
     target = out / "results.json"

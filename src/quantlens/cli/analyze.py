@@ -24,9 +24,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     add_quant_args(p)
     p.add_argument("--reference", metavar="MOD:FN", help="float model to measure against (for a fine-tuned/QAT model)")
-    p.add_argument("--engine", default="cone", choices=["cone", "naive", "hooks"], help="cone (default), naive or hooks")
+    p.add_argument("--engine", default="cone", choices=["cone", "naive", "hooks", "cone-lowmem"],
+                   help="cone (default), naive, hooks, or cone-lowmem (cache only block inputs, recompute inside blocks)")
     p.add_argument("--capture", default="auto", choices=["auto", "fx", "export"],
                    help="how the cone engine gets the graph: auto (torch.fx, then torch.export), fx or export")
+    p.add_argument("--group-by", default="layer", choices=["layer", "role"],
+                   help="layer (default): one cell per (layer, bits); role: quantize every layer of a role of the "
+                   "repeated blocks at once (every mlp.down_proj), one cell per (role, bits)")
     p.add_argument("--top", type=int, default=5, help="how many worst layers to print (default 5)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (results.json, results.csv)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -51,26 +55,36 @@ def run(args: argparse.Namespace) -> int:
     cfg = make_config(w_bits, a_bits, args.granularity, args.weight_estimator, args.act_estimator, convention=args.convention)
     out = prepare_out_dir(args.out)
     model, data, calib, reference = load_inputs(args)
-    result = analyze(
-        model,
-        data,
-        config=cfg,
-        metric=args.metric,
-        calib=calib,
-        device=args.device,
-        output_key=args.output_key,
-        reference=reference,
-        engine=args.engine,
-        capture=args.capture,
-        progress=not args.no_progress,
-        model_name=args.model,
-        split_noise=args.split_noise,
-        adaptive=args.adaptive,
-        tolerance=args.tolerance,
-        estimate=args.estimate,
-        estimate_k=args.estimate_k,
-        **{**scale_kwargs(args, out), **({"cache": None} if args.adaptive or args.estimate else {})},
-    )
+    if args.group_by == "role":
+        from ..analysis.role_sweep import analyze_roles
+        from ..errors import QuantlensError
+
+        if args.backend != "serial" or args.engine != "cone":
+            raise QuantlensError("--group-by role measures whole networks serially: drop --backend ray and --engine")
+        result = analyze_roles(model, data, config=cfg, metric=args.metric, calib=calib, reference=reference,
+                               device=args.device, output_key=args.output_key, progress=not args.no_progress,
+                               model_name=args.model)
+    else:
+        result = analyze(
+            model,
+            data,
+            config=cfg,
+            metric=args.metric,
+            calib=calib,
+            device=args.device,
+            output_key=args.output_key,
+            reference=reference,
+            engine=args.engine,
+            capture=args.capture,
+            progress=not args.no_progress,
+            model_name=args.model,
+            split_noise=args.split_noise,
+            adaptive=args.adaptive,
+            tolerance=args.tolerance,
+            estimate=args.estimate,
+            estimate_k=args.estimate_k,
+            **{**scale_kwargs(args, out), **({"cache": None} if args.adaptive or args.estimate else {})},
+        )
     result.to_json(out / "results.json")
     result.to_csv(out / "results.csv")
     from ..report import save_report

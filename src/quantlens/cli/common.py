@@ -24,6 +24,7 @@ __all__ = [
     "parse_a_bits",
     "prepare_out_dir",
     "print_summary",
+    "print_worst_roles",
     "console",
 ]
 
@@ -121,7 +122,7 @@ def print_summary(result: SweepResult, k: int = 5, rank_bits: Optional[int] = No
     )
     table = Table(title=f"worst layers at {rb}-bit weights" + (f", {result.cells[0].a_bits}-bit activations" if result.cells[0].a_bits else ", float activations"))
     table.add_column("#", justify="right")
-    table.add_column("layer")
+    table.add_column("layer", overflow="fold", min_width=16)
     table.add_column("op")
     table.add_column("params", justify="right")
     for b in bits:
@@ -150,3 +151,21 @@ def print_summary(result: SweepResult, k: int = 5, rank_bits: Optional[int] = No
     console.print(table)
     for line in noise_sentences(result, rb):
         console.print(line)
+    print_worst_roles(result, rb, k)
+
+
+def print_worst_roles(result: SweepResult, bits: int, k: int = 5) -> None:
+    """The ``k`` worst roles at ``bits`` (layers of repeated blocks grouped by role); nothing without roles."""
+    from ..report.roles import worst_roles
+
+    worst = worst_roles(result, bits, k)
+    if not worst or result.extra.get("group_by") == "role":  # a role sweep's table above already lists roles
+        return
+    units = Units.for_metric(result.metric_name)
+    t = Table(title=f"worst roles at {bits}-bit weights", caption="summed over blocks, one layer quantized at a time")
+    t.add_column("#", justify="right")
+    t.add_column("role")
+    t.add_column(f"deg@{bits}b", justify="right")
+    for rank, (role, d) in enumerate(worst, 1):
+        t.add_row(str(rank), role, units.deg(d, signed=True))
+    console.print(t)

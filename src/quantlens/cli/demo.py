@@ -1,4 +1,8 @@
-"""``quantlens demo``: train (once) a digits CNN and run the full sweep on held-out digits."""
+"""``quantlens demo``: train (once) a digits CNN and run the full sweep on held-out digits.
+
+``quantlens demo --lm``: train (once) a small byte-level Llama on the standard library's
+docstrings (:mod:`quantlens.demo_lm`) and sweep all its Linear layers by held-out perplexity.
+"""
 
 from __future__ import annotations
 
@@ -19,8 +23,10 @@ __all__ = ["register", "run"]
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the whole analysis on an embedded digits CNN (no download)")
     p.add_argument("--out", default="quantlens-demo", metavar="DIR", help="output directory (default: quantlens-demo)")
+    p.add_argument("--lm", action="store_true",
+                   help="a small Llama trained on the standard library's docstrings instead (needs quantlens[lm])")
     p.add_argument("--w-bits", default="3,4,5,6,7,8", help="weight bit-widths (default: 3,4,5,6,7,8)")
-    p.add_argument("--a-bits", default="8", help="activation bits or 'none' (default: 8)")
+    p.add_argument("--a-bits", default=None, help="activation bits or 'none' (default: 8; with --lm: none, weight-only)")
     p.add_argument("--retrain", action="store_true", help="retrain the model instead of using the cached one")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -30,8 +36,10 @@ def run(args: argparse.Namespace) -> int:
     from .. import demo
     from ..analysis.api import analyze
 
+    if args.lm:
+        return run_lm(args)
     t0 = time.perf_counter()
-    w_bits, a_bits = parse_bits_list(args.w_bits), parse_a_bits(args.a_bits)
+    w_bits, a_bits = parse_bits_list(args.w_bits), parse_a_bits(args.a_bits or "8")
     out = prepare_out_dir(args.out)
     cached = (demo.cache_dir() / f"{demo.TRAIN_VERSION}.pt").exists() and not args.retrain
     console.print(("loading the cached" if cached else "training the") + " digits CNN (scikit-learn digits, 1,347 train / 450 held out)")
@@ -53,4 +61,44 @@ def run(args: argparse.Namespace) -> int:
     report = save_report(result, out)
     print_summary(result, k=5)
     console.print(f"wrote {out}/results.json, results.csv and {report.name}; demo took {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def run_lm(args: argparse.Namespace) -> int:
+    """Train (once) the byte-level Llama, sweep every Linear layer by held-out perplexity."""
+    from .. import demo_lm
+    from ..analysis.api import analyze, make_config
+    from ..analysis.measure_eager import make_measurer
+    from ..qconfig import QuantConfig
+    from ..report import save_report
+    from ..report.fmt import Units
+
+    t0 = time.perf_counter()
+    w_bits, a_bits = parse_bits_list(args.w_bits), parse_a_bits(args.a_bits or "none")
+    out = prepare_out_dir(args.out)
+    cached = demo_lm.cache_path().exists() and not args.retrain
+    console.print(("loading the cached" if cached else "training the") + " byte-level Llama (4 blocks, width 128) on "
+                  "the standard library's docstrings (90% train / 10% held out)")
+    model = demo_lm.model(retrain=args.retrain)
+    t_train = time.perf_counter() - t0
+    data = demo_lm.data()
+    cfg = make_config(w_bits, a_bits, "per-group-32")
+    result = analyze(model, data, config=cfg, metric="perplexity", output_key="logits", progress=not args.no_progress,
+                     model_name="quantlens.demo_lm:model (byte-level Llama)")
+    q4 = None
+    if 4 in w_bits:  # the whole network at 4 bits, for scale
+        names = result.layer_names
+        measurer = make_measurer(model, data, metric="perplexity", output_key="logits")
+        q4 = measurer(QuantConfig.uniform(names, 4, a_bits, "per-group-32"))
+    result.to_json(out / "results.json")
+    result.to_csv(out / "results.csv")
+    report = save_report(result, out)
+    print_summary(result, k=5, rank_bits=min(w_bits))
+    u = Units.for_metric("perplexity")
+    line = f"held-out perplexity ({result.num_samples} sequences of {demo_lm.SEQ} bytes): float {u.value(result.baseline)}"
+    if q4 is not None:
+        line += f", every Linear layer at 4 bits (per-group-32{'' if a_bits is None else f', {a_bits}-bit activations'}) {u.value(q4.metric)}"
+    console.print(line)
+    console.print(f"wrote {out}/results.json, results.csv and {report.name}; demo took {time.perf_counter() - t0:.1f} s "
+                  f"({'loading' if cached else 'training'} {t_train:.1f} s)")
     return 0

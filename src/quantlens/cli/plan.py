@@ -28,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budget", type=float, help="average weight bits, weighted by parameter count (e.g. 5.0)")
     p.add_argument("--budget-bytes", type=float, help="total weight bytes instead of --budget")
     p.add_argument("--w-bits", default="3,4,5,6,7,8", help="candidate weight bit-widths (default: 3,4,5,6,7,8)")
+    p.add_argument("--group-by", default="layer", choices=["layer", "role"],
+                   help="role: one bit-width per role of the repeated blocks (every mlp.down_proj alike)")
     add_common(p)
     add_convention_arg(p)
     p.set_defaults(func=run)
@@ -88,7 +90,8 @@ def _write_config(args: argparse.Namespace, r, model, data, calib, out) -> str: 
     from ..qconfig import LayerQuant, QuantConfig
 
     g = parse_granularity(args.granularity)
-    cfg = QuantConfig(tuple((l.layer, LayerQuant(l.w_bits, r.a_bits, g, convention=args.convention)) for l in r.layers))
+    bits_of = r.extra.get("layer_bits") or {l.layer: l.w_bits for l in r.layers}  # a role plan lists its layers' bits
+    cfg = QuantConfig(tuple((n, LayerQuant(b, r.a_bits, g, convention=args.convention)) for n, b in bits_of.items()))
     try:
         m = NetworkMeasurer(model, data, calib=calib, metric=args.metric, device=args.device, output_key=args.output_key)
     except UntraceableError as e:

@@ -33,7 +33,10 @@ from torch import Tensor, fx, nn
 from ..quant.quantizer import ActQuantizer
 from .capture import Layer, LayerGraph
 
-__all__ = ["QuantLayer", "Cone", "cone_nodes", "build_cone", "build_cache_module", "frontier_of", "input_node"]
+__all__ = [
+    "QuantLayer", "Cone", "cone_nodes", "build_cone", "build_cache_module", "frontier_of", "input_node", "recompute_nodes",
+    "build_io_module",
+]
 
 
 class QuantLayer(nn.Module):
@@ -110,6 +113,26 @@ def frontier_of(graph: LayerGraph, inside: Iterable[fx.Node]) -> list[str]:
     return sorted(out, key=order.__getitem__)
 
 
+def recompute_nodes(graph: LayerGraph, targets: Iterable[fx.Node], start: int) -> list[fx.Node]:
+    """The float nodes at topological position ``>= start`` that ``targets`` read, transitively
+    (placeholders and attributes excluded), in topological order.
+
+    With these recomputed, a module reads only values from before ``start`` (the block's inputs):
+    the low-memory mode keeps only those in its activation cache.
+    """
+    pos = {n.name: i for i, n in enumerate(graph.gm.graph.nodes)}
+    target_names = {n.name for n in targets}
+    seen: set[str] = set()
+    stack = [a for t in targets for a in t.all_input_nodes]
+    while stack:
+        n = stack.pop()
+        if n.name in seen or n.name in target_names or n.op in ("placeholder", "get_attr") or pos[n.name] < start:
+            continue
+        seen.add(n.name)
+        stack.extend(n.all_input_nodes)
+    return [n for n in graph.gm.graph.nodes if n.name in seen]
+
+
 @dataclass
 class Cone:
     """A compiled module that recomputes one layer's cone with that layer quantized.
@@ -129,16 +152,31 @@ class Cone:
         return self.gm(*[cache[n] for n in self.frontier])
 
 
-def build_cone(graph: LayerGraph, layer: Layer, full: bool = False) -> Cone:
-    """Compile the cone of ``layer`` (or, with ``full=True``, the whole network: the naive way)."""
+def build_cone(
+    graph: LayerGraph,
+    layer: Layer,
+    full: bool = False,
+    start: Optional[int] = None,
+    quantizers: Optional[tuple[ActQuantizer, ActQuantizer]] = None,
+) -> Cone:
+    """Compile the cone of ``layer`` (or, with ``full=True``, the whole network: the naive way).
+
+    ``start``: also recompute, in float, the nodes from topological position ``start`` on that
+    the cone reads (:func:`recompute_nodes`), so that its frontier is only values from before
+    ``start``. ``quantizers``: the layer's (input, output) activation quantizers to reuse.
+    """
     gm = graph.gm
     if full:
         inside = [n for n in gm.graph.nodes if n.op not in ("placeholder", "output")]
     else:
         inside = cone_nodes(graph, layer)
+        if start is not None:
+            extra = {n.name for n in recompute_nodes(graph, inside + [_output_node(gm)], start)}
+            names = {n.name for n in inside} | extra
+            inside = [n for n in gm.graph.nodes if n.name in names]
     frontier = frontier_of(graph, inside)
     qlayer = QuantLayer(gm.get_submodule(layer.module_name))
-    in_q, out_q = ActQuantizer(), ActQuantizer()
+    in_q, out_q = quantizers if quantizers is not None else (ActQuantizer(), ActQuantizer())
     modules: dict[str, Any] = {"ql_layer": qlayer, "ql_in_q": in_q, "ql_out_q": out_q}
 
     g = fx.Graph()
@@ -166,6 +204,35 @@ def build_cone(graph: LayerGraph, layer: Layer, full: bool = False) -> Cone:
     g.output((y, env[layer.output_node]))
     cone_gm = fx.GraphModule(modules, g, class_name=f"Cone_{layer.index}")
     return Cone(layer, cone_gm, frontier, qlayer, in_q, out_q, size=len(inside))
+
+
+def build_io_module(graph: LayerGraph, layer: Layer, start: int) -> tuple[fx.GraphModule, list[str]]:
+    """A float module ``gm(*frontier) -> (layer input, layer output)`` that recomputes from ``start``."""
+    nodes = graph.nodes()
+    pos = {n.name: i for i, n in enumerate(graph.gm.graph.nodes)}
+    want = [input_node(graph, layer), layer.output_node]
+    computed = {w for w in want if pos[w] >= start and nodes[w].op not in ("placeholder", "get_attr")}
+    names = {n.name for n in recompute_nodes(graph, [nodes[w] for w in computed], start)} | computed
+    inside = [n for n in graph.gm.graph.nodes if n.name in names]
+    frontier: list[str] = [w for w in want if w not in names]
+    for n in inside:
+        for a in n.all_input_nodes:
+            if a.name not in names and a.op != "get_attr" and a.name not in frontier:
+                frontier.append(a.name)
+    frontier.sort(key=pos.__getitem__)
+    g = fx.Graph()
+    env: dict[str, fx.Node] = {f: g.placeholder(f) for f in frontier}
+    modules: dict[str, Any] = {}
+    for n in graph.gm.graph.nodes:
+        if n.op == "get_attr" and any(u in inside for u in n.users):
+            env[n.name] = g.node_copy(n, lambda a: env[a.name])
+            modules[str(n.target)] = fetch_attr(graph.gm, str(n.target))
+    for n in inside:
+        env[n.name] = g.node_copy(n, lambda a: env[a.name])
+        if n.op == "call_module":
+            modules[str(n.target)] = graph.gm.get_submodule(str(n.target))
+    g.output(tuple(env[w] for w in want))
+    return fx.GraphModule(modules, g, class_name=f"LayerIO_{layer.index}"), frontier
 
 
 def fetch_attr(gm: nn.Module, target: str) -> Any:

