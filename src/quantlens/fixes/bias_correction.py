@@ -52,7 +52,7 @@ class BiasCorrection:
         chosen = [l for l in graph.layers if l.name in set(layers) and cfg.get(l.name) is not None and not graph.shared(l)]
         if not chosen:
             return graph
-        out = copy_graph(graph)
+        out = copy_graph(graph, [l.name for l in chosen])
         for l in chosen:
             m = out.module(l)
             if m.bias is None:

@@ -62,7 +62,7 @@ class ClipFix:
         return estimate_weight_rows(rows, spec)
 
     def apply(self, graph: LayerGraph, layers: Sequence[str]) -> LayerGraph:
-        out = copy_graph(graph)
+        out = copy_graph(graph, [n for n in layers if self.spec(n) is not None])
         for name in layers:
             spec = self.spec(name)
             if spec is None:

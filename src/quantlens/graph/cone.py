@@ -129,13 +129,19 @@ class Cone:
         return self.gm(*[cache[n] for n in self.frontier])
 
 
-def build_cone(graph: LayerGraph, layer: Layer, full: bool = False) -> Cone:
-    """Compile the cone of ``layer`` (or, with ``full=True``, the whole network: the naive way)."""
+def build_cone(graph: LayerGraph, layer: Layer, full: bool = False, also: Iterable[Layer] = (), tap_input: bool = False) -> Cone:
+    """Compile the cone of ``layer`` (or, with ``full=True``, the whole network: the naive way).
+
+    ``also``: other layers whose cones are recomputed too (their weights differ from the float
+    pass's, e.g. after a fix changed them); ``tap_input``: the compiled module also returns the
+    value entering ``layer`` (before its input quantizer), ``(output, layer output, input)``.
+    """
     gm = graph.gm
     if full:
         inside = [n for n in gm.graph.nodes if n.op not in ("placeholder", "output")]
     else:
-        inside = cone_nodes(graph, layer)
+        names = {n.name for l in (layer, *also) for n in cone_nodes(graph, l)}
+        inside = [n for n in gm.graph.nodes if n.name in names]
     frontier = frontier_of(graph, inside)
     qlayer = QuantLayer(gm.get_submodule(layer.module_name))
     in_q, out_q = ActQuantizer(), ActQuantizer()
@@ -152,6 +158,7 @@ def build_cone(graph: LayerGraph, layer: Layer, full: bool = False) -> Cone:
     for n in inside:
         if n.name == layer.node:
             src = env[n.args[0].name]  # type: ignore[union-attr]
+            entering = src
             qin = g.call_module("ql_in_q", (src,))
             new = g.call_module("ql_layer", (qin,))
         else:
@@ -163,7 +170,7 @@ def build_cone(graph: LayerGraph, layer: Layer, full: bool = False) -> Cone:
             env[n.name] = g.call_module("ql_out_q", (new,))
     out = _output_node(gm)
     y = fx.node.map_arg(out.args[0], lambda a: env[a.name])
-    g.output((y, env[layer.output_node]))
+    g.output((y, env[layer.output_node], entering) if tap_input else (y, env[layer.output_node]))
     cone_gm = fx.GraphModule(modules, g, class_name=f"Cone_{layer.index}")
     return Cone(layer, cone_gm, frontier, qlayer, in_q, out_q, size=len(inside))
 
