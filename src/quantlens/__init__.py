@@ -26,7 +26,7 @@ from .graph import LayerGraph, capture
 from .metrics import make_metric, metrics, register_metric
 from .qconfig import LayerQuant, QuantConfig
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402
 
 __all__ = [
     "analyze",

@@ -117,7 +117,12 @@ def analyze(
         sweep, state, store = run_sweep(
             recipe, data, calib, executor, cache, fresh, bar_factory=lambda n: make_progress(progress, n, "sweep")
         )
-    result = sweep.result(state, time.perf_counter() - t0, model_name or type(model).__name__)
+    try:
+        result = sweep.result(state, time.perf_counter() - t0, model_name or type(model).__name__)
+    except BaseException:
+        if store is not None:
+            store.close()
+        raise
     if store is not None:
-        store.clear()
+        store.clear()  # and its lock
     return result

@@ -255,7 +255,8 @@ class SweepResult:
         return df.sort_values(["w_bits", "index"]).reset_index(drop=True)
 
     def to_csv(self, path: Union[str, os.PathLike]) -> None:
-        self.to_dataframe().to_csv(path, index=False)
+        """Write the cells as CSV, atomically (see :func:`quantlens.jsonio.write_atomic`)."""
+        jsonio.write_atomic(path, self.to_dataframe().to_csv(index=False))
 
 
 def _nan_low(x: float) -> float:

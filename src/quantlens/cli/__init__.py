@@ -14,6 +14,7 @@ import warnings
 from typing import Optional, Sequence
 
 from ..errors import QuantlensError
+from ..lock import release_all
 
 __all__ = ["main", "COMMANDS"]
 
@@ -53,6 +54,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("quantlens: interrupted", file=sys.stderr)
         return 130
+    finally:
+        release_all()  # the --out lock
     return int(rc or 0)
 
 
