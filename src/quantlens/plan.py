@@ -29,6 +29,7 @@ from typing import Any, Optional, Sequence, Union
 
 from . import jsonio
 from .analysis.results import SweepResult
+from .degradation import positive_part
 from .errors import QuantlensError
 
 __all__ = ["PLAN_SCHEMA", "mckp", "LayerPlan", "PlanResult", "plan_bits", "budget_capacity", "run_plan"]
@@ -97,7 +98,7 @@ def plan_bits(sweep: SweepResult, capacity: int, bits: Optional[Sequence[int]] =
         group = []
         for b in bits:
             c = sweep.cell(n, b)
-            deg = 0.0 if math.isnan(c.degradation) else round(max(0.0, c.degradation), 9)
+            deg = round(positive_part(c.degradation), 9)
             group.append((params[n] * b, (deg, 0.0 if math.isnan(c.noise) else c.noise)))
         options.append(group)
     lowest = sum(params[n] * bits[0] for n in sweep.layer_names)

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import jsonio
+from ..degradation import degradation
 from ..errors import QuantlensError
 from ..graph.capture import LayerGraph, capture, trace_failure
 from ..graph.cone import build_cache_module
@@ -164,7 +165,7 @@ def score_network(
         higher_is_better=hib,
         baseline=b,
         metric=m,
-        degradation=(b - m) if hib else (m - b),
+        degradation=degradation(b, m, hib),
         noise=out_acc.noise_mean,
         sqnr_db=out_acc.sqnr_db,
         num_samples=out_acc.n,

@@ -17,6 +17,7 @@ from functools import cached_property
 from typing import Any, Optional, Union
 
 from .. import jsonio
+from ..degradation import shares, summed_degradation
 from ..errors import QuantlensError
 from ..jsonio import num as _num
 
@@ -171,9 +172,11 @@ class SweepResult:
 
     def share(self, bits: int) -> dict[str, float]:
         """Each layer's share of the summed positive degradation at ``bits``."""
-        cells = self.at(bits)
-        total = sum(max(0.0, c.degradation) for c in cells)
-        return {c.layer: (max(0.0, c.degradation) / total if total > 0 else 0.0) for c in cells}
+        return shares({c.layer: c.degradation for c in self.at(bits)})
+
+    def summed_degradation(self, bits: int) -> float:
+        """``sum_l max(0, d_l)`` at ``bits`` (the rule for NaN/Inf cells: :mod:`quantlens.degradation`)."""
+        return summed_degradation(c.degradation for c in self.at(bits))
 
     def table(self, value: str = "degradation") -> tuple[list[str], list[int], list[list[float]]]:
         """``(layer names, bits, matrix[layer][bits])`` of one cell field."""

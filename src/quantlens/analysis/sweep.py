@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import SweepConfig
+from ..degradation import degradation
 from ..errors import QuantlensError, QuantlensWarning
 from ..graph.capture import capture, trace_failure
 from ..memory import trim_heap
@@ -234,7 +235,7 @@ class Sweep:
             for b in self.config.w_bits:
                 acc = state.cells[(i, b)]
                 m = acc.metric.compute()
-                deg = (baseline - m) if self.higher_is_better else (m - baseline)
+                deg = degradation(baseline, m, self.higher_is_better)
                 cells.append(
                     Cell(
                         layer=l.name,

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Optional, Protocol, Sequence
 import torch
 from torch import fx
 
+from ..config import DEFAULT_PERCENTILE
 from ..errors import QuantlensError
 from ..graph.capture import LayerGraph
 from ..qconfig import QuantConfig
@@ -36,7 +37,7 @@ class FixContext:
     config: QuantConfig
     calib: Optional[Iterable[Any]] = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    percentile: float = 99.0
+    percentile: float = DEFAULT_PERCENTILE
 
 
 class Fix(Protocol):

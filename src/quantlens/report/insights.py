@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..analysis.results import Cell, LayerInfo, SweepResult
+from ..degradation import summed_degradation
 from .fmt import Units, finite
 
 __all__ = ["Insight", "insights", "worst_by_bits", "safe_bits", "OUTLIER_RATIO", "OUTLIER_FRACTION", "DW_SHIFT", "SHIFT", "WIDE_RANGE"]
@@ -119,7 +120,7 @@ def insights(result: SweepResult, bits: int, units: Optional[Units] = None, tol:
         tol = ReportOptions().saturation(result.metric_name, result.baseline, [c.degradation for c in result.cells]) / 50
     cells = result.at(bits)
     info = {l.name: l for l in result.layers}
-    total = sum(max(0.0, c.degradation) for c in cells if finite(c.degradation))
+    total = summed_degradation(c.degradation for c in cells)
     out: list[Insight] = []
     uniform: Optional[int] = None
     for b in sorted(result.w_bits, reverse=True):
