@@ -49,6 +49,7 @@ def measure_fix(p: dict) -> dict:
         "culprits": list(result.culprits),
         "trials": [[t.layer, t.fix, t.degradation, t.noise, t.kept] for t in result.trials],
         "rows": [[r.method, r.metric, r.degradation, r.noise] for r in result.rows],
+        "local_fixes": {k: list(v) for k, v in result.local_fixes.items()},
     }
 
 

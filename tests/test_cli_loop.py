@@ -105,7 +105,7 @@ def test_additivity_and_plan_end_to_end(files, capsys):
         (["fix", "--a-bits", "6", "--results", "SWEEP"], "the sweep used 8-bit activations"),
         (["fix", "--granularity", "per-channel", "--results", "SWEEP"], "the sweep used per-tensor weights"),
         (["plan", "--budget", "4", "--w-bits", "4,8", "--metric", "kl", "--results", "SWEEP"], "the sweep measured top1"),
-        (["fix", "--model", "MODELS:untraceable"], "fixes need a model torch.fx can trace"),
+        (["fix", "--model", "MODELS:untraceable"], "fixes need a model that torch.fx or torch.export can capture"),
         (["additivity", "--low", "4", "--high", "4"], "both 4"),
         (["additivity", "--configs", "1"], "--configs must be at least 2"),
         (["additivity", "--low", "3", "--results", "SWEEP"], "no cells at [3] bits"),

@@ -17,6 +17,7 @@ from models import tiny_data, tiny_net
 
 import quantlens as ql
 from helpers import assert_cells_close, assert_close
+from quantlens.inputs import Inputs
 from quantlens.graph.eager import capture_eager
 
 
@@ -284,7 +285,7 @@ def test_hooks_keep_layer_outputs_as_the_layer_produced_them():
     m, (x, _) = InPlaceAfter().eval(), tiny_data(n_batches=1)[0]
     runner = HookRunner(m, (x,))
     with torch.no_grad():
-        _, cache = runner.float_pass((x,))
+        _, cache = runner.float_pass(Inputs((x,)))
         expect = m.conv(x)
     seen_in, seen_out = runner.layer_io(cache, 0)
     assert torch.equal(seen_in, x) and torch.allclose(seen_out, expect, atol=1e-6)

@@ -227,7 +227,8 @@ class _CalledTwice(nn.Module):
 def test_a_module_called_twice_is_quantized_and_fixed_without_changing_its_other_call():
     torch.manual_seed(0)
     data = [(torch.randn(16, 8), torch.randint(0, 3, (16,))) for _ in range(2)]
-    meas = NetworkMeasurer(_CalledTwice().eval(), data, metric="kl")
+    model = _CalledTwice().eval()
+    meas = NetworkMeasurer(model, data, metric="kl")
     assert meas.names == ["fc", "fc:1", "out"]
     base = QuantConfig.uniform(meas.names, 4)
     assert meas(base).degradation > 0
@@ -236,7 +237,7 @@ def test_a_module_called_twice_is_quantized_and_fixed_without_changing_its_other
         got = meas(cfg)
         # oracle: the fix applied by hand, then the fixed float network quantized without fixes
         fixed = make_fix(fix, FixContext(base, data)).apply(meas.graph, meas.names)
-        want = NetworkMeasurer(fixed.gm, data, metric="kl", reference=meas.reference)(base)
+        want = NetworkMeasurer(fixed.gm, data, metric="kl", reference=model)(base)
         assert close(got.degradation, want.degradation, rel=1e-6) and close(got.noise, want.noise, rel=1e-6), fix
     g = meas.graph
     assert [(p.l1, p.l2) for p in equalizable_pairs(g)] == []  # fc is shared: not rescaled

@@ -207,8 +207,10 @@ def run_plan(
     device: Any = "cpu",
     output_key: Any = None,
     sweep: Optional[SweepResult] = None,
+    progress: bool = False,
 ) -> PlanResult:
-    """Sweep (unless given), plan under the budget, and measure the plan and the uniform baseline.
+    """Sweep (unless given), plan under the budget, and measure the plan and the uniform baseline
+    (``progress``: bars with an ETA on stderr, for the sweep and the two measurements).
 
     Example:
         >>> from quantlens import demo                                         # doctest: +SKIP
@@ -217,11 +219,12 @@ def run_plan(
     from .analysis.api import analyze, make_config
     from .analysis.measure_eager import make_measurer
     from .config import parse_granularity
+    from .progress import make_progress
     from .qconfig import LayerQuant, QuantConfig
 
     if sweep is None:
         sweep = analyze(model, data, config=make_config(w_bits, a_bits, granularity), metric=metric, calib=calib,
-                        reference=reference, device=device, output_key=output_key)
+                        reference=reference, device=device, output_key=output_key, progress=progress)
     bits = [b for b in sweep.w_bits if b in set(w_bits)]
     if not bits:
         raise QuantlensError(f"the sweep has none of the bit-widths {list(w_bits)} (it has {sweep.w_bits})")
@@ -230,14 +233,20 @@ def run_plan(
     plan = plan_bits(sweep, cap, bits)
     g = parse_granularity(granularity)
     measurer = make_measurer(model, data, calib=calib, metric=metric, reference=reference, device=device, output_key=output_key)
-    res = measurer(QuantConfig(tuple((p.layer, LayerQuant(p.w_bits, a_bits, g)) for p in plan)))
     fits = [b for b in bits if b * total <= cap]
     ub = max(fits) if fits else None
-    if ub is not None:
-        uni = measurer(QuantConfig.uniform(sweep.layer_names, ub, a_bits, g))
-        u_pred, u_meas, u_metric = sum(sweep.cell(n, ub).degradation for n in sweep.layer_names), uni.degradation, uni.metric
-    else:
-        u_pred = u_meas = u_metric = float("nan")
+    bar = make_progress(progress, 1 + (ub is not None), "plan")
+    try:
+        res = measurer(QuantConfig(tuple((p.layer, LayerQuant(p.w_bits, a_bits, g)) for p in plan)))
+        bar.advance()
+        if ub is not None:
+            uni = measurer(QuantConfig.uniform(sweep.layer_names, ub, a_bits, g))
+            u_pred, u_meas, u_metric = sum(sweep.cell(n, ub).degradation for n in sweep.layer_names), uni.degradation, uni.metric
+            bar.advance()
+        else:
+            u_pred = u_meas = u_metric = float("nan")
+    finally:
+        bar.close()
     return PlanResult(
         sweep.metric_name, sweep.baseline, cap / total, cap, a_bits, tuple(plan), res.degradation, res.metric, ub, u_pred, u_meas, u_metric
     )

@@ -70,6 +70,7 @@ def analyze(
     reference: Optional[nn.Module] = None,
     layers: Optional[Sequence[str]] = None,
     engine: str = "cone",
+    capture: str = "auto",
     progress: bool = False,
     model_name: str = "",
     backend: Any = "serial",
@@ -81,8 +82,10 @@ def analyze(
 
     Args:
         model: any ``nn.Module``; never modified.
-        data: re-iterable ``(inputs, labels)`` batches (a DataLoader works); labels may be None
-            for label-free metrics.
+        data: re-iterable batches (a DataLoader works): ``(inputs, labels)``, a tensor, or a
+            mapping of keyword arguments (a tokenizer's output; its ``labels`` key is the labels).
+            ``inputs`` may be a tensor, a tuple of tensors or a mapping; labels may be None for
+            label-free metrics.
         w_bits: weight bit-widths to sweep. a_bits: activation bits, or None for float activations.
         metric: a registered metric name, a callable ``fn(y_ref, y, labels) -> float``, or a Metric.
         calib: calibration data for activation ranges (default: ``data``).
@@ -91,6 +94,8 @@ def analyze(
             fine-tuned model, section 4.3 of the paper); default: the model itself.
         layers: restrict the sweep to these layer names.
         engine: ``cone`` (default), ``naive`` (full forward per layer, for benchmarks) or ``hooks``.
+        capture: how the cone and naive engines get the graph: ``auto`` (torch.fx, then
+            torch.export; Hugging Face models go to torch.export first), ``fx`` or ``export``.
         backend: ``serial`` (default), ``ray`` (tasks over layer groups x data shards; needs
             ``quantlens[ray]``), or an executor from :mod:`quantlens.parallel`.
         address: the Ray cluster to join (``auto``, ``HOST:PORT`` or ``ray://HOST:10001``);
@@ -113,7 +118,7 @@ def analyze(
     t0 = time.perf_counter()
     with preserve_model(model):
         sample = next(iter(iterate(data, "data")))
-        recipe = SweepRecipe(model, sample, cfg, metric, device, output_key, reference, engine, layers)
+        recipe = SweepRecipe(model, sample, cfg, metric, device, output_key, reference, engine, layers, capture)
         sweep, state, store = run_sweep(
             recipe, data, calib, executor, cache, fresh, bar_factory=lambda n: make_progress(progress, n, "sweep")
         )

@@ -1,13 +1,23 @@
 """Batches in, network output out: the small adapters between user data and the engine.
 
-* A batch is ``(inputs, labels)`` (labels may be ``None``), or a bare tensor of inputs.
-  ``inputs`` is a tensor or a tuple of tensors (passed as positional arguments).
-* The network's output ``y`` is the output itself if it is a tensor; otherwise the value at
-  ``key`` (a dict key, attribute or index) if given, else the first tensor found in a
-  tuple / list / dict / HF-style output object.
+A batch is normalized to ``(Inputs, labels)`` (labels may be ``None``):
+
+* a bare tensor: the inputs, no labels;
+* ``(inputs, labels)``: ``inputs`` is a tensor, a tuple/list of tensors (positional
+  arguments) or a mapping (keyword arguments);
+* a mapping (a tokenizer's ``BatchEncoding``, a plain dict): keyword arguments; its
+  ``labels`` key, if any, is taken out as the labels (the Hugging Face convention).
+
+Non-tensor keyword values (``output_hidden_states=False``) are passed through unchanged.
+The network's output ``y`` is the output itself if it is a tensor; otherwise the value at
+``key`` (a dict key, attribute or index) if given, else the first tensor found in a
+tuple / list / dict / HF-style output object.
 
 Example:
     >>> import torch
+    >>> inputs, labels = normalize_batch({"input_ids": torch.ones(2, 5, dtype=torch.long), "labels": torch.zeros(2)})
+    >>> inputs.batch_size, sorted(inputs.kwargs), labels.shape
+    (2, ['input_ids'], torch.Size([2]))
     >>> extract_output({"logits": torch.ones(1, 2), "aux": torch.zeros(1)}).shape
     torch.Size([1, 2])
 """
@@ -21,45 +31,73 @@ import torch
 from torch import Tensor
 
 from ..errors import QuantlensError
+from ..inputs import Inputs, as_inputs
 
-__all__ = ["Batch", "normalize_batch", "iterate", "extract_output", "to_device", "count_batches"]
+__all__ = ["Inputs", "as_inputs", "Batch", "normalize_batch", "iterate", "extract_output", "count_batches", "check_reiterable"]
 
-Batch = tuple[tuple[Tensor, ...], Optional[Tensor]]
+
+Batch = tuple[Inputs, Optional[Tensor]]
+
+
+def _as_labels(labels: Any, index: int) -> Optional[Tensor]:
+    if labels is None or isinstance(labels, Tensor):
+        return labels
+    try:
+        return torch.as_tensor(labels)
+    except Exception:
+        raise QuantlensError(f"batch {index}: labels must be a tensor or None, got {type(labels).__name__}") from None
+
+
+def _as_inputs(inputs: Any, index: int) -> Inputs:
+    if isinstance(inputs, Tensor):
+        return Inputs((inputs,))
+    if isinstance(inputs, Mapping):
+        kwargs = {str(k): v for k, v in inputs.items()}
+        if not any(isinstance(v, Tensor) for v in kwargs.values()):
+            raise QuantlensError(f"batch {index}: a mapping batch needs at least one tensor value, got keys {sorted(kwargs)}")
+        return Inputs((), kwargs)
+    if isinstance(inputs, (tuple, list)) and inputs and all(isinstance(t, Tensor) for t in inputs):
+        return Inputs(tuple(inputs))
+    if isinstance(inputs, (tuple, list)):
+        bad = next((type(t).__name__ for t in inputs if not isinstance(t, Tensor)), "nothing")
+        raise QuantlensError(
+            f"batch {index}: positional inputs must all be tensors, got a {bad}; pass other values as a mapping "
+            "of keyword arguments ({'input_ids': ..., 'use_cache': False})"
+        )
+    raise QuantlensError(
+        f"batch {index}: inputs must be a tensor, a tuple of tensors or a mapping of keyword arguments, "
+        f"got {type(inputs).__name__}"
+    )
 
 
 def normalize_batch(batch: Any, index: int = 0) -> Batch:
-    """``(inputs tuple, labels or None)`` from one element of the user's data."""
+    """``(Inputs, labels or None)`` from one element of the user's data (see module docstring)."""
+    if isinstance(batch, Inputs):
+        return batch, None
     if isinstance(batch, Tensor):
-        return (batch,), None
+        return Inputs((batch,)), None
+    if isinstance(batch, Mapping):
+        rest = {k: v for k, v in batch.items() if k != "labels"}
+        return _as_inputs(rest, index), _as_labels(batch.get("labels"), index)
     if isinstance(batch, (tuple, list)) and len(batch) == 2:
         inputs, labels = batch
-        if isinstance(inputs, Tensor):
-            inputs = (inputs,)
-        elif isinstance(inputs, (tuple, list)) and all(isinstance(t, Tensor) for t in inputs):
-            inputs = tuple(inputs)
-        else:
-            raise QuantlensError(
-                f"batch {index}: inputs must be a tensor or a tuple of tensors, got {type(inputs).__name__}"
-            )
-        if labels is not None and not isinstance(labels, Tensor):
-            try:
-                labels = torch.as_tensor(labels)
-            except Exception:
-                raise QuantlensError(f"batch {index}: labels must be a tensor or None, got {type(labels).__name__}") from None
-        return inputs, labels
+        if isinstance(inputs, Inputs):
+            return inputs, _as_labels(labels, index)
+        return _as_inputs(inputs, index), _as_labels(labels, index)
     raise QuantlensError(
-        f"batch {index}: each batch must be (inputs, labels) or a tensor of inputs, got {type(batch).__name__}"
+        f"batch {index}: each batch must be (inputs, labels), a tensor of inputs or a mapping of keyword "
+        f"arguments, got {type(batch).__name__}"
     )
 
 
 def iterate(data: Iterable[Any], what: str = "data") -> Iterator[Batch]:
     """Normalized batches of ``data``; one clear error if it is not iterable or is empty."""
-    if isinstance(data, Tensor) or not isinstance(data, Iterable):
-        raise QuantlensError(f"{what} must be an iterable of (inputs, labels) batches, got {type(data).__name__}")
+    if isinstance(data, (Tensor, Mapping)) or not isinstance(data, Iterable):
+        raise QuantlensError(f"{what} must be an iterable of batches ((inputs, labels), tensors or dicts), got {type(data).__name__}")
     n = 0
     for i, b in enumerate(data):
         inputs, labels = normalize_batch(b, i)
-        if inputs[0].shape[0:1] == (0,):
+        if inputs.batch_size == 0:
             continue
         n += 1
         yield inputs, labels
@@ -81,10 +119,6 @@ def check_reiterable(data: Any, what: str = "data") -> None:
             f"{what} is a one-shot iterator; pass something that can be iterated more than once "
             "(a list of batches or a DataLoader)"
         )
-
-
-def to_device(inputs: tuple[Tensor, ...], device: Union[str, torch.device]) -> tuple[Tensor, ...]:
-    return tuple(t.to(device, non_blocking=True) for t in inputs)
 
 
 def _first_tensor(out: Any) -> Optional[Tensor]:

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from .. import jsonio
 from ..degradation import degradation
 from ..errors import QuantlensError
-from ..graph.capture import LayerGraph, capture, trace_failure
+from ..graph.capture import CaptureError, LayerGraph, capture
 from ..graph.cone import build_cache_module
 from ..guard import preserve_model
 from ..jsonio import num as _num
@@ -34,10 +34,10 @@ from ..metrics import Metric, make_metric
 from ..numerics import analysis_mode
 from ..qconfig import QuantConfig
 from .accumulate import CellAccumulator, ChannelStats, ShiftAccumulator, channel_axis
-from .data import extract_output, iterate, to_device
+from .data import Inputs, extract_output, iterate
 from .network import QuantizedNetwork, build_quantized, calibrate_ranges
 
-__all__ = ["NetworkResult", "NetworkMeasurer", "UntraceableError", "capture_traceable", "evaluate_network", "score_network", "quantize_network", "reference_fn", "MeasurerBase"]
+__all__ = ["NetworkResult", "NetworkMeasurer", "UntraceableError", "capture_traceable", "evaluate_network", "score_network", "quantize_network", "reference_fn", "graph_fn", "MeasurerBase"]
 
 
 @dataclass(frozen=True)
@@ -95,23 +95,23 @@ def evaluate_network(
     output_key: Union[str, int, None] = None,
     device: Union[str, torch.device] = "cpu",
 ) -> NetworkResult:
-    """Run ``qnet`` over ``data`` and score it against ``reference(*inputs)``."""
+    """Run ``qnet`` over ``data`` and score it against ``reference(inputs)``."""
     device = torch.device(device)
     tap_pos = {t: i for i, t in enumerate(qnet.taps)}
     layers = [qnet.graph.layer(n) for n in qnet.config.names]
     shifted = [l for l in layers if l.output_node in tap_pos]
 
-    def quantized(inputs: tuple) -> tuple[Any, dict[str, Tensor]]:
-        out, taps = qnet.gm(*inputs)
-        return out, {l.name: taps[tap_pos[l.output_node]] for l in shifted}
+    def quantized(inputs: Inputs) -> tuple[Any, dict[str, Tensor]]:
+        out, taps = qnet.gm(*qnet.graph.flat(inputs))
+        return qnet.graph.output(out), {l.name: taps[tap_pos[l.output_node]] for l in shifted}
 
     floats: Optional[Callable[[tuple], dict[str, Tensor]]] = None
     if shifted:  # the float network's layer outputs, only for the mean shift
         float_gm, keep = build_cache_module(qnet.graph, [l.output_node for l in shifted])
         float_gm.to(device)
 
-        def floats(inputs: tuple) -> dict[str, Tensor]:
-            _, values = float_gm(*inputs)
+        def floats(inputs: Inputs) -> dict[str, Tensor]:
+            _, values = float_gm(*qnet.graph.flat(inputs))
             fv = dict(zip(keep, values))
             return {l.name: fv[l.output_node] for l in shifted}
 
@@ -120,11 +120,11 @@ def evaluate_network(
 
 
 def score_network(
-    quantized: Callable[[tuple], tuple[Any, dict[str, Tensor]]],
-    floats: Optional[Callable[[tuple], dict[str, Tensor]]],
+    quantized: Callable[[Inputs], tuple[Any, dict[str, Tensor]]],
+    floats: Optional[Callable[[Inputs], dict[str, Tensor]]],
     axes: dict[str, int],
     data: Iterable[Any],
-    reference: Callable[..., Any],
+    reference: Callable[[Inputs], Any],
     metric: Union[str, Callable[..., Any], Metric],
     output_key: Union[str, int, None],
     device: torch.device,
@@ -142,9 +142,9 @@ def score_network(
     shift = {name: ShiftAccumulator() for name in axes}
     with analysis_mode():
         for b, (inputs, labels) in enumerate(iterate(data, "data")):
-            inputs = to_device(inputs, device)
+            inputs = inputs.to(device)
             labels = None if labels is None else labels.to(device)
-            y_ref = ref_outputs.get(b, inputs, output_key) if ref_outputs is not None else extract_output(reference(*inputs), output_key)
+            y_ref = ref_outputs.get(b, inputs, output_key) if ref_outputs is not None else extract_output(reference(inputs), output_key)
             out, taps = quantized(inputs)
             y = extract_output(out, output_key)
             if not bool(torch.isfinite(y_ref).all()):
@@ -181,32 +181,39 @@ class _CachedReference:
     sum), so shuffling data loaders get fresh reference outputs.
     """
 
-    def __init__(self, fn: Callable[..., Any], limit: int = 256 << 20) -> None:
+    def __init__(self, fn: Callable[[Inputs], Any], limit: int = 256 << 20) -> None:
         self.fn, self.limit, self.used = fn, limit, 0
         self.outputs: dict[int, tuple[tuple, Tensor]] = {}
 
-    def get(self, b: int, inputs: tuple, output_key: Any) -> Tensor:
-        key = tuple((tuple(t.shape), float(t.double().sum())) for t in inputs)
+    def get(self, b: int, inputs: Inputs, output_key: Any) -> Tensor:
+        key = tuple((tuple(t.shape), float(t.double().sum())) for t in inputs.tensors())
         hit = self.outputs.get(b)
         if hit is not None and hit[0] == key:
             return hit[1]
-        y = extract_output(self.fn(*inputs), output_key)
+        y = extract_output(self.fn(inputs), output_key)
         size = y.numel() * y.element_size()
         if hit is None and self.used + size <= self.limit:
             self.outputs[b] = (key, y.detach().clone())
             self.used += size
         return y
 
-    def __call__(self, *inputs: Any) -> Any:
-        return self.fn(*inputs)
+    def __call__(self, inputs: Inputs) -> Any:
+        return self.fn(inputs)
 
 
-def reference_fn(float_model: nn.Module, reference: Optional[nn.Module], device: torch.device) -> nn.Module:
-    """The float function that ``y`` comes from: a copy of ``reference`` (left as it was) or of ``float_model``."""
+def graph_fn(graph: LayerGraph, gm: Optional[nn.Module] = None) -> Callable[[Inputs], Any]:
+    """``inputs -> output`` of ``gm`` (default: ``graph.gm``), a module built from ``graph``'s graph."""
+    run = graph.gm if gm is None else gm
+    return lambda inputs: graph.output(run(*graph.flat(inputs)))
+
+
+def reference_fn(float_fn: Callable[[Inputs], Any], reference: Optional[nn.Module], device: torch.device) -> Callable[[Inputs], Any]:
+    """The float function that ``y`` comes from: ``float_fn``, or a copy of ``reference`` (left as it was)."""
     if reference is None:
-        return copy.deepcopy(float_model).to(device).eval()
+        return float_fn
     with preserve_model(reference):
-        return copy.deepcopy(reference).eval().to(device)
+        ref = copy.deepcopy(reference).eval().to(device)
+    return lambda inputs: inputs.call(ref)
 
 
 class MeasurerBase:
@@ -214,7 +221,7 @@ class MeasurerBase:
 
     names: list[str]
 
-    def _keep(self, data: Iterable[Any], calib: Optional[Iterable[Any]], metric: Any, output_key: Any, reference: nn.Module) -> None:
+    def _keep(self, data: Iterable[Any], calib: Optional[Iterable[Any]], metric: Any, output_key: Any, reference: Callable[[Inputs], Any]) -> None:
         self.reference = reference
         self.cached_reference = _CachedReference(reference)
         self._observers: dict[str, tuple[dict, dict]] = {}
@@ -225,26 +232,31 @@ class MeasurerBase:
         raise NotImplementedError
 
 
+def _on_device(data: Iterable[Any], device: torch.device) -> list:
+    """The first batch of ``data`` on ``device`` (what a capture is made from)."""
+    inputs, labels = next(iter(iterate(data, "data")))
+    return [(inputs.to(device), labels)]
+
+
 class UntraceableError(QuantlensError):
-    """torch.fx cannot trace the model; ``reason`` is the tracer's complaint in one line."""
+    """Neither torch.fx nor torch.export captures the model; ``reason`` says why, in one line."""
 
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
 
 
-def capture_traceable(model: nn.Module) -> LayerGraph:
-    """``capture(model)``, with a one-line error (:class:`UntraceableError`) if torch.fx cannot trace it."""
+def capture_traceable(model: nn.Module, data: Optional[Iterable[Any]] = None) -> LayerGraph:
+    """``capture(model, first batch of data)``, with a one-line error (:class:`UntraceableError`)
+    if neither torch.fx nor torch.export captures it."""
+    sample = next(iter(iterate(data, "data")))[0] if data is not None else None
     try:
-        return capture(model)
-    except QuantlensError:
-        raise
-    except Exception as e:
-        reason = trace_failure(e)
+        return capture(model, sample)
+    except CaptureError as e:
         raise UntraceableError(
-            f"fixes need a model torch.fx can trace ({reason}); `quantlens analyze`, `additivity` and `plan` work on it "
-            "through forward hooks",
-            reason,
+            f"fixes need a model that torch.fx or torch.export can capture ({e.describe()}); `quantlens analyze`, "
+            "`additivity` and `plan` work on it through forward hooks",
+            e.describe(),
         ) from None
 
 
@@ -269,9 +281,11 @@ class NetworkMeasurer(MeasurerBase):
     ) -> None:
         self.device = torch.device(device)
         with preserve_model(model):
-            self.graph = capture_traceable(model)
+            self.graph = capture_traceable(model, _on_device(data, self.device))
             self.graph.gm.to(self.device)
-        self._keep(data, calib, metric, output_key, reference_fn(self.graph.gm, reference, self.device))
+        self.float_gm = copy.deepcopy(self.graph.gm)
+        self.reference_module = None if reference is None else copy.deepcopy(reference).eval().to(self.device)
+        self._keep(data, calib, metric, output_key, reference_fn(graph_fn(self.graph, self.float_gm), reference, self.device))
 
     @property
     def names(self) -> list[str]:

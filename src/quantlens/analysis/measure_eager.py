@@ -35,7 +35,7 @@ from ..quant.quantizer import (
     quantize_weight,
 )
 from .accumulate import channel_axis
-from .data import iterate, to_device
+from .data import Inputs, iterate
 from .measure import (
     MeasurerBase,
     NetworkMeasurer,
@@ -66,10 +66,10 @@ class EagerNetworkMeasurer(MeasurerBase):
         self.device = torch.device(device)
         first = next(iter(iterate(data, "data")))
         with preserve_model(model):
-            self.runner = HookRunner(model, to_device(first[0], self.device), self.device)
+            self.runner = HookRunner(model, first[0].to(self.device), self.device)
         for note in self.runner.notes:
             warnings.warn(note, QuantlensWarning, stacklevel=3)
-        ref = reference_fn(self.runner.model, reference, self.device) if reference is not None else self.runner.model
+        ref = reference_fn(lambda inputs: inputs.call(self.runner.model), reference, self.device)
         self._keep(data, calib, metric, output_key, ref)
         self._index = {l.name: i for i, l in enumerate(self.runner.layers)}
 
@@ -109,7 +109,7 @@ class EagerNetworkMeasurer(MeasurerBase):
                 out_q[n] = ActQuantizer.from_spec(aspec, outs[n]).to(self.device)
         return weights, in_q, out_q
 
-    def _run(self, inputs: tuple, config: QuantConfig, weights: dict, in_q: dict, out_q: dict) -> tuple[Any, dict[str, Tensor]]:
+    def _run(self, inputs: Inputs, config: QuantConfig, weights: dict, in_q: dict, out_q: dict) -> tuple[Any, dict[str, Tensor]]:
         """One forward pass with every configured layer quantized; each layer's first quantized output."""
         plan = {self._index[n]: (weights[n].weight if n in weights else None, in_q.get(n), out_q.get(n)) for n in config.names}
         out, taps = self.runner.run_quantized(inputs, plan)
@@ -118,11 +118,11 @@ class EagerNetworkMeasurer(MeasurerBase):
     def __call__(self, config: QuantConfig, mean_shift: bool = False) -> NetworkResult:
         weights, in_q, out_q = self._quantizers(config)
 
-        def quantized(inputs: tuple) -> tuple[Any, dict[str, Tensor]]:
+        def quantized(inputs: Inputs) -> tuple[Any, dict[str, Tensor]]:
             out, taps = self._run(inputs, config, weights, in_q, out_q)
             return out, (taps if mean_shift else {})
 
-        def floats(inputs: tuple) -> dict[str, Tensor]:
+        def floats(inputs: Inputs) -> dict[str, Tensor]:
             _, cache = self.runner.float_pass(inputs)
             return {n: cache[n][1] for n in config.names}
 
@@ -137,7 +137,7 @@ def make_measurer(model: nn.Module, data: Iterable[Any], **kwargs: Any) -> Union
         return NetworkMeasurer(model, data, **kwargs)
     except UntraceableError as e:
         warnings.warn(
-            f"torch.fx cannot trace the model ({e.reason}); quantizing the whole network through forward hooks "
+            f"{e.reason}; quantizing the whole network through forward hooks "
             "instead: the same quantization (BatchNorm folded, activations fused), no fixes",
             QuantlensWarning,
             stacklevel=2,

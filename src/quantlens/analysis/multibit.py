@@ -120,6 +120,8 @@ class BitBatcher:
 
         cone, k = runner.cones[i], len(ws)
         n = cache[runner.layers[i].output_node].shape[0]
+        if not all(isinstance(cache[name], Tensor) for name in cone.frontier):
+            return None  # a size or other non-tensor value crosses into the cone
         rep = [cache[name].repeat(k, *([1] * (cache[name].dim() - 1))) for name in cone.frontier]
         cone.qlayer.set_weights(list(ws))
         try:
@@ -131,7 +133,7 @@ class BitBatcher:
         outs, los = _split(out, k, n), _split(layer_out, k, n)
         if outs is None or los is None:
             return None
-        return [Evaluation(o, lo) for o, lo in zip(outs, los)]
+        return [Evaluation(runner.graph.output(o), lo) for o, lo in zip(outs, los)]
 
     def evaluations(self, runner: Any, cache: dict[str, Any], i: int, weights: Sequence[Tensor]) -> Iterator[Any]:
         """One evaluation per weight, in order: batched where chosen, else one pass each."""

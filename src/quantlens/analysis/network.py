@@ -33,7 +33,7 @@ from ..quant.quantizer import (
     make_observer,
     quantize_weight,
 )
-from .data import iterate, to_device
+from .data import iterate
 
 __all__ = ["QuantizedNetwork", "build_quantized", "calibrate_ranges"]
 
@@ -42,7 +42,7 @@ __all__ = ["QuantizedNetwork", "build_quantized", "calibrate_ranges"]
 class QuantizedNetwork:
     """A compiled, fully quantized copy of a network.
 
-    ``gm(*inputs) -> (output, (tap values...))`` where ``taps`` names nodes of the float graph;
+    ``gm(*graph.flat(inputs)) -> (flat output, (tap values...))`` where ``taps`` names nodes of the float graph;
     a tap on a layer's output node gives the value after its output quantizer.
     """
 
@@ -85,7 +85,7 @@ def calibrate_ranges(graph: LayerGraph, config: QuantConfig, calib: Iterable[Any
         return ins, outs
     with analysis_mode():
         for inputs, _ in iterate(calib, "calibration data"):
-            _, values = cache_gm(*to_device(inputs, device))
+            _, values = cache_gm(*graph.flat(inputs.to(device)))
             vals = dict(zip(keep, values))
             for l in layers:
                 ins[l.name].update(vals[ins_nodes[l.name]])

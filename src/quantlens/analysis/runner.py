@@ -30,7 +30,7 @@ from ..graph.eager import ActivationWatch, EagerLayer, capture_eager
 from ..memory import trim_heap
 from ..numerics import analysis_mode
 from ..quant.quantizer import ActQuantizer, make_observer
-from .data import iterate, to_device
+from .data import Inputs, as_inputs, iterate
 from .multibit import BitBatcher
 
 __all__ = ["Runner", "ConeRunner", "HookRunner"]
@@ -55,7 +55,7 @@ class Runner:
     def float_weight(self, i: int) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def float_pass(self, inputs: tuple[Tensor, ...]) -> tuple[Any, dict[str, Any]]:  # pragma: no cover
+    def float_pass(self, inputs: Inputs) -> tuple[Any, dict[str, Any]]:  # pragma: no cover
         raise NotImplementedError
 
     def layer_io(self, cache: dict[str, Any], i: int) -> tuple[Tensor, Tensor]:  # pragma: no cover
@@ -73,12 +73,12 @@ class Runner:
         n = 0
         with analysis_mode():
             for inputs, _ in iterate(data, "calibration data"):
-                _, cache = self.float_pass(to_device(inputs, device))
+                _, cache = self.float_pass(inputs.to(device))
                 for i in layer_ids:
                     for x, o in self.calibration_io(cache, i):
                         ins[i].update(x)
                         outs[i].update(o)
-                n += int(inputs[0].shape[0])
+                n += inputs.batch_size
                 del cache
                 trim_heap()
         return ins, outs, n
@@ -127,9 +127,9 @@ class ConeRunner(Runner):
     def float_weight(self, i: int) -> Tensor:
         return self.graph.module(self.layers[i]).weight.detach()
 
-    def float_pass(self, inputs: tuple[Tensor, ...]) -> tuple[Any, dict[str, Any]]:
-        out, values = self.cache_gm(*inputs)
-        return out, dict(zip(self.keep, values))
+    def float_pass(self, inputs: Inputs) -> tuple[Any, dict[str, Any]]:
+        out, values = self.cache_gm(*self.graph.flat(inputs))
+        return self.graph.output(out), dict(zip(self.keep, values))
 
     def layer_io(self, cache: dict[str, Any], i: int) -> tuple[Tensor, Tensor]:
         return cache[self._inputs[i]], cache[self.layers[i].output_node]
@@ -141,7 +141,7 @@ class ConeRunner(Runner):
         cone = self.cones[i]
         cone.qlayer.set_weight(weight)
         out, layer_out = cone(cache)
-        return Evaluation(out, layer_out)
+        return Evaluation(self.graph.output(out), layer_out)
 
 
 class HookRunner(Runner):
@@ -149,12 +149,12 @@ class HookRunner(Runner):
 
     engine = "hooks"
 
-    def __init__(self, model: nn.Module, sample: tuple[Tensor, ...], device: Union[str, torch.device] = "cpu") -> None:
+    def __init__(self, model: nn.Module, sample: Inputs, device: Union[str, torch.device] = "cpu") -> None:
         self.device = torch.device(device)
         work = copy.deepcopy(model).eval().to(self.device)
         for p in work.parameters():
             p.requires_grad_(False)
-        eg = capture_eager(work, tuple(t.to(self.device) for t in sample))
+        eg = capture_eager(work, as_inputs(sample).to(self.device))
         self.model = eg.model
         self.notes = eg.notes
         self.eager = eg.layers
@@ -169,7 +169,7 @@ class HookRunner(Runner):
     def float_weight(self, i: int) -> Tensor:
         return self.modules[i].weight.detach()
 
-    def float_pass(self, inputs: tuple[Tensor, ...]) -> tuple[Any, dict[str, Any]]:
+    def float_pass(self, inputs: Inputs) -> tuple[Any, dict[str, Any]]:
         cache: dict[str, Any] = {}
         watch = ActivationWatch()
 
@@ -198,7 +198,7 @@ class HookRunner(Runner):
         handles = [l.module.register_forward_hook(grab(l)) for l in self.eager]
         try:
             with watch:
-                out = self.model(*inputs)
+                out = inputs.call(self.model)
         finally:
             for h in handles:
                 h.remove()
@@ -226,7 +226,7 @@ class HookRunner(Runner):
         return Evaluation(out, taps[i])
 
     def run_quantized(
-        self, inputs: tuple[Tensor, ...], plan: dict[int, tuple[Optional[Tensor], Optional[ActQuantizer], Optional[ActQuantizer]]]
+        self, inputs: Inputs, plan: dict[int, tuple[Optional[Tensor], Optional[ActQuantizer], Optional[ActQuantizer]]]
     ) -> tuple[Any, dict[int, Tensor]]:
         """One forward pass with each layer ``i`` of ``plan`` quantized: its weight replaced by
         ``plan[i][0]`` (None: kept), its input by ``plan[i][1]`` and its output, after its fused
@@ -269,7 +269,7 @@ class HookRunner(Runner):
                     m.weight.data = weight
                 handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
             with watch:
-                out = self.model(*inputs)
+                out = inputs.call(self.model)
         finally:
             for h in handles:
                 h.remove()

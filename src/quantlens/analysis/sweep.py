@@ -26,14 +26,14 @@ from torch import Tensor, nn
 from ..config import SweepConfig
 from ..degradation import degradation
 from ..errors import QuantlensError, QuantlensWarning
-from ..graph.capture import capture, trace_failure
+from ..graph.capture import CAPTURE_METHODS, CaptureError, capture
 from ..memory import trim_heap
 from ..metrics import Metric, make_metric
 from ..numerics import analysis_mode
 from ..quant.observers import MinMaxObserver
 from ..quant.quantizer import QuantizedWeight, quantize_weight
 from .accumulate import CellAccumulator, ChannelStats, channel_axis, per_sample_sq
-from .data import Batch, extract_output, to_device
+from .data import Batch, extract_output
 from .results import Cell, LayerInfo, SweepResult, WeightStats
 from .runner import ConeRunner, HookRunner, Runner
 from .state import SweepState
@@ -76,6 +76,7 @@ class Sweep:
         reference: Optional[nn.Module] = None,
         engine: str = "cone",
         layers: Optional[Sequence[str]] = None,
+        capture: str = "auto",
     ) -> None:
         self.config = config
         self.metric_spec = metric
@@ -86,7 +87,9 @@ class Sweep:
         self.higher_is_better = bool(probe.higher_is_better)
         if engine not in ("cone", "naive", "hooks"):
             raise QuantlensError(f"unknown engine {engine!r}: use cone, naive or hooks")
-        self.runner = self._make_runner(model, sample, engine)
+        if capture not in CAPTURE_METHODS:
+            raise QuantlensError(f"unknown capture {capture!r}: use {', '.join(CAPTURE_METHODS)}")
+        self.runner = self._make_runner(model, sample, engine, capture)
         self.engine = self.runner.engine
         all_layers = self.runner.layers
         if layers is not None:
@@ -109,16 +112,16 @@ class Sweep:
                 self.qweights[(i, b)] = quantize_weight(w, config.weight_spec(b))
 
     # ---- preparation -----------------------------------------------------------------------
-    def _make_runner(self, model: nn.Module, sample: Batch, engine: str) -> Runner:
+    def _make_runner(self, model: nn.Module, sample: Batch, engine: str, method: str = "auto") -> Runner:
         if engine == "hooks":
             return self._hook_runner(model, sample)
         try:
-            graph = capture(model)
+            graph = capture(model, sample[0].to(self.device), method)
         except QuantlensError:
             raise
-        except Exception as e:  # fx cannot trace this model: fall back to hooks
+        except CaptureError as e:  # no graph capture: fall back to hooks
             warnings.warn(
-                f"torch.fx cannot trace the model ({trace_failure(e)}); using forward hooks "
+                f"{e.describe()}; using forward hooks "
                 "instead: the same quantization (BatchNorm folded, activations fused), a full forward pass per layer",
                 QuantlensWarning,
                 stacklevel=3,
@@ -129,13 +132,13 @@ class Sweep:
                 raise
             except Exception as e2:
                 raise QuantlensError(
-                    f"cannot analyse the model: fx tracing failed ({type(e).__name__}) and so did a plain forward "
-                    f"pass ({type(e2).__name__}: {str(e2).splitlines()[0] if str(e2) else ''})"
+                    f"cannot analyse the model: {e.describe()}, and a plain forward pass failed too "
+                    f"({type(e2).__name__}: {str(e2).splitlines()[0] if str(e2) else ''})"
                 ) from None
         return ConeRunner(graph, self.device, full=(engine == "naive"))
 
     def _hook_runner(self, model: nn.Module, sample: Batch) -> HookRunner:
-        runner = HookRunner(model, to_device(sample[0], self.device), self.device)
+        runner = HookRunner(model, sample[0].to(self.device), self.device)
         for note in runner.notes:
             warnings.warn(note, QuantlensWarning, stacklevel=4)
         return runner
@@ -171,14 +174,14 @@ class Sweep:
     ) -> None:
         """Add one batch to ``state`` for the layers it holds."""
         inputs, labels = batch
-        inputs = to_device(inputs, self.device)
+        inputs = inputs.to(self.device)
         if labels is not None:
             labels = labels.to(self.device)
         layer_ids = sorted(state.channels)
         with analysis_mode():
             out, cache = self.runner.float_pass(inputs)
             y_model = extract_output(out, self.output_key)
-            y_ref = y_model if self.reference is None else extract_output(self.reference(*inputs), self.output_key)
+            y_ref = y_model if self.reference is None else extract_output(inputs.call(self.reference), self.output_key)
             if not bool(torch.isfinite(y_model).all()) or not bool(torch.isfinite(y_ref).all()):
                 raise QuantlensError(
                     f"the float model's output has NaN or Inf on batch {state.batches}: fix the model or its inputs "

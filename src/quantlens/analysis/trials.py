@@ -15,7 +15,7 @@ graph, run once per batch and shared by every trial. The numbers are those of
 ``analyze(fixed.gm, data, layers=[l])`` (same quantizers, same calibration, same reference).
 
 Example:
-    >>> ref = lambda k, inputs: float_model(*inputs)
+    >>> ref = lambda k, inputs: inputs.call(float_model)
     >>> cells = TrialRunner(graph, ref, weight_spec, act_spec).run(
     ...     [("conv2", fixed_graph)], data, calib, "top1")            # doctest: +SKIP
     >>> cells[0].degradation                                          # doctest: +SKIP
@@ -36,7 +36,7 @@ from ..metrics import Metric, make_metric
 from ..numerics import analysis_mode
 from ..quant.quantizer import make_observer, quantize_weight
 from .accumulate import CellAccumulator, per_sample_sq
-from .data import extract_output, iterate, to_device
+from .data import Inputs, extract_output, iterate
 from ..degradation import degradation
 
 __all__ = ["TrialCell", "TrialRunner"]
@@ -56,14 +56,14 @@ class TrialCell:
 class TrialRunner:
     """Measure many ``(layer, fixed graph)`` trials in one pass over the data (module docstring).
 
-    ``reference(k, inputs)`` gives the reference output ``y`` of batch ``k`` (already the tensor
-    the metric reads).
+    ``reference(k, inputs)`` gives the reference output ``y`` of batch ``k`` (its
+    :class:`~quantlens.analysis.data.Inputs`; already the tensor the metric reads).
     """
 
     def __init__(
         self,
         graph: LayerGraph,
-        reference: Callable[[int, tuple], Any],
+        reference: Callable[[int, Inputs], Any],
         weight_spec: QuantSpec,
         act_spec: Optional[QuantSpec],
         device: Union[str, torch.device] = "cpu",
@@ -95,9 +95,9 @@ class TrialRunner:
         cache_gm, keep = build_cache_module(self.graph, [n for c in cones for n in c.frontier])
         cache_gm.to(self.device)
 
-        def float_pass(inputs: tuple) -> tuple[Any, dict]:
-            out, values = cache_gm(*inputs)
-            return out, dict(zip(keep, values))
+        def float_pass(inputs: Inputs) -> dict:
+            _, values = cache_gm(*self.graph.flat(inputs))
+            return dict(zip(keep, values))
 
         if self.act_spec is not None:
             self._calibrate(cones, float_pass, calib, on_batch)
@@ -107,15 +107,15 @@ class TrialRunner:
         accs = [CellAccumulator(make_metric(metric)) for _ in cones]
         with analysis_mode():
             for k, (inputs, labels) in enumerate(iterate(data, "data")):
-                inputs = to_device(inputs, self.device)
+                inputs = inputs.to(self.device)
                 labels = None if labels is None else labels.to(self.device)
-                _, cache = float_pass(inputs)
+                cache = float_pass(inputs)
                 y_ref = self.reference(k, inputs)
                 base.update(y_ref, y_ref, labels)
                 signal = per_sample_sq(y_ref)
                 for c, acc in zip(cones, accs):
                     out, _, _ = c(cache)
-                    acc.update(y_ref, extract_output(out, self.output_key), labels, signal)
+                    acc.update(y_ref, extract_output(self.graph.output(out), self.output_key), labels, signal)
                     del out
                 del cache
                 trim_heap()
@@ -136,7 +136,7 @@ class TrialRunner:
         outs = [make_observer(spec) for _ in cones]
         with analysis_mode():
             for inputs, _ in iterate(calib, "calibration data"):
-                _, cache = float_pass(to_device(inputs, self.device))
+                cache = float_pass(inputs.to(self.device))
                 for c, oi, oo in zip(cones, ins, outs):
                     _, o, x = c(cache)  # quantizers still off, float weight: the fixed float network
                     oi.update(x)

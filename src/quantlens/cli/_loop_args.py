@@ -25,6 +25,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference", metavar="MOD:FN", help="float model to measure against (for a fine-tuned/QAT model; see docs/fixes.md)")
     p.add_argument("--results", metavar="DIR", help="reuse the sweep in DIR/results.json (from `quantlens analyze`) instead of running one")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def parse_bits(text: Any, option: str) -> int:
@@ -38,17 +39,17 @@ def parse_bits(text: Any, option: str) -> int:
 def load_inputs(args: argparse.Namespace, need_fx: bool = False) -> tuple[Any, Any, Any, Any]:
     """``(model, data, calib or None, reference or None)`` from the MOD:FN options.
 
-    ``need_fx``: the command only works on a model torch.fx can trace (``fix``): say so before the sweep.
+    ``need_fx``: the command only works on a model torch.fx or torch.export can capture (``fix``): say so before the sweep.
     """
     from ..analysis.measure import capture_traceable
     from ..guard import preserve_model
     from ..loading import load_data, load_model
 
     model = load_model(args.model)
+    data = load_data(args.data)
     if need_fx:
         with preserve_model(model):
-            capture_traceable(model)  # fail before the sweep, not after it
-    data = load_data(args.data)
+            capture_traceable(model, data)  # fail before the sweep, not after it
     calib = load_data(args.calib, "--calib") if args.calib else None
     reference = load_model(args.reference, "--reference") if args.reference else None
     return model, data, calib, reference
@@ -84,7 +85,8 @@ def sweep_or_run(args: argparse.Namespace, out: Path, model: Any, data: Any, cal
     sweep = load_sweep(args, w_bits)
     if sweep is None:
         sweep = analyze(model, data, config=make_config(w_bits, a_bits, args.granularity), metric=args.metric, calib=calib,
-                        reference=reference, device=args.device, output_key=args.output_key, model_name=args.model)
+                        reference=reference, device=args.device, output_key=args.output_key, model_name=args.model,
+                        progress=not args.no_progress)
     target = out / "results.json"
     source = Path(args.results) if args.results else None
     if source is not None and source.is_dir():

@@ -46,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     model, data, calib, reference = load_inputs(args)
     sweep = sweep_or_run(args, out, model, data, calib, reference, list(w_bits), a_bits)
     r = run_plan(model, data, budget=args.budget, budget_bytes=args.budget_bytes, w_bits=w_bits, a_bits=a_bits, granularity=args.granularity,
-                 metric=args.metric, calib=calib, reference=reference, device=args.device, output_key=args.output_key, sweep=sweep)
+                 metric=args.metric, calib=calib, reference=reference, device=args.device, output_key=args.output_key, sweep=sweep,
+                 progress=not args.no_progress)
     r.to_json(out / "plan.json")
     pct = Units.for_metric(r.metric_name).pct  # the report's rule
     t = Table(title=f"plan: {r.avg_bits:.2f} average weight bits (budget {r.budget_bits:.2f})")

@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional, Protocol, Sequence
 
@@ -85,11 +86,11 @@ def copy_graph(graph: LayerGraph, layers: Optional[Iterable[str]] = None) -> Lay
     changes only those layers' weights leaves ``graph`` as it was without copying the network.
     """
     if layers is None:
-        return LayerGraph(copy.deepcopy(graph.gm), list(graph.layers))
+        return dataclasses.replace(graph, gm=copy.deepcopy(graph.gm), layers=list(graph.layers))
     gm = fx.GraphModule(graph.gm, copy.deepcopy(graph.gm.graph), class_name=type(graph.gm).__name__)
     for name in dict.fromkeys(graph.layer(n).module_name for n in layers):
         gm.set_submodule(name, copy.deepcopy(graph.gm.get_submodule(name)))
-    return LayerGraph(gm, list(graph.layers))
+    return dataclasses.replace(graph, gm=gm, layers=list(graph.layers))
 
 
 def changed_layers(base: LayerGraph, fixed: LayerGraph) -> list[str]:

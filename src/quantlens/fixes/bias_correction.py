@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ..analysis.accumulate import _channel_sums, channel_axis
-from ..analysis.data import iterate, to_device
+from ..analysis.data import iterate
 from ..errors import QuantlensError
 from ..graph.capture import LayerGraph
 from ..graph.cone import build_cache_module
@@ -63,7 +63,7 @@ class BiasCorrection:
         float_gm, keep = build_cache_module(graph, [l.node for l in chosen])
         float_gm.to(dev)
         for i, l in enumerate(chosen):
-            shift = self._shift(qnet.gm, float_gm, i, keep.index(l.node), channel_axis(l.op))
+            shift = self._shift(graph, qnet.gm, float_gm, i, keep.index(l.node), channel_axis(l.op))
             if shift is None:
                 continue
             m = out.module(l)
@@ -71,14 +71,14 @@ class BiasCorrection:
                 m.bias.sub_(shift.to(m.bias))
         return out
 
-    def _shift(self, qgm: nn.Module, fgm: nn.Module, tap: int, ftap: int, axis: int) -> Optional[Tensor]:
+    def _shift(self, graph: LayerGraph, qgm: nn.Module, fgm: nn.Module, tap: int, ftap: int, axis: int) -> Optional[Tensor]:
         total: Optional[Tensor] = None
         count = 0
         with analysis_mode():
             for inputs, _ in iterate(self.ctx.calib, "calibration data"):
-                inputs = to_device(inputs, self.ctx.device)
-                _, q = qgm(*inputs)
-                _, f = fgm(*inputs)
+                flat = graph.flat(inputs.to(self.ctx.device))
+                _, q = qgm(*flat)
+                _, f = fgm(*flat)
                 s, c = _channel_sums(q[tap].double() - f[ftap].double(), axis)
                 total = s if total is None else total + s
                 count += c

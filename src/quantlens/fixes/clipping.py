@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from ..analysis.accumulate import _channel_sums, channel_axis
-from ..analysis.data import iterate, to_device
+from ..analysis.data import iterate
 from ..config import QuantSpec
 from ..errors import QuantlensError
 from ..graph.capture import LayerGraph
@@ -104,7 +104,7 @@ def input_second_moment(graph: LayerGraph, name: str, calib, device: torch.devic
     count = 0
     with analysis_mode():
         for inputs, _ in iterate(calib, "calibration data"):
-            _, (x,) = gm(*to_device(inputs, device))
+            _, (x,) = gm(*graph.flat(inputs.to(device)))
             s, c = _channel_sums(x.double() ** 2, channel_axis(layer.op))
             total = s if total is None else total + s
             count += c

@@ -26,11 +26,14 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+from torch.fx import _pytree as fx_pytree
+from torch.utils import _pytree as pytree
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from ..errors import QuantlensError
+from ..inputs import as_inputs
 
-__all__ = ["Layer", "LayerGraph", "capture", "LAYER_TYPES", "activation_name"]
+__all__ = ["Layer", "LayerGraph", "capture", "fx_capture", "CAPTURE_METHODS", "CaptureError", "LAYER_TYPES", "activation_name", "bind_placeholders"]
 
 LAYER_TYPES: tuple[type, ...] = (nn.Conv1d, nn.Conv2d, nn.Linear)
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -60,6 +63,18 @@ _ACT_FUNCTIONS: dict[Any, str] = {
     torch.tanh: "Tanh",
     F.tanh: "Tanh",
 }
+_aten = torch.ops.aten
+# torch.export's ATen forms (after run_decompositions, so never in-place)
+_ACT_FUNCTIONS.update({
+    _aten.relu.default: "ReLU",
+    _aten.hardtanh.default: "Hardtanh",
+    _aten.leaky_relu.default: "LeakyReLU",
+    _aten.silu.default: "SiLU",
+    _aten.gelu.default: "GELU",
+    _aten.hardswish.default: "Hardswish",
+    _aten.sigmoid.default: "Sigmoid",
+    _aten.tanh.default: "Tanh",
+})
 _ACT_METHODS: dict[str, str] = {
     "relu": "ReLU",
     "relu_": "ReLU",
@@ -114,7 +129,10 @@ def activation_name(gm: fx.GraphModule, node: fx.Node) -> Optional[str]:
     if node.op == "call_module":
         return _ACT_MODULES.get(type(gm.get_submodule(str(node.target))))
     if node.op == "call_function":
-        return _ACT_FUNCTIONS.get(node.target)
+        name = _ACT_FUNCTIONS.get(node.target)
+        if name == "Hardtanh" and tuple(node.args[1:3]) == (0.0, 6.0):
+            return "ReLU6"  # F.relu6 is hardtanh(0, 6) in ATen
+        return name
     if node.op == "call_method":
         return _ACT_METHODS.get(str(node.target))
     return None
@@ -133,13 +151,43 @@ def _layer_kind(m: nn.Module) -> str:
 
 @dataclass
 class LayerGraph:
-    """A traced, BN-folded copy of a model and its layers in topological order.
+    """A captured, BN-folded copy of a model and its layers in topological order.
 
-    ``gm`` is an fx GraphModule in eval mode whose weights are the folded float weights.
+    ``gm`` is an fx GraphModule in eval mode whose weights are the folded float weights; each
+    layer is a ``call_module`` of a ``Conv1d`` / ``Conv2d`` / ``Linear``, however it was captured.
+    ``gm`` and every module built from its graph are called with :meth:`flat` of the batch's
+    inputs, and their output is rebuilt by :meth:`output`.
+
+    Attributes:
+        method: how the graph was captured: ``fx`` (symbolic trace) or ``export``
+            (``torch.export``, non-strict).
+        in_spec / out_spec: for ``export``, the pytree specs of ``(args, kwargs)`` and of the
+            output (a tuple, a dict or a Hugging Face ``ModelOutput``); ``None`` for ``fx``.
     """
 
     gm: fx.GraphModule
     layers: list[Layer]
+    method: str = "fx"
+    in_spec: Optional[pytree.TreeSpec] = None
+    out_spec: Optional[pytree.TreeSpec] = None
+
+    def flat(self, inputs: Any) -> tuple[Any, ...]:
+        """The values of ``gm``'s placeholders, in order, for one batch's :class:`Inputs`."""
+        if self.in_spec is not None:
+            try:
+                return tuple(fx_pytree.tree_flatten_spec((tuple(inputs.args), dict(inputs.kwargs)), self.in_spec))
+            except Exception:
+                raise QuantlensError(
+                    f"a batch's inputs ({_describe(inputs)}) do not have the structure of the first batch the model "
+                    "was captured with: give every batch the same arguments"
+                ) from None
+        return bind_placeholders(self.gm, inputs.args, inputs.kwargs)
+
+    def output(self, out: Any) -> Any:
+        """The model's output structure from the flat output of ``gm`` (identity for ``fx``)."""
+        if self.out_spec is None:
+            return out
+        return pytree.tree_unflatten(list(out), self.out_spec)
 
     def module(self, layer: Layer) -> nn.Module:
         return self.gm.get_submodule(layer.module_name)
@@ -156,6 +204,37 @@ class LayerGraph:
 
     def nodes(self) -> dict[str, fx.Node]:
         return {n.name: n for n in self.gm.graph.nodes}
+
+
+def _describe(inputs: Any) -> str:
+    parts = [f"{len(inputs.args)} positional"] if inputs.args else []
+    if inputs.kwargs:
+        parts.append("keywords " + ", ".join(sorted(inputs.kwargs)))
+    return "; ".join(parts) or "no arguments"
+
+
+def bind_placeholders(gm: fx.GraphModule, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    """Positional values for ``gm``'s placeholders from a call's ``args`` and ``kwargs``
+    (a placeholder's default is used when neither gives it)."""
+    holders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    names = [str(n.target).lstrip("*") for n in holders]
+    unknown = sorted(set(kwargs) - set(names))
+    if unknown:
+        raise QuantlensError(
+            f"the batch has keyword(s) {', '.join(unknown)} that the model's forward does not accept "
+            f"(it takes {', '.join(names)}): rename or drop them in your data"
+        )
+    if len(args) > len(holders):
+        raise QuantlensError(f"the batch has {len(args)} positional inputs but the model's forward takes {len(holders)}")
+    values: list[Any] = list(args)
+    for n, name in zip(holders[len(args):], names[len(args):]):
+        if name in kwargs:
+            values.append(kwargs[name])
+        elif n.args:
+            values.append(n.args[0])
+        else:
+            raise QuantlensError(f"the batch does not give the model's input {name!r}: add it to every batch")
+    return tuple(values)
 
 
 def trace_failure(e: BaseException) -> str:
@@ -224,7 +303,10 @@ def _make_out_of_place(gm: fx.GraphModule) -> None:
     gm.recompile()
 
 
-def _discover(gm: fx.GraphModule) -> list[Layer]:
+def _discover(gm: fx.GraphModule, names: Optional[dict[str, str]] = None) -> list[Layer]:
+    """The layers of ``gm`` in topological order; ``names`` maps a module target to the layer's
+    name where they differ (a module registered under another name by the export capture)."""
+    names = names or {}
     layers: list[Layer] = []
     calls: dict[str, int] = {}
     for node in gm.graph.nodes:
@@ -238,12 +320,13 @@ def _discover(gm: fx.GraphModule) -> list[Layer]:
             user = next(iter(node.users))
             act = activation_name(gm, user)
             act_node = user.name if act else None
-        k = calls.get(str(node.target), 0)
-        calls[str(node.target)] = k + 1
+        base = names.get(str(node.target), str(node.target))
+        k = calls.get(base, 0)
+        calls[base] = k + 1
         layers.append(
             Layer(
                 index=len(layers),
-                name=str(node.target) if k == 0 else f"{node.target}:{k}",
+                name=base if k == 0 else f"{base}:{k}",
                 op=type(m).__name__,
                 kind=_layer_kind(m),
                 node=node.name,
@@ -278,10 +361,60 @@ def trace(model: nn.Module) -> fx.GraphModule:
     return fx.GraphModule(m, graph, class_name=type(m).__name__)
 
 
-def capture(model: nn.Module) -> LayerGraph:
-    """Trace ``model`` (a copy), fold BatchNorm, and list its layers in topological order."""
+CAPTURE_METHODS = ("auto", "fx", "export")
+_PATH_NAMES = {"fx": "torch.fx cannot trace the model", "export": "torch.export cannot export it"}
+
+
+class CaptureError(RuntimeError):
+    """No graph capture worked; ``reasons`` maps each path tried (``fx``, ``export``) to why."""
+
+    def __init__(self, reasons: dict[str, str]) -> None:
+        self.reasons = reasons
+        super().__init__(self.describe())
+
+    def describe(self) -> str:
+        return "; ".join(f"{_PATH_NAMES[k]} ({v})" for k, v in self.reasons.items())
+
+
+def capture(model: nn.Module, sample: Any = None, method: str = "auto") -> LayerGraph:
+    """Capture ``model`` (a copy), fold BatchNorm, and list its layers in topological order.
+
+    ``method``: ``fx`` (symbolic trace), ``export`` (``torch.export`` on ``sample``, the first
+    batch's :class:`~quantlens.analysis.data.Inputs`), or ``auto``: fx, then export when fx
+    cannot trace the model. Raises :class:`CaptureError` (why each path failed) when none does.
+    """
     if not isinstance(model, nn.Module):
         raise QuantlensError(f"the model must be a torch.nn.Module, got {type(model).__name__}")
+    if method not in CAPTURE_METHODS:
+        raise QuantlensError(f"unknown capture {method!r}: use {', '.join(CAPTURE_METHODS)}")
+    if method == "export" and sample is None:
+        raise QuantlensError("capture='export' needs a sample batch of inputs")
+    sample = as_inputs(sample) if sample is not None else None
+    order = [method] if method != "auto" else (["export", "fx"] if _prefer_export(model) else ["fx", "export"])
+    reasons: dict[str, str] = {}
+    for path in order:
+        if path == "export" and sample is None:
+            continue
+        try:
+            if path == "fx":
+                return fx_capture(model)
+            from .export import export_capture
+
+            return export_capture(model, sample)
+        except QuantlensError:
+            raise
+        except Exception as e:
+            reasons[path] = trace_failure(e)
+    raise CaptureError(reasons)
+
+
+def _prefer_export(model: nn.Module) -> bool:
+    """Hugging Face models are not fx-traceable by torch.fx itself: go to export directly."""
+    return type(model).__module__.startswith("transformers.")
+
+
+def fx_capture(model: nn.Module) -> LayerGraph:
+    """Trace ``model`` (a copy) with torch.fx, fold BatchNorm, and list its layers."""
     gm = trace(model)
     _make_out_of_place(gm)
     _fold_batchnorm(gm)

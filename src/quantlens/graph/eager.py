@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from ..errors import QuantlensError
+from ..inputs import as_inputs
 from ..numerics import analysis_mode
 from .capture import (
     _ACT_FUNCTIONS,
@@ -161,7 +162,7 @@ def _act_name(u: _Use) -> str:
     return name
 
 
-def _record(model: nn.Module, sample: tuple[Tensor, ...]) -> tuple[Any, list[tuple[str, nn.Module, Tensor]], dict[str, int], _Recorder]:
+def _record(model: nn.Module, sample: Any) -> tuple[Any, list[tuple[str, nn.Module, Tensor]], dict[str, int], _Recorder]:
     """One forward pass: (output, [(layer name, module, first output)], call counts, recorder)."""
     names = {m: n for n, m in model.named_modules() if isinstance(m, LAYER_TYPES)}
     calls: dict[str, int] = {}
@@ -178,7 +179,7 @@ def _record(model: nn.Module, sample: tuple[Tensor, ...]) -> tuple[Any, list[tup
     handles = [m.register_forward_hook(hook) for m in names]
     try:
         with analysis_mode(), rec:
-            out = model(*sample)
+            out = sample.call(model)
     finally:
         for h in handles:
             h.remove()
@@ -201,8 +202,11 @@ def _same_output(a: Any, b: Any) -> bool:
     return True
 
 
-def capture_eager(model: nn.Module, sample: tuple[Tensor, ...]) -> EagerGraph:
-    """Layers of ``model`` (an eval-mode copy the caller owns: it is rewritten in place) in call order."""
+def capture_eager(model: nn.Module, sample: Any) -> EagerGraph:
+    """Layers of ``model`` (an eval-mode copy the caller owns: it is rewritten in place) in call order.
+
+    ``sample``: the first batch's :class:`~quantlens.inputs.Inputs` (or a tuple of tensors)."""
+    sample = as_inputs(sample)
     reference, first, calls, rec = _record(model, sample)
     if not first:
         raise QuantlensError("the model has no quantizable layer: quantlens analyses Conv1d, Conv2d and Linear modules")
@@ -245,7 +249,7 @@ def capture_eager(model: nn.Module, sample: tuple[Tensor, ...]) -> EagerGraph:
             _set_submodule(folded, name, fused)
             _set_submodule(folded, bn_name, nn.Identity())
         with analysis_mode():
-            folded_out = folded(*sample)
+            folded_out = sample.call(folded)
         if _same_output(reference, folded_out):
             model = folded
         else:

@@ -18,6 +18,9 @@ from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
+from torch.utils import _pytree as pytree
+
+from ..inputs import as_inputs
 
 __all__ = ["model_hash", "batch_hash", "tensor_digest"]
 
@@ -55,7 +58,17 @@ def model_hash(model: Optional[nn.Module]) -> Optional[str]:
     return h.hexdigest()
 
 
-def batch_hash(batch: tuple[tuple[Tensor, ...], Optional[Tensor]]) -> str:
-    """Hash of one normalized batch ``(inputs, labels)``."""
+def batch_hash(batch: tuple[Any, Optional[Tensor]]) -> str:
+    """Hash of one normalized batch ``(Inputs, labels)``: its argument structure (keyword names,
+    non-tensor values), every tensor, and the labels."""
     inputs, labels = batch
-    return tensor_digest(*inputs, labels)
+    inputs = as_inputs(inputs)
+    h = hashlib.blake2b(digest_size=16)
+    h.update(repr(pytree.tree_structure((inputs.args, inputs.kwargs))).encode())
+    for v in pytree.tree_leaves((inputs.args, inputs.kwargs)):
+        if isinstance(v, Tensor):
+            _update(h, v)
+        else:
+            h.update(repr(v).encode())
+    h.update(tensor_digest(labels).encode())
+    return h.hexdigest()

@@ -46,13 +46,14 @@ class SweepRecipe:
     reference: Optional[nn.Module] = None
     engine: str = "cone"
     layers: Optional[Sequence[str]] = None
+    capture: str = "auto"
 
     def build(self) -> Any:
         """A new, uncalibrated :class:`Sweep`."""
         from ..analysis.sweep import Sweep
 
         return Sweep(self.model, self.sample, self.config, self.metric, self.device, self.output_key,
-                     self.reference, self.engine, self.layers)
+                     self.reference, self.engine, self.layers, self.capture)
 
     def header(self, data_id: dict, calib_id: Optional[dict], plan: Any) -> dict:
         """The identity of a run: what a cache must match to be resumed."""
@@ -66,6 +67,7 @@ class SweepRecipe:
             "config": self.config.to_dict(),
             "metric": _metric_id(self.metric),
             "engine": self.engine,
+            "capture": self.capture,
             "layers": None if self.layers is None else list(self.layers),
             "output_key": self.output_key,
             "device": torch.device(self.device).type,
