@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from models import tiny_data, tiny_net
 
 import quantlens as ql
+from quantlens.workload import Workload
 from helpers import assert_cells_close, assert_close
 from quantlens.inputs import Inputs
 from quantlens.graph.eager import capture_eager
@@ -166,15 +167,15 @@ def test_hooks_engine_leaves_the_model_unchanged():
 
 def test_whole_network_through_hooks_equals_the_traced_twin():
     from quantlens.analysis.measure import NetworkMeasurer
-    from quantlens.analysis.measure_eager import EagerNetworkMeasurer, make_measurer
+    from quantlens.analysis.measure import EagerNetworkMeasurer, make_measurer
     from quantlens.qconfig import LayerQuant, QuantConfig
 
     m, twin = _pair()
     data = tiny_data(n_batches=2)
     with pytest.warns(ql.QuantlensWarning, match="quantizing the whole network through forward hooks"):
-        eager = make_measurer(m, data, metric="kl")
+        eager = make_measurer(Workload(m, data, metric="kl"))
     assert isinstance(eager, EagerNetworkMeasurer)
-    traced = NetworkMeasurer(twin, data, metric="kl")
+    traced = NetworkMeasurer(Workload(twin, data, metric="kl"))
     assert eager.names == traced.names
     configs = [
         QuantConfig.uniform(traced.names, w_bits=4),
@@ -189,7 +190,7 @@ def test_whole_network_through_hooks_equals_the_traced_twin():
         assert a.mean_shift.keys() == b.mean_shift.keys()
         for k in a.mean_shift:
             assert a.mean_shift[k] == pytest.approx(b.mean_shift[k], rel=1e-6, abs=1e-12)
-    with pytest.raises(ql.QuantlensError, match="fixes .* need a model torch.fx can trace"):
+    with pytest.raises(ql.QuantlensError, match="fixes .* need a model torch.fx or torch.export can capture"):
         eager(QuantConfig(((traced.names[0], LayerQuant(8, 8, fixes=("sawb",))),)))
 
 

@@ -11,6 +11,7 @@ import torch.nn as nn
 from models import tiny_data, tiny_net
 from single_thread import one_thread  # noqa: F401  (module fixture: one intra-op thread)
 
+from quantlens.workload import Workload
 from quantlens import QuantlensError
 from quantlens.analysis.measure import NetworkMeasurer
 from quantlens.fixes import FixContext, apply_fixes, fixes, make_fix
@@ -177,7 +178,7 @@ def test_bias_correction_removes_the_pre_activation_mean_shift():
     after = _pre_activation_shift(fixed, g, cfg, data, names)
     for n in names:
         assert after[n] < 1e-4 + 0.05 * before[n], (n, before[n], after[n])
-    m = NetworkMeasurer(net, data, metric="mse")
+    m = NetworkMeasurer(Workload(net, data, metric="mse"))
     assert m(cfg.with_fix("bias_correction", names)).noise < m(cfg).noise
 
 
@@ -228,7 +229,7 @@ def test_a_module_called_twice_is_quantized_and_fixed_without_changing_its_other
     torch.manual_seed(0)
     data = [(torch.randn(16, 8), torch.randint(0, 3, (16,))) for _ in range(2)]
     model = _CalledTwice().eval()
-    meas = NetworkMeasurer(model, data, metric="kl")
+    meas = NetworkMeasurer(Workload(model, data, metric="kl"))
     assert meas.names == ["fc", "fc:1", "out"]
     base = QuantConfig.uniform(meas.names, 4)
     assert meas(base).degradation > 0
@@ -237,7 +238,7 @@ def test_a_module_called_twice_is_quantized_and_fixed_without_changing_its_other
         got = meas(cfg)
         # oracle: the fix applied by hand, then the fixed float network quantized without fixes
         fixed = make_fix(fix, FixContext(base, data)).apply(meas.graph, meas.names)
-        want = NetworkMeasurer(fixed.gm, data, metric="kl", reference=model)(base)
+        want = NetworkMeasurer(Workload(fixed.gm, data, metric="kl", reference=model))(base)
         assert close(got.degradation, want.degradation, rel=1e-6) and close(got.noise, want.noise, rel=1e-6), fix
     g = meas.graph
     assert [(p.l1, p.l2) for p in equalizable_pairs(g)] == []  # fc is shared: not rescaled

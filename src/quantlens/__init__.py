@@ -25,6 +25,7 @@ from .errors import QuantlensError
 from .graph import LayerGraph, capture
 from .metrics import make_metric, metrics, register_metric
 from .qconfig import LayerQuant, QuantConfig
+from .workload import RunOptions, Workload
 
 from ._version import __version__  # noqa: E402
 
@@ -50,5 +51,7 @@ __all__ = [
     "QuantConfig",
     "LayerQuant",
     "quantize_network",
+    "Workload",
+    "RunOptions",
     "__version__",
 ]

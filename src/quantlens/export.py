@@ -9,7 +9,7 @@
   measurements used) and ``<name>.weight_scale``.
 
 Example:
-    >>> qnet = NetworkMeasurer(model, data).build(cfg)     # doctest: +SKIP
+    >>> qnet = NetworkMeasurer(Workload(model, data)).build(cfg)     # doctest: +SKIP
     >>> export(qnet, "out/")                               # doctest: +SKIP
 """
 

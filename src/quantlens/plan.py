@@ -217,7 +217,8 @@ def run_plan(
         >>> run_plan(demo.model(), demo.data(), budget=5.0).measured           # doctest: +SKIP
     """
     from .analysis.api import analyze, make_config
-    from .analysis.measure_eager import make_measurer
+    from .analysis.measure import make_measurer
+    from .workload import RunOptions, Workload
     from .config import parse_granularity
     from .progress import make_progress
     from .qconfig import LayerQuant, QuantConfig
@@ -232,7 +233,7 @@ def run_plan(
     cap = budget_capacity(total, budget, budget_bytes)
     plan = plan_bits(sweep, cap, bits)
     g = parse_granularity(granularity)
-    measurer = make_measurer(model, data, calib=calib, metric=metric, reference=reference, device=device, output_key=output_key)
+    measurer = make_measurer(Workload(model, data, calib, metric, reference, output_key), RunOptions(device))
     fits = [b for b in bits if b * total <= cap]
     ub = max(fits) if fits else None
     bar = make_progress(progress, 1 + (ub is not None), "plan")

@@ -274,14 +274,15 @@ def run_additivity(
         >>> r.pearson_r, r.slope                                                    # doctest: +SKIP
     """
     from .api import analyze
-    from .measure_eager import make_measurer
+    from ..workload import RunOptions, Workload
+    from .measure import make_measurer
 
     if sweep is None:
         sweep = analyze(
             model, data, w_bits=sorted({low, high}), a_bits=a_bits, granularity=granularity, metric=metric, calib=calib,
             reference=reference, device=device, output_key=output_key, model_name=model_name, progress=progress,
         )
-    measurer = make_measurer(model, data, calib=calib, metric=metric, reference=reference, device=device, output_key=output_key)
+    measurer = make_measurer(Workload(model, data, calib, metric, reference, output_key), RunOptions(device))
     return additivity(
         sweep, measurer, low=low, high=high, configs=configs, seed=seed, a_bits=a_bits, granularity=granularity,
         shift_threshold=shift_threshold, model_name=model_name or type(model).__name__, progress=progress,

@@ -27,6 +27,7 @@ from ..fixes import FixContext, check_fix, make_fix
 from ..jsonio import num as _num
 from ..qconfig import QuantConfig
 from ..progress import make_progress
+from ..workload import RunOptions, Workload
 from .measure import NetworkMeasurer
 from .results import SweepResult
 from .trials import TrialCell, TrialRunner
@@ -163,7 +164,7 @@ def fix_loop(
         check_fix(f)
     if w_bits not in sweep.w_bits:
         raise QuantlensError(f"the sweep has no cells at {w_bits} bits (it has {sweep.w_bits})")
-    measurer = NetworkMeasurer(model, data, calib=calib, metric=metric, reference=reference, device=device, output_key=output_key)
+    measurer = NetworkMeasurer(Workload(model, data, calib, metric, reference, output_key), RunOptions(device))
     names = measurer.names
     naive = QuantConfig.uniform(names, w_bits, a_bits, granularity)
     culprits = rank_culprits(sweep, w_bits, top)

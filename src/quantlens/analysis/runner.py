@@ -96,8 +96,11 @@ class ConeRunner(Runner):
     """Float pass once per batch, then only the cone of each layer (see module docstring)."""
 
     def __init__(
-        self, graph: LayerGraph, device: Union[str, torch.device] = "cpu", full: bool = False, batch_bits: bool = False
+        self, graph: LayerGraph, device: Union[str, torch.device] = "cpu", full: bool = False, batch_bits: bool = False,
+        cones: bool = True,
     ) -> None:
+        """``cones=False``: only the float pass and the calibration tap (:meth:`observe`), for
+        the whole-network measurer, which quantizes every layer at once and needs no cone."""
         self.graph = graph
         # several bit-widths per cone pass (opt-in, see analysis/multibit.py: faster on late
         # layers, but not bitwise reproducible in general); never for the naive loop
@@ -106,11 +109,11 @@ class ConeRunner(Runner):
         self.layers = list(graph.layers)
         self.device = torch.device(device)
         graph.gm.to(self.device)
-        self.cones: list[Cone] = [build_cone(graph, l, full=full) for l in self.layers]
+        self.cones: list[Cone] = [build_cone(graph, l, full=full) for l in self.layers] if cones else []
         for c in self.cones:
             c.gm.to(self.device)
-        self.in_q = [c.in_q for c in self.cones]
-        self.out_q = [c.out_q for c in self.cones]
+        self.in_q = [c.in_q for c in self.cones] if cones else [ActQuantizer() for _ in self.layers]
+        self.out_q = [c.out_q for c in self.cones] if cones else [ActQuantizer() for _ in self.layers]
         self._inputs = [input_node(graph, l) for l in self.layers]
         keep: list[str] = []
         for c in self.cones:
