@@ -54,3 +54,25 @@ def test_trials_equal_one_analyze_per_fixed_graph(case):
         want = analyze(fixed.gm, data, config=cfg, metric=metric, calib=calib, reference=measurer.float_gm, layers=[t.layer]).cell(t.layer, bits)
         assert_close(t.degradation, want.degradation, rel=1e-6, abs_=1e-12, what=f"{t.layer}/{t.fix} degradation")
         assert_close(t.noise, want.noise, rel=1e-6, abs_=1e-12, what=f"{t.layer}/{t.fix} noise")
+
+
+def test_fix_additivity_and_plan_show_progress_with_an_eta(capsys):
+    from models import tiny_data, tiny_net
+
+    from quantlens.analysis.additivity import run_additivity
+    from quantlens.plan import run_plan
+
+    model, data = tiny_net(), tiny_data(n_batches=2)
+    sweep = analyze(model, data, w_bits=[4, 8], metric="kl")
+    capsys.readouterr()
+    fix_loop(model, data, sweep, w_bits=4, metric="kl", candidates=("sawb",), top=1, global_rows=[("sawb",)], progress=True)
+    err = capsys.readouterr().err
+    assert "fix" in err and "ETA" in err
+    # 2 calibration + 2 data batches for the trials, then float, naive, global:sawb, local
+    assert "8/8" in err
+    run_additivity(model, data, metric="kl", configs=2, sweep=sweep, progress=True)
+    err = capsys.readouterr().err
+    assert "additivity" in err and "3/3" in err and "ETA" in err
+    run_plan(model, data, metric="kl", budget=6.0, w_bits=(4, 8), sweep=sweep, progress=True)
+    err = capsys.readouterr().err
+    assert "plan" in err and "2/2" in err and "ETA" in err

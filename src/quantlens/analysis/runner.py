@@ -10,7 +10,17 @@
   quantized in every call and calibrated on every call. BatchNorm folding and activation fusion are recovered by following tensors through one
   forward pass (:mod:`quantlens.graph.eager`), so the quantization is the traced path's.
 
-Both expose the same small interface, used by :mod:`quantlens.analysis.sweep`.
+Both implement one engine protocol (:class:`Runner`), which every experiment goes through:
+
+* ``float_pass(inputs) -> (output, cache)``: the float network once per batch, caching what
+  the quantized runs read (the cones' frontiers; for hooks, each layer's input and output);
+* ``run(cache, i, weight)``: the network with layer ``i`` quantized (the sweep; the fix
+  trials use the same cones, see :mod:`quantlens.analysis.trials`); with many layers quantized
+  at once: :meth:`HookRunner.run_quantized`, and for a captured graph the compiled network of
+  :func:`quantlens.analysis.network.build_quantized`;
+* ``observe(data, layers, spec, device)``: the calibration tap, the one streaming pass that
+  gives every layer's input and output statistics (the sweep, both whole-network measurers
+  and bias correction use it; ``ConeRunner(graph, cones=False)`` is the tap alone).
 """
 
 from __future__ import annotations
