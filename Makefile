@@ -8,7 +8,7 @@ PIP    := $(BIN)/python -m pip
 # constraints.txt pins the local CPU wheel of torch on our machines; users bring their own torch.
 PIPFLAGS := -q --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo test venv install install-dev bench bench-quick clean
+.PHONY: demo test test-fast venv install install-dev bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest tests
+
+# the quick loop while working: everything but the end-to-end tests marked `slow`
+test-fast: install
+	$(BIN)/python -m pytest tests -m "not slow"
 
 bench: install
 	$(PIP) install $(PIPFLAGS) -e '.[dev,bench]'

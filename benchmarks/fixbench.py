@@ -13,7 +13,6 @@ import json
 import resource
 import sys
 import time
-from typing import Any
 
 __all__ = ["measure_fix"]
 

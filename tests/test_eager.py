@@ -194,6 +194,7 @@ def test_whole_network_through_hooks_equals_the_traced_twin():
         eager(QuantConfig(((traced.names[0], LayerQuant(8, 8, fixes=("sawb",))),)))
 
 
+@pytest.mark.slow
 def test_additivity_and_plan_run_on_an_untraceable_model():
     from quantlens.analysis.additivity import run_additivity
     from quantlens.plan import run_plan

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
@@ -47,6 +46,7 @@ def test_other_engines_agree_with_cone(engine):
         assert _close(a.noise, b.noise) and _close(a.metric, b.metric, abs_=1e-12)
 
 
+@pytest.mark.slow
 def test_every_metric_equals_the_oracle_and_ranks():
     m, data = tiny_net(), tiny_data(n_batches=2)
     for metric in ("top1", "top5", "agreement", "kl", "mse", "cosine"):

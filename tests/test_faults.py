@@ -49,6 +49,7 @@ def _one_line(err: str) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_second_run_on_the_same_out_is_refused_and_corrupts_nothing(tmp_path, capsys):
     user = user_file(tmp_path, n_batches=1)
     out = tmp_path / "out"
@@ -73,6 +74,7 @@ def test_second_run_on_the_same_out_is_refused_and_corrupts_nothing(tmp_path, ca
     assert not (out / LOCK_NAME).exists()
 
 
+@pytest.mark.slow
 def test_second_run_on_the_same_cache_is_refused(tmp_path):
     data = tiny_data(n_batches=2)
     cache = tmp_path / "cache"
@@ -115,6 +117,7 @@ def _disk_full(monkeypatch, when=lambda text: True):
     monkeypatch.setattr(jsonio, "_write", write)
 
 
+@pytest.mark.slow
 def test_disk_full_while_writing_results_keeps_the_earlier_files(tmp_path, capsys, monkeypatch):
     user = user_file(tmp_path, n_batches=1)
     out = tmp_path / "out"
@@ -166,6 +169,7 @@ def test_disk_full_mid_sweep_leaves_a_resumable_cache(tmp_path, monkeypatch):
     assert r.cells == ql.analyze(tiny_net(), data, w_bits=(4,), metric="kl").cells
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("old", [{"version": "0.0.9"}, {}])
 def test_cache_from_another_version_is_refused_in_one_line(tmp_path, capsys, old):
     data = tiny_data(n_batches=2)

@@ -7,7 +7,6 @@ Ray comes with the ``dev`` extra (``pip install -e '.[dev]'``), so these run in 
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from quantlens.analysis.api import make_config
 from quantlens.parallel import SweepRecipe, run_sweep
 from quantlens.parallel.ray_executor import RayExecutor, group_layers
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 TESTS = Path(__file__).parent
 
 

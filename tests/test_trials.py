@@ -36,11 +36,11 @@ def _net() -> nn.Module:
 def _cases():
     g = torch.Generator().manual_seed(2)
     data = [(torch.randn(8, 3, 12, 12, generator=g), None) for _ in range(3)]
-    yield "net", _net(), data, data[:2], 4, "kl"
-    yield "culprit", demo_culprit.model(), demo.data()[:2], demo.calib(), 4, "top1"
+    yield ("net", _net(), data, data[:2], 4, "kl")
+    yield pytest.param(("culprit", demo_culprit.model(), demo.data()[:2], demo.calib(), 4, "top1"), marks=pytest.mark.slow)
 
 
-@pytest.mark.parametrize("case", list(_cases()), ids=lambda c: c[0])
+@pytest.mark.parametrize("case", list(_cases()), ids=["net", "culprit"])
 def test_trials_equal_one_analyze_per_fixed_graph(case):
     _, model, data, calib, bits, metric = case
     sweep = analyze(model, data, w_bits=[bits], a_bits=8, metric=metric, calib=calib)

@@ -22,7 +22,6 @@ from typing import Optional, Union
 import torch
 
 from .analysis.network import QuantizedNetwork
-from .errors import QuantlensError
 from .jsonio import write_error
 
 __all__ = ["export", "weight_tensors"]

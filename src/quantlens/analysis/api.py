@@ -122,12 +122,7 @@ def analyze(
         sweep, state, store = run_sweep(
             recipe, data, calib, executor, cache, fresh, bar_factory=lambda n: make_progress(progress, n, "sweep")
         )
-    try:
-        result = sweep.result(state, time.perf_counter() - t0, model_name or type(model).__name__)
-    except BaseException:
-        if store is not None:
-            store.close()
-        raise
+    result = sweep.result(state, time.perf_counter() - t0, model_name or type(model).__name__)
     if store is not None:
-        store.clear()  # and its lock
+        store.clear()
     return result

@@ -56,8 +56,7 @@ def run_sweep(
             state = executor.run(recipe, sweep, data, store, bar)
         finally:
             bar.close()
-    except BaseException:
+    finally:
         if store is not None:
-            store.close()  # the checkpoints stay for a rerun; the lock goes
-        raise
+            store.close()  # the checkpoints stay (for a rerun, or until the caller clears them); the lock goes
     return sweep, state, store

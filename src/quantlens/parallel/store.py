@@ -138,10 +138,16 @@ class CheckpointStore:
                 p.unlink()
 
     def clear(self) -> None:
-        """Remove the cache directory (only if it is a quantlens cache) and release the lock."""
+        """Remove the cache directory (only if it is a quantlens cache), under its lock: a cache
+        another live run has taken meanwhile is left alone."""
         if not self.root.is_dir():
             self.close()
             return
+        if self.lock is None:
+            try:
+                self.lock = DirLock(self.root, "--cache").acquire()
+            except QuantlensError:
+                return
         if not (self.root / "header.json").exists() and any(p.name not in ("tasks", LOCK_NAME) for p in self.root.iterdir()):
             self.close()
             raise QuantlensError(f"--cache {self.root}: not a quantlens cache; not removing it")
