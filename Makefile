@@ -15,6 +15,9 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) install $(PIPFLAGS) -e '.[dev]'
+	# onnx2torch without its torchvision dependency: PyPI's torchvision does not import beside
+	# our CPU torch, and quantlens only needs torchvision for NMS / RoIAlign nodes
+	$(PIP) install $(PIPFLAGS) --no-deps 'onnx2torch>=1.5'
 	touch $@
 
 install: $(VENV)/.installed

@@ -9,7 +9,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -69,3 +69,29 @@ def photo_crops(n: int, batch: int, size: int = 224, seed: int = 0) -> list[tupl
         crops.append((crop[0] * 255.0 - 127.0) / 128.0)
     x = torch.stack(crops)
     return [(x[i : i + batch], None) for i in range(0, n, batch)]
+
+
+def docstrings(n: int, seed: int = 0) -> list[str]:
+    """``n`` first sentences of the standard library's docstrings (real English text that ships
+    with every Python), seeded order."""
+    import importlib
+    import inspect
+    import random
+
+    texts: list[str] = []
+    for mod in ("json", "collections", "os", "inspect", "functools", "itertools", "pathlib", "re", "string", "textwrap",
+                "statistics", "random", "heapq", "bisect", "shutil", "tempfile", "argparse", "logging", "csv", "datetime"):
+        m = importlib.import_module(mod)
+        for name in sorted(dir(m)):
+            doc = inspect.getdoc(getattr(m, name, None)) if not name.startswith("_") else None
+            if doc and len(doc) > 40:
+                texts.append(doc.split("\n\n")[0].replace("\n", " ")[:300])
+    random.Random(seed).shuffle(texts)
+    return texts[:n]
+
+
+def docstring_batches(tokenizer: Any, n: int, batch: int, seed: int = 0) -> list[dict]:
+    """``n`` docstring sentences in tokenizer batches (dicts of input_ids / attention_mask, padded per batch)."""
+    texts = docstrings(n, seed)
+    return [dict(tokenizer(texts[i : i + batch], return_tensors="pt", padding=True, truncation=True, max_length=128))
+            for i in range(0, len(texts), batch)]

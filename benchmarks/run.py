@@ -34,6 +34,7 @@ def plan(quick: bool) -> dict[str, dict]:
             "resnet18": {"images": 8, "batch": 8, "bits": [4, 8], "size": 224},
             "effnet-lite0": {"images": 8, "batch": 8, "bits": [4], "size": 224},
             "digits": {"bits": [3, 4, 5, 6, 7, 8]},
+            "minilm": {"images": 16, "batch": 8, "bits": [4]},
             "memory": {"images": [16, 160], "batch": 8, "bits": [8], "full_bits": [4, 8], "size": 112},
             "fix": {"images": 8, "batch": 8, "bits": 6, "size": 224},
         }
@@ -41,6 +42,7 @@ def plan(quick: bool) -> dict[str, dict]:
         "resnet18": {"images": 64, "batch": 32, "bits": [3, 4, 5, 6, 7, 8], "size": 224},
         "effnet-lite0": {"images": 16, "batch": 16, "bits": [4, 6, 8], "size": 224},
         "digits": {"bits": [3, 4, 5, 6, 7, 8]},
+        "minilm": {"images": 64, "batch": 16, "bits": [4, 6, 8]},
         "memory": {"images": [64, 640], "batch": 32, "bits": [8], "full_bits": [3, 4, 5, 6, 7, 8], "size": 224},
         "fix": {"images": 16, "batch": 16, "bits": 6, "size": 224},
     }
@@ -79,7 +81,11 @@ def _bound(subject: str, size: int) -> dict:
     from .flops import cone_fraction
     from .worker import SUBJECTS
 
-    model, _, _ = SUBJECTS[subject]({"images": 1, "batch": 1, "size": size})
+    model, data, _ = SUBJECTS[subject]({"images": 8, "batch": 8, "size": size})
+    if subject == "minilm":
+        from quantlens.analysis.data import iterate
+
+        return cone_fraction(model, next(iter(iterate(data)))[0])
     shape = (1, 1, 8, 8) if subject == "digits" else (1, 3, size, size)
     return cone_fraction(model, shape)
 
@@ -97,7 +103,7 @@ def run_pair(subject: str, p: dict, overhead: bool = False) -> dict:
     layers = len({c[0] for c in cone["cells"]})
     res = {**m, "ratio": ratio, "bound": bound["bound"], "max_rel_diff": compare(cone, naive)}
     _line(
-        f"{subject:13s} {layers:3d} layers x {len(p['bits'])} bits, {cone['num_samples']:4d} images | "
+        f"{subject:13s} {layers:3d} layers x {len(p['bits'])} bits, {cone['num_samples']:4d} {'texts' if subject == 'minilm' else 'images'} | "
         f"naive {naive['wall_s']:7.1f} s  quantlens {cone['wall_s']:7.1f} s  ratio {ratio:4.2f}x "
         f"(FLOP bound {bound['bound']:.2f}x; ratio = {100 * ratio / bound['bound']:.0f}% of the bound) | "
         f"max rel diff {res['max_rel_diff']:.1e} ({'equal' if res['max_rel_diff'] <= 1e-5 else 'DIFFERENT'} to 1e-5) | "
@@ -200,7 +206,7 @@ def run_fix(p: dict, before: str, after: str = "") -> dict:
 def main(argv: Any = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer images and bit-widths: a check in about a minute")
-    ap.add_argument("--only", default="resnet18,effnet-lite0,digits,memory,fix", help="comma-separated subjects")
+    ap.add_argument("--only", default="resnet18,effnet-lite0,digits,minilm,memory,fix", help="comma-separated subjects")
     ap.add_argument("--json", default=None, metavar="PATH", help="also write every measurement as JSON")
     ap.add_argument("--fix-before", default="8a6a9b5", metavar="REV",
                     help="git revision whose fix loop the `fix` subject times against this checkout (default: 8a6a9b5, before the trial runner)")

@@ -40,10 +40,19 @@ def _digits(p: dict) -> tuple[Any, Any, str]:
     return demo.model(), demo.data(), "top1"
 
 
+def _minilm(p: dict) -> tuple[Any, Any, str]:
+    from .data import docstring_batches
+    from .models import minilm
+
+    model, tokenizer = minilm()
+    return model, docstring_batches(tokenizer, p["images"], p["batch"]), "cosine"
+
+
 SUBJECTS: dict[str, Callable[[dict], tuple[Any, Any, str]]] = {
     "resnet18": _resnet18,
     "effnet-lite0": _effnet,
     "digits": _digits,
+    "minilm": _minilm,
 }
 
 
@@ -62,12 +71,12 @@ def _peak_rss_mb() -> float:
 
 def cone_pass_cost(sweep: Any, data: Any, repeats: int = 3) -> float:
     """Sum over batches, layers and bit-widths of the median time of one cone pass alone."""
-    from quantlens.analysis.data import iterate, to_device
+    from quantlens.analysis.data import iterate
 
     total = 0.0
     with torch.inference_mode():
         for inputs, _ in iterate(data):
-            _, cache = sweep.runner.float_pass(to_device(inputs, sweep.device))
+            _, cache = sweep.runner.float_pass(inputs.to(sweep.device))
             for i in sweep.layer_ids:
                 for b in sweep.config.w_bits:
                     w = sweep.qweights[(i, b)].weight

@@ -1,7 +1,8 @@
 """Load user objects from ``MOD:FN`` specs (the CLI's ``--model`` / ``--data``).
 
 ``MOD`` is an importable module name (the current directory is on the path) or a path to a
-``.py`` file; ``FN`` is a function in it, called with no arguments.
+``.py`` file; ``FN`` is a function in it, called with no arguments. ``--model`` also takes a
+``.onnx`` or ``.pt2`` file (:mod:`quantlens.model_files`).
 
 Example:
     >>> load_callable("math:pi")    # doctest: +SKIP
@@ -77,7 +78,11 @@ def _call(spec: str, option: str) -> Any:
 
 
 def load_model(spec: str, option: str = "--model") -> nn.Module:
-    """Call ``MOD:FN`` and check it returned an ``nn.Module``."""
+    """Call ``MOD:FN`` and check it returned an ``nn.Module``; or load a ``.onnx`` / ``.pt2`` file."""
+    from .model_files import MODEL_SUFFIXES, load_model_file
+
+    if spec.endswith(MODEL_SUFFIXES):
+        return load_model_file(spec)
     obj = _call(spec, option)
     if not isinstance(obj, nn.Module):
         raise QuantlensError(f"{option} {spec!r} returned {type(obj).__name__}, expected a torch.nn.Module")

@@ -277,9 +277,9 @@ class HookRunner(Runner):
             for i, (weight, iq, oq) in plan.items():
                 m = self.modules[i]
                 pre, post = hooks(i, iq, oq)
-                if weight is not None:
-                    originals.append((m, m.weight.data))
-                    m.weight.data = weight
+                if weight is not None:  # this module's parameter only: a tied weight (an embedding) stays float
+                    originals.append((m, m._parameters["weight"]))
+                    m._parameters["weight"] = nn.Parameter(weight, requires_grad=False)
                 handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
             with watch:
                 out = inputs.call(self.model)
@@ -287,5 +287,5 @@ class HookRunner(Runner):
             for h in handles:
                 h.remove()
             for m, w in reversed(originals):
-                m.weight.data = w
+                m._parameters["weight"] = w
         return out, taps

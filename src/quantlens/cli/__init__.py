@@ -21,8 +21,16 @@ __all__ = ["main", "COMMANDS"]
 COMMANDS = ["analyze", "demo", "info", "report", "compare", "fix", "additivity", "plan"]
 
 
+_plain_format = warnings.formatwarning
+
+
 def _format_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
-    return f"quantlens: warning: {message}\n"
+    """quantlens's own warnings as one line; torch's and the user's keep their origin (file:line: Category)."""
+    from ..errors import QuantlensWarning
+
+    if isinstance(category, type) and issubclass(category, QuantlensWarning):
+        return f"quantlens: warning: {message}\n"
+    return _plain_format(message, category, filename, lineno, line)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    before = warnings.formatwarning
     warnings.formatwarning = _format_warning  # type: ignore[assignment]
+    try:
+        return _main(argv)
+    finally:
+        warnings.formatwarning = before
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

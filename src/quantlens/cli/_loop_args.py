@@ -47,6 +47,11 @@ def load_inputs(args: argparse.Namespace, need_fx: bool = False) -> tuple[Any, A
 
     model = load_model(args.model)
     data = load_data(args.data)
+    if str(args.model).endswith(".onnx"):
+        from ..analysis.data import iterate
+        from ..model_files import check_onnx
+
+        check_onnx(args.model, model, next(iter(iterate(data, "--data")))[0])  # the conversion must be onnxruntime's model
     if need_fx:
         with preserve_model(model):
             capture_traceable(model, data)  # fail before the sweep, not after it

@@ -25,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_quant_args(p)
     p.add_argument("--reference", metavar="MOD:FN", help="float model to measure against (for a fine-tuned/QAT model)")
     p.add_argument("--engine", default="cone", choices=["cone", "naive", "hooks"], help="cone (default), naive or hooks")
+    p.add_argument("--capture", default="auto", choices=["auto", "fx", "export"],
+                   help="how the cone engine gets the graph: auto (torch.fx, then torch.export), fx or export")
     p.add_argument("--top", type=int, default=5, help="how many worst layers to print (default 5)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (results.json, results.csv)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -50,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         output_key=args.output_key,
         reference=reference,
         engine=args.engine,
+        capture=args.capture,
         progress=not args.no_progress,
         model_name=args.model,
         **scale_kwargs(args, out),

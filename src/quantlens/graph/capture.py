@@ -409,8 +409,11 @@ def capture(model: nn.Module, sample: Any = None, method: str = "auto") -> Layer
 
 
 def _prefer_export(model: nn.Module) -> bool:
-    """Hugging Face models are not fx-traceable by torch.fx itself: go to export directly."""
-    return type(model).__module__.startswith("transformers.")
+    """Go to torch.export first for Hugging Face models (torch.fx cannot trace them) and for a
+    program's module (``ExportedProgram.module()``: ATen ops, no layer modules for fx to find)."""
+    if type(model).__module__.startswith("transformers."):
+        return True
+    return isinstance(model, fx.GraphModule) and any(isinstance(n.target, torch._ops.OpOverload) for n in model.graph.nodes)
 
 
 def fx_capture(model: nn.Module) -> LayerGraph:

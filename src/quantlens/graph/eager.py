@@ -37,6 +37,7 @@ from torch.overrides import TorchFunctionMode
 from ..errors import QuantlensError
 from ..inputs import as_inputs
 from ..numerics import analysis_mode
+from .export import check_no_cache
 from .capture import (
     _ACT_FUNCTIONS,
     _ACT_METHODS,
@@ -208,6 +209,7 @@ def capture_eager(model: nn.Module, sample: Any) -> EagerGraph:
     ``sample``: the first batch's :class:`~quantlens.inputs.Inputs` (or a tuple of tensors)."""
     sample = as_inputs(sample)
     reference, first, calls, rec = _record(model, sample)
+    check_no_cache(reference)
     if not first:
         raise QuantlensError("the model has no quantizable layer: quantlens analyses Conv1d, Conv2d and Linear modules")
     bn_names = {m: n for n, m in model.named_modules() if isinstance(m, _BN_TYPES)}

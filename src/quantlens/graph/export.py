@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import io
 import logging
 import operator
@@ -42,7 +43,7 @@ from ..errors import QuantlensError
 from .capture import LayerGraph, _discover, _set_submodule, fuse_bn
 from .cone import fetch_attr
 
-__all__ = ["export_capture", "check_no_cache"]
+__all__ = ["export_capture", "check_no_cache", "quiet"]
 
 _aten = torch.ops.aten
 _LINEAR = {_aten.linear.default}
@@ -62,17 +63,19 @@ def check_no_cache(out: Any) -> None:
         raise QuantlensError("the model returns past_key_values (a KV cache): build it with `use_cache=False`")
 
 
-def _dynamic_shapes(args: tuple, kwargs: dict) -> tuple[Any, Any]:
+def _dynamic_shapes(model: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """Every dimension of every tensor argument left to export (``Dim.AUTO``), by parameter name."""
     auto = torch.export.Dim.AUTO
 
     def spec(v: Any) -> Any:
         return {d: auto for d in range(v.dim())} if isinstance(v, Tensor) and v.dim() else None
 
-    return tuple(pytree.tree_map(spec, list(args))), pytree.tree_map(spec, dict(kwargs))
+    bound = inspect.signature(model.forward).bind(*args, **kwargs)
+    return {name: pytree.tree_map(spec, value) for name, value in bound.arguments.items()}
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet() -> Iterator[None]:
     """Silence what torch.export prints while it works (its logs, graph dumps on failure, warnings);
     what the exported model says later, in the float pass, is shown as usual."""
     sink = io.StringIO()
@@ -86,9 +89,9 @@ def _quiet() -> Iterator[None]:
 
 
 def _export(model: nn.Module, args: tuple, kwargs: dict) -> torch.export.ExportedProgram:
-    with _quiet():
+    with quiet():
         try:
-            ep = torch.export.export(model, args, kwargs, dynamic_shapes=_dynamic_shapes(args, kwargs), strict=False)
+            ep = torch.export.export(model, args, kwargs, dynamic_shapes=_dynamic_shapes(model, args, kwargs), strict=False)
         except Exception:
             ep = torch.export.export(model, args, kwargs, strict=False)  # static shapes: every batch like the first
         return ep.run_decompositions({})
@@ -262,7 +265,8 @@ def _plain_graph(gm: fx.GraphModule) -> None:
 
 def export_capture(model: nn.Module, sample: Any) -> LayerGraph:
     """Capture ``model`` (a copy) with ``torch.export`` on the first batch's :class:`Inputs`."""
-    m = copy.deepcopy(model).eval()
+    with quiet():  # a program's module carries pytree specs whose copy warns
+        m = copy.deepcopy(model).eval()
     for p in m.parameters():
         p.requires_grad_(False)
     ep = _export(m, tuple(sample.args), dict(sample.kwargs))
