@@ -97,6 +97,7 @@ def test_bad_batches_are_one_line(batch, message):
 
 
 # ---- fx == export == hooks == naive -------------------------------------------------------
+@pytest.mark.slow
 def test_export_capture_equals_fx_on_the_test_net():
     net, data = tiny_net(), tiny_data(2)
     fx = ql.analyze(net, data, w_bits=[3, 8], metric="agreement", capture="fx")
@@ -108,6 +109,7 @@ def test_export_capture_equals_fx_on_the_test_net():
     assert [c.mean_shift for c in ex.cells] == pytest.approx([c.mean_shift for c in fx.cells], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_export_capture_folds_batchnorm_and_keeps_the_model():
     net = tiny_net()
     before = {k: v.clone() for k, v in net.state_dict().items()}
@@ -119,6 +121,7 @@ def test_export_capture_folds_batchnorm_and_keeps_the_model():
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
 
 
+@pytest.mark.slow
 def test_dict_batches_all_paths_agree():
     net, data = TokenNet().eval(), token_data()
     torch.manual_seed(0)
@@ -176,6 +179,7 @@ def test_causal_lms_run_on_the_cone_engine(build, n_layers, first):
     same_cells(hooks, cone, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_a_model_that_returns_a_kv_cache_is_one_line():
     with pytest.raises(ql.QuantlensError, match="use_cache=False"):
         ql.analyze(_llama(use_cache=True), _ids(1), w_bits=[4], metric="kl")
@@ -223,6 +227,7 @@ def test_cli_takes_model_files(digits_files, tmp_path, capsys):
         assert rc == 0 and (tmp_path / f / "results.json").is_file()
 
 
+@pytest.mark.slow
 def test_bad_model_files_are_one_line(digits_files, tmp_path, capsys):
     import onnx
     from onnx import TensorProto, helper
