@@ -53,6 +53,12 @@ def _as_inputs(inputs: Any, index: int) -> Inputs:
         return Inputs((inputs,))
     if isinstance(inputs, Mapping):
         kwargs = {str(k): v for k, v in inputs.items()}
+        for k, v in kwargs.items():
+            if _numbers(v):
+                raise QuantlensError(
+                    f"batch {index}: {k!r} is a {type(v).__name__} of numbers where the model needs a tensor: build the "
+                    "batch with tensors (a tokenizer's return_tensors='pt', or torch.tensor(...))"
+                )
         if not any(isinstance(v, Tensor) for v in kwargs.values()):
             raise QuantlensError(f"batch {index}: a mapping batch needs at least one tensor value, got keys {sorted(kwargs)}")
         return Inputs((), kwargs)
@@ -68,6 +74,13 @@ def _as_inputs(inputs: Any, index: int) -> Inputs:
         f"batch {index}: inputs must be a tensor, a tuple of tensors or a mapping of keyword arguments, "
         f"got {type(inputs).__name__}"
     )
+
+
+def _numbers(v: Any) -> bool:
+    """Whether ``v`` is a (nested) list or tuple of plain numbers: tensor data not made a tensor."""
+    if not isinstance(v, (list, tuple)) or not v:
+        return False
+    return all(isinstance(x, (int, float)) and not isinstance(x, bool) or _numbers(x) for x in v)
 
 
 def normalize_batch(batch: Any, index: int = 0) -> Batch:

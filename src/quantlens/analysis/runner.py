@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from ..config import QuantSpec
 from ..errors import QuantlensError
-from ..graph.capture import Layer, LayerGraph, _layer_kind
+from ..graph.capture import Layer, LayerGraph, _layer_kind, layer_op, transposed_linear
 from ..graph.cone import Cone, build_cache_module, build_cone, input_node
 from ..graph.eager import ActivationWatch, EagerLayer, capture_eager
 from ..memory import trim_heap
@@ -173,14 +173,16 @@ class HookRunner(Runner):
         self.eager = eg.layers
         self.modules = [l.module for l in eg.layers]
         self.layers = [
-            Layer(i, l.name, type(l.module).__name__, _layer_kind(l.module), l.name, None, l.act, int(l.module.weight.numel()))
+            Layer(i, l.name, layer_op(l.module), _layer_kind(l.module), l.name, None, l.act, int(l.module.weight.numel()))
             for i, l in enumerate(eg.layers)
         ]
         self.in_q = [ActQuantizer().to(self.device) for _ in self.layers]
         self.out_q = [ActQuantizer().to(self.device) for _ in self.layers]
 
     def float_weight(self, i: int) -> Tensor:
-        return self.modules[i].weight.detach()
+        """The weight as ``[out, in, ...]`` (a transposed Linear's ``W^T``)."""
+        m = self.modules[i]
+        return m.weight.detach().t() if transposed_linear(m) else m.weight.detach()
 
     def float_pass(self, inputs: Inputs) -> tuple[Any, dict[str, Any]]:
         cache: dict[str, Any] = {}
@@ -279,7 +281,8 @@ class HookRunner(Runner):
                 pre, post = hooks(i, iq, oq)
                 if weight is not None:  # this module's parameter only: a tied weight (an embedding) stays float
                     originals.append((m, m._parameters["weight"]))
-                    m._parameters["weight"] = nn.Parameter(weight, requires_grad=False)
+                    stored = weight.t().contiguous() if transposed_linear(m) else weight
+                    m._parameters["weight"] = nn.Parameter(stored, requires_grad=False)
                 handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
             with watch:
                 out = inputs.call(self.model)

@@ -33,7 +33,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 from ..errors import QuantlensError
 from ..inputs import as_inputs
 
-__all__ = ["Layer", "LayerGraph", "capture", "fx_capture", "CAPTURE_METHODS", "CaptureError", "LAYER_TYPES", "activation_name", "bind_placeholders"]
+__all__ = ["Layer", "LayerGraph", "capture", "fx_capture", "CAPTURE_METHODS", "CaptureError", "LAYER_TYPES", "is_layer_module", "layer_op", "transposed_linear", "activation_name", "bind_placeholders"]
 
 LAYER_TYPES: tuple[type, ...] = (nn.Conv1d, nn.Conv2d, nn.Linear)
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -138,8 +138,25 @@ def activation_name(gm: fx.GraphModule, node: fx.Node) -> Optional[str]:
     return None
 
 
+def transposed_linear(m: nn.Module) -> bool:
+    """A Linear that stores its weight as ``[in, out]`` and computes ``addmm(b, x, W)``: the
+    ``Conv1D`` of Hugging Face's GPT-2 (its ``nf`` is the output width)."""
+    w = getattr(m, "weight", None)
+    return type(m).__name__ == "Conv1D" and isinstance(w, torch.Tensor) and w.dim() == 2 and getattr(m, "nf", None) == w.shape[1]
+
+
+def is_layer_module(m: nn.Module) -> bool:
+    """Conv1d, Conv2d, Linear, or a transposed Linear (:func:`transposed_linear`)."""
+    return isinstance(m, LAYER_TYPES) or transposed_linear(m)
+
+
+def layer_op(m: nn.Module) -> str:
+    """The op name a layer module reports: its class, ``Linear`` for a transposed Linear."""
+    return "Linear" if transposed_linear(m) else type(m).__name__
+
+
 def _layer_kind(m: nn.Module) -> str:
-    if isinstance(m, nn.Linear):
+    if isinstance(m, nn.Linear) or transposed_linear(m):
         return "linear"
     assert isinstance(m, (nn.Conv1d, nn.Conv2d))
     if m.groups == 1:

@@ -43,7 +43,7 @@ from .capture import (
     _ACT_METHODS,
     _BN_TYPES,
     _INPLACE_FUNCTIONS,
-    LAYER_TYPES,
+    is_layer_module,
     _set_submodule,
     fuse_bn,
 )
@@ -165,7 +165,7 @@ def _act_name(u: _Use) -> str:
 
 def _record(model: nn.Module, sample: Any) -> tuple[Any, list[tuple[str, nn.Module, Tensor]], dict[str, int], _Recorder]:
     """One forward pass: (output, [(layer name, module, first output)], call counts, recorder)."""
-    names = {m: n for n, m in model.named_modules() if isinstance(m, LAYER_TYPES)}
+    names = {m: n for n, m in model.named_modules() if is_layer_module(m)}
     calls: dict[str, int] = {}
     first: list[tuple[str, nn.Module, Tensor]] = []
     rec = _Recorder()
