@@ -9,7 +9,7 @@ PIP    := $(BIN)/python -m pip
 # constraints.txt pins the local CPU wheel of torch on our machines; users bring their own torch.
 PIPFLAGS := -q --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo demo-lm test venv install install-dev bench bench-quick clean
+.PHONY: demo demo-lm test test-fast venv install install-dev bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ demo-lm: install
 
 test: install-dev
 	$(BIN)/python -m pytest tests
+
+# the quick loop while working: everything but the end-to-end tests marked `slow`
+test-fast: install-dev
+	$(BIN)/python -m pytest tests -m "not slow"
 
 bench: install-dev
 	$(PIP) install $(PIPFLAGS) -e '.[dev,bench]'

@@ -7,7 +7,10 @@ that both give the same cells (1e-5 relative) and prints wall times, the ratio n
 quantlens and the FLOP bound of that ratio. Memory is measured through
 :func:`quantlens.analyze` in fresh processes (peak resident memory, ``VmHWM``): the
 ResNet-18 3..8 sweep, and N vs 10 N images (streaming). On the digits demo it also prints
-the sweep's batch loop time over the measured cost of its cone passes (bookkeeping).
+the sweep's batch loop time over the measured cost of its cone passes (bookkeeping). The ``fix``
+subject times ``quantlens fix``'s loop on EfficientNet-Lite0 (real weights, real photos) at 6 bits
+in this checkout and in an older revision (``--fix-before``), each in a fresh process on the same
+data, with wall, user and system CPU time, and checks that both give the same numbers.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ def plan(quick: bool) -> dict[str, dict]:
             "digits": {"bits": [3, 4, 5, 6, 7, 8]},
             "minilm": {"images": 16, "batch": 8, "bits": [4]},
             "memory": {"images": [16, 160], "batch": 8, "bits": [8], "full_bits": [4, 8], "size": 112},
+            "fix": {"images": 8, "batch": 8, "bits": 6, "size": 224},
         }
     return {
         "resnet18": {"images": 64, "batch": 32, "bits": [3, 4, 5, 6, 7, 8], "size": 224},
@@ -40,6 +44,7 @@ def plan(quick: bool) -> dict[str, dict]:
         "digits": {"bits": [3, 4, 5, 6, 7, 8]},
         "minilm": {"images": 64, "batch": 16, "bits": [4, 6, 8]},
         "memory": {"images": [64, 640], "batch": 32, "bits": [8], "full_bits": [3, 4, 5, 6, 7, 8], "size": 224},
+        "fix": {"images": 16, "batch": 16, "bits": 6, "size": 224},
     }
 
 
@@ -135,11 +140,77 @@ def run_memory(p: dict) -> dict:
     return {"full": full, "small": small, "large": large, "ratio": ratio}
 
 
+def _fix_worker(params: dict, src: str) -> dict:
+    """:mod:`benchmarks.fixbench` in a fresh process with ``src`` first on ``PYTHONPATH``."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, root])}
+    p = subprocess.run([sys.executable, "-m", "benchmarks.fixbench", json.dumps(params)], cwd=root, env=env,
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"fix worker failed ({src}):\n{p.stderr[-3000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def _checkout(rev: str) -> str:
+    """``src/`` of git revision ``rev`` of this repository, extracted into a temporary directory."""
+    import tempfile
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    d = tempfile.mkdtemp(prefix="quantlens-before-")
+    archive = subprocess.run(["git", "archive", rev, "src"], cwd=root, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", d], input=archive, check=True)
+    return os.path.join(d, "src")
+
+
+def _fix_diff(a: dict, b: dict, ignore: tuple = ("percentile",)) -> float:
+    """Largest relative difference between two fix runs' trials and Table 1 rows (inf if they differ
+    in kind). Trials of the fixes in ``ignore`` and rows that used them are left out: the
+    ``percentile`` fix's default changed from 99.0 to 99.99 with the trial runner, by design."""
+    if a["culprits"] != b["culprits"]:
+        return math.inf
+    ta = [t for t in a["trials"] if t[1] not in ignore]
+    tb = [t for t in b["trials"] if t[1] not in ignore]
+    if [t[:2] for t in ta] != [t[:2] for t in tb]:
+        return math.inf
+    worst = 0.0
+    for x, y in zip(ta, tb):
+        worst = max(worst, _rel(x[2], y[2]), _rel(x[3], y[3]))
+    ra = {r[0]: r for r in a["rows"] if not any(f in r[0] for f in ignore)}
+    rb = {r[0]: r for r in b["rows"] if not any(f in r[0] for f in ignore)}
+    for m in set(ra) & set(rb):
+        if m == "local" and (a.get("local_fixes") != b.get("local_fixes")):
+            continue  # a different choice (the percentile trial changed): not comparable
+        worst = max(worst, *(_rel(u, v) for u, v in zip(ra[m][1:], rb[m][1:])))
+    return worst
+
+
+def run_fix(p: dict, before: str, after: str = "") -> dict:
+    """``quantlens fix``'s loop on EfficientNet-Lite0: revision ``before`` against ``after`` (default:
+    this checkout's ``src``), same data, each in a fresh process."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    old = _fix_worker(p, _checkout(before))
+    new = _fix_worker(p, _checkout(after) if after else os.path.join(root, "src"))
+    diff = _fix_diff(old, new)
+
+    def cpu(m: dict) -> str:
+        total = m["user_s"] + m["sys_s"]
+        return (f"wall {m['wall_s']:6.1f} s, CPU {total:6.1f} s (user {m['user_s']:.1f}, system {m['sys_s']:.1f} = "
+                f"{100 * m['sys_s'] / max(total, 1e-9):.0f}%)")
+
+    _line(f"{'fix':13s} EfficientNet-Lite0, {p['images']} photos, {p['bits']}-bit weights, {len(new['trials'])} trials + "
+          f"{len(new['rows'])} rows | before ({before}) {cpu(old)} | after {cpu(new)} | "
+          f"{old['wall_s'] / new['wall_s']:.1f}x faster | max rel diff {diff:.1e} ({'same numbers' if diff <= 1e-6 else 'DIFFERENT'}; percentile trials left out: default 99.0 -> 99.99)")
+    return {"before": old, "after": new, "ratio": old["wall_s"] / new["wall_s"], "max_rel_diff": diff, "before_rev": before}
+
+
 def main(argv: Any = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer images and bit-widths: a check in about a minute")
-    ap.add_argument("--only", default="resnet18,effnet-lite0,digits,minilm,memory", help="comma-separated subjects")
+    ap.add_argument("--only", default="resnet18,effnet-lite0,digits,minilm,memory,fix", help="comma-separated subjects")
     ap.add_argument("--json", default=None, metavar="PATH", help="also write every measurement as JSON")
+    ap.add_argument("--fix-before", default="8a6a9b5", metavar="REV",
+                    help="git revision whose fix loop the `fix` subject times against this checkout (default: 8a6a9b5, before the trial runner)")
+    ap.add_argument("--fix-after", default="", metavar="REV", help="time this git revision's fix loop instead of the checkout's src/")
     args = ap.parse_args(argv)
     import torch
 
@@ -152,6 +223,8 @@ def main(argv: Any = None) -> int:
     for name in only:
         if name == "memory":
             out[name] = run_memory(cfg["memory"])
+        elif name == "fix":
+            out[name] = run_fix(cfg["fix"], args.fix_before, args.fix_after)
         else:
             out[name] = run_pair(name, cfg[name], overhead=(name == "digits"))
     _line(f"total {time.perf_counter() - t0:.0f} s")

@@ -51,10 +51,17 @@ def _weight_scale(w: torch.Tensor, bits: int) -> float:
     return float(s) if float(s) > 0 else 1.0
 
 
-def naive_sweep(model, data, w_bits, a_bits=8, layer_names=None, only=None):
+def naive_sweep(model, data, w_bits, a_bits=8, layer_names=None, metric=None, only=None):
     """{(layer, bits): (noise, sqnr_db, top1_agreement_with_float)} by full forward passes.
 
-    ``only``: quantize just that source of the layer (``weights``, ``input`` or ``output``)."""
+    ``only``: quantize just that source of the layer (``weights``, ``input`` or ``output``).
+    With ``metric`` (a registered name), each value also carries the metric of the quantized
+    output against the float one and the layer's relative output mean shift
+    ``mean_c |E[o_q - o]_c| / std(o)_c`` (channels with ``std > 1e-12``):
+    ``(noise, sqnr_db, agreement, metric, mean_shift)``.
+    """
+    from quantlens.metrics import make_metric
+
     g = capture(model)
     gm = g.gm
     # the capture must compute the model (so that a capture error cannot hide behind the
@@ -103,13 +110,33 @@ def naive_sweep(model, data, w_bits, a_bits=8, layer_names=None, only=None):
                 q.recompile()
             noise = signal = 0.0
             agree = n = 0
-            for x, _ in data:
-                y = gm(x).double()
-                yq = q(x).double()
+            met = make_metric(metric) if metric is not None else None
+            shift = fsum = fsq = None
+            cnt = 0
+            for x, labels in data:
+                y32, yq32 = gm(x), q(x)
+                y, yq = y32.double(), yq32.double()
                 noise += float(((y - yq) ** 2).reshape(len(y), -1).sum())
                 signal += float((y**2).reshape(len(y), -1).sum())
                 agree += int((y.argmax(1) == yq.argmax(1)).sum())
                 n += len(y)
+                if met is not None:
+                    met.update(y32, yq32, labels)
+                    o = _node_values(gm, x)[l.output_node].double()
+                    oq = _node_values(q, x)[qo.name if a_bits is not None else l.output_node].double()
+                    axis = o.dim() - 1 if l.op == "Linear" else 1
+                    dims = [d for d in range(o.dim()) if d != axis]
+                    d = (oq - o).sum(dims)
+                    shift = d if shift is None else shift + d
+                    fsum = o.sum(dims) if fsum is None else fsum + o.sum(dims)
+                    fsq = (o * o).sum(dims) if fsq is None else fsq + (o * o).sum(dims)
+                    cnt += o.numel() // o.shape[axis]
             sqnr = 10 * math.log10(signal / noise) if noise > 0 else math.inf
-            out[(l.name, b)] = (noise / n, sqnr, agree / n)
+            if met is None:
+                out[(l.name, b)] = (noise / n, sqnr, agree / n)
+                continue
+            std = (fsq / cnt - (fsum / cnt) ** 2).clamp(min=0).sqrt()
+            ok = std > 1e-12
+            ms = float(((shift / cnt).abs()[ok] / std[ok]).mean()) if bool(ok.any()) else math.nan
+            out[(l.name, b)] = (noise / n, sqnr, agree / n, met.compute(), ms)
     return out

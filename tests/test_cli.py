@@ -70,6 +70,7 @@ def user_files(tmp_path):
     return tmp_path, models
 
 
+@pytest.mark.slow
 def test_cli_analyze_end_to_end(user_files, tmp_path, capsys):
     d, models = user_files
     out = tmp_path / "run"
@@ -156,6 +157,7 @@ def test_cli_out_is_a_file(user_files, tmp_path, capsys):
     assert rc == 2 and "not a directory" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_demo_subprocess(tmp_path):
     """`quantlens demo` as a user runs it: a separate process, the console script's module."""
     out = tmp_path / "demo"

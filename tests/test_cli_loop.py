@@ -56,6 +56,7 @@ def _args(mod: str, *extra: str) -> list[str]:
     return ["--model", f"{mod}:model", "--data", f"{mod}:data", "--calib", f"{mod}:calib", *extra]
 
 
+@pytest.mark.slow
 def test_fix_end_to_end(files, capsys):
     d, mod, sweep = files
     out = d / "fix"
@@ -75,6 +76,7 @@ def test_fix_end_to_end(files, capsys):
     assert "Table 1" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_additivity_and_plan_end_to_end(files, capsys):
     d, mod, sweep = files
     out = d / "add"

@@ -13,6 +13,7 @@ from quantlens.qconfig import LayerQuant, QuantConfig
 from quantlens.quant.conventions import conventions, get_convention
 from quantlens.quant.observers import MinMaxObserver as QLMinMax
 from quantlens.quant.quantizer import ActQuantizer, quantize_weight
+from quantlens.workload import Workload
 
 
 def test_registry_and_grids():
@@ -102,7 +103,7 @@ def test_onnxruntime_quantize_static_scales_and_accuracy(ort_models, bits):
     from quantlens.runtime.ort import RuntimeSession
 
     data = demo.data()
-    m = NetworkMeasurer(demo.model(), data, calib=demo.calib())
+    m = NetworkMeasurer(Workload(demo.model(), data, demo.calib()))
     pred = {}
     for conv in ("onnxruntime", "quantlens"):
         qnet = m.build(QuantConfig.uniform(m.names, w_bits=bits, convention=conv))
@@ -145,7 +146,7 @@ def test_sweep_under_a_convention_matches_the_whole_network_measurement():
     data = tiny_data(n_batches=2)
     sweep = ql.analyze(tiny_net(), data, config=make_config([4], 8, convention="onnxruntime"), metric="agreement")
     assert sweep.config["weight"]["convention"] == "onnxruntime"
-    m = NetworkMeasurer(tiny_net(), data, metric="agreement")
+    m = NetworkMeasurer(Workload(tiny_net(), data, metric="agreement"))
     for layer in ("stem", "fc1"):
         one = m(QuantConfig(((layer, LayerQuant(4, 8, convention="onnxruntime")),)))
         cell = sweep.cell(layer, 4)

@@ -16,6 +16,8 @@ from quantlens.analysis.fixloop import FixResult, fix_loop
 from quantlens.guard import state_fingerprint
 from quantlens.qconfig import QuantConfig
 
+pytestmark = pytest.mark.slow  # end to end: `pytest -m 'not slow'` skips it
+
 
 @pytest.fixture(scope="module")
 def culprit():

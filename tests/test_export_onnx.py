@@ -31,11 +31,12 @@ from quantlens.guard import state_fingerprint  # noqa: E402
 from quantlens.qconfig import QuantConfig  # noqa: E402
 from quantlens.runtime.ort import RuntimeSession  # noqa: E402
 from quantlens.runtime.verify import VerifyResult, compare_outputs  # noqa: E402
+from quantlens.workload import Workload
 
 
 @pytest.fixture(scope="module")
 def measurer():
-    return NetworkMeasurer(tiny_net(), tiny_data(n_batches=2))
+    return NetworkMeasurer(Workload(tiny_net(), tiny_data(n_batches=2)))
 
 
 def _run_both(path, qnet, data):
@@ -133,7 +134,7 @@ def _tiny_files(tmp_path, cfg=None):
         def wrong():
             return [(torch.randn(4, 3, 5, 5), torch.zeros(4, dtype=torch.long))]
     """))
-    m = NetworkMeasurer(tiny_net(), tiny_data(n_batches=2))
+    m = NetworkMeasurer(Workload(tiny_net(), tiny_data(n_batches=2)))
     cfg = cfg or QuantConfig.uniform(m.names, w_bits=4, granularity="per-channel").with_layer("b1", fixes=("sawb",))
     run = tmp_path / "run"
     run.mkdir()
@@ -183,7 +184,7 @@ def test_verify_result_flags_a_difference_beyond_its_interval():
     ],
 )
 def test_user_errors_are_one_line(tmp_path, capsys, case, message):
-    m = NetworkMeasurer(tiny_net(), tiny_data(n_batches=1))
+    m = NetworkMeasurer(Workload(tiny_net(), tiny_data(n_batches=1)))
     cfg = {
         "unknown-layer": QuantConfig.uniform(m.names + ["nope"], w_bits=8),
         "wide-bits": QuantConfig.uniform(m.names, w_bits=8).with_layer("stem", w_bits=12),

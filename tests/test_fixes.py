@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import math
 
 import pytest
+from helpers import close
 import torch
 import torch.nn as nn
 from models import tiny_data, tiny_net
 from single_thread import one_thread  # noqa: F401  (module fixture: one intra-op thread)
 
+from quantlens.workload import Workload
 from quantlens import QuantlensError
 from quantlens.analysis.measure import NetworkMeasurer
 from quantlens.fixes import FixContext, apply_fixes, fixes, make_fix
@@ -36,13 +37,26 @@ def test_registry_lists_every_fix():
 def test_fix_returns_a_new_graph_and_leaves_model_and_graph_bitwise_equal(name):
     net, g, cfg = _graph_and_cfg(4)
     before_model, before_graph = state_fingerprint(net), state_fingerprint(g.gm)
-    out = make_fix(name, FixContext(cfg, tiny_data(1))).apply(g, [l.name for l in g.layers])
+    # the percentile default (99.99) keeps every weight of layers this small: clip at the 99th
+    ctx = FixContext(cfg, tiny_data(1), percentile=99.0) if name == "percentile" else FixContext(cfg, tiny_data(1))
+    out = make_fix(name, ctx).apply(g, [l.name for l in g.layers])
     assert out is not g and out.gm is not g.gm
     for fp, mod in ((before_model, net), (before_graph, g.gm)):
         now = state_fingerprint(mod)
         assert all(torch.equal(fp[k], now[k]) for k in fp)
     changed = any(not torch.equal(a, b) for a, b in zip(g.gm.state_dict().values(), out.gm.state_dict().values()))
     assert changed, f"{name} changed nothing on a 4-bit tiny net"
+
+
+def test_one_percentile_default_and_the_layer_spec_keeps_asymmetric_weights():
+    from quantlens.config import DEFAULT_PERCENTILE, QuantSpec
+    from quantlens.qconfig import LayerQuant
+
+    assert FixContext(QuantConfig()).percentile == QuantSpec().percentile == DEFAULT_PERCENTILE == 99.99
+    spec = LayerQuant(4, symmetric=False).weight_spec("sawb")
+    assert (spec.symmetric, spec.estimator, spec.qmin, spec.qmax) == (False, "sawb", 0, 15)
+    assert LayerQuant.from_dict(LayerQuant(4, symmetric=False).to_dict()).symmetric is False
+    assert LayerQuant.from_dict({"w_bits": 4}).symmetric is True  # configs written before the field
 
 
 def test_sawb_clip_is_the_formula_and_covers_8_bits():
@@ -163,7 +177,7 @@ def test_bias_correction_removes_the_pre_activation_mean_shift():
     after = _pre_activation_shift(fixed, g, cfg, data, names)
     for n in names:
         assert after[n] < 1e-4 + 0.05 * before[n], (n, before[n], after[n])
-    m = NetworkMeasurer(net, data, metric="mse")
+    m = NetworkMeasurer(Workload(net, data, metric="mse"))
     assert m(cfg.with_fix("bias_correction", names)).noise < m(cfg).noise
 
 
@@ -213,12 +227,18 @@ class _CalledTwice(nn.Module):
 def test_a_module_called_twice_is_quantized_and_fixed_without_changing_its_other_call():
     torch.manual_seed(0)
     data = [(torch.randn(16, 8), torch.randint(0, 3, (16,))) for _ in range(2)]
-    meas = NetworkMeasurer(_CalledTwice().eval(), data, metric="kl")
+    model = _CalledTwice().eval()
+    meas = NetworkMeasurer(Workload(model, data, metric="kl"))
     assert meas.names == ["fc", "fc:1", "out"]
     base = QuantConfig.uniform(meas.names, 4)
     assert meas(base).degradation > 0
     for fix in ("sawb", "bias_correction", "equalize"):
-        assert math.isfinite(meas(base.with_fix(fix, meas.names)).degradation)
+        cfg = base.with_fix(fix, meas.names)
+        got = meas(cfg)
+        # oracle: the fix applied by hand, then the fixed float network quantized without fixes
+        fixed = make_fix(fix, FixContext(base, data)).apply(meas.graph, meas.names)
+        want = NetworkMeasurer(Workload(fixed.gm, data, metric="kl", reference=model))(base)
+        assert close(got.degradation, want.degradation, rel=1e-6) and close(got.noise, want.noise, rel=1e-6), fix
     g = meas.graph
     assert [(p.l1, p.l2) for p in equalizable_pairs(g)] == []  # fc is shared: not rescaled
     g2 = make_fix("bias_correction", FixContext(base, data)).apply(g, meas.names)

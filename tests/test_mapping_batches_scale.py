@@ -27,6 +27,7 @@ def test_cache_resumes_and_checks_mapping_batches(tmp_path):
     assert resumed.cells == serial.cells and resumed.num_samples == serial.num_samples
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_ray_shards_mapping_batches():
     net, data = TokenNet().eval(), token_data()

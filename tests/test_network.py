@@ -7,6 +7,7 @@ import torch
 from models import tiny_data, tiny_net
 from single_thread import one_thread  # noqa: F401  (module fixture: one intra-op thread)
 
+from quantlens.workload import Workload
 from quantlens import QuantlensError, analyze
 from quantlens.analysis.measure import NetworkMeasurer, NetworkResult, quantize_network
 from quantlens.config import PerChannel
@@ -66,7 +67,7 @@ def test_one_layer_config_matches_the_sweep_cell():
     """With a single layer configured, the full-network builder is the cone engine's cell."""
     net, data = tiny_net(), tiny_data(3)
     sweep = analyze(net, data, w_bits=[4], a_bits=8, metric="mse", layers=["dw", "b2"])
-    m = NetworkMeasurer(net, data, metric="mse")
+    m = NetworkMeasurer(Workload(net, data, metric="mse"))
     for name in ("dw", "b2"):
         r = m(QuantConfig.uniform([name], w_bits=4), mean_shift=True)
         cell = sweep.cell(name, 4)
@@ -79,7 +80,7 @@ def test_joint_quantization_is_noisier_than_any_single_layer_and_round_trips():
     net, data = tiny_net(), tiny_data(2)
     g = capture(net)
     names = [l.name for l in g.layers]
-    m = NetworkMeasurer(net, data, metric="mse")
+    m = NetworkMeasurer(Workload(net, data, metric="mse"))
     joint = m(QuantConfig.uniform(names, w_bits=4), mean_shift=True)
     singles = [m(QuantConfig.uniform([n], w_bits=4)).noise for n in names]
     assert joint.noise > max(singles)

@@ -35,6 +35,7 @@ def _cli(user: str, out: Path, *extra: str) -> list[str]:
             "--metric", "kl", "--w-bits", "3-8", "--out", str(out), "--no-progress", *extra]
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
     user = _user_file(tmp_path, n_batches=40)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -126,6 +127,7 @@ def test_fresh_discards_and_foreign_directory_is_kept(tmp_path):
     assert (foreign / "notes.txt").exists()
 
 
+@pytest.mark.slow
 def test_default_path_never_imports_ray(tmp_path):
     user = _user_file(tmp_path, n_batches=1)
     code = textwrap.dedent(f"""

@@ -25,8 +25,9 @@ from .errors import QuantlensError
 from .graph import LayerGraph, capture
 from .metrics import make_metric, metrics, register_metric
 from .qconfig import LayerQuant, QuantConfig
+from .workload import RunOptions, Workload
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402
 
 __all__ = [
     "analyze",
@@ -52,6 +53,8 @@ __all__ = [
     "quantize_network",
     "export_onnx",
     "verify_export",
+    "Workload",
+    "RunOptions",
     "__version__",
 ]
 

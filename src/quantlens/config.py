@@ -36,10 +36,15 @@ __all__ = [
     "check_bits",
     "MIN_BITS",
     "MAX_BITS",
+    "DEFAULT_PERCENTILE",
 ]
 
 MIN_BITS = 2
 MAX_BITS = 16
+#: The one percentile default: the ``percentile`` range estimator (weights and activations) and
+#: the ``percentile`` clipping fix keep the central 99.99% of the values (``|w|``'s 99.99th
+#: percentile for symmetric weights), clipping only rare outliers.
+DEFAULT_PERCENTILE = 99.99
 
 
 @dataclass(frozen=True)
@@ -129,7 +134,7 @@ class QuantSpec:
     symmetric: bool = True
     granularity: Granularity = field(default_factory=PerTensor)
     estimator: str = "minmax"
-    percentile: float = 99.99
+    percentile: float = DEFAULT_PERCENTILE
     convention: str = "quantlens"
 
     def __post_init__(self) -> None:
@@ -191,7 +196,7 @@ class QuantSpec:
             symmetric=bool(d["symmetric"]),
             granularity=parse_granularity(d["granularity"]),
             estimator=d.get("estimator", "minmax"),
-            percentile=float(d.get("percentile", 99.99)),
+            percentile=float(d.get("percentile", DEFAULT_PERCENTILE)),
             convention=str(d.get("convention", "quantlens")),
         )
 

@@ -3,7 +3,9 @@
 Every file quantlens writes (``results.json``, ``fix.json``, ``additivity.json``,
 ``plan.json``, ``quant_config.json``) carries a ``"schema"`` string. JSON has no NaN/Inf, so
 non-finite floats are written as ``null`` and read back as NaN (:func:`num`). A write goes to
-``NAME.tmp`` first and is renamed over ``NAME``, so a killed process never leaves half a file.
+``NAME.tmp`` first and is renamed over ``NAME``, so a killed process never leaves half a file;
+a write that fails (the disk is full) removes its temporary file, leaves the old ``NAME`` as it
+was and raises one line (:func:`write_error`).
 
 Example:
     >>> d = clean({"a": float("nan"), "b": [1.0, float("inf")]})
@@ -15,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -23,7 +26,7 @@ from typing import Any, Optional, Union
 
 from .errors import QuantlensError
 
-__all__ = ["clean", "num", "dump", "load", "write_atomic", "NAN"]
+__all__ = ["clean", "num", "dump", "load", "write_atomic", "write_error", "NAN"]
 
 NAN = float("nan")  # one NaN object: dataclasses holding it compare equal after a JSON round trip
 
@@ -55,12 +58,16 @@ def write_atomic(path: Source, text: str, fsync: bool = False) -> None:
     """
     p = Path(path)
     tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        if fsync:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, p)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            _write(f, text)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except OSError as e:
+        _unlink(tmp)
+        raise write_error(p, e) from None
     if fsync:
         try:
             fd = os.open(p.parent, os.O_RDONLY)
@@ -70,6 +77,35 @@ def write_atomic(path: Source, text: str, fsync: bool = False) -> None:
                 os.close(fd)
         except OSError:  # pragma: no cover - directories cannot be fsynced everywhere
             pass
+
+
+def _write(f: Any, text: str) -> None:
+    f.write(text)
+
+
+def _unlink(p: Path) -> None:
+    try:
+        p.unlink()
+    except OSError:
+        pass
+
+
+def write_error(path: Source, e: OSError) -> QuantlensError:
+    """The one line for a failed write of ``path``: what happened, and that the old file is intact.
+
+    Example:
+        >>> import errno
+        >>> print(write_error("out/results.json", OSError(errno.ENOSPC, "No space left on device")))
+        cannot write out/results.json: the disk is full (No space left on device); any earlier results.json is intact: free some space and rerun
+    """
+    name = Path(path).name
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        why = f"the disk is full ({e.strerror})"
+        todo = "free some space and rerun"
+    else:
+        why = e.strerror or type(e).__name__
+        todo = "check the directory and its permissions"
+    return QuantlensError(f"cannot write {path}: {why}; any earlier {name} is intact: {todo}")
 
 
 def dump(d: dict, path: Optional[Source] = None) -> str:

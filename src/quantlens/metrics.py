@@ -65,13 +65,7 @@ __all__ = [
 ]
 
 
-def degradation(baseline: float, value: float, higher_is_better: bool) -> float:
-    """The sign rule: ``baseline - value`` if higher is better, else ``value - baseline`` (positive = worse).
-
-    >>> degradation(0.9, 0.8, True), degradation(0.1, 0.3, False)
-    (0.09999999999999998, 0.19999999999999998)
-    """
-    return (baseline - value) if higher_is_better else (value - baseline)
+from .degradation import degradation  # noqa: E402  (the one sign rule, re-exported)
 
 
 class Metric(Protocol):

@@ -32,6 +32,7 @@ from typing import Any, Optional, Sequence, Union
 
 from . import jsonio
 from .analysis.results import SweepResult
+from .degradation import positive_part
 from .errors import QuantlensError
 
 __all__ = ["PLAN_SCHEMA", "mckp", "LayerPlan", "PlanResult", "plan_bits", "budget_capacity", "run_plan"]
@@ -100,7 +101,7 @@ def plan_bits(sweep: SweepResult, capacity: int, bits: Optional[Sequence[int]] =
         group = []
         for b in bits:
             c = sweep.cell(n, b)
-            deg = 0.0 if math.isnan(c.degradation) else round(max(0.0, c.degradation), 9)
+            deg = round(positive_part(c.degradation), 9)
             group.append((params[n] * b, (deg, 0.0 if math.isnan(c.noise) else c.noise)))
         options.append(group)
     lowest = sum(params[n] * bits[0] for n in sweep.layer_names)
@@ -235,22 +236,26 @@ def run_plan(
     output_key: Any = None,
     sweep: Optional[SweepResult] = None,
     convention: str = "quantlens",
+    progress: bool = False,
 ) -> PlanResult:
-    """Sweep (unless given), plan under the budget, and measure the plan and the uniform baseline.
+    """Sweep (unless given), plan under the budget, and measure the plan and the uniform baseline
+    (``progress``: bars with an ETA on stderr, for the sweep and the two measurements).
 
     Example:
         >>> from quantlens import demo                                         # doctest: +SKIP
         >>> run_plan(demo.model(), demo.data(), budget=5.0).measured           # doctest: +SKIP
     """
     from .analysis.api import analyze, make_config
-    from .analysis.measure_eager import make_measurer
+    from .analysis.measure import make_measurer
     from .analysis.role_sweep import role_members
+    from .workload import RunOptions, Workload
     from .config import parse_granularity
+    from .progress import make_progress
     from .qconfig import LayerQuant, QuantConfig
 
     if sweep is None:
         sweep = analyze(model, data, config=make_config(w_bits, a_bits, granularity, convention=convention), metric=metric, calib=calib,
-                        reference=reference, device=device, output_key=output_key)
+                        reference=reference, device=device, output_key=output_key, progress=progress)
     bits = [b for b in sweep.w_bits if b in set(w_bits)]
     if not bits:
         raise QuantlensError(f"the sweep has none of the bit-widths {list(w_bits)} (it has {sweep.w_bits})")
@@ -264,17 +269,23 @@ def run_plan(
         """Per-layer settings; a role's bits go to every layer of the role."""
         return QuantConfig(tuple((l, LayerQuant(b, a_bits, g, convention=convention)) for n, b in bits_of for l in (members[n] if members else [n])))
 
-    measurer = make_measurer(model, data, calib=calib, metric=metric, reference=reference, device=device, output_key=output_key)
-    res = measurer(config([(p.layer, p.w_bits) for p in plan]))
+    measurer = make_measurer(Workload(model, data, calib, metric, reference, output_key), RunOptions(device))
     fits = [b for b in bits if b * total <= cap]
     ub = max(fits) if fits else None
-    if ub is not None:
-        uni = measurer(config([(n, ub) for n in sweep.layer_names]))
-        u_pred, u_meas, u_metric = sum(sweep.cell(n, ub).degradation for n in sweep.layer_names), uni.degradation, uni.metric
-        u_ci = (uni.ci_low, uni.ci_high)
-    else:
-        u_pred = u_meas = u_metric = float("nan")
-        u_ci = (jsonio.NAN, jsonio.NAN)
+    bar = make_progress(progress, 1 + (ub is not None), "plan")
+    try:
+        res = measurer(config([(p.layer, p.w_bits) for p in plan]))
+        bar.advance()
+        if ub is not None:
+            uni = measurer(config([(n, ub) for n in sweep.layer_names]))
+            u_pred, u_meas, u_metric = sum(sweep.cell(n, ub).degradation for n in sweep.layer_names), uni.degradation, uni.metric
+            u_ci = (uni.ci_low, uni.ci_high)
+            bar.advance()
+        else:
+            u_pred = u_meas = u_metric = float("nan")
+            u_ci = (jsonio.NAN, jsonio.NAN)
+    finally:
+        bar.close()
     extra = {}
     if members:
         extra = {"group_by": "role", "layer_bits": {l: p.w_bits for p in plan for l in members[p.layer]}}

@@ -1,7 +1,7 @@
 """Progress reporting: a rich progress bar with an ETA, or nothing.
 
-``make_progress(enabled, total, label)`` returns an object with ``advance(n)`` and
-``close()``; when disabled both are no-ops.
+``make_progress(enabled, total, label)`` returns an object with ``advance(n)``,
+``set_total(n)`` and ``close()``; when disabled they are no-ops.
 """
 
 from __future__ import annotations
@@ -15,6 +15,9 @@ __all__ = ["make_progress", "Progress"]
 class Progress:
     def advance(self, n: int = 1) -> None:
         pass
+
+    def set_total(self, total: int) -> None:
+        """Correct the number of steps once it is known exactly."""
 
     def close(self) -> None:
         pass
@@ -50,6 +53,9 @@ class _RichProgress(Progress):
 
     def advance(self, n: int = 1) -> None:
         self._p.advance(self._task, n)
+
+    def set_total(self, total: int) -> None:
+        self._p.update(self._task, total=total)
 
     def close(self) -> None:
         self._p.stop()

@@ -3,7 +3,8 @@
 A :class:`QuantConfig` maps each layer name to a :class:`LayerQuant` (weight bits, activation
 bits, weight granularity, weight range estimator, fixes). Every layer it names is quantized
 at once by :func:`quantlens.analysis.network.quantize_network`; a layer it does not name stays
-float. Weights use the symmetric signed grid, activations the asymmetric unsigned grid
+float. Weights use the symmetric signed grid (or, with ``symmetric=False``, the unsigned affine
+one), activations the asymmetric unsigned grid
 (see :class:`~quantlens.config.QuantSpec`); ``a_bits=None`` keeps a layer's input and output
 in float, ``w_bits=None`` its weights.
 
@@ -38,7 +39,7 @@ class LayerQuant:
     """How one layer is quantized in a full-network configuration.
 
     Attributes:
-        w_bits: weight bits (symmetric, signed grid), or None for float weights.
+        w_bits: weight bits, or None for float weights.
         a_bits: bits of the layer's input (on its own edge) and of its output after the
             activation (asymmetric grid), or None for float activations.
         granularity: of the weight scale.
@@ -46,6 +47,10 @@ class LayerQuant:
         fixes: names of registered fixes applied to this layer (see :mod:`quantlens.fixes`).
         convention: the quantizer convention of a tool (grid and scale rule per bit-width,
             :mod:`quantlens.quant.conventions`); ``quantlens`` by default.
+        symmetric: weights on the signed symmetric grid (default) or the unsigned affine one.
+
+    :meth:`weight_spec` and :meth:`act_spec` are the one place a layer's quantizers are
+    described: the sweep, the whole-network measurer and the fixes all build theirs from them.
     """
 
     w_bits: Optional[int] = 8
@@ -54,6 +59,7 @@ class LayerQuant:
     estimator: str = "minmax"
     fixes: tuple[str, ...] = ()
     convention: str = "quantlens"
+    symmetric: bool = True
 
     def __post_init__(self) -> None:
         if self.w_bits is not None:
@@ -67,10 +73,12 @@ class LayerQuant:
         if not isinstance(self.fixes, tuple):
             object.__setattr__(self, "fixes", tuple(self.fixes))
 
-    def weight_spec(self) -> Optional[QuantSpec]:
+    def weight_spec(self, estimator: Optional[str] = None) -> Optional[QuantSpec]:
+        """The layer's weight quantizer (``estimator`` overrides its range estimator), or None."""
         if self.w_bits is None:
             return None
-        return QuantSpec(bits=self.w_bits, symmetric=True, granularity=self.granularity, estimator=self.estimator, convention=self.convention)
+        return QuantSpec(bits=self.w_bits, symmetric=self.symmetric, granularity=self.granularity, estimator=estimator or self.estimator,
+                         convention=self.convention)
 
     def act_spec(self, estimator: str = "minmax") -> Optional[QuantSpec]:
         if self.a_bits is None:
@@ -84,6 +92,7 @@ class LayerQuant:
             "granularity": str(self.granularity),
             "estimator": self.estimator,
             "fixes": list(self.fixes),
+            "symmetric": self.symmetric,
         }
         if self.convention != "quantlens":
             d["convention"] = self.convention
@@ -99,6 +108,7 @@ class LayerQuant:
                 estimator=str(d.get("estimator", "minmax")),
                 fixes=tuple(str(f) for f in d.get("fixes", ())),
                 convention=str(d.get("convention", "quantlens")),
+                symmetric=bool(d.get("symmetric", True)),
             )
         except (TypeError, ValueError, AttributeError) as e:
             raise QuantlensError(f"bad layer entry in the quantization config: {e}") from None
@@ -134,10 +144,11 @@ class QuantConfig:
         estimator: str = "minmax",
         act_estimator: str = "minmax",
         convention: str = "quantlens",
+        symmetric: bool = True,
     ) -> "QuantConfig":
         """Every named layer with the same settings."""
         g = parse_granularity(granularity) if isinstance(granularity, str) else granularity
-        lq = LayerQuant(w_bits, a_bits, g, estimator, convention=convention)
+        lq = LayerQuant(w_bits, a_bits, g, estimator, convention=convention, symmetric=symmetric)
         return cls(tuple((n, lq) for n in names), act_estimator)
 
     def with_layer(self, name: str, **changes: object) -> "QuantConfig":

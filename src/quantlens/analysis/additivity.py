@@ -33,6 +33,7 @@ from .. import jsonio
 from ..config import parse_granularity
 from ..errors import QuantlensError
 from ..jsonio import num as _num
+from ..progress import make_progress
 from ..qconfig import LayerQuant, QuantConfig
 from .results import SweepResult
 
@@ -204,8 +205,10 @@ def additivity(
     granularity: str = "per-tensor",
     shift_threshold: float = 0.1,
     model_name: str = "",
+    progress: bool = False,
 ) -> AdditivityResult:
-    """Run the additivity experiment given a sweep at ``low`` and ``high`` bits.
+    """Run the additivity experiment given a sweep at ``low`` and ``high`` bits (``progress``: a
+    bar with an ETA on stderr, one step per whole-network measurement).
 
     ``measure(config, mean_shift)`` quantizes the network with ``config`` and returns a
     :class:`~quantlens.analysis.measure.NetworkResult` (a
@@ -221,16 +224,22 @@ def additivity(
     names = sweep.layer_names
     g = parse_granularity(granularity)
     points = []
-    for subset in random_subsets(names, configs, seed):
-        low_set = set(subset)
-        cfg = QuantConfig(tuple((n, LayerQuant(low if n in low_set else high, a_bits, g)) for n in names))
-        res = measure(cfg, False)
-        cells = [sweep.cell(n, low if n in low_set else high) for n in names]
-        points.append(
-            AdditivityPoint(subset, sum(c.degradation for c in cells), res.degradation, sum(c.noise for c in cells), res.noise,
-                            res.ci_low, res.ci_high)
-        )
-    joint = measure(QuantConfig(tuple((n, LayerQuant(low, a_bits, g)) for n in names)), True)
+    bar = make_progress(progress, configs + 1, "additivity")
+    try:
+        for subset in random_subsets(names, configs, seed):
+            low_set = set(subset)
+            cfg = QuantConfig(tuple((n, LayerQuant(low if n in low_set else high, a_bits, g)) for n in names))
+            res = measure(cfg, False)
+            cells = [sweep.cell(n, low if n in low_set else high) for n in names]
+            points.append(
+                AdditivityPoint(subset, sum(c.degradation for c in cells), res.degradation, sum(c.noise for c in cells), res.noise,
+                                res.ci_low, res.ci_high)
+            )
+            bar.advance()
+        joint = measure(QuantConfig(tuple((n, LayerQuant(low, a_bits, g)) for n in names)), True)
+        bar.advance()
+    finally:
+        bar.close()
     kinds = {l.name: l.kind for l in sweep.layers}
     shifts = []
     for n in names:
@@ -259,6 +268,7 @@ def run_additivity(
     shift_threshold: float = 0.1,
     sweep: Optional[SweepResult] = None,
     model_name: str = "",
+    progress: bool = False,
 ) -> AdditivityResult:
     """Sweep ``model`` at ``low`` and ``high`` bits (unless ``sweep`` is given), then :func:`additivity`.
 
@@ -268,15 +278,16 @@ def run_additivity(
         >>> r.pearson_r, r.slope                                                    # doctest: +SKIP
     """
     from .api import analyze
-    from .measure_eager import make_measurer
+    from ..workload import RunOptions, Workload
+    from .measure import make_measurer
 
     if sweep is None:
         sweep = analyze(
             model, data, w_bits=sorted({low, high}), a_bits=a_bits, granularity=granularity, metric=metric, calib=calib,
-            reference=reference, device=device, output_key=output_key, model_name=model_name,
+            reference=reference, device=device, output_key=output_key, model_name=model_name, progress=progress,
         )
-    measurer = make_measurer(model, data, calib=calib, metric=metric, reference=reference, device=device, output_key=output_key)
+    measurer = make_measurer(Workload(model, data, calib, metric, reference, output_key), RunOptions(device))
     return additivity(
         sweep, measurer, low=low, high=high, configs=configs, seed=seed, a_bits=a_bits, granularity=granularity,
-        shift_threshold=shift_threshold, model_name=model_name or type(model).__name__,
+        shift_threshold=shift_threshold, model_name=model_name or type(model).__name__, progress=progress,
     )

@@ -24,13 +24,15 @@ from typing import Any, Optional, Sequence, Union
 from torch import nn
 
 from .. import jsonio
-from ..config import QuantSpec, SweepConfig, parse_granularity
 from ..errors import QuantlensError
 from ..fixes import FixContext, check_fix, make_fix
 from ..jsonio import num as _num
 from ..qconfig import QuantConfig
+from ..progress import make_progress
+from ..workload import RunOptions, Workload
 from .measure import NetworkMeasurer
 from .results import SweepResult
+from .trials import TrialCell, TrialRunner
 
 __all__ = ["FIX_SCHEMA", "DEFAULT_FIXES", "GLOBAL_ROWS", "FixRow", "LocalTrial", "FixResult", "rank_culprits", "fix_loop"]
 
@@ -140,14 +142,6 @@ def rank_culprits(sweep: SweepResult, bits: int, k: int = 3) -> list[str]:
     return [c.layer for c in sweep.worst(bits, k=len(sweep.layers)) if c.degradation > 0][:k]
 
 
-def _local_cell(measurer: NetworkMeasurer, graph: Any, layer: str, sweep_cfg: SweepConfig, reference: nn.Module) -> Any:
-    from .api import analyze
-
-    r = analyze(graph.gm, measurer.data, config=sweep_cfg, metric=measurer.metric, calib=measurer.calib,
-                reference=reference, device=measurer.device, output_key=measurer.output_key, layers=[layer])
-    return r.cell(layer, sweep_cfg.w_bits[0])
-
-
 def _gain_significant(naive: Any, fixed: Any) -> Optional[bool]:
     """Whether ``fixed`` (a cell) is significantly better than ``naive`` (None without intervals)."""
     from ..stats.resolve import separated
@@ -175,10 +169,13 @@ def fix_loop(
     device: Any = "cpu",
     output_key: Any = None,
     model_name: str = "",
+    progress: bool = False,
 ) -> tuple[FixResult, NetworkMeasurer]:
     """Run steps 1-3 of the module docstring; returns the result and the measurer used.
 
-    ``candidates``: fixes tried on each culprit; ``top``: at most this many culprits;
+    ``candidates``: fixes tried on each culprit, all measured together by a
+    :class:`~quantlens.analysis.trials.TrialRunner` (one float pass per batch, each trial's cone
+    only); ``top``: at most this many culprits; ``progress``: a bar with an ETA on stderr;
     ``global_rows``: the fix sets applied to every layer for the ``global:...`` rows (the
     contract's three by default; each fix chosen locally is added as ``global:<fix>``).
     """
@@ -186,42 +183,44 @@ def fix_loop(
         check_fix(f)
     if w_bits not in sweep.w_bits:
         raise QuantlensError(f"the sweep has no cells at {w_bits} bits (it has {sweep.w_bits})")
-    measurer = NetworkMeasurer(model, data, calib=calib, metric=metric, reference=reference, device=device, output_key=output_key)
+    measurer = NetworkMeasurer(Workload(model, data, calib, metric, reference, output_key), RunOptions(device))
     names = measurer.names
     naive = QuantConfig.uniform(names, w_bits, a_bits, granularity)
-    g = parse_granularity(granularity)
-    sweep_cfg = SweepConfig(w_bits=(w_bits,), a_bits=a_bits, weight=QuantSpec(bits=w_bits, granularity=g))
-    ref_module = measurer.reference_module if measurer.reference_module is not None else measurer.float_gm
     culprits = rank_culprits(sweep, w_bits, top)
-    trials: list[LocalTrial] = []
-    chosen = naive
-    for layer in culprits:
-        naive_cell = sweep.cell(layer, w_bits)
-        base = naive_cell.degradation
-        ctx = FixContext(QuantConfig(((layer, naive.layer(layer)),)), measurer.calib, measurer.device)  # the cell's network
-        results = []
-        for f in candidates:
-            fixed = make_fix(f, ctx).apply(measurer.graph, [layer])
-            c = _local_cell(measurer, fixed, layer, sweep_cfg, ref_module)
-            results.append((c.degradation, c.noise, f, c))
-        best = min(results, key=lambda t: t[:3]) if results else None
-        keep = best is not None and best[0] < base
-        for deg, noise, f, c in results:
-            trials.append(LocalTrial(layer, f, deg, noise, base, keep and f == best[2], c.ci_low, c.ci_high,  # type: ignore[index]
-                                     _gain_significant(naive_cell, c)))
-        if keep:
-            chosen = chosen.with_fix(best[2], [layer])  # type: ignore[index]
-    rows = [_row("float", measurer(QuantConfig())), _row("naive", measurer(naive))]
     global_sets = [tuple(fs) for fs in global_rows]
-    for fs in chosen.fix_layers():
-        if (fs,) not in global_sets:
-            global_sets.append((fs,))
-    for fs in global_sets:
-        cfg = naive
-        for f in fs:
-            cfg = cfg.with_fix(f, names)
-        rows.append(_row("global:" + "+".join(fs), measurer(cfg)))
-    rows.append(_row("local", measurer(chosen), {n: list(lq.fixes) for n, lq in chosen.layers if lq.fixes}))
+    bar = make_progress(progress, _batches(measurer, len(culprits) * len(candidates) > 0) + _row_steps(global_sets, candidates), "fix")
+    try:
+        cells = _local_cells(measurer, naive, culprits, candidates, bar.advance)
+        trials: list[LocalTrial] = []
+        chosen = naive
+        for layer in culprits:
+            naive_cell = sweep.cell(layer, w_bits)
+            base = naive_cell.degradation
+            results = [(cells[(layer, f)].degradation, cells[(layer, f)].noise, f) for f in candidates]
+            best = min(results) if results else None
+            keep = best is not None and best[0] < base
+            for deg, noise, f in results:
+                c = cells[(layer, f)]
+                trials.append(LocalTrial(layer, f, deg, noise, base, keep and f == best[2], c.ci_low, c.ci_high,  # type: ignore[index]
+                                         _gain_significant(naive_cell, c)))
+            if keep:
+                chosen = chosen.with_fix(best[2], [layer])  # type: ignore[index]
+        rows = [_row("float", measurer(QuantConfig())), _row("naive", measurer(naive))]
+        bar.advance(2)
+        for fs in chosen.fix_layers():
+            if (fs,) not in global_sets:
+                global_sets.append((fs,))
+        bar.set_total(_batches(measurer, bool(cells)) + 3 + len(global_sets))
+        for fs in global_sets:
+            cfg = naive
+            for f in fs:
+                cfg = cfg.with_fix(f, names)
+            rows.append(_row("global:" + "+".join(fs), measurer(cfg)))
+            bar.advance()
+        rows.append(_row("local", measurer(chosen), {n: list(lq.fixes) for n, lq in chosen.layers if lq.fixes}))
+        bar.advance()
+    finally:
+        bar.close()
     return (
         FixResult(sweep.metric_name, sweep.higher_is_better, w_bits, a_bits, tuple(culprits), tuple(trials), tuple(rows), chosen,
                   sweep.num_samples, model_name),
@@ -231,3 +230,44 @@ def fix_loop(
 
 def _row(method: str, r: Any, fixes: Optional[dict] = None) -> FixRow:
     return FixRow(method, r.metric, r.degradation, r.noise, r.sqnr_db, fixes or {}, r.ci_low, r.ci_high)
+
+
+def _local_cells(measurer: NetworkMeasurer, naive: QuantConfig, culprits: Sequence[str], candidates: Sequence[str],
+                 advance: Any) -> dict[tuple[str, str], TrialCell]:
+    """Each ``(culprit, fix)``'s single-layer cell: the fix applied to the culprit alone, the
+    culprit quantized as ``naive`` says, every other layer float."""
+    if not culprits or not candidates:
+        return {}
+    keys, trials = [], []
+    for layer in culprits:
+        ctx = FixContext(QuantConfig(((layer, naive.layer(layer)),)), measurer.calib, measurer.device)  # the cell's network
+        for f in candidates:
+            keys.append((layer, f))
+            trials.append((layer, make_fix(f, ctx).apply(measurer.graph, [layer])))
+    lq = naive.layer(culprits[0])
+    wspec = lq.weight_spec()
+    assert wspec is not None
+    ref = measurer.cached_reference
+    runner = TrialRunner(measurer.graph, lambda b, inputs: ref.get(b, inputs, measurer.output_key), wspec, lq.act_spec(naive.act_estimator), measurer.device,
+                         measurer.output_key)
+    cells = runner.run(trials, measurer.data, measurer.calib, measurer.metric, on_batch=advance)
+    return dict(zip(keys, cells))
+
+
+def _batches(measurer: NetworkMeasurer, trials: bool) -> int:
+    """Progress steps of the local trials: one per calibration batch and one per data batch."""
+    if not trials:
+        return 0
+    return _count(measurer.calib) + _count(measurer.data)
+
+
+def _count(data: Any) -> int:
+    try:
+        return len(data)
+    except TypeError:
+        return 0
+
+
+def _row_steps(global_sets: Sequence[tuple[str, ...]], candidates: Sequence[str]) -> int:
+    """Whole-network rows: float, naive, each global set, one per fix that may be chosen locally, local."""
+    return 3 + len(global_sets) + len({f for f in candidates if (f,) not in global_sets})

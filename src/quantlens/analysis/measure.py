@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional, Union
 
@@ -24,20 +25,24 @@ import torch
 from torch import Tensor, nn
 
 from .. import jsonio
-from ..errors import QuantlensError
+from ..degradation import degradation
+from ..errors import QuantlensError, QuantlensWarning
 from ..graph.capture import CaptureError, LayerGraph, capture
 from ..graph.cone import build_cache_module
 from ..guard import preserve_model
 from ..jsonio import num as _num
-from ..metrics import Metric, degradation, make_metric, update_metric
+from ..metrics import Metric, make_metric, update_metric
 from ..numerics import analysis_mode
-from ..qconfig import QuantConfig
+from ..qconfig import LayerQuant, QuantConfig
 from ..stats.intervals import metric_interval
+from ..workload import RunOptions, Workload
 from .accumulate import CellAccumulator, ChannelStats, ShiftAccumulator, channel_axis
 from .data import Inputs, extract_output, iterate
-from .network import QuantizedNetwork, build_quantized, calibrate_ranges
+from .network import QuantizedNetwork, build_quantized, calibrate_ranges, layer_quantizers
+from .runner import HookRunner
 
-__all__ = ["NetworkResult", "NetworkMeasurer", "UntraceableError", "capture_traceable", "evaluate_network", "score_network", "quantize_network", "reference_fn", "graph_fn", "MeasurerBase"]
+__all__ = ["NetworkResult", "MeasurerBase", "NetworkMeasurer", "EagerNetworkMeasurer", "make_measurer", "UntraceableError", "capture_traceable",
+           "evaluate_network", "score_network", "quantize_network", "reference_fn", "graph_fn", "Workload", "RunOptions"]
 
 
 @dataclass(frozen=True)
@@ -234,22 +239,6 @@ def reference_fn(float_fn: Callable[[Inputs], Any], reference: Optional[nn.Modul
     return lambda inputs: inputs.call(ref)
 
 
-class MeasurerBase:
-    """What both measurers keep: data, calibration data, metric, and the reference with its cached outputs."""
-
-    names: list[str]
-
-    def _keep(self, data: Iterable[Any], calib: Optional[Iterable[Any]], metric: Any, output_key: Any, reference: Callable[[Inputs], Any]) -> None:
-        self.reference = reference
-        self.cached_reference = _CachedReference(reference)
-        self._observers: dict[str, tuple[dict, dict]] = {}
-        self.data, self.calib = data, (calib if calib is not None else data)
-        self.metric, self.output_key = metric, output_key
-
-    def __call__(self, config: QuantConfig, mean_shift: bool = False) -> NetworkResult:  # pragma: no cover
-        raise NotImplementedError
-
-
 def _on_device(data: Iterable[Any], device: torch.device) -> list:
     """The first batch of ``data`` on ``device`` (what a capture is made from)."""
     inputs, labels = next(iter(iterate(data, "data")))
@@ -278,32 +267,57 @@ def capture_traceable(model: nn.Module, data: Optional[Iterable[Any]] = None) ->
         ) from None
 
 
-class NetworkMeasurer(MeasurerBase):
-    """Capture a model once, then quantize and measure it under many configurations.
+class MeasurerBase:
+    """A measurer: capture a model once (its engine), then quantize and measure it under many
+    configurations, ``measurer(config) -> NetworkResult``. The user's model is only read, here.
 
-    ``measurer(config)`` applies the config's fixes to a copy of the captured float graph,
-    builds the quantized network (activation ranges calibrated on that float graph) and
-    evaluates it against the reference. The user's model is only read, at construction.
+    The engines differ in how they run a network with every layer of a config quantized
+    (:meth:`__call__`); the rest is one design: the workload's data, calibration data, metric and
+    reference (its outputs cached per batch), and the calibration tap, one streaming pass of
+    :meth:`~quantlens.analysis.runner.Runner.observe` per range estimator, kept for every config.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        data: Iterable[Any],
-        *,
-        calib: Optional[Iterable[Any]] = None,
-        metric: Union[str, Callable[..., Any], Metric] = "top1",
-        reference: Optional[nn.Module] = None,
-        device: Union[str, torch.device] = "cpu",
-        output_key: Union[str, int, None] = None,
-    ) -> None:
-        self.device = torch.device(device)
-        with preserve_model(model):
-            self.graph = capture_traceable(model, _on_device(data, self.device))
-            self.graph.gm.to(self.device)
+    names: list[str]
+
+    def __init__(self, workload: Workload, options: RunOptions = RunOptions()) -> None:
+        self.workload, self.options = workload, options
+        self.device = options.torch_device
+        self.data, self.calib = workload.data, workload.calib_data
+        self.metric, self.output_key = workload.metric, workload.output_key
+        self._observers: dict[str, tuple[dict, dict]] = {}
+        with preserve_model(workload.model):
+            float_fn = self._prepare(workload.model)
+        self.reference = reference_fn(float_fn, workload.reference, self.device)
+        self.cached_reference = _CachedReference(self.reference)
+
+    def _prepare(self, model: nn.Module) -> Callable[[Inputs], Any]:  # pragma: no cover - interface
+        """Capture ``model`` (a copy); return its float function ``inputs -> output``."""
+        raise NotImplementedError
+
+    def _tap(self, estimator: str) -> tuple[dict, dict]:  # pragma: no cover - interface
+        """Observers of every layer's input and output over the calibration data, by layer name."""
+        raise NotImplementedError
+
+    def observers(self, estimator: str) -> tuple[dict, dict]:
+        """:meth:`_tap` for ``estimator``, run once and kept."""
+        if estimator not in self._observers:
+            self._observers[estimator] = self._tap(estimator)
+        return self._observers[estimator]
+
+    def __call__(self, config: QuantConfig, mean_shift: bool = False) -> NetworkResult:  # pragma: no cover
+        raise NotImplementedError
+
+
+class NetworkMeasurer(MeasurerBase):
+    """The traced engine: ``measurer(config)`` applies the config's fixes to a copy of the
+    captured float graph, compiles the quantized network (activation ranges from that float
+    graph) and evaluates it against the reference (see :class:`MeasurerBase`)."""
+
+    def _prepare(self, model: nn.Module) -> Callable[[Inputs], Any]:
+        self.graph = capture_traceable(model, _on_device(self.data, self.device))
+        self.graph.gm.to(self.device)
         self.float_gm = copy.deepcopy(self.graph.gm)
-        self.reference_module = None if reference is None else copy.deepcopy(reference).eval().to(self.device)
-        self._keep(data, calib, metric, output_key, reference_fn(graph_fn(self.graph, self.float_gm), reference, self.device))
+        return graph_fn(self.graph, self.float_gm)
 
     @property
     def names(self) -> list[str]:
@@ -312,6 +326,9 @@ class NetworkMeasurer(MeasurerBase):
     @property
     def layers(self) -> list:
         return list(self.graph.layers)
+
+    def _tap(self, estimator: str) -> tuple[dict, dict]:
+        return calibrate_ranges(self.graph, QuantConfig.uniform(self.names, a_bits=8, act_estimator=estimator), self.calib, self.device)
 
     def fixed_graph(self, config: QuantConfig) -> LayerGraph:
         from ..fixes import apply_fixes
@@ -322,18 +339,89 @@ class NetworkMeasurer(MeasurerBase):
     def build(self, config: QuantConfig, mean_shift: bool = False) -> QuantizedNetwork:
         fixed = self.fixed_graph(config)
         taps = [fixed.layer(n).output_node for n in config.names] if mean_shift else []
-        observers = None
-        if fixed is self.graph:  # no fix: the float graph's statistics are the same every time
-            est = config.act_estimator
-            if est not in self._observers:
-                everything = QuantConfig.uniform(self.names, a_bits=8, act_estimator=est)
-                self._observers[est] = calibrate_ranges(self.graph, everything, self.calib, self.device)
-            observers = self._observers[est]
+        # no fix: the float graph's statistics are the same every time; a fix changes the float network
+        observers = self.observers(config.act_estimator) if fixed is self.graph else None
         return build_quantized(fixed, config, self.calib, self.device, taps, observers)
 
     def __call__(self, config: QuantConfig, mean_shift: bool = False) -> NetworkResult:
         qnet = self.build(config, mean_shift)
         return evaluate_network(qnet, self.data, self.cached_reference, self.metric, self.output_key, self.device)
+
+
+class EagerNetworkMeasurer(MeasurerBase):
+    """The hook engine, for a model neither torch.fx nor torch.export captures: forward hooks on
+    a prepared copy (:class:`~quantlens.analysis.runner.HookRunner`: BatchNorm folded,
+    activations fused) quantize every configured layer at once in one forward pass
+    (:meth:`~quantlens.analysis.runner.HookRunner.run_quantized`). Fixes are graph transforms,
+    so a configuration with fixes is refused here (see :class:`MeasurerBase`)."""
+
+    def _prepare(self, model: nn.Module) -> Callable[[Inputs], Any]:
+        first = next(iter(iterate(self.data, "data")))
+        self.runner = HookRunner(model, first[0].to(self.device), self.device)
+        for note in self.runner.notes:
+            warnings.warn(note, QuantlensWarning, stacklevel=4)
+        self._index = {l.name: i for i, l in enumerate(self.runner.layers)}
+        return lambda inputs: inputs.call(self.runner.model)
+
+    @property
+    def names(self) -> list[str]:
+        return [l.name for l in self.runner.layers]
+
+    @property
+    def layers(self) -> list:
+        return list(self.runner.layers)
+
+    def _tap(self, estimator: str) -> tuple[dict, dict]:
+        spec = LayerQuant(a_bits=8).act_spec(estimator)
+        ins, outs, _ = self.runner.observe(self.calib, range(len(self.names)), spec, self.device)
+        return {n: ins[i] for i, n in enumerate(self.names)}, {n: outs[i] for i, n in enumerate(self.names)}
+
+    def __call__(self, config: QuantConfig, mean_shift: bool = False) -> NetworkResult:
+        config.check_layers(self.names)
+        fixed = [n for n in config.names if config.layer(n).fixes]
+        if fixed:
+            raise QuantlensError(
+                f"fixes ({', '.join(config.layer(fixed[0]).fixes)} on {fixed[0]}) need a model torch.fx or torch.export can "
+                "capture; this one runs through forward hooks"
+            )
+        ins, outs = self.observers(config.act_estimator)
+        plan = {}
+        for n in config.names:
+            i = self._index[n]
+            qw, iq, oq = layer_quantizers(config.layer(n), config.act_estimator, self.runner.float_weight(i), ins[n], outs[n], self.device)
+            plan[i] = (None if qw is None else qw.weight, iq, oq)
+
+        def quantized(inputs: Inputs) -> tuple[Any, dict[str, Tensor]]:
+            out, taps = self.runner.run_quantized(inputs, plan)
+            return out, ({self.runner.layers[i].name: t for i, t in taps.items()} if mean_shift else {})
+
+        def floats(inputs: Inputs) -> dict[str, Tensor]:
+            _, cache = self.runner.float_pass(inputs)
+            return {n: cache[n][1] for n in config.names}
+
+        axes = {n: channel_axis(self.runner.layers[self._index[n]].op) for n in config.names}
+        return score_network(quantized, floats if mean_shift else None, axes, self.data, self.cached_reference,
+                             self.metric, self.output_key, self.device, config)
+
+
+def make_measurer(workload: Workload, options: RunOptions = RunOptions()) -> MeasurerBase:
+    """The traced measurer when torch.fx or torch.export captures the model, else the hook one (with a warning).
+
+    Example:
+        >>> m = make_measurer(Workload(untraceable_model, data, metric="kl"))   # doctest: +SKIP
+        >>> m(QuantConfig.uniform(m.names, w_bits=4)).degradation               # doctest: +SKIP
+    """
+    try:
+        return NetworkMeasurer(workload, options)
+    except UntraceableError as e:
+        warnings.warn(
+            f"{e.reason}; quantizing the whole network through forward hooks "
+            "instead: the same quantization (BatchNorm folded, activations fused), no fixes",
+            QuantlensWarning,
+            stacklevel=2,
+        )
+        return EagerNetworkMeasurer(workload, options)
+
 
 def quantize_network(
     model: nn.Module,
@@ -353,5 +441,5 @@ def quantize_network(
     section 4.3), else the model's own float output. ``mean_shift=True`` also measures each
     layer's output mean shift.
     """
-    m = NetworkMeasurer(model, data, calib=calib, metric=metric, reference=reference, device=device, output_key=output_key)
+    m = NetworkMeasurer(Workload(model, data, calib, metric, reference, output_key), RunOptions(device))
     return m(config, mean_shift)

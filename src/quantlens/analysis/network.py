@@ -21,21 +21,14 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Union
 
 import torch
-from torch import fx
+from torch import Tensor, fx
 
 from ..graph.capture import Layer, LayerGraph
-from ..graph.cone import QuantLayer, build_cache_module, fetch_attr, input_node
-from ..numerics import analysis_mode
-from ..qconfig import QuantConfig
-from ..quant.quantizer import (
-    ActQuantizer,
-    QuantizedWeight,
-    make_observer,
-    quantize_weight,
-)
-from .data import iterate
+from ..graph.cone import QuantLayer, fetch_attr
+from ..qconfig import LayerQuant, QuantConfig
+from ..quant.quantizer import ActQuantizer, QuantizedWeight, quantize_weight
 
-__all__ = ["QuantizedNetwork", "build_quantized", "calibrate_ranges"]
+__all__ = ["QuantizedNetwork", "build_quantized", "calibrate_ranges", "layer_quantizers"]
 
 
 @dataclass
@@ -74,23 +67,17 @@ class QuantizedNetwork:
 
 
 def calibrate_ranges(graph: LayerGraph, config: QuantConfig, calib: Iterable[Any], device: torch.device) -> tuple[dict, dict]:
-    """Observers of each configured layer's input and output over ``calib`` on the float graph."""
-    layers = [graph.layer(n) for n in config.names if config.layer(n).a_bits is not None]
-    ins_nodes = {l.name: input_node(graph, l) for l in layers}
-    cache_gm, keep = build_cache_module(graph, [ins_nodes[l.name] for l in layers] + [l.output_node for l in layers])
-    cache_gm.to(device)
-    ins = {l.name: make_observer(config.layer(l.name).act_spec(config.act_estimator)) for l in layers}
-    outs = {l.name: make_observer(config.layer(l.name).act_spec(config.act_estimator)) for l in layers}
-    if not layers:
-        return ins, outs
-    with analysis_mode():
-        for inputs, _ in iterate(calib, "calibration data"):
-            _, values = cache_gm(*graph.flat(inputs.to(device)))
-            vals = dict(zip(keep, values))
-            for l in layers:
-                ins[l.name].update(vals[ins_nodes[l.name]])
-                outs[l.name].update(vals[l.output_node])
-    return ins, outs
+    """Observers of each configured layer's input and output over ``calib`` on the float graph,
+    by name: the engine's one calibration tap (:meth:`~quantlens.analysis.runner.Runner.observe`)."""
+    from .runner import ConeRunner
+
+    names = {n for n in config.names if config.layer(n).a_bits is not None}
+    ids = [i for i, l in enumerate(graph.layers) if l.name in names]
+    if not ids:
+        return {}, {}
+    spec = LayerQuant(a_bits=8).act_spec(config.act_estimator)  # the observer depends on the estimator only
+    ins, outs, _ = ConeRunner(graph, device, cones=False).observe(calib, ids, spec, torch.device(device))
+    return {graph.layers[i].name: ins[i] for i in ids}, {graph.layers[i].name: outs[i] for i in ids}
 
 
 def build_quantized(
@@ -133,32 +120,46 @@ def build_quantized(
             if n.op in ("call_module", "get_attr"):
                 modules[str(n.target)] = fetch_attr(gm, str(n.target))
         else:
-            new = _quantized_call(g, n, env, layer, config, qnet, modules, obs_in)
+            new = _quantized_call(g, n, env, layer, config, qnet, modules, obs_in, obs_out, device)
         env[n.name] = new
         lo = by_out.get(n.name)
-        if lo is not None and lo.name in obs_out:
-            q = ActQuantizer.from_spec(config.layer(lo.name).act_spec(config.act_estimator), obs_out[lo.name]).to(device)
+        if lo is not None and lo.name in qnet.out_q:
             key = f"ql_out_{lo.index}"
-            modules[key] = qnet.out_q[lo.name] = q
+            modules[key] = qnet.out_q[lo.name]
             env[n.name] = g.call_module(key, (new,))
     qnet.gm = fx.GraphModule(modules, g, class_name="QuantizedNetwork").to(device).eval()
     return qnet
 
 
-def _quantized_call(g: fx.Graph, n: fx.Node, env: dict, layer: Layer, config: QuantConfig, qnet: QuantizedNetwork, modules: dict, obs_in: dict) -> fx.Node:
-    lq = config.layer(layer.name)
+def layer_quantizers(
+    lq: LayerQuant, act_estimator: str, weight: Tensor, obs_in: Any, obs_out: Any, device: Union[str, torch.device]
+) -> tuple[Optional[QuantizedWeight], Optional[ActQuantizer], Optional[ActQuantizer]]:
+    """One layer's quantizers in a whole-network configuration, for every engine: its weight
+    quantized as ``lq`` says (None: float), and its input and output quantizers from the
+    calibration statistics (None: float activations or no statistics)."""
+    wspec = lq.weight_spec()
+    qw = quantize_weight(weight.detach(), wspec) if wspec is not None else None
+    aspec = lq.act_spec(act_estimator)
+    iq = ActQuantizer.from_spec(aspec, obs_in).to(device) if aspec is not None and obs_in is not None else None
+    oq = ActQuantizer.from_spec(aspec, obs_out).to(device) if aspec is not None and obs_out is not None else None
+    return qw, iq, oq
+
+
+def _quantized_call(g: fx.Graph, n: fx.Node, env: dict, layer: Layer, config: QuantConfig, qnet: QuantizedNetwork, modules: dict,
+                    obs_in: dict, obs_out: dict, device: torch.device) -> fx.Node:
     module = qnet.graph.module(layer)
     ql = QuantLayer(module)
-    spec = lq.weight_spec()
-    if spec is not None:
-        qw = quantize_weight(module.weight.detach(), spec)
+    qw, iq, oq = layer_quantizers(config.layer(layer.name), config.act_estimator, module.weight, obs_in.get(layer.name),
+                                  obs_out.get(layer.name), device)
+    if qw is not None:
         ql.set_weight(qw.weight)
         qnet.weights[layer.name] = qw
+    if oq is not None:
+        qnet.out_q[layer.name] = oq
     src = env[n.args[0].name]  # type: ignore[union-attr]
-    if layer.name in obs_in:
-        q = ActQuantizer.from_spec(lq.act_spec(config.act_estimator), obs_in[layer.name]).to(module.weight.device)
+    if iq is not None:
         key = f"ql_in_{layer.index}"
-        modules[key] = qnet.in_q[layer.name] = q
+        modules[key] = qnet.in_q[layer.name] = iq
         src = g.call_module(key, (src,))
     key = f"ql_layer_{layer.index}"
     modules[key] = ql

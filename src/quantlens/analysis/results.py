@@ -17,6 +17,7 @@ from functools import cached_property
 from typing import Any, Optional, Union
 
 from .. import jsonio
+from ..degradation import shares, summed_degradation
 from ..errors import QuantlensError
 from ..jsonio import num as _num
 
@@ -210,9 +211,11 @@ class SweepResult:
 
     def share(self, bits: int) -> dict[str, float]:
         """Each layer's share of the summed positive degradation at ``bits``."""
-        cells = self.at(bits)
-        total = sum(max(0.0, c.degradation) for c in cells)
-        return {c.layer: (max(0.0, c.degradation) / total if total > 0 else 0.0) for c in cells}
+        return shares({c.layer: c.degradation for c in self.at(bits)})
+
+    def summed_degradation(self, bits: int) -> float:
+        """``sum_l max(0, d_l)`` at ``bits`` (the rule for NaN/Inf cells: :mod:`quantlens.degradation`)."""
+        return summed_degradation(c.degradation for c in self.at(bits))
 
     def table(self, value: str = "degradation") -> tuple[list[str], list[int], list[list[float]]]:
         """``(layer names, bits, matrix[layer][bits])`` of one cell field."""
@@ -294,7 +297,8 @@ class SweepResult:
         return df.sort_values(["w_bits", "index"]).reset_index(drop=True)
 
     def to_csv(self, path: Union[str, os.PathLike]) -> None:
-        self.to_dataframe().to_csv(path, index=False)
+        """Write the cells as CSV, atomically (see :func:`quantlens.jsonio.write_atomic`)."""
+        jsonio.write_atomic(path, self.to_dataframe().to_csv(index=False))
 
 
 def _nan_low(x: float) -> float:

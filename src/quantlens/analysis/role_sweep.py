@@ -4,7 +4,7 @@ Every layer of a role (every ``mlp.down_proj`` of the model, see :mod:`quantlens
 quantized at once, the rest of the network stays float, and the network is measured like a
 single-layer cell: noise, SQNR and degradation of the task metric against the float output.
 Each cell is one whole-network measurement of that subset
-(:func:`~quantlens.analysis.measure_eager.make_measurer`), so it answers "which kind of layer
+(:func:`~quantlens.analysis.measure.make_measurer`), so it answers "which kind of layer
 can take 4 bits?" in roles x bits cells instead of layers x bits.
 
 The result is a :class:`~quantlens.analysis.results.SweepResult` whose rows are roles
@@ -61,13 +61,14 @@ def analyze_roles(
     model_name: str = "",
 ) -> SweepResult:
     """The roles x bits sweep (see module docstring); one line if the model has no repeated blocks."""
-    from .measure_eager import make_measurer
+    from ..workload import RunOptions, Workload
+    from .measure import make_measurer
 
     check_reiterable(data, "data")
     check_dtype_support(model, device)
     t0 = time.perf_counter()
     with preserve_model(model):
-        measurer = make_measurer(model, data, calib=calib, metric=metric, reference=reference, device=device, output_key=output_key)
+        measurer = make_measurer(Workload(model, data, calib, metric, reference, output_key), RunOptions(device))
     roles = require_roles(measurer.names)
     w = config.weight
     cells: list[Cell] = []
@@ -79,7 +80,8 @@ def analyze_roles(
                                      convention=w.convention)
             r = measurer(qc)
             baseline, hib, name, n = r.baseline, r.higher_is_better, r.metric_name, r.num_samples
-            cells.append(Cell(role, b, config.a_bits, r.noise, r.sqnr_db, r.metric, r.degradation))
+            cells.append(Cell(role, b, config.a_bits, r.noise, r.sqnr_db, r.metric, r.degradation,
+                              ci_low=r.ci_low, ci_high=r.ci_high, samples=r.num_samples))
             bar.advance(1)
     bar.close()
     return SweepResult(

@@ -13,7 +13,17 @@
   quantized in every call and calibrated on every call. BatchNorm folding and activation fusion are recovered by following tensors through one
   forward pass (:mod:`quantlens.graph.eager`), so the quantization is the traced path's.
 
-Both expose the same small interface, used by :mod:`quantlens.analysis.sweep`.
+Both implement one engine protocol (:class:`Runner`), which every experiment goes through:
+
+* ``float_pass(inputs) -> (output, cache)``: the float network once per batch, caching what
+  the quantized runs read (the cones' frontiers; for hooks, each layer's input and output);
+* ``run(cache, i, weight)``: the network with layer ``i`` quantized (the sweep; the fix
+  trials use the same cones, see :mod:`quantlens.analysis.trials`); with many layers quantized
+  at once: :meth:`HookRunner.run_quantized`, and for a captured graph the compiled network of
+  :func:`quantlens.analysis.network.build_quantized`;
+* ``observe(data, layers, spec, device)``: the calibration tap, the one streaming pass that
+  gives every layer's input and output statistics (the sweep, both whole-network measurers
+  and bias correction use it; ``ConeRunner(graph, cones=False)`` is the tap alone).
 """
 
 from __future__ import annotations
@@ -123,7 +133,10 @@ class ConeRunner(Runner):
     def __init__(
         self, graph: LayerGraph, device: Union[str, torch.device] = "cpu", full: bool = False, batch_bits: bool = False,
         low_memory: bool = False,
+        cones: bool = True,
     ) -> None:
+        """``cones=False``: only the float pass and the calibration tap (:meth:`observe`), for
+        the whole-network measurer, which quantizes every layer at once and needs no cone."""
         self.graph = graph
         self.low_memory = False
         self.io: list[tuple[Any, list[str]]] = []
@@ -134,11 +147,11 @@ class ConeRunner(Runner):
         self.layers = list(graph.layers)
         self.device = torch.device(device)
         graph.gm.to(self.device)
-        self.cones: list[Cone] = [build_cone(graph, l, full=full) for l in self.layers]
+        self.cones: list[Cone] = [build_cone(graph, l, full=full) for l in self.layers] if cones else []
         for c in self.cones:
             c.gm.to(self.device)
-        self.in_q = [c.in_q for c in self.cones]
-        self.out_q = [c.out_q for c in self.cones]
+        self.in_q = [c.in_q for c in self.cones] if cones else [ActQuantizer() for _ in self.layers]
+        self.out_q = [c.out_q for c in self.cones] if cones else [ActQuantizer() for _ in self.layers]
         self._inputs = [input_node(graph, l) for l in self.layers]
         keep: list[str] = []
         for c in self.cones:

@@ -25,11 +25,12 @@ from torch import Tensor, nn
 
 from ..config import SweepConfig
 from .. import jsonio
+from ..degradation import degradation
 from ..errors import QuantlensError, QuantlensWarning
 from ..graph.capture import CAPTURE_METHODS, CaptureError, capture
 from ..graph.export import check_no_cache
 from ..memory import trim_heap
-from ..metrics import Metric, degradation, make_metric, update_metric
+from ..metrics import Metric, make_metric, update_metric
 from ..numerics import analysis_mode
 from ..quant.observers import MinMaxObserver
 from ..quant.quantizer import QuantizedWeight, quantize_weight

@@ -14,6 +14,7 @@ import warnings
 from typing import Optional, Sequence
 
 from ..errors import QuantlensError
+from ..lock import release_all
 
 __all__ = ["main", "COMMANDS"]
 
@@ -69,6 +70,8 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     except KeyboardInterrupt:
         print("quantlens: interrupted", file=sys.stderr)
         return 130
+    finally:
+        release_all()  # the --out lock
     return int(rc or 0)
 
 

@@ -25,6 +25,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference", metavar="MOD:FN", help="float model to measure against (for a fine-tuned/QAT model; see docs/fixes.md)")
     p.add_argument("--results", metavar="DIR", help="reuse the sweep in DIR/results.json (from `quantlens analyze`) instead of running one")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def parse_bits(text: Any, option: str) -> int:
@@ -94,11 +95,13 @@ def sweep_or_run(args: argparse.Namespace, out: Path, model: Any, data: Any, cal
     if sweep is None and getattr(args, "group_by", "layer") == "role":  # plan: one bit-width per role
         from ..analysis.role_sweep import analyze_roles
 
-        sweep = analyze_roles(model, data, config=cfg, metric=args.metric, calib=calib,
-                              reference=reference, device=args.device, output_key=args.output_key, model_name=args.model)
+        sweep = analyze_roles(model, data, config=cfg, metric=args.metric, calib=calib, reference=reference,
+                              device=args.device, output_key=args.output_key, progress=not args.no_progress,
+                              model_name=args.model)
     elif sweep is None:
-        sweep = analyze(model, data, config=cfg, metric=args.metric, calib=calib,
-                        reference=reference, device=args.device, output_key=args.output_key, model_name=args.model)
+        sweep = analyze(model, data, config=cfg, metric=args.metric, calib=calib, reference=reference,
+                        device=args.device, output_key=args.output_key, model_name=args.model,
+                        progress=not args.no_progress)
     target = out / "results.json"
     source = Path(args.results) if args.results else None
     if source is not None and source.is_dir():

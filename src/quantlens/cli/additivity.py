@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     r = run_additivity(
         model, data, low=low, high=high, configs=args.configs, seed=args.seed, a_bits=a_bits, granularity=args.granularity,
         metric=args.metric, calib=calib, reference=reference, device=args.device, output_key=args.output_key,
-        shift_threshold=args.shift_threshold, sweep=sweep, model_name=args.model,
+        shift_threshold=args.shift_threshold, sweep=sweep, model_name=args.model, progress=not args.no_progress,
     )
     r.to_json(out / "additivity.json")
     console.print(

@@ -93,7 +93,10 @@ def add_convention_arg(p: argparse.ArgumentParser) -> None:
 
 
 def prepare_out_dir(path: str) -> Path:
-    """Create ``path`` as a directory; one clear error if that is impossible."""
+    """Create ``path`` as a directory and lock it for this run (until the command ends: a second
+    run given the same ``--out`` at once stops with one line); one clear error if impossible."""
+    from ..lock import hold
+
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise QuantlensError(f"--out {path}: exists and is not a directory; choose another path")
@@ -101,6 +104,7 @@ def prepare_out_dir(path: str) -> Path:
         p.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise QuantlensError(f"--out {path}: cannot create it ({e.strerror})") from None
+    hold(p, "--out")
     return p
 
 

@@ -68,7 +68,8 @@ def run_lm(args: argparse.Namespace) -> int:
     """Train (once) the byte-level Llama, sweep every Linear layer by held-out perplexity."""
     from .. import demo_lm
     from ..analysis.api import analyze, make_config
-    from ..analysis.measure_eager import make_measurer
+    from ..analysis.measure import make_measurer
+    from ..workload import RunOptions, Workload
     from ..qconfig import QuantConfig
     from ..report import save_report
     from ..report.fmt import Units
@@ -88,7 +89,7 @@ def run_lm(args: argparse.Namespace) -> int:
     q4 = None
     if 4 in w_bits:  # the whole network at 4 bits, for scale
         names = result.layer_names
-        measurer = make_measurer(model, data, metric="perplexity", output_key="logits")
+        measurer = make_measurer(Workload(model, data, metric="perplexity", output_key="logits"))
         q4 = measurer(QuantConfig.uniform(names, 4, a_bits, "per-group-32"))
     result.to_json(out / "results.json")
     result.to_csv(out / "results.csv")

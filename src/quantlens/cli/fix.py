@@ -101,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
     result, measurer = fix_loop(
         model, data, sweep, w_bits=w_bits, a_bits=a_bits, granularity=args.granularity, candidates=candidates, top=args.top,
         metric=args.metric, calib=calib, reference=reference, device=args.device, output_key=args.output_key, model_name=args.model,
+        progress=not args.no_progress,
     )
     result.to_json(out / "fix.json")
     export(measurer.build(result.config), out, extra={"model": args.model, "data": args.data, "calib": args.calib, "metric": result.metric_name,

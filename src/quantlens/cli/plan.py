@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     sweep = sweep_or_run(args, out, model, data, calib, reference, list(w_bits), a_bits)
     r = run_plan(model, data, budget=args.budget, budget_bytes=args.budget_bytes, w_bits=w_bits, a_bits=a_bits, granularity=args.granularity,
                  metric=args.metric, calib=calib, reference=reference, device=args.device, output_key=args.output_key, sweep=sweep,
-                 convention=args.convention)
+                 convention=args.convention, progress=not args.no_progress)
     r.to_json(out / "plan.json")
     pct = Units.for_metric(r.metric_name).pct  # the report's rule
     t = Table(title=f"plan: {r.avg_bits:.2f} average weight bits (budget {r.budget_bits:.2f})")
@@ -88,14 +88,15 @@ def _write_config(args: argparse.Namespace, r, model, data, calib, out) -> str: 
     from ..config import parse_granularity
     from ..export import export
     from ..qconfig import LayerQuant, QuantConfig
+    from ..workload import RunOptions, Workload
 
     g = parse_granularity(args.granularity)
     bits_of = r.extra.get("layer_bits") or {l.layer: l.w_bits for l in r.layers}  # a role plan lists its layers' bits
     cfg = QuantConfig(tuple((n, LayerQuant(b, r.a_bits, g, convention=args.convention)) for n, b in bits_of.items()))
     try:
-        m = NetworkMeasurer(model, data, calib=calib, metric=args.metric, device=args.device, output_key=args.output_key)
+        m = NetworkMeasurer(Workload(model, data, calib, args.metric, output_key=args.output_key), RunOptions(args.device))
     except UntraceableError as e:
-        console.print(f"no quant_config.json: export needs a model torch.fx can trace ({e.reason})")
+        console.print(f"no quant_config.json: export needs a captured graph ({e.reason})")
         return ""
     export(m.build(cfg), out, extra={"model": args.model, "data": args.data, "calib": args.calib, "metric": r.metric_name,
                                      "measured_metric": r.measured_metric})

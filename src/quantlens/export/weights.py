@@ -9,12 +9,13 @@
   measurements used) and ``<name>.weight_scale``.
 
 Example:
-    >>> qnet = NetworkMeasurer(model, data).build(cfg)     # doctest: +SKIP
+    >>> qnet = NetworkMeasurer(Workload(model, data)).build(cfg)     # doctest: +SKIP
     >>> export(qnet, "out/")                               # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional, Union
 
@@ -22,6 +23,7 @@ import torch
 
 from ..analysis.network import QuantizedNetwork
 from ..errors import QuantlensError
+from ..jsonio import write_error
 
 __all__ = ["export", "weight_tensors"]
 
@@ -47,9 +49,12 @@ def export(qnet: QuantizedNetwork, out_dir: Union[str, Path], extra: Optional[di
 
     d = Path(out_dir)
     cfg_path, w_path = d / "quant_config.json", d / "weights.safetensors"
-    try:
-        qnet.config.to_json(cfg_path, extra={"ranges": qnet.ranges(), **(extra or {})})
-        save_file(weight_tensors(qnet), str(w_path), metadata={"format": "pt", "producer": "quantlens"})
+    qnet.config.to_json(cfg_path, extra={"ranges": qnet.ranges(), **(extra or {})})
+    tmp = w_path.with_name(f".{w_path.name}.{os.getpid()}.tmp")
+    try:  # atomically, like every file quantlens writes: the old file or the new one, whole
+        save_file(weight_tensors(qnet), str(tmp), metadata={"format": "pt", "producer": "quantlens"})
+        os.replace(tmp, w_path)
     except OSError as e:
-        raise QuantlensError(f"cannot write to {d}: {e.strerror}") from None
+        tmp.unlink(missing_ok=True)
+        raise write_error(w_path, e) from None
     return cfg_path, w_path

@@ -21,12 +21,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional, Protocol, Sequence
 
 import torch
+from torch import fx
 
+from ..config import DEFAULT_PERCENTILE
 from ..errors import QuantlensError
 from ..graph.capture import LayerGraph
 from ..qconfig import QuantConfig
 
-__all__ = ["Fix", "FixContext", "register_fix", "fixes", "make_fix", "apply_fixes", "copy_graph", "check_fix"]
+__all__ = ["Fix", "FixContext", "register_fix", "fixes", "make_fix", "apply_fixes", "copy_graph", "changed_layers", "check_fix"]
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,7 @@ class FixContext:
     config: QuantConfig
     calib: Optional[Iterable[Any]] = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    percentile: float = 99.0
+    percentile: float = DEFAULT_PERCENTILE
 
 
 class Fix(Protocol):
@@ -76,9 +78,24 @@ def make_fix(name: str, ctx: FixContext) -> Fix:
     return _REGISTRY[name][1](ctx)
 
 
-def copy_graph(graph: LayerGraph) -> LayerGraph:
-    """A deep copy (module weights included) with the same node and layer names."""
-    return dataclasses.replace(graph, gm=copy.deepcopy(graph.gm), layers=list(graph.layers))
+def copy_graph(graph: LayerGraph, layers: Optional[Iterable[str]] = None) -> LayerGraph:
+    """A copy with the same node and layer names whose named layers' modules are private copies.
+
+    ``layers=None`` copies every module (a deep copy). Otherwise only the modules of the named
+    layers are copied, the rest (and every other weight) are shared with ``graph``: a fix that
+    changes only those layers' weights leaves ``graph`` as it was without copying the network.
+    """
+    if layers is None:
+        return dataclasses.replace(graph, gm=copy.deepcopy(graph.gm), layers=list(graph.layers))
+    gm = fx.GraphModule(graph.gm, copy.deepcopy(graph.gm.graph), class_name=type(graph.gm).__name__)
+    for name in dict.fromkeys(graph.layer(n).module_name for n in layers):
+        gm.set_submodule(name, copy.deepcopy(graph.gm.get_submodule(name)))
+    return dataclasses.replace(graph, gm=gm, layers=list(graph.layers))
+
+
+def changed_layers(base: LayerGraph, fixed: LayerGraph) -> list[str]:
+    """Layers of ``fixed`` whose module is not ``base``'s (see :func:`copy_graph`): the ones a fix may have changed."""
+    return [l.name for l in fixed.layers if fixed.module(l) is not base.module(l)]
 
 
 def apply_fixes(graph: LayerGraph, config: QuantConfig, calib: Optional[Iterable[Any]], device: torch.device) -> LayerGraph:

@@ -18,7 +18,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -52,18 +52,17 @@ class BiasCorrection:
         chosen = [l for l in graph.layers if l.name in set(layers) and cfg.get(l.name) is not None and not graph.shared(l)]
         if not chosen:
             return graph
-        out = copy_graph(graph)
+        out = copy_graph(graph, [l.name for l in chosen])
         for l in chosen:
             m = out.module(l)
             if m.bias is None:
                 m.bias = nn.Parameter(torch.zeros(m.weight.shape[0], device=m.weight.device), requires_grad=False)
         quantized = QuantConfig(tuple((n, lq) for n, lq in cfg.layers if n in {l.name for l in graph.layers}), cfg.act_estimator)
         dev = self.ctx.device
-        qnet = build_quantized(out, quantized, self.ctx.calib, dev, taps=[l.node for l in chosen])
-        float_gm, keep = build_cache_module(graph, [l.node for l in chosen])
-        float_gm.to(dev)
-        for i, l in enumerate(chosen):
-            shift = self._shift(graph, qnet.gm, float_gm, i, keep.index(l.node), channel_axis(l.op))
+        qnet = build_quantized(out, quantized, self.ctx.calib, dev)
+        floats = self._float_sums(graph, chosen)
+        for l in chosen:
+            shift = self._shift(graph, _tap_module(qnet.gm, l), qnet.gm, floats[l.name], channel_axis(l.op))
             if shift is None:
                 continue
             m = out.module(l)
@@ -71,15 +70,66 @@ class BiasCorrection:
                 m.bias.sub_(shift.to(m.bias))
         return out
 
-    def _shift(self, graph: LayerGraph, qgm: nn.Module, fgm: nn.Module, tap: int, ftap: int, axis: int) -> Optional[Tensor]:
-        total: Optional[Tensor] = None
-        count = 0
+    def _float_sums(self, graph: LayerGraph, chosen: list) -> dict[str, list[Tensor]]:
+        """Per layer, per calibration batch: the float network's per-channel sums of the layer's
+        pre-activation output (float64). The float network does not change while biases are
+        corrected, so one pass serves every layer."""
+        gm, keep = build_cache_module(graph, [l.node for l in chosen])
+        gm.to(self.ctx.device)
+        out: dict[str, list[Tensor]] = {l.name: [] for l in chosen}
         with analysis_mode():
             for inputs, _ in iterate(self.ctx.calib, "calibration data"):
-                flat = graph.flat(inputs.to(self.ctx.device))
-                _, q = qgm(*flat)
-                _, f = fgm(*flat)
-                s, c = _channel_sums(q[tap].double() - f[ftap].double(), axis)
-                total = s if total is None else total + s
-                count += c
+                _, values = gm(*graph.flat(inputs.to(self.ctx.device)))
+                vals = dict(zip(keep, values))
+                for l in chosen:
+                    out[l.name].append(_sums(vals[l.node], channel_axis(l.op)))
+                del values, vals
+        return out
+
+    def _shift(self, graph: LayerGraph, layer_module: nn.Module, qgm: nn.Module, floats: list[Tensor], axis: int) -> Optional[Tensor]:
+        """``E[z_q - z]`` per channel over the calibration data. The quantized network runs only up
+        to the layer (a hook on its module stops the pass there): what follows cannot change it."""
+        total: Optional[Tensor] = None
+        count = 0
+
+        def stop(_m: nn.Module, _a: object, z: Tensor) -> None:
+            raise _Reached(z)
+
+        handle = layer_module.register_forward_hook(stop)
+        try:
+            with analysis_mode():
+                for inputs, fsum in zip(iterate(self.ctx.calib, "calibration data"), floats):
+                    try:
+                        qgm(*graph.flat(inputs[0].to(self.ctx.device)))
+                        raise QuantlensError("bias correction: a corrected layer did not run on a calibration batch")
+                    except _Reached as r:
+                        z = r.value
+                    s = _sums(z, axis) - fsum
+                    c = z.numel() // z.shape[axis % z.dim()]
+                    total = s if total is None else total + s
+                    count += c
+                    del z
+        finally:
+            handle.remove()
         return None if total is None or count == 0 else (total / count).float()
+
+
+def _tap_module(qgm: nn.Module, layer: Any) -> nn.Module:
+    """The module of the quantized network whose output is the value of ``layer``'s node there:
+    its output quantizer when the layer has no activation (the node is its output), else the layer."""
+    if layer.output_node == layer.node and hasattr(qgm, f"ql_out_{layer.index}"):
+        return qgm.get_submodule(f"ql_out_{layer.index}")
+    return qgm.get_submodule(f"ql_layer_{layer.index}")
+
+
+class _Reached(Exception):
+    """Carries a layer's output out of a forward pass that need not go further."""
+
+    def __init__(self, value: Tensor) -> None:
+        super().__init__()
+        self.value = value
+
+
+def _sums(t: Tensor, axis: int) -> Tensor:
+    """Per-channel sums of ``t`` along ``axis``, in float64 (as the shift's difference is taken)."""
+    return _channel_sums(t.double(), axis)[0]

@@ -12,7 +12,8 @@ that range. The fixes:
   ``E||(Q(W) - W) x||^2 ~ sum_{o,c,k} (Q(W) - W)_{o,c,k}^2 E[x_c^2]`` (the diagonal of the
   input's second moment over the calibration data, per input channel). Weights on inputs that
   are (almost) never active cost (almost) nothing, so their outliers get clipped.
-* ``percentile``: ``|w|``'s ``FixContext.percentile``-th percentile (default 99).
+* ``percentile``: ``|w|``'s ``FixContext.percentile``-th percentile (default
+  :data:`~quantlens.config.DEFAULT_PERCENTILE`, 99.99).
 
 Example:
     >>> from quantlens.fixes import FixContext, make_fix              # doctest: +SKIP
@@ -53,16 +54,16 @@ class ClipFix:
 
     def spec(self, name: str) -> Optional[QuantSpec]:
         lq = self.ctx.config.get(name)
-        spec = None if lq is None else lq.weight_spec()
+        spec = None if lq is None else lq.weight_spec(self.estimator)
         if spec is None:
             return None
-        return replace(spec, estimator=self.estimator, percentile=self.ctx.percentile)
+        return replace(spec, percentile=self.ctx.percentile)
 
     def range(self, graph: LayerGraph, name: str, rows: Tensor, spec: QuantSpec) -> tuple[Tensor, Tensor]:
         return estimate_weight_rows(rows, spec)
 
     def apply(self, graph: LayerGraph, layers: Sequence[str]) -> LayerGraph:
-        out = copy_graph(graph)
+        out = copy_graph(graph, [n for n in layers if self.spec(n) is not None])
         for name in layers:
             spec = self.spec(name)
             if spec is None:

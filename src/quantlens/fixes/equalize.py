@@ -156,9 +156,9 @@ class Equalize:
         self.tol = tol
 
     def apply(self, graph: LayerGraph, layers: Sequence[str]) -> LayerGraph:
-        out = copy_graph(graph)
         chosen = set(layers)
-        pairs = [p for p in equalizable_pairs(out) if p.l1 in chosen or p.l2 in chosen]
+        pairs = [p for p in equalizable_pairs(graph) if p.l1 in chosen or p.l2 in chosen]
+        out = copy_graph(graph, [n for p in pairs for n in (p.l1, p.l2)])
         for _ in range(self.iterations):
             change = max((_equalize_pair(out.gm, p) for p in pairs), default=0.0)
             if change < self.tol or not math.isfinite(change):

@@ -158,21 +158,27 @@ def build_cone(
     full: bool = False,
     start: Optional[int] = None,
     quantizers: Optional[tuple[ActQuantizer, ActQuantizer]] = None,
+    also: Iterable[Layer] = (),
+    tap_input: bool = False,
 ) -> Cone:
     """Compile the cone of ``layer`` (or, with ``full=True``, the whole network: the naive way).
 
     ``start``: also recompute, in float, the nodes from topological position ``start`` on that
     the cone reads (:func:`recompute_nodes`), so that its frontier is only values from before
     ``start``. ``quantizers``: the layer's (input, output) activation quantizers to reuse.
+    ``also``: other layers whose cones are recomputed too (their weights differ from the float
+    pass's, e.g. after a fix changed them); ``tap_input``: the compiled module also returns the
+    value entering ``layer`` (before its input quantizer), ``(output, layer output, input)``.
     """
     gm = graph.gm
     if full:
         inside = [n for n in gm.graph.nodes if n.op not in ("placeholder", "output")]
     else:
-        inside = cone_nodes(graph, layer)
+        names = {n.name for l in (layer, *also) for n in cone_nodes(graph, l)}
+        inside = [n for n in gm.graph.nodes if n.name in names]
         if start is not None:
             extra = {n.name for n in recompute_nodes(graph, inside + [_output_node(gm)], start)}
-            names = {n.name for n in inside} | extra
+            names = names | extra
             inside = [n for n in gm.graph.nodes if n.name in names]
     frontier = frontier_of(graph, inside)
     qlayer = QuantLayer(gm.get_submodule(layer.module_name))
@@ -190,6 +196,7 @@ def build_cone(
     for n in inside:
         if n.name == layer.node:
             src = env[n.args[0].name]  # type: ignore[union-attr]
+            entering = src
             qin = g.call_module("ql_in_q", (src,))
             new = g.call_module("ql_layer", (qin,))
         else:
@@ -201,7 +208,7 @@ def build_cone(
             env[n.name] = g.call_module("ql_out_q", (new,))
     out = _output_node(gm)
     y = fx.node.map_arg(out.args[0], lambda a: env[a.name])
-    g.output((y, env[layer.output_node]))
+    g.output((y, env[layer.output_node], entering) if tap_input else (y, env[layer.output_node]))
     cone_gm = fx.GraphModule(modules, g, class_name=f"Cone_{layer.index}")
     return Cone(layer, cone_gm, frontier, qlayer, in_q, out_q, size=len(inside))
 

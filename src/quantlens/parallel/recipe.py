@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Union
 
 import torch
+
 from torch import nn
 
 from ..config import SweepConfig
+from .._version import __version__
 from .fingerprint import batch_hash, model_hash
 
 __all__ = ["SweepRecipe", "data_identity"]
@@ -57,6 +59,7 @@ class SweepRecipe:
         """The identity of a run: what a cache must match to be resumed."""
         return {
             "format": "quantlens/cache-v1",
+            "version": __version__,
             "model": model_hash(self.model),
             "reference": model_hash(self.reference),
             "data": data_id,

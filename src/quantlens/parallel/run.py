@@ -42,17 +42,21 @@ def run_sweep(
         first_calib = None if calib is None else data_identity(next(iter(iterate(calib, "calibration data"))), count_batches(calib))
         header = recipe.header(data_identity(recipe.sample, nb), first_calib, executor.plan(sweep, nb))
         store = CheckpointStore.open(cache, header, fresh=fresh)
-    saved = store.load("calibration") if store is not None else None
-    if saved is not None:
-        load_calibration(sweep, saved)
-    else:
-        sweep.calibrate(calib if calib is not None else data)
-        if store is not None:
-            store.save("calibration", calibration_to_dict(sweep))
-    total = None if nb is None else nb * len(sweep.layer_ids)
-    bar = bar_factory(total) if bar_factory is not None else Progress()
     try:
-        state = executor.run(recipe, sweep, data, store, bar)
+        saved = store.load("calibration") if store is not None else None
+        if saved is not None:
+            load_calibration(sweep, saved)
+        else:
+            sweep.calibrate(calib if calib is not None else data)
+            if store is not None:
+                store.save("calibration", calibration_to_dict(sweep))
+        total = None if nb is None else nb * len(sweep.layer_ids)
+        bar = bar_factory(total) if bar_factory is not None else Progress()
+        try:
+            state = executor.run(recipe, sweep, data, store, bar)
+        finally:
+            bar.close()
     finally:
-        bar.close()
+        if store is not None:
+            store.close()  # the checkpoints stay (for a rerun, or until the caller clears them); the lock goes
     return sweep, state, store

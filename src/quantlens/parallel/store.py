@@ -10,7 +10,10 @@ Layout of ``DIR``::
 Every file is written to a temporary name, flushed to disk and renamed over the old one, so
 a crash (even SIGKILL) leaves either the previous or the new version, never a torn file.
 Opening a store whose header differs from the current run's raises a one-line
-:class:`~quantlens.errors.QuantlensError` naming what differs: caches are never mixed.
+:class:`~quantlens.errors.QuantlensError` naming what differs: caches are never mixed; a cache
+written by another quantlens version is refused the same way. The run that opens a store holds
+its lock (``.quantlens.lock``, :mod:`quantlens.lock`) until it clears or closes it, so a second
+run given the same ``--cache`` at the same time stops with one line.
 
 Example:
     >>> store = CheckpointStore.open("out/.quantlens-cache", {"model": "ab12"})   # doctest: +SKIP
@@ -28,6 +31,7 @@ from typing import Any, Optional, Union
 
 from ..errors import QuantlensError
 from ..jsonio import write_atomic
+from ..lock import LOCK_NAME, DirLock
 
 __all__ = ["CheckpointStore", "atomic_write_json", "resume_notice"]
 
@@ -74,32 +78,35 @@ class CheckpointStore:
     def __init__(self, root: Path, header: dict) -> None:
         self.root = root
         self.header = header
+        self.lock: Optional[DirLock] = None
 
     @classmethod
     def open(cls, root: Union[str, os.PathLike], header: dict, fresh: bool = False) -> "CheckpointStore":
-        """Open (or create) the store; refuse one made by a different run unless ``fresh``."""
+        """Open (or create) the store and lock it for this run; refuse one made by a different
+        run or another quantlens version unless ``fresh``, and one another live run holds."""
         path = Path(root)
-        if fresh and path.exists():
-            cls(path, header).clear()
         if path.exists() and not path.is_dir():
             raise QuantlensError(f"--cache {path}: exists and is not a directory")
-        if path.is_dir() and any(path.iterdir()) and not (path / "header.json").exists():
+        if path.is_dir() and any(p.name != LOCK_NAME for p in path.iterdir()) and not (path / "header.json").exists():
             raise QuantlensError(f"--cache {path}: a non-empty directory that is not a quantlens cache; choose another")
         try:
-            (path / "tasks").mkdir(parents=True, exist_ok=True)
+            path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise QuantlensError(f"--cache {path}: cannot create it ({e.strerror})") from None
         store = cls(path, header)
-        old = _read(path / "header.json")
-        if old is None:
-            atomic_write_json(path / "header.json", header)
-        elif old != header:
-            diff = [k for k in sorted(set(old) | set(header)) if old.get(k) != header.get(k)]
-            what = ", ".join(_LABELS.get(k, k) for k in diff)
-            raise QuantlensError(
-                f"the cache in {path} was made by a run with a different {what}; "
-                "rerun with --fresh to discard it, or choose another --cache directory"
-            )
+        store.lock = DirLock(path, "--cache").acquire()
+        try:
+            if fresh:
+                store._empty()
+            (path / "tasks").mkdir(exist_ok=True)
+            old = _read(path / "header.json")
+            if old is None:
+                atomic_write_json(path / "header.json", header)
+            else:
+                _check_header(path, old, header)
+        except BaseException:
+            store.close()
+            raise
         return store
 
     def load(self, name: str) -> Optional[Any]:
@@ -115,10 +122,52 @@ class CheckpointStore:
     def save_task(self, key: str, obj: Any) -> None:
         atomic_write_json(self.root / "tasks" / f"{key}.json", obj)
 
+    def close(self) -> None:
+        """Release this run's lock (the checkpoints stay, for a later run to resume)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def _empty(self) -> None:
+        for p in self.root.iterdir():
+            if p.name == LOCK_NAME:
+                continue
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink()
+
     def clear(self) -> None:
-        """Remove the cache directory (only if it is a quantlens cache)."""
+        """Remove the cache directory (only if it is a quantlens cache), under its lock: a cache
+        another live run has taken meanwhile is left alone."""
         if not self.root.is_dir():
+            self.close()
             return
-        if not (self.root / "header.json").exists() and any(p.name != "tasks" for p in self.root.iterdir()):
+        if self.lock is None:
+            try:
+                self.lock = DirLock(self.root, "--cache").acquire()
+            except QuantlensError:
+                return
+        if not (self.root / "header.json").exists() and any(p.name not in ("tasks", LOCK_NAME) for p in self.root.iterdir()):
+            self.close()
             raise QuantlensError(f"--cache {self.root}: not a quantlens cache; not removing it")
+        self._empty()
+        self.close()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _check_header(path: Path, old: dict, header: dict) -> None:
+    """One line if the cache in ``path`` (header ``old``) was made by another version or another run."""
+    if old.get("version") != header.get("version"):
+        by = f"quantlens {old['version']}" if old.get("version") else "an older quantlens version"
+        raise QuantlensError(
+            f"the cache in {path} was written by {by}, this is quantlens {header.get('version')}: rerun with --fresh to "
+            "discard it, or choose another --cache directory"
+        )
+    if old != header:
+        diff = [k for k in sorted(set(old) | set(header)) if old.get(k) != header.get(k)]
+        what = ", ".join(_LABELS.get(k, k) for k in diff)
+        raise QuantlensError(
+            f"the cache in {path} was made by a run with a different {what}; "
+            "rerun with --fresh to discard it, or choose another --cache directory"
+        )

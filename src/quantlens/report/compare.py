@@ -61,7 +61,7 @@ def _deg(r: SweepResult, layer: str, b: int, field: str = "degradation") -> Opti
 
 
 def _total(r: SweepResult, b: int) -> Optional[float]:
-    return sum(max(0.0, c.degradation) for c in r.at(b) if finite(c.degradation)) if b in r.w_bits else None
+    return r.summed_degradation(b) if b in r.w_bits else None
 
 
 def profile_overlay(runs: Sequence[Run], layers: list[str], bits: list[int], focus: int, units: Units) -> go.Figure:

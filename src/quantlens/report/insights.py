@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..analysis.results import Cell, LayerInfo, SweepResult
+from ..degradation import summed_degradation
 from .fmt import Units, finite
 from .noise import has_intervals, names as layer_list, noise_sentences, top_tier, verdict
 
@@ -146,7 +147,7 @@ def insights(result: SweepResult, bits: int, units: Optional[Units] = None, tol:
         else:
             est_note.append(Insight(head + ": the estimate cannot be trusted for this model; run the exact sweep (drop --estimate).",
                                     kind="noise"))
-    total = sum(max(0.0, c.degradation) for c in cells if finite(c.degradation))
+    total = summed_degradation(c.degradation for c in cells)
     out: list[Insight] = list(est_note)
     uniform: Optional[int] = None
     for b in sorted(result.w_bits, reverse=True):

@@ -54,7 +54,7 @@ def worst_table(result: SweepResult, units: Units, k: int = 3) -> str:
     """Per bit-width: summed positive degradation and the ``k`` worst layers."""
     rows = []
     for b, cells in worst_by_bits(result, k).items():
-        total = sum(max(0.0, c.degradation) for c in result.at(b) if finite(c.degradation))
+        total = result.summed_degradation(b)
         worst = [Td(f"{c.layer} ({units.deg(c.degradation, signed=True)})", c.layer, "t") for c in cells
                  if finite(c.degradation) and c.degradation > 0]
         worst += [Td("")] * (k - len(worst))

@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable, Optional, Union
 from torch import nn
 
 from ..analysis.measure import NetworkMeasurer
+from ..workload import Workload
 from ..config import check_bits
 from ..guard import preserve_model
 from ..metrics import Metric
@@ -46,7 +47,7 @@ def verify_tool_model(
 
     check_bits(w_bits, "--w-bits")
     a = parse_a_bits(str(a_bits)) if not isinstance(a_bits, int) else a_bits
-    m = NetworkMeasurer(model, data, calib=calib, metric=metric, output_key=output_key)
+    m = NetworkMeasurer(Workload(model, data, calib, metric, output_key=output_key))
     cfg = QuantConfig.uniform(m.names, w_bits, a, granularity, convention=convention)
     qnet = m.build(cfg)
     with preserve_model(model):
