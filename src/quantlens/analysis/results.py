@@ -143,9 +143,7 @@ class Cell:
         """``ci_low``/``ci_high`` as an :class:`~quantlens.stats.intervals.Interval` (None if absent)."""
         from ..stats.intervals import Interval
 
-        if math.isnan(self.ci_low) or math.isnan(self.ci_high):
-            return None
-        return Interval(self.ci_low, self.ci_high, "stored", self.samples)
+        return Interval.stored(self.ci_low, self.ci_high, self.samples)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Cell":

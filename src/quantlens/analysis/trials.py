@@ -23,24 +23,22 @@ Example:
 
 from __future__ import annotations
 
-import math
-
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 import torch
 
 from ..config import QuantSpec
+from ..degradation import degradation
 from ..graph.capture import LayerGraph
 from ..graph.cone import Cone, build_cache_module, build_cone
 from ..memory import trim_heap
 from ..metrics import Metric, make_metric
 from ..numerics import analysis_mode
 from ..quant.quantizer import make_observer, quantize_weight
+from ..stats.intervals import Interval, metric_interval
 from .accumulate import CellAccumulator, per_sample_sq
 from .data import Inputs, extract_output, iterate
-from ..degradation import degradation
-from ..stats.intervals import Interval, metric_interval
 
 __all__ = ["TrialCell", "TrialRunner"]
 
@@ -61,9 +59,7 @@ class TrialCell:
     @property
     def interval(self) -> "Optional[Interval]":
         """The paired 95% interval on the degradation (None without one)."""
-        if math.isnan(self.ci_low) or math.isnan(self.ci_high):
-            return None
-        return Interval(self.ci_low, self.ci_high, "stored", self.samples)
+        return Interval.stored(self.ci_low, self.ci_high, self.samples)
 
 
 class TrialRunner:

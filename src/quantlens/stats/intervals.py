@@ -87,6 +87,13 @@ class Interval:
     def half_width(self) -> float:
         return (self.high - self.low) / 2
 
+    @classmethod
+    def stored(cls, low: float, high: float, n: int) -> "Optional[Interval]":
+        """An interval read back from a result's ``ci_low``/``ci_high`` (None when absent: NaN)."""
+        if math.isnan(low) or math.isnan(high):
+            return None
+        return cls(low, high, "stored", n)
+
 
 # ---- the two rules, vectorised over arrays (the coverage test calls them on 2,000 at once) ----------------
 
