@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -123,15 +123,20 @@ def _train_single_thread(epochs: int, seed: int) -> DigitsCNN:
 
 def model(retrain: bool = False, path: Optional[Path] = None) -> DigitsCNN:
     """The trained digits CNN (eval mode), trained once and then loaded from the cache."""
-    path = path or cache_dir() / f"{TRAIN_VERSION}.pt"
-    net = DigitsCNN()
+    return cached_model(path or cache_dir() / f"{TRAIN_VERSION}.pt", DigitsCNN, _train, retrain)
+
+
+def cached_model(path: Path, build: Callable[[], nn.Module], train: Callable[[], nn.Module], retrain: bool = False) -> nn.Module:
+    """``build()`` with the state cached at ``path`` (eval mode); else ``train()``, whose state is
+    then written atomically to ``path``. A corrupt cache entry is retrained."""
     if path.exists() and not retrain:
         try:
+            net = build()
             net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
             return net.eval()
         except Exception:
             pass  # a corrupt cache entry: retrain below
-    net = _train()
+    net = train()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     torch.save(net.state_dict(), tmp)

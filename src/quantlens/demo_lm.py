@@ -23,7 +23,6 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
-import os
 import warnings
 from pathlib import Path
 from typing import Any, Optional
@@ -148,21 +147,10 @@ def cache_path() -> Path:
 
 def model(retrain: bool = False, path: Optional[Path] = None) -> Any:
     """The trained byte-level Llama (eval mode), trained once and then loaded from the cache."""
+    from .demo import cached_model
+
     tf = _transformers()
-    path = path or cache_path()
-    if path.exists() and not retrain:
-        try:
-            net = tf.LlamaForCausalLM(lm_config())
-            net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-            return net.eval()
-        except Exception:
-            pass  # a corrupt cache entry: retrain below
-    net = _train()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    torch.save(net.state_dict(), tmp)
-    os.replace(tmp, path)
-    return net
+    return cached_model(path or cache_path(), lambda: tf.LlamaForCausalLM(lm_config()), _train, retrain)
 
 
 def data(batch_size: int = 4, seq_len: int = SEQ, batches: int = 2, seed: int = 0) -> list[tuple[Any, None]]:

@@ -27,14 +27,13 @@ from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..analysis.data import extract_output
 from ..analysis.network import QuantizedNetwork
 from ..config import PerChannel, PerGroup
 from ..errors import QuantlensError
-from ..graph.cone import QuantLayer
+from ..graph.cone import QuantLayer, layer_forward
 from ..quant.quantizer import ActQuantizer, _group_size, weight_rows
 
 # registers torch.ops.quantized_decomposed; must happen before the ONNX exporter builds its op registry
@@ -153,13 +152,7 @@ class WeightDQLayer(nn.Module):
         return (w.reshape(self.rows_shape[0], -1) * self.wscale.reshape(-1, 1)).reshape(self.wint.shape)
 
     def forward(self, x: Tensor) -> Tensor:
-        w = self.weight()
-        kind = type(self.layer)
-        if kind is nn.Linear:
-            return F.linear(x, w, self.layer.bias)
-        if kind in (nn.Conv1d, nn.Conv2d):
-            return self.layer._conv_forward(x, w, self.layer.bias)  # type: ignore[operator]
-        return torch.func.functional_call(self.layer, {"weight": w}, (x,))
+        return layer_forward(self.layer, x, self.weight())
 
 
 class QDQNetwork(nn.Module):

@@ -65,13 +65,18 @@ class QuantLayer(nn.Module):
         return self._compute(x, self.qweight)
 
     def _compute(self, x: Tensor, w: Tensor) -> Tensor:
-        kind = type(self.layer)
-        if kind is nn.Linear:
-            return F.linear(x, w, self.layer.bias)
-        if kind in (nn.Conv1d, nn.Conv2d):
-            return self.layer._conv_forward(x, w, self.layer.bias)  # type: ignore[operator]
-        # a subclass (e.g. a conv with its own padding): its own forward, with the weight replaced
-        return torch.func.functional_call(self.layer, {"weight": w}, (x,))
+        return layer_forward(self.layer, x, w)
+
+
+def layer_forward(layer: nn.Module, x: Tensor, w: Tensor) -> Tensor:
+    """``layer(x)`` computed with weight ``w`` instead of ``layer.weight`` (the bias kept)."""
+    kind = type(layer)
+    if kind is nn.Linear:
+        return F.linear(x, w, layer.bias)
+    if kind in (nn.Conv1d, nn.Conv2d):
+        return layer._conv_forward(x, w, layer.bias)  # type: ignore[operator]
+    # a subclass (e.g. a conv with its own padding): its own forward, with the weight replaced
+    return torch.func.functional_call(layer, {"weight": w}, (x,))
 
 
 def input_node(graph: LayerGraph, layer: Layer) -> str:
