@@ -28,7 +28,6 @@ from .. import jsonio
 from ..degradation import degradation
 from ..errors import QuantlensError, QuantlensWarning
 from ..graph.capture import CAPTURE_METHODS, CaptureError, capture
-from ..graph.export import check_no_cache
 from ..memory import trim_heap
 from ..metrics import Metric, make_metric, update_metric
 from ..numerics import analysis_mode
@@ -123,8 +122,6 @@ class Sweep:
         except QuantlensError:
             raise
         except CaptureError as e:  # no graph capture: fall back to hooks
-            if "Cache" in e.reasons.get("export", ""):
-                check_no_cache(sample[0].call(model))
             warnings.warn(
                 f"{e.describe()}; using forward hooks "
                 "instead: the same quantization (BatchNorm folded, activations fused), a full forward pass per layer",

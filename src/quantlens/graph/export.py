@@ -32,6 +32,7 @@ import inspect
 import io
 import logging
 import operator
+import re
 import warnings
 from typing import Any, Iterator, Optional
 
@@ -51,14 +52,18 @@ _CONV = {_aten.conv1d.default: 1, _aten.conv2d.default: 2, _aten.conv1d.padding:
 _DROP = {_aten._assert_tensor_metadata.default}
 
 
+def _cache_error(kind: str) -> QuantlensError:
+    return QuantlensError(
+        f"the model returns a KV-cache object ({kind}): build it with `use_cache=False` "
+        "(e.g. AutoModelForCausalLM.from_pretrained(..., use_cache=False) or model.config.use_cache = False)"
+    )
+
+
 def check_no_cache(out: Any) -> None:
     """Refuse an output that holds a KV-cache object (it is state, not a result)."""
     for leaf in pytree.tree_leaves(out, is_leaf=lambda v: type(v).__name__.endswith("Cache")):
         if type(leaf).__name__.endswith("Cache"):
-            raise QuantlensError(
-                f"the model returns a KV-cache object ({type(leaf).__name__}): build it with `use_cache=False` "
-                "(e.g. AutoModelForCausalLM.from_pretrained(..., use_cache=False) or model.config.use_cache = False)"
-            )
+            raise _cache_error(type(leaf).__name__)
     if hasattr(out, "past_key_values") and getattr(out, "past_key_values", None) is not None:
         raise QuantlensError("the model returns past_key_values (a KV cache): build it with `use_cache=False`")
 
@@ -269,7 +274,13 @@ def export_capture(model: nn.Module, sample: Any) -> LayerGraph:
         m = copy.deepcopy(model).eval()
     for p in m.parameters():
         p.requires_grad_(False)
-    ep = _export(m, tuple(sample.args), dict(sample.kwargs))
+    try:
+        ep = _export(m, tuple(sample.args), dict(sample.kwargs))
+    except Exception as e:  # export names the output type it cannot flatten: a cache is the user's to switch off
+        cache = re.search(r"\.(\w+Cache)'>", str(e))
+        if cache:
+            raise _cache_error(cache.group(1)) from None
+        raise
     unlifted = ep.module()
     in_spec, out_spec = unlifted._in_spec, unlifted._out_spec
     _plain_graph(unlifted)
