@@ -11,6 +11,11 @@ pre-activation output against the float network, and remove it from the bias::
 (a layer without a bias gets one). Because upstream layers are already quantized and
 corrected, the correction also absorbs the shift they pass on.
 
+All layers are corrected in one lockstep pass of the quantized network over the calibration
+batches (:mod:`quantlens.graph.lockstep`), which gives the numbers of one pass up to each layer
+at the cost of one pass; when the calibration batches' activations do not fit in memory at
+once, it falls back to those per-layer passes.
+
 Example:
     >>> from quantlens.fixes import FixContext, make_fix                          # doctest: +SKIP
     >>> g2 = make_fix("bias_correction", FixContext(cfg, calib)).apply(g, ["conv1"])
@@ -18,16 +23,17 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
 
 from ..analysis.accumulate import _channel_sums, channel_axis
 from ..analysis.data import iterate
 from ..errors import QuantlensError
 from ..graph.capture import LayerGraph
 from ..graph.cone import build_cache_module
+from ..graph.lockstep import LockstepTooLarge, Pause, run_lockstep
 from ..numerics import analysis_mode
 from ..qconfig import QuantConfig
 from .base import FixContext, copy_graph, register_fix
@@ -52,22 +58,55 @@ class BiasCorrection:
         chosen = [l for l in graph.layers if l.name in set(layers) and cfg.get(l.name) is not None and not graph.shared(l)]
         if not chosen:
             return graph
-        out = copy_graph(graph, [l.name for l in chosen])
-        for l in chosen:
-            m = out.module(l)
-            if m.bias is None:
-                m.bias = nn.Parameter(torch.zeros(m.weight.shape[0], device=m.weight.device), requires_grad=False)
+        out = _with_biases(graph, chosen)
         quantized = QuantConfig(tuple((n, lq) for n, lq in cfg.layers if n in {l.name for l in graph.layers}), cfg.act_estimator)
         dev = self.ctx.device
         qnet = build_quantized(out, quantized, self.ctx.calib, dev)
         floats = self._float_sums(graph, chosen)
+        try:
+            self._correct_lockstep(graph, out, qnet.gm, chosen, floats)
+        except LockstepTooLarge:  # too many calibration batches to hold at once: one pass per layer
+            return self._apply_per_layer(graph, chosen, quantized, floats)
+        return out
+
+    def _correct(self, out: LayerGraph, l: Any, zs: Iterable[Tensor], floats: list[Tensor]) -> None:
+        """``b_l -= E[z_q - z]`` per channel: ``zs`` the tap's value on each calibration batch."""
+        axis = channel_axis(l.op)
+        total: Optional[Tensor] = None
+        count = 0
+        for z, fsum in zip(zs, floats):
+            s = _sums(z, axis) - fsum
+            total = s if total is None else total + s
+            count += z.numel() // z.shape[axis % z.dim()]
+        if total is None or count == 0:
+            return
+        m = out.module(l)
+        with torch.no_grad():
+            m.bias.sub_((total / count).float().to(m.bias))
+
+    def _correct_lockstep(self, graph: LayerGraph, out: LayerGraph, qgm: fx.GraphModule, chosen: list, floats: dict) -> None:
+        """Every chosen layer corrected in one lockstep pass of the quantized network
+        (:mod:`~quantlens.graph.lockstep`): at each layer's tap, its shift over every batch, its
+        bias corrected, the layer (and its output quantizer) re-run before anything downstream."""
+        by_target = {str(n.target): n.name for n in qgm.graph.nodes if n.op == "call_module"}
+        pauses = []
         for l in chosen:
-            shift = self._shift(graph, _tap_module(qnet.gm, l), qnet.gm, floats[l.name], channel_axis(l.op))
-            if shift is None:
-                continue
-            m = out.module(l)
-            with torch.no_grad():
-                m.bias.sub_(shift.to(m.bias))
+            layer_node = by_target[f"ql_layer_{l.index}"]
+            tap = by_target[_tap_target(qgm, l)]
+            pauses.append(Pause(tap, lambda zs, l=l: self._correct(out, l, zs, floats[l.name]),
+                                (layer_node,) if tap == layer_node else (layer_node, tap)))
+        batches = [graph.flat(inputs.to(self.ctx.device)) for inputs, _ in iterate(self.ctx.calib, "calibration data")]
+        with analysis_mode():
+            run_lockstep(qgm, batches, pauses)
+
+    def _apply_per_layer(self, graph: LayerGraph, chosen: list, quantized: QuantConfig, floats: dict) -> LayerGraph:
+        """The same corrections with one pass of the quantized network up to each layer."""
+        from ..analysis.network import build_quantized
+
+        out = _with_biases(graph, chosen)
+        qnet = build_quantized(out, quantized, self.ctx.calib, self.ctx.device)
+        for l in chosen:
+            self._correct(out, l, self._tap_values(graph, qnet.gm.get_submodule(_tap_target(qnet.gm, l)), qnet.gm), floats[l.name])
         return out
 
     def _float_sums(self, graph: LayerGraph, chosen: list) -> dict[str, list[Tensor]]:
@@ -86,11 +125,9 @@ class BiasCorrection:
                 del values, vals
         return out
 
-    def _shift(self, graph: LayerGraph, layer_module: nn.Module, qgm: nn.Module, floats: list[Tensor], axis: int) -> Optional[Tensor]:
-        """``E[z_q - z]`` per channel over the calibration data. The quantized network runs only up
-        to the layer (a hook on its module stops the pass there): what follows cannot change it."""
-        total: Optional[Tensor] = None
-        count = 0
+    def _tap_values(self, graph: LayerGraph, layer_module: nn.Module, qgm: nn.Module) -> Iterator[Tensor]:
+        """The tap module's output on each calibration batch. The quantized network runs only up
+        to it (a hook on the module stops the pass there): what follows cannot change it."""
 
         def stop(_m: nn.Module, _a: object, z: Tensor) -> None:
             raise _Reached(z)
@@ -98,28 +135,33 @@ class BiasCorrection:
         handle = layer_module.register_forward_hook(stop)
         try:
             with analysis_mode():
-                for inputs, fsum in zip(iterate(self.ctx.calib, "calibration data"), floats):
+                for inputs, _ in iterate(self.ctx.calib, "calibration data"):
                     try:
-                        qgm(*graph.flat(inputs[0].to(self.ctx.device)))
+                        qgm(*graph.flat(inputs.to(self.ctx.device)))
                         raise QuantlensError("bias correction: a corrected layer did not run on a calibration batch")
                     except _Reached as r:
                         z = r.value
-                    s = _sums(z, axis) - fsum
-                    c = z.numel() // z.shape[axis % z.dim()]
-                    total = s if total is None else total + s
-                    count += c
-                    del z
+                    yield z
         finally:
             handle.remove()
-        return None if total is None or count == 0 else (total / count).float()
 
 
-def _tap_module(qgm: nn.Module, layer: Any) -> nn.Module:
+def _tap_target(qgm: nn.Module, layer: Any) -> str:
     """The module of the quantized network whose output is the value of ``layer``'s node there:
     its output quantizer when the layer has no activation (the node is its output), else the layer."""
     if layer.output_node == layer.node and hasattr(qgm, f"ql_out_{layer.index}"):
-        return qgm.get_submodule(f"ql_out_{layer.index}")
-    return qgm.get_submodule(f"ql_layer_{layer.index}")
+        return f"ql_out_{layer.index}"
+    return f"ql_layer_{layer.index}"
+
+
+def _with_biases(graph: LayerGraph, chosen: list) -> LayerGraph:
+    """A copy whose chosen layers' modules are private, each with a bias (zeros if it had none)."""
+    out = copy_graph(graph, [l.name for l in chosen])
+    for l in chosen:
+        m = out.module(l)
+        if m.bias is None:
+            m.bias = nn.Parameter(torch.zeros(m.weight.shape[0], device=m.weight.device), requires_grad=False)
+    return out
 
 
 class _Reached(Exception):

@@ -23,7 +23,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -34,6 +34,7 @@ from ..config import QuantSpec
 from ..errors import QuantlensError
 from ..graph.capture import LayerGraph
 from ..graph.cone import build_cache_module, input_node
+from ..graph.lockstep import LockstepTooLarge, Pause, run_lockstep
 from ..numerics import analysis_mode
 from ..quant.quantizer import weight_rows
 from ..quant.ranges import _mse_best_scale, estimate_weight_rows
@@ -65,16 +66,20 @@ class ClipFix:
     def apply(self, graph: LayerGraph, layers: Sequence[str]) -> LayerGraph:
         out = copy_graph(graph, [n for n in layers if self.spec(n) is not None])
         for name in layers:
-            spec = self.spec(name)
-            if spec is None:
-                continue
-            w = weight_of(out, name)
-            rows = weight_rows(w.detach(), spec)
-            lo, hi = self.range(out, name, rows, spec)
-            clamped = torch.maximum(torch.minimum(rows, hi.unsqueeze(1).to(rows)), lo.unsqueeze(1).to(rows))
-            with torch.no_grad():
-                w.copy_(clamped.reshape(w.shape))
+            self.clip(out, name)
         return out
+
+    def clip(self, out: LayerGraph, name: str) -> None:
+        """Clamp layer ``name``'s weights in ``out`` (its module already private to ``out``)."""
+        spec = self.spec(name)
+        if spec is None:
+            return
+        w = weight_of(out, name)
+        rows = weight_rows(w.detach(), spec)
+        lo, hi = self.range(out, name, rows, spec)
+        clamped = torch.maximum(torch.minimum(rows, hi.unsqueeze(1).to(rows)), lo.unsqueeze(1).to(rows))
+        with torch.no_grad():
+            w.copy_(clamped.reshape(w.shape))
 
 
 @register_fix("sawb", order=20)
@@ -94,20 +99,28 @@ class PercentileClip(ClipFix):
 
 def input_second_moment(graph: LayerGraph, name: str, calib, device: torch.device) -> Tensor:
     """``E[x_c^2]`` per input channel ``c`` of layer ``name`` over ``calib`` (float graph)."""
+    _need_calib(calib)
+    layer = graph.layer(name)
+    gm, _ = build_cache_module(graph, [input_node(graph, layer)])
+    gm.to(device)
+    xs = (gm(*graph.flat(inputs.to(device)))[1][0] for inputs, _ in iterate(calib, "calibration data"))
+    with analysis_mode():
+        return _second_moment(xs, channel_axis(layer.op))
+
+
+def _need_calib(calib: object) -> None:
     if calib is None:
         raise QuantlensError("fix 'mse_output' needs calibration data")
-    layer = graph.layer(name)
-    node = input_node(graph, layer)
-    gm, keep = build_cache_module(graph, [node])
-    gm.to(device)
+
+
+def _second_moment(xs: Iterable[Tensor], axis: int) -> Tensor:
+    """``sum_b sum x^2 / count`` per channel along ``axis`` (float64 sums), over the batches ``xs``."""
     total: Optional[Tensor] = None
     count = 0
-    with analysis_mode():
-        for inputs, _ in iterate(calib, "calibration data"):
-            _, (x,) = gm(*graph.flat(inputs.to(device)))
-            s, c = _channel_sums(x.double() ** 2, channel_axis(layer.op))
-            total = s if total is None else total + s
-            count += c
+    for x in xs:
+        s, c = _channel_sums(x.double() ** 2, axis)
+        total = s if total is None else total + s
+        count += c
     assert total is not None
     return (total / max(count, 1)).float()
 
@@ -123,15 +136,48 @@ def _importance(w: Tensor, groups: int, ex2: Tensor) -> Tensor:
 
 @register_fix("mse_output", order=20)
 class OutputMSEClip(ClipFix):
+    """Layers are clipped in graph order, each with ``E[x^2]`` measured on the network whose
+    earlier layers are already clipped. One lockstep pass of that float network over the
+    calibration batches (:mod:`quantlens.graph.lockstep`) pauses at each layer's input, clips the
+    layer, and goes on; when the batches' activations do not fit in memory at once, one pass per
+    layer gives the same numbers."""
+
     estimator = "minmax"
+
+    def apply(self, graph: LayerGraph, layers: Sequence[str]) -> LayerGraph:
+        _need_calib(self.ctx.calib)
+        wanted = {n for n in layers if self.spec(n) is not None}
+        names = [l.name for l in graph.layers if l.name in wanted]  # graph order
+        out = copy_graph(graph, names)
+        self._ex2: dict[str, Tensor] = {}
+        by_input: dict[str, list[str]] = {}
+        for n in names:
+            by_input.setdefault(input_node(out, out.layer(n)), []).append(n)
+
+        def clip(node_layers: list[str], xs: list[Tensor]) -> None:
+            for n in node_layers:
+                self._ex2[n] = _second_moment(xs, channel_axis(out.layer(n).op))
+                self.clip(out, n)
+
+        pauses = [Pause(node, lambda xs, ls=ls: clip(ls, xs)) for node, ls in by_input.items()]
+        batches = [out.flat(inputs.to(self.ctx.device)) for inputs, _ in iterate(self.ctx.calib, "calibration data")]
+        out.gm.to(self.ctx.device)
+        try:
+            with analysis_mode():
+                run_lockstep(out.gm, batches, pauses)
+        except LockstepTooLarge:  # one pass per layer on a fresh copy
+            self._ex2 = {}
+            return super().apply(graph, names)
+        return out
 
     def range(self, graph: LayerGraph, name: str, rows: Tensor, spec: QuantSpec) -> tuple[Tensor, Tensor]:
         module = graph.module(graph.layer(name))
-        ex2 = input_second_moment(graph, name, self.ctx.calib, self.ctx.device)
+        ex2 = self._ex2.get(name) if getattr(self, "_ex2", None) else None
+        if ex2 is None:
+            ex2 = input_second_moment(graph, name, self.ctx.calib, self.ctx.device)
         imp = _importance(module.weight.detach(), int(getattr(module, "groups", 1)), ex2)
         imp_rows = weight_rows(imp, spec).float().to(rows.device) + 1e-12
         amax = rows.abs().amax(dim=1)
         lo, hi = -amax, amax
         c = _mse_best_scale(rows.float(), imp_rows, lo, hi, spec)
         return lo * c, hi * c
-
