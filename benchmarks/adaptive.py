@@ -1,7 +1,7 @@
 """``python -m benchmarks.adaptive [--subject demo|effnet] [--metric agreement] [--tolerance 0.5%] ...``
 
 Adaptive sample size vs the exact sweep, on the same data in one run: the exact sweep records
-every cell's accumulator after each batch; the adaptive rule (:mod:`quantlens.analysis.adaptive`)
+every cell's accumulator after each batch; the adaptive rule (:mod:`quantlens.analysis.sweep.adaptive`)
 is then replayed on those records, which is exactly what :class:`AdaptiveExecutor` computes
 (the sums after ``k`` batches are the same; ``tests/test_adaptive.py`` checks replay == executor).
 Prints the share of cone passes saved and the rank agreement with the exact sweep wherever the
@@ -16,9 +16,9 @@ import time
 from typing import Any
 
 import quantlens as ql
-from quantlens.analysis.accumulate import CellAccumulator
-from quantlens.analysis.adaptive import MIN_SAMPLES, compare_to_exact, decide, parse_tolerance
-from quantlens.analysis.data import iterate
+from quantlens.analysis.sweep.accumulate import CellAccumulator
+from quantlens.analysis.sweep.adaptive import MIN_SAMPLES, compare_to_exact, decide, parse_tolerance
+from quantlens.data import iterate
 from quantlens.metrics import make_metric
 from quantlens.stats.intervals import metric_interval
 

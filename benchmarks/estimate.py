@@ -1,6 +1,6 @@
 """``python -m benchmarks.estimate [--subject resnet18|effnet] [--images N] [--size S] [--bits 4]``
 
-The first-order estimate (:mod:`quantlens.analysis.estimate`) against the exact sweep, in one
+The first-order estimate (:mod:`quantlens.analysis.sweep.estimate`) against the exact sweep, in one
 run on the same data: wall time of the estimate (calibration + one forward/backward per batch +
 each layer's own op) vs the exact cone sweep, and Spearman over all cells at each bit-width.
 """
@@ -13,9 +13,9 @@ import time
 from typing import Any
 
 import quantlens as ql
-from quantlens.analysis.api import make_config
-from quantlens.analysis.data import iterate
-from quantlens.analysis.estimate import first_order, spearman
+from quantlens.analysis.sweep.api import make_config
+from quantlens.data import iterate
+from quantlens.analysis.sweep.estimate import first_order, spearman
 from quantlens.parallel import SweepRecipe
 
 __all__ = ["main"]

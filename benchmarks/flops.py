@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from quantlens.analysis.runner import ConeRunner
+from quantlens.analysis.sweep.runner import ConeRunner
 from quantlens.graph.capture import capture
 from quantlens.inputs import Inputs
 

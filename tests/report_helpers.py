@@ -8,7 +8,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Optional
 
-from quantlens.analysis.results import Cell, LayerInfo, SweepResult, WeightStats
+from quantlens.analysis.sweep.results import Cell, LayerInfo, SweepResult, WeightStats
 
 EVIL = "<img src=x onerror=alert(1)>"
 

@@ -11,7 +11,7 @@ from models import tiny_data, tiny_net, user_file
 
 import quantlens as ql
 from benchmarks.adaptive import Recording, replay
-from quantlens.analysis.adaptive import compare_to_exact, decide, parse_tolerance
+from quantlens.analysis.sweep.adaptive import compare_to_exact, decide, parse_tolerance
 from quantlens.cli import main
 from quantlens.errors import QuantlensError
 from quantlens.stats.intervals import Interval

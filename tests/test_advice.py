@@ -8,9 +8,9 @@ import math
 
 from report_helpers import plots, synthetic_result, write_run
 
-from quantlens.analysis.fixloop import FixResult, FixRow, LocalTrial
+from quantlens.analysis.experiments.fixloop import FixResult, FixRow, LocalTrial
 from quantlens.cli import main
-from quantlens.plan import LayerPlan, PlanResult
+from quantlens.analysis.experiments.plan import LayerPlan, PlanResult
 from quantlens.qconfig import QuantConfig
 from quantlens.report.insights import insights
 from quantlens.report.noise import noise_sentences, top_tier, verdict

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import quantlens as ql
-from quantlens.analysis.data import normalize_batch
+from quantlens.data import normalize_batch
 from quantlens.cli import main
 from quantlens.graph.capture import capture
 from quantlens.inputs import Inputs

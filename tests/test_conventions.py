@@ -99,7 +99,7 @@ def _ort_weight_scales(path) -> list[float]:
 def test_onnxruntime_quantize_static_scales_and_accuracy(ort_models, bits):
     """The onnxruntime convention gives quantize_static's weight scales, and predicts its accuracy within 1 point."""
     from quantlens import demo
-    from quantlens.analysis.measure import NetworkMeasurer
+    from quantlens.analysis.network.measure import NetworkMeasurer
     from quantlens.runtime.ort import RuntimeSession
 
     data = demo.data()
@@ -140,8 +140,8 @@ def test_sweep_under_a_convention_matches_the_whole_network_measurement():
     from models import tiny_data, tiny_net
 
     import quantlens as ql
-    from quantlens.analysis.api import make_config
-    from quantlens.analysis.measure import NetworkMeasurer
+    from quantlens.analysis.sweep.api import make_config
+    from quantlens.analysis.network.measure import NetworkMeasurer
 
     data = tiny_data(n_batches=2)
     sweep = ql.analyze(tiny_net(), data, config=make_config([4], 8, convention="onnxruntime"), metric="agreement")

@@ -11,10 +11,11 @@ import torch
 from single_thread import one_thread_demo  # noqa: F401  (module fixture: one intra-op thread)
 
 from quantlens import analyze, demo, demo_culprit
-from quantlens.analysis.additivity import AdditivityResult, run_additivity
-from quantlens.analysis.fixloop import FixResult, fix_loop
+from quantlens.analysis.experiments.additivity import AdditivityResult, run_additivity
+from quantlens.analysis.experiments.fixloop import FixResult, fix_loop
 from quantlens.guard import state_fingerprint
 from quantlens.qconfig import QuantConfig
+from quantlens.workload import Workload
 
 pytestmark = pytest.mark.slow  # end to end: `pytest -m 'not slow'` skips it
 
@@ -37,7 +38,7 @@ def test_local_clipping_recovers_what_global_sawb_does_not(culprit):
     model, data, calib, sweep = culprit
     before = state_fingerprint(model)
     result, measurer = fix_loop(
-        model, data, sweep, w_bits=8, calib=calib, candidates=("sawb", "mse", "mse_output"), top=1, global_rows=[("sawb",)]
+        Workload(model, data, calib), sweep, w_bits=8, candidates=("sawb", "mse", "mse_output"), top=1, global_rows=[("sawb",)]
     )
     naive = result.row("naive").degradation
     assert naive >= 3 / 450
@@ -61,7 +62,7 @@ def test_local_clipping_recovers_what_global_sawb_does_not(culprit):
 
 
 def test_additivity_on_the_clean_demo(demo_model, demo_data):
-    r = run_additivity(demo_model, demo_data, calib=demo.calib(), low=4, high=8, configs=20, seed=0)
+    r = run_additivity(Workload(demo_model, demo_data, demo.calib()), low=4, high=8, configs=20, seed=0)
     assert len(r.points) == 20
     assert r.pearson_r >= 0.9, r.to_json()
     assert r.noise_pearson_r >= 0.9

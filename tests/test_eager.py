@@ -166,8 +166,8 @@ def test_hooks_engine_leaves_the_model_unchanged():
 
 
 def test_whole_network_through_hooks_equals_the_traced_twin():
-    from quantlens.analysis.measure import NetworkMeasurer
-    from quantlens.analysis.measure import EagerNetworkMeasurer, make_measurer
+    from quantlens.analysis.network.measure import NetworkMeasurer
+    from quantlens.analysis.network.measure import EagerNetworkMeasurer, make_measurer
     from quantlens.qconfig import LayerQuant, QuantConfig
 
     m, twin = _pair()
@@ -196,18 +196,18 @@ def test_whole_network_through_hooks_equals_the_traced_twin():
 
 @pytest.mark.slow
 def test_additivity_and_plan_run_on_an_untraceable_model():
-    from quantlens.analysis.additivity import run_additivity
-    from quantlens.plan import run_plan
+    from quantlens.analysis.experiments.additivity import run_additivity
+    from quantlens.analysis.experiments.plan import run_plan
 
     m, _ = _pair()
     data = tiny_data(n_batches=2)
     with pytest.warns(ql.QuantlensWarning):
-        a = run_additivity(m, data, metric="kl", configs=4)
-        p = run_plan(m, data, metric="kl", budget=6.0, w_bits=(4, 8))
+        a = run_additivity(Workload(m, data, metric="kl"), configs=4)
+        p = run_plan(Workload(m, data, metric="kl"), budget=6.0, w_bits=(4, 8))
     # oracle: the same experiments on the traceable twin (same weights) through the cone engine
     _, twin = _pair()
-    a2 = run_additivity(twin, data, metric="kl", configs=4)
-    p2 = run_plan(twin, data, metric="kl", budget=6.0, w_bits=(4, 8))
+    a2 = run_additivity(Workload(twin, data, metric="kl"), configs=4)
+    p2 = run_plan(Workload(twin, data, metric="kl"), budget=6.0, w_bits=(4, 8))
     assert len(a.points) == 4
     for x, y in zip(a.points, a2.points):
         assert x.low_bit_layers == y.low_bit_layers
@@ -236,9 +236,9 @@ class Looped(nn.Module):
 
 
 def test_a_module_called_twice_is_calibrated_on_both_calls():
-    from quantlens.analysis.api import make_config
-    from quantlens.analysis.data import iterate
-    from quantlens.analysis.sweep import Sweep
+    from quantlens.analysis.sweep.api import make_config
+    from quantlens.data import iterate
+    from quantlens.analysis.sweep.engine import Sweep
 
     data = tiny_data(n_batches=2)
     with pytest.warns(ql.QuantlensWarning, match="cannot trace"):
@@ -282,7 +282,7 @@ class InPlaceAfter(nn.Module):
 
 
 def test_hooks_keep_layer_outputs_as_the_layer_produced_them():
-    from quantlens.analysis.runner import HookRunner
+    from quantlens.analysis.sweep.runner import HookRunner
 
     m, (x, _) = InPlaceAfter().eval(), tiny_data(n_batches=1)[0]
     runner = HookRunner(m, (x,))

@@ -12,7 +12,7 @@ from models import tiny_data, tiny_net
 from torch import nn
 
 import quantlens as ql
-from quantlens.analysis.estimate import first_order, spearman
+from quantlens.analysis.sweep.estimate import first_order, spearman
 from quantlens.errors import QuantlensError
 from quantlens.report.insights import insights
 
@@ -36,8 +36,8 @@ class TwoLinear(nn.Module):
 
 def test_first_order_equals_direct_fisher_formula():
     """est(fc2, b) = mean 1/2 (g . d)^2 with g = grad of log softmax at a label drawn like the engine's draw."""
-    from quantlens.analysis.api import make_config
-    from quantlens.analysis.data import iterate
+    from quantlens.analysis.sweep.api import make_config
+    from quantlens.data import iterate
     from quantlens.parallel import SweepRecipe
 
     m = TwoLinear().eval()

@@ -22,7 +22,7 @@ pytest.importorskip("onnxruntime")
 import onnx  # noqa: E402
 from onnx import TensorProto  # noqa: E402
 
-from quantlens.analysis.measure import NetworkMeasurer  # noqa: E402
+from quantlens.analysis.network.measure import NetworkMeasurer  # noqa: E402
 from quantlens.cli import main  # noqa: E402
 from quantlens.errors import QuantlensError  # noqa: E402
 from quantlens.export import export as export_weights  # noqa: E402

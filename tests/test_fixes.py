@@ -12,7 +12,7 @@ from single_thread import one_thread  # noqa: F401  (module fixture: one intra-o
 
 from quantlens.workload import Workload
 from quantlens import QuantlensError
-from quantlens.analysis.measure import NetworkMeasurer
+from quantlens.analysis.network.measure import NetworkMeasurer
 from quantlens.fixes import FixContext, apply_fixes, fixes, make_fix
 from quantlens.fixes.equalize import equalizable_pairs
 from quantlens.graph import capture
@@ -154,7 +154,7 @@ def test_equalization_through_depthwise_pool_and_flatten():
 
 
 def _pre_activation_shift(graph, float_graph, cfg, data, names):
-    from quantlens.analysis.network import build_quantized
+    from quantlens.analysis.network.build import build_quantized
     from quantlens.graph.cone import build_cache_module
 
     nodes = [graph.layer(n).node for n in names]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lm_models import tiny_lm, token_data
-from quantlens.analysis.api import analyze
+from quantlens.analysis.sweep.api import analyze
 from quantlens.errors import QuantlensError
 
 

@@ -154,7 +154,7 @@ def test_sweep_cells_and_network_carry_intervals(tmp_path):
     cfg = ql.QuantConfig.uniform(r.layer_names, w_bits=3)
     net = ql.quantize_network(model, data, cfg, metric="kl")
     assert net.interval is not None and net.ci_low <= net.degradation <= net.ci_high
-    from quantlens.analysis.measure import NetworkResult
+    from quantlens.analysis.network.measure import NetworkResult
 
     assert NetworkResult.from_dict(net.to_dict()).ci_high == net.ci_high
     custom = ql.analyze(model, data, w_bits=[4], metric=lambda y_ref, y, labels: float((y - y_ref).abs().mean()),

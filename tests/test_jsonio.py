@@ -7,10 +7,10 @@ import math
 import pytest
 
 from quantlens import jsonio
-from quantlens.analysis.additivity import AdditivityResult
-from quantlens.analysis.fixloop import FixResult
+from quantlens.analysis.experiments.additivity import AdditivityResult
+from quantlens.analysis.experiments.fixloop import FixResult
 from quantlens.errors import QuantlensError
-from quantlens.plan import PlanResult
+from quantlens.analysis.experiments.plan import PlanResult
 
 
 def test_nan_roundtrip_and_atomic_write(tmp_path):

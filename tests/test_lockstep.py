@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import quantlens.graph.lockstep as lockstep
-from quantlens.analysis.data import iterate
-from quantlens.analysis.network import build_quantized, calibrate_ranges
+from quantlens.data import iterate
+from quantlens.analysis.network.build import build_quantized, calibrate_ranges
 from quantlens.fixes import FixContext, make_fix
 from quantlens.fixes.base import copy_graph
 from quantlens.graph.capture import capture

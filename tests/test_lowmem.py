@@ -7,8 +7,8 @@ import torch
 
 import quantlens as ql
 from lm_models import tiny_lm, token_data
-from quantlens.analysis.data import iterate
-from quantlens.analysis.runner import ConeRunner, block_starts
+from quantlens.data import iterate
+from quantlens.analysis.sweep.runner import ConeRunner, block_starts
 from quantlens.graph.capture import capture
 
 

@@ -8,10 +8,10 @@ import torch.nn as nn
 from models import tiny_data, tiny_net
 
 import quantlens as ql
-from quantlens.analysis.api import make_config
-from quantlens.analysis.data import iterate
-from quantlens.analysis.multibit import BitBatcher
-from quantlens.analysis.sweep import Sweep
+from quantlens.analysis.sweep.api import make_config
+from quantlens.data import iterate
+from quantlens.analysis.sweep.multibit import BitBatcher
+from quantlens.analysis.sweep.engine import Sweep
 
 
 class MixesBatch(nn.Module):

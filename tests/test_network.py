@@ -9,7 +9,7 @@ from single_thread import one_thread  # noqa: F401  (module fixture: one intra-o
 
 from quantlens.workload import Workload
 from quantlens import QuantlensError, analyze
-from quantlens.analysis.measure import NetworkMeasurer, NetworkResult, quantize_network
+from quantlens.analysis.network.measure import NetworkMeasurer, NetworkResult, quantize_network
 from quantlens.config import PerChannel
 from quantlens.graph import capture
 from quantlens.guard import state_fingerprint

@@ -9,8 +9,8 @@ import pytest
 from single_thread import one_thread  # noqa: F401  (module fixture: one intra-op thread)
 
 from quantlens import QuantlensError
-from quantlens.analysis.results import Cell, LayerInfo, SweepResult
-from quantlens.plan import PlanResult, budget_capacity, mckp, plan_bits
+from quantlens.analysis.sweep.results import Cell, LayerInfo, SweepResult
+from quantlens.analysis.experiments.plan import PlanResult, budget_capacity, mckp, plan_bits
 
 
 def _brute(options, capacity):

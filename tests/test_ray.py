@@ -17,7 +17,7 @@ from helpers import close
 from models import tiny_data, tiny_net, user_file
 
 import quantlens as ql
-from quantlens.analysis.api import make_config
+from quantlens.analysis.sweep.api import make_config
 from quantlens.parallel import SweepRecipe, run_sweep
 from quantlens.parallel.ray_executor import RayExecutor, group_layers
 

@@ -108,7 +108,7 @@ def test_demo_report_in_chromium(chrome, tmp_path):
         const t = document.getElementById('layers-table'); const th = [...t.tHead.rows[0].cells].find(c => c.textContent === 'deg@3b');
         th.click(); th.click();
         return [...t.tBodies[0].rows].map(r => r.cells[1].textContent);""")
-    from quantlens.analysis.results import SweepResult
+    from quantlens.analysis.sweep.results import SweepResult
 
     r = SweepResult.from_json(out / "results.json")
     assert order[0] == r.worst(3, 1)[0].layer

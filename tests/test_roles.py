@@ -9,13 +9,14 @@ import torch
 
 from lm_models import lm_user_file, tiny_lm, token_data
 from models import tiny_data, tiny_net
-from quantlens.analysis.api import analyze, make_config
-from quantlens.analysis.measure import quantize_network
-from quantlens.analysis.role_sweep import analyze_roles
+from quantlens.analysis.sweep.api import analyze, make_config
+from quantlens.analysis.network.measure import quantize_network
+from quantlens.analysis.experiments.role_sweep import analyze_roles
 from quantlens.errors import QuantlensError
 from quantlens.qconfig import QuantConfig
 from quantlens.report.roles import role_view, worst_roles
 from quantlens.roles import assign_roles, require_roles, split_name
+from quantlens.workload import Workload
 
 
 def test_role_and_block_from_the_qualified_name():
@@ -41,7 +42,7 @@ def test_no_repeated_blocks_is_one_line_that_lists_the_layers():
         require_roles(names)
     assert "\n" not in str(e.value)
     with pytest.raises(QuantlensError, match="no repeated blocks"):
-        analyze_roles(tiny_net(), tiny_data(1), config=make_config([4]), metric="kl")
+        analyze_roles(Workload(tiny_net(), tiny_data(1), metric="kl"), config=make_config([4]))
 
 
 def test_role_view_arranges_the_layer_cells():
@@ -58,7 +59,7 @@ def test_role_view_arranges_the_layer_cells():
 
 def test_role_cell_is_the_whole_network_measurement_of_the_role():
     model, data = tiny_lm(), token_data()
-    r = analyze_roles(model, data, config=make_config([4, 6], 8, "per-group-8"), metric="token_kl")
+    r = analyze_roles(Workload(model, data, metric="token_kl"), config=make_config([4, 6], 8, "per-group-8"))
     assert r.layer_names == ["q_proj", "o_proj", "up_proj", "down_proj"]
     assert r.extra["roles"]["down_proj"] == [f"layers.{i}.down_proj" for i in range(3)]
     assert {l.name: l.params for l in r.layers}["down_proj"] == sum(b.down_proj.weight.numel() for b in model.layers)

@@ -15,7 +15,7 @@ from quantlens.metrics import make_metric, update_metric
 
 def _inputs(**kw):
     try:
-        from quantlens.analysis.data import Inputs  # the lead's mapping batches
+        from quantlens.data import Inputs  # the lead's mapping batches
     except ImportError:
         return SimpleNamespace(args=(), kwargs=kw)
     return Inputs((), kw)

@@ -15,10 +15,11 @@ from helpers import assert_close
 from torch import nn
 
 from quantlens import analyze, demo, demo_culprit
-from quantlens.analysis.fixloop import DEFAULT_FIXES, fix_loop
+from quantlens.analysis.experiments.fixloop import DEFAULT_FIXES, fix_loop
 from quantlens.config import QuantSpec, SweepConfig
 from quantlens.fixes import FixContext, make_fix
 from quantlens.qconfig import QuantConfig
+from quantlens.workload import RunOptions, Workload
 
 
 def _net() -> nn.Module:
@@ -44,7 +45,7 @@ def _cases():
 def test_trials_equal_one_analyze_per_fixed_graph(case):
     _, model, data, calib, bits, metric = case
     sweep = analyze(model, data, w_bits=[bits], a_bits=8, metric=metric, calib=calib)
-    result, measurer = fix_loop(model, data, sweep, w_bits=bits, a_bits=8, metric=metric, calib=calib, top=3)
+    result, measurer = fix_loop(Workload(model, data, calib, metric), sweep, w_bits=bits, a_bits=8, top=3)
     assert len(result.trials) == len(result.culprits) * len(DEFAULT_FIXES) and len(result.culprits) >= 2
     naive = QuantConfig.uniform(measurer.names, bits, 8)
     cfg = SweepConfig(w_bits=(bits,), a_bits=8, weight=QuantSpec(bits=bits))
@@ -59,20 +60,21 @@ def test_trials_equal_one_analyze_per_fixed_graph(case):
 def test_fix_additivity_and_plan_show_progress_with_an_eta(capsys):
     from models import tiny_data, tiny_net
 
-    from quantlens.analysis.additivity import run_additivity
-    from quantlens.plan import run_plan
+    from quantlens.analysis.experiments.additivity import run_additivity
+    from quantlens.analysis.experiments.plan import run_plan
 
     model, data = tiny_net(), tiny_data(n_batches=2)
     sweep = analyze(model, data, w_bits=[4, 8], metric="kl")
     capsys.readouterr()
-    fix_loop(model, data, sweep, w_bits=4, metric="kl", candidates=("sawb",), top=1, global_rows=[("sawb",)], progress=True)
+    fix_loop(Workload(model, data, metric="kl"), sweep, options=RunOptions(progress=True), w_bits=4, candidates=("sawb",), top=1,
+             global_rows=[("sawb",)])
     err = capsys.readouterr().err
     assert "fix" in err and "ETA" in err
     # 2 calibration + 2 data batches for the trials, then float, naive, global:sawb, local
     assert "8/8" in err
-    run_additivity(model, data, metric="kl", configs=2, sweep=sweep, progress=True)
+    run_additivity(Workload(model, data, metric="kl"), options=RunOptions(progress=True), configs=2, sweep=sweep)
     err = capsys.readouterr().err
     assert "additivity" in err and "3/3" in err and "ETA" in err
-    run_plan(model, data, metric="kl", budget=6.0, w_bits=(4, 8), sweep=sweep, progress=True)
+    run_plan(Workload(model, data, metric="kl"), options=RunOptions(progress=True), budget=6.0, w_bits=(4, 8), sweep=sweep)
     err = capsys.readouterr().err
     assert "plan" in err and "2/2" in err and "ETA" in err

@@ -19,7 +19,7 @@ from .analysis import (
     SweepState,
     analyze,
 )
-from .analysis.measure import quantize_network
+from .analysis.network.measure import quantize_network
 from .config import PerChannel, PerGroup, PerTensor, QuantSpec, SweepConfig
 from .errors import QuantlensError
 from .graph import LayerGraph, capture

@@ -1,6 +1,6 @@
 """The arguments of one forward call, :class:`Inputs`: ``model(*args, **kwargs)``.
 
-Every batch the engine sees is normalized to ``Inputs`` (see :mod:`quantlens.analysis.data`):
+Every batch the engine sees is normalized to ``Inputs`` (see :mod:`quantlens.data`):
 positional tensors, keyword arguments from a tokenizer's dict, or both.
 
 Example:

@@ -156,7 +156,7 @@ def register_metric(name: str) -> Callable[[type], type]:
 
 def metrics() -> list[str]:
     """Names of the registered metrics."""
-    return sorted(_REGISTRY)
+    return sorted(_registry())
 
 
 def update_metric(metric: Metric, y_ref: Tensor, y: Tensor, labels: Optional[Tensor], inputs: Any = None) -> None:
@@ -170,7 +170,7 @@ def update_metric(metric: Metric, y_ref: Tensor, y: Tensor, labels: Optional[Ten
 def token_mask(y: Tensor, inputs: Any) -> Optional[Tensor]:
     """The inputs' attention mask as a bool ``[batch, seq]`` tensor on ``y``'s device, if ``y`` is
     ``[batch, seq, ...]`` and the inputs carry one of that shape; else ``None``."""
-    from .analysis.data import attention_mask  # (analysis imports this module)
+    from .data import attention_mask  # (analysis imports this module)
 
     mask = attention_mask(inputs)
     if mask is None or y.dim() < 3 or tuple(mask.shape) != tuple(y.shape[:2]):
@@ -273,15 +273,21 @@ class CallableMetric(SumMetric):
         self.count += n
 
 
-from . import token_metrics as _token_metrics  # noqa: E402,F401  (registers the token metrics)
+def _registry() -> dict[str, Callable[[], Metric]]:
+    """The registered metrics, the token metrics of :mod:`quantlens.token_metrics` included
+    (imported here, not at load time: that module builds on this one)."""
+    from . import token_metrics  # noqa: F401  (registers the token metrics)
+
+    return _REGISTRY
 
 
 def make_metric(spec: Union[str, Callable[..., Any], Metric]) -> Metric:
     """A fresh accumulator from a registered name, a user callable, or a metric to copy."""
     if isinstance(spec, str):
-        if spec not in _REGISTRY:
+        registry = _registry()
+        if spec not in registry:
             raise QuantlensError(f"unknown metric {spec!r}: choose one of {', '.join(metrics())} or pass a callable")
-        return _REGISTRY[spec]()
+        return registry[spec]()
     if hasattr(spec, "update") and hasattr(spec, "compute") and hasattr(spec, "merge"):
         return copy.deepcopy(spec)  # type: ignore[return-value]
     if callable(spec):

@@ -2,7 +2,7 @@
 
 A :class:`QuantConfig` maps each layer name to a :class:`LayerQuant` (weight bits, activation
 bits, weight granularity, weight range estimator, fixes). Every layer it names is quantized
-at once by :func:`quantlens.analysis.network.quantize_network`; a layer it does not name stays
+at once by :func:`quantlens.analysis.network.measure.quantize_network`; a layer it does not name stays
 float. Weights use the symmetric signed grid (or, with ``symmetric=False``, the unsigned affine
 one), activations the asymmetric unsigned grid
 (see :class:`~quantlens.config.QuantSpec`); ``a_bits=None`` keeps a layer's input and output

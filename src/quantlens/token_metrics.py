@@ -17,7 +17,7 @@ Counted tokens:
 
 * ``nll`` / ``perplexity``: the targets are the batch's ``labels`` (Hugging Face convention:
   the positions of ``input_ids``; the metric shifts them by one), else the input ids
-  themselves (:func:`~quantlens.analysis.data.token_labels`). Position ``t`` predicts
+  themselves (:func:`~quantlens.data.token_labels`). Position ``t`` predicts
   ``label_{t+1}``; it counts unless that label is -100 or the attention mask is 0 at ``t`` or
   ``t+1``.
 * ``token_kl`` / ``token_agreement`` are label-free: every position whose attention mask is 1
@@ -67,7 +67,7 @@ def _rows(t: Tensor) -> list[Tensor]:
 
 
 def _token_mask(inputs: Any, y: Tensor) -> Optional[Tensor]:
-    from .analysis.data import attention_mask
+    from .data import attention_mask
 
     mask = attention_mask(inputs)
     if mask is None:
@@ -117,7 +117,7 @@ class NLL(_TokenSum):
     higher_is_better = False
 
     def token_sums(self, y_ref: Tensor, y: Tensor, labels: Optional[Tensor], inputs: Any) -> tuple[float, int]:
-        from .analysis.data import IGNORE_INDEX, token_labels
+        from .data import IGNORE_INDEX, token_labels
 
         lab = token_labels(inputs, labels)
         if lab is None:

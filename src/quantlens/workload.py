@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Optional, Union
 import torch
 from torch import nn
 
-__all__ = ["Workload", "RunOptions"]
+__all__ = ["Workload", "RunOptions", "check_workload"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -65,3 +65,12 @@ class RunOptions:
     @property
     def torch_device(self) -> torch.device:
         return torch.device(self.device)
+
+
+def check_workload(workload: Any, where: str) -> None:
+    """One line when ``where`` is given something else than a :class:`Workload` (the old
+    ``where(model, data, metric=..., ...)`` call)."""
+    if not isinstance(workload, Workload):
+        from .errors import QuantlensError
+
+        raise QuantlensError(f"{where} takes a Workload first: {where}(quantlens.Workload(model, data, calib, metric=...), ...)")

@@ -8,9 +8,10 @@ import warnings
 from pathlib import Path
 from typing import Any, Optional
 
-from ..analysis.results import SweepResult
+from ..analysis.sweep.results import SweepResult
 from ..config import check_bits, parse_granularity
 from ..errors import QuantlensError
+from ..workload import RunOptions, Workload
 from .common import parse_a_bits
 
 __all__ = ["add_common", "parse_bits", "load_inputs", "load_sweep", "sweep_or_run"]
@@ -36,19 +37,31 @@ def parse_bits(text: Any, option: str) -> int:
     return check_bits(b, option)
 
 
+def load_workload(args: argparse.Namespace, need_fx: bool = False) -> Workload:
+    """The :class:`~quantlens.workload.Workload` of the MOD:FN options, ``--metric`` and
+    ``--output-key`` (see :func:`load_inputs`)."""
+    model, data, calib, reference = load_inputs(args, need_fx)
+    return Workload(model, data, calib, args.metric, reference, args.output_key)
+
+
+def run_options(args: argparse.Namespace) -> RunOptions:
+    """``--device`` and the progress bars (off with ``--no-progress``)."""
+    return RunOptions(args.device, progress=not args.no_progress)
+
+
 def load_inputs(args: argparse.Namespace, need_fx: bool = False) -> tuple[Any, Any, Any, Any]:
     """``(model, data, calib or None, reference or None)`` from the MOD:FN options.
 
     ``need_fx``: the command only works on a model torch.fx or torch.export can capture (``fix``): say so before the sweep.
     """
-    from ..analysis.measure import capture_traceable
+    from ..analysis.network.measure import capture_traceable
     from ..guard import preserve_model
     from ..loading import load_data, load_model
 
     model = load_model(args.model)
     data = load_data(args.data)
     if str(args.model).endswith(".onnx"):
-        from ..analysis.data import iterate
+        from ..data import iterate
         from ..model_files import check_onnx
 
         check_onnx(args.model, model, next(iter(iterate(data, "--data")))[0])  # the conversion must be onnxruntime's model
@@ -82,25 +95,23 @@ def load_sweep(args: argparse.Namespace, need_bits: list[int]) -> Optional[Sweep
     return sweep
 
 
-def sweep_or_run(args: argparse.Namespace, out: Path, model: Any, data: Any, calib: Any, reference: Any, w_bits: list[int], a_bits: Optional[int]) -> SweepResult:
+def sweep_or_run(args: argparse.Namespace, out: Path, w: Workload, w_bits: list[int], a_bits: Optional[int]) -> SweepResult:
     """The ``--results`` sweep, or a fresh one; either way also written to ``out/results.json``.
 
     With ``results.json`` next to ``fix.json`` / ``additivity.json`` / ``plan.json``,
     ``quantlens report OUT`` renders them together.
     """
-    from ..analysis.api import analyze, make_config
+    from ..analysis.sweep.api import analyze, make_config
 
     sweep = load_sweep(args, w_bits)
     cfg = make_config(w_bits, a_bits, args.granularity, convention=getattr(args, "convention", "quantlens"))
     if sweep is None and getattr(args, "group_by", "layer") == "role":  # plan: one bit-width per role
-        from ..analysis.role_sweep import analyze_roles
+        from ..analysis.experiments.role_sweep import analyze_roles
 
-        sweep = analyze_roles(model, data, config=cfg, metric=args.metric, calib=calib, reference=reference,
-                              device=args.device, output_key=args.output_key, progress=not args.no_progress,
-                              model_name=args.model)
+        sweep = analyze_roles(w, config=cfg, options=run_options(args), model_name=args.model)
     elif sweep is None:
-        sweep = analyze(model, data, config=cfg, metric=args.metric, calib=calib, reference=reference,
-                        device=args.device, output_key=args.output_key, model_name=args.model,
+        sweep = analyze(w.model, w.data, config=cfg, metric=w.metric, calib=w.calib, reference=w.reference,
+                        device=args.device, output_key=w.output_key, model_name=args.model,
                         progress=not args.no_progress)
     target = out / "results.json"
     source = Path(args.results) if args.results else None

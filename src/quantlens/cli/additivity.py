@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from ._loop_args import add_common, load_inputs, parse_bits, sweep_or_run
+from ._loop_args import add_common, load_workload, parse_bits, run_options, sweep_or_run
 from .common import add_model_args, console, parse_a_bits, prepare_out_dir
 
 __all__ = ["register", "run"]
@@ -28,7 +28,7 @@ def _f(x: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..analysis.additivity import run_additivity
+    from ..analysis.experiments.additivity import run_additivity
     from ..config import parse_granularity
     from ..errors import QuantlensError
 
@@ -40,12 +40,11 @@ def run(args: argparse.Namespace) -> int:
         raise QuantlensError(f"--low and --high are both {low}: give two different bit-widths")
     parse_granularity(args.granularity)
     out = prepare_out_dir(args.out)
-    model, data, calib, reference = load_inputs(args)
-    sweep = sweep_or_run(args, out, model, data, calib, reference, sorted({low, high}), a_bits)
+    workload = load_workload(args)
+    sweep = sweep_or_run(args, out, workload, sorted({low, high}), a_bits)
     r = run_additivity(
-        model, data, low=low, high=high, configs=args.configs, seed=args.seed, a_bits=a_bits, granularity=args.granularity,
-        metric=args.metric, calib=calib, reference=reference, device=args.device, output_key=args.output_key,
-        shift_threshold=args.shift_threshold, sweep=sweep, model_name=args.model, progress=not args.no_progress,
+        workload, options=run_options(args), low=low, high=high, configs=args.configs, seed=args.seed, a_bits=a_bits,
+        granularity=args.granularity, shift_threshold=args.shift_threshold, sweep=sweep, model_name=args.model,
     )
     r.to_json(out / "additivity.json")
     console.print(

@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..analysis.api import analyze, make_config
+    from ..analysis.sweep.api import analyze, make_config
 
     w_bits = parse_bits_list(args.w_bits)
     a_bits = parse_a_bits(args.a_bits)
@@ -56,14 +56,14 @@ def run(args: argparse.Namespace) -> int:
     out = prepare_out_dir(args.out)
     model, data, calib, reference = load_inputs(args)
     if args.group_by == "role":
-        from ..analysis.role_sweep import analyze_roles
+        from ..analysis.experiments.role_sweep import analyze_roles
+        from ..workload import RunOptions, Workload
         from ..errors import QuantlensError
 
         if args.backend != "serial" or args.engine != "cone":
             raise QuantlensError("--group-by role measures whole networks serially: drop --backend ray and --engine")
-        result = analyze_roles(model, data, config=cfg, metric=args.metric, calib=calib, reference=reference,
-                               device=args.device, output_key=args.output_key, progress=not args.no_progress,
-                               model_name=args.model)
+        result = analyze_roles(Workload(model, data, calib, args.metric, reference, args.output_key), config=cfg,
+                               options=RunOptions(args.device, progress=not args.no_progress), model_name=args.model)
     else:
         result = analyze(
             model,

@@ -11,7 +11,7 @@ from typing import Optional
 from rich.console import Console
 from rich.table import Table
 
-from ..analysis.results import SweepResult
+from ..analysis.sweep.results import SweepResult
 from ..config import check_bits
 from ..errors import QuantlensError
 from ..report.fmt import Units

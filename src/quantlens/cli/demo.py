@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import demo
-    from ..analysis.api import analyze
+    from ..analysis.sweep.api import analyze
 
     if args.lm:
         return run_lm(args)
@@ -67,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
 def run_lm(args: argparse.Namespace) -> int:
     """Train (once) the byte-level Llama, sweep every Linear layer by held-out perplexity."""
     from .. import demo_lm
-    from ..analysis.api import analyze, make_config
-    from ..analysis.measure import make_measurer
+    from ..analysis.sweep.api import analyze, make_config
+    from ..analysis.network.measure import make_measurer
     from ..workload import RunOptions, Workload
     from ..qconfig import QuantConfig
     from ..report import save_report

@@ -8,14 +8,14 @@ import math
 from rich.table import Table
 
 from ..report.fmt import Units
-from ._loop_args import add_common, load_inputs, parse_bits, sweep_or_run
+from ._loop_args import add_common, load_workload, parse_bits, run_options, sweep_or_run
 from .common import add_model_args, console, parse_a_bits, prepare_out_dir
 
 __all__ = ["register", "run", "print_table"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..analysis.fixloop import DEFAULT_FIXES
+    from ..analysis.experiments.fixloop import DEFAULT_FIXES
     from ..fixes import fixes
 
     p = sub.add_parser("fix", help="find the culprit layers, fix them locally, and print Table 1 (float/naive/global/local)")
@@ -81,7 +81,7 @@ def significance_lines(result) -> list[str]:  # noqa: ANN001
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..analysis.fixloop import fix_loop
+    from ..analysis.experiments.fixloop import fix_loop
     from ..errors import QuantlensError
     from ..export import export
     from ..fixes import check_fix
@@ -96,12 +96,11 @@ def run(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise QuantlensError(f"--top must be at least 1, got {args.top}")
     out = prepare_out_dir(args.out)
-    model, data, calib, reference = load_inputs(args, need_fx=True)
-    sweep = sweep_or_run(args, out, model, data, calib, reference, [w_bits], a_bits)
+    workload = load_workload(args, need_fx=True)
+    sweep = sweep_or_run(args, out, workload, [w_bits], a_bits)
     result, measurer = fix_loop(
-        model, data, sweep, w_bits=w_bits, a_bits=a_bits, granularity=args.granularity, candidates=candidates, top=args.top,
-        metric=args.metric, calib=calib, reference=reference, device=args.device, output_key=args.output_key, model_name=args.model,
-        progress=not args.no_progress,
+        workload, sweep, options=run_options(args), w_bits=w_bits, a_bits=a_bits, granularity=args.granularity, candidates=candidates,
+        top=args.top, model_name=args.model,
     )
     result.to_json(out / "fix.json")
     export(measurer.build(result.config), out, extra={"model": args.model, "data": args.data, "calib": args.calib, "metric": result.metric_name,

@@ -8,7 +8,7 @@ import math
 from rich.table import Table
 
 from ..report.fmt import Units
-from ._loop_args import add_common, load_inputs, sweep_or_run
+from ._loop_args import add_common, load_workload, run_options, sweep_or_run
 from .common import (
     _fmt,
     add_convention_arg,
@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import QuantlensError
-    from ..plan import run_plan
+    from ..analysis.experiments.plan import run_plan
 
     if (args.budget is None) == (args.budget_bytes is None):
         raise QuantlensError("give exactly one of --budget (average weight bits) or --budget-bytes")
@@ -47,11 +47,10 @@ def run(args: argparse.Namespace) -> int:
         if v is not None and (not math.isfinite(v) or v <= 0):
             raise QuantlensError(f"{name} must be a positive number, got {v}")
     out = prepare_out_dir(args.out)
-    model, data, calib, reference = load_inputs(args)
-    sweep = sweep_or_run(args, out, model, data, calib, reference, list(w_bits), a_bits)
-    r = run_plan(model, data, budget=args.budget, budget_bytes=args.budget_bytes, w_bits=w_bits, a_bits=a_bits, granularity=args.granularity,
-                 metric=args.metric, calib=calib, reference=reference, device=args.device, output_key=args.output_key, sweep=sweep,
-                 convention=args.convention, progress=not args.no_progress)
+    workload = load_workload(args)
+    sweep = sweep_or_run(args, out, workload, list(w_bits), a_bits)
+    r = run_plan(workload, options=run_options(args), budget=args.budget, budget_bytes=args.budget_bytes, w_bits=w_bits, a_bits=a_bits,
+                 granularity=args.granularity, sweep=sweep, convention=args.convention)
     r.to_json(out / "plan.json")
     pct = Units.for_metric(r.metric_name).pct  # the report's rule
     t = Table(title=f"plan: {r.avg_bits:.2f} average weight bits (budget {r.budget_bits:.2f})")
@@ -74,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
                       + (f"(significant on {r.num_samples:,} samples)" if vs["significant"] else
                          f"is not significant on {r.num_samples:,} samples"
                          + (f"; about {vs['samples_to_resolve']:,} would resolve it" if vs["samples_to_resolve"] else "")))
-    wrote = _write_config(args, r, model, data, calib, out)
+    wrote = _write_config(args, r, workload, out)
     from ..report import save_report
 
     report = save_report(sweep, out)
@@ -82,19 +81,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_config(args: argparse.Namespace, r, model, data, calib, out) -> str:  # noqa: ANN001
+def _write_config(args: argparse.Namespace, r, workload, out) -> str:  # noqa: ANN001
     """``quant_config.json`` and ``weights.safetensors`` of the plan (for ``quantlens export``), if fx can trace the model."""
-    from ..analysis.measure import NetworkMeasurer, UntraceableError
+    from ..analysis.network.measure import NetworkMeasurer, UntraceableError
     from ..config import parse_granularity
     from ..export import export
     from ..qconfig import LayerQuant, QuantConfig
-    from ..workload import RunOptions, Workload
+    from ..workload import RunOptions
 
     g = parse_granularity(args.granularity)
     bits_of = r.extra.get("layer_bits") or {l.layer: l.w_bits for l in r.layers}  # a role plan lists its layers' bits
     cfg = QuantConfig(tuple((n, LayerQuant(b, r.a_bits, g, convention=args.convention)) for n, b in bits_of.items()))
     try:
-        m = NetworkMeasurer(Workload(model, data, calib, args.metric, output_key=args.output_key), RunOptions(args.device))
+        m = NetworkMeasurer(workload, RunOptions(args.device))
     except UntraceableError as e:
         console.print(f"no quant_config.json: export needs a captured graph ({e.reason})")
         return ""

@@ -34,8 +34,8 @@ import torch
 from torch import Tensor, nn
 
 from .. import jsonio
-from ..analysis.data import iterate
-from ..analysis.network import QuantizedNetwork
+from ..data import iterate
+from ..analysis.network.build import QuantizedNetwork
 from ..errors import QuantlensError
 from ..qconfig import QuantConfig
 from .qdq import LayerFormat, QDQNetwork, layer_formats, onnx_scale, qdq_module, weight_integers

@@ -1,6 +1,6 @@
 """The quantized network as torch modules whose ONNX export is QuantizeLinear/DequantizeLinear.
 
-:func:`qdq_module` turns a :class:`~quantlens.analysis.network.QuantizedNetwork` (the
+:func:`qdq_module` turns a :class:`~quantlens.analysis.network.build.QuantizedNetwork` (the
 simulation) into a module that computes the same values with ops that torch's ONNX exporter
 writes as QDQ pairs:
 
@@ -29,8 +29,8 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from ..analysis.data import extract_output
-from ..analysis.network import QuantizedNetwork
+from ..data import extract_output
+from ..analysis.network.build import QuantizedNetwork
 from ..config import PerChannel, PerGroup
 from ..errors import QuantlensError
 from ..graph.cone import QuantLayer, layer_forward

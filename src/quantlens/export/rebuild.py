@@ -31,8 +31,8 @@ from typing import Any, Iterable, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from ..analysis.measure import UntraceableError, capture_traceable
-from ..analysis.network import QuantizedNetwork, build_quantized, calibrate_ranges
+from ..analysis.network.measure import UntraceableError, capture_traceable
+from ..analysis.network.build import QuantizedNetwork, build_quantized, calibrate_ranges
 from ..errors import QuantlensError
 from ..graph.capture import LayerGraph
 from ..guard import preserve_model

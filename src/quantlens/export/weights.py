@@ -21,7 +21,7 @@ from typing import Optional, Union
 
 import torch
 
-from ..analysis.network import QuantizedNetwork
+from ..analysis.network.build import QuantizedNetwork
 from ..errors import QuantlensError
 from ..jsonio import write_error
 

@@ -28,8 +28,8 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 import torch
 from torch import Tensor, fx, nn
 
-from ..analysis.accumulate import _channel_sums, channel_axis
-from ..analysis.data import iterate
+from ..analysis.sweep.accumulate import _channel_sums, channel_axis
+from ..data import iterate
 from ..errors import QuantlensError
 from ..graph.capture import LayerGraph
 from ..graph.cone import build_cache_module
@@ -49,7 +49,7 @@ class BiasCorrection:
         self.ctx = ctx
 
     def apply(self, graph: LayerGraph, layers: Sequence[str]) -> LayerGraph:
-        from ..analysis.network import build_quantized
+        from ..analysis.network.build import build_quantized
 
         if self.ctx.calib is None:
             raise QuantlensError("fix 'bias_correction' needs calibration data")
@@ -101,7 +101,7 @@ class BiasCorrection:
 
     def _apply_per_layer(self, graph: LayerGraph, chosen: list, quantized: QuantConfig, floats: dict) -> LayerGraph:
         """The same corrections with one pass of the quantized network up to each layer."""
-        from ..analysis.network import build_quantized
+        from ..analysis.network.build import build_quantized
 
         out = _with_biases(graph, chosen)
         qnet = build_quantized(out, quantized, self.ctx.calib, self.ctx.device)

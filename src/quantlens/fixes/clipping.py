@@ -28,8 +28,8 @@ from typing import Iterable, Optional, Sequence
 import torch
 from torch import Tensor
 
-from ..analysis.accumulate import _channel_sums, channel_axis
-from ..analysis.data import iterate
+from ..analysis.sweep.accumulate import _channel_sums, channel_axis
+from ..data import iterate
 from ..config import QuantSpec
 from ..errors import QuantlensError
 from ..graph.capture import LayerGraph

@@ -431,7 +431,7 @@ def capture(model: nn.Module, sample: Any = None, method: str = "auto") -> Layer
     """Capture ``model`` (a copy), fold BatchNorm, and list its layers in topological order.
 
     ``method``: ``fx`` (symbolic trace), ``export`` (``torch.export`` on ``sample``, the first
-    batch's :class:`~quantlens.analysis.data.Inputs`), or ``auto``: fx, then export when fx
+    batch's :class:`~quantlens.data.Inputs`), or ``auto``: fx, then export when fx
     cannot trace the model. Raises :class:`CaptureError` (why each path failed) when none does.
     """
     if not isinstance(model, nn.Module):

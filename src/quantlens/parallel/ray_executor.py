@@ -23,8 +23,8 @@ import sys
 import uuid
 from typing import Any, Optional
 
-from ..analysis.data import iterate
-from ..analysis.state_io import (
+from ..data import iterate
+from ..analysis.sweep.state_io import (
     calibration_to_dict,
     load_calibration,
     state_from_dict,

@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Iterable, Optional, Union
 
-from ..analysis.data import count_batches, iterate
-from ..analysis.state_io import calibration_to_dict, load_calibration
+from ..data import count_batches, iterate
+from ..analysis.sweep.state_io import calibration_to_dict, load_calibration
 from ..progress import Progress
 from .recipe import SweepRecipe, data_identity
 from .store import CheckpointStore

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from ..analysis.data import iterate
-from ..analysis.state_io import state_from_dict
+from ..data import iterate
+from ..analysis.sweep.state_io import state_from_dict
 from ..errors import QuantlensError
 from ..progress import Progress
 from .fingerprint import batch_hash

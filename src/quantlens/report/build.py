@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Optional, Union
 
-from ..analysis.results import SweepResult
+from ..analysis.sweep.results import SweepResult
 from ..errors import QuantlensError
 from ..jsonio import write_atomic
 from .extras import Extras, load_extras

@@ -17,7 +17,7 @@ from typing import Optional, Sequence, Union
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..analysis.results import SweepResult
+from ..analysis.sweep.results import SweepResult
 from ..errors import QuantlensError
 from .build import load_result, results_path, write_html
 from .figures import BASE_LAYOUT, COLORS, bits_buttons

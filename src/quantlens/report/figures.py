@@ -20,7 +20,7 @@ from typing import Any, Optional
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..analysis.results import SweepResult
+from ..analysis.sweep.results import SweepResult
 from .fmt import Units, finite
 from .safe import plot_text
 

@@ -21,7 +21,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Optional
 
-from ..analysis.results import Cell, LayerInfo, SweepResult
+from ..analysis.sweep.results import Cell, LayerInfo, SweepResult
 from ..degradation import summed_degradation
 from .fmt import Units, finite
 from .noise import has_intervals, names as layer_list, noise_sentences, top_tier, verdict

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ..analysis.results import Cell, SweepResult
+from ..analysis.sweep.results import Cell, SweepResult
 from ..stats.resolve import Verdict, samples_to_resolve, separated, significance
 from .fmt import Units, finite
 

@@ -24,7 +24,7 @@ from typing import Optional
 
 import plotly.graph_objects as go
 
-from ..analysis.results import SweepResult
+from ..analysis.sweep.results import SweepResult
 from ..roles import assign_roles
 from .figures import BASE_LAYOUT, bits_buttons
 from .fmt import Units, finite

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from ..analysis.results import SweepResult
+from ..analysis.sweep.results import SweepResult
 from .extras import Extras
 from .fmt import Units, finite
 from .followup import followups

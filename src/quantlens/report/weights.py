@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import plotly.graph_objects as go
 
-from ..analysis.results import Cell, LayerInfo, SweepResult
+from ..analysis.sweep.results import Cell, LayerInfo, SweepResult
 from .figures import BASE_LAYOUT
 from .fmt import finite
 from .insights import OUTLIER_RATIO

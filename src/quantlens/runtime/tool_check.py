@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Optional, Union
 
 from torch import nn
 
-from ..analysis.measure import NetworkMeasurer
+from ..analysis.network.measure import NetworkMeasurer
 from ..workload import Workload
 from ..config import check_bits
 from ..guard import preserve_model

@@ -24,7 +24,7 @@ from typing import Any, Iterable, Union
 import torch
 from torch import nn
 
-from ..analysis.data import iterate
+from ..data import iterate
 from ..errors import QuantlensError
 from ..guard import preserve_model
 

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from .. import jsonio
-from ..analysis.data import extract_output, iterate
+from ..data import extract_output, iterate
 from ..errors import QuantlensError
 from ..metrics import CallableMetric, Metric, SumMetric, make_metric
 from ..numerics import analysis_mode

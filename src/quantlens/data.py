@@ -30,8 +30,8 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor
 
-from ..errors import QuantlensError
-from ..inputs import Inputs, as_inputs
+from .errors import QuantlensError
+from .inputs import Inputs, as_inputs
 
 __all__ = [
     "Inputs",

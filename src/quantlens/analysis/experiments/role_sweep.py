@@ -4,10 +4,10 @@ Every layer of a role (every ``mlp.down_proj`` of the model, see :mod:`quantlens
 quantized at once, the rest of the network stays float, and the network is measured like a
 single-layer cell: noise, SQNR and degradation of the task metric against the float output.
 Each cell is one whole-network measurement of that subset
-(:func:`~quantlens.analysis.measure.make_measurer`), so it answers "which kind of layer
+(:func:`~quantlens.analysis.network.measure.make_measurer`), so it answers "which kind of layer
 can take 4 bits?" in roles x bits cells instead of layers x bits.
 
-The result is a :class:`~quantlens.analysis.results.SweepResult` whose rows are roles
+The result is a :class:`~quantlens.analysis.sweep.results.SweepResult` whose rows are roles
 (``params`` summed over the role's layers) with ``extra["group_by"] == "role"`` and
 ``extra["roles"]`` mapping each role to its layers, so reports and ``plan`` read it as they
 read a layer sweep (``plan`` then gives one bit-width per role).
@@ -25,15 +25,16 @@ from typing import Any, Iterable, Optional, Union
 import torch
 from torch import nn
 
-from ..config import SweepConfig
-from ..guard import preserve_model
-from ..precision import check_dtype_support
-from ..progress import make_progress
-from ..qconfig import QuantConfig
-from ..roles import RoleMap, require_roles
-from .data import check_reiterable
-from .results import Cell, LayerInfo, SweepResult
-from .sweep import MetricSpec
+from ...config import SweepConfig
+from ...guard import preserve_model
+from ...precision import check_dtype_support
+from ...progress import make_progress
+from ...qconfig import QuantConfig
+from ...data import check_reiterable
+from ...roles import RoleMap, require_roles
+from ...workload import RunOptions, Workload, check_workload
+from ..sweep.results import Cell, LayerInfo, SweepResult
+from ..sweep.engine import MetricSpec
 
 __all__ = ["analyze_roles", "role_members", "GROUP_BY_ROLE"]
 
@@ -48,27 +49,23 @@ def role_members(result: SweepResult) -> Optional[dict[str, list[str]]]:
 
 
 def analyze_roles(
-    model: nn.Module,
-    data: Iterable[Any],
+    workload: Workload,
     *,
     config: SweepConfig,
-    metric: MetricSpec = "top1",
-    calib: Optional[Iterable[Any]] = None,
-    reference: Optional[nn.Module] = None,
-    device: Union[str, torch.device] = "cpu",
-    output_key: Union[str, int, None] = None,
-    progress: bool = False,
+    options: RunOptions = RunOptions(),
     model_name: str = "",
 ) -> SweepResult:
-    """The roles x bits sweep (see module docstring); one line if the model has no repeated blocks."""
-    from ..workload import RunOptions, Workload
-    from .measure import make_measurer
+    """The roles x bits sweep of ``workload`` (see module docstring); one line if the model has
+    no repeated blocks. ``options``: device, and ``progress`` (a bar with an ETA on stderr)."""
+    from ..network.measure import make_measurer
 
-    check_reiterable(data, "data")
-    check_dtype_support(model, device)
+    check_workload(workload, "analyze_roles")
+    model, progress = workload.model, options.progress
+    check_reiterable(workload.data, "data")
+    check_dtype_support(model, options.device)
     t0 = time.perf_counter()
     with preserve_model(model):
-        measurer = make_measurer(Workload(model, data, calib, metric, reference, output_key), RunOptions(device))
+        measurer = make_measurer(workload, options)
     roles = require_roles(measurer.names)
     w = config.weight
     cells: list[Cell] = []

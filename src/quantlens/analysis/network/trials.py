@@ -28,17 +28,17 @@ from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 import torch
 
-from ..config import QuantSpec
-from ..degradation import degradation
-from ..graph.capture import LayerGraph
-from ..graph.cone import Cone, build_cache_module, build_cone
-from ..memory import trim_heap
-from ..metrics import Metric, make_metric
-from ..numerics import analysis_mode
-from ..quant.quantizer import make_observer, quantize_weight
-from ..stats.intervals import Interval, metric_interval
-from .accumulate import CellAccumulator, per_sample_sq
-from .data import Inputs, extract_output, iterate
+from ...config import QuantSpec
+from ...degradation import degradation
+from ...graph.capture import LayerGraph
+from ...graph.cone import Cone, build_cache_module, build_cone
+from ...memory import trim_heap
+from ...metrics import Metric, make_metric
+from ...numerics import analysis_mode
+from ...quant.quantizer import make_observer, quantize_weight
+from ...stats.intervals import Interval, metric_interval
+from ..sweep.accumulate import CellAccumulator, per_sample_sq
+from ...data import Inputs, extract_output, iterate
 
 __all__ = ["TrialCell", "TrialRunner"]
 
@@ -66,7 +66,7 @@ class TrialRunner:
     """Measure many ``(layer, fixed graph)`` trials in one pass over the data (module docstring).
 
     ``reference(k, inputs)`` gives the reference output ``y`` of batch ``k`` (its
-    :class:`~quantlens.analysis.data.Inputs`; already the tensor the metric reads).
+    :class:`~quantlens.data.Inputs`; already the tensor the metric reads).
     """
 
     def __init__(
@@ -84,7 +84,7 @@ class TrialRunner:
         self.output_key = output_key
 
     def _cone(self, layer: str, fixed: LayerGraph) -> Cone:
-        from ..fixes.base import changed_layers
+        from ...fixes.base import changed_layers
 
         also = [fixed.layer(n) for n in changed_layers(self.graph, fixed) if n != layer]
         cone = build_cone(fixed, fixed.layer(layer), also=also, tap_input=True)

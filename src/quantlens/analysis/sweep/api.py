@@ -1,9 +1,9 @@
 """The public entry point: :func:`analyze` and the :func:`make_config` it builds on.
 
-``analyze`` validates the data, prepares a :class:`~quantlens.analysis.sweep.Sweep`
+``analyze`` validates the data, prepares a :class:`~quantlens.analysis.sweep.engine.Sweep`
 (through a :class:`~quantlens.parallel.SweepRecipe`, so that Ray workers rebuild the same
 one), runs it with the chosen executor (serial or Ray, resumable through ``cache``) and
-returns the :class:`~quantlens.analysis.results.SweepResult`.
+returns the :class:`~quantlens.analysis.sweep.results.SweepResult`.
 
 Example:
     >>> import quantlens as ql                                       # doctest: +SKIP
@@ -20,14 +20,14 @@ from typing import Any, Iterable, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from ..config import Granularity, PerTensor, QuantSpec, SweepConfig, parse_granularity
-from ..errors import QuantlensError
-from ..guard import preserve_model
-from ..precision import check_dtype_support
-from ..progress import make_progress
-from .data import check_reiterable, iterate
+from ...config import Granularity, PerTensor, QuantSpec, SweepConfig, parse_granularity
+from ...errors import QuantlensError
+from ...guard import preserve_model
+from ...precision import check_dtype_support
+from ...progress import make_progress
+from ...data import check_reiterable, iterate
 from .results import SweepResult
-from .sweep import MetricSpec
+from .engine import MetricSpec
 
 __all__ = ["analyze", "make_config"]
 
@@ -113,18 +113,18 @@ def analyze(
             when the sweep finishes. Default: no cache.
         fresh: discard an existing cache first.
         split_noise: also measure each cell's output noise from its weights, its input
-            quantizer and its output quantizer alone (:mod:`quantlens.analysis.split`).
+            quantizer and its output quantizer alone (:mod:`quantlens.analysis.sweep.split`).
         adaptive: stop adding batches to a cell once its 95% interval is on one side of
-            ``tolerance`` and of 0 (:mod:`quantlens.analysis.adaptive`); serial, no cache.
+            ``tolerance`` and of 0 (:mod:`quantlens.analysis.sweep.adaptive`); serial, no cache.
         tolerance: the degradation that matters for ``adaptive`` (``"0.5%"`` or 0.005, the default).
         estimate: a first-order estimate of every cell from one forward and backward pass per
             batch, checked by measuring ``estimate_k`` top and ``estimate_k`` random layers per
-            bit-width exactly (:mod:`quantlens.analysis.estimate`).
+            bit-width exactly (:mod:`quantlens.analysis.sweep.estimate`).
 
     Returns:
         a :class:`SweepResult` with one cell per (layer, weight bits).
     """
-    from ..parallel import SweepRecipe, make_executor, run_sweep
+    from ...parallel import SweepRecipe, make_executor, run_sweep
 
     cfg = config or make_config(w_bits, a_bits, granularity, weight_estimator, act_estimator)
     check_reiterable(data, "data")
@@ -161,7 +161,7 @@ def analyze(
 
 
 def _adaptive_executor(backend: Any, cache: Any, metric: MetricSpec, tolerance: Union[str, float, None]) -> Any:
-    from ..metrics import make_metric
+    from ...metrics import make_metric
     from .adaptive import AdaptiveExecutor, check_adaptive_metric, parse_tolerance
 
     if backend not in ("serial", None):
@@ -181,7 +181,7 @@ def _estimate(model: nn.Module, data: Any, cfg: SweepConfig, metric: MetricSpec,
         raise QuantlensError("--estimate runs alone: drop --adaptive, --split-noise and --backend ray")
     if k < 1:
         raise QuantlensError(f"--estimate-k must be at least 1, got {k}")
-    from ..parallel import SweepRecipe
+    from ...parallel import SweepRecipe
 
     with preserve_model(model):
         sample = next(iter(iterate(data, "data")))

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..metrics import Metric
-from ..quant.observers import MinMaxObserver
+from ...metrics import Metric
+from ...quant.observers import MinMaxObserver
 from .accumulate import CellAccumulator, ChannelStats
 
 __all__ = ["SweepState"]

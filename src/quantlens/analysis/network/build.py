@@ -12,7 +12,7 @@ estimator). Activation ranges are calibrated on the **float** network given as `
 quantizer active, after any fixes already applied to it), so that every layer's ranges are
 those its tensors have in the network being quantized, not ones distorted by upstream noise.
 
-Measuring it: :mod:`quantlens.analysis.measure`.
+Measuring it: :mod:`quantlens.analysis.network.measure`.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from typing import Any, Iterable, Optional, Union
 import torch
 from torch import Tensor, fx
 
-from ..graph.capture import Layer, LayerGraph
-from ..graph.cone import QuantLayer, fetch_attr
-from ..qconfig import LayerQuant, QuantConfig
-from ..quant.quantizer import ActQuantizer, QuantizedWeight, quantize_weight
+from ...graph.capture import Layer, LayerGraph
+from ...graph.cone import QuantLayer, fetch_attr
+from ...qconfig import LayerQuant, QuantConfig
+from ...quant.quantizer import ActQuantizer, QuantizedWeight, quantize_weight
 
 __all__ = ["QuantizedNetwork", "build_quantized", "calibrate_ranges", "layer_quantizers"]
 
@@ -68,8 +68,8 @@ class QuantizedNetwork:
 
 def calibrate_ranges(graph: LayerGraph, config: QuantConfig, calib: Iterable[Any], device: torch.device) -> tuple[dict, dict]:
     """Observers of each configured layer's input and output over ``calib`` on the float graph,
-    by name: the engine's one calibration tap (:meth:`~quantlens.analysis.runner.Runner.observe`)."""
-    from .runner import ConeRunner
+    by name: the engine's one calibration tap (:meth:`~quantlens.analysis.sweep.runner.Runner.observe`)."""
+    from ..sweep.runner import ConeRunner
 
     names = {n for n in config.names if config.layer(n).a_bits is not None}
     ids = [i for i, l in enumerate(graph.layers) if l.name in names]

@@ -16,10 +16,10 @@ from dataclasses import asdict, dataclass, field, fields
 from functools import cached_property
 from typing import Any, Optional, Union
 
-from .. import jsonio
-from ..degradation import shares, summed_degradation
-from ..errors import QuantlensError
-from ..jsonio import num as _num
+from ... import jsonio
+from ...degradation import shares, summed_degradation
+from ...errors import QuantlensError
+from ...jsonio import num as _num
 
 __all__ = ["SCHEMA", "WeightStats", "LayerInfo", "Cell", "SweepResult"]
 
@@ -102,9 +102,9 @@ class Cell:
     * ``samples``: the samples this cell was measured on (fewer than the sweep's when
       ``early_stop``: an adaptive sweep stopped adding batches to it)
     * ``noise_weights`` / ``noise_input`` / ``noise_output``: the output noise with only that
-      source quantized (``--split-noise``, :mod:`quantlens.analysis.split`); NaN when not split
+      source quantized (``--split-noise``, :mod:`quantlens.analysis.sweep.split`); NaN when not split
     * ``estimate``: the first-order estimate of the cell (``--estimate``, expected KL increase,
-      :mod:`quantlens.analysis.estimate`); with ``--estimate`` the exact fields are NaN except
+      :mod:`quantlens.analysis.sweep.estimate`); with ``--estimate`` the exact fields are NaN except
       for the cells re-measured to check it
     """
 
@@ -141,7 +141,7 @@ class Cell:
     @property
     def interval(self) -> "Optional[Interval]":
         """``ci_low``/``ci_high`` as an :class:`~quantlens.stats.intervals.Interval` (None if absent)."""
-        from ..stats.intervals import Interval
+        from ...stats.intervals import Interval
 
         return Interval.stored(self.ci_low, self.ci_high, self.samples)
 

@@ -1,6 +1,6 @@
 """Plain-data forms of a sweep's progress: accumulator states and calibrated quantizers.
 
-What a checkpoint or a remote worker needs to continue a :class:`~quantlens.analysis.sweep.Sweep`
+What a checkpoint or a remote worker needs to continue a :class:`~quantlens.analysis.sweep.engine.Sweep`
 elsewhere: :func:`state_from_dict` inverts :meth:`SweepState.to_dict`, and
 :func:`calibration_to_dict` / :func:`load_calibration` carry the activation quantizers'
 parameters (scale, zero point, grid) so that calibration runs once.
@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from ..metrics import make_metric
-from ..quant.observers import MinMaxObserver
+from ...metrics import make_metric
+from ...quant.observers import MinMaxObserver
 from .accumulate import CellAccumulator, ChannelStats
 
 __all__ = ["state_from_dict", "calibration_to_dict", "load_calibration", "union_states"]

@@ -29,13 +29,14 @@ from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 from torch import nn
 
-from .. import jsonio
-from ..config import parse_granularity
-from ..errors import QuantlensError
-from ..jsonio import num as _num
-from ..progress import make_progress
-from ..qconfig import LayerQuant, QuantConfig
-from .results import SweepResult
+from ... import jsonio
+from ...config import parse_granularity
+from ...errors import QuantlensError
+from ...jsonio import num as _num
+from ...progress import make_progress
+from ...qconfig import LayerQuant, QuantConfig
+from ...workload import RunOptions, Workload, check_workload
+from ..sweep.results import SweepResult
 
 __all__ = [
     "ADDITIVITY_SCHEMA",
@@ -211,8 +212,8 @@ def additivity(
     bar with an ETA on stderr, one step per whole-network measurement).
 
     ``measure(config, mean_shift)`` quantizes the network with ``config`` and returns a
-    :class:`~quantlens.analysis.measure.NetworkResult` (a
-    :class:`~quantlens.analysis.measure.NetworkMeasurer` does; see :func:`run_additivity`).
+    :class:`~quantlens.analysis.network.measure.NetworkResult` (a
+    :class:`~quantlens.analysis.network.measure.NetworkMeasurer` does; see :func:`run_additivity`).
     """
     if configs < 2:
         raise QuantlensError(f"--configs must be at least 2 to compute a correlation, got {configs}")
@@ -251,43 +252,39 @@ def additivity(
 
 
 def run_additivity(
-    model: nn.Module,
-    data: Iterable[Any],
+    workload: "Workload",
     *,
+    options: "RunOptions" = RunOptions(),
     low: int = 4,
     high: int = 8,
     configs: int = 20,
     seed: int = 0,
     a_bits: Optional[int] = 8,
     granularity: str = "per-tensor",
-    metric: Any = "top1",
-    calib: Optional[Iterable[Any]] = None,
-    reference: Optional[nn.Module] = None,
-    device: Any = "cpu",
-    output_key: Any = None,
     shift_threshold: float = 0.1,
     sweep: Optional[SweepResult] = None,
     model_name: str = "",
-    progress: bool = False,
 ) -> AdditivityResult:
-    """Sweep ``model`` at ``low`` and ``high`` bits (unless ``sweep`` is given), then :func:`additivity`.
+    """Sweep the workload's model at ``low`` and ``high`` bits (unless ``sweep`` is given), then
+    :func:`additivity` (``options``: device, and ``progress`` bars with an ETA on stderr).
 
     Example:
-        >>> from quantlens import demo                                              # doctest: +SKIP
-        >>> r = run_additivity(demo.model(), demo.data(), calib=demo.calib())       # doctest: +SKIP
-        >>> r.pearson_r, r.slope                                                    # doctest: +SKIP
+        >>> from quantlens import demo, Workload                                       # doctest: +SKIP
+        >>> r = run_additivity(Workload(demo.model(), demo.data(), demo.calib()))      # doctest: +SKIP
+        >>> r.pearson_r, r.slope                                                       # doctest: +SKIP
     """
-    from .api import analyze
-    from ..workload import RunOptions, Workload
-    from .measure import make_measurer
+    from ..network.measure import make_measurer
+    from ..sweep.api import analyze
 
+    check_workload(workload, "run_additivity")
+    w = workload
     if sweep is None:
         sweep = analyze(
-            model, data, w_bits=sorted({low, high}), a_bits=a_bits, granularity=granularity, metric=metric, calib=calib,
-            reference=reference, device=device, output_key=output_key, model_name=model_name, progress=progress,
+            w.model, w.data, w_bits=sorted({low, high}), a_bits=a_bits, granularity=granularity, metric=w.metric, calib=w.calib,
+            reference=w.reference, device=options.device, output_key=w.output_key, model_name=model_name, progress=options.progress,
         )
-    measurer = make_measurer(Workload(model, data, calib, metric, reference, output_key), RunOptions(device))
+    measurer = make_measurer(w, options)
     return additivity(
         sweep, measurer, low=low, high=high, configs=configs, seed=seed, a_bits=a_bits, granularity=granularity,
-        shift_threshold=shift_threshold, model_name=model_name or type(model).__name__, progress=progress,
+        shift_threshold=shift_threshold, model_name=model_name or type(w.model).__name__, progress=options.progress,
     )

@@ -21,18 +21,16 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Sequence, Union
 
-from torch import nn
-
-from .. import jsonio
-from ..errors import QuantlensError
-from ..fixes import FixContext, check_fix, make_fix
-from ..jsonio import num as _num
-from ..qconfig import QuantConfig
-from ..progress import make_progress
-from ..workload import RunOptions, Workload
-from .measure import NetworkMeasurer
-from .results import SweepResult
-from .trials import TrialCell, TrialRunner
+from ... import jsonio
+from ...errors import QuantlensError
+from ...fixes import FixContext, check_fix, make_fix
+from ...jsonio import num as _num
+from ...progress import make_progress
+from ...qconfig import QuantConfig
+from ...workload import RunOptions, Workload, check_workload
+from ..network.measure import NetworkMeasurer
+from ..network.trials import TrialCell, TrialRunner
+from ..sweep.results import SweepResult
 
 __all__ = ["FIX_SCHEMA", "DEFAULT_FIXES", "GLOBAL_ROWS", "FixRow", "LocalTrial", "FixResult", "rank_culprits", "fix_loop"]
 
@@ -144,7 +142,7 @@ def rank_culprits(sweep: SweepResult, bits: int, k: int = 3) -> list[str]:
 
 def _gain_significant(naive: Any, fixed: Any) -> Optional[bool]:
     """Whether ``fixed`` (a cell) is significantly better than ``naive`` (None without intervals)."""
-    from ..stats.resolve import separated
+    from ...stats.resolve import separated
 
     a, b = naive.interval, fixed.interval
     if a is None or b is None:
@@ -153,42 +151,39 @@ def _gain_significant(naive: Any, fixed: Any) -> Optional[bool]:
 
 
 def fix_loop(
-    model: nn.Module,
-    data: Any,
+    workload: Workload,
     sweep: SweepResult,
     *,
+    options: RunOptions = RunOptions(),
     w_bits: int = 8,
     a_bits: Optional[int] = 8,
     granularity: str = "per-tensor",
     candidates: Sequence[str] = DEFAULT_FIXES,
     top: int = 3,
     global_rows: Sequence[Sequence[str]] = GLOBAL_ROWS,
-    metric: Any = "top1",
-    calib: Any = None,
-    reference: Optional[nn.Module] = None,
-    device: Any = "cpu",
-    output_key: Any = None,
     model_name: str = "",
-    progress: bool = False,
 ) -> tuple[FixResult, NetworkMeasurer]:
-    """Run steps 1-3 of the module docstring; returns the result and the measurer used.
+    """Run steps 1-3 of the module docstring on ``workload`` (model, data, calibration data,
+    metric, reference, output key); returns the result and the measurer used.
 
     ``candidates``: fixes tried on each culprit, all measured together by a
-    :class:`~quantlens.analysis.trials.TrialRunner` (one float pass per batch, each trial's cone
-    only); ``top``: at most this many culprits; ``progress``: a bar with an ETA on stderr;
+    :class:`~quantlens.analysis.network.trials.TrialRunner` (one float pass per batch, each trial's cone
+    only); ``top``: at most this many culprits; ``options``: device, and ``progress`` (a bar with
+    an ETA on stderr);
     ``global_rows``: the fix sets applied to every layer for the ``global:...`` rows (the
     contract's three by default; each fix chosen locally is added as ``global:<fix>``).
     """
+    check_workload(workload, "fix_loop")
     for f in candidates:
         check_fix(f)
     if w_bits not in sweep.w_bits:
         raise QuantlensError(f"the sweep has no cells at {w_bits} bits (it has {sweep.w_bits})")
-    measurer = NetworkMeasurer(Workload(model, data, calib, metric, reference, output_key), RunOptions(device))
+    measurer = NetworkMeasurer(workload, options)
     names = measurer.names
     naive = QuantConfig.uniform(names, w_bits, a_bits, granularity)
     culprits = rank_culprits(sweep, w_bits, top)
     global_sets = [tuple(fs) for fs in global_rows]
-    bar = make_progress(progress, _batches(measurer, len(culprits) * len(candidates) > 0) + _row_steps(global_sets, candidates), "fix")
+    bar = make_progress(options.progress, _batches(measurer, len(culprits) * len(candidates) > 0) + _row_steps(global_sets, candidates), "fix")
     try:
         cells = _local_cells(measurer, naive, culprits, candidates, bar.advance)
         trials: list[LocalTrial] = []

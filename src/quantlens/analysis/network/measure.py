@@ -1,4 +1,4 @@
-"""Measure a fully quantized network (:mod:`quantlens.analysis.network` builds it).
+"""Measure a fully quantized network (:mod:`quantlens.analysis.network.build` builds it).
 
 :func:`evaluate_network` scores it with the sweep's metrics against the reference output ``y``
 (the float model, or the user's ``reference``)::
@@ -24,22 +24,22 @@ from typing import Any, Callable, Iterable, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from .. import jsonio
-from ..degradation import degradation
-from ..errors import QuantlensError, QuantlensWarning
-from ..graph.capture import CaptureError, LayerGraph, capture
-from ..graph.cone import build_cache_module
-from ..guard import preserve_model
-from ..jsonio import num as _num
-from ..metrics import Metric, make_metric, update_metric
-from ..numerics import analysis_mode
-from ..qconfig import LayerQuant, QuantConfig
-from ..stats.intervals import metric_interval
-from ..workload import RunOptions, Workload
-from .accumulate import CellAccumulator, ChannelStats, ShiftAccumulator, channel_axis
-from .data import Inputs, extract_output, iterate
-from .network import QuantizedNetwork, build_quantized, calibrate_ranges, layer_quantizers
-from .runner import HookRunner
+from ... import jsonio
+from ...degradation import degradation
+from ...errors import QuantlensError, QuantlensWarning
+from ...graph.capture import CaptureError, LayerGraph, capture
+from ...graph.cone import build_cache_module
+from ...guard import preserve_model
+from ...jsonio import num as _num
+from ...metrics import Metric, make_metric, update_metric
+from ...numerics import analysis_mode
+from ...qconfig import LayerQuant, QuantConfig
+from ...stats.intervals import metric_interval
+from ...workload import RunOptions, Workload
+from ..sweep.accumulate import CellAccumulator, ChannelStats, ShiftAccumulator, channel_axis
+from ...data import Inputs, extract_output, iterate
+from .build import QuantizedNetwork, build_quantized, calibrate_ranges, layer_quantizers
+from ..sweep.runner import HookRunner
 
 __all__ = ["NetworkResult", "MeasurerBase", "NetworkMeasurer", "EagerNetworkMeasurer", "make_measurer", "UntraceableError", "capture_traceable",
            "evaluate_network", "score_network", "quantize_network", "reference_fn", "graph_fn", "Workload", "RunOptions"]
@@ -65,7 +65,7 @@ class NetworkResult:
     @property
     def interval(self) -> "Optional[Interval]":
         """The paired 95% interval on ``degradation`` (None for a metric without a rule)."""
-        from ..stats.intervals import Interval
+        from ...stats.intervals import Interval
 
         if self.ci_low != self.ci_low or self.ci_high != self.ci_high:
             return None
@@ -274,7 +274,7 @@ class MeasurerBase:
     The engines differ in how they run a network with every layer of a config quantized
     (:meth:`__call__`); the rest is one design: the workload's data, calibration data, metric and
     reference (its outputs cached per batch), and the calibration tap, one streaming pass of
-    :meth:`~quantlens.analysis.runner.Runner.observe` per range estimator, kept for every config.
+    :meth:`~quantlens.analysis.sweep.runner.Runner.observe` per range estimator, kept for every config.
     """
 
     names: list[str]
@@ -331,7 +331,7 @@ class NetworkMeasurer(MeasurerBase):
         return calibrate_ranges(self.graph, QuantConfig.uniform(self.names, a_bits=8, act_estimator=estimator), self.calib, self.device)
 
     def fixed_graph(self, config: QuantConfig) -> LayerGraph:
-        from ..fixes import apply_fixes
+        from ...fixes import apply_fixes
 
         config.check_layers(self.names)
         return apply_fixes(self.graph, config, self.calib, self.device)
@@ -350,9 +350,9 @@ class NetworkMeasurer(MeasurerBase):
 
 class EagerNetworkMeasurer(MeasurerBase):
     """The hook engine, for a model neither torch.fx nor torch.export captures: forward hooks on
-    a prepared copy (:class:`~quantlens.analysis.runner.HookRunner`: BatchNorm folded,
+    a prepared copy (:class:`~quantlens.analysis.sweep.runner.HookRunner`: BatchNorm folded,
     activations fused) quantize every configured layer at once in one forward pass
-    (:meth:`~quantlens.analysis.runner.HookRunner.run_quantized`). Fixes are graph transforms,
+    (:meth:`~quantlens.analysis.sweep.runner.HookRunner.run_quantized`). Fixes are graph transforms,
     so a configuration with fixes is refused here (see :class:`MeasurerBase`)."""
 
     def _prepare(self, model: nn.Module) -> Callable[[Inputs], Any]:

@@ -35,11 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from ..errors import QuantlensError
-from ..graph.cone import QuantLayer, build_cache_module, fetch_attr, input_node
-from .. import jsonio
-from ..memory import trim_heap
-from .data import extract_output, iterate
+from ...errors import QuantlensError
+from ...graph.cone import QuantLayer, build_cache_module, fetch_attr, input_node
+from ... import jsonio
+from ...memory import trim_heap
+from ...data import extract_output, iterate
 from .results import Cell, SweepResult
 from .runner import ConeRunner
 

@@ -27,11 +27,11 @@ import math
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
-from ..errors import QuantlensError
-from ..progress import Progress
-from ..stats.intervals import Interval, interval_rule, metric_interval
-from ..stats.resolve import separated
-from .data import iterate
+from ...errors import QuantlensError
+from ...progress import Progress
+from ...stats.intervals import Interval, interval_rule, metric_interval
+from ...stats.resolve import separated
+from ...data import iterate
 
 __all__ = ["DEFAULT_TOLERANCE", "MIN_SAMPLES", "parse_tolerance", "decide", "AdaptiveExecutor", "compare_to_exact", "check_adaptive_metric"]
 

@@ -30,10 +30,11 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Sequence, Union
 
-from . import jsonio
-from .analysis.results import SweepResult
-from .degradation import positive_part
-from .errors import QuantlensError
+from ... import jsonio
+from ...degradation import positive_part
+from ...errors import QuantlensError
+from ...workload import RunOptions, Workload, check_workload
+from ..sweep.results import SweepResult
 
 __all__ = ["PLAN_SCHEMA", "mckp", "LayerPlan", "PlanResult", "plan_bits", "budget_capacity", "run_plan"]
 
@@ -144,8 +145,8 @@ class PlanResult:
         """Plan vs uniform: ``gain`` (uniform minus plan degradation), whether it is ``significant``
         (:func:`quantlens.stats.resolve.separated`) and the samples that would resolve it; None
         without intervals or a uniform plan."""
-        from .stats.intervals import Interval
-        from .stats.resolve import samples_to_resolve, separated
+        from ...stats.intervals import Interval
+        from ...stats.resolve import samples_to_resolve, separated
 
         if self.uniform_bits is None or any(math.isnan(x) for x in (*self.measured_ci, *self.uniform_ci)) or self.num_samples < 2:
             return None
@@ -221,41 +222,36 @@ class PlanResult:
 
 
 def run_plan(
-    model: Any,
-    data: Any,
+    workload: Workload,
     *,
+    options: RunOptions = RunOptions(),
     budget: Optional[float] = None,
     budget_bytes: Optional[float] = None,
     w_bits: Sequence[int] = (3, 4, 5, 6, 7, 8),
     a_bits: Optional[int] = 8,
     granularity: str = "per-tensor",
-    metric: Any = "top1",
-    calib: Any = None,
-    reference: Any = None,
-    device: Any = "cpu",
-    output_key: Any = None,
     sweep: Optional[SweepResult] = None,
     convention: str = "quantlens",
-    progress: bool = False,
 ) -> PlanResult:
     """Sweep (unless given), plan under the budget, and measure the plan and the uniform baseline
-    (``progress``: bars with an ETA on stderr, for the sweep and the two measurements).
+    (``options.progress``: bars with an ETA on stderr, for the sweep and the two measurements).
 
     Example:
-        >>> from quantlens import demo                                         # doctest: +SKIP
-        >>> run_plan(demo.model(), demo.data(), budget=5.0).measured           # doctest: +SKIP
+        >>> from quantlens import demo, Workload                                       # doctest: +SKIP
+        >>> run_plan(Workload(demo.model(), demo.data()), budget=5.0).measured         # doctest: +SKIP
     """
-    from .analysis.api import analyze, make_config
-    from .analysis.measure import make_measurer
-    from .analysis.role_sweep import role_members
-    from .workload import RunOptions, Workload
-    from .config import parse_granularity
-    from .progress import make_progress
-    from .qconfig import LayerQuant, QuantConfig
+    from ..sweep.api import analyze, make_config
+    from ..network.measure import make_measurer
+    from .role_sweep import role_members
+    from ...config import parse_granularity
+    from ...progress import make_progress
+    from ...qconfig import LayerQuant, QuantConfig
 
+    check_workload(workload, "run_plan")
+    w, progress = workload, options.progress
     if sweep is None:
-        sweep = analyze(model, data, config=make_config(w_bits, a_bits, granularity, convention=convention), metric=metric, calib=calib,
-                        reference=reference, device=device, output_key=output_key, progress=progress)
+        sweep = analyze(w.model, w.data, config=make_config(w_bits, a_bits, granularity, convention=convention), metric=w.metric,
+                        calib=w.calib, reference=w.reference, device=options.device, output_key=w.output_key, progress=progress)
     bits = [b for b in sweep.w_bits if b in set(w_bits)]
     if not bits:
         raise QuantlensError(f"the sweep has none of the bit-widths {list(w_bits)} (it has {sweep.w_bits})")
@@ -269,7 +265,7 @@ def run_plan(
         """Per-layer settings; a role's bits go to every layer of the role."""
         return QuantConfig(tuple((l, LayerQuant(b, a_bits, g, convention=convention)) for n, b in bits_of for l in (members[n] if members else [n])))
 
-    measurer = make_measurer(Workload(model, data, calib, metric, reference, output_key), RunOptions(device))
+    measurer = make_measurer(w, options)
     fits = [b for b in bits if b * total <= cap]
     ub = max(fits) if fits else None
     bar = make_progress(progress, 1 + (ub is not None), "plan")

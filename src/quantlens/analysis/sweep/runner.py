@@ -18,9 +18,9 @@ Both implement one engine protocol (:class:`Runner`), which every experiment goe
 * ``float_pass(inputs) -> (output, cache)``: the float network once per batch, caching what
   the quantized runs read (the cones' frontiers; for hooks, each layer's input and output);
 * ``run(cache, i, weight)``: the network with layer ``i`` quantized (the sweep; the fix
-  trials use the same cones, see :mod:`quantlens.analysis.trials`); with many layers quantized
+  trials use the same cones, see :mod:`quantlens.analysis.network.trials`); with many layers quantized
   at once: :meth:`HookRunner.run_quantized`, and for a captured graph the compiled network of
-  :func:`quantlens.analysis.network.build_quantized`;
+  :func:`quantlens.analysis.network.build.build_quantized`;
 * ``observe(data, layers, spec, device)``: the calibration tap, the one streaming pass that
   gives every layer's input and output statistics (the sweep, both whole-network measurers
   and bias correction use it; ``ConeRunner(graph, cones=False)`` is the tap alone).
@@ -35,15 +35,15 @@ from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from ..config import QuantSpec
-from ..errors import QuantlensError
-from ..graph.capture import Layer, LayerGraph, _layer_kind, layer_op, transposed_linear
-from ..graph.cone import Cone, build_cache_module, build_cone, build_io_module, input_node
-from ..graph.eager import ActivationWatch, EagerLayer, capture_eager
-from ..memory import trim_heap
-from ..numerics import analysis_mode
-from ..quant.quantizer import ActQuantizer, make_observer
-from .data import Inputs, as_inputs, iterate
+from ...config import QuantSpec
+from ...errors import QuantlensError
+from ...graph.capture import Layer, LayerGraph, _layer_kind, layer_op, transposed_linear
+from ...graph.cone import Cone, build_cache_module, build_cone, build_io_module, input_node
+from ...graph.eager import ActivationWatch, EagerLayer, capture_eager
+from ...memory import trim_heap
+from ...numerics import analysis_mode
+from ...quant.quantizer import ActQuantizer, make_observer
+from ...data import Inputs, as_inputs, iterate
 from .multibit import BitBatcher
 
 __all__ = ["Runner", "ConeRunner", "HookRunner", "block_starts"]
@@ -52,7 +52,7 @@ __all__ = ["Runner", "ConeRunner", "HookRunner", "block_starts"]
 def block_starts(graph: LayerGraph) -> list[int]:
     """Per layer, the topological position from which the low-memory mode recomputes: the first
     layer call of its repeated block (``layers.7.*``, see :mod:`quantlens.roles`), else its own."""
-    from ..roles import split_name
+    from ...roles import split_name
 
     pos = {n.name: i for i, n in enumerate(graph.gm.graph.nodes)}
     block = {}
@@ -198,7 +198,7 @@ class ConeRunner(Runner):
             torch.cuda.empty_cache()
             import warnings
 
-            from ..errors import QuantlensWarning
+            from ...errors import QuantlensWarning
 
             warnings.warn(
                 "the float pass's activation cache does not fit in GPU memory: keeping only the inputs of each "

@@ -23,19 +23,19 @@ from typing import Any, Callable, Iterable, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from ..config import SweepConfig
-from .. import jsonio
-from ..degradation import degradation
-from ..errors import QuantlensError, QuantlensWarning
-from ..graph.capture import CAPTURE_METHODS, CaptureError, capture
-from ..memory import trim_heap
-from ..metrics import Metric, make_metric, update_metric
-from ..numerics import analysis_mode
-from ..quant.observers import MinMaxObserver
-from ..quant.quantizer import QuantizedWeight, quantize_weight
-from ..stats.intervals import metric_interval
+from ...config import SweepConfig
+from ... import jsonio
+from ...degradation import degradation
+from ...errors import QuantlensError, QuantlensWarning
+from ...graph.capture import CAPTURE_METHODS, CaptureError, capture
+from ...memory import trim_heap
+from ...metrics import Metric, make_metric, update_metric
+from ...numerics import analysis_mode
+from ...quant.observers import MinMaxObserver
+from ...quant.quantizer import QuantizedWeight, quantize_weight
+from ...stats.intervals import metric_interval
 from .accumulate import CellAccumulator, ChannelStats, channel_axis, per_sample_sq
-from .data import Batch, extract_output
+from ...data import Batch, extract_output
 from .results import Cell, LayerInfo, SweepResult, WeightStats
 from .runner import ConeRunner, HookRunner, Runner
 from .state import SweepState

@@ -29,12 +29,12 @@ from typing import Any, Iterable, Iterator, Optional
 
 from torch import Tensor
 
-from .. import jsonio
-from ..memory import trim_heap
-from ..metrics import make_metric
-from ..numerics import analysis_mode
+from ... import jsonio
+from ...memory import trim_heap
+from ...metrics import make_metric
+from ...numerics import analysis_mode
 from .accumulate import CellAccumulator, per_sample_sq
-from .data import extract_output, iterate
+from ...data import extract_output, iterate
 from .results import SweepResult
 from .runner import ConeRunner, HookRunner
 

@@ -19,7 +19,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from ..metrics import Metric, update_metric
+from ...metrics import Metric, update_metric
 
 __all__ = ["CellAccumulator", "ShiftAccumulator", "ChannelStats", "channel_axis", "per_sample_sq", "widen"]
 
