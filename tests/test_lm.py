@@ -91,3 +91,34 @@ def test_minilm_encoder_cosine_on_tokenizer_batches_and_the_role_view(monkeypatc
     assert v is not None and v.blocks == tuple(range(6)) and "intermediate.dense" in v.roles and len(v.roles) == 6
     html = render_report(r)
     assert "Roles x blocks" in html and "plot-roles" in html
+
+
+def test_lm_sweep_cli_and_report_carry_token_intervals(tmp_path, capsys):
+    """A perplexity sweep from the CLI: every cell has a 95% interval over its 6 sequences that holds
+    its degradation, and the CLI table and the report show it."""
+    import json
+    import textwrap
+
+    from quantlens.cli import main
+
+    (tmp_path / "lm_user.py").write_text(textwrap.dedent("""
+        import test_lm
+
+        def model():
+            return test_lm._gpt2()
+
+        def data():
+            return test_lm._token_batches(64)
+        """))
+    out = tmp_path / "run"
+    rc = main(["analyze", "--model", f"{tmp_path / 'lm_user.py'}:model", "--data", f"{tmp_path / 'lm_user.py'}:data",
+               "--metric", "perplexity", "--output-key", "logits", "--w-bits", "3", "--a-bits", "none",
+               "--granularity", "per-group-16", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["num_samples"] == 6 and len(res["cells"]) >= 9
+    for c in res["cells"]:
+        assert c["ci_low"] is not None and c["ci_low"] <= c["degradation"] <= c["ci_high"], c
+    assert "95% CI@3b" in capsys.readouterr().out
+    html = (out / "report.html").read_text()
+    assert "95% interval [" in html
