@@ -211,3 +211,35 @@ def test_token_interval_bad_and_old_states():
     assert s.n == 2 and s.tokens == 5
     lo, hi = ratio_interval(s)
     assert lo < -0.2 < hi
+
+
+def test_reference_scored_once_per_batch_and_never_stale(monkeypatch):
+    """Cells of one batch share ``y_ref``: its nll is computed once (by the baseline), reused by every
+    cell, and recomputed when ``y_ref`` is another tensor or was changed in place."""
+    from quantlens.token_metrics import NLL
+
+    calls = []
+    real = NLL.token_scores
+
+    def counting(self, y_ref, y, labels, inputs):
+        calls.append(y_ref is y or torch.equal(y_ref, y))
+        return real(self, y_ref, y, labels, inputs)
+
+    monkeypatch.setattr(NLL, "token_scores", counting)
+    y_ref, y, ids, mask, labels = _padded(seed=8)
+    inp = _inputs(input_ids=ids, attention_mask=mask)
+    base, cells = make_metric("perplexity"), [make_metric("perplexity") for _ in range(3)]
+    update_metric(base, y_ref, y_ref, labels, inp)
+    for c in cells:
+        update_metric(c, y_ref, y + 0.1 * len(calls), labels, inp)
+    assert calls == [True, False, False, False]  # the baseline's pass only; no reference pass per cell
+    fresh = make_metric("perplexity")
+    monkeypatch.setattr(NLL, "token_scores", real)
+    update_metric(fresh, y_ref.clone(), y + 0.1 * 2, labels, inp)  # another tensor: scored afresh
+    assert metric_interval(fresh, False).low == metric_interval(cells[1], False).low
+    y_ref.mul_(2.0)  # changed in place: the remembered scores are stale
+    changed = make_metric("perplexity")
+    update_metric(changed, y_ref, y, labels, inp)
+    direct = make_metric("perplexity")
+    update_metric(direct, y_ref.clone(), y, labels, inp)
+    assert changed.paired.ref == direct.paired.ref != cells[0].paired.ref

@@ -41,6 +41,8 @@ Example:
 from __future__ import annotations
 
 import math
+import threading
+import weakref
 from typing import Any, Optional
 
 import torch
@@ -120,7 +122,14 @@ class _TokenSum(SumMetric):
         q, seq = self.token_scores(y_ref.detach(), y.detach(), labels, inputs)
         if q.numel() == 0:
             raise _no_token(self.name)
-        r = q if same else self.reference_scores(y_ref.detach(), labels, inputs, q)
+        if same:
+            _remember(self, y_ref, labels, inputs, q)
+            r = q
+        else:
+            r = _recall(self, y_ref, labels, inputs)
+            if r is None:
+                r = self.reference_scores(y_ref.detach(), labels, inputs, q)
+                _remember(self, y_ref, labels, inputs, r)
         rows = y.shape[0]
 
         def per_sequence(t: Tensor) -> Tensor:
@@ -143,6 +152,31 @@ class _TokenSum(SumMetric):
     def reference_scores(self, y_ref: Tensor, labels: Optional[Tensor], inputs: Any, q: Tensor) -> Tensor:
         """The same tokens' scores under the reference (``y = y_ref``)."""
         return self.token_scores(y_ref, y_ref, labels, inputs)[0]
+
+
+_MEMO = threading.local()  # one slot: the last reference scores, for the cells of one batch
+
+
+def _memo_key(metric: _TokenSum, labels: Optional[Tensor], inputs: Any) -> tuple:
+    return (type(metric).reference_scores, type(metric).token_scores, labels, inputs)
+
+
+def _remember(metric: _TokenSum, y_ref: Tensor, labels: Optional[Tensor], inputs: Any, scores: Tensor) -> None:
+    """Keep ``scores`` (the reference's token scores) for the next cells that score against the same
+    ``y_ref`` object: every cell of a batch shares it, so the reference is scored once per batch.
+    ``y_ref`` is held weakly (it may be a large logits tensor) and must be unchanged (``_version``)."""
+    _MEMO.slot = (weakref.ref(y_ref), y_ref._version, _memo_key(metric, labels, inputs), scores)
+
+
+def _recall(metric: _TokenSum, y_ref: Tensor, labels: Optional[Tensor], inputs: Any) -> Optional[Tensor]:
+    slot = getattr(_MEMO, "slot", None)
+    if slot is None:
+        return None
+    ref, version, key, scores = slot
+    mine = _memo_key(metric, labels, inputs)
+    if ref() is not y_ref or version != y_ref._version or any(a is not b for a, b in zip(key, mine)):
+        return None
+    return scores
 
 
 def _row_index(keep: Tensor) -> Tensor:
