@@ -243,3 +243,23 @@ def test_reference_scored_once_per_batch_and_never_stale(monkeypatch):
     direct = make_metric("perplexity")
     update_metric(direct, y_ref.clone(), y, labels, inp)
     assert changed.paired.ref == direct.paired.ref != cells[0].paired.ref
+
+
+def test_reference_memo_under_inference_mode():
+    """The engines score inside ``torch.inference_mode`` (no version counter): an in-place change is
+    still seen, and the reused scores equal fresh ones."""
+    y_ref, y, ids, mask, labels = _padded(seed=9)
+    inp = _inputs(input_ids=ids, attention_mask=mask)
+    with torch.inference_mode():
+        r, q = y_ref.clone(), y.clone()
+        base, cell = make_metric("nll"), make_metric("nll")
+        update_metric(base, r, r, labels, inp)
+        update_metric(cell, r, q, labels, inp)
+        r.add_(1.0).mul_(1.5)
+        after = make_metric("nll")
+        update_metric(after, r, q, labels, inp)
+    fresh, fresh_after = make_metric("nll"), make_metric("nll")
+    update_metric(fresh, y_ref, y, labels, inp)
+    update_metric(fresh_after, (y_ref + 1.0) * 1.5, y, labels, inp)
+    assert cell.paired.state() == fresh.paired.state()
+    assert after.paired.ref == pytest.approx(fresh_after.paired.ref, rel=1e-12) and after.paired.ref != cell.paired.ref

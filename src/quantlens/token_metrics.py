@@ -164,8 +164,18 @@ def _memo_key(metric: _TokenSum, labels: Optional[Tensor], inputs: Any) -> tuple
 def _remember(metric: _TokenSum, y_ref: Tensor, labels: Optional[Tensor], inputs: Any, scores: Tensor) -> None:
     """Keep ``scores`` (the reference's token scores) for the next cells that score against the same
     ``y_ref`` object: every cell of a batch shares it, so the reference is scored once per batch.
-    ``y_ref`` is held weakly (it may be a large logits tensor) and must be unchanged (``_version``)."""
-    _MEMO.slot = (weakref.ref(y_ref), y_ref._version, _memo_key(metric, labels, inputs), scores)
+    ``y_ref`` is held weakly (it may be a large logits tensor) and must be unchanged (:func:`_stamp`)."""
+    _MEMO.slot = (weakref.ref(y_ref), _stamp(y_ref), _memo_key(metric, labels, inputs), scores)
+
+
+def _stamp(t: Tensor) -> tuple:
+    """What changes when ``t`` is written in place: its version counter, or for an inference tensor
+    (which has none; the engines score inside ``inference_mode``) a sum over 4,096 strided entries."""
+    try:
+        return ("version", t._version)
+    except RuntimeError:
+        flat = t.detach().reshape(-1)
+        return ("sample", float(flat[:: max(1, flat.numel() // 4096)].double().sum()))
 
 
 def _recall(metric: _TokenSum, y_ref: Tensor, labels: Optional[Tensor], inputs: Any) -> Optional[Tensor]:
@@ -174,7 +184,7 @@ def _recall(metric: _TokenSum, y_ref: Tensor, labels: Optional[Tensor], inputs: 
         return None
     ref, version, key, scores = slot
     mine = _memo_key(metric, labels, inputs)
-    if ref() is not y_ref or version != y_ref._version or any(a is not b for a, b in zip(key, mine)):
+    if ref() is not y_ref or version != _stamp(y_ref) or any(a is not b for a, b in zip(key, mine)):
         return None
     return scores
 
