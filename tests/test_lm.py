@@ -91,3 +91,56 @@ def test_minilm_encoder_cosine_on_tokenizer_batches_and_the_role_view(monkeypatc
     assert v is not None and v.blocks == tuple(range(6)) and "intermediate.dense" in v.roles and len(v.roles) == 6
     html = render_report(r)
     assert "Roles x blocks" in html and "plot-roles" in html
+
+
+def test_lm_sweep_cli_and_report_carry_token_intervals(tmp_path, capsys):
+    """A perplexity sweep from the CLI: every cell has a 95% interval over its 6 sequences that holds
+    its degradation, and the CLI table and the report show it."""
+    import json
+    import textwrap
+
+    from quantlens.cli import main
+
+    (tmp_path / "lm_user.py").write_text(textwrap.dedent("""
+        import test_lm
+
+        def model():
+            return test_lm._gpt2()
+
+        def data():
+            return test_lm._token_batches(64)
+        """))
+    out = tmp_path / "run"
+    rc = main(["analyze", "--model", f"{tmp_path / 'lm_user.py'}:model", "--data", f"{tmp_path / 'lm_user.py'}:data",
+               "--metric", "perplexity", "--output-key", "logits", "--w-bits", "3", "--a-bits", "none",
+               "--granularity", "per-group-16", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["num_samples"] == 6 and len(res["cells"]) >= 9
+    for c in res["cells"]:
+        assert c["ci_low"] is not None and c["ci_low"] <= c["degradation"] <= c["ci_high"], c
+    assert "95% CI@3b" in capsys.readouterr().out
+    html = (out / "report.html").read_text()
+    assert "95% interval [" in html
+
+
+def test_lm_resumed_sweep_has_the_uninterrupted_token_intervals(tmp_path):
+    """A perplexity sweep that crashes after 2 of 4 batches and resumes from its cache: the cells'
+    intervals (per-sequence sums through the cache's JSON state) equal the uninterrupted run's."""
+    import json
+
+    from test_resume import FailingData
+
+    m, data = _gpt2(), _token_batches(64, n=4)
+    kw = dict(w_bits=(3,), metric="perplexity", output_key="logits", granularity="per-group-16")
+    ref = ql.analyze(m, data, **kw)
+    cache = tmp_path / "cache"
+    with pytest.raises(RuntimeError, match="crash"):
+        ql.analyze(m, FailingData(data, 2, 3), cache=cache, **kw)
+    assert len(json.loads((cache / "serial.json").read_text())["batch_hashes"]) == 2
+    with pytest.warns(ql.QuantlensWarning, match="2 batch"):
+        resumed = ql.analyze(m, data, cache=cache, **kw)
+    assert resumed.num_samples == ref.num_samples == 12
+    for a, b in zip(ref.cells, resumed.cells):
+        assert not math.isnan(a.ci_low) and a.ci_low <= a.degradation <= a.ci_high
+        assert _close(a.ci_low, b.ci_low, rel=1e-9, abs_=1e-12) and _close(a.ci_high, b.ci_high, rel=1e-9, abs_=1e-12), (a, b)

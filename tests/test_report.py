@@ -339,3 +339,74 @@ def test_fix_table_marks_improvement_for_lower_is_better_metrics():
     html = fix_html(t)
     local = html[html.index("local</td>"):]
     assert 'class="good"' in local[: local.index("</tr>")] and "+0.4" in local[: local.index("</tr>")]
+
+
+def _cells(html: str, table_id: str, first: str) -> list[str]:
+    """The text of each cell of the row of ``table_id`` whose first cell is ``first``."""
+    t = html[html.index(f'id="{table_id}"'):]
+    t = t[: t.index("</table>")]
+    for row in re.findall(r"<tr>(.*?)</tr>", t):
+        cells = re.findall(r"<td[^>]*>(.*?)</td>", row)
+        if cells and cells[0] == first:
+            return cells
+    raise AssertionError(f"no row {first!r} in {table_id}")
+
+
+def test_fix_and_plan_tables_show_intervals_and_significance(tmp_path):
+    """fix.json and plan.json as their owners write them: each row's 95% interval, whether a measured
+    degradation is distinguishable from float, whether a kept local fix and the plan's change from
+    uniform are significant."""
+    from quantlens.analysis.fixloop import FixResult, FixRow, LocalTrial
+    from quantlens.plan import LayerPlan, PlanResult
+    from quantlens.qconfig import QuantConfig
+
+    r = synthetic_result()
+    write_run(r, tmp_path)
+    rows = (FixRow("float", 0.9, 0.0, 0.0, float("inf")),
+            FixRow("naive", 0.8, 0.10, 1.0, 12.0, ci_low=0.07, ci_high=0.13),
+            FixRow("global:sawb", 0.79, 0.11, 1.1, 11.0, {"*": ["sawb"]}, ci_low=0.08, ci_high=0.14),
+            FixRow("local", 0.88, 0.02, 0.4, 15.0, {"outl": ["sawb"], "dw": ["mse"]}, ci_low=-0.004, ci_high=0.044))
+    trials = (LocalTrial("outl", "sawb", 0.01, 0.1, 0.06, True, 0.002, 0.018, True),
+              LocalTrial("dw", "mse", 0.015, 0.2, 0.02, True, -0.005, 0.035, False),
+              LocalTrial("dw", "sawb", 0.03, 0.3, 0.02, False, 0.01, 0.05, False))
+    FixResult("top1", True, 4, 8, ("outl", "dw"), trials, rows, QuantConfig.uniform(["outl", "dw"], 4),
+              num_samples=450).to_json(tmp_path / "fix.json")
+    layers = (LayerPlan("outl", 1000, 8, 0.001, 0.1), LayerPlan("dw", 1000, 4, 0.01, 0.2))
+    plan = PlanResult("top1", 0.9, 6.0, 12000, 8, layers, 0.012, 0.888, 6, 0.02, 0.02, 0.88,
+                      measured_ci=(0.004, 0.020), uniform_ci=(0.011, 0.029), num_samples=450)
+    vs = plan.vs_uniform()
+    assert vs is not None and not vs["significant"] and vs["samples_to_resolve"] > 450  # the owner's verdict
+    plan.to_json(tmp_path / "plan.json")
+    html = write_report(tmp_path).read_text()
+
+    assert _cells(html, "fix-table", "naive")[3:5] == ["[+7.00%, +13.00%]", "worse than float"]
+    assert _cells(html, "fix-table", "float")[3:5] == ["-", "-"]
+    local = _cells(html, "fix-table", "local")
+    assert local[3:6] == ["[-0.40%, +4.40%]", "~ 0 (noise)", "+8.00% (significant)"]
+    assert _cells(html, "fix-table", "global:sawb")[5] == "-1.00% (not significant)"
+    assert "95% paired intervals on 450 samples" in html
+    assert _cells(html, "fix-trials", "outl")[4:] == ["[+0.20%, +1.80%]", "kept (significant)"]
+    trials_html = html[html.index('id="fix-trials"'):]
+    assert "<td data-v=\"1\">kept (not significant)</td>" in trials_html
+    assert "Kept, but the gain over the naive cell is within the noise on 450 samples: dw (mse)." in html
+
+    p = _cells(html, "plan-table", "plan")
+    assert p[4:] == ["[+0.40%, +2.00%]", "worse than float", "+0.80% (not significant)"]
+    assert _cells(html, "plan-table", "uniform")[4:] == ["[+1.10%, +2.90%]", "worse than float", "-"]
+    assert (f"Plan vs uniform (uniform minus plan degradation): +0.80% is not significant on 450 samples; "
+            f"about {vs['samples_to_resolve']:,} would resolve it.") in html
+
+
+def test_fix_and_plan_tables_without_intervals_keep_their_columns(tmp_path):
+    """Older files (no ci, no significant) render as before: no interval columns, no verdicts."""
+    from quantlens.report.extras import FixTable, Plan
+    from quantlens.report.extras_html import fix_html, plan_html
+
+    f = FixTable.from_dict({"metric": "top1", "rows": [{"method": "naive", "metric": 0.8}, {"method": "local", "metric": 0.85}],
+                            "trials": [{"layer": "a", "fix": "sawb", "degradation": 0.01, "naive_degradation": 0.05, "kept": True}]})
+    html = fix_html(f)
+    assert "95% interval" not in html and "significant" not in html and ">kept<" in html
+    p = Plan.from_dict({"w_bits": {"a": 4}, "predicted": 0.01, "measured": 0.02, "measured_ci": [None, None],
+                        "uniform": {"w_bits": 4, "measured": 0.03, "ci": [None, None]}, "vs_uniform": None})
+    html = plan_html(p, Units.for_metric("top1"))
+    assert "95% interval" not in html and "vs uniform" not in html and "significant" not in html

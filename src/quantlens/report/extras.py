@@ -2,12 +2,19 @@
 
 * ``additivity.json`` (``quantlens/additivity-v1``): ``pearson_r``, ``slope``,
   ``points[{low_bit_layers, predicted, measured}]`` -- the paper's Figure 2.
-* ``fix.json`` (``quantlens/fix-v1``): ``metric``, ``rows[{method, metric, fixes?}]`` -- Table 1.
+* ``fix.json`` (``quantlens/fix-v1``): ``metric``, ``rows[{method, metric, fixes?, ci_low?, ci_high?}]``
+  -- Table 1 -- and ``trials[{layer, fix, degradation, naive_degradation, kept, ci_low?, ci_high?,
+  significant?}]``, ``num_samples``.
 * ``verify.json`` (``quantlens/verify-v1``): the runtime check, read by
   :meth:`quantlens.runtime.verify.VerifyResult.from_dict`.
 * ``plan.json`` (``quantlens/plan-v1``): per-layer bits (``layers: [{layer, w_bits|bits}]`` or
   ``w_bits|bits: {layer: b}``), ``predicted``, ``measured``, ``avg_bits``, ``budget`` (a number or
-  ``{avg_bits}``) and the uniform baseline (``uniform: {w_bits|bits, predicted, measured}``).
+  ``{avg_bits}``) and the uniform baseline (``uniform: {w_bits|bits, predicted, measured, ci?}``);
+  ``measured_ci``, ``num_samples`` and ``vs_uniform: {gain, significant, samples_to_resolve}`` when
+  the metric has intervals.
+
+Intervals are the owners' (``ci_low``/``ci_high`` and ``significant`` as written by ``fix`` and
+``plan``); a missing or null one reads as ``None`` and the report shows ``-``.
 
 A missing file is ``None`` (its section is left out); an unreadable one is ``None`` plus a note
 that the page shows, so one bad file never costs the whole report.
@@ -26,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-__all__ = ["AdditivityPoint", "Additivity", "FixRow", "FixTrial", "FixTable", "PlanLayer", "Plan", "Extras", "load_extras"]
+__all__ = ["AdditivityPoint", "Additivity", "FixRow", "FixTrial", "FixTable", "PlanLayer", "PlanChange", "Plan", "Extras", "load_extras"]
 
 
 def _f(x: Any) -> float:
@@ -40,6 +47,20 @@ def _f(x: Any) -> float:
 def _opt_f(x: Any) -> Optional[float]:
     v = _f(x)
     return None if math.isnan(v) else v
+
+
+def _ci(lo: Any, hi: Any) -> Optional[tuple[float, float]]:
+    """A stored 95% interval ``(low, high)``, None when either end is missing or not a number."""
+    a, b = _opt_f(lo), _opt_f(hi)
+    return None if a is None or b is None else (a, b)
+
+
+def _pair(x: Any) -> Optional[tuple[float, float]]:
+    return _ci(x[0], x[1]) if isinstance(x, (list, tuple)) and len(x) == 2 else None
+
+
+def _int(x: Any) -> int:
+    return int(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0 else 0
 
 
 @dataclass(frozen=True)
@@ -84,6 +105,7 @@ class FixRow:
     fixes: dict[str, tuple[str, ...]] = field(default_factory=dict)
     degradation: Optional[float] = None
     sqnr_db: Optional[float] = None
+    ci: Optional[tuple[float, float]] = None  # 95% interval on ``degradation``
 
 
 @dataclass(frozen=True)
@@ -95,6 +117,8 @@ class FixTrial:
     degradation: float
     naive_degradation: float
     kept: bool
+    ci: Optional[tuple[float, float]] = None  # 95% interval on ``degradation``
+    significant: Optional[bool] = None  # the gain over the naive cell (None: no intervals)
 
 
 @dataclass(frozen=True)
@@ -106,6 +130,7 @@ class FixTable:
     w_bits: Optional[int] = None
     trials: tuple[FixTrial, ...] = ()
     higher_is_better: bool = True
+    num_samples: int = 0
 
     @classmethod
     def from_dict(cls, d: dict) -> "FixTable":
@@ -115,12 +140,15 @@ class FixTable:
                 continue
             fx: dict = r["fixes"] if isinstance(r.get("fixes"), dict) else {}
             fixes = {str(k): tuple(str(x) for x in (v if isinstance(v, (list, tuple)) else [v])) for k, v in fx.items()}
-            rows.append(FixRow(str(r.get("method", "?")), _f(r.get("metric")), fixes, _opt_f(r.get("degradation")), _opt_f(r.get("sqnr_db"))))
+            rows.append(FixRow(str(r.get("method", "?")), _f(r.get("metric")), fixes, _opt_f(r.get("degradation")), _opt_f(r.get("sqnr_db")),
+                               _ci(r.get("ci_low"), r.get("ci_high"))))
         trials = tuple(FixTrial(str(t.get("layer", "?")), str(t.get("fix", "?")), _f(t.get("degradation")), _f(t.get("naive_degradation")),
-                                bool(t.get("kept"))) for t in d.get("trials") or [] if isinstance(t, dict))
+                                bool(t.get("kept")), _ci(t.get("ci_low"), t.get("ci_high")),
+                                t["significant"] if isinstance(t.get("significant"), bool) else None)
+                       for t in d.get("trials") or [] if isinstance(t, dict))
         wb = d.get("w_bits")
         return cls(str(d.get("metric", "metric")), tuple(rows), wb if isinstance(wb, int) else None, trials,
-                   d.get("higher_is_better") is not False)
+                   d.get("higher_is_better") is not False, _int(d.get("num_samples")))
 
 
 @dataclass(frozen=True)
@@ -130,6 +158,22 @@ class PlanLayer:
     layer: str
     bits: int
     params: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class PlanChange:
+    """Plan vs uniform as ``plan`` judged it: ``gain`` (uniform minus plan degradation), whether it is
+    ``significant``, and the samples that would resolve it (0 when significant or unknown)."""
+
+    gain: float
+    significant: bool
+    samples_to_resolve: int = 0
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "Optional[PlanChange]":
+        if not isinstance(d, dict) or not isinstance(d.get("significant"), bool) or _opt_f(d.get("gain")) is None:
+            return None
+        return cls(_f(d["gain"]), d["significant"], _int(d.get("samples_to_resolve")))
 
 
 @dataclass(frozen=True)
@@ -144,6 +188,10 @@ class Plan:
     uniform_predicted: Optional[float] = None
     uniform_measured: Optional[float] = None
     avg_bits: Optional[float] = None
+    measured_ci: Optional[tuple[float, float]] = None  # 95% intervals on the measured degradations
+    uniform_ci: Optional[tuple[float, float]] = None
+    vs_uniform: Optional[PlanChange] = None
+    num_samples: int = 0
 
     @classmethod
     def from_dict(cls, d: dict) -> "Plan":
@@ -162,7 +210,8 @@ class Plan:
         budget = budget.get("avg_bits") if isinstance(budget, dict) else budget
         ubits = next((u[k] for k in ("bits", "w_bits", "avg_bits") if u.get(k) is not None), d.get("uniform_bits"))
         return cls(tuple(layers), _opt_f(d.get("predicted")), _opt_f(d.get("measured")), _opt_f(budget),
-                   _opt_f(ubits), _opt_f(u.get("predicted")), _opt_f(u.get("measured")), _opt_f(d.get("avg_bits")))
+                   _opt_f(ubits), _opt_f(u.get("predicted")), _opt_f(u.get("measured")), _opt_f(d.get("avg_bits")),
+                   _pair(d.get("measured_ci")), _pair(u.get("ci")), PlanChange.from_dict(d.get("vs_uniform")), _int(d.get("num_samples")))
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,11 @@
 """Sections for the optional files: additivity (Figure 2), fixes (Table 1), mixed-precision plan.
 
+Where ``fix`` and ``plan`` stored 95% intervals, every row shows its interval and what it lets a
+reader conclude (:mod:`quantlens.stats.resolve`): a measured degradation is ``worse than float``
+(interval above 0) or ``~ 0 (noise)``; a change (a fix against naive, the plan against uniform)
+is ``significant`` or ``not significant`` (:func:`~quantlens.stats.resolve.separated`), and a kept
+local fix says which, as ``fix`` judged it (``significant`` in ``fix.json``).
+
 Example:
     >>> html = additivity_html(extras.additivity, Units.for_metric("top1"))     # doctest: +SKIP
 """
@@ -8,13 +14,17 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from .extras import Additivity, FixTable, Plan
+from typing import Optional
+
+from ..stats.intervals import Interval
+from ..stats.resolve import separated, significance
+from .extras import Additivity, FixRow, FixTable, FixTrial, Plan
 from .figures import BASE_LAYOUT
 from .fmt import Units, finite
 from .page import Td, plot_div, table
 from .safe import esc, plot_text
 
-__all__ = ["additivity_figure", "additivity_html", "fix_html", "plan_html"]
+__all__ = ["additivity_figure", "additivity_html", "fix_html", "plan_html", "ci_td", "verdict_td"]
 
 
 def additivity_figure(a: Additivity, units: Units) -> go.Figure:
@@ -54,33 +64,109 @@ def additivity_html(a: Additivity, units: Units) -> str:
             + plot_div(additivity_figure(a, units), "plot-additivity"))
 
 
+def _interval(ci: Optional[tuple[float, float]], n: int) -> Optional[Interval]:
+    return None if ci is None else Interval.stored(ci[0], ci[1], n)
+
+
+def ci_td(ci: Optional[tuple[float, float]], u: Units) -> Td:
+    """``[+0.70%, +3.18%]``, or ``-`` without an interval."""
+    if ci is None:
+        return Td("-", None)
+    return Td(f"[{u.deg(ci[0], signed=True)}, {u.deg(ci[1], signed=True)}]", ci[0])
+
+
+_VERDICT = {"worse": ("worse than float", "bad"), "better": ("better than float", "good"), "zero": ("~ 0 (noise)", ""),
+            "unknown": ("-", "")}
+
+
+def verdict_td(ci: Optional[tuple[float, float]], n: int = 0) -> Td:
+    """Whether a measured degradation is distinguishable from float (:func:`quantlens.stats.resolve.significance`)."""
+    v = significance(_interval(ci, n))
+    text, cls = _VERDICT[v]
+    return Td(text, text, cls)
+
+
+def _change_significant(a: Optional[tuple[float, float]], da: Optional[float], b: Optional[tuple[float, float]],
+                        db: Optional[float]) -> Optional[bool]:
+    """Whether degradations ``da`` and ``db`` differ beyond their intervals (None when one is missing)."""
+    if a is None or b is None or not finite(da) or not finite(db):
+        return None
+    return separated(Interval(a[0], a[1], "stored", 0), da, Interval(b[0], b[1], "stored", 0), db)
+
+
+def _vs_naive_td(r: FixRow, naive: Optional[FixRow], d: Optional[float], u: Units) -> Td:
+    if d is None:
+        return Td("-", None)
+    sig = None if naive is None or r is naive else _change_significant(naive.ci, naive.degradation, r.ci, r.degradation)
+    tone = "good" if d > 0 else ("bad" if d < 0 else "")
+    if sig is None:
+        return Td(u.deg(d, signed=True), d, tone)
+    return Td(f"{u.deg(d, signed=True)} ({'significant' if sig else 'not significant'})", d, tone if sig else "")
+
+
+def _kept_td(t: FixTrial) -> Td:
+    """``kept``, with ``(significant)`` / ``(not significant)`` where ``fix`` judged the gain."""
+    if not t.kept:
+        return Td("-", 0)
+    if t.significant is None:
+        return Td("kept", 1, "good")
+    return Td("kept (significant)", 2, "good") if t.significant else Td("kept (not significant)", 1, "")
+
+
 def fix_html(f: FixTable) -> str:
-    """The paper's Table 1 for the user's network: each method, its metric, its improvement over naive."""
+    """The paper's Table 1 for the user's network: each method, its metric, its improvement over naive,
+    and (with intervals) each row's 95% interval and whether its change is significant."""
     u = Units.for_metric(f.metric)
-    naive = next((r.metric for r in f.rows if r.method == "naive"), None)
+    naive_row = next((r for r in f.rows if r.method == "naive"), None)
+    naive = naive_row.metric if naive_row is not None else None
     sign = 1.0 if f.higher_is_better else -1.0  # positive "vs naive" is always better
+    cis = any(r.ci is not None for r in f.rows) or any(t.ci is not None for t in f.trials)
     rows = []
     for r in f.rows:
         d = sign * (r.metric - naive) if naive is not None and finite(r.metric) and finite(naive) else None
         fixes = "; ".join(f"{k}: {'+'.join(v)}" for k, v in r.fixes.items())
-        rows.append([Td(r.method, r.method, "t"), Td(u.value(r.metric), r.metric if finite(r.metric) else None),
-                     Td(u.deg(r.degradation), r.degradation),
-                     Td(u.deg(d, signed=True) if d is not None else "-", d, "good" if d and d > 0 else ("bad" if d and d < 0 else "")),
-                     Td(f"{r.sqnr_db:.1f}" if r.sqnr_db is not None else "-", r.sqnr_db), Td(fixes or "-", fixes, "t")])
+        row = [Td(r.method, r.method, "t"), Td(u.value(r.metric), r.metric if finite(r.metric) else None),
+               Td(u.deg(r.degradation), r.degradation)]
+        if cis:
+            ci = None if r.method == "float" else r.ci
+            row += [ci_td(ci, u), verdict_td(ci, f.num_samples)]
+        row += [_vs_naive_td(r, naive_row, d, u),
+                Td(f"{r.sqnr_db:.1f}" if r.sqnr_db is not None else "-", r.sqnr_db), Td(fixes or "-", fixes, "t")]
+        rows.append(row)
     head = f"Whole network quantized{f' at {f.w_bits} bits' if f.w_bits else ''}, measured on the evaluation data."
+    if cis and f.num_samples:
+        head += f" 95% paired intervals on {f.num_samples:,} samples."
+    cols = ["method", f.metric, "degradation"] + (["95% interval", "vs float"] if cis else []) + ["vs naive", "SQNR (dB)", "local fixes"]
     out = (f'<p class="lead">{esc(head)}</p>'
-           + table(["method", f.metric, "degradation", "vs naive", "SQNR (dB)", "local fixes"], rows, text_cols=(0, 5), table_id="fix-table"))
+           + table(cols, rows, text_cols=(0, len(cols) - 1), table_id="fix-table"))
     if f.trials:
-        trows = [[Td(t.layer, t.layer, "t"), Td(t.fix, t.fix, "t"), Td(u.deg(t.naive_degradation), t.naive_degradation),
-                  Td(u.deg(t.degradation), t.degradation), Td("kept" if t.kept else "-", int(t.kept), "good" if t.kept else "")]
-                 for t in f.trials]
+        trows = []
+        for t in f.trials:
+            row = [Td(t.layer, t.layer, "t"), Td(t.fix, t.fix, "t"), Td(u.deg(t.naive_degradation), t.naive_degradation),
+                   Td(u.deg(t.degradation), t.degradation)]
+            trows.append(row + ([ci_td(t.ci, u)] if cis else []) + [_kept_td(t)])
+        tcols = ["layer", "fix", "naive degradation", "with the fix"] + (["95% interval"] if cis else []) + ["kept"]
         out += ("<h3>Fixes tried on each culprit layer alone</h3>"
-                + table(["layer", "fix", "naive degradation", "with the fix", "kept"], trows, text_cols=(0, 1), table_id="fix-trials"))
+                + table(tcols, trows, text_cols=(0, 1), table_id="fix-trials"))
+        weak = [t for t in f.trials if t.kept and t.significant is False]
+        if weak:
+            on = f" on {f.num_samples:,} samples" if f.num_samples else ""
+            out += ('<p class="lead">Kept, but the gain over the naive cell is within the noise' + esc(on) + ": "
+                    + esc(", ".join(f"{t.layer} ({t.fix})" for t in weak)) + ".</p>")
     return out
 
 
+def _vs_uniform_td(p: Plan, units: Units) -> Td:
+    v = p.vs_uniform
+    if v is None:
+        return Td("-", None)
+    text = f"{units.deg(v.gain, signed=True)} ({'significant' if v.significant else 'not significant'})"
+    return Td(text, v.gain, "good" if v.significant and v.gain > 0 else ("bad" if v.significant and v.gain < 0 else ""))
+
+
 def plan_html(p: Plan, units: Units) -> str:
-    """Chosen bits per layer (bar chart) and the plan against the uniform configuration."""
+    """Chosen bits per layer (bar chart) and the plan against the uniform configuration, with each
+    measurement's 95% interval and whether the plan's change from uniform is significant."""
     parts = []
     if p.layers:
         fig = go.Figure(go.Bar(x=[plot_text(l.layer) for l in p.layers], y=[l.bits for l in p.layers], marker_color="#2ca02c",
@@ -89,11 +175,24 @@ def plan_html(p: Plan, units: Units) -> str:
         fig.update_layout(**BASE_LAYOUT, height=360, title=title, yaxis=dict(title="weight bits", dtick=1),
                           xaxis=dict(type="category", title="layer"))
         parts.append(plot_div(fig, "plot-plan"))
+    cis = p.measured_ci is not None or p.uniform_ci is not None or p.vs_uniform is not None
+    extra = (lambda ci, vs: [ci_td(ci, units), verdict_td(ci, p.num_samples), vs]) if cis else (lambda ci, vs: [])
     rows = [[Td("plan", "plan", "t"), Td(f"{p.avg_bits:.2f}" if p.avg_bits is not None else "-", p.avg_bits),
-             Td(units.deg(p.predicted), p.predicted), Td(units.deg(p.measured), p.measured)]]
+             Td(units.deg(p.predicted), p.predicted), Td(units.deg(p.measured), p.measured)]
+            + extra(p.measured_ci, _vs_uniform_td(p, units))]
     if any(v is not None for v in (p.uniform_bits, p.uniform_predicted, p.uniform_measured)):
         rows.append([Td("uniform", "uniform", "t"), Td(f"{p.uniform_bits:g}" if p.uniform_bits is not None else "-", p.uniform_bits),
-                     Td(units.deg(p.uniform_predicted), p.uniform_predicted), Td(units.deg(p.uniform_measured), p.uniform_measured)])
-    parts.append(table(["configuration", "weight bits (avg)", "predicted degradation", "measured degradation"], rows,
-                       sortable=False, text_cols=(0,), table_id="plan-table"))
+                     Td(units.deg(p.uniform_predicted), p.uniform_predicted), Td(units.deg(p.uniform_measured), p.uniform_measured)]
+                    + extra(p.uniform_ci, Td("-", None)))
+    cols = ["configuration", "weight bits (avg)", "predicted degradation", "measured degradation"]
+    cols += ["95% interval", "vs float", "vs uniform"] if cis else []
+    parts.append(table(cols, rows, sortable=False, text_cols=(0,), table_id="plan-table"))
+    v = p.vs_uniform
+    if v is not None:
+        on = f" on {p.num_samples:,} samples" if p.num_samples else ""
+        gain = f"Plan vs uniform (uniform minus plan degradation): {units.deg(v.gain, signed=True)}"
+        line = (f"{gain}, significant{on}." if v.significant else
+                f"{gain} is not significant{on}"
+                + (f"; about {v.samples_to_resolve:,} would resolve it." if v.samples_to_resolve else "."))
+        parts.append(f'<p class="lead">{esc(line)}</p>')
     return "".join(parts)

@@ -27,8 +27,15 @@ Two rules, chosen by the metric (``Metric.interval_rule``):
 
         mean = (R - Q) / n,   s^2 = (S - n mean^2) / (n - 1),   mean +- t_{n-1} s / sqrt(n)
 
+``ratio`` (nll, perplexity, token_kl, token_agreement: token means over correlated sequences)
+    The delta-method interval of a paired difference of ratio estimators, with the sequence as
+    the independent unit, on ``h(m_r) - h(m_q)`` (``h`` = exp for perplexity), from the
+    per-sequence sums :class:`~quantlens.stats.ratio.RatioSums` (formula in
+    :mod:`quantlens.stats.ratio`).
+
 A metric without a rule (a user callable scored per batch) has no interval: ``None``.
-Coverage of both rules is checked by simulation in ``tests/test_intervals.py``.
+Coverage of the rules is checked by simulation in ``tests/test_intervals.py`` (binary, mean) and
+``tests/test_token_intervals.py`` (ratio).
 
 Example:
     >>> s = PairedSums(n=450, ref=400.0, quant=396.0, sq=6.0)   # 5 worse, 1 better
@@ -41,12 +48,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
 from ..errors import QuantlensError
 from ..metrics import degradation
+from .ratio import RatioSums, ratio_interval
 from .sums import PairedSums
 
 __all__ = [
@@ -177,7 +185,13 @@ def _mean(s: PairedSums) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-_RULES: dict[str, Callable[[PairedSums], tuple[float, float]]] = {"binary": _binary, "mean": _mean}
+def _ratio(s: "RatioSums") -> tuple[float, float]:
+    if not isinstance(s, RatioSums):
+        raise TypeError(f"the ratio rule needs RatioSums, got {type(s).__name__}")
+    return ratio_interval(s)
+
+
+_RULES: dict[str, Callable[[Any], tuple[float, float]]] = {"binary": _binary, "mean": _mean, "ratio": _ratio}
 
 
 def interval_rules() -> list[str]:
@@ -191,16 +205,17 @@ def interval_rule(metric: object) -> Optional[str]:
     return rule if rule in _RULES else None
 
 
-def paired_interval(sums: PairedSums, rule: Optional[str], higher_is_better: bool) -> Optional[Interval]:
+def paired_interval(sums: Union[PairedSums, RatioSums], rule: Optional[str], higher_is_better: bool) -> Optional[Interval]:
     """The 95% interval on the degradation (positive = worse), or None without a rule or valid sums.
 
-    Raises :class:`QuantlensError` when fewer than 2 samples were scored.
+    Raises :class:`QuantlensError` when fewer than 2 samples (for the ratio rule: sequences) were scored.
     """
     if rule is None or not sums.valid:
         return None
     if sums.n < 2:
         raise QuantlensError(
-            f"the data has {sums.n} sample(s): a confidence interval needs at least 2; pass more data"
+            f"the data has {sums.n} {'sequence' if rule == 'ratio' else 'sample'}(s): a confidence interval needs at "
+            "least 2; pass more data"
         )
     lo, hi = _RULES[rule](sums)
     # the interval is on r - q; the sign rule maps it to the degradation
