@@ -356,8 +356,8 @@ def test_fix_and_plan_tables_show_intervals_and_significance(tmp_path):
     """fix.json and plan.json as their owners write them: each row's 95% interval, whether a measured
     degradation is distinguishable from float, whether a kept local fix and the plan's change from
     uniform are significant."""
-    from quantlens.analysis.fixloop import FixResult, FixRow, LocalTrial
-    from quantlens.plan import LayerPlan, PlanResult
+    from quantlens.analysis.experiments.fixloop import FixResult, FixRow, LocalTrial
+    from quantlens.analysis.experiments.plan import LayerPlan, PlanResult
     from quantlens.qconfig import QuantConfig
 
     r = synthetic_result()
