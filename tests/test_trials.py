@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import assert_close
+from lm_models import tiny_lm, token_data
 from torch import nn
 
 from quantlens import analyze, demo, demo_culprit
@@ -38,10 +39,12 @@ def _cases():
     g = torch.Generator().manual_seed(2)
     data = [(torch.randn(8, 3, 12, 12, generator=g), None) for _ in range(3)]
     yield ("net", _net(), data, data[:2], 4, "kl")
+    # a token metric reads the batch's inputs (no labels: the next tokens of input_ids)
+    yield ("lm", tiny_lm(), token_data(3), token_data(2, seed=1), 3, "nll")
     yield pytest.param(("culprit", demo_culprit.model(), demo.data()[:2], demo.calib(), 4, "top1"), marks=pytest.mark.slow)
 
 
-@pytest.mark.parametrize("case", list(_cases()), ids=["net", "culprit"])
+@pytest.mark.parametrize("case", list(_cases()), ids=["net", "lm", "culprit"])
 def test_trials_equal_one_analyze_per_fixed_graph(case):
     _, model, data, calib, bits, metric = case
     sweep = analyze(model, data, w_bits=[bits], a_bits=8, metric=metric, calib=calib)

@@ -33,7 +33,7 @@ from ...degradation import degradation
 from ...graph.capture import LayerGraph
 from ...graph.cone import Cone, build_cache_module, build_cone
 from ...memory import trim_heap
-from ...metrics import Metric, make_metric
+from ...metrics import Metric, make_metric, update_metric
 from ...numerics import analysis_mode
 from ...quant.quantizer import make_observer, quantize_weight
 from ...stats.intervals import Interval, metric_interval
@@ -120,11 +120,11 @@ class TrialRunner:
                 labels = None if labels is None else labels.to(self.device)
                 cache = float_pass(inputs)
                 y_ref = self.reference(k, inputs)
-                base.update(y_ref, y_ref, labels)
+                update_metric(base, y_ref, y_ref, labels, inputs)
                 signal = per_sample_sq(y_ref)
                 for c, acc in zip(cones, accs):
                     out, _, _ = c(cache)
-                    acc.update(y_ref, extract_output(self.graph.output(out), self.output_key), labels, signal)
+                    acc.update(y_ref, extract_output(self.graph.output(out), self.output_key), labels, signal, inputs=inputs)
                     del out
                 del cache
                 trim_heap()
