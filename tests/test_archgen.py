@@ -19,6 +19,7 @@ import quantlens as ql
 
 N_NETS = 100
 N_FAST = 10
+N_FAST_EXPORT = 2  # export capture costs seconds a net: the rest run in the full suite
 BITS = (3, 8)
 PATHS = {
     "cone-fx": dict(engine="cone", capture="fx"),
@@ -45,7 +46,7 @@ def _params():
     out = []
     for seed in range(N_NETS):
         for path in PATHS:
-            marks = [pytest.mark.slow] if seed >= N_FAST else []
+            marks = [pytest.mark.slow] if seed >= (N_FAST_EXPORT if path == "cone-export" else N_FAST) else []
             out.append(pytest.param(path, seed, marks=marks, id=f"{path}-{seed}"))
     return out
 

@@ -91,6 +91,7 @@ def test_cli_analyze_end_to_end(user_files, tmp_path, capsys):
     assert "worst layers at 4-bit" in printed and "conv1" in printed
 
 
+@pytest.mark.slow
 def test_cli_module_form_and_float_activations(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "r"

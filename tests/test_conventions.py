@@ -95,6 +95,7 @@ def _ort_weight_scales(path) -> list[float]:
     return sorted(out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bits", [8, 4])
 def test_onnxruntime_quantize_static_scales_and_accuracy(ort_models, bits):
     """The onnxruntime convention gives quantize_static's weight scales, and predicts its accuracy within 1 point."""

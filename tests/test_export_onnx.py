@@ -49,6 +49,7 @@ def _run_both(path, qnet, data):
     return torch.cat(sim), torch.cat(rt), torch.cat(pl), opt
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("granularity, bits", [("per-tensor", 8), ("per-channel", 4), ("per-group-4", 4), ("per-channel", 6), ("per-tensor", 3)])
 def test_onnxruntime_equals_the_simulation(measurer, tmp_path, granularity, bits):
     data = tiny_data(n_batches=2)
@@ -81,6 +82,7 @@ def test_onnxruntime_equals_the_simulation(measurer, tmp_path, granularity, bits
     assert got == want_q and len(q_nodes) in (2 * len(measurer.names), 2 * len(measurer.names) - 1)
 
 
+@pytest.mark.slow
 def test_weights_on_the_b_bit_grid_with_the_b_bit_scale(measurer, tmp_path):
     data = tiny_data(n_batches=1)
     qnet = measurer.build(QuantConfig.uniform(measurer.names, w_bits=5, granularity="per-channel"))
@@ -94,6 +96,7 @@ def test_weights_on_the_b_bit_grid_with_the_b_bit_scale(measurer, tmp_path):
     assert torch.equal(torch.from_numpy(w), qnet.weights["stem"].weight)
 
 
+@pytest.mark.slow
 def test_float_fallback_keep_float_and_16_bits(measurer, tmp_path):
     data = tiny_data(n_batches=2)
     cfg = QuantConfig.uniform(measurer.names, w_bits=8).with_layer("fc2", w_bits=16, a_bits=16)
@@ -142,6 +145,7 @@ def _tiny_files(tmp_path, cfg=None):
     return str(mod), run
 
 
+@pytest.mark.slow
 def test_cli_export_then_verify(tmp_path, capsys):
     mod, run = _tiny_files(tmp_path)
     assert main(["export", "--model", f"{mod}:model", "--config", str(run / "quant_config.json"), "--out", str(run / "onnx")]) == 0
@@ -183,6 +187,7 @@ def test_verify_result_flags_a_difference_beyond_its_interval():
         ("no-export-json", "no export.json beside it"),
     ],
 )
+@pytest.mark.slow
 def test_user_errors_are_one_line(tmp_path, capsys, case, message):
     m = NetworkMeasurer(Workload(tiny_net(), tiny_data(n_batches=1)))
     cfg = {
@@ -226,6 +231,7 @@ def test_export_needs_calib_without_saved_ranges(tmp_path):
         export_onnx(tiny_net(), cfg, tmp_path, data=data)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flagged", [False, True])
 def test_report_runtime_check_section(tmp_path, flagged):
     from report_helpers import synthetic_result, write_run
@@ -248,6 +254,7 @@ def test_report_runtime_check_section(tmp_path, flagged):
     assert '<section id="runtime">' not in html and "verify.json could not be read" in html
 
 
+@pytest.mark.slow
 def test_mixed_plan_int4_and_int8_layers(measurer, tmp_path):
     data = tiny_data(n_batches=2)
     cfg = QuantConfig.uniform(measurer.names, w_bits=8, granularity="per-channel").with_layer("b1", w_bits=4).with_layer("fc1", w_bits=3)

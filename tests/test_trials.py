@@ -40,7 +40,7 @@ def _cases():
     data = [(torch.randn(8, 3, 12, 12, generator=g), None) for _ in range(3)]
     yield ("net", _net(), data, data[:2], 4, "kl")
     # a token metric reads the batch's inputs (no labels: the next tokens of input_ids)
-    yield ("lm", tiny_lm(), token_data(3), token_data(2, seed=1), 3, "nll")
+    yield pytest.param(("lm", tiny_lm(), token_data(3), token_data(2, seed=1), 3, "nll"), marks=pytest.mark.slow)
     yield pytest.param(("culprit", demo_culprit.model(), demo.data()[:2], demo.calib(), 4, "top1"), marks=pytest.mark.slow)
 
 
