@@ -6,6 +6,7 @@ import json
 import math
 import re
 
+import numpy as np
 import pytest
 from report_helpers import (
     EVIL,
@@ -187,12 +188,17 @@ def test_options_saturate_and_bits(tmp_path, capsys):
 
 
 def test_extras_rendered_from_fixtures(tmp_path):
+    """Hand-written files in the owners' shapes; the fit of additivity, the plan's average bits and
+    predicted degradation are the owners' (derived from the points and the layers, not read back)."""
     r = synthetic_result()
     write_run(r, tmp_path)
+    pred, meas = [0.012, 0.02, 0.03], [0.014, 0.019, 0.034]
     (tmp_path / "additivity.json").write_text(json.dumps({
-        "schema": "quantlens/additivity-v1", "pearson_r": 0.97, "slope": 1.1, "low": 4, "high": 8, "flagged": ["dw"],
+        "schema": "quantlens/additivity-v1", "low": 4, "high": 8, "flagged": ["dw"],
         "points": [{"low_bit_layers": ["outl", EVIL], "predicted": 0.012, "measured": 0.014},
-                   {"low_bit_layers": ["dw"], "predicted": 0.02, "measured": 0.019}, {"predicted": None, "measured": 1}]}))
+                   {"low_bit_layers": ["dw"], "predicted": 0.02, "measured": 0.019},
+                   {"low_bit_layers": ["wide"], "predicted": 0.03, "measured": 0.034}]}))
+    r_want, slope_want = np.corrcoef(pred, meas)[0, 1], np.polyfit(pred, meas, 1)[0]  # independent oracle
     (tmp_path / "fix.json").write_text(json.dumps({
         "schema": "quantlens/fix-v1", "metric": "top1", "w_bits": 4, "rows": [
             {"method": "float", "metric": 0.9, "degradation": 0.0, "sqnr_db": None}, {"method": "naive", "metric": 0.8},
@@ -201,16 +207,17 @@ def test_extras_rendered_from_fixtures(tmp_path):
         "trials": [{"layer": "outl", "fix": "sawb", "degradation": 0.01, "naive_degradation": 0.06, "kept": True},
                    {"layer": "outl", "fix": "mse", "degradation": 0.07, "naive_degradation": 0.06, "kept": False}]}))
     (tmp_path / "plan.json").write_text(json.dumps({
-        "schema": "quantlens/plan-v1", "w_bits": {"outl": 8, "dw": 6, "wide": 4, "fine": 4}, "predicted": 0.01,
-        "measured": 0.012, "budget": {"avg_bits": 5.0, "bits": 20000}, "avg_bits": 5.5,
+        "schema": "quantlens/plan-v1", "layers": [{"layer": n, "params": 1000, "w_bits": b, "predicted": d, "noise": 0.1}
+                                                  for n, b, d in [("outl", 8, 0.001), ("dw", 6, 0.002), ("wide", 4, 0.003), ("fine", 4, 0.004)]],
+        "measured": 0.012, "budget": {"avg_bits": 5.0, "bits": 20000},
         "uniform": {"w_bits": 5, "predicted": 0.03, "measured": 0.035}}))
     html = write_report(tmp_path).read_text()
     for s in ("additivity", "fixes", "plan"):
         assert f'<section id="{s}">' in html
     data, layout = plots(html)["plot-additivity"]
     assert data[0]["x"] == data[0]["y"]  # the y = x line
-    assert data[1]["x"] == pytest.approx([1.2, 2.0]) and data[1]["y"] == pytest.approx([1.4, 1.9])
-    assert "Pearson r = 0.970, slope = 1.10" in layout["title"]["text"]
+    assert data[1]["x"] == pytest.approx([1.2, 2.0, 3.0]) and data[1]["y"] == pytest.approx([1.4, 1.9, 3.4])
+    assert f"Pearson r = {r_want:.3f}, slope = {slope_want:.2f}" in layout["title"]["text"]
     assert "mean shifts most under quantization (section 4.4): dw." in html
     fix = html[html.index('id="fix-table"'):]
     assert "global:sawb" in fix and "75.00%" in fix and "+8.00%" in fix and "outl: sawb" in fix and "10.4" in fix
@@ -226,7 +233,7 @@ def test_extras_rendered_from_fixtures(tmp_path):
     summary = html[html.index('<section id="summary">'):html.index('<section id="per-layer">')]
     assert "naive costs 10.00%; the local fixes (outl: sawb) leave 2.00%, recovering 80% of it" in summary
     assert "the best fix applied to every layer (sawb) leaves 15.00%" in summary
-    assert "Pearson r = 0.970, slope 1.10; single-layer degradations add up" in summary
+    assert f"Pearson r = {r_want:.3f}, slope {slope_want:.2f}; single-layer degradations add up" in summary
     assert "5.50 average weight bits, predicted 1.00%, measured 1.20%; uniform 5 bits measured 3.50%" in summary
 
 
@@ -308,20 +315,19 @@ def test_results_without_statistics_still_render():
 
 
 def test_followups_when_nothing_helps_and_additivity_fails():
-    from quantlens.report.extras import (
-        Additivity,
-        AdditivityPoint,
-        Extras,
-        FixRow,
-        FixTable,
-        FixTrial,
-    )
+    from quantlens.analysis.experiments.additivity import AdditivityPoint, AdditivityResult
+    from quantlens.analysis.experiments.fixloop import FixResult, FixRow, LocalTrial
+    from quantlens.qconfig import QuantConfig
+    from quantlens.report.extras import Extras
     from quantlens.report.fmt import Units
     from quantlens.report.followup import followups
 
-    fix = FixTable("top1", (FixRow("float", 0.9, degradation=0.0), FixRow("naive", 0.8), FixRow("local", 0.8)), 8,
-                   (FixTrial("outl", "sawb", 0.12, 0.1, False),))
-    add = Additivity(0.5, 0.3, (AdditivityPoint(("a",), 0.01, 0.02),), 4, 8, "top1")
+    nan = float("nan")
+    rows = (FixRow("float", 0.9, 0.0, 0.0, math.inf), FixRow("naive", 0.8, 0.1, 1.0, nan), FixRow("local", 0.8, 0.1, 1.0, nan))
+    fix = FixResult("top1", True, 8, 8, ("outl",), (LocalTrial("outl", "sawb", 0.12, nan, 0.1, False),), rows, QuantConfig())
+    # predicted (0, 1, 2)/100 against measured (0, 2, 1)/100: r = 1 / sqrt(2 * 2) = 0.5
+    pts = tuple(AdditivityPoint([n], p, m) for n, p, m in [("a", 0.0, 0.0), ("b", 0.01, 0.02), ("c", 0.02, 0.01)])
+    add = AdditivityResult("top1", 0.9, 4, 8, 8, 0, pts)
     texts = [i.text for i in followups(Extras(additivity=add, fix=fix), Units.for_metric("top1"), "top1")]
     assert texts[0] == ("Measured with the whole network quantized at 8 bits (fix.json): naive costs 10.00%; "
                         "no fix lowered a culprit layer's own degradation, so none was kept.")
@@ -331,10 +337,10 @@ def test_followups_when_nothing_helps_and_additivity_fails():
 
 
 def test_fix_table_marks_improvement_for_lower_is_better_metrics():
-    from quantlens.report.extras import FixTable
+    from quantlens.analysis.experiments.fixloop import FixResult
     from quantlens.report.extras_html import fix_html
 
-    t = FixTable.from_dict({"schema": "quantlens/fix-v1", "metric": "kl", "higher_is_better": False, "rows": [
+    t = FixResult.from_dict({"schema": "quantlens/fix-v1", "metric": "kl", "higher_is_better": False, "rows": [
         {"method": "naive", "metric": 0.5}, {"method": "local", "metric": 0.1, "fixes": {"a": ["sawb"]}}]})
     html = fix_html(t)
     local = html[html.index("local</td>"):]
@@ -399,14 +405,15 @@ def test_fix_and_plan_tables_show_intervals_and_significance(tmp_path):
 
 def test_fix_and_plan_tables_without_intervals_keep_their_columns(tmp_path):
     """Older files (no ci, no significant) render as before: no interval columns, no verdicts."""
-    from quantlens.report.extras import FixTable, Plan
+    from quantlens.analysis.experiments.fixloop import FixResult
+    from quantlens.analysis.experiments.plan import PlanResult
     from quantlens.report.extras_html import fix_html, plan_html
 
-    f = FixTable.from_dict({"metric": "top1", "rows": [{"method": "naive", "metric": 0.8}, {"method": "local", "metric": 0.85}],
+    f = FixResult.from_dict({"metric": "top1", "rows": [{"method": "naive", "metric": 0.8}, {"method": "local", "metric": 0.85}],
                             "trials": [{"layer": "a", "fix": "sawb", "degradation": 0.01, "naive_degradation": 0.05, "kept": True}]})
     html = fix_html(f)
     assert "95% interval" not in html and "significant" not in html and ">kept<" in html
-    p = Plan.from_dict({"w_bits": {"a": 4}, "predicted": 0.01, "measured": 0.02, "measured_ci": [None, None],
+    p = PlanResult.from_dict({"w_bits": {"a": 4}, "predicted": 0.01, "measured": 0.02, "measured_ci": [None, None],
                         "uniform": {"w_bits": 4, "measured": 0.03, "ci": [None, None]}, "vs_uniform": None})
     html = plan_html(p, Units.for_metric("top1"))
     assert "95% interval" not in html and "vs uniform" not in html and "significant" not in html

@@ -4,7 +4,8 @@ Where ``fix`` and ``plan`` stored 95% intervals, every row shows its interval an
 reader conclude (:mod:`quantlens.stats.resolve`): a measured degradation is ``worse than float``
 (interval above 0) or ``~ 0 (noise)``; a change (a fix against naive, the plan against uniform)
 is ``significant`` or ``not significant`` (:func:`~quantlens.stats.resolve.separated`), and a kept
-local fix says which, as ``fix`` judged it (``significant`` in ``fix.json``).
+local fix says which, as ``fix`` judged it (``significant`` in ``fix.json``), and the plan's change
+from uniform is :meth:`PlanResult.vs_uniform`. The objects are the owners' (:mod:`quantlens.report.extras`).
 
 Example:
     >>> html = additivity_html(extras.additivity, Units.for_metric("top1"))     # doctest: +SKIP
@@ -12,22 +13,27 @@ Example:
 
 from __future__ import annotations
 
-import plotly.graph_objects as go
+from typing import TYPE_CHECKING, Optional
 
-from typing import Optional
+import plotly.graph_objects as go
 
 from ..stats.intervals import Interval
 from ..stats.resolve import separated, significance
-from .extras import Additivity, FixRow, FixTable, FixTrial, Plan
+from .extras import plan_avg_bits
 from .figures import BASE_LAYOUT
 from .fmt import Units, finite
 from .page import Td, plot_div, table
 from .safe import esc, plot_text
 
+if TYPE_CHECKING:
+    from ..analysis.experiments.additivity import AdditivityResult
+    from ..analysis.experiments.fixloop import FixResult, FixRow, LocalTrial
+    from ..analysis.experiments.plan import PlanResult
+
 __all__ = ["additivity_figure", "additivity_html", "fix_html", "plan_html", "ci_td", "verdict_td"]
 
 
-def additivity_figure(a: Additivity, units: Units) -> go.Figure:
+def additivity_figure(a: "AdditivityResult", units: Units) -> go.Figure:
     """Measured against predicted degradation of random mixed-precision networks, with y = x."""
     pts = [p for p in a.points if finite(p.predicted) and finite(p.measured)]
     xs, ys = [p.predicted * units.scale for p in pts], [p.measured * units.scale for p in pts]
@@ -50,7 +56,7 @@ def additivity_figure(a: Additivity, units: Units) -> go.Figure:
     return fig
 
 
-def additivity_html(a: Additivity, units: Units) -> str:
+def additivity_html(a: "AdditivityResult", units: Units) -> str:
     """Figure 2 and one sentence that reads it."""
     verdict = ""
     if finite(a.pearson_r) and finite(a.slope):
@@ -62,6 +68,11 @@ def additivity_html(a: Additivity, units: Units) -> str:
                if a.flagged else "")
     return (f'<p class="lead">{esc(verdict)} {len(a.points)} random configurations.{esc(flagged)}</p>'
             + plot_div(additivity_figure(a, units), "plot-additivity"))
+
+
+def _ci(low: float, high: float) -> Optional[tuple[float, float]]:
+    """A stored 95% interval ``(low, high)``; None when either end is missing (NaN) or not finite."""
+    return (low, high) if finite(low) and finite(high) else None
 
 
 def _interval(ci: Optional[tuple[float, float]], n: int) -> Optional[Interval]:
@@ -94,17 +105,18 @@ def _change_significant(a: Optional[tuple[float, float]], da: Optional[float], b
     return separated(Interval(a[0], a[1], "stored", 0), da, Interval(b[0], b[1], "stored", 0), db)
 
 
-def _vs_naive_td(r: FixRow, naive: Optional[FixRow], d: Optional[float], u: Units) -> Td:
+def _vs_naive_td(r: "FixRow", naive: "Optional[FixRow]", d: Optional[float], u: Units) -> Td:
     if d is None:
         return Td("-", None)
-    sig = None if naive is None or r is naive else _change_significant(naive.ci, naive.degradation, r.ci, r.degradation)
+    sig = (None if naive is None or r is naive else
+           _change_significant(_ci(naive.ci_low, naive.ci_high), naive.degradation, _ci(r.ci_low, r.ci_high), r.degradation))
     tone = "good" if d > 0 else ("bad" if d < 0 else "")
     if sig is None:
         return Td(u.deg(d, signed=True), d, tone)
     return Td(f"{u.deg(d, signed=True)} ({'significant' if sig else 'not significant'})", d, tone if sig else "")
 
 
-def _kept_td(t: FixTrial) -> Td:
+def _kept_td(t: "LocalTrial") -> Td:
     """``kept``, with ``(significant)`` / ``(not significant)`` where ``fix`` judged the gain."""
     if not t.kept:
         return Td("-", 0)
@@ -113,14 +125,14 @@ def _kept_td(t: FixTrial) -> Td:
     return Td("kept (significant)", 2, "good") if t.significant else Td("kept (not significant)", 1, "")
 
 
-def fix_html(f: FixTable) -> str:
+def fix_html(f: "FixResult") -> str:
     """The paper's Table 1 for the user's network: each method, its metric, its improvement over naive,
     and (with intervals) each row's 95% interval and whether its change is significant."""
-    u = Units.for_metric(f.metric)
+    u = Units.for_metric(f.metric_name)
     naive_row = next((r for r in f.rows if r.method == "naive"), None)
     naive = naive_row.metric if naive_row is not None else None
     sign = 1.0 if f.higher_is_better else -1.0  # positive "vs naive" is always better
-    cis = any(r.ci is not None for r in f.rows) or any(t.ci is not None for t in f.trials)
+    cis = any(_ci(r.ci_low, r.ci_high) is not None for r in f.rows) or any(_ci(t.ci_low, t.ci_high) is not None for t in f.trials)
     rows = []
     for r in f.rows:
         d = sign * (r.metric - naive) if naive is not None and finite(r.metric) and finite(naive) else None
@@ -128,15 +140,15 @@ def fix_html(f: FixTable) -> str:
         row = [Td(r.method, r.method, "t"), Td(u.value(r.metric), r.metric if finite(r.metric) else None),
                Td(u.deg(r.degradation), r.degradation)]
         if cis:
-            ci = None if r.method == "float" else r.ci
+            ci = None if r.method == "float" else _ci(r.ci_low, r.ci_high)
             row += [ci_td(ci, u), verdict_td(ci, f.num_samples)]
-        row += [_vs_naive_td(r, naive_row, d, u),
-                Td(f"{r.sqnr_db:.1f}" if r.sqnr_db is not None else "-", r.sqnr_db), Td(fixes or "-", fixes, "t")]
+        sqnr = r.sqnr_db if finite(r.sqnr_db) else None  # the float row's +Inf shows as "-"
+        row += [_vs_naive_td(r, naive_row, d, u), Td(f"{sqnr:.1f}" if sqnr is not None else "-", sqnr), Td(fixes or "-", fixes, "t")]
         rows.append(row)
     head = f"Whole network quantized{f' at {f.w_bits} bits' if f.w_bits else ''}, measured on the evaluation data."
     if cis and f.num_samples:
         head += f" 95% paired intervals on {f.num_samples:,} samples."
-    cols = ["method", f.metric, "degradation"] + (["95% interval", "vs float"] if cis else []) + ["vs naive", "SQNR (dB)", "local fixes"]
+    cols = ["method", f.metric_name, "degradation"] + (["95% interval", "vs float"] if cis else []) + ["vs naive", "SQNR (dB)", "local fixes"]
     out = (f'<p class="lead">{esc(head)}</p>'
            + table(cols, rows, text_cols=(0, len(cols) - 1), table_id="fix-table"))
     if f.trials:
@@ -144,7 +156,7 @@ def fix_html(f: FixTable) -> str:
         for t in f.trials:
             row = [Td(t.layer, t.layer, "t"), Td(t.fix, t.fix, "t"), Td(u.deg(t.naive_degradation), t.naive_degradation),
                    Td(u.deg(t.degradation), t.degradation)]
-            trows.append(row + ([ci_td(t.ci, u)] if cis else []) + [_kept_td(t)])
+            trows.append(row + ([ci_td(_ci(t.ci_low, t.ci_high), u)] if cis else []) + [_kept_td(t)])
         tcols = ["layer", "fix", "naive degradation", "with the fix"] + (["95% interval"] if cis else []) + ["kept"]
         out += ("<h3>Fixes tried on each culprit layer alone</h3>"
                 + table(tcols, trows, text_cols=(0, 1), table_id="fix-trials"))
@@ -156,43 +168,46 @@ def fix_html(f: FixTable) -> str:
     return out
 
 
-def _vs_uniform_td(p: Plan, units: Units) -> Td:
-    v = p.vs_uniform
+def _vs_uniform_td(v: Optional[dict], units: Units) -> Td:
+    """The plan's change from uniform, :meth:`PlanResult.vs_uniform`."""
     if v is None:
         return Td("-", None)
-    text = f"{units.deg(v.gain, signed=True)} ({'significant' if v.significant else 'not significant'})"
-    return Td(text, v.gain, "good" if v.significant and v.gain > 0 else ("bad" if v.significant and v.gain < 0 else ""))
+    gain, sig = v["gain"], v["significant"]
+    text = f"{units.deg(gain, signed=True)} ({'significant' if sig else 'not significant'})"
+    return Td(text, gain, "good" if sig and gain > 0 else ("bad" if sig and gain < 0 else ""))
 
 
-def plan_html(p: Plan, units: Units) -> str:
+def plan_html(p: "PlanResult", units: Units) -> str:
     """Chosen bits per layer (bar chart) and the plan against the uniform configuration, with each
     measurement's 95% interval and whether the plan's change from uniform is significant."""
     parts = []
     if p.layers:
-        fig = go.Figure(go.Bar(x=[plot_text(l.layer) for l in p.layers], y=[l.bits for l in p.layers], marker_color="#2ca02c",
+        fig = go.Figure(go.Bar(x=[plot_text(l.layer) for l in p.layers], y=[l.w_bits for l in p.layers], marker_color="#2ca02c",
                                hovertemplate="<b>%{x}</b>: %{y}-bit weights<extra></extra>"))
-        title = "Mixed-precision plan: weight bits per layer" + (f" (budget {p.budget:g})" if p.budget is not None else "")
+        title = "Mixed-precision plan: weight bits per layer" + (f" (budget {p.budget_bits:g})" if finite(p.budget_bits) else "")
         fig.update_layout(**BASE_LAYOUT, height=360, title=title, yaxis=dict(title="weight bits", dtick=1),
                           xaxis=dict(type="category", title="layer"))
         parts.append(plot_div(fig, "plot-plan"))
-    cis = p.measured_ci is not None or p.uniform_ci is not None or p.vs_uniform is not None
+    mci, uci, v = _ci(*p.measured_ci), _ci(*p.uniform_ci), p.vs_uniform()
+    cis = mci is not None or uci is not None or v is not None
     extra = (lambda ci, vs: [ci_td(ci, units), verdict_td(ci, p.num_samples), vs]) if cis else (lambda ci, vs: [])
-    rows = [[Td("plan", "plan", "t"), Td(f"{p.avg_bits:.2f}" if p.avg_bits is not None else "-", p.avg_bits),
+    avg = plan_avg_bits(p)
+    rows = [[Td("plan", "plan", "t"), Td(f"{avg:.2f}" if avg is not None else "-", avg),
              Td(units.deg(p.predicted), p.predicted), Td(units.deg(p.measured), p.measured)]
-            + extra(p.measured_ci, _vs_uniform_td(p, units))]
-    if any(v is not None for v in (p.uniform_bits, p.uniform_predicted, p.uniform_measured)):
-        rows.append([Td("uniform", "uniform", "t"), Td(f"{p.uniform_bits:g}" if p.uniform_bits is not None else "-", p.uniform_bits),
+            + extra(mci, _vs_uniform_td(v, units))]
+    ub = None if p.uniform_bits is None else float(p.uniform_bits)
+    if ub is not None or finite(p.uniform_predicted) or finite(p.uniform_measured):
+        rows.append([Td("uniform", "uniform", "t"), Td(f"{ub:g}" if ub is not None else "-", ub),
                      Td(units.deg(p.uniform_predicted), p.uniform_predicted), Td(units.deg(p.uniform_measured), p.uniform_measured)]
-                    + extra(p.uniform_ci, Td("-", None)))
+                    + extra(uci, Td("-", None)))
     cols = ["configuration", "weight bits (avg)", "predicted degradation", "measured degradation"]
     cols += ["95% interval", "vs float", "vs uniform"] if cis else []
     parts.append(table(cols, rows, sortable=False, text_cols=(0,), table_id="plan-table"))
-    v = p.vs_uniform
     if v is not None:
         on = f" on {p.num_samples:,} samples" if p.num_samples else ""
-        gain = f"Plan vs uniform (uniform minus plan degradation): {units.deg(v.gain, signed=True)}"
-        line = (f"{gain}, significant{on}." if v.significant else
-                f"{gain} is not significant{on}"
-                + (f"; about {v.samples_to_resolve:,} would resolve it." if v.samples_to_resolve else "."))
+        gain = f"Plan vs uniform (uniform minus plan degradation): {units.deg(v['gain'], signed=True)}"
+        need = v["samples_to_resolve"]
+        line = (f"{gain}, significant{on}." if v["significant"] else
+                f"{gain} is not significant{on}" + (f"; about {need:,} would resolve it." if need else "."))
         parts.append(f'<p class="lead">{esc(line)}</p>')
     return "".join(parts)

@@ -9,6 +9,10 @@ When their files sit next to ``results.json`` the summary says what they found:
   trusted as a planning tool (``r >= 0.9``), naming the layers flagged for mean shift;
 * plan: the plan's measured degradation against the uniform configuration of the same size.
 
+The numbers are the owners' (:mod:`quantlens.report.extras` loads them): a fix row's degradation,
+the additivity fit (:attr:`AdditivityResult.pearson_r`, ``slope``, ``flagged``), the plan's
+``avg_bits`` and ``predicted``.
+
 Example:
     >>> for i in followups(extras, Units.for_metric("top1")): print(i.text)   # doctest: +SKIP
     Measured with the whole network at 8 bits (fix.json): naive costs 1.78%; ...
@@ -16,45 +20,46 @@ Example:
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-from .extras import Additivity, Extras, FixRow, FixTable, Plan
+from .extras import Extras, plan_avg_bits
 from .fmt import Units, finite
 from .insights import Insight
+
+if TYPE_CHECKING:
+    from ..analysis.experiments.additivity import AdditivityResult
+    from ..analysis.experiments.fixloop import FixResult, FixRow
+    from ..analysis.experiments.plan import PlanResult
 
 __all__ = ["followups", "RELIABLE_R"]
 
 RELIABLE_R = 0.9
 
 
-def _deg(row: FixRow, float_row: Optional[FixRow], higher_is_better: bool) -> Optional[float]:
-    if row.degradation is not None:
-        return row.degradation
-    if float_row is None or not (finite(row.metric) and finite(float_row.metric)):
-        return None
-    return (float_row.metric - row.metric) if higher_is_better else (row.metric - float_row.metric)
+def _deg(row: "Optional[FixRow]") -> Optional[float]:
+    """The row's degradation (an older file's missing one is derived by :meth:`FixResult.from_dict`)."""
+    return row.degradation if row is not None and finite(row.degradation) else None
 
 
-def _fix(fix: FixTable, u: Units, higher_is_better: bool) -> Optional[Insight]:
+def _fix(fix: "FixResult", u: Units) -> Optional[Insight]:
     by = {r.method: r for r in fix.rows}
     naive, local = by.get("naive"), by.get("local")
     if naive is None:
         return None
-    fl = by.get("float")
-    nd = _deg(naive, fl, higher_is_better)
+    nd = _deg(naive)
     if nd is None:
         return None
     bits = f" at {fix.w_bits} bits" if fix.w_bits else ""
     text = f"Measured with the whole network quantized{bits} (fix.json): naive costs {u.deg(nd)}"
     if local is not None and local.fixes:
-        ld = _deg(local, fl, higher_is_better)
+        ld = _deg(local)
         chosen = ", ".join(f"{k}: {'+'.join(v)}" for k, v in local.fixes.items())
         if ld is not None:
             rec = f", recovering {(nd - ld) / nd:.0%} of it" if nd > 0 else ""
             text += f"; the local fixes ({chosen}) leave {u.deg(ld)}{rec}"
     elif local is not None or fix.trials:
         text += "; no fix lowered a culprit layer's own degradation, so none was kept"
-    glob = [(r.method.split(":", 1)[1], _deg(r, fl, higher_is_better)) for r in fix.rows if r.method.startswith("global:")]
+    glob = [(r.method.split(":", 1)[1], _deg(r)) for r in fix.rows if r.method.startswith("global:")]
     glob = [(m, d) for m, d in glob if d is not None]
     if glob:
         m, d = min(glob, key=lambda t: t[1])
@@ -62,7 +67,7 @@ def _fix(fix: FixTable, u: Units, higher_is_better: bool) -> Optional[Insight]:
     return Insight(text + ".", kind="measured")
 
 
-def _additivity(a: Additivity) -> Optional[Insight]:
+def _additivity(a: "AdditivityResult") -> Optional[Insight]:
     if not finite(a.pearson_r):
         return None
     n = len(a.points)
@@ -77,22 +82,24 @@ def _additivity(a: Additivity) -> Optional[Insight]:
     return Insight(text + ".", kind="measured")
 
 
-def _plan(p: Plan, u: Units) -> Optional[Insight]:
-    if p.measured is None:
+def _plan(p: "PlanResult", u: Units) -> Optional[Insight]:
+    if not finite(p.measured):
         return None
-    avg = f"{p.avg_bits:.2f} average weight bits" if p.avg_bits is not None else "the plan"
+    bits = plan_avg_bits(p)
+    avg = f"{bits:.2f} average weight bits" if bits is not None else "the plan"
     text = f"Mixed-precision plan (plan.json): {avg}, predicted {u.deg(p.predicted)}, measured {u.deg(p.measured)}"
-    if p.uniform_measured is not None and p.uniform_bits is not None:
+    if finite(p.uniform_measured) and p.uniform_bits is not None:
         text += f"; uniform {p.uniform_bits:g} bits measured {u.deg(p.uniform_measured)}"
     return Insight(text + ".", kind="measured")
 
 
-def followups(extras: Extras, units: Units, metric_name: Optional[str] = None, higher_is_better: bool = True) -> list[Insight]:
-    """Sentences on what ``fix``, ``additivity`` and ``plan`` measured (those whose metric matches ``metric_name``)."""
+def followups(extras: Extras, units: Units, metric_name: Optional[str] = None) -> list[Insight]:
+    """Sentences on what ``fix``, ``additivity`` and ``plan`` measured (those whose metric matches
+    ``metric_name``; an additivity file that names no metric is quoted)."""
     out: list[Optional[Insight]] = []
-    if extras.fix is not None and (metric_name is None or extras.fix.metric == metric_name):
-        out.append(_fix(extras.fix, units, higher_is_better))
-    if extras.additivity is not None and (metric_name is None or extras.additivity.metric in (None, metric_name)):
+    if extras.fix is not None and (metric_name is None or extras.fix.metric_name == metric_name):
+        out.append(_fix(extras.fix, units))
+    if extras.additivity is not None and (metric_name is None or extras.additivity.metric_name in ("", metric_name)):
         out.append(_additivity(extras.additivity))
     if extras.plan is not None:
         out.append(_plan(extras.plan, units))

@@ -66,7 +66,7 @@ def worst_table(result: SweepResult, units: Units, k: int = 3) -> str:
 def summary_html(result: SweepResult, units: Units, focus: int, extras: Optional[Extras] = None) -> str:
     """Cards, what to do next at ``focus`` bits, what the follow-up commands measured, and the worst layers."""
     items = "".join(f'<li class="{esc(i.kind)}">{esc(i.text)}</li>' for i in insights(result, focus, units))
-    measured = followups(extras, units, result.metric_name, result.higher_is_better) if extras is not None else []
+    measured = followups(extras, units, result.metric_name) if extras is not None else []
     done = ("<h3>Measured on the whole network</h3><ul class=\"next\">"
             + "".join(f'<li class="{esc(i.kind)}">{esc(i.text)}</li>' for i in measured) + "</ul>") if measured else ""
     return (_cards(facts(result, units)) + f"<h3>What to do next ({focus}-bit weights)</h3><ul class=\"next\">{items}</ul>"

@@ -173,14 +173,36 @@ class AdditivityResult:
     @classmethod
     def from_json(cls, source: Union[str, os.PathLike]) -> "AdditivityResult":
         """From JSON text, a path to ``additivity.json``, or its directory."""
-        d = jsonio.load(source, ADDITIVITY_SCHEMA, "additivity result", "additivity.json")
+        return cls.from_dict(jsonio.load(source, ADDITIVITY_SCHEMA, "additivity result", "additivity.json"))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AdditivityResult":
+        """From the dict of ``additivity.json`` (schema not checked here), tolerant of older files.
+
+        ``pearson_r``, ``slope`` and ``flagged`` are not read: they are derived from the points
+        and the layers. Missing fields read as: numbers NaN, ``low``/``high``/``seed``/``num_samples``
+        0, ``metric`` and ``model`` ``""``, ``shift_threshold`` 0.1. A file with a ``flagged`` list but
+        no ``layers`` gives one flagged :class:`LayerShift` per name (kind ``""``, shifts NaN).
+        """
         pts = tuple(
-            AdditivityPoint(list(p["low_bit_layers"]), _num(p["predicted"]), _num(p["measured"]), _num(p.get("predicted_noise")), _num(p.get("measured_noise")),
-                            _num(p.get("measured_ci_low")), _num(p.get("measured_ci_high")))
-            for p in d["points"]
+            AdditivityPoint([str(n) for n in p.get("low_bit_layers") or []], _num(p.get("predicted")), _num(p.get("measured")),
+                            _num(p.get("predicted_noise")), _num(p.get("measured_noise")), _num(p.get("measured_ci_low")),
+                            _num(p.get("measured_ci_high")))
+            for p in d.get("points") or [] if isinstance(p, dict)
         )
-        lays = tuple(LayerShift(l["layer"], l["kind"], _num(l["mean_shift"]), _num(l["joint_mean_shift"]), bool(l["flagged"])) for l in d.get("layers", []))
-        return cls(d["metric"], _num(d["baseline"]), int(d["low"]), int(d["high"]), d.get("a_bits"), int(d["seed"]), pts, lays, float(d.get("shift_threshold", 0.1)), int(d.get("num_samples", 0)), d.get("model", ""))
+        if isinstance(d.get("layers"), list):
+            lays = tuple(LayerShift(str(l["layer"]), str(l.get("kind", "")), _num(l.get("mean_shift")), _num(l.get("joint_mean_shift")),
+                                    bool(l.get("flagged"))) for l in d["layers"] if isinstance(l, dict))
+        else:
+            lays = tuple(LayerShift(n, "", jsonio.NAN, jsonio.NAN, True) for n in d.get("flagged") or [] if isinstance(n, str))
+        metric = d.get("metric")
+        return cls(metric if isinstance(metric, str) else "", _num(d.get("baseline")), _int(d.get("low")), _int(d.get("high")), d.get("a_bits"),
+                   _int(d.get("seed")), pts, lays, float(d.get("shift_threshold", 0.1)), _int(d.get("num_samples")), str(d.get("model") or ""))
+
+
+def _int(x: Any) -> int:
+    """An integer field of an older file; 0 when missing or not an integer."""
+    return x if isinstance(x, int) and not isinstance(x, bool) else 0
 
 
 def random_subsets(names: Sequence[str], k: int, seed: int) -> list[list[str]]:

@@ -17,11 +17,13 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Sequence, Union
 
 from ... import jsonio
+from ...degradation import degradation as _degradation
 from ...errors import QuantlensError
 from ...fixes import FixContext, check_fix, make_fix
 from ...jsonio import num as _num
@@ -117,15 +119,54 @@ class FixResult:
     @classmethod
     def from_json(cls, source: Union[str, os.PathLike]) -> "FixResult":
         """From JSON text, a path to ``fix.json``, or its directory."""
-        d = jsonio.load(source, FIX_SCHEMA, "fix result", "fix.json")
-        rows = tuple(FixRow(r["method"], _num(r["metric"]), _num(r["degradation"]), _num(r["noise"]), _sqnr(r), r.get("fixes", {}),
-                            _num(r.get("ci_low")), _num(r.get("ci_high"))) for r in d["rows"])
-        trials = tuple(
-            LocalTrial(t["layer"], t["fix"], _num(t["degradation"]), _num(t["noise"]), _num(t["naive_degradation"]), bool(t["kept"]),
-                       _num(t.get("ci_low")), _num(t.get("ci_high")), t.get("significant")) for t in d["trials"]
+        return cls.from_dict(jsonio.load(source, FIX_SCHEMA, "fix result", "fix.json"))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FixResult":
+        """From the dict of ``fix.json`` (schema not checked here), tolerant of older files.
+
+        Missing fields read as: intervals, noise, SQNR and degradations NaN (a row's missing
+        degradation is derived from the ``float`` row's metric, :func:`quantlens.degradation.degradation`);
+        ``significant`` None; ``w_bits`` 0 (unknown); ``culprits`` (); ``config`` float
+        everywhere; ``metric`` ``"metric"``; ``higher_is_better`` True; ``num_samples`` 0.
+        A row's ``fixes`` value may be one name or a list of names.
+        """
+        hib = d.get("higher_is_better") is not False
+        raw = [r for r in d.get("rows") or [] if isinstance(r, dict)]
+        base = next((_num(r.get("metric")) for r in raw if r.get("method") == "float"), None)
+        rows = tuple(
+            FixRow(str(r.get("method", "?")), _num(r.get("metric")), _row_degradation(r, base, hib), _num(r.get("noise")), _sqnr(r),
+                   _fix_names(r.get("fixes")), _num(r.get("ci_low")), _num(r.get("ci_high")))
+            for r in raw
         )
-        return cls(d["metric"], bool(d["higher_is_better"]), int(d["w_bits"]), d.get("a_bits"), tuple(d["culprits"]), trials, rows,
-                   QuantConfig.from_dict(d["config"]), int(d.get("num_samples", 0)), d.get("model", ""))
+        trials = tuple(
+            LocalTrial(str(t.get("layer", "?")), str(t.get("fix", "?")), _num(t.get("degradation")), _num(t.get("noise")),
+                       _num(t.get("naive_degradation")), bool(t.get("kept")), _num(t.get("ci_low")), _num(t.get("ci_high")),
+                       t["significant"] if isinstance(t.get("significant"), bool) else None)
+            for t in d.get("trials") or [] if isinstance(t, dict)
+        )
+        config = QuantConfig.from_dict(d["config"]) if isinstance(d.get("config"), dict) else QuantConfig()
+        return cls(str(d.get("metric", "metric")), hib, _count_field(d.get("w_bits")), d.get("a_bits"), tuple(str(c) for c in d.get("culprits") or ()),
+                   trials, rows, config, _count_field(d.get("num_samples")), str(d.get("model") or ""))
+
+
+def _count_field(x: Any) -> int:
+    """A positive integer field of an older file; 0 when missing or not a positive integer."""
+    return int(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0 else 0
+
+
+def _row_degradation(r: dict, float_metric: Optional[float], higher_is_better: bool) -> float:
+    """The row's stored degradation; for an older file without one, from the ``float`` row's metric."""
+    if r.get("degradation") is not None or float_metric is None:
+        return _num(r.get("degradation"))
+    return _degradation(float_metric, _num(r.get("metric")), higher_is_better)
+
+
+def _fix_names(fx: Any) -> dict:
+    """``{layer: [fix, ...]}`` from a row's ``fixes`` (a value may be a single name)."""
+    if not isinstance(fx, dict):
+        return {}
+    return {str(k): [str(x) for x in (v if isinstance(v, (list, tuple)) else [v])] for k, v in fx.items()}
 
 
 def _sqnr(r: dict) -> float:

@@ -208,17 +208,70 @@ class PlanResult:
     @classmethod
     def from_json(cls, source: Union[str, os.PathLike]) -> "PlanResult":
         """From JSON text, a path to ``plan.json``, or its directory."""
-        d = jsonio.load(source, PLAN_SCHEMA, "plan", "plan.json")
+        return cls.from_dict(jsonio.load(source, PLAN_SCHEMA, "plan", "plan.json"))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PlanResult":
+        """From the dict of ``plan.json`` (schema not checked here), tolerant of older files.
+
+        ``predicted``, ``avg_bits``, ``params`` and ``vs_uniform`` are not read: they are derived
+        from the layers and the intervals. Older shapes: per-layer bits as ``layers: [{layer|name,
+        w_bits|bits}]`` or as a dict ``w_bits|bits: {layer: b}`` (``params`` then 0 and the layer's
+        ``predicted`` and ``noise`` NaN), ``budget`` as a number or ``{avg_bits}``, the uniform bits
+        as ``uniform: {w_bits|bits|avg_bits}`` or ``uniform_bits``. Other missing numbers read as
+        NaN, intervals as ``(NaN, NaN)``, ``num_samples`` 0. Keys the owner does not know
+        (``group_by``, ``layer_bits`` of a role plan) are kept in ``extra``.
+        """
         num = jsonio.num
-        u = d["uniform"]
+        layers = [_layer_plan(r) for r in d["layers"] if isinstance(r, dict)] if isinstance(d.get("layers"), list) else []
+        layers = [l for l in layers if l is not None]
+        table = d.get("bits") if isinstance(d.get("bits"), dict) else d.get("w_bits")
+        if not layers and isinstance(table, dict):
+            layers = [LayerPlan(str(k), 0, int(v), jsonio.NAN, jsonio.NAN) for k, v in table.items() if _is_num(v)]
+        budget = d.get("budget")
+        avg, cap = (budget.get("avg_bits"), budget.get("bits")) if isinstance(budget, dict) else (budget, None)
+        u: dict = d["uniform"] if isinstance(d.get("uniform"), dict) else {}
+        ub = next((u[k] for k in ("w_bits", "bits", "avg_bits") if u.get(k) is not None), d.get("uniform_bits"))
+        extra = {k: v for k, v in d.items() if k not in _PLAN_KEYS}
         return cls(
-            d["metric"], num(d["baseline"]), num(d["budget"]["avg_bits"]), int(d["budget"]["bits"]), d.get("a_bits"),
-            tuple(LayerPlan(l["layer"], int(l["params"]), int(l["w_bits"]), num(l["predicted"]), num(l["noise"])) for l in d["layers"]),
-            num(d["measured"]), num(d["measured_metric"]), u.get("w_bits"), num(u["predicted"]), num(u["measured"]), num(u["metric"]),
-            measured_ci=tuple(num(x) for x in d.get("measured_ci", [None, None])),
-            uniform_ci=tuple(num(x) for x in u.get("ci", [None, None])),
-            num_samples=int(d.get("num_samples", 0)),
+            str(d.get("metric") or ""), num(d.get("baseline")), num(avg), int(cap) if _is_num(cap) else 0, d.get("a_bits"), tuple(layers),
+            num(d.get("measured")), num(d.get("measured_metric")), _bits(ub),
+            num(u.get("predicted")), num(u.get("measured")), num(u.get("metric")), extra,
+            measured_ci=_pair(d.get("measured_ci")), uniform_ci=_pair(u.get("ci")),
+            num_samples=int(d["num_samples"]) if _is_num(d.get("num_samples")) and d["num_samples"] > 0 else 0,
         )
+
+
+_PLAN_KEYS = frozenset({"schema", "metric", "baseline", "budget", "a_bits", "params", "avg_bits", "bytes", "layers", "w_bits", "bits", "predicted",
+                        "measured", "measured_metric", "uniform", "uniform_bits", "measured_ci", "num_samples", "vs_uniform"})
+
+
+def _is_num(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _bits(x: Any) -> Any:
+    """A stored bit-width: an int when whole (a hand-written ``5.0``), None when absent."""
+    if not _is_num(x):
+        return None
+    return int(x) if float(x).is_integer() else float(x)
+
+
+def _pair(x: Any) -> tuple:
+    """A stored ``[low, high]`` interval; ``(NaN, NaN)`` when absent."""
+    if isinstance(x, (list, tuple)) and len(x) == 2:
+        return (jsonio.num(x[0]), jsonio.num(x[1]))
+    return (jsonio.NAN, jsonio.NAN)
+
+
+def _layer_plan(r: dict) -> Optional[LayerPlan]:
+    """One entry of ``layers``; older files may name it ``name`` and its bits ``bits``, without params or cells."""
+    b = r.get("w_bits", r.get("bits"))
+    if not _is_num(b):
+        return None
+    p = r.get("params")
+    return LayerPlan(str(r.get("layer", r.get("name", "?"))), int(p) if _is_num(p) else 0, int(b), jsonio.num(r.get("predicted")),
+                     jsonio.num(r.get("noise")))
 
 
 def run_plan(
