@@ -52,9 +52,6 @@ def print_table(result) -> None:  # noqa: ANN001
 
 def significance_lines(result) -> list[str]:  # noqa: ANN001
     """Whether each kept fix, and the local configuration as a whole, beat naive beyond the noise."""
-    from ..stats.intervals import Interval
-    from ..stats.resolve import samples_to_resolve, separated
-
     pct = Units.for_metric(result.metric_name).pct
     out = []
     for tr in result.trials:
@@ -64,19 +61,15 @@ def significance_lines(result) -> list[str]:  # noqa: ANN001
         elif tr.kept and tr.significant:
             out.append(f"{tr.layer}: {tr.fix} is kept, a significant gain ({_pct(tr.naive_degradation, pct)} -> "
                        f"{_pct(tr.degradation, pct)} as a single-layer cell)")
-    rows = {r.method: r for r in result.rows}
-    naive, local = rows.get("naive"), rows.get("local")
-    if naive and local and local.fixes and not math.isnan(naive.ci_low) and not math.isnan(local.ci_low):
-        n = result.num_samples
-        a = Interval(naive.ci_low, naive.ci_high, "stored", n)
-        b = Interval(local.ci_low, local.ci_high, "stored", n)
-        gain = naive.degradation - local.degradation
-        if separated(a, naive.degradation, b, local.degradation):
+    local = next((r for r in result.rows if r.method == "local"), None)
+    vs = result.vs_naive("local") if local is not None and local.fixes else None
+    if vs is not None:
+        n, gain = result.num_samples, vs["gain"]
+        if vs["significant"]:
             out.append(f"local fixes vs naive: {_pct(gain, pct)} {'better' if gain > 0 else 'worse'}, significant on {n:,} samples")
         else:
-            need = samples_to_resolve(gain, a, b)
             out.append(f"local fixes vs naive: {_pct(gain, pct)} is not significant on {n:,} samples"
-                       + (f"; about {need:,} would resolve it" if need else ""))
+                       + (f"; about {vs['samples_to_resolve']:,} would resolve it" if vs["samples_to_resolve"] else ""))
     return out
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Optional
 import plotly.graph_objects as go
 
 from ..stats.intervals import Interval
-from ..stats.resolve import separated, significance
+from ..stats.resolve import significance
 from .extras import plan_avg_bits
 from .figures import BASE_LAYOUT
 from .fmt import Units, finite
@@ -97,19 +97,11 @@ def verdict_td(ci: Optional[tuple[float, float]], n: int = 0) -> Td:
     return Td(text, text, cls)
 
 
-def _change_significant(a: Optional[tuple[float, float]], da: Optional[float], b: Optional[tuple[float, float]],
-                        db: Optional[float]) -> Optional[bool]:
-    """Whether degradations ``da`` and ``db`` differ beyond their intervals (None when one is missing)."""
-    if a is None or b is None or not finite(da) or not finite(db):
-        return None
-    return separated(Interval(a[0], a[1], "stored", 0), da, Interval(b[0], b[1], "stored", 0), db)
-
-
-def _vs_naive_td(r: "FixRow", naive: "Optional[FixRow]", d: Optional[float], u: Units) -> Td:
+def _vs_naive_td(f: "FixResult", r: "FixRow", d: Optional[float], u: Units) -> Td:
     if d is None:
         return Td("-", None)
-    sig = (None if naive is None or r is naive else
-           _change_significant(_ci(naive.ci_low, naive.ci_high), naive.degradation, _ci(r.ci_low, r.ci_high), r.degradation))
+    vs = f.vs_naive(r.method)
+    sig = None if vs is None else vs["significant"]
     tone = "good" if d > 0 else ("bad" if d < 0 else "")
     if sig is None:
         return Td(u.deg(d, signed=True), d, tone)
@@ -143,7 +135,7 @@ def fix_html(f: "FixResult") -> str:
             ci = None if r.method == "float" else _ci(r.ci_low, r.ci_high)
             row += [ci_td(ci, u), verdict_td(ci, f.num_samples)]
         sqnr = r.sqnr_db if finite(r.sqnr_db) else None  # the float row's +Inf shows as "-"
-        row += [_vs_naive_td(r, naive_row, d, u), Td(f"{sqnr:.1f}" if sqnr is not None else "-", sqnr), Td(fixes or "-", fixes, "t")]
+        row += [_vs_naive_td(f, r, d, u), Td(f"{sqnr:.1f}" if sqnr is not None else "-", sqnr), Td(fixes or "-", fixes, "t")]
         rows.append(row)
     head = f"Whole network quantized{f' at {f.w_bits} bits' if f.w_bits else ''}, measured on the evaluation data."
     if cis and f.num_samples:

@@ -91,6 +91,28 @@ class FixResult:
                 return r
         raise QuantlensError(f"no row {method!r} in the fix table")
 
+    def vs_naive(self, method: str) -> Optional[dict]:
+        """Row ``method`` against naive quantization: ``gain`` (naive minus its degradation),
+        whether it is ``significant`` (:func:`quantlens.stats.resolve.separated`) and the samples
+        that would resolve it; None for the naive row itself, without intervals or either row."""
+        import math
+
+        from ...stats.intervals import Interval
+        from ...stats.resolve import samples_to_resolve, separated
+
+        rows = {r.method: r for r in self.rows}
+        naive, row = rows.get("naive"), rows.get(method)
+        if naive is None or row is None or row is naive:
+            return None
+        vals = (naive.ci_low, naive.ci_high, row.ci_low, row.ci_high, naive.degradation, row.degradation)
+        if any(not math.isfinite(x) for x in vals) or self.num_samples < 2:
+            return None
+        a = Interval(naive.ci_low, naive.ci_high, "stored", self.num_samples)
+        b = Interval(row.ci_low, row.ci_high, "stored", self.num_samples)
+        gain = naive.degradation - row.degradation
+        sig = separated(a, naive.degradation, b, row.degradation)
+        return {"gain": gain, "significant": sig, "samples_to_resolve": 0 if sig else samples_to_resolve(gain, a, b)}
+
     @property
     def local_fixes(self) -> dict[str, list[str]]:
         return {n: list(lq.fixes) for n, lq in self.config.layers if lq.fixes}
