@@ -118,8 +118,8 @@ def analyze(
             ``tolerance`` and of 0 (:mod:`quantlens.analysis.adaptive`); serial, no cache.
         tolerance: the degradation that matters for ``adaptive`` (``"0.5%"`` or 0.005, the default).
         estimate: a first-order estimate of every cell from one forward and backward pass per
-            batch, checked by measuring ``estimate_k`` top and ``estimate_k`` random layers per
-            bit-width exactly (:mod:`quantlens.analysis.estimate`).
+            batch, checked by measuring the estimate's ``estimate_k`` top and ``estimate_k`` random
+            layers exactly at one bit-width (4 if swept, else the lowest; :mod:`quantlens.analysis.estimate`).
 
     Returns:
         a :class:`SweepResult` with one cell per (layer, weight bits).
@@ -186,10 +186,6 @@ def _estimate(model: nn.Module, data: Any, cfg: SweepConfig, metric: MetricSpec,
     with preserve_model(model):
         sample = next(iter(iterate(data, "data")))
         sweep = SweepRecipe(model, sample, cfg, metric, device, output_key, reference, engine, layers, capture).build()
-        sweep.calibrate(calib if calib is not None else data)
-
-        def exact(names: list) -> SweepResult:
-            return analyze(model, data, config=cfg, metric=metric, calib=calib, device=device, output_key=output_key,
-                           reference=reference, layers=names, engine=engine, model_name=model_name, capture=capture)
-
-        return estimate_sweep(sweep, data, exact, k=k, model_name=model_name or type(model).__name__)
+        if calib is not None:  # else the estimate's own pass calibrates on ``data``
+            sweep.calibrate(calib)
+        return estimate_sweep(sweep, data, k=k, model_name=model_name or type(model).__name__)
