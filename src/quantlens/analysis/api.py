@@ -183,9 +183,13 @@ def _estimate(model: nn.Module, data: Any, cfg: SweepConfig, metric: MetricSpec,
         raise QuantlensError(f"--estimate-k must be at least 1, got {k}")
     from ..parallel import SweepRecipe
 
+    import dataclasses
+
+    t0 = time.perf_counter()
     with preserve_model(model):
         sample = next(iter(iterate(data, "data")))
         sweep = SweepRecipe(model, sample, cfg, metric, device, output_key, reference, engine, layers, capture).build()
         if calib is not None:  # else the estimate's own pass calibrates on ``data``
             sweep.calibrate(calib)
-        return estimate_sweep(sweep, data, k=k, model_name=model_name or type(model).__name__)
+        result = estimate_sweep(sweep, data, k=k, model_name=model_name or type(model).__name__)
+    return dataclasses.replace(result, elapsed_s=time.perf_counter() - t0)

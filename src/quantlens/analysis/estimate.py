@@ -138,25 +138,27 @@ def _tapped(graph: LayerGraph, ids: Sequence[int]) -> tuple[fx.GraphModule, list
     return fx.GraphModule(modules, g, class_name="EstimateTaps"), qls
 
 
-def _patch_sums(m: nn.Module, x: Tensor) -> Tensor:
-    """``P``: for a convolution, the sum of the input patch each output position reads, one
-    channel per group ``[N, groups, *out]``; for a Linear, ``sum_k x_k`` as ``[..., 1]``."""
-    if isinstance(m, (nn.Conv1d, nn.Conv2d)):  # the module's own forward: a subclass's padding too
-        ones = {"weight": x.new_ones((m.groups, m.in_channels // m.groups, *m.kernel_size))}
-        if m.bias is not None:
-            ones["bias"] = x.new_zeros(m.groups)
-        return torch.func.functional_call(m, ones, (x,))
-    return x.sum(-1, keepdim=True)
+def _patch_summer(m: nn.Module) -> Optional[nn.Module]:
+    """For a convolution, a shallow copy of it whose weight is ones, one output channel per group:
+    ``P = summer(x)`` is the sum of the input patch each output position reads, ``[N, groups, *out]``
+    (the module's own forward, so a subclass's padding too). None for a Linear."""
+    if not isinstance(m, (nn.Conv1d, nn.Conv2d)):
+        return None
+    w = m.weight
+    s = copy.copy(m)
+    s._parameters = {"weight": w.new_ones((m.groups, m.in_channels // m.groups, *m.kernel_size)),
+                     "bias": None if m.bias is None else w.new_zeros(m.groups)}
+    return s
 
 
-def _channel_sums(m: nn.Module, gz: Tensor, x: Tensor) -> Tensor:
+def _channel_sums(m: nn.Module, summer: Optional[nn.Module], gz: Tensor, x: Tensor) -> Tensor:
     """``S_n,c = sum_p g_z,n,c(p) P_n,c(p)``, ``[N, out channels]`` (float64)."""
-    p = _patch_sums(m, x)
     n = gz.shape[0]
-    if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+    if summer is not None:
+        p = summer(x)
         s = torch.einsum("ngcp,ngp->ngc", gz.reshape(n, m.groups, -1, p[0, 0].numel()), p.reshape(n, m.groups, -1))
         return s.reshape(n, -1).double()
-    return torch.einsum("npc,np->nc", gz.reshape(n, -1, gz.shape[-1]), p.reshape(n, -1)).double()
+    return torch.einsum("npc,np->nc", gz.reshape(n, -1, gz.shape[-1]), x.sum(-1).reshape(n, -1)).double()
 
 
 def _nonzero_sq(g: Optional[Tensor], v: Tensor) -> float:
@@ -199,6 +201,7 @@ def first_order(sweep: Any, data: Iterable[Any], seed: int = 0) -> dict[tuple[in
     outs = {i: make_observer(spec) for i in ids} if calibrate else {}
     gm, qls = _tapped(runner.graph, ids)
     mods = [runner.graph.module(runner.layers[i]) for i in ids]
+    summers = [_patch_summer(m) for m in mods]
     a_in = [0.0] * len(ids)
     a_out = [0.0] * len(ids)
     s_outer: list[Optional[Tensor]] = [None] * len(ids)
@@ -236,7 +239,7 @@ def first_order(sweep: Any, data: Iterable[Any], seed: int = 0) -> dict[tuple[in
                 a_out[k] += _nonzero_sq(g_o[k], o)
                 sq = g_w[k] * g_w[k]
                 diag[k] = sq if diag[k] is None else diag[k] + sq  # type: ignore[operator]
-                s = _channel_sums(mods[k], g_z[k], x)
+                s = _channel_sums(mods[k], summers[k], g_z[k], x)
                 s_outer[k] = s.T @ s if s_outer[k] is None else s_outer[k] + s.T @ s  # type: ignore[operator]
         n_total += int(y.shape[0])
         del out, xs, zs, os_, found, want, g_w, g_x, g_z, g_o, y, logits, loss
