@@ -53,7 +53,7 @@ from torch import Tensor, fx, nn
 from .. import jsonio
 from ..errors import QuantlensError
 from ..graph.capture import LayerGraph, transposed_linear
-from ..graph.cone import QuantLayer, fetch_attr
+from ..graph.cone import fetch_attr
 from ..memory import trim_heap
 from ..numerics import analysis_mode, exact_float32
 from ..quant.quantizer import make_observer
@@ -102,25 +102,33 @@ def check_bits(w_bits: Sequence[int]) -> int:
     return 4 if 4 in w_bits else min(w_bits)
 
 
-def _tapped(graph: LayerGraph, ids: Sequence[int]) -> tuple[fx.GraphModule, list[QuantLayer]]:
+def _with_leaf_weight(m: nn.Module) -> nn.Module:
+    """A shallow copy of layer module ``m`` (its own forward, its bias) whose weight is a new leaf
+    that shares ``m.weight``'s storage and requires grad: ``m`` itself is not changed, and each
+    call of a module called twice gets its own gradient."""
+    s = copy.copy(m)
+    s._parameters = {**m._parameters, "weight": m.weight.detach().requires_grad_(True)}
+    return s
+
+
+def _tapped(graph: LayerGraph, ids: Sequence[int]) -> tuple[fx.GraphModule, list[nn.Module]]:
     """The float network ``gm(*flat) -> (output, (x_i...), (z_i...), (o_i...))`` where ``x_i`` is a
     view of layer ``i``'s input on its own edge (its gradient is ``i``'s alone), ``z_i`` its output
     before the activation and ``o_i`` after; each layer computes with its own weight leaf
-    (``QuantLayer.qweight``, requiring grad), so a module called twice has one gradient per call."""
+    (:func:`_with_leaf_weight`)."""
     gm, layers = graph.gm, {graph.layers[i].node: graph.layers[i] for i in ids}
     g = fx.Graph()
     env: dict[str, fx.Node] = {}
     modules: dict[str, Any] = {}
     taps: dict[str, tuple[fx.Node, fx.Node]] = {}
-    qls: list[QuantLayer] = []
+    qls: list[nn.Module] = []
     for n in gm.graph.nodes:
         if n.op == "output":
             continue
         if n.name in layers:
             x = env[n.args[0].name]  # type: ignore[union-attr]
             tap = g.call_method("view_as", (x, x))
-            ql = QuantLayer(gm.get_submodule(layers[n.name].module_name))
-            ql.set_weight(ql.qweight.requires_grad_(True))
+            ql = _with_leaf_weight(gm.get_submodule(layers[n.name].module_name))
             modules[f"ql_est_{len(qls)}"] = ql
             qls.append(ql)
             env[n.name] = g.call_module(f"ql_est_{len(qls) - 1}", (tap,))
@@ -139,33 +147,33 @@ def _tapped(graph: LayerGraph, ids: Sequence[int]) -> tuple[fx.GraphModule, list
 
 
 def _patch_summer(m: nn.Module) -> Optional[nn.Module]:
-    """For a convolution, a shallow copy of it whose weight is ones, one output channel per group:
-    ``P = summer(x)`` is the sum of the input patch each output position reads, ``[N, groups, *out]``
-    (the module's own forward, so a subclass's padding too). None for a Linear."""
+    """For a convolution with ``g`` groups, a shallow copy of it with weight ``ones[g, 1, *k]``: fed
+    the input summed over each group's channels ``[N, g, *in]``, it gives ``P``, the sum of the input
+    patch each output position reads, ``[N, g, *out]`` (a box filter; the module's own forward, so a
+    subclass's padding too). None for a Linear."""
     if not isinstance(m, (nn.Conv1d, nn.Conv2d)):
         return None
     w = m.weight
     s = copy.copy(m)
-    s._parameters = {"weight": w.new_ones((m.groups, m.in_channels // m.groups, *m.kernel_size)),
-                     "bias": None if m.bias is None else w.new_zeros(m.groups)}
+    s._parameters = {"weight": w.new_ones((m.groups, 1, *m.kernel_size)), "bias": None if m.bias is None else w.new_zeros(m.groups)}
     return s
 
 
 def _channel_sums(m: nn.Module, summer: Optional[nn.Module], gz: Tensor, x: Tensor) -> Tensor:
-    """``S_n,c = sum_p g_z,n,c(p) P_n,c(p)``, ``[N, out channels]`` (float64)."""
+    """``S_n,c = sum_p g_z,n,c(p) P_n,c(p)``, ``[N, out channels]``."""
     n = gz.shape[0]
     if summer is not None:
-        p = summer(x)
-        s = torch.einsum("ngcp,ngp->ngc", gz.reshape(n, m.groups, -1, p[0, 0].numel()), p.reshape(n, m.groups, -1))
-        return s.reshape(n, -1).double()
-    return torch.einsum("npc,np->nc", gz.reshape(n, -1, gz.shape[-1]), x.sum(-1).reshape(n, -1)).double()
+        g = m.groups  # type: ignore[union-attr]
+        p = summer(x.reshape(n, g, -1, *x.shape[2:]).sum(2))
+        return torch.einsum("ngcp,ngp->ngc", gz.reshape(n, g, -1, p[0, 0].numel()), p.reshape(n, g, -1)).reshape(n, -1)
+    return torch.einsum("npc,np->nc", gz.reshape(n, -1, gz.shape[-1]), x.sum(-1).reshape(n, -1))
 
 
-def _nonzero_sq(g: Optional[Tensor], v: Tensor) -> float:
+def _nonzero_sq(g: Optional[Tensor], v: Tensor) -> Tensor:
     """``sum_j g_j^2 [v_j != 0]`` (0 without a gradient)."""
     if g is None:
-        return 0.0
-    return float(torch.linalg.vecdot(torch.where(v != 0, g, 0).reshape(-1), g.reshape(-1)))
+        return v.new_zeros((), dtype=torch.float64)
+    return torch.linalg.vecdot((g * (v != 0)).reshape(-1), g.reshape(-1)).double()
 
 
 def _rows(t: Tensor, m: nn.Module) -> Tensor:
@@ -202,10 +210,14 @@ def first_order(sweep: Any, data: Iterable[Any], seed: int = 0) -> dict[tuple[in
     gm, qls = _tapped(runner.graph, ids)
     mods = [runner.graph.module(runner.layers[i]) for i in ids]
     summers = [_patch_summer(m) for m in mods]
-    a_in = [0.0] * len(ids)
-    a_out = [0.0] * len(ids)
-    s_outer: list[Optional[Tensor]] = [None] * len(ids)
+    dev = sweep.device
+    zero = torch.zeros((), dtype=torch.float64, device=dev)
+    a_in, a_out = [zero] * len(ids), [zero] * len(ids)
     diag: list[Optional[Tensor]] = [None] * len(ids)
+    # mu_b per output channel, one column per bit-width: sum_n (mu_b . S_n)^2 for all b at once
+    mu = [torch.stack([_weight_terms(sweep.qweights[(i, b)].weight - runner.float_weight(i), mods[k])[0] for b in bits], 1)
+          for k, i in enumerate(ids)]
+    s_sq = [torch.zeros(len(bits), dtype=torch.float64, device=dev) for _ in ids]
     n_total = 0
     gen = torch.Generator().manual_seed(seed)
     for inputs, _ in iterate(data, "data"):
@@ -222,9 +234,9 @@ def first_order(sweep: Any, data: Iterable[Any], seed: int = 0) -> dict[tuple[in
             logits = y.reshape(y.shape[0], -1).double()
             c = torch.multinomial(F.softmax(logits.detach(), 1).cpu(), 1, generator=gen).reshape(-1).to(logits.device)
             loss = F.log_softmax(logits, 1).gather(1, c[:, None]).sum()
-            want = [t for t in [q.qweight for q in qls] + list(xs) + list(zs) + list(os_) if t.requires_grad]
+            want = [t for t in [q.weight for q in qls] + list(xs) + list(zs) + list(os_) if t.requires_grad]
             found = dict(zip(map(id, want), torch.autograd.grad(loss, want, allow_unused=True)))
-        g_w, g_x, g_z, g_o = ([found.get(id(t)) for t in ts] for ts in ([q.qweight for q in qls], xs, zs, os_))
+        g_w, g_x, g_z, g_o = ([found.get(id(t)) for t in ts] for ts in ([q.weight for q in qls], xs, zs, os_))
         with analysis_mode():
             for k, i in enumerate(ids):  # in topological order: the first layer cut off is the one named
                 if g_z[k] is None or g_w[k] is None:
@@ -235,12 +247,12 @@ def first_order(sweep: Any, data: Iterable[Any], seed: int = 0) -> dict[tuple[in
                 if calibrate:
                     ins[i].update(x)
                     outs[i].update(o)
-                a_in[k] += _nonzero_sq(g_x[k], x)
-                a_out[k] += _nonzero_sq(g_o[k], o)
+                a_in[k] = a_in[k] + _nonzero_sq(g_x[k], x)
+                a_out[k] = a_out[k] + _nonzero_sq(g_o[k], o)
                 sq = g_w[k] * g_w[k]
                 diag[k] = sq if diag[k] is None else diag[k] + sq  # type: ignore[operator]
-                s = _channel_sums(mods[k], summers[k], g_z[k], x)
-                s_outer[k] = s.T @ s if s_outer[k] is None else s_outer[k] + s.T @ s  # type: ignore[operator]
+                v = (_channel_sums(mods[k], summers[k], g_z[k], x) @ mu[k]).double()
+                s_sq[k] = s_sq[k] + v.pow(2).sum(0)
         n_total += int(y.shape[0])
         del out, xs, zs, os_, found, want, g_w, g_x, g_z, g_o, y, logits, loss
         trim_heap()
@@ -253,12 +265,10 @@ def first_order(sweep: Any, data: Iterable[Any], seed: int = 0) -> dict[tuple[in
         w = runner.float_weight(i)
         act = 0.0
         if spec is not None:
-            act = float(runner.in_q[i].scale) ** 2 / 12 * a_in[k] + float(runner.out_q[i].scale) ** 2 / 12 * a_out[k]
-        for b in bits:
-            mu, rest = _weight_terms(sweep.qweights[(i, b)].weight - w, mods[k], diag[k])
-            mu = mu.double()
-            weights = float(mu @ s_outer[k] @ mu) + rest  # type: ignore[operator]
-            est[(i, b)] = 0.5 * (weights + act) / n_total
+            act = float(runner.in_q[i].scale) ** 2 / 12 * float(a_in[k]) + float(runner.out_q[i].scale) ** 2 / 12 * float(a_out[k])
+        for j, b in enumerate(bits):
+            rest = _weight_terms(sweep.qweights[(i, b)].weight - w, mods[k], diag[k])[1]
+            est[(i, b)] = 0.5 * (float(s_sq[k][j]) + rest + act) / n_total
     return est
 
 
