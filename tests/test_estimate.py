@@ -137,7 +137,16 @@ def test_first_order_equals_naive_per_sample_formula(bits, a_bits):
 
 
 def test_check_bits_rule():
+    from quantlens.analysis.api import make_config
+    from quantlens.analysis.data import iterate
+    from quantlens.analysis.estimate import estimate_sweep
+    from quantlens.parallel import SweepRecipe
+
     assert check_bits([3, 4, 5, 6, 7, 8]) == 4 and check_bits([6, 8]) == 6 and check_bits([8, 2]) == 2
+    d = tiny_data(1, 4)
+    sweep = SweepRecipe(tiny_net(), next(iterate(d)), make_config([4, 8]), "kl", "cpu", None, None, "cone", None).build()
+    with pytest.raises(QuantlensError, match="check at 5 bits needs that bit-width in the sweep"):
+        estimate_sweep(sweep, d, check_at=5)
 
 
 def test_estimate_is_checked_and_reported():

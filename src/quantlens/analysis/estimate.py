@@ -277,10 +277,12 @@ def estimate_sweep(sweep: Any, data: Iterable[Any], k: int = 5, seed: int = 0, m
     """Estimate every cell, then measure the estimate's top ``k`` and ``k`` random layers exactly
     at ``check_at`` bits (default :func:`check_bits`) with their cones, one float pass per batch,
     and report the check (Spearman, top-``k`` overlap) in ``extra["estimate"]``."""
+    b_chk = check_bits(sweep.config.w_bits) if check_at is None else check_at
+    if b_chk not in sweep.config.w_bits:
+        raise QuantlensError(f"the estimate's check at {b_chk} bits needs that bit-width in the sweep ({list(sweep.config.w_bits)})")
     t0 = time.perf_counter()
     est = first_order(sweep, data, seed)
     t_est = time.perf_counter() - t0
-    b_chk = check_bits(sweep.config.w_bits) if check_at is None else check_at
     ranked = sorted(sweep.layer_ids, key=lambda i: -est[(i, b_chk)])
     rng = random.Random(seed)
     chosen = ranked[:k] + rng.sample(ranked[k:], min(k, len(ranked) - k))
