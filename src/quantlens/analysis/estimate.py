@@ -6,17 +6,18 @@ sweep) the output changes by ``d``; with ``g = grad_y log softmax(y)[c]`` at a l
 ``c ~ softmax(y)`` drawn from the model itself, ``E_c[(g . d)^2] = d^T F d`` (``F``: the Fisher
 information of the output distribution), so ``1/2 E[(g . d)^2]`` is the second-order increase of
 ``KL(p(y) || p(y_q))``: the HAWQ / ModelOpt kind of sensitivity. Its three noise sources are
-independent, so their cross terms vanish and, over the ``N`` samples ``n``::
+taken as independent (their cross terms dropped), so over the ``N`` samples ``n``::
 
     est(i, b) = 1/(2N) [ sum_n (mu_b . S_n)^2 + sum_k r_b,k^2 D_k + s_in^2/12 A_in + s_out^2/12 A_out ]
 
 * weights: ``dW_b = Q_b(W) - W`` is known without any pass; ``mu_b,c`` is its mean over output
   channel ``c`` and ``r_b = dW_b - mu_b`` the rest. ``S_n,c = sum_k G_n,c,k`` (``G_n``: the
   sample's weight gradient) is exact per sample: ``S_n,c = sum_p g_z,n,c(p) P_n,c(p)`` with ``g_z``
-  the gradient at the layer's pre-activation output and ``P`` the patch sums of its input (a
-  convolution with a ones kernel, one output channel per group). The rest is diagonal:
-  ``D_k = sum_batches (sum_n G_n,k)^2``, the batch gradient squared, which is unbiased for
-  ``sum_n G_n,k^2`` because ``E_c[G_n] = 0`` for a label drawn from the model.
+  the gradient at the layer's pre-activation output and ``P`` the patch sums of its input (the
+  input summed over each group's channels, then a box filter). The rest is taken on the Fisher
+  diagonal (rounding errors are nearly independent): ``D_k = sum_batches (sum_n G_n,k)^2``, the
+  batch gradient squared, unbiased for ``sum_n G_n,k^2`` because ``E_c[G_n] = 0`` for a label
+  drawn from the model.
 * activations: a uniform quantizer of step ``s`` adds noise of variance ``s^2/12`` to every
   non-zero value (zero is exact); ``A_in = sum_n sum_j g_x,n,j^2 [x_n,j != 0]`` with ``g_x`` the
   gradient at the layer's own input edge (other consumers of that tensor stay float), ``A_out``
