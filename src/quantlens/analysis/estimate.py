@@ -184,15 +184,19 @@ def _rows(t: Tensor, m: nn.Module) -> Tensor:
     return t.reshape(t.shape[0], -1)
 
 
-def _weight_terms(dw: Tensor, m: nn.Module, diag: Optional[Tensor] = None) -> tuple[Tensor, float]:
-    """``(mu, sum_k r_k^2 D_k)`` for a weight error ``dW``: its mean per output channel and the
-    diagonal term of the rest ``r = dW - mu`` (0 without ``D``). Float32, one pass over the weight."""
-    rows = _rows(dw.float(), m)
-    mu = rows.mean(1, keepdim=True)
-    if diag is None:
-        return mu.reshape(-1), 0.0
-    r = rows - mu
-    return mu.reshape(-1), float(torch.linalg.vecdot(r * r, _rows(diag, m)).double().sum())
+def _channel_means(w: Tensor, m: nn.Module) -> Tensor:
+    """The mean of a weight-shaped tensor per output channel (float32, one read pass)."""
+    return _rows(w, m).float().mean(1)
+
+
+def _diagonal_rest(dw: Tensor, mu: Tensor, diag: Tensor, d_rows: Tensor, m: nn.Module) -> float:
+    """``sum_k r_k^2 D_k`` with ``r = dW - mu`` per output channel, as
+    ``sum_c [sum_k dW^2 D - 2 mu_c sum_k dW D + mu_c^2 sum_k D]`` (``d_rows``: ``sum_k D`` per channel)."""
+    e = _rows(dw.float(), m)
+    t = e * _rows(diag, m)
+    a, b = torch.linalg.vecdot(t, e).double(), t.sum(1).double()
+    mu = mu.double()
+    return float((a - 2 * mu * b + mu * mu * d_rows).sum())
 
 
 def first_order(sweep: Any, data: Iterable[Any], seed: int = 0) -> dict[tuple[int, int], float]:
@@ -216,7 +220,8 @@ def first_order(sweep: Any, data: Iterable[Any], seed: int = 0) -> dict[tuple[in
     a_in, a_out = [zero] * len(ids), [zero] * len(ids)
     diag: list[Optional[Tensor]] = [None] * len(ids)
     # mu_b per output channel, one column per bit-width: sum_n (mu_b . S_n)^2 for all b at once
-    mu = [torch.stack([_weight_terms(sweep.qweights[(i, b)].weight - runner.float_weight(i), mods[k])[0] for b in bits], 1)
+    w_mean = [_channel_means(runner.float_weight(i), mods[k]) for k, i in enumerate(ids)]
+    mu = [torch.stack([_channel_means(sweep.qweights[(i, b)].weight, mods[k]) - w_mean[k] for b in bits], 1)
           for k, i in enumerate(ids)]
     s_sq = [torch.zeros(len(bits), dtype=torch.float64, device=dev) for _ in ids]
     n_total = 0
@@ -250,8 +255,10 @@ def first_order(sweep: Any, data: Iterable[Any], seed: int = 0) -> dict[tuple[in
                     outs[i].update(o)
                 a_in[k] = a_in[k] + _nonzero_sq(g_x[k], x)
                 a_out[k] = a_out[k] + _nonzero_sq(g_o[k], o)
-                sq = g_w[k] * g_w[k]
-                diag[k] = sq if diag[k] is None else diag[k] + sq  # type: ignore[operator]
+                if diag[k] is None:
+                    diag[k] = g_w[k] * g_w[k]
+                else:
+                    diag[k].addcmul_(g_w[k], g_w[k])  # type: ignore[union-attr]
                 v = (_channel_sums(mods[k], summers[k], g_z[k], x) @ mu[k]).double()
                 s_sq[k] = s_sq[k] + v.pow(2).sum(0)
         n_total += int(y.shape[0])
@@ -267,8 +274,9 @@ def first_order(sweep: Any, data: Iterable[Any], seed: int = 0) -> dict[tuple[in
         act = 0.0
         if spec is not None:
             act = float(runner.in_q[i].scale) ** 2 / 12 * float(a_in[k]) + float(runner.out_q[i].scale) ** 2 / 12 * float(a_out[k])
+        d_rows = _rows(diag[k], mods[k]).sum(1).double()  # type: ignore[arg-type]
         for j, b in enumerate(bits):
-            rest = _weight_terms(sweep.qweights[(i, b)].weight - w, mods[k], diag[k])[1]
+            rest = _diagonal_rest(sweep.qweights[(i, b)].weight - w, mu[k][:, j], diag[k], d_rows, mods[k])  # type: ignore[arg-type]
             est[(i, b)] = 0.5 * (float(s_sq[k][j]) + rest + act) / n_total
     return est
 
