@@ -181,9 +181,9 @@ def _estimate(model: nn.Module, data: Any, cfg: SweepConfig, metric: MetricSpec,
         raise QuantlensError("--estimate runs alone: drop --adaptive, --split-noise and --backend ray")
     if k < 1:
         raise QuantlensError(f"--estimate-k must be at least 1, got {k}")
-    from ..parallel import SweepRecipe
-
     import dataclasses
+
+    from ..parallel import SweepRecipe
 
     t0 = time.perf_counter()
     with preserve_model(model):
