@@ -1,9 +1,9 @@
 """The public entry point: :func:`analyze` and the :func:`make_config` it builds on.
 
-``analyze`` validates the data, prepares a :class:`~quantlens.analysis.sweep.engine.Sweep`
+``analyze`` validates the data, prepares a :class:`~quantlens.analysis.sweep.engine.engine.Sweep`
 (through a :class:`~quantlens.parallel.SweepRecipe`, so that Ray workers rebuild the same
 one), runs it with the chosen executor (serial or Ray, resumable through ``cache``) and
-returns the :class:`~quantlens.analysis.sweep.results.SweepResult`.
+returns the :class:`~quantlens.analysis.sweep.engine.results.SweepResult`.
 
 Example:
     >>> import quantlens as ql                                       # doctest: +SKIP
@@ -113,13 +113,13 @@ def analyze(
             when the sweep finishes. Default: no cache.
         fresh: discard an existing cache first.
         split_noise: also measure each cell's output noise from its weights, its input
-            quantizer and its output quantizer alone (:mod:`quantlens.analysis.sweep.split`).
+            quantizer and its output quantizer alone (:mod:`quantlens.analysis.sweep.engine.split`).
         adaptive: stop adding batches to a cell once its 95% interval is on one side of
-            ``tolerance`` and of 0 (:mod:`quantlens.analysis.sweep.adaptive`); serial, no cache.
+            ``tolerance`` and of 0 (:mod:`quantlens.analysis.sweep.engine.adaptive`); serial, no cache.
         tolerance: the degradation that matters for ``adaptive`` (``"0.5%"`` or 0.005, the default).
         estimate: a first-order estimate of every cell from one forward and backward pass per
-            batch, checked by measuring ``estimate_k`` top and ``estimate_k`` random layers per
-            bit-width exactly (:mod:`quantlens.analysis.sweep.estimate`).
+            batch, checked by measuring the estimate's ``estimate_k`` top and ``estimate_k`` random
+            layers exactly at one bit-width (4 if swept, else the lowest; :mod:`quantlens.analysis.sweep.estimate`).
 
     Returns:
         a :class:`SweepResult` with one cell per (layer, weight bits).
@@ -181,15 +181,15 @@ def _estimate(model: nn.Module, data: Any, cfg: SweepConfig, metric: MetricSpec,
         raise QuantlensError("--estimate runs alone: drop --adaptive, --split-noise and --backend ray")
     if k < 1:
         raise QuantlensError(f"--estimate-k must be at least 1, got {k}")
+    import dataclasses
+
     from ...parallel import SweepRecipe
 
+    t0 = time.perf_counter()
     with preserve_model(model):
         sample = next(iter(iterate(data, "data")))
         sweep = SweepRecipe(model, sample, cfg, metric, device, output_key, reference, engine, layers, capture).build()
-        sweep.calibrate(calib if calib is not None else data)
-
-        def exact(names: list) -> SweepResult:
-            return analyze(model, data, config=cfg, metric=metric, calib=calib, device=device, output_key=output_key,
-                           reference=reference, layers=names, engine=engine, model_name=model_name, capture=capture)
-
-        return estimate_sweep(sweep, data, exact, k=k, model_name=model_name or type(model).__name__)
+        if calib is not None:  # else the estimate's own pass calibrates on ``data``
+            sweep.calibrate(calib)
+        result = estimate_sweep(sweep, data, k=k, model_name=model_name or type(model).__name__)
+    return dataclasses.replace(result, elapsed_s=time.perf_counter() - t0)

@@ -1,21 +1,36 @@
-"""A first-order (Fisher) estimate of every cell, checked against exact cones.
+"""A first-order (Fisher) estimate of every cell from one forward and backward pass per batch,
+checked against exact cones.
 
-One forward and one backward pass per batch give, for every layer ``i``, the gradient ``g_n``
-of a sampled log-likelihood with respect to the layer's (post-activation) output ``o_n``; the
-layer alone, quantized at ``b`` bits (weights, input and output quantizers as in the sweep),
-gives its output error ``d_n = o_q,n - o_n``. The estimate is the expected KL increase::
+For layer ``i`` quantized alone at ``b`` bits (weights, input and output quantizers as in the
+sweep) the output changes by ``d``; with ``g = grad_y log softmax(y)[c]`` at a label
+``c ~ softmax(y)`` drawn from the model itself, ``E_c[(g . d)^2] = d^T F d`` (``F``: the Fisher
+information of the output distribution), so ``1/2 E[(g . d)^2]`` is the second-order increase of
+``KL(p(y) || p(y_q))``: the HAWQ / ModelOpt kind of sensitivity. Its three noise sources are
+taken as independent (their cross terms dropped), so over the ``N`` samples ``n``::
 
-    est(i, b) = mean_n 1/2 (g_n . d_n)^2,   g_n = grad_o log softmax(y_n)[c_n],   c_n ~ softmax(y_n)
+    est(i, b) = 1/(2N) [ sum_n (mu_b . S_n)^2 + sum_k r_b,k^2 D_k + s_in^2/12 A_in + s_out^2/12 A_out ]
 
-``E_c[(g . d)^2] = d^T F d`` with ``F`` the Fisher information of the output distribution, so
-this is the second-order change of ``KL(p(y) || p(y_q))`` when only layer ``i`` is quantized
-(the HAWQ / ModelOpt kind of sensitivity), at the cost of one backward pass and each layer's own
-op, instead of each layer's downstream cone.
+* weights: ``dW_b = Q_b(W) - W`` is known without any pass; ``mu_b,c`` is its mean over output
+  channel ``c`` and ``r_b = dW_b - mu_b`` the rest. ``S_n,c = sum_k G_n,c,k`` (``G_n``: the
+  sample's weight gradient) is exact per sample: ``S_n,c = sum_p g_z,n,c(p) P_n,c(p)`` with ``g_z``
+  the gradient at the layer's pre-activation output and ``P`` the patch sums of its input (the
+  input summed over each group's channels, then a box filter). The rest is taken on the Fisher
+  diagonal (rounding errors are nearly independent): ``D_k = sum_batches (sum_n G_n,k)^2``, the
+  batch gradient squared, unbiased for ``sum_n G_n,k^2`` because ``E_c[G_n] = 0`` for a label
+  drawn from the model.
+* activations: a uniform quantizer of step ``s`` adds noise of variance ``s^2/12`` to every
+  non-zero value (zero is exact); ``A_in = sum_n sum_j g_x,n,j^2 [x_n,j != 0]`` with ``g_x`` the
+  gradient at the layer's own input edge (other consumers of that tensor stay float), ``A_out``
+  likewise at its output after the activation. The steps come from the ranges, so the same pass
+  also calibrates the quantizers (the sweep's observers, fed the same values).
 
-It is always checked: the estimate's ``k`` worst cells per bit-width and ``k`` random others are
-measured exactly with cones; the result reports the Spearman correlation between estimate and
-exact degradation over those cells and the overlap of the top-``k``. Below
-:data:`TRUST_SPEARMAN` the summary says the estimate cannot be trusted for this model.
+Every bit-width comes from the same pass: only ``mu_b`` and ``r_b`` depend on ``b``.
+
+It is always checked: at one bit-width (:func:`check_bits`: 4 if swept, else the lowest), the
+estimate's top ``k`` layers and ``k`` random others are measured exactly with their cones in one
+float pass per batch; the result reports the Spearman correlation between estimate and exact
+degradation over those cells and the overlap of the top ``k``. Below :data:`TRUST_SPEARMAN` the
+summary says the estimate cannot be trusted for this model.
 
 Example:
     >>> r = ql.analyze(model, data, estimate=True)                       # doctest: +SKIP
@@ -25,28 +40,32 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import random
 import time
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import fx
+from torch import Tensor, fx, nn
 
-from ...errors import QuantlensError
-from ...graph.cone import QuantLayer, build_cache_module, fetch_attr, input_node
 from ... import jsonio
-from ...memory import trim_heap
 from ...data import extract_output, iterate
+from ...errors import QuantlensError
+from ...graph.capture import LayerGraph, transposed_linear
+from ...graph.cone import fetch_attr
+from ...memory import trim_heap
+from ...numerics import analysis_mode, exact_float32
+from ...quant.quantizer import make_observer
 from .results import Cell, SweepResult
 from .runner import ConeRunner
 
-__all__ = ["TRUST_SPEARMAN", "spearman", "first_order", "estimate_sweep"]
+__all__ = ["TRUST_SPEARMAN", "spearman", "check_bits", "first_order", "estimate_sweep"]
 
 TRUST_SPEARMAN = 0.7
-NO_GRADIENT = ("--estimate needs gradients through the model ({why}); the exact sweep is the fallback: drop --estimate")
+NO_GRADIENT = "--estimate needs gradients through the model ({why}); the exact sweep is the fallback: drop --estimate"
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
@@ -79,136 +98,232 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else float("nan")
 
 
-def _segment(runner: ConeRunner, i: int) -> tuple[fx.GraphModule, list[str], QuantLayer]:
-    """The layer's own op, activation and quantizers: ``gm(*[cache[f] for f in frontier]) -> o_q``."""
-    graph, layer = runner.graph, runner.layers[i]
-    gm, nodes = graph.gm, graph.nodes()
-    path = []
-    n = nodes[layer.output_node]
-    while n.name != layer.node:
-        path.append(n)
-        n = next(a for a in n.all_input_nodes if a.op != "get_attr")
-    path.append(n)
-    path.reverse()
-    inside = {p.name for p in path}
-    frontier: list[str] = []
-    for p in path:
-        for a in p.all_input_nodes:
-            if a.name not in inside and a.op != "get_attr" and a.name not in frontier:
-                frontier.append(a.name)
-    qlayer = QuantLayer(gm.get_submodule(layer.module_name))
-    modules: dict[str, Any] = {"ql_layer": qlayer, "ql_in_q": runner.in_q[i], "ql_out_q": runner.out_q[i]}
+def check_bits(w_bits: Sequence[int]) -> int:
+    """The bit-width the check measures: 4 if swept (the usual target), else the lowest swept."""
+    return 4 if 4 in w_bits else min(w_bits)
+
+
+def _with_leaf_weight(m: nn.Module) -> nn.Module:
+    """A shallow copy of layer module ``m`` (its own forward, its bias) whose weight is a new leaf
+    that shares ``m.weight``'s storage and requires grad: ``m`` itself is not changed, and each
+    call of a module called twice gets its own gradient."""
+    s = copy.copy(m)
+    s._parameters = {**m._parameters, "weight": m.weight.detach().requires_grad_(True)}
+    return s
+
+
+def _tapped(graph: LayerGraph, ids: Sequence[int]) -> tuple[fx.GraphModule, list[nn.Module]]:
+    """The float network ``gm(*flat) -> (output, (x_i...), (z_i...), (o_i...))`` where ``x_i`` is a
+    view of layer ``i``'s input on its own edge (its gradient is ``i``'s alone), ``z_i`` its output
+    before the activation and ``o_i`` after; each layer computes with its own weight leaf
+    (:func:`_with_leaf_weight`)."""
+    gm, layers = graph.gm, {graph.layers[i].node: graph.layers[i] for i in ids}
     g = fx.Graph()
-    env: dict[str, fx.Node] = {f: g.placeholder(f) for f in frontier}
-    for p in gm.graph.nodes:
-        if p.op == "get_attr" and any(u.name in inside for u in p.users):
-            env[p.name] = g.node_copy(p, lambda a: env[a.name])
-            modules[str(p.target)] = fetch_attr(gm, str(p.target))
-    for p in path:
-        if p.name == layer.node:
-            new = g.call_module("ql_layer", (g.call_module("ql_in_q", (env[p.args[0].name],)),))  # type: ignore[union-attr]
-        else:
-            new = g.node_copy(p, lambda a: env[a.name])
-            if p.op == "call_module":
-                modules[str(p.target)] = gm.get_submodule(str(p.target))
-        env[p.name] = new
-    g.output(g.call_module("ql_out_q", (env[layer.output_node],)))
-    return fx.GraphModule(modules, g, class_name=f"Segment_{layer.index}"), frontier, qlayer
+    env: dict[str, fx.Node] = {}
+    modules: dict[str, Any] = {}
+    taps: dict[str, tuple[fx.Node, fx.Node]] = {}
+    qls: list[nn.Module] = []
+    for n in gm.graph.nodes:
+        if n.op == "output":
+            continue
+        if n.name in layers:
+            x = env[n.args[0].name]  # type: ignore[union-attr]
+            tap = g.call_method("view_as", (x, x))
+            ql = _with_leaf_weight(gm.get_submodule(layers[n.name].module_name))
+            modules[f"ql_est_{len(qls)}"] = ql
+            qls.append(ql)
+            env[n.name] = g.call_module(f"ql_est_{len(qls) - 1}", (tap,))
+            taps[n.name] = (tap, env[n.name])
+            continue
+        env[n.name] = g.node_copy(n, lambda a: env[a.name])
+        if n.op == "call_module":
+            modules[str(n.target)] = gm.get_submodule(str(n.target))
+        elif n.op == "get_attr":
+            modules[str(n.target)] = fetch_attr(gm, str(n.target))
+    out = next(n for n in reversed(gm.graph.nodes) if n.op == "output")
+    order = [graph.layers[i] for i in ids]
+    g.output((fx.node.map_arg(out.args[0], lambda a: env[a.name]), tuple(taps[l.node][0] for l in order),
+              tuple(taps[l.node][1] for l in order), tuple(env[l.output_node] for l in order)))
+    return fx.GraphModule(modules, g, class_name="EstimateTaps"), qls
+
+
+def _patch_summer(m: nn.Module) -> Optional[nn.Module]:
+    """For a convolution with ``g`` groups, a shallow copy of it with weight ``ones[g, 1, *k]``: fed
+    the input summed over each group's channels ``[N, g, *in]``, it gives ``P``, the sum of the input
+    patch each output position reads, ``[N, g, *out]`` (a box filter; the module's own forward, so a
+    subclass's padding too). None for a Linear."""
+    if not isinstance(m, (nn.Conv1d, nn.Conv2d)):
+        return None
+    w = m.weight
+    s = copy.copy(m)
+    s._parameters = {"weight": w.new_ones((m.groups, 1, *m.kernel_size)), "bias": None if m.bias is None else w.new_zeros(m.groups)}
+    return s
+
+
+def _channel_sums(m: nn.Module, summer: Optional[nn.Module], gz: Tensor, x: Tensor) -> Tensor:
+    """``S_n,c = sum_p g_z,n,c(p) P_n,c(p)``, ``[N, out channels]``."""
+    n = gz.shape[0]
+    if summer is not None:
+        g = m.groups  # type: ignore[union-attr]
+        p = summer(x.reshape(n, g, -1, *x.shape[2:]).sum(2))
+        return torch.einsum("ngcp,ngp->ngc", gz.reshape(n, g, -1, p[0, 0].numel()), p.reshape(n, g, -1)).reshape(n, -1)
+    return torch.einsum("npc,np->nc", gz.reshape(n, -1, gz.shape[-1]), x.sum(-1).reshape(n, -1))
+
+
+def _nonzero_sq(g: Optional[Tensor], v: Tensor) -> Tensor:
+    """``sum_j g_j^2 [v_j != 0]`` (0 without a gradient)."""
+    if g is None:
+        return v.new_zeros((), dtype=torch.float64)
+    return torch.linalg.vecdot((g * (v != 0)).reshape(-1), g.reshape(-1)).double()
+
+
+def _rows(t: Tensor, m: nn.Module) -> Tensor:
+    """``t`` (a weight-shaped tensor) as ``[out channels, values]`` (a transposed Linear keeps its
+    output channels on the last axis)."""
+    t = t.t() if transposed_linear(m) else t
+    return t.reshape(t.shape[0], -1)
+
+
+def _channel_means(w: Tensor, m: nn.Module) -> Tensor:
+    """The mean of a weight-shaped tensor per output channel (float32, one read pass)."""
+    return _rows(w, m).float().mean(1)
+
+
+def _diagonal_rest(dw: Tensor, mu: Tensor, diag: Tensor, d_rows: Tensor, m: nn.Module) -> float:
+    """``sum_k r_k^2 D_k`` with ``r = dW - mu`` per output channel, as
+    ``sum_c [sum_k dW^2 D - 2 mu_c sum_k dW D + mu_c^2 sum_k D]`` (``d_rows``: ``sum_k D`` per channel)."""
+    e = _rows(dw.float(), m)
+    t = e * _rows(diag, m)
+    a, b = torch.linalg.vecdot(t, e).double(), t.sum(1).double()
+    mu = mu.double()
+    return float((a - 2 * mu * b + mu * mu * d_rows).sum())
 
 
 def first_order(sweep: Any, data: Iterable[Any], seed: int = 0) -> dict[tuple[int, int], float]:
-    """``est(i, b)`` for every swept cell (see module docstring)."""
+    """``est(i, b)`` for every swept cell (see module docstring), from one forward and one
+    backward pass per batch. If the sweep's activation quantizers are not calibrated yet, the
+    same pass calibrates them (so the check needs no calibration pass of its own)."""
     runner = sweep.runner
     if not isinstance(runner, ConeRunner):
         raise QuantlensError(NO_GRADIENT.format(why="the model is run through forward hooks, not a traced graph"))
     ids = list(sweep.layer_ids)
-    outs = [runner.layers[i].output_node for i in ids]
-    ins = [input_node(runner.graph, runner.layers[i]) for i in ids]
-    gm, keep = build_cache_module(runner.graph, outs + ins)
-    segs = {i: _segment(runner, i) for i in ids}
-    sums = {(i, b): 0.0 for i in ids for b in sweep.config.w_bits}
+    bits = list(sweep.config.w_bits)
+    spec = sweep.config.act_spec()
+    calibrate = spec is not None and not all(runner.in_q[i].enabled for i in ids)
+    ins = {i: make_observer(spec) for i in ids} if calibrate else {}
+    outs = {i: make_observer(spec) for i in ids} if calibrate else {}
+    gm, qls = _tapped(runner.graph, ids)
+    mods = [runner.graph.module(runner.layers[i]) for i in ids]
+    summers = [_patch_summer(m) for m in mods]
+    dev = sweep.device
+    zero = torch.zeros((), dtype=torch.float64, device=dev)
+    a_in, a_out = [zero] * len(ids), [zero] * len(ids)
+    diag: list[Optional[Tensor]] = [None] * len(ids)
+    # mu_b per output channel, one column per bit-width: sum_n (mu_b . S_n)^2 for all b at once
+    w_mean = [_channel_means(runner.float_weight(i), mods[k]) for k, i in enumerate(ids)]
+    mu = [torch.stack([_channel_means(sweep.qweights[(i, b)].weight, mods[k]) - w_mean[k] for b in bits], 1)
+          for k, i in enumerate(ids)]
+    s_sq = [torch.zeros(len(bits), dtype=torch.float64, device=dev) for _ in ids]
     n_total = 0
     gen = torch.Generator().manual_seed(seed)
     for inputs, _ in iterate(data, "data"):
         inputs = inputs.to(sweep.device)
-        floats = [t for t in inputs.tensors() if t.is_floating_point()]
-        if not floats:
+        flat = [t.detach().requires_grad_(True) if isinstance(t, Tensor) and t.is_floating_point() else t
+                for t in runner.graph.flat(inputs)]
+        if not any(isinstance(t, Tensor) and t.requires_grad for t in flat):
             raise QuantlensError(NO_GRADIENT.format(why="its inputs are integers, so nothing carries a gradient"))
-        with torch.enable_grad():
-            for t in floats:
-                t.requires_grad_(True)
-            flat, values = gm(*runner.graph.flat(inputs))
-            out = runner.graph.output(flat)
-            vals = dict(zip(keep, values))
-            y = extract_output(out, sweep.output_key)
-            if not y.requires_grad or any(not vals[o].requires_grad for o in outs):
-                raise QuantlensError(NO_GRADIENT.format(why="a layer's output does not depend differentiably on the inputs"))
+        with torch.enable_grad(), exact_float32():
+            out, xs, zs, os_ = gm(*flat)
+            y = extract_output(runner.graph.output(out), sweep.output_key)
+            if not y.requires_grad:
+                raise QuantlensError(NO_GRADIENT.format(why="the output does not depend differentiably on the inputs"))
             logits = y.reshape(y.shape[0], -1).double()
             c = torch.multinomial(F.softmax(logits.detach(), 1).cpu(), 1, generator=gen).reshape(-1).to(logits.device)
             loss = F.log_softmax(logits, 1).gather(1, c[:, None]).sum()
-            grads = torch.autograd.grad(loss, [vals[o] for o in outs], allow_unused=True)
-        with torch.no_grad():
-            for i, o_name, g in zip(ids, outs, grads):
-                if g is None:
+            want = [t for t in [q.weight for q in qls] + list(xs) + list(zs) + list(os_) if t.requires_grad]
+            found = dict(zip(map(id, want), torch.autograd.grad(loss, want, allow_unused=True)))
+        g_w, g_x, g_z, g_o = ([found.get(id(t)) for t in ts] for ts in ([q.weight for q in qls], xs, zs, os_))
+        with analysis_mode():
+            for k, i in enumerate(ids):  # in topological order: the first layer cut off is the one named
+                if g_z[k] is None or g_w[k] is None:
                     raise QuantlensError(NO_GRADIENT.format(why=f"no gradient reaches layer {runner.layers[i].name}"))
-                seg, frontier, ql = segs[i]
-                args = [vals[f].detach() if f in vals else None for f in frontier]
-                if any(a is None for a in args):  # the segment reads a value the cache module did not keep
-                    raise QuantlensError(NO_GRADIENT.format(why=f"layer {runner.layers[i].name} reads more than its input"))
-                o = vals[o_name].detach()
-                for b in sweep.config.w_bits:
-                    ql.set_weight(sweep.qweights[(i, b)].weight)
-                    d = (seg(*args) - o).double()
-                    s = (g.double() * d).reshape(d.shape[0], -1).sum(1)
-                    sums[(i, b)] += float(0.5 * (s * s).sum())
+                if g_x[k] is None:
+                    raise QuantlensError(NO_GRADIENT.format(why=f"layer {runner.layers[i].name}'s input carries no gradient"))
+                x, o = xs[k].detach(), os_[k].detach()
+                if calibrate:
+                    ins[i].update(x)
+                    outs[i].update(o)
+                a_in[k] = a_in[k] + _nonzero_sq(g_x[k], x)
+                a_out[k] = a_out[k] + _nonzero_sq(g_o[k], o)
+                if diag[k] is None:
+                    diag[k] = g_w[k] * g_w[k]
+                else:
+                    diag[k].addcmul_(g_w[k], g_w[k])  # type: ignore[union-attr]
+                v = (_channel_sums(mods[k], summers[k], g_z[k], x) @ mu[k]).double()
+                s_sq[k] = s_sq[k] + v.pow(2).sum(0)
         n_total += int(y.shape[0])
-        del vals, values, out, flat, grads
+        del out, xs, zs, os_, found, want, g_w, g_x, g_z, g_o, y, logits, loss
         trim_heap()
-    return {k: v / n_total for k, v in sums.items()}
+    if calibrate:
+        for i in ids:
+            runner.in_q[i].set(spec, ins[i])
+            runner.out_q[i].set(spec, outs[i])
+    est = {}
+    for k, i in enumerate(ids):
+        w = runner.float_weight(i)
+        act = 0.0
+        if spec is not None:
+            act = float(runner.in_q[i].scale) ** 2 / 12 * float(a_in[k]) + float(runner.out_q[i].scale) ** 2 / 12 * float(a_out[k])
+        d_rows = _rows(diag[k], mods[k]).sum(1).double()  # type: ignore[arg-type]
+        for j, b in enumerate(bits):
+            rest = _diagonal_rest(sweep.qweights[(i, b)].weight - w, mu[k][:, j], diag[k], d_rows, mods[k])  # type: ignore[arg-type]
+            est[(i, b)] = 0.5 * (float(s_sq[k][j]) + rest + act) / n_total
+    return est
 
 
-def estimate_sweep(sweep: Any, data: Iterable[Any], recipe_analyze: Any, k: int = 5, seed: int = 0,
-                   model_name: str = "") -> SweepResult:
-    """Estimate every cell, re-measure the estimate's top ``k`` and ``k`` random layers per
-    bit-width exactly (``recipe_analyze(layers) -> SweepResult``), and report the check."""
+def estimate_sweep(sweep: Any, data: Iterable[Any], k: int = 5, seed: int = 0, model_name: str = "",
+                   check_at: Optional[int] = None) -> SweepResult:
+    """Estimate every cell, then measure the estimate's top ``k`` and ``k`` random layers exactly
+    at ``check_at`` bits (default :func:`check_bits`) with their cones, one float pass per batch,
+    and report the check (Spearman, top-``k`` overlap) in ``extra["estimate"]``."""
+    b_chk = check_bits(sweep.config.w_bits) if check_at is None else check_at
+    if b_chk not in sweep.config.w_bits:
+        raise QuantlensError(f"the estimate's check at {b_chk} bits needs that bit-width in the sweep ({list(sweep.config.w_bits)})")
     t0 = time.perf_counter()
     est = first_order(sweep, data, seed)
     t_est = time.perf_counter() - t0
-    names = {i: sweep.runner.layers[i].name for i in sweep.layer_ids}
+    ranked = sorted(sweep.layer_ids, key=lambda i: -est[(i, b_chk)])
     rng = random.Random(seed)
-    chosen: dict[int, list[str]] = {}
-    for b in sweep.config.w_bits:
-        ranked = sorted(sweep.layer_ids, key=lambda i: -est[(i, b)])
-        top = [names[i] for i in ranked[:k]]
-        rest = [names[i] for i in ranked[k:]]
-        chosen[b] = top + rng.sample(rest, min(k, len(rest)))
-    layers = sorted({n for v in chosen.values() for n in v}, key=lambda n: [names[i] for i in sweep.layer_ids].index(n))
+    chosen = ranked[:k] + rng.sample(ranked[k:], min(k, len(ranked) - k))
     t1 = time.perf_counter()
-    exact = recipe_analyze(layers)
+    check = copy.copy(sweep)  # the same prepared network (cones, quantizers), fewer cells
+    check.layer_ids = sorted(chosen)
+    check.config = dataclasses.replace(sweep.config, w_bits=(b_chk,))
+    state = check.new_state()
+    for batch in iterate(data, "data"):
+        check.process_batch(state, batch)
+    exact = check.result(state, model_name=model_name)
     t_exact = time.perf_counter() - t1
-    xs, ys, overlap = [], [], {}
-    by_name = {v: i for i, v in names.items()}
-    for b in sweep.config.w_bits:
-        pts = [(est[(by_name[n], b)], exact.cell(n, b).degradation) for n in chosen[b]]
-        xs += [p[0] for p in pts]
-        ys += [p[1] for p in pts]
-        est_top = set(chosen[b][:k])
-        exact_top = set(sorted(chosen[b], key=lambda n: -exact.cell(n, b).degradation)[:k])
-        overlap[b] = len(est_top & exact_top) / max(1, len(est_top))
+    names = {i: sweep.runner.layers[i].name for i in sweep.layer_ids}
+    xs = [est[(i, b_chk)] for i in chosen]
+    ys = [exact.cell(names[i], b_chk).degradation for i in chosen]
+    top_exact = sorted(chosen, key=lambda i: -exact.cell(names[i], b_chk).degradation)[:k]
     rho = spearman(xs, ys)
-    nan = jsonio.NAN
     cells = []
     for i in sweep.layer_ids:
         for b in sweep.config.w_bits:
-            c = exact.find(names[i], b)
-            if c is not None and names[i] in chosen[b]:
-                cells.append(dataclasses.replace(c, estimate=est[(i, b)]))
+            if b == b_chk and i in chosen:
+                cells.append(dataclasses.replace(exact.cell(names[i], b), estimate=est[(i, b)]))
             else:
+                nan = jsonio.NAN
                 cells.append(Cell(layer=names[i], w_bits=b, a_bits=sweep.config.a_bits, noise=nan, sqnr_db=nan, metric=nan,
-                                  degradation=nan, estimate=est[(i, b)]))
-    info = {"k": k, "spearman": rho, "topk_overlap": overlap, "trusted": bool(rho >= TRUST_SPEARMAN),
-            "checked_cells": len(xs), "estimate_s": t_est, "check_s": t_exact, "unit": "expected KL increase (nats)"}
-    infos = {l.name: l for l in exact.layers}
-    all_infos = tuple(infos.get(l.name, l) for l in sweep.layer_info(sweep.new_state([])))
-    return dataclasses.replace(exact, layers=all_infos, cells=tuple(cells), model=model_name or exact.model,
-                               engine="estimate", extra={**exact.extra, "estimate": info})
+                                  degradation=nan, estimate=est[(i, b)], samples=0))
+    info = {"k": k, "check_bits": b_chk, "spearman": rho, "topk_overlap": {b_chk: len(set(ranked[:k]) & set(top_exact)) / max(1, min(k, len(chosen)))},
+            "trusted": bool(rho >= TRUST_SPEARMAN), "checked_cells": len(xs), "estimate_s": t_est, "check_s": t_exact,
+            "unit": "expected KL increase (nats)"}
+    rest = copy.copy(sweep)  # the other layers' info (weight statistics) once, without ranges
+    rest.layer_ids = [i for i in sweep.layer_ids if i not in chosen]
+    measured = {l.name: l for l in exact.layers + tuple(rest.layer_info(rest.new_state([])))}
+    infos = tuple(measured[names[i]] for i in sweep.layer_ids)
+    return dataclasses.replace(exact, layers=infos, cells=tuple(cells), engine="estimate", config=sweep.config.to_dict(),
+                               elapsed_s=time.perf_counter() - t0, extra={**exact.extra, "estimate": info})
