@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the degradation that matters for --adaptive: 0.5%% (default) or a plain number in the metric's units")
     p.add_argument("--estimate", action="store_true",
                    help="first-order estimate of every cell (one forward+backward per batch), checked on top-k and k random layers")
-    p.add_argument("--estimate-k", type=int, default=5, metavar="K", help="layers re-measured exactly per bit-width, top and random (default 5)")
+    p.add_argument("--estimate-k", type=int, default=5, metavar="K", help="layers re-measured exactly at one bit-width (4 if swept, else the lowest), top and random (default 5)")
     add_scale_args(p)
     p.set_defaults(func=run)
 

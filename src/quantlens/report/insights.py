@@ -140,7 +140,7 @@ def insights(result: SweepResult, bits: int, units: Optional[Units] = None, tol:
     if check:
         rho = check.get("spearman")
         head = (f"These cells are a first-order estimate, checked on {check.get('checked_cells', 0)} cells measured exactly "
-                f"(the estimate's top {check.get('k')} and {check.get('k')} random layers per bit-width): Spearman "
+                f"(the estimate's top {check.get('k')} and {check.get('k')} random layers at {check.get('check_bits')} bits): Spearman "
                 f"{rho:.2f}" if finite(rho) else "These cells are a first-order estimate; its check has no Spearman (too few cells)")
         if finite(rho) and rho >= 0.7:
             est_note.append(Insight(head + "; only the measured cells carry a degradation.", kind="noise"))
