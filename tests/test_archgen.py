@@ -8,11 +8,11 @@ The first nets run in the fast loop (``-m "not slow"``); all of them run in the 
 from __future__ import annotations
 
 import functools
-import math
 
 import pytest
 import torch
 from archgen import CLASSES, generate
+from helpers import close
 from oracle import naive_sweep
 
 import quantlens as ql
@@ -29,9 +29,7 @@ PATHS = {
 
 
 def _close(a: float, b: float, rel: float = 1e-5, abs_: float = 1e-12) -> bool:
-    if math.isinf(a) or math.isinf(b):
-        return a == b
-    return abs(a - b) <= max(rel * max(abs(a), abs(b)), abs_)
+    return close(a, b, rel, abs_)
 
 
 @functools.lru_cache(maxsize=None)

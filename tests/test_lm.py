@@ -9,6 +9,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import close
 
 import quantlens as ql
 from quantlens.report import render_report
@@ -18,9 +19,7 @@ transformers = pytest.importorskip("transformers")
 
 
 def _close(a, b, rel=1e-5, abs_=1e-9):
-    if math.isinf(a) or math.isinf(b):
-        return a == b
-    return abs(a - b) <= max(rel * max(abs(a), abs(b)), abs_)
+    return close(a, b, rel, abs_)
 
 
 def _token_batches(vocab, n=2, b=3, t=16, seed=0, labels=False):
