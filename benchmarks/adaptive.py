@@ -3,7 +3,7 @@
 Adaptive sample size vs the exact sweep, on the same data in one run: the exact sweep records
 every cell's accumulator after each batch; the adaptive rule (:mod:`quantlens.analysis.sweep.adaptive`)
 is then replayed on those records, which is exactly what :class:`AdaptiveExecutor` computes
-(the sums after ``k`` batches are the same; ``tests/test_adaptive.py`` checks replay == executor).
+(the sums after ``k`` batches are the same; ``tests/analysis/sweep/test_adaptive.py`` checks replay == executor).
 Prints the share of cone passes saved and the rank agreement with the exact sweep wherever the
 exact intervals separate two layers, and the significant layers the adaptive run missed.
 """

@@ -1,5 +1,5 @@
 """A seeded generator of small random networks, for checking that every capture path and
-engine gives the oracle's cells (tests/test_archgen.py).
+engine gives the oracle's cells (tests/graph/test_archgen.py).
 
 Each net is written as Python source (its ``forward``), so that a failure prints the net.
 It covers what real networks write:

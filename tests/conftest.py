@@ -5,7 +5,11 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
+TESTS = Path(__file__).parent
+sys.path.insert(0, str(TESTS))  # the shared helpers: models, helpers, oracle, archgen, ...
+# The tree mirrors the package (tests/graph/, tests/analysis/sweep/, ...); test module names are
+# unique across it, so a test may import another's fixtures by module name from any folder.
+sys.path.extend(str(d) for d in sorted(TESTS.rglob("*")) if d.is_dir() and not d.name.startswith((".", "__")))
 # Tests run tiny models: one intra-op thread is faster than two, and immune to a busy machine.
 torch.set_num_threads(1)
 

@@ -26,7 +26,7 @@ type its full range, always with ``scale = 2 max|w| / (qmax - qmin)``
 channel, int8 asymmetric activations (the uint8 grid shifted by 128, the same values).
 
 Tested against the tools that install here: ``onnxruntime.quantization.quantize_static`` and
-torch.ao's observers (tests/test_conventions.py).
+torch.ao's observers (tests/quant/test_conventions.py).
 
 Example:
     >>> get_convention("onnxruntime").grid(4, symmetric=True)

@@ -34,8 +34,8 @@ Two rules, chosen by the metric (``Metric.interval_rule``):
     :mod:`quantlens.stats.ratio`).
 
 A metric without a rule (a user callable scored per batch) has no interval: ``None``.
-Coverage of the rules is checked by simulation in ``tests/test_intervals.py`` (binary, mean) and
-``tests/test_token_intervals.py`` (ratio).
+Coverage of the rules is checked by simulation in ``tests/stats/test_intervals.py`` (binary, mean) and
+``tests/stats/test_token_intervals.py`` (ratio).
 
 Example:
     >>> s = PairedSums(n=450, ref=400.0, quant=396.0, sq=6.0)   # 5 worse, 1 better

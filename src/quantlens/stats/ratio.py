@@ -30,7 +30,7 @@ each sequence contributes the residual::
 Sums of ``d_s`` (not of ``a_s`` and ``b_s`` apart) keep the small paired difference free of
 cancellation. The sign rule then maps the interval on ``g`` to the degradation, as for every
 other rule (:func:`quantlens.stats.intervals.paired_interval`). Coverage is checked by simulation
-on clustered data in ``tests/test_token_intervals.py``: 0.94-0.95 from 40 sequences for a
+on clustered data in ``tests/stats/test_token_intervals.py``: 0.94-0.95 from 40 sequences for a
 nll-like score, but a strongly skewed per-sequence effect (rare disagreements) needs more: measured
 0.924 at 60 sequences, 0.939 at 120, 0.945 at 300 (the interval is too short on the worse side).
 Treating tokens as independent instead covers 0.28 on the same data.

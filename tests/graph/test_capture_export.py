@@ -23,7 +23,7 @@ from quantlens.cli import main
 from quantlens.graph.capture import capture
 from quantlens.inputs import Inputs
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models import TinyNet, tiny_data, tiny_net  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

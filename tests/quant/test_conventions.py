@@ -137,7 +137,7 @@ def test_sweep_under_a_convention_matches_the_whole_network_measurement():
     import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from models import tiny_data, tiny_net
 
     import quantlens as ql

@@ -121,7 +121,7 @@ def _tiny_files(tmp_path, cfg=None):
     mod = tmp_path / "user_tiny.py"
     from pathlib import Path
 
-    here = Path(__file__).parent
+    here = Path(__file__).resolve().parents[1]
     mod.write_text(textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(here)!r})

@@ -22,7 +22,7 @@ from quantlens.parallel import SweepRecipe, run_sweep
 from quantlens.parallel.ray_executor import RayExecutor, group_layers
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
-TESTS = Path(__file__).parent
+TESTS = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Regressions found by the generated networks of tests/test_archgen.py: in-place operations,
+"""Regressions found by the generated networks of tests/graph/test_archgen.py: in-place operations,
 an ``nn.Identity`` slot and ``F.relu6`` are quantized as the model computes them on every path
 (cone on the fx capture, hooks, cone on the torch.export capture)."""
 

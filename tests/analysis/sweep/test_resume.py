@@ -18,7 +18,7 @@ from models import tiny_data, tiny_net, user_file
 import quantlens as ql
 from quantlens.errors import QuantlensError
 
-TESTS = Path(__file__).parent
+TESTS = Path(__file__).resolve().parents[2]
 
 
 def _cells(path: Path) -> list:
