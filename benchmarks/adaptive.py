@@ -11,28 +11,28 @@ exact intervals separate two layers, and the significant layers the adaptive run
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from typing import Any
 
 import quantlens as ql
 from quantlens.analysis.accumulate import CellAccumulator
-from quantlens.analysis.adaptive import MIN_SAMPLES, compare_to_exact, decide, parse_tolerance
+from quantlens.analysis.adaptive import MIN_SAMPLES, Z_STOP, StopRule, compare_to_exact, parse_tolerance
 from quantlens.analysis.data import iterate
 from quantlens.metrics import make_metric
-from quantlens.stats.intervals import metric_interval
 
 __all__ = ["Recording", "replay", "main"]
 
 
 class Recording:
-    """The serial loop, keeping every cell's accumulator state after each batch."""
+    """The serial loop, keeping every batch's own cell accumulators (they merge into any prefix)."""
 
     name = "recording"
 
     def __init__(self) -> None:
-        self.snaps: list[dict] = []
-        self.samples: list[int] = []
+        self.batches: list[dict] = []
+        self.sizes: list[int] = []
 
     def plan(self, sweep: Any, num_batches: Any) -> dict:
         return {"backend": "recording"}
@@ -40,36 +40,30 @@ class Recording:
     def run(self, recipe: Any, sweep: Any, data: Any, store: Any = None, progress: Any = None) -> Any:
         state = sweep.new_state()
         for batch in iterate(data, "data"):
-            sweep.process_batch(state, batch)
-            self.snaps.append({k: acc.state() for k, acc in state.cells.items()})
-            self.samples.append(state.num_samples)
+            one = sweep.new_state()
+            sweep.process_batch(one, batch)
+            self.batches.append(one.cells)
+            self.sizes.append(one.num_samples)
+            state = state.merge(one)
         self.sweep, self.state = sweep, state
         return state
 
 
-def replay(rec: Recording, tol: float, min_samples: int = MIN_SAMPLES) -> tuple[Any, dict]:
-    """The adaptive result and its cone-pass counts from a recorded exact sweep."""
+def replay(rec: Recording, tol: float, min_samples: int = MIN_SAMPLES, z_stop: float = Z_STOP) -> tuple[Any, dict]:
+    """The adaptive result and its cone-pass counts from a recorded exact sweep: the executor's
+    loop with :class:`StopRule`, each active cell merging its next batch."""
     sweep, state = rec.sweep, rec.state
-    stop: dict = {}
-    for k, snap in enumerate(rec.snaps):
-        for key, st in snap.items():
-            if key in stop:
-                continue
-            acc = CellAccumulator(make_metric(sweep.metric_spec))
-            acc.load_state(st)
-            if acc.n >= min_samples and decide(metric_interval(acc.metric, sweep.higher_is_better), tol) is not None:
-                stop[key] = k
-    last = len(rec.snaps) - 1
-    cells = {}
-    for key in state.cells:
-        acc = CellAccumulator(make_metric(sweep.metric_spec))
-        acc.load_state(rec.snaps[stop.get(key, last)][key])
-        cells[key] = acc
-    import dataclasses
-
+    rule = StopRule(tol, min_samples, z_stop)
+    cells = {key: CellAccumulator(make_metric(sweep.metric_spec)) for key in state.cells}
+    active, passes, seen = set(cells), 0, 0
+    for k, (batch, size) in enumerate(zip(rec.batches, rec.sizes)):
+        passes += len(active)
+        seen += size
+        for key in active:
+            cells[key] = cells[key].merge(batch[key])
+        active -= rule.after_batch(cells, active, sweep.higher_is_better, seen, k + 1, len(rec.batches))
     adaptive_state = dataclasses.replace(state, cells=cells)
-    passes = sum(stop.get(key, last) + 1 for key in state.cells)
-    full = len(state.cells) * len(rec.snaps)
+    full = len(state.cells) * len(rec.batches)
     return sweep.result(adaptive_state), {"cone_passes": passes, "exact_cone_passes": full,
                                           "saved": 1 - passes / full, "speedup": full / passes}
 
