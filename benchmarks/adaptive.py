@@ -14,7 +14,7 @@ import argparse
 import dataclasses
 import json
 import time
-from typing import Any
+from typing import Any, Optional
 
 import quantlens as ql
 from quantlens.analysis.accumulate import CellAccumulator
@@ -49,7 +49,7 @@ class Recording:
         return state
 
 
-def replay(rec: Recording, tol: float, min_samples: int = MIN_SAMPLES, z_stop: float = Z_STOP) -> tuple[Any, dict]:
+def replay(rec: Recording, tol: float, min_samples: int = MIN_SAMPLES, z_stop: Optional[float] = Z_STOP) -> tuple[Any, dict]:
     """The adaptive result and its cone-pass counts from a recorded exact sweep: the executor's
     loop with :class:`StopRule`, each active cell merging its next batch."""
     sweep, state = rec.sweep, rec.state
@@ -79,36 +79,56 @@ def _subject(name: str, n: int, batch: int, size: int) -> tuple[Any, Any]:
     return efficientnet_lite0(), photo_crops(n, batch, size=size, seed=0)
 
 
+def _row(exact: Any, adaptive: Any, counts: dict, bits: list, tol: float) -> dict:
+    rank = [compare_to_exact(exact, adaptive, b, tol) for b in bits]
+    return {**counts, "early_stopped": sum(c.early_stop for c in adaptive.cells),
+            "separated_pairs": sum(r["separated_pairs"] for r in rank),
+            "swapped": sum(r["separated_pairs"] - r["agree"] for r in rank),
+            "exact_worse": sum(r["worse"] for r in rank), "missed": [m for r in rank for m in r["missed"]], "rank": rank}
+
+
 def main(argv: Any = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--subject", default="demo", choices=["demo", "effnet"])
-    p.add_argument("--metric", default="agreement")
+    p.add_argument("--metric", default="agreement", help="one or more, comma-separated: agreement,kl")
     p.add_argument("--tolerance", default="0.5%")
     p.add_argument("--bits", default="4")
     p.add_argument("--images", type=int, default=1024)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--size", type=int, default=96)
+    p.add_argument("--z-stop", type=float, default=Z_STOP, help="rule 2's z_s (the decided-only rule is replayed too)")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     bits = [int(b) for b in a.bits.split(",")]
     model, data = _subject(a.subject, a.images, a.batch, a.size)
-    rec = Recording()
-    t0 = time.perf_counter()
-    exact = ql.analyze(model, data, w_bits=bits, metric=a.metric, backend=rec)
-    t_exact = time.perf_counter() - t0
-    tol = parse_tolerance(a.tolerance, pct_metric=a.metric in ("top1", "top5", "agreement"))
-    adaptive, counts = replay(rec, tol)
-    out = {"subject": a.subject, "metric": a.metric, "tolerance": tol, "samples": exact.num_samples, "bits": bits,
-           "layers": len(exact.layers), "exact_s": t_exact, **counts,
-           "early_stopped": sum(c.early_stop for c in adaptive.cells),
-           "rank": [compare_to_exact(exact, adaptive, b, tol) for b in bits]}
-    out["cells"] = [{"layer": c.layer, "bits": c.w_bits, "exact": [c.degradation, c.ci_low, c.ci_high],
-                     "adaptive": [a_.degradation, a_.ci_low, a_.ci_high, a_.samples]}
-                    for c in exact.cells for a_ in [adaptive.cell(c.layer, c.w_bits)]]
-    print(json.dumps({k: v for k, v in out.items() if k != "cells"}, indent=1))
+    rows = []
+    for metric in a.metric.split(","):
+        rec = Recording()
+        t0 = time.perf_counter()
+        exact = ql.analyze(model, data, w_bits=bits, metric=metric, backend=rec)
+        t_exact = time.perf_counter() - t0
+        tol = parse_tolerance(a.tolerance, pct_metric=metric in ("top1", "top5", "agreement"))
+        adaptive, counts = replay(rec, tol, z_stop=a.z_stop)
+        out = {"subject": a.subject, "metric": metric, "tolerance": tol, "z_stop": a.z_stop, "samples": exact.num_samples,
+               "bits": bits, "layers": len(exact.layers), "exact_s": t_exact, **_row(exact, adaptive, counts, bits, tol)}
+        # the decided-only rule (rule 1 alone, before rule 2 existed), on the same record
+        decided_only, c1 = replay(rec, tol, z_stop=None)
+        out["decided_only"] = {k: v for k, v in _row(exact, decided_only, c1, bits, tol).items() if k != "rank"}
+        out["cells"] = [{"layer": c.layer, "bits": c.w_bits, "exact": [c.degradation, c.ci_low, c.ci_high],
+                         "adaptive": [a_.degradation, a_.ci_low, a_.ci_high, a_.samples]}
+                        for c in exact.cells for a_ in [adaptive.cell(c.layer, c.w_bits)]]
+        rows.append(out)
+        print(json.dumps({k: v for k, v in out.items() if k not in ("cells", "rank")}, indent=1), flush=True)
+    print(f"{'subject':8s} {'metric':10s} {'N':>5s} {'bits':5s} {'saved':>6s} {'fewer':>6s} {'pairs':>6s} {'swapped':>7s} "
+          f"{'worse':>5s} {'missed':>6s} | decided-only: {'fewer':>6s} {'swapped':>7s} {'missed':>6s}")
+    for r in rows:
+        d = r["decided_only"]
+        print(f"{r['subject']:8s} {r['metric']:10s} {r['samples']:5d} {','.join(map(str, r['bits'])):5s} {r['saved']:6.1%} "
+              f"{r['speedup']:5.2f}x {r['separated_pairs']:6d} {r['swapped']:7d} {r['exact_worse']:5d} {len(r['missed']):6d} | "
+              f"{'':14s}{d['speedup']:5.2f}x {d['swapped']:7d} {len(d['missed']):6d}")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump(out, f, indent=1)
+            json.dump(rows, f, indent=1)
     return 0
 
 

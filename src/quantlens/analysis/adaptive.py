@@ -128,11 +128,12 @@ def settled(a: CellView, b: CellView, total: Optional[float], z_stop: float = Z_
 @dataclass
 class StopRule:
     """Rules 1 and 2 of the module docstring, applied after each batch (the executor and the
-    benchmark's replay share it)."""
+    benchmark's replay share it). ``z_stop=None``: rule 1 alone (for comparison only: it may
+    swap layers that the full data separates)."""
 
     tolerance: float = DEFAULT_TOLERANCE
     min_samples: int = MIN_SAMPLES
-    z_stop: float = Z_STOP
+    z_stop: Optional[float] = Z_STOP
 
     def __post_init__(self) -> None:
         self.decisions: dict[Any, str] = {}
@@ -159,7 +160,7 @@ class StopRule:
             d = decide(v.interval, self.tolerance)
             if d is None:
                 continue
-            if all(settled(v, views[x], total, self.z_stop) for x in by_bits[key[1]] if x != key):
+            if self.z_stop is None or all(settled(v, views[x], total, self.z_stop) for x in by_bits[key[1]] if x != key):
                 stop.add(key)
                 self.decisions[key] = d
         for key in stop:
@@ -231,9 +232,10 @@ def _batch_size(batch: Any) -> int:
 def compare_to_exact(exact: Any, other: Any, bits: int, tol: float) -> dict:
     """Rank agreement of ``other`` (adaptive or estimated) with ``exact`` at ``bits``.
 
-    ``pairs``: layer pairs whose exact intervals separate them; ``agree``: of those, ordered the
-    same way by ``other``; ``missed``: layers significantly worse than ``tol`` in ``exact`` that
-    ``other`` does not find worse than ``tol`` (its interval, or its value without one).
+    ``separated_pairs``: layer pairs whose exact intervals separate them; ``agree``: of those,
+    ordered the same way by ``other`` (a tie is not); ``worse``: layers significantly worse than
+    ``tol`` in ``exact``; ``missed``: those of them that ``other`` does not find worse than ``tol``
+    (its interval, or its value without one).
     """
     cells = exact.at(bits)
     pairs = agree = 0
@@ -245,11 +247,12 @@ def compare_to_exact(exact: Any, other: Any, bits: int, tol: float) -> dict:
             pairs += 1
             oa, ob = other.cell(a.layer, bits).degradation, other.cell(b.layer, bits).degradation
             agree += (oa - ob) * (a.degradation - b.degradation) > 0
-    missed = []
+    missed, worse = [], 0
     for c in cells:
         if c.ci_low > tol:
+            worse += 1
             o = other.cell(c.layer, bits)
             flagged = o.ci_low > tol if not math.isnan(o.ci_low) else o.degradation > tol
             if not flagged:
                 missed.append(c.layer)
-    return {"bits": bits, "separated_pairs": pairs, "agree": agree, "missed": missed}
+    return {"bits": bits, "separated_pairs": pairs, "agree": agree, "worse": worse, "missed": missed}
