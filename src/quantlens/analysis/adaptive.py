@@ -142,11 +142,13 @@ class StopRule:
     def after_batch(self, cells: Any, active: set, hib: bool, seen: int, batches: int,
                     total_batches: Optional[int]) -> set:
         """The active cells of ``cells`` (key ``(layer, bits)`` -> accumulator) that stop now."""
+        if seen < self.min_samples:  # the active cells have seen every batch: none may stop yet
+            return set()
         total = seen / batches * total_batches if total_batches else None
         views = dict(self._frozen)
         for key in active:
             acc = cells[key]
-            iv = metric_interval(acc.metric, hib)
+            iv = metric_interval(acc.metric, hib) if acc.n >= 2 else None
             if iv is not None:
                 views[key] = CellView(iv, acc.metric.paired.degradation(hib), acc.n)
         by_bits: dict[int, list] = {}

@@ -115,7 +115,8 @@ def analyze(
         split_noise: also measure each cell's output noise from its weights, its input
             quantizer and its output quantizer alone (:mod:`quantlens.analysis.split`).
         adaptive: stop adding batches to a cell once its 95% interval is on one side of
-            ``tolerance`` and of 0 (:mod:`quantlens.analysis.adaptive`); serial, no cache.
+            ``tolerance`` and of 0 and its rank among the layers at its bit-width is settled
+            (:mod:`quantlens.analysis.adaptive`); serial, no cache.
         tolerance: the degradation that matters for ``adaptive`` (``"0.5%"`` or 0.005, the default).
         estimate: a first-order estimate of every cell from one forward and backward pass per
             batch, checked by measuring ``estimate_k`` top and ``estimate_k`` random layers per
