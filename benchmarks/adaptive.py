@@ -96,7 +96,9 @@ def main(argv: Any = None) -> int:
     p.add_argument("--images", type=int, default=1024)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--size", type=int, default=96)
-    p.add_argument("--z-stop", type=float, default=Z_STOP, help="rule 2's z_s (the decided-only rule is replayed too)")
+    p.add_argument("--z-stop", default=str(Z_STOP),
+                   help="rule 2's z_s; more than one (comma-separated): each is replayed on the same record "
+                        "(the first is the main row; the decided-only rule is always replayed too)")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     bits = [int(b) for b in a.bits.split(",")]
@@ -108,20 +110,26 @@ def main(argv: Any = None) -> int:
         exact = ql.analyze(model, data, w_bits=bits, metric=metric, backend=rec)
         t_exact = time.perf_counter() - t0
         tol = parse_tolerance(a.tolerance, pct_metric=metric in ("top1", "top5", "agreement"))
-        adaptive, counts = replay(rec, tol, z_stop=a.z_stop)
-        out = {"subject": a.subject, "metric": metric, "tolerance": tol, "z_stop": a.z_stop, "samples": exact.num_samples,
+        zs = [float(z) for z in a.z_stop.split(",")]
+        adaptive, counts = replay(rec, tol, z_stop=zs[0])
+        out = {"subject": a.subject, "metric": metric, "tolerance": tol, "z_stop": zs[0], "samples": exact.num_samples,
                "bits": bits, "layers": len(exact.layers), "exact_s": t_exact, **_row(exact, adaptive, counts, bits, tol)}
-        # the decided-only rule (rule 1 alone, before rule 2 existed), on the same record
-        decided_only, c1 = replay(rec, tol, z_stop=None)
-        out["decided_only"] = {k: v for k, v in _row(exact, decided_only, c1, bits, tol).items() if k != "rank"}
+        # the decided-only rule (rule 1 alone, before rule 2 existed) and other z_s, on the same record
+        for name, z in [("decided_only", None)] + [(f"z_stop={z}", z) for z in zs[1:]]:
+            other, c1 = replay(rec, tol, z_stop=z)
+            out[name] = {k: v for k, v in _row(exact, other, c1, bits, tol).items() if k != "rank"}
         out["cells"] = [{"layer": c.layer, "bits": c.w_bits, "exact": [c.degradation, c.ci_low, c.ci_high],
                          "adaptive": [a_.degradation, a_.ci_low, a_.ci_high, a_.samples]}
                         for c in exact.cells for a_ in [adaptive.cell(c.layer, c.w_bits)]]
         rows.append(out)
-        print(json.dumps({k: v for k, v in out.items() if k not in ("cells", "rank")}, indent=1), flush=True)
+        print(json.dumps({k: v for k, v in out.items() if k not in ("cells", "rank")}), flush=True)
     print(f"{'subject':8s} {'metric':10s} {'N':>5s} {'bits':5s} {'saved':>6s} {'fewer':>6s} {'pairs':>6s} {'swapped':>7s} "
           f"{'worse':>5s} {'missed':>6s} | decided-only: {'fewer':>6s} {'swapped':>7s} {'missed':>6s}")
     for r in rows:
+        for name in [k for k in r if k.startswith("z_stop=")]:
+            o = r[name]
+            print(f"  {r['metric']} with {name}: {o['speedup']:.2f}x fewer, {o['swapped']} of {o['separated_pairs']} "
+                  f"separated pairs swapped, {len(o['missed'])} missed")
         d = r["decided_only"]
         print(f"{r['subject']:8s} {r['metric']:10s} {r['samples']:5d} {','.join(map(str, r['bits'])):5s} {r['saved']:6.1%} "
               f"{r['speedup']:5.2f}x {r['separated_pairs']:6d} {r['swapped']:7d} {r['exact_worse']:5d} {len(r['missed']):6d} | "
