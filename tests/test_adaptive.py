@@ -120,6 +120,11 @@ def test_stop_rule_keeps_the_exact_order_where_the_old_rule_swaps():
                     assert (got[x] - got[y]) * (exact[x][0] - exact[y][0]) > 0
     assert cells[(2, 4)].n == 64 and cells[(0, 4)].n > 64 and passes < 3 * n_b  # c still stops at once
     assert rule.decisions == {key: "worse" for key in means}
+    # data without a length: f = 0, a plain separation at z_s: stricter, never cheaper, same order
+    blind = StopRule(0.005)
+    cells0, passes0 = _run(batches, lambda c, a, seen, k: blind.after_batch(c, a, False, seen, k, None))
+    assert passes0 >= passes and cells0[(0, 4)].n >= cells[(0, 4)].n
+    assert cells0[(0, 4)].metric.paired.degradation(False) < cells0[(1, 4)].metric.paired.degradation(False)
 
 
 def test_mean_metric_adaptive_and_cli(tmp_path, capsys):
