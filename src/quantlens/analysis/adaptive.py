@@ -24,8 +24,10 @@ where ``se(N)^2 = se^2 f``. A stopped cell keeps ``d_c``, a mean on a prefix of 
 differs from its full-data value ``e_c`` with standard error ``se_c sqrt(1 - f_c)``; an active
 ``x`` still moves towards ``e_x`` by as much. The order of ``c`` and ``x`` in the result can
 differ from an order the exact sweep separates only if these two movements together exceed
-``|d_c - d_x| + z se_cx(N)``: rule 2 makes that a ``z_s``-sigma event. When ``x`` stops later it
-passes the same test against ``c``'s frozen value. With ``f = 0`` the test is a plain
+``|d_c - d_x| + z se_cx(N)``: rule 2 makes that at least a ``z_s``-sigma event (the ``se`` treat
+the two cells as independent, as ``separated`` does; sharing samples, they move less apart).
+When ``x`` stops later it passes the same test against ``c``'s frozen value. Only the cells
+next to ``c`` in the ranking can fail the test in practice; farther ones pass at once. With ``f = 0`` the test is a plain
 separation at 99%; near the end of the data (``f -> 1``) the right side turns negative and any
 decided cell may stop. Cells close to a neighbour run on until the data tells them apart (or
 until it runs out, then they carry the exact sweep's numbers). ``N`` is read as
