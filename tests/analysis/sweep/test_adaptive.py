@@ -11,10 +11,13 @@ from models import tiny_data, tiny_net, user_file
 
 import quantlens as ql
 from benchmarks.adaptive import Recording, replay
-from quantlens.analysis.sweep.adaptive import compare_to_exact, decide, parse_tolerance
+from quantlens.analysis.sweep.accumulate import CellAccumulator
+from quantlens.analysis.sweep.adaptive import StopRule, compare_to_exact, decide, parse_tolerance
 from quantlens.cli import main
 from quantlens.errors import QuantlensError
-from quantlens.stats.intervals import Interval
+from quantlens.metrics import make_metric
+from quantlens.stats.intervals import Interval, metric_interval
+from quantlens.stats.resolve import separated
 
 
 def _data():
@@ -49,6 +52,79 @@ def test_executor_equals_replay_and_ranks_like_exact():
     assert sum(compare_to_exact(exact, ad, b, 0.05)["separated_pairs"] for b in (2, 3, 8)) > 0
     back = ql.SweepResult.from_json(ad.to_json())
     assert [c.early_stop for c in back.cells] == [c.early_stop for c in ad.cells]
+
+
+def _kl_batches(means: dict, sd: float = 0.05, batch: int = 64, seed: int = 0) -> list[dict]:
+    """Per-batch kl accumulators of cells ``key -> [mean of batch 0, mean of batch 1, ...]``: per-sample
+    scores ``q ~ N(mean, sd)`` shifted to that batch mean exactly, paired with the reference's 0."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for k in range(len(next(iter(means.values())))):
+        cells = {}
+        for key, m in means.items():
+            q = torch.randn(batch, generator=g, dtype=torch.float64) * sd
+            acc = CellAccumulator(make_metric("kl"))
+            acc.metric.paired.update(torch.zeros(batch, dtype=torch.float64), q - q.mean() + m[k])
+            acc.n = batch
+            cells[key] = acc
+        out.append(cells)
+    return out
+
+
+def _run(batches: list[dict], stops) -> tuple[dict, int]:
+    """The executor's loop on recorded batches: ``stops(cells, active, seen, k)`` -> cells that stop."""
+    cells = {key: CellAccumulator(make_metric("kl")) for key in batches[0]}
+    active, passes = set(cells), 0
+    for k, b in enumerate(batches):
+        passes += len(active)
+        for key in active:
+            cells[key] = cells[key].merge(b[key])
+        active -= stops(cells, active, sum(c.n for c in b.values()) // len(b) * (k + 1), k + 1)
+    return cells, passes
+
+
+def test_stop_rule_keeps_the_exact_order_where_the_old_rule_swaps():
+    # a (true kl 0.100) and b (0.120) start in the wrong order (0.115 > 0.108) on the first batch; c is far
+    # above both. The old rule (decided only) stops all three after one batch: a and b swapped, though the
+    # exact sweep (all 16 batches) separates them. The new rule measures a and b on until they are apart.
+    n_b = 16
+    means = {(0, 4): [0.115] + [0.099] * (n_b - 1), (1, 4): [0.108] + [0.1208] * (n_b - 1),
+             (2, 4): [0.5] * n_b}
+    batches = _kl_batches(means)
+    full = {key: CellAccumulator(make_metric("kl")) for key in means}
+    for b in batches:
+        full = {key: full[key].merge(b[key]) for key in full}
+
+    def view(acc):  # (degradation, interval): kl is lower-is-better, the degradation is mean(q - r)
+        return acc.metric.paired.degradation(False), metric_interval(acc.metric, False)
+
+    exact = {key: view(acc) for key, acc in full.items()}
+    (da, ia), (db, ib) = exact[(0, 4)], exact[(1, 4)]
+    assert separated(ia, da, ib, db) and da < db  # the oracle: the exact sweep ranks a before b
+
+    def old(cells, active, seen, k):
+        return {key for key in active if cells[key].n >= 64 and decide(view(cells[key])[1], 0.005) is not None}
+
+    rule = StopRule(0.005)
+
+    def new(cells, active, seen, k):
+        return rule.after_batch(cells, active, False, seen, k, n_b)
+
+    for stops, swapped in ((old, True), (new, False)):
+        cells, passes = _run(batches, stops)
+        got = {key: view(acc)[0] for key, acc in cells.items()}
+        assert (got[(0, 4)] > got[(1, 4)]) is swapped
+        for x in means:  # every pair the exact sweep separates keeps its order (new rule)
+            for y in means:
+                if not swapped and separated(exact[x][1], exact[x][0], exact[y][1], exact[y][0]):
+                    assert (got[x] - got[y]) * (exact[x][0] - exact[y][0]) > 0
+    assert cells[(2, 4)].n == 64 and cells[(0, 4)].n > 64 and passes < 3 * n_b  # c still stops at once
+    assert rule.decisions == {key: "worse" for key in means}
+    # data without a length: f = 0, a plain separation at z_s: stricter, never cheaper, same order
+    blind = StopRule(0.005)
+    cells0, passes0 = _run(batches, lambda c, a, seen, k: blind.after_batch(c, a, False, seen, k, None))
+    assert passes0 >= passes and cells0[(0, 4)].n >= cells[(0, 4)].n
+    assert cells0[(0, 4)].metric.paired.degradation(False) < cells0[(1, 4)].metric.paired.degradation(False)
 
 
 def test_mean_metric_adaptive_and_cli(tmp_path, capsys):

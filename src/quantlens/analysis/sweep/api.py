@@ -1,9 +1,9 @@
 """The public entry point: :func:`analyze` and the :func:`make_config` it builds on.
 
-``analyze`` validates the data, prepares a :class:`~quantlens.analysis.sweep.engine.engine.Sweep`
+``analyze`` validates the data, prepares a :class:`~quantlens.analysis.sweep.engine.Sweep`
 (through a :class:`~quantlens.parallel.SweepRecipe`, so that Ray workers rebuild the same
 one), runs it with the chosen executor (serial or Ray, resumable through ``cache``) and
-returns the :class:`~quantlens.analysis.sweep.engine.results.SweepResult`.
+returns the :class:`~quantlens.analysis.sweep.results.SweepResult`.
 
 Example:
     >>> import quantlens as ql                                       # doctest: +SKIP
@@ -113,9 +113,10 @@ def analyze(
             when the sweep finishes. Default: no cache.
         fresh: discard an existing cache first.
         split_noise: also measure each cell's output noise from its weights, its input
-            quantizer and its output quantizer alone (:mod:`quantlens.analysis.sweep.engine.split`).
+            quantizer and its output quantizer alone (:mod:`quantlens.analysis.sweep.split`).
         adaptive: stop adding batches to a cell once its 95% interval is on one side of
-            ``tolerance`` and of 0 (:mod:`quantlens.analysis.sweep.engine.adaptive`); serial, no cache.
+            ``tolerance`` and of 0 and its rank among the layers at its bit-width is settled
+            (:mod:`quantlens.analysis.sweep.adaptive`); serial, no cache.
         tolerance: the degradation that matters for ``adaptive`` (``"0.5%"`` or 0.005, the default).
         estimate: a first-order estimate of every cell from one forward and backward pass per
             batch, checked by measuring the estimate's ``estimate_k`` top and ``estimate_k`` random
