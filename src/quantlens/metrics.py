@@ -159,6 +159,20 @@ def metrics() -> list[str]:
     return sorted(_registry())
 
 
+# Metrics whose values are fractions (accuracies, agreement rates): shown and given as percentages.
+PCT_METRICS = frozenset({"top1", "top5", "agreement", "token_agreement", "accuracy", "acc"})
+
+
+def is_fraction(name: object) -> bool:
+    """Whether metric ``name``'s values are fractions, written as percentages (``0.5%``)."""
+    return str(name).lower() in PCT_METRICS
+
+
+def metrics_with_intervals() -> list[str]:
+    """Names of the registered metrics that carry a 95% interval (an ``interval_rule``)."""
+    return [n for n in metrics() if getattr(_registry()[n], "interval_rule", None) is not None]
+
+
 def update_metric(metric: Metric, y_ref: Tensor, y: Tensor, labels: Optional[Tensor], inputs: Any = None) -> None:
     """``metric.update``, with ``inputs=`` for the metrics that declare ``needs_inputs``."""
     if getattr(metric, "needs_inputs", False):

@@ -15,9 +15,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, Optional, TypeGuard
 
-__all__ = ["Units", "PCT_METRICS", "finite"]
+from ..metrics import PCT_METRICS, is_fraction  # the metrics own which of them are fractions
 
-PCT_METRICS = frozenset({"top1", "top5", "agreement", "token_agreement", "accuracy", "acc"})
+__all__ = ["Units", "PCT_METRICS", "finite"]
 
 
 def finite(x: Any) -> TypeGuard[float]:
@@ -33,7 +33,7 @@ class Units:
 
     @classmethod
     def for_metric(cls, name: str) -> "Units":
-        return cls(pct=str(name).lower() in PCT_METRICS)
+        return cls(pct=is_fraction(name))
 
     @property
     def scale(self) -> float:

@@ -146,6 +146,19 @@ def test_tolerance_out_of_range(tol, msg):
     assert parse_tolerance("2", pct_metric=False) == 2.0
 
 
+@pytest.mark.parametrize("metric,tol,ok", [("token_agreement", "150%", False), ("token_agreement", "0.5%", True),
+                                           ("agreement", "1.5", False), ("nll", "1.5", True), ("perplexity", "150%", True)])
+def test_tolerance_range_follows_the_metrics_units(metric, tol, ok):
+    """A fraction metric (image or token agreement) takes a tolerance below 100%; others any positive number."""
+    from quantlens.analysis.sweep.api import _adaptive_executor
+
+    if ok:
+        assert _adaptive_executor("serial", None, metric, tol).rule.tolerance == parse_tolerance(tol, pct_metric=False)
+    else:
+        with pytest.raises(QuantlensError, match="out of range"):
+            _adaptive_executor("serial", None, metric, tol)
+
+
 def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
     m, d = tiny_net(), tiny_data(n_batches=2, batch=4)
     custom = lambda y_ref, y, labels: 0.0  # noqa: E731

@@ -176,7 +176,9 @@ def check_adaptive_metric(metric: Any) -> None:
     """A one-line error for a metric without an interval rule (a user callable)."""
     if interval_rule(metric) is None:
         name = getattr(metric, "name", "custom")
-        raise QuantlensError(f"--adaptive needs a metric with an interval (top1, top5, agreement, kl, mse, cosine); "
+        from ...metrics import metrics_with_intervals
+
+        raise QuantlensError(f"--adaptive needs a metric with an interval ({', '.join(metrics_with_intervals())}); "
                              f"{name!r} has none: drop --adaptive")
 
 

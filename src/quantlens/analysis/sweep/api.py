@@ -162,7 +162,7 @@ def analyze(
 
 
 def _adaptive_executor(backend: Any, cache: Any, metric: MetricSpec, tolerance: Union[str, float, None]) -> Any:
-    from ...metrics import make_metric
+    from ...metrics import is_fraction, make_metric
     from .adaptive import AdaptiveExecutor, check_adaptive_metric, parse_tolerance
 
     if backend not in ("serial", None):
@@ -171,7 +171,7 @@ def _adaptive_executor(backend: Any, cache: Any, metric: MetricSpec, tolerance: 
         raise QuantlensError("--adaptive does not resume from a cache yet: add --no-cache")
     probe = make_metric(metric)
     check_adaptive_metric(probe)
-    return AdaptiveExecutor(parse_tolerance(tolerance, pct_metric=getattr(probe, "interval_rule", None) == "binary"))
+    return AdaptiveExecutor(parse_tolerance(tolerance, pct_metric=is_fraction(getattr(probe, "name", ""))))
 
 
 def _estimate(model: nn.Module, data: Any, cfg: SweepConfig, metric: MetricSpec, calib: Any, device: Any, output_key: Any,
