@@ -22,7 +22,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, ClassVar, Optional, TypeVar, Union
 
 from .errors import QuantlensError
 
@@ -31,6 +31,7 @@ __all__ = ["clean", "num", "dump", "load", "write_atomic", "write_error", "NAN"]
 NAN = float("nan")  # one NaN object: dataclasses holding it compare equal after a JSON round trip
 
 Source = Union[str, os.PathLike]
+_A = TypeVar("_A", bound="Artifact")
 
 
 def clean(x: Any, str_keys: bool = False) -> Any:
@@ -114,6 +115,33 @@ def dump(d: dict, path: Optional[Source] = None) -> str:
     if path is not None:
         write_atomic(path, text)
     return text
+
+
+class Artifact:
+    """A result kept as one JSON file. The class gives ``to_dict`` / ``from_dict`` and, as class
+    attributes, ``SCHEMA``, ``WHAT`` (how messages name the file), ``FILE`` (its name in a run's
+    directory) and ``HINT`` (what to do when it is missing); the file I/O is here, once."""
+
+    SCHEMA: ClassVar[str]
+    WHAT: ClassVar[str]
+    FILE: ClassVar[Optional[str]] = None
+    HINT: ClassVar[str] = ""
+
+    def to_dict(self) -> dict:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    @classmethod
+    def from_dict(cls: type[_A], d: dict) -> _A:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def to_json(self, path: Optional[Source] = None) -> str:
+        """The JSON text; also written (atomically) to ``path`` if given."""
+        return dump(self.to_dict(), path)
+
+    @classmethod
+    def from_json(cls: type[_A], source: Source) -> _A:
+        """From JSON text, a path to the file, or the directory that holds it."""
+        return cls.from_dict(load(source, cls.SCHEMA, cls.WHAT, cls.FILE, cls.HINT))
 
 
 def load(source: Source, schema: str, what: str, default_name: Optional[str] = None, hint: str = "") -> dict:

@@ -110,8 +110,12 @@ def paired_bootstrap(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.n
 
 
 @dataclass(frozen=True)
-class VerifyResult:
+class VerifyResult(jsonio.Artifact):
     """The runtime check (see module docstring). Degradations follow the sign rule (positive is worse)."""
+
+    SCHEMA = VERIFY_SCHEMA
+    WHAT = "verify result"
+    FILE = "verify.json"
 
     metric_name: str
     higher_is_better: bool
@@ -197,9 +201,6 @@ class VerifyResult:
             **self.extra,
         })
 
-    def to_json(self, path: Union[str, os.PathLike, None] = None) -> str:
-        return jsonio.dump(self.to_dict(), path)
-
     @classmethod
     def from_dict(cls, d: dict) -> "VerifyResult":
         num = jsonio.num
@@ -216,10 +217,6 @@ class VerifyResult:
             None if d.get("recorded") is None else float(d["recorded"]), str(d.get("source", "export")),
             {k: v for k, v in d.items() if k not in known},
         )
-
-    @classmethod
-    def from_json(cls, source: Union[str, os.PathLike]) -> "VerifyResult":
-        return cls.from_dict(jsonio.load(source, VERIFY_SCHEMA, "verify result", "verify.json"))
 
 
 def verify_onnx(

@@ -101,8 +101,12 @@ def fit_line(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
 
 
 @dataclass(frozen=True)
-class AdditivityResult:
+class AdditivityResult(jsonio.Artifact):
     """Predicted against measured degradation (and noise) over random configurations."""
+
+    SCHEMA = ADDITIVITY_SCHEMA
+    WHAT = "additivity result"
+    FILE = "additivity.json"
 
     metric_name: str
     baseline: float
@@ -165,15 +169,6 @@ class AdditivityResult:
                 "flagged": self.flagged,
             }
         )
-
-    def to_json(self, path: Union[str, os.PathLike, None] = None) -> str:
-        """The JSON text; also written (atomically) to ``path`` if given."""
-        return jsonio.dump(self.to_dict(), path)
-
-    @classmethod
-    def from_json(cls, source: Union[str, os.PathLike]) -> "AdditivityResult":
-        """From JSON text, a path to ``additivity.json``, or its directory."""
-        return cls.from_dict(jsonio.load(source, ADDITIVITY_SCHEMA, "additivity result", "additivity.json"))
 
     @classmethod
     def from_dict(cls, d: dict) -> "AdditivityResult":

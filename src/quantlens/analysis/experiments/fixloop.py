@@ -71,8 +71,12 @@ class LocalTrial:
 
 
 @dataclass(frozen=True)
-class FixResult:
+class FixResult(jsonio.Artifact):
     """Table 1 for the user's network, the local trials, and the chosen configuration."""
+
+    SCHEMA = FIX_SCHEMA
+    WHAT = "fix result"
+    FILE = "fix.json"
 
     metric_name: str
     higher_is_better: bool
@@ -133,15 +137,6 @@ class FixResult:
                 "config": self.config.to_dict(),
             }
         )
-
-    def to_json(self, path: Union[str, os.PathLike, None] = None) -> str:
-        """The JSON text; also written (atomically) to ``path`` if given."""
-        return jsonio.dump(self.to_dict(), path)
-
-    @classmethod
-    def from_json(cls, source: Union[str, os.PathLike]) -> "FixResult":
-        """From JSON text, a path to ``fix.json``, or its directory."""
-        return cls.from_dict(jsonio.load(source, FIX_SCHEMA, "fix result", "fix.json"))
 
     @classmethod
     def from_dict(cls, d: dict) -> "FixResult":

@@ -121,8 +121,12 @@ def plan_bits(sweep: SweepResult, capacity: int, bits: Optional[Sequence[int]] =
 
 
 @dataclass(frozen=True)
-class PlanResult:
+class PlanResult(jsonio.Artifact):
     """A mixed-precision plan, measured, with the uniform plan of the same size."""
+
+    SCHEMA = PLAN_SCHEMA
+    WHAT = "plan"
+    FILE = "plan.json"
 
     metric_name: str
     baseline: float
@@ -200,15 +204,6 @@ class PlanResult:
                 **self.extra,
             }
         )
-
-    def to_json(self, path: Union[str, os.PathLike, None] = None) -> str:
-        """The JSON text; also written (atomically) to ``path`` if given."""
-        return jsonio.dump(self.to_dict(), path)
-
-    @classmethod
-    def from_json(cls, source: Union[str, os.PathLike]) -> "PlanResult":
-        """From JSON text, a path to ``plan.json``, or its directory."""
-        return cls.from_dict(jsonio.load(source, PLAN_SCHEMA, "plan", "plan.json"))
 
     @classmethod
     def from_dict(cls, d: dict) -> "PlanResult":
