@@ -27,7 +27,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from ..errors import QuantlensError
 
@@ -58,26 +58,23 @@ def plan_avg_bits(p: "PlanResult") -> Optional[float]:
     return p.avg_bits if p.params > 0 else None
 
 
-def _readers() -> dict[str, tuple[str, str, Callable[[dict], Any]]]:
-    """``key -> (file name, schema, owner's from_dict)``; imported on use (the owners pull in torch)."""
-    from ..analysis.experiments.additivity import ADDITIVITY_SCHEMA, AdditivityResult
-    from ..analysis.experiments.fixloop import FIX_SCHEMA, FixResult
-    from ..analysis.experiments.plan import PLAN_SCHEMA, PlanResult
-    from ..runtime.verify import VERIFY_SCHEMA, VerifyResult
+def _owners() -> dict[str, Any]:
+    """``key -> the owner's class`` (a :class:`~quantlens.jsonio.Artifact`: its ``FILE``, ``SCHEMA``
+    and ``from_dict``); imported on use (the owners pull in torch)."""
+    from ..analysis.experiments.additivity import AdditivityResult
+    from ..analysis.experiments.fixloop import FixResult
+    from ..analysis.experiments.plan import PlanResult
+    from ..runtime.verify import VerifyResult
 
-    return {
-        "additivity": ("additivity.json", ADDITIVITY_SCHEMA, AdditivityResult.from_dict),
-        "fix": ("fix.json", FIX_SCHEMA, FixResult.from_dict),
-        "plan": ("plan.json", PLAN_SCHEMA, PlanResult.from_dict),
-        "verify": ("verify.json", VERIFY_SCHEMA, VerifyResult.from_dict),
-    }
+    return {"additivity": AdditivityResult, "fix": FixResult, "plan": PlanResult, "verify": VerifyResult}
 
 
 def load_extras(directory: Union[str, os.PathLike]) -> Extras:
     """Read ``additivity.json``, ``fix.json``, ``plan.json`` and ``verify.json`` from ``directory`` when present."""
     found: dict[str, Any] = {}
     notes: list[str] = []
-    for key, (fname, schema, from_dict) in _readers().items():
+    for key, owner in _owners().items():
+        fname, schema = owner.FILE, owner.SCHEMA
         p = Path(directory) / fname
         if not p.is_file():
             continue
@@ -87,7 +84,7 @@ def load_extras(directory: Union[str, os.PathLike]) -> Extras:
                 raise ValueError("not a JSON object")
             if d.get("schema") not in (schema, None):
                 raise ValueError(f"schema {d.get('schema')!r}, expected {schema!r}")
-            found[key] = from_dict(d)
+            found[key] = owner.from_dict(d)
         except (OSError, ValueError, TypeError, KeyError, AttributeError, QuantlensError) as e:
             notes.append(f"{fname} could not be read ({e}); its section is left out")
     return Extras(notes=tuple(notes), **found)
