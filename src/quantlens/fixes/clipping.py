@@ -144,12 +144,16 @@ class OutputMSEClip(ClipFix):
 
     estimator = "minmax"
 
+    def __init__(self, ctx: FixContext) -> None:
+        super().__init__(ctx)
+        self._ex2: dict[str, Tensor] = {}  # E[x^2] per layer, measured by the lockstep pass of apply()
+
     def apply(self, graph: LayerGraph, layers: Sequence[str]) -> LayerGraph:
         _need_calib(self.ctx.calib)
         wanted = {n for n in layers if self.spec(n) is not None}
         names = [l.name for l in graph.layers if l.name in wanted]  # graph order
         out = copy_graph(graph, names)
-        self._ex2: dict[str, Tensor] = {}
+        self._ex2 = {}
         by_input: dict[str, list[str]] = {}
         for n in names:
             by_input.setdefault(input_node(out, out.layer(n)), []).append(n)
@@ -172,7 +176,7 @@ class OutputMSEClip(ClipFix):
 
     def range(self, graph: LayerGraph, name: str, rows: Tensor, spec: QuantSpec) -> tuple[Tensor, Tensor]:
         module = graph.module(graph.layer(name))
-        ex2 = self._ex2.get(name) if getattr(self, "_ex2", None) else None
+        ex2 = self._ex2.get(name)
         if ex2 is None:
             ex2 = input_second_moment(graph, name, self.ctx.calib, self.ctx.device)
         imp = _importance(module.weight.detach(), int(getattr(module, "groups", 1)), ex2)

@@ -67,9 +67,7 @@ class NetworkResult:
         """The paired 95% interval on ``degradation`` (None for a metric without a rule)."""
         from ...stats.intervals import Interval
 
-        if self.ci_low != self.ci_low or self.ci_high != self.ci_high:
-            return None
-        return Interval(self.ci_low, self.ci_high, "stored", self.num_samples)
+        return Interval.stored(self.ci_low, self.ci_high, self.num_samples)
 
     def to_dict(self) -> dict:
         return jsonio.clean(
