@@ -1,4 +1,4 @@
-"""``python -m benchmarks.estimate [--subject all|resnet18|effnet] [--bits 3,4,5,6,7,8 --bits 4] [--images N] [--size S] [--repeat R]``
+"""``python -m benchmarks.estimate [--subject all|resnet18|effnet|lm] [--bits 3,4,5,6,7,8 --bits 4] [--images N] [--size S] [--repeat R]``
 
 The first-order estimate (:mod:`quantlens.analysis.sweep.estimate`) against the exact sweep, in one
 run, on the same model, data, bit-widths and metric. Both timings are the whole of
@@ -6,6 +6,10 @@ run, on the same model, data, bit-widths and metric. Both timings are the whole 
 k random layers measured exactly with cones). With ``--threads 1`` (the default) the CPU
 time is the work done and the ratio holds on a shared machine; the wall time is shown too. Spearman is over all layers at each bit-width,
 estimate vs exact degradation; ``check`` is what the estimate reports about itself.
+
+``lm`` is the language-model demo (:mod:`quantlens.demo_lm`, a 4-block Llama trained on the
+standard library's docstrings; held-out text, ``--images`` sequences of 128 bytes) scored per
+token: ``--metric`` defaults to ``token_kl`` there, and ``nll`` can be asked for too.
 """
 
 from __future__ import annotations
@@ -23,31 +27,37 @@ from quantlens.analysis.sweep.estimate import spearman
 
 __all__ = ["main", "compare"]
 
-SUBJECTS = ("resnet18", "effnet")
+SUBJECTS = ("resnet18", "effnet", "lm")
 
 
 def _subject(name: str, n: int, batch: int, size: int) -> tuple[Any, Any]:
+    if name == "lm":
+        from quantlens import demo_lm
+
+        return demo_lm.model(), demo_lm.data(batch_size=batch, batches=max(1, n // batch))
     from benchmarks.data import photo_crops
     from benchmarks.models import efficientnet_lite0, resnet18
 
     return (resnet18() if name == "resnet18" else efficientnet_lite0()), photo_crops(n, batch, size=size, seed=0)
 
 
-def compare(model: Any, data: Any, bits: list[int], metric: str = "kl", k: int = 5, repeat: int = 1) -> dict:
+def compare(model: Any, data: Any, bits: list[int], metric: str = "kl", k: int = 5, repeat: int = 1,
+            output_key: Any = None) -> dict:
     """Time ``analyze(estimate=True)`` and the exact ``analyze`` on the same inputs, wall and CPU
     (process) time, the least of ``repeat`` alternating runs of each; Spearman per bit-width.
     With one thread the CPU time is the work done, whatever else runs on the machine."""
     cfg = make_config(bits)
-    x = next(iter(data))[0][:2]  # warm both paths up (first-call costs) on two images
-    ql.analyze(model, [(x, None)], config=cfg, metric=metric, estimate=True, estimate_k=1)
-    ql.analyze(model, [(x, None)], config=cfg, metric=metric)
+    warm = [next(iter(data))]  # warm both paths up (first-call costs) on one batch
+    ql.analyze(model, warm, config=cfg, metric=metric, estimate=True, estimate_k=1, output_key=output_key)
+    ql.analyze(model, warm, config=cfg, metric=metric, output_key=output_key)
     wall = {"estimate": float("inf"), "exact": float("inf")}
     cpu = dict(wall)
     check = float("inf")
     for _ in range(repeat):
         for mode in ("estimate", "exact"):
             t0, c0 = time.perf_counter(), time.process_time()
-            r = ql.analyze(model, data, config=cfg, metric=metric, estimate=mode == "estimate", estimate_k=k)
+            r = ql.analyze(model, data, config=cfg, metric=metric, estimate=mode == "estimate", estimate_k=k,
+                           output_key=output_key)
             wall[mode] = min(wall[mode], time.perf_counter() - t0)
             cpu[mode] = min(cpu[mode], time.process_time() - c0)
             if mode == "estimate":
@@ -75,7 +85,7 @@ def main(argv: Any = None) -> int:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--bits", action="append", help="a comma list of weight bit-widths; repeat for several sweeps "
                    "(default: 3,4,5,6,7,8 and 4)")
-    p.add_argument("--metric", default="kl")
+    p.add_argument("--metric", default=None, help="kl for the CNNs, token_kl for the LM (default)")
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeat", type=int, default=1, help="alternating runs of each; the least time counts")
@@ -86,8 +96,11 @@ def main(argv: Any = None) -> int:
     rows = []
     for name in SUBJECTS if a.subject == "all" else (a.subject,):
         model, data = _subject(name, a.images, a.batch, a.size)
+        metric = a.metric or ("token_kl" if name == "lm" else "kl")
+        key = "logits" if name == "lm" else None
         for bits in bit_sets:
-            row = {"subject": name, "images": a.images, "size": a.size, "metric": a.metric, **compare(model, data, bits, a.metric, a.k, a.repeat)}
+            row = {"subject": name, "images": a.images, "size": a.size, "metric": metric,
+                   **compare(model, data, bits, metric, a.k, a.repeat, key)}
             print(json.dumps(row), flush=True)
             rows.append(row)
     if a.json:

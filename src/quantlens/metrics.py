@@ -93,6 +93,7 @@ class SumMetric:
     needs_labels = False
     interval_rule: Optional[str] = "mean"
     needs_inputs = False
+    per_token = False  # True: the output is ``[batch, seq, vocab]`` logits, one distribution per position
 
     def __init__(self) -> None:
         self.total = 0.0

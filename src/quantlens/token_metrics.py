@@ -108,6 +108,7 @@ class _TokenSum(SumMetric):
 
     needs_inputs = True
     interval_rule = "ratio"
+    per_token = True
     link = "identity"
 
     def __init__(self) -> None:

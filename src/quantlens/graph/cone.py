@@ -23,8 +23,7 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -138,20 +137,44 @@ def recompute_nodes(graph: LayerGraph, targets: Iterable[fx.Node], start: int) -
     return [n for n in graph.gm.graph.nodes if n.name in seen]
 
 
-@dataclass
 class Cone:
-    """A compiled module that recomputes one layer's cone with that layer quantized.
+    """A module that recomputes one layer's cone with that layer quantized.
 
     ``gm(*[cache[name] for name in frontier]) -> (network_output, quantized_layer_output)``.
+    The frontier, the quantized layer and its quantizers exist at once; ``gm`` is compiled on
+    first use (a sweep that measures a few of its layers, like the estimate's check, compiles
+    only theirs).
     """
 
-    layer: Layer
-    gm: fx.GraphModule
-    frontier: list[str]
-    qlayer: QuantLayer
-    in_q: ActQuantizer
-    out_q: ActQuantizer
-    size: int = 0
+    def __init__(self, layer: Layer, compile: Callable[[], fx.GraphModule], frontier: list[str], qlayer: QuantLayer,
+                 in_q: ActQuantizer, out_q: ActQuantizer, size: int = 0) -> None:
+        self.layer, self.frontier, self.qlayer, self.in_q, self.out_q, self.size = layer, frontier, qlayer, in_q, out_q, size
+        self._compile: Optional[Callable[[], fx.GraphModule]] = compile
+        self._gm: Optional[fx.GraphModule] = None
+        self.device: Optional[torch.device] = None
+
+    @property
+    def gm(self) -> fx.GraphModule:
+        if self._gm is None:
+            assert self._compile is not None
+            self._gm = self._compile()
+            self._compile = None
+            if self.device is not None:
+                self._gm.to(self.device)
+        return self._gm
+
+    @property
+    def compiled(self) -> bool:
+        return self._gm is not None
+
+    def to(self, device: Union[str, torch.device]) -> "Cone":
+        """Move the cone's own modules (and ``gm`` once compiled) to ``device``; returns itself."""
+        self.device = torch.device(device)
+        for m in (self.qlayer, self.in_q, self.out_q):
+            m.to(self.device)
+        if self._gm is not None:
+            self._gm.to(self.device)
+        return self
 
     def __call__(self, cache: dict[str, Any]) -> tuple[Any, Tensor]:
         return self.gm(*[cache[n] for n in self.frontier])
@@ -188,34 +211,36 @@ def build_cone(
     frontier = frontier_of(graph, inside)
     qlayer = QuantLayer(gm.get_submodule(layer.module_name))
     in_q, out_q = quantizers if quantizers is not None else (ActQuantizer(), ActQuantizer())
-    modules: dict[str, Any] = {"ql_layer": qlayer, "ql_in_q": in_q, "ql_out_q": out_q}
 
-    g = fx.Graph()
-    env: dict[str, fx.Node] = {}
-    for name in frontier:
-        env[name] = g.placeholder(name)
-    for n in gm.graph.nodes:
-        if n.op == "get_attr" and any(u in inside for u in n.users):
-            env[n.name] = g.node_copy(n, lambda a: env[a.name])
-            modules[str(n.target)] = fetch_attr(gm, str(n.target))
-    for n in inside:
-        if n.name == layer.node:
-            src = env[n.args[0].name]  # type: ignore[union-attr]
-            entering = src
-            qin = g.call_module("ql_in_q", (src,))
-            new = g.call_module("ql_layer", (qin,))
-        else:
-            new = g.node_copy(n, lambda a: env[a.name])
-            if n.op == "call_module":
-                modules[str(n.target)] = gm.get_submodule(str(n.target))
-        env[n.name] = new
-        if n.name == layer.output_node:
-            env[n.name] = g.call_module("ql_out_q", (new,))
-    out = _output_node(gm)
-    y = fx.node.map_arg(out.args[0], lambda a: env[a.name])
-    g.output((y, env[layer.output_node], entering) if tap_input else (y, env[layer.output_node]))
-    cone_gm = fx.GraphModule(modules, g, class_name=f"Cone_{layer.index}")
-    return Cone(layer, cone_gm, frontier, qlayer, in_q, out_q, size=len(inside))
+    def compile() -> fx.GraphModule:
+        modules: dict[str, Any] = {"ql_layer": qlayer, "ql_in_q": in_q, "ql_out_q": out_q}
+        g = fx.Graph()
+        env: dict[str, fx.Node] = {}
+        for name in frontier:
+            env[name] = g.placeholder(name)
+        for n in gm.graph.nodes:
+            if n.op == "get_attr" and any(u in inside for u in n.users):
+                env[n.name] = g.node_copy(n, lambda a: env[a.name])
+                modules[str(n.target)] = fetch_attr(gm, str(n.target))
+        for n in inside:
+            if n.name == layer.node:
+                src = env[n.args[0].name]  # type: ignore[union-attr]
+                entering = src
+                qin = g.call_module("ql_in_q", (src,))
+                new = g.call_module("ql_layer", (qin,))
+            else:
+                new = g.node_copy(n, lambda a: env[a.name])
+                if n.op == "call_module":
+                    modules[str(n.target)] = gm.get_submodule(str(n.target))
+            env[n.name] = new
+            if n.name == layer.output_node:
+                env[n.name] = g.call_module("ql_out_q", (new,))
+        out = _output_node(gm)
+        y = fx.node.map_arg(out.args[0], lambda a: env[a.name])
+        g.output((y, env[layer.output_node], entering) if tap_input else (y, env[layer.output_node]))
+        return fx.GraphModule(modules, g, class_name=f"Cone_{layer.index}")
+
+    return Cone(layer, compile, frontier, qlayer, in_q, out_q, size=len(inside))
 
 
 def build_io_module(graph: LayerGraph, layer: Layer, start: int) -> tuple[fx.GraphModule, list[str]]:

@@ -189,20 +189,114 @@ def test_estimate_with_separate_calibration_data_matches_exact_cells():
         assert c.degradation == pytest.approx(exact.cell(c.layer, 4).degradation, rel=1e-9)
 
 
+def test_estimate_compiles_only_the_checked_cones():
+    """Cones compile on first use: the estimate's check builds the modules of its 2k layers alone."""
+    from quantlens.analysis.sweep.api import make_config
+    from quantlens.analysis.sweep.estimate import estimate_sweep
+    from quantlens.data import iterate
+    from quantlens.parallel import SweepRecipe
+
+    data = [(torch.randn(4, 3, 6, 6), None)]
+    sweep = SweepRecipe(Branchy().eval(), next(iterate(data)), make_config([4]), "kl", "cpu", None, None, "cone", None).build()
+    assert not any(c.compiled for c in sweep.runner.cones)
+    r = estimate_sweep(sweep, data, k=1)
+    checked = {c.layer for c in r.cells if not math.isnan(c.degradation)}
+    assert len(checked) == 2 and {c.layer.name for c in sweep.runner.cones if c.compiled} == checked
+
+
 class TokenNet(nn.Module):
+    """Token ids -> embedding -> fc1 -> relu -> head: logits ``[batch, seq, vocab]``; the mask is ignored."""
+
+    def __init__(self, vocab: int = 7) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(vocab, 4)
+        self.fc1 = nn.Linear(4, 8)
+        self.head = nn.Linear(8, vocab)
+
+    def forward(self, input_ids, attention_mask=None):
+        return self.head(torch.relu(self.fc1(self.emb(input_ids))))
+
+
+def _naive_token_first_order(m: TokenNet, batches: list, bits: int, seed: int) -> dict:
+    """The weight terms of ``est`` for a token metric, from one autograd backward per sequence: a label
+    drawn at every position (the implementation's draw order), padded positions left out, ``N`` = tokens."""
+    gen = torch.Generator().manual_seed(seed)
+    draws = []
+    for b in batches:
+        logits = m(b["input_ids"]).double()
+        c = torch.multinomial(F.softmax(logits.reshape(-1, logits.shape[-1]), 1), 1, generator=gen)
+        draws.append(c.reshape(logits.shape[:2]))
+    out = {}
+    for name in ("fc1", "head"):
+        w = getattr(m, name).weight.detach()
+        s = float(w.abs().max()) / (2 ** (bits - 1) - 1)
+        dw = (torch.fake_quantize_per_tensor_affine(w, s, 0, -(2 ** (bits - 1)), 2 ** (bits - 1) - 1) - w).double()
+        mu = dw.mean(1)
+        r2 = (dw - mu[:, None]) ** 2
+        total, tokens = 0.0, 0
+        for b, c in zip(batches, draws):
+            g_sum = torch.zeros_like(dw)
+            for n in range(c.shape[0]):
+                leaf = w.clone().requires_grad_(True)
+                with torch.enable_grad():
+                    y = torch.func.functional_call(m, {f"{name}.weight": leaf}, (b["input_ids"][n:n + 1],)).double()[0]
+                    keep = b["attention_mask"][n].bool()
+                    lp = F.log_softmax(y, 1).gather(1, c[n][:, None]).reshape(-1)[keep].sum()
+                    g = torch.autograd.grad(lp, leaf)[0].double()
+                total += float(g.sum(1) @ mu) ** 2
+                g_sum += g
+                tokens += int(keep.sum())
+            total += float((r2 * g_sum ** 2).sum())
+        out[name] = 0.5 * total / tokens
+    return out
+
+
+def test_token_metric_estimate_is_per_position_and_skips_padding():
+    """Integer token ids carry no gradient and need none: the estimate draws a label per counted position
+    (one distribution per token, not the flattened sequence) and equals the per-sequence autograd oracle."""
+    from quantlens.analysis.sweep.api import make_config
+    from quantlens.data import iterate
+    from quantlens.parallel import SweepRecipe
+
+    m = TokenNet().eval()
+    g0 = torch.Generator().manual_seed(2)
+    batches = []
+    for n in (3, 2):
+        mask = torch.ones(n, 6, dtype=torch.long)
+        mask[0, 4:] = 0  # a padded sequence
+        batches.append({"input_ids": torch.randint(0, 7, (n, 6), generator=g0), "attention_mask": mask})
+    sweep = SweepRecipe(m, next(iterate(batches)), make_config([4], a_bits=None), "token_kl", "cpu", None, None, "cone",
+                        None).build()
+    est = first_order(sweep, batches, seed=5)
+    want = _naive_token_first_order(m, batches, 4, seed=5)
+    names = {l.index: l.name for l in sweep.layers}
+    got = {names[i]: v for (i, b), v in est.items()}
+    assert set(got) == set(want)
+    for name in want:
+        assert want[name] > 0 and got[name] == pytest.approx(want[name], rel=1e-6), name
+    r = ql.analyze(m, batches, w_bits=[4], a_bits=8, metric="token_kl", estimate=True, estimate_k=1)
+    assert r.extra["estimate"]["unit"] == "expected KL increase per token (nats)" and r.extra["estimate"]["checked_cells"] == 2
+    with pytest.raises(QuantlensError, match="needs vocabulary logits") as e:  # a token metric on a classifier
+        ql.analyze(tiny_net(), tiny_data(1, 4), w_bits=[4], metric="token_kl", estimate=True)
+    assert "\n" not in str(e.value)
+
+
+class Frozen(nn.Module):
+    """The only layer's output goes through an integer cast: the output carries no gradient at all."""
+
     def __init__(self) -> None:
         super().__init__()
-        self.emb = nn.Embedding(10, 4)
-        self.fc = nn.Linear(4, 3)
+        self.fc = nn.Linear(6, 5)
 
-    def forward(self, ids):
-        return self.fc(self.emb(ids).mean(1))
+    def forward(self, x):
+        return self.fc(x).round().long().float()
 
 
 def test_no_gradient_is_one_line_error_naming_the_fallback():
-    data = [(torch.randint(0, 10, (4, 5)), None)]
+    data = [(torch.randn(4, 6), None)]
     with pytest.raises(QuantlensError, match="the exact sweep is the fallback") as e:
-        ql.analyze(TokenNet().eval(), data, w_bits=[4], metric="kl", estimate=True)
+        ql.analyze(Frozen().eval(), data, w_bits=[4], metric="kl", estimate=True)
     assert "\n" not in str(e.value)
     with pytest.raises(QuantlensError, match="--estimate runs alone"):
         ql.analyze(tiny_net(), tiny_data(1, 4), w_bits=[4], metric="kl", estimate=True, adaptive=True)

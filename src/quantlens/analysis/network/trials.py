@@ -88,8 +88,7 @@ class TrialRunner:
 
         also = [fixed.layer(n) for n in changed_layers(self.graph, fixed) if n != layer]
         cone = build_cone(fixed, fixed.layer(layer), also=also, tap_input=True)
-        cone.gm.to(self.device)
-        return cone
+        return cone.to(self.device)
 
     def run(
         self,

@@ -26,6 +26,14 @@ taken as independent (their cross terms dropped), so over the ``N`` samples ``n`
 
 Every bit-width comes from the same pass: only ``mu_b`` and ``r_b`` depend on ``b``.
 
+A language model scored by a token metric (nll, perplexity, token_kl, token_agreement) has one
+output distribution per position: ``y`` is ``[batch, seq, vocab]`` logits, a label ``c_t`` is
+drawn at every counted position (the attention mask's; padding adds nothing) and ``g`` is the
+gradient of ``sum_t log softmax(y_t)[c_t]``. The labels are independent, so ``E[(g . d)^2]`` is
+the sum of the positions' ``d_t^T F_t d_t`` and ``N`` counts tokens: ``est`` is the expected
+increase of the mean per-token KL. Integer inputs (token ids) need no gradient: a layer whose
+input depends on no parameter gets a fresh leaf there.
+
 It is always checked: at one bit-width (:func:`check_bits`: 4 if swept, else the lowest), the
 estimate's top ``k`` layers and ``k`` random others are measured exactly with their cones in one
 float pass per batch; the result reports the Spearman correlation between estimate and exact
@@ -57,8 +65,10 @@ from ...errors import QuantlensError
 from ...graph.capture import LayerGraph, transposed_linear
 from ...graph.cone import fetch_attr
 from ...memory import trim_heap
+from ...metrics import make_metric, token_mask
 from ...numerics import analysis_mode, exact_float32
 from ...quant.quantizer import make_observer
+from ...token_metrics import check_logits
 from .results import Cell, SweepResult
 from .runner import ConeRunner
 
@@ -112,10 +122,19 @@ def _with_leaf_weight(m: nn.Module) -> nn.Module:
     return s
 
 
+def _edge(x: Tensor) -> Tensor:
+    """Layer input ``x`` on the layer's own edge: a view when it carries a gradient (from the
+    inputs or an earlier layer), else a new leaf (nothing upstream needs its gradient: token
+    embeddings of integer ids)."""
+    if not x.is_floating_point():
+        return x
+    return x.view_as(x) if x.requires_grad else x.detach().requires_grad_(True)
+
+
 def _tapped(graph: LayerGraph, ids: Sequence[int]) -> tuple[fx.GraphModule, list[nn.Module]]:
-    """The float network ``gm(*flat) -> (output, (x_i...), (z_i...), (o_i...))`` where ``x_i`` is a
-    view of layer ``i``'s input on its own edge (its gradient is ``i``'s alone), ``z_i`` its output
-    before the activation and ``o_i`` after; each layer computes with its own weight leaf
+    """The float network ``gm(*flat) -> (output, (x_i...), (z_i...), (o_i...))`` where ``x_i`` is
+    layer ``i``'s input on its own edge (:func:`_edge`: its gradient is ``i``'s alone), ``z_i`` its
+    output before the activation and ``o_i`` after; each layer computes with its own weight leaf
     (:func:`_with_leaf_weight`)."""
     gm, layers = graph.gm, {graph.layers[i].node: graph.layers[i] for i in ids}
     g = fx.Graph()
@@ -128,7 +147,7 @@ def _tapped(graph: LayerGraph, ids: Sequence[int]) -> tuple[fx.GraphModule, list
             continue
         if n.name in layers:
             x = env[n.args[0].name]  # type: ignore[union-attr]
-            tap = g.call_method("view_as", (x, x))
+            tap = g.call_function(_edge, (x,))
             ql = _with_leaf_weight(gm.get_submodule(layers[n.name].module_name))
             modules[f"ql_est_{len(qls)}"] = ql
             qls.append(ql)
@@ -199,6 +218,25 @@ def _diagonal_rest(dw: Tensor, mu: Tensor, diag: Tensor, d_rows: Tensor, m: nn.M
     return float((a - 2 * mu * b + mu * mu * d_rows).sum())
 
 
+def _sampled_log_likelihood(y: Tensor, inputs: Any, per_token: Optional[str], gen: torch.Generator) -> tuple[Tensor, int]:
+    """``sum log softmax(y)[c]`` with labels ``c`` drawn from the model, and the number of
+    distributions: one per sample (the output flattened), or with ``per_token`` (the token metric's
+    name) one per counted position of ``[batch, seq, vocab]`` logits (padding, by the attention
+    mask, left out)."""
+    if per_token:
+        check_logits(per_token, y)
+        logits = y.reshape(-1, y.shape[-1]).double()
+        mask = token_mask(y, inputs)
+        keep = None if mask is None else mask.reshape(-1)
+    else:
+        logits, keep = y.reshape(y.shape[0], -1).double(), None
+    c = torch.multinomial(F.softmax(logits.detach(), 1).cpu(), 1, generator=gen).reshape(-1).to(logits.device)
+    ll = F.log_softmax(logits, 1).gather(1, c[:, None]).reshape(-1)
+    if keep is not None:
+        return ll[keep].sum(), int(keep.sum())
+    return ll.sum(), int(ll.numel())
+
+
 def first_order(sweep: Any, data: Iterable[Any], seed: int = 0) -> dict[tuple[int, int], float]:
     """``est(i, b)`` for every swept cell (see module docstring), from one forward and one
     backward pass per batch. If the sweep's activation quantizers are not calibrated yet, the
@@ -224,22 +262,20 @@ def first_order(sweep: Any, data: Iterable[Any], seed: int = 0) -> dict[tuple[in
     mu = [torch.stack([_channel_means(sweep.qweights[(i, b)].weight, mods[k]) - w_mean[k] for b in bits], 1)
           for k, i in enumerate(ids)]
     s_sq = [torch.zeros(len(bits), dtype=torch.float64, device=dev) for _ in ids]
+    probe = make_metric(sweep.metric_spec)
+    per_token = probe.name if getattr(probe, "per_token", False) else None
     n_total = 0
     gen = torch.Generator().manual_seed(seed)
     for inputs, _ in iterate(data, "data"):
         inputs = inputs.to(sweep.device)
         flat = [t.detach().requires_grad_(True) if isinstance(t, Tensor) and t.is_floating_point() else t
                 for t in runner.graph.flat(inputs)]
-        if not any(isinstance(t, Tensor) and t.requires_grad for t in flat):
-            raise QuantlensError(NO_GRADIENT.format(why="its inputs are integers, so nothing carries a gradient"))
         with torch.enable_grad(), exact_float32():
             out, xs, zs, os_ = gm(*flat)
             y = extract_output(runner.graph.output(out), sweep.output_key)
             if not y.requires_grad:
-                raise QuantlensError(NO_GRADIENT.format(why="the output does not depend differentiably on the inputs"))
-            logits = y.reshape(y.shape[0], -1).double()
-            c = torch.multinomial(F.softmax(logits.detach(), 1).cpu(), 1, generator=gen).reshape(-1).to(logits.device)
-            loss = F.log_softmax(logits, 1).gather(1, c[:, None]).sum()
+                raise QuantlensError(NO_GRADIENT.format(why="the output does not depend differentiably on the layers"))
+            loss, units = _sampled_log_likelihood(y, inputs, per_token, gen)
             want = [t for t in [q.weight for q in qls] + list(xs) + list(zs) + list(os_) if t.requires_grad]
             found = dict(zip(map(id, want), torch.autograd.grad(loss, want, allow_unused=True)))
         g_w, g_x, g_z, g_o = ([found.get(id(t)) for t in ts] for ts in ([q.weight for q in qls], xs, zs, os_))
@@ -261,8 +297,8 @@ def first_order(sweep: Any, data: Iterable[Any], seed: int = 0) -> dict[tuple[in
                     diag[k].addcmul_(g_w[k], g_w[k])  # type: ignore[union-attr]
                 v = (_channel_sums(mods[k], summers[k], g_z[k], x) @ mu[k]).double()
                 s_sq[k] = s_sq[k] + v.pow(2).sum(0)
-        n_total += int(y.shape[0])
-        del out, xs, zs, os_, found, want, g_w, g_x, g_z, g_o, y, logits, loss
+        n_total += units
+        del out, xs, zs, os_, found, want, g_w, g_x, g_z, g_o, y, loss
         trim_heap()
     if calibrate:
         for i in ids:
@@ -320,7 +356,8 @@ def estimate_sweep(sweep: Any, data: Iterable[Any], k: int = 5, seed: int = 0, m
                                   degradation=nan, estimate=est[(i, b)], samples=0))
     info = {"k": k, "check_bits": b_chk, "spearman": rho, "topk_overlap": {b_chk: len(set(ranked[:k]) & set(top_exact)) / max(1, min(k, len(chosen)))},
             "trusted": bool(rho >= TRUST_SPEARMAN), "checked_cells": len(xs), "estimate_s": t_est, "check_s": t_exact,
-            "unit": "expected KL increase (nats)"}
+            "unit": "expected KL increase per token (nats)" if getattr(make_metric(sweep.metric_spec), "per_token", False)
+            else "expected KL increase (nats)"}
     rest = copy.copy(sweep)  # the other layers' info (weight statistics) once, without ranges
     rest.layer_ids = [i for i in sweep.layer_ids if i not in chosen]
     measured = {l.name: l for l in exact.layers + tuple(rest.layer_info(rest.new_state([])))}

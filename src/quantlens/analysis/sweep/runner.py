@@ -149,7 +149,7 @@ class ConeRunner(Runner):
         graph.gm.to(self.device)
         self.cones: list[Cone] = [build_cone(graph, l, full=full) for l in self.layers] if cones else []
         for c in self.cones:
-            c.gm.to(self.device)
+            c.to(self.device)
         self.in_q = [c.in_q for c in self.cones] if cones else [ActQuantizer() for _ in self.layers]
         self.out_q = [c.out_q for c in self.cones] if cones else [ActQuantizer() for _ in self.layers]
         self._inputs = [input_node(graph, l) for l in self.layers]
@@ -174,7 +174,7 @@ class ConeRunner(Runner):
         for _, frontier in self.io:
             keep += frontier
         for c in self.cones:
-            c.gm.to(self.device)
+            c.to(self.device)
         for gm, _ in self.io:
             gm.to(self.device)
         self.cache_gm, self.keep = build_cache_module(self.graph, keep)
