@@ -218,6 +218,12 @@ def _diagonal_rest(dw: Tensor, mu: Tensor, diag: Tensor, d_rows: Tensor, m: nn.M
     return float((a - 2 * mu * b + mu * mu * d_rows).sum())
 
 
+def _token_metric(sweep: Any) -> Optional[str]:
+    """The sweep's metric's name if it scores a language model per token, else None."""
+    probe = make_metric(sweep.metric_spec)
+    return probe.name if getattr(probe, "per_token", False) else None
+
+
 def _sampled_log_likelihood(y: Tensor, inputs: Any, per_token: Optional[str], gen: torch.Generator) -> tuple[Tensor, int]:
     """``sum log softmax(y)[c]`` with labels ``c`` drawn from the model, and the number of
     distributions: one per sample (the output flattened), or with ``per_token`` (the token metric's
@@ -262,16 +268,13 @@ def first_order(sweep: Any, data: Iterable[Any], seed: int = 0) -> dict[tuple[in
     mu = [torch.stack([_channel_means(sweep.qweights[(i, b)].weight, mods[k]) - w_mean[k] for b in bits], 1)
           for k, i in enumerate(ids)]
     s_sq = [torch.zeros(len(bits), dtype=torch.float64, device=dev) for _ in ids]
-    probe = make_metric(sweep.metric_spec)
-    per_token = probe.name if getattr(probe, "per_token", False) else None
+    per_token = _token_metric(sweep)
     n_total = 0
     gen = torch.Generator().manual_seed(seed)
     for inputs, _ in iterate(data, "data"):
         inputs = inputs.to(sweep.device)
-        flat = [t.detach().requires_grad_(True) if isinstance(t, Tensor) and t.is_floating_point() else t
-                for t in runner.graph.flat(inputs)]
         with torch.enable_grad(), exact_float32():
-            out, xs, zs, os_ = gm(*flat)
+            out, xs, zs, os_ = gm(*runner.graph.flat(inputs))
             y = extract_output(runner.graph.output(out), sweep.output_key)
             if not y.requires_grad:
                 raise QuantlensError(NO_GRADIENT.format(why="the output does not depend differentiably on the layers"))
@@ -356,8 +359,7 @@ def estimate_sweep(sweep: Any, data: Iterable[Any], k: int = 5, seed: int = 0, m
                                   degradation=nan, estimate=est[(i, b)], samples=0))
     info = {"k": k, "check_bits": b_chk, "spearman": rho, "topk_overlap": {b_chk: len(set(ranked[:k]) & set(top_exact)) / max(1, min(k, len(chosen)))},
             "trusted": bool(rho >= TRUST_SPEARMAN), "checked_cells": len(xs), "estimate_s": t_est, "check_s": t_exact,
-            "unit": "expected KL increase per token (nats)" if getattr(make_metric(sweep.metric_spec), "per_token", False)
-            else "expected KL increase (nats)"}
+            "unit": "expected KL increase per token (nats)" if _token_metric(sweep) else "expected KL increase (nats)"}
     rest = copy.copy(sweep)  # the other layers' info (weight statistics) once, without ranges
     rest.layer_ids = [i for i in sweep.layer_ids if i not in chosen]
     measured = {l.name: l for l in exact.layers + tuple(rest.layer_info(rest.new_state([])))}
