@@ -136,6 +136,7 @@ def test_mean_metric_adaptive_and_cli(tmp_path, capsys):
     assert "adaptive:" in text and "cone passes" in text
     r = ql.SweepResult.from_json(out)
     assert r.extra["adaptive"]["tolerance"] == 0.01
+    assert any(c.early_stop for c in r.cells) and "it covers about 90%, not 95%" in " ".join(text.split())
 
 
 @pytest.mark.parametrize("tol,msg", [("0", "out of range"), ("150%", "out of range"), ("-1%", "out of range"),

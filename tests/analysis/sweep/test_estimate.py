@@ -275,6 +275,23 @@ def test_token_metric_estimate_is_per_position_and_skips_padding():
     assert set(got) == set(want)
     for name in want:
         assert want[name] > 0 and got[name] == pytest.approx(want[name], rel=1e-6), name
+    # nll adds the first-order, signed term of the data's own next tokens: (grad of their summed nll) . dW / tokens
+    with_nll = SweepRecipe(m, next(iterate(batches)), make_config([4], a_bits=None), "nll", "cpu", None, None, "cone",
+                           None).build()
+    signed = {names[i]: v - est[(i, b)] for (i, b), v in first_order(with_nll, batches, seed=5).items()}
+    for name in ("fc1", "head"):
+        w = getattr(m, name).weight.detach()
+        s = float(w.abs().max()) / 7
+        dw = (torch.fake_quantize_per_tensor_affine(w, s, 0, -8, 7) - w).double()
+        leaf, total, count = w.clone().requires_grad_(True), 0.0, 0
+        with torch.enable_grad():
+            for b in batches:
+                y = torch.func.functional_call(m, {f"{name}.weight": leaf}, (b["input_ids"],)).double()
+                keep = (b["attention_mask"][:, :-1] & b["attention_mask"][:, 1:]).bool()
+                total = total + F.cross_entropy(y[:, :-1][keep], b["input_ids"][:, 1:][keep], reduction="sum")
+                count += int(keep.sum())
+            g = torch.autograd.grad(total, leaf)[0].double()
+        assert signed[name] == pytest.approx(float((g * dw).sum()) / count, rel=1e-6, abs=1e-12), name
     r = ql.analyze(m, batches, w_bits=[4], a_bits=8, metric="token_kl", estimate=True, estimate_k=1)
     assert r.extra["estimate"]["unit"] == "expected KL increase per token (nats)" and r.extra["estimate"]["checked_cells"] == 2
     with pytest.raises(QuantlensError, match="needs vocabulary logits") as e:  # a token metric on a classifier

@@ -34,6 +34,16 @@ the sum of the positions' ``d_t^T F_t d_t`` and ``N`` counts tokens: ``est`` is 
 increase of the mean per-token KL. Integer inputs (token ids) need no gradient: a layer whose
 input depends on no parameter gets a fresh leaf there.
 
+``nll`` and ``perplexity`` score the data's own next tokens, not the model's: their change
+has a first-order term, signed, that the KL does not. The weight error is known, so it is
+added exactly to first order (one more backward per batch, to the weights only)::
+
+    est(i, b) += (G_true . dW_b) / N_true
+
+with ``G_true`` the weight gradient of the summed nll of the ``N_true`` counted next tokens
+(the metric's own, :class:`~quantlens.token_metrics.NLL`). ``est`` is then the expected nll
+change per token (perplexity ranks the same way); the activations keep their second-order term.
+
 It is always checked: at one bit-width (:func:`check_bits`: 4 if swept, else the lowest), the
 estimate's top ``k`` layers and ``k`` random others are measured exactly with their cones in one
 float pass per batch; the result reports the Spearman correlation between estimate and exact
@@ -68,7 +78,7 @@ from ...memory import trim_heap
 from ...metrics import make_metric, token_mask
 from ...numerics import analysis_mode, exact_float32
 from ...quant.quantizer import make_observer
-from ...token_metrics import check_logits
+from ...token_metrics import NLL, check_logits
 from .results import Cell, SweepResult
 from .runner import ConeRunner
 
@@ -224,6 +234,12 @@ def _token_metric(sweep: Any) -> Optional[str]:
     return probe.name if getattr(probe, "per_token", False) else None
 
 
+def _unit(sweep: Any) -> str:
+    if isinstance(make_metric(sweep.metric_spec), NLL):
+        return "expected nll change per token (nats)"
+    return "expected KL increase per token (nats)" if _token_metric(sweep) else "expected KL increase (nats)"
+
+
 def _sampled_log_likelihood(y: Tensor, inputs: Any, per_token: Optional[str], gen: torch.Generator) -> tuple[Tensor, int]:
     """``sum log softmax(y)[c]`` with labels ``c`` drawn from the model, and the number of
     distributions: one per sample (the output flattened), or with ``per_token`` (the token metric's
@@ -269,9 +285,12 @@ def first_order(sweep: Any, data: Iterable[Any], seed: int = 0) -> dict[tuple[in
           for k, i in enumerate(ids)]
     s_sq = [torch.zeros(len(bits), dtype=torch.float64, device=dev) for _ in ids]
     per_token = _token_metric(sweep)
-    n_total = 0
+    nll = make_metric(sweep.metric_spec)
+    signed = isinstance(nll, NLL)  # the data's own next tokens: a first-order, signed term too
+    g_true: list[Optional[Tensor]] = [None] * len(ids)
+    n_total = n_true = 0
     gen = torch.Generator().manual_seed(seed)
-    for inputs, _ in iterate(data, "data"):
+    for inputs, labels in iterate(data, "data"):
         inputs = inputs.to(sweep.device)
         with torch.enable_grad(), exact_float32():
             out, xs, zs, os_ = gm(*runner.graph.flat(inputs))
@@ -280,7 +299,14 @@ def first_order(sweep: Any, data: Iterable[Any], seed: int = 0) -> dict[tuple[in
                 raise QuantlensError(NO_GRADIENT.format(why="the output does not depend differentiably on the layers"))
             loss, units = _sampled_log_likelihood(y, inputs, per_token, gen)
             want = [t for t in [q.weight for q in qls] + list(xs) + list(zs) + list(os_) if t.requires_grad]
-            found = dict(zip(map(id, want), torch.autograd.grad(loss, want, allow_unused=True)))
+            found = dict(zip(map(id, want), torch.autograd.grad(loss, want, allow_unused=True, retain_graph=signed)))
+            if signed:
+                true_nll, _ = nll.token_scores(y, y, labels, inputs)
+                leaves = [q.weight for q in qls]
+                for k, g in enumerate(torch.autograd.grad(true_nll.sum(), leaves, allow_unused=True)):
+                    if g is not None:
+                        g_true[k] = g if g_true[k] is None else g_true[k] + g  # type: ignore[operator]
+                n_true += int(true_nll.numel())
         g_w, g_x, g_z, g_o = ([found.get(id(t)) for t in ts] for ts in ([q.weight for q in qls], xs, zs, os_))
         with analysis_mode():
             for k, i in enumerate(ids):  # in topological order: the first layer cut off is the one named
@@ -315,8 +341,11 @@ def first_order(sweep: Any, data: Iterable[Any], seed: int = 0) -> dict[tuple[in
             act = float(runner.in_q[i].scale) ** 2 / 12 * float(a_in[k]) + float(runner.out_q[i].scale) ** 2 / 12 * float(a_out[k])
         d_rows = _rows(diag[k], mods[k]).sum(1).double()  # type: ignore[arg-type]
         for j, b in enumerate(bits):
-            rest = _diagonal_rest(sweep.qweights[(i, b)].weight - w, mu[k][:, j], diag[k], d_rows, mods[k])  # type: ignore[arg-type]
+            dw = sweep.qweights[(i, b)].weight - w
+            rest = _diagonal_rest(dw, mu[k][:, j], diag[k], d_rows, mods[k])  # type: ignore[arg-type]
             est[(i, b)] = 0.5 * (float(s_sq[k][j]) + rest + act) / n_total
+            if signed and g_true[k] is not None and n_true:
+                est[(i, b)] += float(torch.linalg.vecdot(g_true[k].reshape(-1).double(), dw.reshape(-1).double())) / n_true
     return est
 
 
@@ -359,7 +388,7 @@ def estimate_sweep(sweep: Any, data: Iterable[Any], k: int = 5, seed: int = 0, m
                                   degradation=nan, estimate=est[(i, b)], samples=0))
     info = {"k": k, "check_bits": b_chk, "spearman": rho, "topk_overlap": {b_chk: len(set(ranked[:k]) & set(top_exact)) / max(1, min(k, len(chosen)))},
             "trusted": bool(rho >= TRUST_SPEARMAN), "checked_cells": len(xs), "estimate_s": t_est, "check_s": t_exact,
-            "unit": "expected KL increase per token (nats)" if _token_metric(sweep) else "expected KL increase (nats)"}
+            "unit": _unit(sweep)}
     rest = copy.copy(sweep)  # the other layers' info (weight statistics) once, without ranges
     rest.layer_ids = [i for i in sweep.layer_ids if i not in chosen]
     measured = {l.name: l for l in exact.layers + tuple(rest.layer_info(rest.new_state([])))}
