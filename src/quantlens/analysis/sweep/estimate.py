@@ -228,16 +228,11 @@ def _diagonal_rest(dw: Tensor, mu: Tensor, diag: Tensor, d_rows: Tensor, m: nn.M
     return float((a - 2 * mu * b + mu * mu * d_rows).sum())
 
 
-def _token_metric(sweep: Any) -> Optional[str]:
-    """The sweep's metric's name if it scores a language model per token, else None."""
-    probe = make_metric(sweep.metric_spec)
-    return probe.name if getattr(probe, "per_token", False) else None
-
-
-def _unit(sweep: Any) -> str:
-    if isinstance(make_metric(sweep.metric_spec), NLL):
+def _unit(metric: Any) -> str:
+    """What ``est`` measures for the sweep's metric (see module docstring)."""
+    if isinstance(metric, NLL):
         return "expected nll change per token (nats)"
-    return "expected KL increase per token (nats)" if _token_metric(sweep) else "expected KL increase (nats)"
+    return "expected KL increase per token (nats)" if getattr(metric, "per_token", False) else "expected KL increase (nats)"
 
 
 def _sampled_log_likelihood(y: Tensor, inputs: Any, per_token: Optional[str], gen: torch.Generator) -> tuple[Tensor, int]:
@@ -284,9 +279,9 @@ def first_order(sweep: Any, data: Iterable[Any], seed: int = 0) -> dict[tuple[in
     mu = [torch.stack([_channel_means(sweep.qweights[(i, b)].weight, mods[k]) - w_mean[k] for b in bits], 1)
           for k, i in enumerate(ids)]
     s_sq = [torch.zeros(len(bits), dtype=torch.float64, device=dev) for _ in ids]
-    per_token = _token_metric(sweep)
-    nll = make_metric(sweep.metric_spec)
-    signed = isinstance(nll, NLL)  # the data's own next tokens: a first-order, signed term too
+    metric = make_metric(sweep.metric_spec)
+    per_token = metric.name if getattr(metric, "per_token", False) else None
+    signed = isinstance(metric, NLL)  # the data's own next tokens: a first-order, signed term too
     g_true: list[Optional[Tensor]] = [None] * len(ids)
     n_total = n_true = 0
     gen = torch.Generator().manual_seed(seed)
@@ -301,7 +296,7 @@ def first_order(sweep: Any, data: Iterable[Any], seed: int = 0) -> dict[tuple[in
             want = [t for t in [q.weight for q in qls] + list(xs) + list(zs) + list(os_) if t.requires_grad]
             found = dict(zip(map(id, want), torch.autograd.grad(loss, want, allow_unused=True, retain_graph=signed)))
             if signed:
-                true_nll, _ = nll.token_scores(y, y, labels, inputs)
+                true_nll, _ = metric.token_scores(y, y, labels, inputs)
                 leaves = [q.weight for q in qls]
                 for k, g in enumerate(torch.autograd.grad(true_nll.sum(), leaves, allow_unused=True)):
                     if g is not None:
@@ -388,7 +383,7 @@ def estimate_sweep(sweep: Any, data: Iterable[Any], k: int = 5, seed: int = 0, m
                                   degradation=nan, estimate=est[(i, b)], samples=0))
     info = {"k": k, "check_bits": b_chk, "spearman": rho, "topk_overlap": {b_chk: len(set(ranked[:k]) & set(top_exact)) / max(1, min(k, len(chosen)))},
             "trusted": bool(rho >= TRUST_SPEARMAN), "checked_cells": len(xs), "estimate_s": t_est, "check_s": t_exact,
-            "unit": _unit(sweep)}
+            "unit": _unit(make_metric(sweep.metric_spec))}
     rest = copy.copy(sweep)  # the other layers' info (weight statistics) once, without ranges
     rest.layer_ids = [i for i in sweep.layer_ids if i not in chosen]
     measured = {l.name: l for l in exact.layers + tuple(rest.layer_info(rest.new_state([])))}
