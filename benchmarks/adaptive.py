@@ -1,7 +1,7 @@
 """``python -m benchmarks.adaptive [--subject demo|effnet] [--metric agreement] [--tolerance 0.5%] ...``
 
 Adaptive sample size vs the exact sweep, on the same data in one run: the exact sweep records
-every cell's accumulator after each batch; the adaptive rule (:mod:`quantlens.analysis.sweep.adaptive`)
+every cell's accumulator after each batch; the adaptive rule (:mod:`quantlens.sweep.adaptive`)
 is then replayed on those records, which is exactly what :class:`AdaptiveExecutor` computes
 (the sums after ``k`` batches are the same; ``tests/analysis/sweep/test_adaptive.py`` checks replay == executor).
 Prints the share of cone passes saved and the rank agreement with the exact sweep wherever the
@@ -17,10 +17,10 @@ import time
 from typing import Any, Optional
 
 import quantlens as ql
-from quantlens.analysis.sweep.accumulate import CellAccumulator
-from quantlens.analysis.sweep.adaptive import MIN_SAMPLES, Z_STOP, StopRule, compare_to_exact, parse_tolerance
-from quantlens.data import iterate
-from quantlens.metrics import make_metric
+from quantlens.engine.accumulate import CellAccumulator
+from quantlens.sweep.adaptive import MIN_SAMPLES, Z_STOP, StopRule, compare_to_exact, parse_tolerance
+from quantlens.data.batches import iterate
+from quantlens.metrics.task import make_metric
 
 __all__ = ["Recording", "replay", "main"]
 
@@ -70,7 +70,7 @@ def replay(rec: Recording, tol: float, min_samples: int = MIN_SAMPLES, z_stop: O
 
 def _subject(name: str, n: int, batch: int, size: int) -> tuple[Any, Any]:
     if name == "demo":
-        from quantlens import demo
+        from quantlens.demo import digits as demo
 
         return demo.model(), demo.data()
     from benchmarks.data import photo_crops

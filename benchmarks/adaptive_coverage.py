@@ -2,11 +2,11 @@
 
 How often the interval an adaptive run reports for a cell covers the cell's true degradation.
 A cell stops at the first look where its interval decides it (rule 1 of
-:mod:`quantlens.analysis.sweep.adaptive`; alone here: one cell, no neighbours to settle), so the
+:mod:`quantlens.sweep.adaptive`; alone here: one cell, no neighbours to settle), so the
 interval it keeps was chosen by the data it was computed from, and its coverage can fall below
 the nominal 95% of a fixed-size interval. Synthetic paired per-sample scores of a mean metric
 (kl), ``q_n ~ N(delta, sd)`` against the reference's 0, looks after every batch of 64, 2,048
-samples at most, the real :class:`~quantlens.analysis.sweep.adaptive.StopRule` and intervals.
+samples at most, the real :class:`~quantlens.sweep.adaptive.StopRule` and intervals.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from quantlens.analysis.sweep.accumulate import CellAccumulator
-from quantlens.analysis.sweep.adaptive import StopRule
-from quantlens.metrics import make_metric
+from quantlens.engine.accumulate import CellAccumulator
+from quantlens.sweep.adaptive import StopRule
+from quantlens.metrics.task import make_metric
 from quantlens.stats.intervals import metric_interval
 
 __all__ = ["coverage", "main"]

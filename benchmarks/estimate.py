@@ -1,13 +1,13 @@
 """``python -m benchmarks.estimate [--subject all|resnet18|effnet|lm] [--bits 3,4,5,6,7,8 --bits 4] [--images N] [--size S] [--repeat R]``
 
-The first-order estimate (:mod:`quantlens.analysis.sweep.estimate`) against the exact sweep, in one
+The first-order estimate (:mod:`quantlens.sweep.estimate`) against the exact sweep, in one
 run, on the same model, data, bit-widths and metric. Both timings are the whole of
 ``ql.analyze`` (capture, calibration, passes): the estimate's includes its check (the top-k and
 k random layers measured exactly with cones). With ``--threads 1`` (the default) the CPU
 time is the work done and the ratio holds on a shared machine; the wall time is shown too. Spearman is over all layers at each bit-width,
 estimate vs exact degradation; ``check`` is what the estimate reports about itself.
 
-``lm`` is the language-model demo (:mod:`quantlens.demo_lm`, a 4-block Llama trained on the
+``lm`` is the language-model demo (:mod:`quantlens.demo.lm`, a 4-block Llama trained on the
 standard library's docstrings; held-out text, ``--images`` sequences of 128 bytes) scored per
 token: ``--metric`` defaults to ``token_kl`` there, and ``nll`` can be asked for too.
 """
@@ -22,8 +22,8 @@ from typing import Any
 import torch
 
 import quantlens as ql
-from quantlens.analysis.sweep.api import make_config
-from quantlens.analysis.sweep.estimate import spearman
+from quantlens.sweep.api import make_config
+from quantlens.sweep.estimate import spearman
 
 __all__ = ["main", "compare"]
 
@@ -32,7 +32,7 @@ SUBJECTS = ("resnet18", "effnet", "lm")
 
 def _subject(name: str, n: int, batch: int, size: int) -> tuple[Any, Any]:
     if name == "lm":
-        from quantlens import demo_lm
+        from quantlens.demo import lm as demo_lm
 
         return demo_lm.model(), demo_lm.data(batch_size=batch, batches=max(1, n // batch))
     from benchmarks.data import photo_crops

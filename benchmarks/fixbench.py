@@ -1,4 +1,4 @@
-"""Time ``quantlens fix``'s loop (:func:`quantlens.analysis.experiments.fixloop.fix_loop`) on EfficientNet-Lite0.
+"""Time ``quantlens fix``'s loop (:func:`quantlens.experiments.fixloop.fix_loop`) on EfficientNet-Lite0.
 
 ``python -m benchmarks.fixbench '{"images": 16, "batch": 16, "bits": 6}'`` prints one JSON line:
 wall time, user and system CPU time (``getrusage``) of the fix loop alone (the sweep it reads is
@@ -26,8 +26,8 @@ def _fix_loop(model: object, data: object, sweep: object, bits: int, metric: str
     """The fix loop of whichever quantlens is on the path: this layout (a Workload) or an older
     revision's (``quantlens.analysis.fixloop``, plain keywords), which ``benchmarks.run`` times."""
     try:
-        from quantlens.analysis.experiments.fixloop import fix_loop
-        from quantlens.workload import Workload
+        from quantlens.experiments.fixloop import fix_loop
+        from quantlens.core.workload import Workload
     except ImportError:
         from quantlens.analysis.fixloop import fix_loop  # type: ignore[no-redef]
 

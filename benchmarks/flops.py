@@ -17,9 +17,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from quantlens.analysis.sweep.runner import ConeRunner
+from quantlens.engine.runner import ConeRunner
 from quantlens.graph.capture import capture
-from quantlens.inputs import Inputs
+from quantlens.core.inputs import Inputs
 
 __all__ = ["cone_fraction"]
 

@@ -83,7 +83,7 @@ def _bound(subject: str, size: int) -> dict:
 
     model, data, _ = SUBJECTS[subject]({"images": 8, "batch": 8, "size": size})
     if subject == "minilm":
-        from quantlens.data import iterate
+        from quantlens.data.batches import iterate
 
         return cone_fraction(model, next(iter(iterate(data)))[0])
     shape = (1, 1, 8, 8) if subject == "digits" else (1, 3, size, size)

@@ -35,7 +35,7 @@ def _effnet(p: dict) -> tuple[Any, Any, str]:
 
 
 def _digits(p: dict) -> tuple[Any, Any, str]:
-    from quantlens import demo
+    from quantlens.demo import digits as demo
 
     return demo.model(), demo.data(), "top1"
 
@@ -71,7 +71,7 @@ def _peak_rss_mb() -> float:
 
 def cone_pass_cost(sweep: Any, data: Any, repeats: int = 3) -> float:
     """Sum over batches, layers and bit-widths of the median time of one cone pass alone."""
-    from quantlens.data import iterate
+    from quantlens.data.batches import iterate
 
     total = 0.0
     with torch.inference_mode():
@@ -112,9 +112,9 @@ def measure_pair(p: dict) -> dict:
     """Cone and naive sweeps in this one process, batch by batch in turn, so that load from
     other processes hits both alike; each engine's time is its own setup, calibration and
     batches. Same pieces as :func:`quantlens.analyze` (``Sweep``, ``calibrate``, ``process_batch``)."""
-    from quantlens.analysis.sweep.api import make_config
-    from quantlens.data import iterate
-    from quantlens.analysis.sweep.engine import Sweep
+    from quantlens.sweep.api import make_config
+    from quantlens.data.batches import iterate
+    from quantlens.engine.sweep import Sweep
 
     torch.set_num_threads(int(p.get("threads", torch.get_num_threads())))
     model, data, metric = SUBJECTS[p["subject"]](p)

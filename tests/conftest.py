@@ -7,9 +7,9 @@ import torch
 
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))  # the shared helpers: models, helpers, oracle, archgen, ...
-# The tree mirrors the package (tests/graph/, tests/analysis/sweep/, ...); test module names are
-# unique across it, so a test may import another's fixtures by module name from any folder.
-sys.path.extend(str(d) for d in sorted(TESTS.rglob("*")) if d.is_dir() and not d.name.startswith((".", "__")))
+
+
+
 # Tests run tiny models: one intra-op thread is faster than two, and immune to a busy machine.
 torch.set_num_threads(1)
 
@@ -24,13 +24,13 @@ def _quantlens_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def demo_model():
-    from quantlens import demo
+    from quantlens.demo import digits as demo
 
     return demo.model()
 
 
 @pytest.fixture(scope="session")
 def demo_data():
-    from quantlens import demo
+    from quantlens.demo import digits as demo
 
     return demo.data()

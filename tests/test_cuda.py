@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from models import tiny_data, tiny_net
+from support.models import tiny_data, tiny_net
 
 import quantlens as ql
-from helpers import close
+from support.helpers import close
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

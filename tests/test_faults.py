@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 import quantlens as ql
-import quantlens.jsonio as jsonio
-from models import tiny_data, tiny_net, user_file
+import quantlens.core.jsonio as jsonio
+from support.models import tiny_data, tiny_net, user_file
 from quantlens.cli import main
 from quantlens.errors import QuantlensError
-from quantlens.lock import LOCK_NAME, DirLock, pid_alive
+from quantlens.parallel.lock import LOCK_NAME, DirLock, pid_alive
 from quantlens.parallel.store import CheckpointStore
 
 SRC = str(Path(ql.__file__).resolve().parents[1])
@@ -28,7 +28,7 @@ def _holder(directory: Path):
     code = textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {SRC!r})
-        from quantlens.lock import hold
+        from quantlens.parallel.lock import hold
         hold({str(directory)!r}, "--out")
         print("held", flush=True)
         time.sleep(60)

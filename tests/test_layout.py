@@ -18,8 +18,8 @@ import ast
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-LAYERS = ["quantlens.analysis.sweep", "quantlens.analysis.network.build", "quantlens.fixes", "quantlens.analysis.network",
-          "quantlens.analysis.experiments"]
+LAYERS = ["quantlens.sweep", "quantlens.engine.build", "quantlens.fixes", "quantlens.network",
+          "quantlens.experiments"]
 
 
 def _layer(module: str) -> "int | None":

@@ -10,24 +10,19 @@ Example:
     >>> result.worst(bits=4, k=5)
 """
 
-from .analysis import (
-    Cell,
-    LayerInfo,
-    QuantlensWarning,
-    Sweep,
-    SweepResult,
-    SweepState,
-    analyze,
-)
-from .analysis.network.measure import quantize_network
-from .config import PerChannel, PerGroup, PerTensor, QuantSpec, SweepConfig
-from .errors import QuantlensError
-from .graph import LayerGraph, capture
-from .metrics import make_metric, metrics, register_metric
-from .qconfig import LayerQuant, QuantConfig
-from .workload import RunOptions, Workload
+from quantlens.sweep.api import analyze
+from quantlens.sweep.results import Cell, LayerInfo, SweepResult
+from quantlens.engine.state import SweepState
+from quantlens.engine.sweep import QuantlensWarning, Sweep
+from quantlens.network.measure import quantize_network
+from quantlens.quant.spec import PerChannel, PerGroup, PerTensor, QuantSpec, SweepConfig
+from quantlens.errors import QuantlensError
+from quantlens.graph import LayerGraph, capture
+from quantlens.metrics.task import make_metric, metrics, register_metric
+from quantlens.core.layer_config import LayerQuant, QuantConfig
+from quantlens.core.workload import RunOptions, Workload
 
-from ._version import __version__  # noqa: E402
+from quantlens._version import __version__  # noqa: E402
 
 __all__ = [
     "analyze",
@@ -61,11 +56,11 @@ __all__ = [
 
 def __getattr__(name: str):  # the ONNX side (torch.onnx, onnxruntime) loads on first use
     if name == "export_onnx":
-        from .export.onnx import export_onnx
+        from quantlens.export.onnx import export_onnx
 
         return export_onnx
     if name == "verify_export":
-        from .runtime import verify_export
+        from quantlens.runtime import verify_export
 
         return verify_export
     raise AttributeError(f"module 'quantlens' has no attribute {name!r}")

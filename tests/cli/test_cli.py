@@ -26,7 +26,7 @@ def user_files(tmp_path):
         "user_models.py",
         """
         import torch, torch.nn as nn
-        from quantlens.demo import model as demo_model, data as demo_data
+        from quantlens.demo.digits import model as demo_model, data as demo_data
 
         def good():
             return demo_model()

@@ -6,7 +6,7 @@ import json
 import textwrap
 
 import pytest
-from single_thread import one_thread_demo  # noqa: F401  (module fixture: one intra-op thread)
+from support.single_thread import one_thread_demo  # noqa: F401  (module fixture: one intra-op thread)
 
 from quantlens.cli import main
 
@@ -18,7 +18,8 @@ def files(tmp_path_factory):
         textwrap.dedent(
             """
             import torch
-            from quantlens import demo, demo_culprit
+            from quantlens.demo import culprit as demo_culprit
+            from quantlens.demo import digits as demo
 
             def model():
                 return demo_culprit.model()

@@ -15,23 +15,23 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from models import tiny_data, tiny_net
-from single_thread import one_thread  # noqa: F401  (module fixture: one intra-op thread)
+from support.models import tiny_data, tiny_net
+from support.single_thread import one_thread  # noqa: F401  (module fixture: one intra-op thread)
 
 pytest.importorskip("onnxruntime")
 import onnx  # noqa: E402
 from onnx import TensorProto  # noqa: E402
 
-from quantlens.analysis.network.measure import NetworkMeasurer  # noqa: E402
+from quantlens.network.measure import NetworkMeasurer  # noqa: E402
 from quantlens.cli import main  # noqa: E402
 from quantlens.errors import QuantlensError  # noqa: E402
 from quantlens.export import export as export_weights  # noqa: E402
 from quantlens.export.onnx import export_onnx, export_qnet  # noqa: E402
-from quantlens.guard import state_fingerprint  # noqa: E402
-from quantlens.qconfig import QuantConfig  # noqa: E402
+from quantlens.core.guard import state_fingerprint  # noqa: E402
+from quantlens.core.layer_config import QuantConfig  # noqa: E402
 from quantlens.runtime.ort import RuntimeSession  # noqa: E402
 from quantlens.runtime.verify import VerifyResult, compare_outputs  # noqa: E402
-from quantlens.workload import Workload
+from quantlens.core.workload import Workload
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +126,7 @@ def _tiny_files(tmp_path, cfg=None):
         import sys
         sys.path.insert(0, {str(here)!r})
         import torch
-        from models import tiny_data, tiny_net
+        from support.models import tiny_data, tiny_net
 
         def model():
             return tiny_net()
@@ -234,7 +234,7 @@ def test_export_needs_calib_without_saved_ranges(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("flagged", [False, True])
 def test_report_runtime_check_section(tmp_path, flagged):
-    from report_helpers import synthetic_result, write_run
+    from support.report_helpers import synthetic_result, write_run
 
     from quantlens.report import write_report
     from quantlens.runtime.verify import Comparison

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 
 import pytest
-from helpers import close
+from support.helpers import close
 import torch
 import torch.nn as nn
-from models import tiny_data, tiny_net
-from single_thread import one_thread  # noqa: F401  (module fixture: one intra-op thread)
+from support.models import tiny_data, tiny_net
+from support.single_thread import one_thread  # noqa: F401  (module fixture: one intra-op thread)
 
-from quantlens.workload import Workload
+from quantlens.core.workload import Workload
 from quantlens import QuantlensError
-from quantlens.analysis.network.measure import NetworkMeasurer
+from quantlens.network.measure import NetworkMeasurer
 from quantlens.fixes import FixContext, apply_fixes, fixes, make_fix
 from quantlens.fixes.equalize import equalizable_pairs
 from quantlens.graph import capture
-from quantlens.guard import state_fingerprint
-from quantlens.qconfig import QuantConfig
+from quantlens.core.guard import state_fingerprint
+from quantlens.core.layer_config import QuantConfig
 from quantlens.quant.ranges import SAWB_COEFFICIENTS
 
 
@@ -49,8 +49,8 @@ def test_fix_returns_a_new_graph_and_leaves_model_and_graph_bitwise_equal(name):
 
 
 def test_one_percentile_default_and_the_layer_spec_keeps_asymmetric_weights():
-    from quantlens.config import DEFAULT_PERCENTILE, QuantSpec
-    from quantlens.qconfig import LayerQuant
+    from quantlens.quant.spec import DEFAULT_PERCENTILE, QuantSpec
+    from quantlens.core.layer_config import LayerQuant
 
     assert FixContext(QuantConfig()).percentile == QuantSpec().percentile == DEFAULT_PERCENTILE == 99.99
     spec = LayerQuant(4, symmetric=False).weight_spec("sawb")
@@ -154,8 +154,8 @@ def test_equalization_through_depthwise_pool_and_flatten():
 
 
 def _pre_activation_shift(graph, float_graph, cfg, data, names):
-    from quantlens.analysis.network.build import build_quantized
-    from quantlens.graph.cone import build_cache_module
+    from quantlens.engine.build import build_quantized
+    from quantlens.engine.cone import build_cache_module
 
     nodes = [graph.layer(n).node for n in names]
     q = build_quantized(graph, cfg, data, taps=nodes)

@@ -11,9 +11,9 @@ import functools
 
 import pytest
 import torch
-from archgen import CLASSES, generate
-from helpers import close
-from oracle import naive_sweep
+from support.archgen import CLASSES, generate
+from support.helpers import close
+from support.oracle import naive_sweep
 
 import quantlens as ql
 

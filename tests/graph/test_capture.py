@@ -6,13 +6,13 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from models import NoLayers, tiny_data, tiny_net
+from support.models import NoLayers, tiny_data, tiny_net
 
 from quantlens.errors import QuantlensError
 from quantlens.graph import build_cone, capture, cone_nodes
 
 
-from helpers import rel_err as _rel
+from support.helpers import rel_err as _rel
 
 
 def test_bn_folding_preserves_float_output():
@@ -118,7 +118,7 @@ class _PaddedConv(nn.Conv2d):
 
 
 def test_layer_subclasses_are_layers():
-    from models import tiny_data
+    from support.models import tiny_data
 
     import quantlens as ql
 

@@ -18,13 +18,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import quantlens as ql
-from quantlens.data import normalize_batch
+from quantlens.data.batches import normalize_batch
 from quantlens.cli import main
 from quantlens.graph.capture import capture
-from quantlens.inputs import Inputs
+from quantlens.core.inputs import Inputs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from models import TinyNet, tiny_data, tiny_net  # noqa: E402
+from support.models import TinyNet, tiny_data, tiny_net  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -188,7 +188,7 @@ def test_a_model_that_returns_a_kv_cache_is_one_line():
 # ---- files ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def digits_files(tmp_path_factory):
-    from quantlens import demo
+    from quantlens.demo import digits as demo
 
     d = tmp_path_factory.mktemp("files")
     model, x = demo.model(), next(iter(demo.data()))[0]
@@ -200,8 +200,8 @@ def digits_files(tmp_path_factory):
 
 @pytest.mark.slow
 def test_onnx_and_pt2_files_give_the_models_cells(digits_files, tmp_path):
-    from quantlens import demo
-    from quantlens.model_files import check_onnx, load_model_file
+    from quantlens.demo import digits as demo
+    from quantlens.data.model_files import check_onnx, load_model_file
 
     data = demo.data()
     ref = ql.analyze(demo.model(), data, w_bits=[4, 8], metric="top1")
@@ -232,7 +232,7 @@ def test_bad_model_files_are_one_line(digits_files, tmp_path, capsys):
     import onnx
     from onnx import TensorProto, helper
 
-    from quantlens.model_files import check_onnx, load_model_file
+    from quantlens.data.model_files import check_onnx, load_model_file
 
     (tmp_path / "junk.onnx").write_bytes(b"not an onnx file")
     torch.save({"a": 1}, tmp_path / "state.pt2")
@@ -252,7 +252,7 @@ def test_bad_model_files_are_one_line(digits_files, tmp_path, capsys):
     model = load_model_file(digits_files / "digits.onnx")
     with torch.no_grad():
         next(m for m in model.modules() if isinstance(m, nn.Conv2d)).weight.mul_(1.5)
-    from quantlens import demo
+    from quantlens.demo import digits as demo
 
     with pytest.raises(ql.QuantlensError, match="differs from onnxruntime"):
         check_onnx(digits_files / "digits.onnx", model, next(iter(ql.data.iterate(demo.data())))[0])

@@ -13,12 +13,12 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from models import tiny_data, tiny_net
+from support.models import tiny_data, tiny_net
 
 import quantlens as ql
-from quantlens.workload import Workload
-from helpers import assert_cells_close, assert_close
-from quantlens.inputs import Inputs
+from quantlens.core.workload import Workload
+from support.helpers import assert_cells_close, assert_close
+from quantlens.core.inputs import Inputs
 from quantlens.graph.eager import capture_eager
 
 
@@ -123,7 +123,7 @@ def test_folding_that_changes_the_output_is_undone():
         r = ql.analyze(m, data, w_bits=(4,), metric="kl")
     assert r.engine == "hooks" and [l.activation for l in r.layers] == [None, None]
     # oracle: torch's fake-quantize ops on a copy of the model, one layer at a time
-    from oracle import _act_qparams
+    from support.oracle import _act_qparams
 
     def ranges(mod):
         lo, hi = [math.inf, math.inf], [-math.inf, -math.inf]
@@ -166,9 +166,9 @@ def test_hooks_engine_leaves_the_model_unchanged():
 
 
 def test_whole_network_through_hooks_equals_the_traced_twin():
-    from quantlens.analysis.network.measure import NetworkMeasurer
-    from quantlens.analysis.network.measure import EagerNetworkMeasurer, make_measurer
-    from quantlens.qconfig import LayerQuant, QuantConfig
+    from quantlens.network.measure import NetworkMeasurer
+    from quantlens.network.measure import EagerNetworkMeasurer, make_measurer
+    from quantlens.core.layer_config import LayerQuant, QuantConfig
 
     m, twin = _pair()
     data = tiny_data(n_batches=2)
@@ -196,8 +196,8 @@ def test_whole_network_through_hooks_equals_the_traced_twin():
 
 @pytest.mark.slow
 def test_additivity_and_plan_run_on_an_untraceable_model():
-    from quantlens.analysis.experiments.additivity import run_additivity
-    from quantlens.analysis.experiments.plan import run_plan
+    from quantlens.experiments.additivity import run_additivity
+    from quantlens.experiments.plan import run_plan
 
     m, _ = _pair()
     data = tiny_data(n_batches=2)
@@ -236,9 +236,9 @@ class Looped(nn.Module):
 
 
 def test_a_module_called_twice_is_calibrated_on_both_calls():
-    from quantlens.analysis.sweep.api import make_config
-    from quantlens.data import iterate
-    from quantlens.analysis.sweep.engine import Sweep
+    from quantlens.sweep.api import make_config
+    from quantlens.data.batches import iterate
+    from quantlens.engine.sweep import Sweep
 
     data = tiny_data(n_batches=2)
     with pytest.warns(ql.QuantlensWarning, match="cannot trace"):
@@ -282,7 +282,7 @@ class InPlaceAfter(nn.Module):
 
 
 def test_hooks_keep_layer_outputs_as_the_layer_produced_them():
-    from quantlens.analysis.sweep.runner import HookRunner
+    from quantlens.engine.runner import HookRunner
 
     m, (x, _) = InPlaceAfter().eval(), tiny_data(n_batches=1)[0]
     runner = HookRunner(m, (x,))

@@ -6,16 +6,16 @@ import pytest
 import torch
 
 import quantlens.graph.lockstep as lockstep
-from quantlens.data import iterate
-from quantlens.analysis.network.build import build_quantized, calibrate_ranges
+from quantlens.data.batches import iterate
+from quantlens.engine.build import build_quantized, calibrate_ranges
 from quantlens.fixes import FixContext, make_fix
 from quantlens.fixes.base import copy_graph
 from quantlens.graph.capture import capture
-from quantlens.graph.cone import build_cache_module
+from quantlens.engine.cone import build_cache_module
 from quantlens.graph.lockstep import LockstepTooLarge, Pause, run_lockstep
-from quantlens.qconfig import QuantConfig
+from quantlens.core.layer_config import QuantConfig
 
-from models import tiny_data, tiny_net
+from support.models import tiny_data, tiny_net
 
 LAYERS = ["stem", "b1", "b2", "dw", "pw", "side", "fc1", "fc2"]
 

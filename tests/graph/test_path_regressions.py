@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from oracle import naive_sweep
+from support.oracle import naive_sweep
 
 import quantlens as ql
 from quantlens.graph import capture

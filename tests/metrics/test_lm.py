@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import close
+from support.helpers import close
 
 import quantlens as ql
 from quantlens.report import render_report

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from quantlens.errors import QuantlensError
-from quantlens.metrics import make_metric, metrics
+from quantlens.metrics.task import make_metric, metrics
 
 
 def _data(seed=0, n=37, k=10):

@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from quantlens.errors import QuantlensError
-from quantlens.metrics import make_metric, update_metric
+from quantlens.metrics.task import make_metric, update_metric
 
 
 def _inputs(**kw):
     try:
-        from quantlens.data import Inputs  # the lead's mapping batches
+        from quantlens.data.batches import Inputs  # the lead's mapping batches
     except ImportError:
         return SimpleNamespace(args=(), kwargs=kw)
     return Inputs((), kw)

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import ray
 import torch
-from helpers import close
-from models import tiny_data, tiny_net, user_file
+from support.helpers import close
+from support.models import tiny_data, tiny_net, user_file
 
 import quantlens as ql
-from quantlens.analysis.sweep.api import make_config
+from quantlens.sweep.api import make_config
 from quantlens.parallel import SweepRecipe, run_sweep
 from quantlens.parallel.ray_executor import RayExecutor, group_layers
 

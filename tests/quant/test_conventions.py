@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from single_thread import one_thread_demo  # noqa: F401  (module fixture: one intra-op thread)
+from support.single_thread import one_thread_demo  # noqa: F401  (module fixture: one intra-op thread)
 
-from quantlens.config import PerChannel, QuantSpec
+from quantlens.quant.spec import PerChannel, QuantSpec
 from quantlens.errors import QuantlensError
-from quantlens.qconfig import LayerQuant, QuantConfig
+from quantlens.core.layer_config import LayerQuant, QuantConfig
 from quantlens.quant.conventions import conventions, get_convention
 from quantlens.quant.observers import MinMaxObserver as QLMinMax
 from quantlens.quant.quantizer import ActQuantizer, quantize_weight
-from quantlens.workload import Workload
+from quantlens.core.workload import Workload
 
 
 def test_registry_and_grids():
@@ -74,7 +74,7 @@ def test_torch_ao_activation_observer_reduced_range():
 @pytest.fixture(scope="module")
 def ort_models(tmp_path_factory):
     pytest.importorskip("onnxruntime")
-    from quantlens import demo
+    from quantlens.demo import digits as demo
     from quantlens.runtime.tool_quant import ort_quantize_static
 
     d = tmp_path_factory.mktemp("ort")
@@ -99,8 +99,8 @@ def _ort_weight_scales(path) -> list[float]:
 @pytest.mark.parametrize("bits", [8, 4])
 def test_onnxruntime_quantize_static_scales_and_accuracy(ort_models, bits):
     """The onnxruntime convention gives quantize_static's weight scales, and predicts its accuracy within 1 point."""
-    from quantlens import demo
-    from quantlens.analysis.network.measure import NetworkMeasurer
+    from quantlens.demo import digits as demo
+    from quantlens.network.measure import NetworkMeasurer
     from quantlens.runtime.ort import RuntimeSession
 
     data = demo.data()
@@ -138,11 +138,11 @@ def test_sweep_under_a_convention_matches_the_whole_network_measurement():
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from models import tiny_data, tiny_net
+    from support.models import tiny_data, tiny_net
 
     import quantlens as ql
-    from quantlens.analysis.sweep.api import make_config
-    from quantlens.analysis.network.measure import NetworkMeasurer
+    from quantlens.sweep.api import make_config
+    from quantlens.network.measure import NetworkMeasurer
 
     data = tiny_data(n_batches=2)
     sweep = ql.analyze(tiny_net(), data, config=make_config([4], 8, convention="onnxruntime"), metric="agreement")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lm_models import tiny_lm, token_data
-from quantlens.analysis.sweep.api import analyze
+from support.lm_models import tiny_lm, token_data
+from quantlens.sweep.api import analyze
 from quantlens.errors import QuantlensError
 
 
@@ -35,7 +35,7 @@ def test_half_model_calibration_ranges_match_a_float32_copy_within_rounding(dtyp
 
 
 def test_half_model_on_a_device_without_half_matmul_is_one_line(monkeypatch):
-    import quantlens.precision as precision
+    import quantlens.core.precision as precision
 
     def no_bf16(dtype, device):
         raise RuntimeError("\"addmm_impl_cpu_\" not implemented for 'BFloat16'")

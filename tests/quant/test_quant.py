@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from quantlens.config import (
+from quantlens.quant.spec import (
     PerChannel,
     PerGroup,
     PerTensor,

@@ -6,12 +6,12 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from report_helpers import plots, synthetic_result, write_run
+from support.report_helpers import plots, synthetic_result, write_run
 
-from quantlens.analysis.experiments.fixloop import FixResult, FixRow, LocalTrial
+from quantlens.experiments.fixloop import FixResult, FixRow, LocalTrial
 from quantlens.cli import main
-from quantlens.analysis.experiments.plan import LayerPlan, PlanResult
-from quantlens.qconfig import QuantConfig
+from quantlens.experiments.plan import LayerPlan, PlanResult
+from quantlens.core.layer_config import QuantConfig
 from quantlens.report.insights import insights
 from quantlens.report.noise import noise_sentences, top_tier, verdict
 from quantlens.stats.intervals import tango_interval

@@ -8,7 +8,7 @@ import re
 
 import numpy as np
 import pytest
-from report_helpers import (
+from support.report_helpers import (
     EVIL,
     demo_result,
     parse,
@@ -315,9 +315,9 @@ def test_results_without_statistics_still_render():
 
 
 def test_followups_when_nothing_helps_and_additivity_fails():
-    from quantlens.analysis.experiments.additivity import AdditivityPoint, AdditivityResult
-    from quantlens.analysis.experiments.fixloop import FixResult, FixRow, LocalTrial
-    from quantlens.qconfig import QuantConfig
+    from quantlens.experiments.additivity import AdditivityPoint, AdditivityResult
+    from quantlens.experiments.fixloop import FixResult, FixRow, LocalTrial
+    from quantlens.core.layer_config import QuantConfig
     from quantlens.report.extras import Extras
     from quantlens.report.fmt import Units
     from quantlens.report.followup import followups
@@ -337,7 +337,7 @@ def test_followups_when_nothing_helps_and_additivity_fails():
 
 
 def test_fix_table_marks_improvement_for_lower_is_better_metrics():
-    from quantlens.analysis.experiments.fixloop import FixResult
+    from quantlens.experiments.fixloop import FixResult
     from quantlens.report.extras_html import fix_html
 
     t = FixResult.from_dict({"schema": "quantlens/fix-v1", "metric": "kl", "higher_is_better": False, "rows": [
@@ -362,9 +362,9 @@ def test_fix_and_plan_tables_show_intervals_and_significance(tmp_path):
     """fix.json and plan.json as their owners write them: each row's 95% interval, whether a measured
     degradation is distinguishable from float, whether a kept local fix and the plan's change from
     uniform are significant."""
-    from quantlens.analysis.experiments.fixloop import FixResult, FixRow, LocalTrial
-    from quantlens.analysis.experiments.plan import LayerPlan, PlanResult
-    from quantlens.qconfig import QuantConfig
+    from quantlens.experiments.fixloop import FixResult, FixRow, LocalTrial
+    from quantlens.experiments.plan import LayerPlan, PlanResult
+    from quantlens.core.layer_config import QuantConfig
 
     r = synthetic_result()
     write_run(r, tmp_path)
@@ -405,8 +405,8 @@ def test_fix_and_plan_tables_show_intervals_and_significance(tmp_path):
 
 def test_fix_and_plan_tables_without_intervals_keep_their_columns(tmp_path):
     """Older files (no ci, no significant) render as before: no interval columns, no verdicts."""
-    from quantlens.analysis.experiments.fixloop import FixResult
-    from quantlens.analysis.experiments.plan import PlanResult
+    from quantlens.experiments.fixloop import FixResult
+    from quantlens.experiments.plan import PlanResult
     from quantlens.report.extras_html import fix_html, plan_html
 
     f = FixResult.from_dict({"metric": "top1", "rows": [{"method": "naive", "metric": 0.8}, {"method": "local", "metric": 0.85}],

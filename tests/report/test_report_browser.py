@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from report_helpers import EVIL, synthetic_result, write_run
+from support.report_helpers import EVIL, synthetic_result, write_run
 
 from quantlens.cli import main
 
@@ -108,7 +108,7 @@ def test_demo_report_in_chromium(chrome, tmp_path):
         const t = document.getElementById('layers-table'); const th = [...t.tHead.rows[0].cells].find(c => c.textContent === 'deg@3b');
         th.click(); th.click();
         return [...t.tBodies[0].rows].map(r => r.cells[1].textContent);""")
-    from quantlens.analysis.sweep.results import SweepResult
+    from quantlens.sweep.results import SweepResult
 
     r = SweepResult.from_json(out / "results.json")
     assert order[0] == r.worst(3, 1)[0].layer

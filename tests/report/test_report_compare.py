@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from report_helpers import EVIL, demo_result, plots, synthetic_result, write_run
+from support.report_helpers import EVIL, demo_result, plots, synthetic_result, write_run
 
 from quantlens.cli import main
 from quantlens.errors import QuantlensError
@@ -16,7 +16,7 @@ from quantlens.report.compare import merged_layers, run_labels
 @pytest.fixture(scope="module")
 def runs(demo_model, demo_data, tmp_path_factory):
     """Two real sweeps of the demo: per-tensor min/max against per-channel MSE-clipped weights."""
-    from quantlens.analysis.sweep.api import make_config
+    from quantlens.sweep.api import make_config
 
     root = tmp_path_factory.mktemp("cmp")
     a = demo_result(demo_model, demo_data, w_bits=(3, 4, 8))

@@ -8,13 +8,13 @@ import json
 import math
 
 import pytest
-from report_helpers import plots, synthetic_result, write_run
+from support.report_helpers import plots, synthetic_result, write_run
 
-from quantlens.analysis.experiments.additivity import AdditivityPoint, AdditivityResult, LayerShift
-from quantlens.analysis.experiments.fixloop import FixResult, FixRow, LocalTrial
-from quantlens.analysis.experiments.plan import LayerPlan, PlanResult
-from quantlens.jsonio import NAN
-from quantlens.qconfig import QuantConfig
+from quantlens.experiments.additivity import AdditivityPoint, AdditivityResult, LayerShift
+from quantlens.experiments.fixloop import FixResult, FixRow, LocalTrial
+from quantlens.experiments.plan import LayerPlan, PlanResult
+from quantlens.core.jsonio import NAN
+from quantlens.core.layer_config import QuantConfig
 from quantlens.report import load_extras, write_report
 
 

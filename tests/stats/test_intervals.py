@@ -8,11 +8,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from models import tiny_data, tiny_net
+from support.models import tiny_data, tiny_net
 
 import quantlens as ql
 from quantlens.errors import QuantlensError
-from quantlens.metrics import degradation, make_metric
+from quantlens.metrics.task import degradation, make_metric
 from quantlens.stats.intervals import mean_interval, metric_interval, paired_interval, t_quantile, tango_interval
 from quantlens.stats.sums import PairedSums
 from quantlens.stats.resolve import round_up, samples_to_resolve, separated, significance
@@ -154,7 +154,7 @@ def test_sweep_cells_and_network_carry_intervals(tmp_path):
     cfg = ql.QuantConfig.uniform(r.layer_names, w_bits=3)
     net = ql.quantize_network(model, data, cfg, metric="kl")
     assert net.interval is not None and net.ci_low <= net.degradation <= net.ci_high
-    from quantlens.analysis.network.measure import NetworkResult
+    from quantlens.network.measure import NetworkResult
 
     assert NetworkResult.from_dict(net.to_dict()).ci_high == net.ci_high
     custom = ql.analyze(model, data, w_bits=[4], metric=lambda y_ref, y, labels: float((y - y_ref).abs().mean()),

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from test_token_metrics import _inputs, _padded
 
 from quantlens.errors import QuantlensError
-from quantlens.metrics import degradation, make_metric, update_metric
+from quantlens.metrics.task import degradation, make_metric, update_metric
 from quantlens.stats.intervals import Z, metric_interval, paired_interval, t_quantile
 from quantlens.stats.ratio import RatioSums, ratio_interval
 
@@ -217,7 +217,7 @@ def test_token_interval_bad_and_old_states():
 def test_reference_scored_once_per_batch_and_never_stale(monkeypatch):
     """Cells of one batch share ``y_ref``: its nll is computed once (by the baseline), reused by every
     cell, and recomputed when ``y_ref`` is another tensor or was changed in place."""
-    from quantlens.token_metrics import NLL
+    from quantlens.metrics.tokens import NLL
 
     calls = []
     real = NLL.token_scores

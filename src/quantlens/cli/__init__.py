@@ -13,8 +13,8 @@ import sys
 import warnings
 from typing import Optional, Sequence
 
-from ..errors import QuantlensError
-from ..lock import release_all
+from quantlens.errors import QuantlensError
+from quantlens.parallel.lock import release_all
 
 __all__ = ["main", "COMMANDS"]
 
@@ -26,7 +26,7 @@ _plain_format = warnings.formatwarning
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
     """quantlens's own warnings as one line; torch's and the user's keep their origin (file:line: Category)."""
-    from ..errors import QuantlensWarning
+    from quantlens.errors import QuantlensWarning
 
     if isinstance(category, type) and issubclass(category, QuantlensWarning):
         return f"quantlens: warning: {message}\n"
@@ -34,7 +34,7 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:  # n
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
+    from quantlens import __version__
 
     parser = argparse.ArgumentParser(
         prog="quantlens",

@@ -8,17 +8,17 @@ import warnings
 from pathlib import Path
 from typing import Any, Optional
 
-from ..analysis.sweep.results import SweepResult
-from ..config import check_bits, parse_granularity
-from ..errors import QuantlensError
-from ..workload import RunOptions, Workload
-from .common import parse_a_bits
+from quantlens.sweep.results import SweepResult
+from quantlens.quant.spec import check_bits, parse_granularity
+from quantlens.errors import QuantlensError
+from quantlens.core.workload import RunOptions, Workload
+from quantlens.cli.common import parse_a_bits
 
 __all__ = ["add_common", "parse_bits", "load_inputs", "load_sweep", "sweep_or_run"]
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
-    from ..metrics import metrics
+    from quantlens.metrics.task import metrics
 
     p.add_argument("--metric", default="top1", help=f"task metric: {', '.join(metrics())} (default: top1)")
     p.add_argument("--a-bits", default="8", help="activation bits, or 'none' for float activations (default: 8)")
@@ -38,7 +38,7 @@ def parse_bits(text: Any, option: str) -> int:
 
 
 def load_workload(args: argparse.Namespace, need_fx: bool = False) -> Workload:
-    """The :class:`~quantlens.workload.Workload` of the MOD:FN options, ``--metric`` and
+    """The :class:`~quantlens.core.workload.Workload` of the MOD:FN options, ``--metric`` and
     ``--output-key`` (see :func:`load_inputs`)."""
     model, data, calib, reference = load_inputs(args, need_fx)
     return Workload(model, data, calib, args.metric, reference, args.output_key)
@@ -54,15 +54,15 @@ def load_inputs(args: argparse.Namespace, need_fx: bool = False) -> tuple[Any, A
 
     ``need_fx``: the command only works on a model torch.fx or torch.export can capture (``fix``): say so before the sweep.
     """
-    from ..analysis.network.measure import capture_traceable
-    from ..guard import preserve_model
-    from ..loading import load_data, load_model
+    from quantlens.network.measure import capture_traceable
+    from quantlens.core.guard import preserve_model
+    from quantlens.data.loading import load_data, load_model
 
     model = load_model(args.model)
     data = load_data(args.data)
     if str(args.model).endswith(".onnx"):
-        from ..data import iterate
-        from ..model_files import check_onnx
+        from quantlens.data.batches import iterate
+        from quantlens.data.model_files import check_onnx
 
         check_onnx(args.model, model, next(iter(iterate(data, "--data")))[0])  # the conversion must be onnxruntime's model
     if need_fx:
@@ -101,12 +101,12 @@ def sweep_or_run(args: argparse.Namespace, out: Path, w: Workload, w_bits: list[
     With ``results.json`` next to ``fix.json`` / ``additivity.json`` / ``plan.json``,
     ``quantlens report OUT`` renders them together.
     """
-    from ..analysis.sweep.api import analyze, make_config
+    from quantlens.sweep.api import analyze, make_config
 
     sweep = load_sweep(args, w_bits)
     cfg = make_config(w_bits, a_bits, args.granularity, convention=getattr(args, "convention", "quantlens"))
     if sweep is None and getattr(args, "group_by", "layer") == "role":  # plan: one bit-width per role
-        from ..analysis.experiments.role_sweep import analyze_roles
+        from quantlens.experiments.role_sweep import analyze_roles
 
         sweep = analyze_roles(w, config=cfg, options=run_options(args), model_name=args.model)
     elif sweep is None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import math
 
-from ._loop_args import add_common, load_workload, parse_bits, run_options, sweep_or_run
-from .common import add_model_args, console, parse_a_bits, prepare_out_dir
+from quantlens.cli._loop_args import add_common, load_workload, parse_bits, run_options, sweep_or_run
+from quantlens.cli.common import add_model_args, console, parse_a_bits, prepare_out_dir
 
 __all__ = ["register", "run"]
 
@@ -28,9 +28,9 @@ def _f(x: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..analysis.experiments.additivity import run_additivity
-    from ..config import parse_granularity
-    from ..errors import QuantlensError
+    from quantlens.experiments.additivity import run_additivity
+    from quantlens.quant.spec import parse_granularity
+    from quantlens.errors import QuantlensError
 
     low, high = parse_bits(args.low, "--low"), parse_bits(args.high, "--high")
     a_bits = parse_a_bits(args.a_bits)
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if r.flagged:
         console.print(f"large output mean shift (> {r.shift_threshold} std) when quantized alone: {', '.join(r.flagged)}; "
                       "where measured exceeds predicted, look there first (section 4.4)")
-    from ..report import save_report
+    from quantlens.report import save_report
 
     report = save_report(sweep, out)
     console.print(f"wrote {out / 'additivity.json'} (and {report})")

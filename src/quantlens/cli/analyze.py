@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ._loop_args import load_inputs
-from .common import (
+from quantlens.cli._loop_args import load_inputs
+from quantlens.cli.common import (
     add_model_args,
     add_quant_args,
     console,
@@ -14,7 +14,7 @@ from .common import (
     prepare_out_dir,
     print_summary,
 )
-from .scale import add_scale_args, scale_kwargs
+from quantlens.cli.scale import add_scale_args, scale_kwargs
 
 __all__ = ["register", "run"]
 
@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..analysis.sweep.api import analyze, make_config
+    from quantlens.sweep.api import analyze, make_config
 
     w_bits = parse_bits_list(args.w_bits)
     a_bits = parse_a_bits(args.a_bits)
@@ -56,9 +56,9 @@ def run(args: argparse.Namespace) -> int:
     out = prepare_out_dir(args.out)
     model, data, calib, reference = load_inputs(args)
     if args.group_by == "role":
-        from ..analysis.experiments.role_sweep import analyze_roles
-        from ..workload import RunOptions, Workload
-        from ..errors import QuantlensError
+        from quantlens.experiments.role_sweep import analyze_roles
+        from quantlens.core.workload import RunOptions, Workload
+        from quantlens.errors import QuantlensError
 
         if args.backend != "serial" or args.engine != "cone":
             raise QuantlensError("--group-by role measures whole networks serially: drop --backend ray and --engine")
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         )
     result.to_json(out / "results.json")
     result.to_csv(out / "results.csv")
-    from ..report import save_report
+    from quantlens.report import save_report
 
     report = save_report(result, out)
     print_summary(result, k=args.top)

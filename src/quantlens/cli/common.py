@@ -11,10 +11,10 @@ from typing import Optional
 from rich.console import Console
 from rich.table import Table
 
-from ..analysis.sweep.results import SweepResult
-from ..config import check_bits
-from ..errors import QuantlensError
-from ..report.fmt import Units
+from quantlens.sweep.results import SweepResult
+from quantlens.quant.spec import check_bits
+from quantlens.errors import QuantlensError
+from quantlens.report.fmt import Units
 
 __all__ = [
     "add_model_args",
@@ -73,8 +73,8 @@ def add_model_args(p: argparse.ArgumentParser, data: bool = True) -> None:
 
 
 def add_quant_args(p: argparse.ArgumentParser, w_bits_default: str = "3,4,5,6,7,8") -> None:
-    from ..metrics import metrics
-    from ..quant.ranges import estimators
+    from quantlens.metrics.task import metrics
+    from quantlens.quant.ranges import estimators
 
     p.add_argument("--metric", default="top1", help=f"task metric: {', '.join(metrics())} (default: top1)")
     p.add_argument("--w-bits", default=w_bits_default, help=f"weight bit-widths (default: {w_bits_default})")
@@ -86,7 +86,7 @@ def add_quant_args(p: argparse.ArgumentParser, w_bits_default: str = "3,4,5,6,7,
 
 
 def add_convention_arg(p: argparse.ArgumentParser) -> None:
-    from ..quant.conventions import conventions
+    from quantlens.quant.conventions import conventions
 
     p.add_argument("--convention", default="quantlens",
                    help=f"quantizer convention of the tool to predict: {', '.join(conventions())} (default: quantlens)")
@@ -95,7 +95,7 @@ def add_convention_arg(p: argparse.ArgumentParser) -> None:
 def prepare_out_dir(path: str) -> Path:
     """Create ``path`` as a directory and lock it for this run (until the command ends: a second
     run given the same ``--out`` at once stops with one line); one clear error if impossible."""
-    from ..lock import hold
+    from quantlens.parallel.lock import hold
 
     p = Path(path)
     if p.exists() and not p.is_dir():
@@ -131,7 +131,7 @@ def print_summary(result: SweepResult, k: int = 5, rank_bits: Optional[int] = No
     table.add_column("params", justify="right")
     for b in bits:
         table.add_column(f"deg@{b}b", justify="right")
-    from ..report.noise import has_intervals, noise_sentences, verdict
+    from quantlens.report.noise import has_intervals, noise_sentences, verdict
 
     noisy = has_intervals(result.at(rb))
     if noisy:
@@ -160,7 +160,7 @@ def print_summary(result: SweepResult, k: int = 5, rank_bits: Optional[int] = No
 
 def print_worst_roles(result: SweepResult, bits: int, k: int = 5) -> None:
     """The ``k`` worst roles at ``bits`` (layers of repeated blocks grouped by role); nothing without roles."""
-    from ..report.roles import worst_roles
+    from quantlens.report.roles import worst_roles
 
     worst = worst_roles(result, bits, k)
     if not worst or result.extra.get("group_by") == "role":  # a role sweep's table above already lists roles

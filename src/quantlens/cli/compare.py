@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from .common import console
-from .report import add_report_args
+from quantlens.cli.common import console
+from quantlens.cli.report import add_report_args
 
 __all__ = ["register", "run"]
 
@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..report import ReportOptions, write_compare
+    from quantlens.report import ReportOptions, write_compare
 
     labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
     opts = ReportOptions(saturate=args.saturate, bits=args.bits, title=args.title)

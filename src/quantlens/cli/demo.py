@@ -1,7 +1,7 @@
 """``quantlens demo``: train (once) a digits CNN and run the full sweep on held-out digits.
 
 ``quantlens demo --lm``: train (once) a small byte-level Llama on the standard library's
-docstrings (:mod:`quantlens.demo_lm`) and sweep all its Linear layers by held-out perplexity.
+docstrings (:mod:`quantlens.demo.lm`) and sweep all its Linear layers by held-out perplexity.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from .common import (
+from quantlens.cli.common import (
     console,
     parse_a_bits,
     parse_bits_list,
@@ -33,8 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import demo
-    from ..analysis.sweep.api import analyze
+    from quantlens.demo import digits as demo
+    from quantlens.sweep.api import analyze
 
     if args.lm:
         return run_lm(args)
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     )
     result.to_json(out / "results.json")
     result.to_csv(out / "results.csv")
-    from ..report import save_report
+    from quantlens.report import save_report
 
     report = save_report(result, out)
     print_summary(result, k=5)
@@ -66,13 +66,13 @@ def run(args: argparse.Namespace) -> int:
 
 def run_lm(args: argparse.Namespace) -> int:
     """Train (once) the byte-level Llama, sweep every Linear layer by held-out perplexity."""
-    from .. import demo_lm
-    from ..analysis.sweep.api import analyze, make_config
-    from ..analysis.network.measure import make_measurer
-    from ..workload import RunOptions, Workload
-    from ..qconfig import QuantConfig
-    from ..report import save_report
-    from ..report.fmt import Units
+    from quantlens.demo import lm as demo_lm
+    from quantlens.sweep.api import analyze, make_config
+    from quantlens.network.measure import make_measurer
+    from quantlens.core.workload import RunOptions, Workload
+    from quantlens.core.layer_config import QuantConfig
+    from quantlens.report import save_report
+    from quantlens.report.fmt import Units
 
     t0 = time.perf_counter()
     w_bits, a_bits = parse_bits_list(args.w_bits), parse_a_bits(args.a_bits or "none")
@@ -85,7 +85,7 @@ def run_lm(args: argparse.Namespace) -> int:
     data = demo_lm.data()
     cfg = make_config(w_bits, a_bits, "per-group-32")
     result = analyze(model, data, config=cfg, metric="perplexity", output_key="logits", progress=not args.no_progress,
-                     model_name="quantlens.demo_lm:model (byte-level Llama)")
+                     model_name="quantlens.demo.lm:model (byte-level Llama)")
     q4 = None
     if 4 in w_bits:  # the whole network at 4 bits, for scale
         names = result.layer_names

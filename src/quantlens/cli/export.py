@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import console, prepare_out_dir
+from quantlens.cli.common import console, prepare_out_dir
 
 __all__ = ["register", "run", "FORMATS"]
 
@@ -39,9 +39,9 @@ def recorded_spec(config: str, key: str) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import QuantlensError
-    from ..export.onnx import check_onnx_available, export_onnx
-    from ..loading import load_data, load_model
+    from quantlens.errors import QuantlensError
+    from quantlens.export.onnx import check_onnx_available, export_onnx
+    from quantlens.data.loading import load_data, load_model
 
     check_onnx_available()
     out = prepare_out_dir(args.out)
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
                       int4=not args.no_int4, model_name=args.model)
     info = json.loads(res.info_path.read_text(encoding="utf-8"))
     info["data"] = data_spec
-    from .. import jsonio
+    from quantlens.core import jsonio
 
     jsonio.dump(info, res.info_path)
     n_q = sum(1 for f in res.layers.values() if f.storage is not None)

@@ -7,16 +7,16 @@ import math
 
 from rich.table import Table
 
-from ..report.fmt import Units
-from ._loop_args import add_common, load_workload, parse_bits, run_options, sweep_or_run
-from .common import add_model_args, console, parse_a_bits, prepare_out_dir
+from quantlens.report.fmt import Units
+from quantlens.cli._loop_args import add_common, load_workload, parse_bits, run_options, sweep_or_run
+from quantlens.cli.common import add_model_args, console, parse_a_bits, prepare_out_dir
 
 __all__ = ["register", "run", "print_table"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..analysis.experiments.fixloop import DEFAULT_FIXES
-    from ..fixes import fixes
+    from quantlens.experiments.fixloop import DEFAULT_FIXES
+    from quantlens.fixes import fixes
 
     p = sub.add_parser("fix", help="find the culprit layers, fix them locally, and print Table 1 (float/naive/global/local)")
     add_model_args(p)
@@ -74,10 +74,10 @@ def significance_lines(result) -> list[str]:  # noqa: ANN001
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..analysis.experiments.fixloop import fix_loop
-    from ..errors import QuantlensError
-    from ..export import export
-    from ..fixes import check_fix
+    from quantlens.experiments.fixloop import fix_loop
+    from quantlens.errors import QuantlensError
+    from quantlens.export import export
+    from quantlens.fixes import check_fix
 
     w_bits = parse_bits(args.w_bits, "--w-bits")
     a_bits = parse_a_bits(args.a_bits)
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         console.print(f"no layer degrades {result.metric_name} at {w_bits} bits on its own: nothing to fix locally")
     print_table(result)
-    from ..report import save_report
+    from quantlens.report import save_report
 
     report = save_report(sweep, out)
     console.print(f"wrote {out / 'fix.json'}, {out / 'quant_config.json'} and {out / 'weights.safetensors'} (and {report})")

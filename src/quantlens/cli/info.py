@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import console
+from quantlens.cli.common import console
 
 __all__ = ["register", "run"]
 
@@ -15,15 +15,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import __version__
-    from ..fixes import fixes
-    from ..metrics import metrics
-    from ..quant.ranges import estimators
+    from quantlens import __version__
+    from quantlens.fixes import fixes
+    from quantlens.metrics.task import metrics
+    from quantlens.quant.ranges import estimators
 
     console.print(f"quantlens {__version__}")
     console.print(f"metrics:          {', '.join(metrics())}")
     console.print(f"range estimators: {', '.join(estimators())}")
-    from ..quant.conventions import conventions, get_convention
+    from quantlens.quant.conventions import conventions, get_convention
 
     console.print("conventions (--convention):")
     for name in conventions():

@@ -7,9 +7,9 @@ import math
 
 from rich.table import Table
 
-from ..report.fmt import Units
-from ._loop_args import add_common, load_workload, run_options, sweep_or_run
-from .common import (
+from quantlens.report.fmt import Units
+from quantlens.cli._loop_args import add_common, load_workload, run_options, sweep_or_run
+from quantlens.cli.common import (
     _fmt,
     add_convention_arg,
     add_model_args,
@@ -36,8 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import QuantlensError
-    from ..analysis.experiments.plan import run_plan
+    from quantlens.errors import QuantlensError
+    from quantlens.experiments.plan import run_plan
 
     if (args.budget is None) == (args.budget_bytes is None):
         raise QuantlensError("give exactly one of --budget (average weight bits) or --budget-bytes")
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
                          f"is not significant on {r.num_samples:,} samples"
                          + (f"; about {vs['samples_to_resolve']:,} would resolve it" if vs["samples_to_resolve"] else "")))
     wrote = _write_config(args, r, workload, out)
-    from ..report import save_report
+    from quantlens.report import save_report
 
     report = save_report(sweep, out)
     console.print(f"wrote {out / 'plan.json'}{wrote} (and {report})")
@@ -83,11 +83,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _write_config(args: argparse.Namespace, r, workload, out) -> str:  # noqa: ANN001
     """``quant_config.json`` and ``weights.safetensors`` of the plan (for ``quantlens export``), if fx can trace the model."""
-    from ..analysis.network.measure import NetworkMeasurer, UntraceableError
-    from ..config import parse_granularity
-    from ..export import export
-    from ..qconfig import LayerQuant, QuantConfig
-    from ..workload import RunOptions
+    from quantlens.network.measure import NetworkMeasurer, UntraceableError
+    from quantlens.quant.spec import parse_granularity
+    from quantlens.export import export
+    from quantlens.core.layer_config import LayerQuant, QuantConfig
+    from quantlens.core.workload import RunOptions
 
     g = parse_granularity(args.granularity)
     bits_of = r.extra.get("layer_bits") or {l.layer: l.w_bits for l in r.layers}  # a role plan lists its layers' bits

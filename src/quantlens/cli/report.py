@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import console
+from quantlens.cli.common import console
 
 __all__ = ["register", "run", "add_report_args"]
 
@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..report import ReportOptions, write_report
+    from quantlens.report import ReportOptions, write_report
 
     opts = ReportOptions(saturate=args.saturate, bits=args.bits, title=args.title)
     path = write_report(args.dir, args.out, opts)

@@ -32,8 +32,8 @@ def add_scale_args(p: argparse.ArgumentParser) -> None:
 
 def scale_kwargs(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """Keyword arguments of :func:`quantlens.analyze` from the parsed options."""
-    from ..errors import QuantlensError
-    from ..parallel import make_executor
+    from quantlens.errors import QuantlensError
+    from quantlens.parallel import make_executor
 
     if args.no_cache and args.cache:
         raise QuantlensError("--cache and --no-cache contradict each other; give one")

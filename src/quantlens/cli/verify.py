@@ -7,14 +7,14 @@ import math
 
 from rich.table import Table
 
-from ..report.fmt import Units
-from .common import console, prepare_out_dir
+from quantlens.report.fmt import Units
+from quantlens.cli.common import console, prepare_out_dir
 
 __all__ = ["register", "run", "print_verify"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..metrics import metrics
+    from quantlens.metrics.task import metrics
 
     p = sub.add_parser("verify", help="run an exported (or tool-quantized) ONNX model in onnxruntime; compare with the simulation")
     p.add_argument("--onnx", required=True, metavar="PATH", help="model.onnx (from `quantlens export`, or quantized by another tool)")
@@ -64,9 +64,9 @@ def print_verify(r) -> None:  # noqa: ANN001
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import QuantlensError
-    from ..loading import load_data, load_model
-    from ..runtime.export_check import read_export_info, verify_export
+    from quantlens.errors import QuantlensError
+    from quantlens.data.loading import load_data, load_model
+    from quantlens.runtime.export_check import read_export_info, verify_export
 
     out = prepare_out_dir(args.out)
     info = read_export_info(args.onnx) if not args.w_bits else None
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     data = load_data(args.data)
     calib = load_data(args.calib, "--calib") if args.calib else None
     if args.w_bits:
-        from ..runtime.tool_check import verify_tool_model
+        from quantlens.runtime.tool_check import verify_tool_model
 
         r = verify_tool_model(args.onnx, model, data, w_bits=int(args.w_bits), a_bits=args.a_bits, granularity=args.granularity,
                               convention=args.convention or "quantlens", metric=args.metric, calib=calib, output_key=args.output_key)
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     print_verify(r)
     wrote = f"{out / 'verify.json'}"
     if (out / "results.json").is_file():  # the report there gains its "Runtime check" section
-        from ..report import write_report
+        from quantlens.report import write_report
 
         wrote += f" (and {write_report(out)})"
     console.print(f"wrote {wrote}")

@@ -6,14 +6,14 @@
 * :mod:`quantlens.export.onnx`: a QDQ ONNX model that onnxruntime runs (:func:`export_onnx`).
 """
 
-from .weights import export, weight_tensors
+from quantlens.export.weights import export, weight_tensors
 
 __all__ = ["export", "weight_tensors", "export_onnx", "OnnxExport"]
 
 
 def __getattr__(name: str):  # the ONNX side imports torch.onnx lazily
     if name in ("export_onnx", "OnnxExport"):
-        from . import onnx as _onnx
+        from quantlens.export import onnx as _onnx
 
         return getattr(_onnx, name)
     raise AttributeError(name)

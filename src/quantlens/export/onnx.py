@@ -33,13 +33,13 @@ from typing import Any, Iterable, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from .. import jsonio
-from ..data import iterate
-from ..analysis.network.build import QuantizedNetwork
-from ..errors import QuantlensError
-from ..qconfig import QuantConfig
-from .qdq import LayerFormat, QDQNetwork, layer_formats, onnx_scale, qdq_module, weight_integers
-from .rebuild import load_quantized
+from quantlens.core import jsonio
+from quantlens.data.batches import iterate
+from quantlens.engine.build import QuantizedNetwork
+from quantlens.errors import QuantlensError
+from quantlens.core.layer_config import QuantConfig
+from quantlens.export.qdq import LayerFormat, QDQNetwork, layer_formats, onnx_scale, qdq_module, weight_integers
+from quantlens.export.rebuild import load_quantized
 
 __all__ = ["OnnxExport", "export_onnx", "export_qnet", "EXPORT_SCHEMA", "OPSET", "check_onnx_available"]
 

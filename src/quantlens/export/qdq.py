@@ -1,6 +1,6 @@
 """The quantized network as torch modules whose ONNX export is QuantizeLinear/DequantizeLinear.
 
-:func:`qdq_module` turns a :class:`~quantlens.analysis.network.build.QuantizedNetwork` (the
+:func:`qdq_module` turns a :class:`~quantlens.engine.build.QuantizedNetwork` (the
 simulation) into a module that computes the same values with ops that torch's ONNX exporter
 writes as QDQ pairs:
 
@@ -29,12 +29,12 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from ..data import extract_output
-from ..analysis.network.build import QuantizedNetwork
-from ..config import PerChannel, PerGroup
-from ..errors import QuantlensError
-from ..graph.cone import QuantLayer, layer_forward
-from ..quant.quantizer import ActQuantizer, _group_size, weight_rows
+from quantlens.data.batches import extract_output
+from quantlens.engine.build import QuantizedNetwork
+from quantlens.quant.spec import PerChannel, PerGroup
+from quantlens.errors import QuantlensError
+from quantlens.engine.cone import QuantLayer, layer_forward
+from quantlens.quant.quantizer import ActQuantizer, _group_size, weight_rows
 
 # registers torch.ops.quantized_decomposed; must happen before the ONNX exporter builds its op registry
 import torch.ao.quantization.fx._decomposed  # noqa: E402,F401

@@ -31,13 +31,13 @@ from typing import Any, Iterable, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from ..analysis.network.measure import UntraceableError, capture_traceable
-from ..analysis.network.build import QuantizedNetwork, build_quantized, calibrate_ranges
-from ..errors import QuantlensError
-from ..graph.capture import LayerGraph
-from ..guard import preserve_model
-from ..qconfig import QuantConfig
-from ..quant.observers import MinMaxObserver
+from quantlens.network.measure import UntraceableError, capture_traceable
+from quantlens.engine.build import QuantizedNetwork, build_quantized, calibrate_ranges
+from quantlens.errors import QuantlensError
+from quantlens.graph.capture import LayerGraph
+from quantlens.core.guard import preserve_model
+from quantlens.core.layer_config import QuantConfig
+from quantlens.quant.observers import MinMaxObserver
 
 __all__ = ["load_quantized", "effective_config", "read_config", "FLOAT_BITS"]
 
@@ -147,7 +147,7 @@ def load_quantized(
     elif eff.fix_layers():
         if calib is None:
             raise QuantlensError("the config has fixes but no weights.safetensors beside it: give --calib MOD:FN to apply the fixes")
-        from ..fixes import apply_fixes
+        from quantlens.fixes import apply_fixes
 
         g = apply_fixes(g, eff, calib, torch.device(device))
     stored = _stored_observers(eff, ranges) if ranges else None

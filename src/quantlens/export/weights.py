@@ -1,6 +1,6 @@
 """Export a quantized network: ``quant_config.json`` and ``weights.safetensors``.
 
-* ``quant_config.json``: the :class:`~quantlens.qconfig.QuantConfig` (schema
+* ``quant_config.json``: the :class:`~quantlens.core.layer_config.QuantConfig` (schema
   ``quantlens/quant-config-v1``: per-layer bits, granularity, estimator, fixes) plus
   ``ranges`` (per layer: weight clip and scales, input/output activation scale, zero point
   and range) and any extra fields given.
@@ -21,9 +21,9 @@ from typing import Optional, Union
 
 import torch
 
-from ..analysis.network.build import QuantizedNetwork
-from ..errors import QuantlensError
-from ..jsonio import write_error
+from quantlens.engine.build import QuantizedNetwork
+from quantlens.errors import QuantlensError
+from quantlens.core.jsonio import write_error
 
 __all__ = ["export", "weight_tensors"]
 

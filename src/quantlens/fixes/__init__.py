@@ -6,7 +6,7 @@ Registered by name (``quantlens.fixes.fixes()`` lists them):
 * ``equalize``: cross-layer equalization (:mod:`.equalize`)
 * ``bias_correction``: empirical bias correction (:mod:`.bias_correction`)
 
-A :class:`~quantlens.qconfig.QuantConfig` records which fixes each layer gets;
+A :class:`~quantlens.core.layer_config.QuantConfig` records which fixes each layer gets;
 :func:`apply_fixes` applies them all in fix order to a copy of the graph.
 
 Example:
@@ -15,8 +15,8 @@ Example:
     True
 """
 
-from . import bias_correction, clipping, equalize  # noqa: F401  (register the fixes)
-from .base import (
+from quantlens.fixes import bias_correction, clipping, equalize  # noqa: F401  (register the fixes)
+from quantlens.fixes.base import (
     Fix,
     FixContext,
     apply_fixes,

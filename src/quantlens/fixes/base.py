@@ -23,10 +23,10 @@ from typing import Any, Callable, Iterable, Optional, Protocol, Sequence
 import torch
 from torch import fx
 
-from ..config import DEFAULT_PERCENTILE
-from ..errors import QuantlensError
-from ..graph.capture import LayerGraph
-from ..qconfig import QuantConfig
+from quantlens.quant.spec import DEFAULT_PERCENTILE
+from quantlens.errors import QuantlensError
+from quantlens.graph.capture import LayerGraph
+from quantlens.core.layer_config import QuantConfig
 
 __all__ = ["Fix", "FixContext", "register_fix", "fixes", "make_fix", "apply_fixes", "copy_graph", "changed_layers", "check_fix"]
 

@@ -28,15 +28,15 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 import torch
 from torch import Tensor, fx, nn
 
-from ..analysis.sweep.accumulate import _channel_sums, channel_axis
-from ..data import iterate
-from ..errors import QuantlensError
-from ..graph.capture import LayerGraph
-from ..graph.cone import build_cache_module
-from ..graph.lockstep import LockstepTooLarge, Pause, run_lockstep
-from ..numerics import analysis_mode
-from ..qconfig import QuantConfig
-from .base import FixContext, copy_graph, register_fix
+from quantlens.engine.accumulate import _channel_sums, channel_axis
+from quantlens.data.batches import iterate
+from quantlens.errors import QuantlensError
+from quantlens.graph.capture import LayerGraph
+from quantlens.engine.cone import build_cache_module
+from quantlens.graph.lockstep import LockstepTooLarge, Pause, run_lockstep
+from quantlens.core.numerics import analysis_mode
+from quantlens.core.layer_config import QuantConfig
+from quantlens.fixes.base import FixContext, copy_graph, register_fix
 
 __all__ = ["BiasCorrection"]
 
@@ -49,7 +49,7 @@ class BiasCorrection:
         self.ctx = ctx
 
     def apply(self, graph: LayerGraph, layers: Sequence[str]) -> LayerGraph:
-        from ..analysis.network.build import build_quantized
+        from quantlens.engine.build import build_quantized
 
         if self.ctx.calib is None:
             raise QuantlensError("fix 'bias_correction' needs calibration data")
@@ -101,7 +101,7 @@ class BiasCorrection:
 
     def _apply_per_layer(self, graph: LayerGraph, chosen: list, quantized: QuantConfig, floats: dict) -> LayerGraph:
         """The same corrections with one pass of the quantized network up to each layer."""
-        from ..analysis.network.build import build_quantized
+        from quantlens.engine.build import build_quantized
 
         out = _with_biases(graph, chosen)
         qnet = build_quantized(out, quantized, self.ctx.calib, self.ctx.device)

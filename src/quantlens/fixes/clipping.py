@@ -13,7 +13,7 @@ that range. The fixes:
   input's second moment over the calibration data, per input channel). Weights on inputs that
   are (almost) never active cost (almost) nothing, so their outliers get clipped.
 * ``percentile``: ``|w|``'s ``FixContext.percentile``-th percentile (default
-  :data:`~quantlens.config.DEFAULT_PERCENTILE`, 99.99).
+  :data:`~quantlens.quant.spec.DEFAULT_PERCENTILE`, 99.99).
 
 Example:
     >>> from quantlens.fixes import FixContext, make_fix              # doctest: +SKIP
@@ -28,17 +28,17 @@ from typing import Iterable, Optional, Sequence
 import torch
 from torch import Tensor
 
-from ..analysis.sweep.accumulate import _channel_sums, channel_axis
-from ..data import iterate
-from ..config import QuantSpec
-from ..errors import QuantlensError
-from ..graph.capture import LayerGraph
-from ..graph.cone import build_cache_module, input_node
-from ..graph.lockstep import LockstepTooLarge, Pause, run_lockstep
-from ..numerics import analysis_mode
-from ..quant.quantizer import weight_rows
-from ..quant.ranges import _mse_best_scale, estimate_weight_rows
-from .base import FixContext, copy_graph, register_fix, weight_of
+from quantlens.engine.accumulate import _channel_sums, channel_axis
+from quantlens.data.batches import iterate
+from quantlens.quant.spec import QuantSpec
+from quantlens.errors import QuantlensError
+from quantlens.graph.capture import LayerGraph
+from quantlens.engine.cone import build_cache_module, input_node
+from quantlens.graph.lockstep import LockstepTooLarge, Pause, run_lockstep
+from quantlens.core.numerics import analysis_mode
+from quantlens.quant.quantizer import weight_rows
+from quantlens.quant.ranges import _mse_best_scale, estimate_weight_rows
+from quantlens.fixes.base import FixContext, copy_graph, register_fix, weight_of
 
 __all__ = ["ClipFix", "SAWBClip", "MSEClip", "PercentileClip", "OutputMSEClip"]
 

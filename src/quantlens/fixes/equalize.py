@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from ..graph.capture import Layer, LayerGraph
-from .base import FixContext, copy_graph, register_fix
+from quantlens.graph.capture import Layer, LayerGraph
+from quantlens.fixes.base import FixContext, copy_graph, register_fix
 
 __all__ = ["Pair", "equalizable_pairs", "Equalize"]
 

@@ -30,8 +30,8 @@ from torch.fx import _pytree as fx_pytree
 from torch.utils import _pytree as pytree
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from ..errors import QuantlensError
-from ..inputs import as_inputs
+from quantlens.errors import QuantlensError
+from quantlens.core.inputs import as_inputs
 
 __all__ = ["Layer", "LayerGraph", "capture", "fx_capture", "CAPTURE_METHODS", "CaptureError", "LAYER_TYPES", "is_layer_module", "layer_op", "transposed_linear", "activation_name", "bind_placeholders"]
 
@@ -431,7 +431,7 @@ def capture(model: nn.Module, sample: Any = None, method: str = "auto") -> Layer
     """Capture ``model`` (a copy), fold BatchNorm, and list its layers in topological order.
 
     ``method``: ``fx`` (symbolic trace), ``export`` (``torch.export`` on ``sample``, the first
-    batch's :class:`~quantlens.data.Inputs`), or ``auto``: fx, then export when fx
+    batch's :class:`~quantlens.data.batches.Inputs`), or ``auto``: fx, then export when fx
     cannot trace the model. Raises :class:`CaptureError` (why each path failed) when none does.
     """
     if not isinstance(model, nn.Module):
@@ -449,7 +449,7 @@ def capture(model: nn.Module, sample: Any = None, method: str = "auto") -> Layer
         try:
             if path == "fx":
                 return fx_capture(model)
-            from .export import export_capture
+            from quantlens.graph.export import export_capture
 
             return export_capture(model, sample)
         except QuantlensError:

@@ -34,11 +34,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from ..errors import QuantlensError
-from ..inputs import as_inputs
-from ..numerics import analysis_mode
-from .export import check_no_cache
-from .capture import (
+from quantlens.errors import QuantlensError
+from quantlens.core.inputs import as_inputs
+from quantlens.core.numerics import analysis_mode
+from quantlens.graph.export import check_no_cache
+from quantlens.graph.capture import (
     _ACT_FUNCTIONS,
     _ACT_METHODS,
     _BN_TYPES,
@@ -234,7 +234,7 @@ def _same_output(a: Any, b: Any) -> bool:
 def capture_eager(model: nn.Module, sample: Any) -> EagerGraph:
     """Layers of ``model`` (an eval-mode copy the caller owns: it is rewritten in place) in call order.
 
-    ``sample``: the first batch's :class:`~quantlens.inputs.Inputs` (or a tuple of tensors)."""
+    ``sample``: the first batch's :class:`~quantlens.core.inputs.Inputs` (or a tuple of tensors)."""
     sample = as_inputs(sample)
     reference, first, calls, rec = _record(model, sample)
     check_no_cache(reference)

@@ -18,7 +18,7 @@ that torch.fx cannot trace (Hugging Face transformers, data-dependent Python).
 
 Example:
     >>> import torch, torch.nn as nn                                 # doctest: +SKIP
-    >>> from quantlens.inputs import Inputs
+    >>> from quantlens.core.inputs import Inputs
     >>> g = export_capture(nn.Sequential(nn.Linear(4, 4), nn.GELU()), Inputs((torch.randn(2, 4),)))
     >>> [(l.name, l.act) for l in g.layers]
     [('0', 'GELU')]
@@ -40,9 +40,9 @@ import torch
 from torch import Tensor, fx, nn
 from torch.utils import _pytree as pytree
 
-from ..errors import QuantlensError
-from .capture import LayerGraph, _discover, _set_submodule, fuse_bn
-from .cone import fetch_attr
+from quantlens.errors import QuantlensError
+from quantlens.graph.capture import LayerGraph, _discover, _set_submodule, fuse_bn
+from quantlens.engine.cone import fetch_attr
 
 __all__ = ["export_capture", "check_no_cache", "quiet"]
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from ..errors import QuantlensError
-from .recipe import SweepRecipe, data_identity
-from .run import run_sweep
-from .serial import SerialExecutor
-from .store import CheckpointStore
+from quantlens.errors import QuantlensError
+from quantlens.parallel.recipe import SweepRecipe, data_identity
+from quantlens.sweep.run import run_sweep
+from quantlens.parallel.serial import SerialExecutor
+from quantlens.parallel.store import CheckpointStore
 
 __all__ = ["SweepRecipe", "SerialExecutor", "CheckpointStore", "make_executor", "run_sweep", "data_identity", "BACKENDS"]
 
@@ -34,7 +34,7 @@ def make_executor(backend: Any = "serial", address: Optional[str] = None, **opti
             raise QuantlensError("--address is for --backend ray")
         return SerialExecutor()
     if backend == "ray":
-        from .ray_executor import RayExecutor
+        from quantlens.parallel.ray_executor import RayExecutor
 
         return RayExecutor(address=address, **options)
     raise QuantlensError(f"unknown backend {backend!r}: use {' or '.join(BACKENDS)}")

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
-from ..inputs import as_inputs
+from quantlens.core.inputs import as_inputs
 
 __all__ = ["model_hash", "batch_hash", "tensor_digest"]
 

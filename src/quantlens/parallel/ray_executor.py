@@ -23,17 +23,17 @@ import sys
 import uuid
 from typing import Any, Optional
 
-from ..data import iterate
-from ..analysis.sweep.state_io import (
+from quantlens.data.batches import iterate
+from quantlens.engine.state_io import (
     calibration_to_dict,
     load_calibration,
     state_from_dict,
     union_states,
 )
-from ..errors import QuantlensError
-from ..progress import Progress
-from .fingerprint import batch_hash
-from .store import CheckpointStore, resume_notice
+from quantlens.errors import QuantlensError
+from quantlens.core.progress import Progress
+from quantlens.parallel.fingerprint import batch_hash
+from quantlens.parallel.store import CheckpointStore, resume_notice
 
 __all__ = ["RayExecutor", "group_layers", "run_task"]
 

@@ -1,4 +1,4 @@
-"""Everything needed to build the same :class:`~quantlens.analysis.sweep.engine.Sweep` anywhere.
+"""Everything needed to build the same :class:`~quantlens.engine.sweep.Sweep` anywhere.
 
 A :class:`SweepRecipe` is picklable (the model and a sample batch travel with it), so a
 Ray worker on another machine rebuilds the identical prepared network, then loads the
@@ -19,9 +19,9 @@ import torch
 
 from torch import nn
 
-from ..config import SweepConfig
-from .._version import __version__
-from .fingerprint import batch_hash, model_hash
+from quantlens.quant.spec import SweepConfig
+from quantlens._version import __version__
+from quantlens.parallel.fingerprint import batch_hash, model_hash
 
 __all__ = ["SweepRecipe", "data_identity"]
 
@@ -35,7 +35,7 @@ def _metric_id(metric: Any) -> str:
 
 @dataclass(frozen=True)
 class SweepRecipe:
-    """The arguments of :class:`~quantlens.analysis.sweep.engine.Sweep`, kept together."""
+    """The arguments of :class:`~quantlens.engine.sweep.Sweep`, kept together."""
 
     model: nn.Module
     sample: Any
@@ -50,7 +50,7 @@ class SweepRecipe:
 
     def build(self) -> Any:
         """A new, uncalibrated :class:`Sweep`."""
-        from ..analysis.sweep.engine import Sweep
+        from quantlens.engine.sweep import Sweep
 
         return Sweep(self.model, self.sample, self.config, self.metric, self.device, self.output_key,
                      self.reference, self.engine, self.layers, self.capture)

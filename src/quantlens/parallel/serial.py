@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from ..data import iterate
-from ..analysis.sweep.state_io import state_from_dict
-from ..errors import QuantlensError
-from ..progress import Progress
-from .fingerprint import batch_hash
-from .store import CheckpointStore, resume_notice
+from quantlens.data.batches import iterate
+from quantlens.engine.state_io import state_from_dict
+from quantlens.errors import QuantlensError
+from quantlens.core.progress import Progress
+from quantlens.parallel.fingerprint import batch_hash
+from quantlens.parallel.store import CheckpointStore, resume_notice
 
 __all__ = ["SerialExecutor"]
 

@@ -12,7 +12,7 @@ a crash (even SIGKILL) leaves either the previous or the new version, never a to
 Opening a store whose header differs from the current run's raises a one-line
 :class:`~quantlens.errors.QuantlensError` naming what differs: caches are never mixed; a cache
 written by another quantlens version is refused the same way. The run that opens a store holds
-its lock (``.quantlens.lock``, :mod:`quantlens.lock`) until it clears or closes it, so a second
+its lock (``.quantlens.parallel.lock``, :mod:`quantlens.parallel.lock`) until it clears or closes it, so a second
 run given the same ``--cache`` at the same time stops with one line.
 
 Example:
@@ -29,9 +29,9 @@ import warnings
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from ..errors import QuantlensError
-from ..jsonio import write_atomic
-from ..lock import LOCK_NAME, DirLock
+from quantlens.errors import QuantlensError
+from quantlens.core.jsonio import write_atomic
+from quantlens.parallel.lock import LOCK_NAME, DirLock
 
 __all__ = ["CheckpointStore", "atomic_write_json", "resume_notice"]
 
@@ -57,7 +57,7 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 def resume_notice(store: Any, what: str) -> None:
     """Tell the user (as a :class:`QuantlensWarning`, one line) that a run resumes."""
-    from ..errors import QuantlensWarning
+    from quantlens.errors import QuantlensWarning
 
     warnings.warn(f"resuming from the cache in {store.root}: {what}", QuantlensWarning, stacklevel=3)
 

@@ -1,15 +1,15 @@
 """Fake quantization: primitives, observers, range estimators, quantizers."""
 
-from .observers import HistogramObserver, MinMaxObserver
-from .primitives import fake_quantize, qparams_from_range
-from .quantizer import (
+from quantlens.quant.observers import HistogramObserver, MinMaxObserver
+from quantlens.quant.primitives import fake_quantize, qparams_from_range
+from quantlens.quant.quantizer import (
     ActQuantizer,
     QuantizedWeight,
     make_observer,
     quantize_weight,
     weight_rows,
 )
-from .ranges import (
+from quantlens.quant.ranges import (
     estimate_activation,
     estimate_weight_rows,
     estimators,

@@ -40,7 +40,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from ..errors import QuantlensError
+from quantlens.errors import QuantlensError
 
 __all__ = ["Convention", "register_convention", "conventions", "get_convention"]
 

@@ -1,4 +1,4 @@
-"""Quantizers built from a :class:`~quantlens.config.QuantSpec`.
+"""Quantizers built from a :class:`~quantlens.quant.spec.QuantSpec`.
 
 * :func:`quantize_weight`: fake-quantize a weight tensor (output channels on axis 0) with
   the spec's granularity and range estimator.
@@ -7,7 +7,7 @@
 
 Example:
     >>> import torch
-    >>> from quantlens.config import QuantSpec, PerChannel
+    >>> from quantlens.quant.spec import QuantSpec, PerChannel
     >>> w = torch.randn(4, 3, 3, 3)
     >>> wq = quantize_weight(w, QuantSpec(bits=4, granularity=PerChannel())).weight
     >>> bool((wq[0] / (w[0].abs().max() / 7)).round().abs().max() <= 8)
@@ -22,10 +22,10 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from ..config import PerChannel, PerGroup, PerTensor, QuantSpec
-from .observers import HistogramObserver, MinMaxObserver
-from .primitives import fake_quantize
-from .ranges import estimate_activation, estimate_weight_rows
+from quantlens.quant.spec import PerChannel, PerGroup, PerTensor, QuantSpec
+from quantlens.quant.observers import HistogramObserver, MinMaxObserver
+from quantlens.quant.primitives import fake_quantize
+from quantlens.quant.ranges import estimate_activation, estimate_weight_rows
 
 __all__ = ["QuantizedWeight", "quantize_weight", "weight_rows", "ActQuantizer", "make_observer"]
 

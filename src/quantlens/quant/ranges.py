@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING, Callable, Optional, Protocol, Union
 import torch
 from torch import Tensor
 
-from ..errors import QuantlensError
-from .observers import HistogramObserver, MinMaxObserver
-from .primitives import fake_quantize
+from quantlens.errors import QuantlensError
+from quantlens.quant.observers import HistogramObserver, MinMaxObserver
+from quantlens.quant.primitives import fake_quantize
 
 if TYPE_CHECKING:
-    from ..config import QuantSpec
+    from quantlens.quant.spec import QuantSpec
 
 __all__ = [
     "RangeEstimator",

@@ -10,11 +10,11 @@ Example:
     >>> write_compare(["run-a", "run-b"], "compare.html")              # doctest: +SKIP
 """
 
-from .build import load_result, render_report, save_report, write_report
-from .compare import render_compare, write_compare
-from .extras import Extras, load_extras
-from .insights import Insight, insights
-from .options import ReportOptions
+from quantlens.report.build import load_result, render_report, save_report, write_report
+from quantlens.report.compare import render_compare, write_compare
+from quantlens.report.extras import Extras, load_extras
+from quantlens.report.insights import Insight, insights
+from quantlens.report.options import ReportOptions
 
 __all__ = ["render_report", "write_report", "save_report", "render_compare", "write_compare", "load_result", "load_extras", "Extras",
            "Insight", "insights", "ReportOptions"]

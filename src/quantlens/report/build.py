@@ -14,19 +14,19 @@ import os
 from pathlib import Path
 from typing import Optional, Union
 
-from ..analysis.sweep.results import SweepResult
-from ..errors import QuantlensError
-from ..jsonio import write_atomic
-from .extras import Extras, load_extras
-from .extras_html import additivity_html, fix_html, plan_html
-from .figures import activation_figure, heatmap, layer_profile, noise_scatter
-from .fmt import Units
-from .options import ReportOptions
-from .page import Page, plot_div, table
-from .roles import role_heatmap, worst_roles
-from .safe import esc
-from .sections import layers_table, summary_html
-from .weights import weight_histograms
+from quantlens.sweep.results import SweepResult
+from quantlens.errors import QuantlensError
+from quantlens.core.jsonio import write_atomic
+from quantlens.report.extras import Extras, load_extras
+from quantlens.report.extras_html import additivity_html, fix_html, plan_html
+from quantlens.report.figures import activation_figure, heatmap, layer_profile, noise_scatter
+from quantlens.report.fmt import Units
+from quantlens.report.options import ReportOptions
+from quantlens.report.page import Page, plot_div, table
+from quantlens.report.roles import role_heatmap, worst_roles
+from quantlens.report.safe import esc
+from quantlens.report.sections import layers_table, summary_html
+from quantlens.report.weights import weight_histograms
 
 __all__ = ["render_report", "write_report", "save_report", "load_result", "write_html", "results_path"]
 
@@ -109,7 +109,7 @@ def render_report(result: SweepResult, extras: Optional[Extras] = None, options:
     if ex.plan is not None:
         page.add("plan", "Mixed-precision plan", plan_html(ex.plan, units))
     if ex.verify is not None:
-        from .runtime_html import runtime_html
+        from quantlens.report.runtime_html import runtime_html
 
         page.add("runtime", "Runtime check", runtime_html(ex.verify))
     if ex.notes:

@@ -17,15 +17,15 @@ from typing import Optional, Sequence, Union
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..analysis.sweep.results import SweepResult
-from ..errors import QuantlensError
-from .build import load_result, results_path, write_html
-from .figures import BASE_LAYOUT, COLORS, bits_buttons
-from .fmt import Units, finite
-from .options import ReportOptions
-from .page import Page, Td, plot_div, table
-from .safe import esc, plot_text
-from .sections import config_text
+from quantlens.sweep.results import SweepResult
+from quantlens.errors import QuantlensError
+from quantlens.report.build import load_result, results_path, write_html
+from quantlens.report.figures import BASE_LAYOUT, COLORS, bits_buttons
+from quantlens.report.fmt import Units, finite
+from quantlens.report.options import ReportOptions
+from quantlens.report.page import Page, Td, plot_div, table
+from quantlens.report.safe import esc, plot_text
+from quantlens.report.sections import config_text
 
 __all__ = ["merged_layers", "render_compare", "write_compare", "run_labels"]
 

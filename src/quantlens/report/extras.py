@@ -3,11 +3,11 @@
 Each file is read by its owner's ``from_dict`` (one reader per artifact, no second declaration):
 
 * ``additivity.json`` (``quantlens/additivity-v1``):
-  :meth:`quantlens.analysis.experiments.additivity.AdditivityResult.from_dict` -- the paper's Figure 2;
+  :meth:`quantlens.experiments.additivity.AdditivityResult.from_dict` -- the paper's Figure 2;
 * ``fix.json`` (``quantlens/fix-v1``):
-  :meth:`quantlens.analysis.experiments.fixloop.FixResult.from_dict` -- Table 1 and the local trials;
+  :meth:`quantlens.experiments.fixloop.FixResult.from_dict` -- Table 1 and the local trials;
 * ``plan.json`` (``quantlens/plan-v1``):
-  :meth:`quantlens.analysis.experiments.plan.PlanResult.from_dict` -- the mixed-precision plan;
+  :meth:`quantlens.experiments.plan.PlanResult.from_dict` -- the mixed-precision plan;
 * ``verify.json`` (``quantlens/verify-v1``): :meth:`quantlens.runtime.verify.VerifyResult.from_dict`.
 
 The owners read older files too (missing newer fields get defaults). A file without a
@@ -29,13 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
-from ..errors import QuantlensError
+from quantlens.errors import QuantlensError
 
 if TYPE_CHECKING:
-    from ..analysis.experiments.additivity import AdditivityResult
-    from ..analysis.experiments.fixloop import FixResult
-    from ..analysis.experiments.plan import PlanResult
-    from ..runtime.verify import VerifyResult
+    from quantlens.experiments.additivity import AdditivityResult
+    from quantlens.experiments.fixloop import FixResult
+    from quantlens.experiments.plan import PlanResult
+    from quantlens.runtime.verify import VerifyResult
 
 __all__ = ["Extras", "load_extras", "plan_avg_bits"]
 
@@ -59,12 +59,12 @@ def plan_avg_bits(p: "PlanResult") -> Optional[float]:
 
 
 def _owners() -> dict[str, Any]:
-    """``key -> the owner's class`` (a :class:`~quantlens.jsonio.Artifact`: its ``FILE``, ``SCHEMA``
+    """``key -> the owner's class`` (a :class:`~quantlens.core.jsonio.Artifact`: its ``FILE``, ``SCHEMA``
     and ``from_dict``); imported on use (the owners pull in torch)."""
-    from ..analysis.experiments.additivity import AdditivityResult
-    from ..analysis.experiments.fixloop import FixResult
-    from ..analysis.experiments.plan import PlanResult
-    from ..runtime.verify import VerifyResult
+    from quantlens.experiments.additivity import AdditivityResult
+    from quantlens.experiments.fixloop import FixResult
+    from quantlens.experiments.plan import PlanResult
+    from quantlens.runtime.verify import VerifyResult
 
     return {"additivity": AdditivityResult, "fix": FixResult, "plan": PlanResult, "verify": VerifyResult}
 

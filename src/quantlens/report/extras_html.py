@@ -17,18 +17,18 @@ from typing import TYPE_CHECKING, Optional
 
 import plotly.graph_objects as go
 
-from ..stats.intervals import Interval
-from ..stats.resolve import significance
-from .extras import plan_avg_bits
-from .figures import BASE_LAYOUT
-from .fmt import Units, finite
-from .page import Td, plot_div, table
-from .safe import esc, plot_text
+from quantlens.stats.intervals import Interval
+from quantlens.stats.resolve import significance
+from quantlens.report.extras import plan_avg_bits
+from quantlens.report.figures import BASE_LAYOUT
+from quantlens.report.fmt import Units, finite
+from quantlens.report.page import Td, plot_div, table
+from quantlens.report.safe import esc, plot_text
 
 if TYPE_CHECKING:
-    from ..analysis.experiments.additivity import AdditivityResult
-    from ..analysis.experiments.fixloop import FixResult, FixRow, LocalTrial
-    from ..analysis.experiments.plan import PlanResult
+    from quantlens.experiments.additivity import AdditivityResult
+    from quantlens.experiments.fixloop import FixResult, FixRow, LocalTrial
+    from quantlens.experiments.plan import PlanResult
 
 __all__ = ["additivity_figure", "additivity_html", "fix_html", "plan_html", "ci_td", "verdict_td"]
 

@@ -20,9 +20,9 @@ from typing import Any, Optional
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..analysis.sweep.results import SweepResult
-from .fmt import Units, finite
-from .safe import plot_text
+from quantlens.sweep.results import SweepResult
+from quantlens.report.fmt import Units, finite
+from quantlens.report.safe import plot_text
 
 __all__ = ["layer_profile", "heatmap", "noise_scatter", "activation_figure", "bits_buttons", "BASE_LAYOUT", "COLORS"]
 

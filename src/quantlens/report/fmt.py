@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Optional, TypeGuard
 
-from ..metrics import PCT_METRICS, is_fraction  # the metrics own which of them are fractions
+from quantlens.metrics.task import PCT_METRICS, is_fraction  # the metrics own which of them are fractions
 
 __all__ = ["Units", "PCT_METRICS", "finite"]
 

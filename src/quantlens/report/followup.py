@@ -22,14 +22,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Optional
 
-from .extras import Extras, plan_avg_bits
-from .fmt import Units, finite
-from .insights import Insight
+from quantlens.report.extras import Extras, plan_avg_bits
+from quantlens.report.fmt import Units, finite
+from quantlens.report.insights import Insight
 
 if TYPE_CHECKING:
-    from ..analysis.experiments.additivity import AdditivityResult
-    from ..analysis.experiments.fixloop import FixResult, FixRow
-    from ..analysis.experiments.plan import PlanResult
+    from quantlens.experiments.additivity import AdditivityResult
+    from quantlens.experiments.fixloop import FixResult, FixRow
+    from quantlens.experiments.plan import PlanResult
 
 __all__ = ["followups", "RELIABLE_R"]
 

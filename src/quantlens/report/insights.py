@@ -21,10 +21,10 @@ import statistics
 from dataclasses import dataclass
 from typing import Optional
 
-from ..analysis.sweep.results import Cell, LayerInfo, SweepResult
-from ..degradation import summed_degradation
-from .fmt import Units, finite
-from .noise import has_intervals, names as layer_list, noise_sentences, top_tier, verdict
+from quantlens.sweep.results import Cell, LayerInfo, SweepResult
+from quantlens.stats.degradation import summed_degradation
+from quantlens.report.fmt import Units, finite
+from quantlens.report.noise import has_intervals, names as layer_list, noise_sentences, top_tier, verdict
 
 __all__ = ["Insight", "insights", "worst_by_bits", "safe_bits", "OUTLIER_RATIO", "OUTLIER_FRACTION", "DW_SHIFT", "SHIFT", "WIDE_RANGE"]
 
@@ -130,7 +130,7 @@ def insights(result: SweepResult, bits: int, units: Optional[Units] = None, tol:
     """Sentences for the summary at ``bits`` (``tol``: a negligible degradation, default 0.1% of top-1)."""
     u = units or Units.for_metric(result.metric_name)
     if tol is None:  # negligible: 1/50 of the heatmap's default saturation (0.1% of top-1)
-        from .options import ReportOptions
+        from quantlens.report.options import ReportOptions
 
         tol = ReportOptions().saturation(result.metric_name, result.baseline, [c.degradation for c in result.cells]) / 50
     cells = result.at(bits)

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ..analysis.sweep.results import Cell, SweepResult
-from ..stats.resolve import Verdict, samples_to_resolve, separated, significance
-from .fmt import Units, finite
+from quantlens.sweep.results import Cell, SweepResult
+from quantlens.stats.resolve import Verdict, samples_to_resolve, separated, significance
+from quantlens.report.fmt import Units, finite
 
 __all__ = ["verdict", "ci_text", "top_tier", "noise_sentences", "has_intervals", "names"]
 

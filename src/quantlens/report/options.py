@@ -18,8 +18,8 @@ import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from ..errors import QuantlensError
-from .fmt import PCT_METRICS
+from quantlens.errors import QuantlensError
+from quantlens.report.fmt import PCT_METRICS
 
 __all__ = ["ReportOptions", "DEFAULT_SATURATE"]
 

@@ -15,8 +15,8 @@ from typing import Optional, Sequence, Union
 
 import plotly.graph_objects as go
 
-from .. import __version__
-from .safe import esc, script_json
+from quantlens import __version__
+from quantlens.report.safe import esc, script_json
 
 __all__ = ["Td", "Page", "plot_div", "table", "plotly_js"]
 

@@ -1,7 +1,7 @@
 """The role x block view of a layer sweep (transformers and other stacks of repeated blocks).
 
 :func:`role_view` arranges the cells at one bit-width by role (rows) and block (columns),
-from the layer names only (:mod:`quantlens.roles`)::
+from the layer names only (:mod:`quantlens.core.roles`)::
 
     matrix[role][block] = degradation of the layer `role` of block `block` at `bits`
     total[role]         = sum over blocks of those degradations   (the additive estimate of
@@ -24,11 +24,11 @@ from typing import Optional
 
 import plotly.graph_objects as go
 
-from ..analysis.sweep.results import SweepResult
-from ..roles import assign_roles
-from .figures import BASE_LAYOUT, bits_buttons
-from .fmt import Units, finite
-from .safe import plot_text
+from quantlens.sweep.results import SweepResult
+from quantlens.core.roles import assign_roles
+from quantlens.report.figures import BASE_LAYOUT, bits_buttons
+from quantlens.report.fmt import Units, finite
+from quantlens.report.safe import plot_text
 
 __all__ = ["RoleView", "role_view", "worst_roles", "role_heatmap"]
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .fmt import Units
-from .page import Td, table
-from .safe import esc
+from quantlens.report.fmt import Units
+from quantlens.report.page import Td, table
+from quantlens.report.safe import esc
 
 __all__ = ["runtime_html"]
 

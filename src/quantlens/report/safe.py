@@ -22,7 +22,7 @@ import html
 import json
 from typing import Any
 
-from ..jsonio import clean
+from quantlens.core.jsonio import clean
 
 __all__ = ["esc", "plot_text", "script_json", "clean_json"]
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from ..analysis.sweep.results import SweepResult
-from .extras import Extras
-from .fmt import Units, finite
-from .followup import followups
-from .insights import insights, worst_by_bits
-from .page import Td, table
-from .safe import esc
+from quantlens.sweep.results import SweepResult
+from quantlens.report.extras import Extras
+from quantlens.report.fmt import Units, finite
+from quantlens.report.followup import followups
+from quantlens.report.insights import insights, worst_by_bits
+from quantlens.report.page import Td, table
+from quantlens.report.safe import esc
 
 __all__ = ["facts", "summary_html", "layers_table", "config_text"]
 

@@ -17,11 +17,11 @@ from typing import Any, Optional
 
 import plotly.graph_objects as go
 
-from ..analysis.sweep.results import Cell, LayerInfo, SweepResult
-from .figures import BASE_LAYOUT
-from .fmt import finite
-from .insights import OUTLIER_RATIO
-from .safe import plot_text
+from quantlens.sweep.results import Cell, LayerInfo, SweepResult
+from quantlens.report.figures import BASE_LAYOUT
+from quantlens.report.fmt import finite
+from quantlens.report.insights import OUTLIER_RATIO
+from quantlens.report.safe import plot_text
 
 __all__ = ["weight_histograms", "layer_note", "MAX_GRID_TICKS"]
 

@@ -5,7 +5,7 @@
 * :func:`verify_export`: the whole check for a ``model.onnx`` written by ``quantlens export``.
 """
 
-from .verify import Comparison, VerifyResult, verify_onnx
-from .export_check import verify_export
+from quantlens.runtime.verify import Comparison, VerifyResult, verify_onnx
+from quantlens.runtime.export_check import verify_export
 
 __all__ = ["VerifyResult", "Comparison", "verify_onnx", "verify_export"]

@@ -20,11 +20,11 @@ from typing import Any, Callable, Iterable, Optional, Union
 
 from torch import nn
 
-from .. import jsonio
-from ..errors import QuantlensError
-from ..guard import preserve_model
-from ..metrics import Metric
-from .verify import VerifyResult, verify_onnx
+from quantlens.core import jsonio
+from quantlens.errors import QuantlensError
+from quantlens.core.guard import preserve_model
+from quantlens.metrics.task import Metric
+from quantlens.runtime.verify import VerifyResult, verify_onnx
 
 __all__ = ["verify_export", "read_export_info"]
 
@@ -34,7 +34,7 @@ def read_export_info(onnx_path: Union[str, os.PathLike]) -> Optional[dict]:
     p = Path(onnx_path).parent / "export.json"
     if not p.is_file():
         return None
-    from ..export.onnx import EXPORT_SCHEMA
+    from quantlens.export.onnx import EXPORT_SCHEMA
 
     return jsonio.load(p, EXPORT_SCHEMA, "export record")
 
@@ -49,7 +49,7 @@ def verify_export(
     output_key: Union[str, int, None] = None,
 ) -> VerifyResult:
     """Compare ``onnx_path`` (from ``quantlens export``) in onnxruntime with its simulation and the float ``model``."""
-    from ..export.rebuild import load_quantized
+    from quantlens.export.rebuild import load_quantized
 
     info = read_export_info(onnx_path)
     if info is None:

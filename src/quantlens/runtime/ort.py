@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import QuantlensError
+from quantlens.errors import QuantlensError
 
 __all__ = ["RuntimeSession", "FUSED_OPS"]
 
@@ -41,7 +41,7 @@ class RuntimeSession:
     """An onnxruntime CPU session of ``path`` at ``optimized`` (all graph optimizations) or plain level."""
 
     def __init__(self, path: Union[str, os.PathLike], optimized: bool = True) -> None:
-        from ..export.onnx import check_onnx_available
+        from quantlens.export.onnx import check_onnx_available
 
         check_onnx_available()
         import onnxruntime as ort

@@ -18,13 +18,13 @@ from typing import Any, Callable, Iterable, Optional, Union
 
 from torch import nn
 
-from ..analysis.network.measure import NetworkMeasurer
-from ..workload import Workload
-from ..config import check_bits
-from ..guard import preserve_model
-from ..metrics import Metric
-from ..qconfig import QuantConfig
-from .verify import VerifyResult, verify_onnx
+from quantlens.network.measure import NetworkMeasurer
+from quantlens.core.workload import Workload
+from quantlens.quant.spec import check_bits
+from quantlens.core.guard import preserve_model
+from quantlens.metrics.task import Metric
+from quantlens.core.layer_config import QuantConfig
+from quantlens.runtime.verify import VerifyResult, verify_onnx
 
 __all__ = ["verify_tool_model"]
 
@@ -43,7 +43,7 @@ def verify_tool_model(
     output_key: Union[str, int, None] = None,
 ) -> VerifyResult:
     """Compare a tool-quantized ONNX model with quantlens's prediction under ``convention`` (module docstring)."""
-    from ..cli.common import parse_a_bits
+    from quantlens.cli.common import parse_a_bits
 
     check_bits(w_bits, "--w-bits")
     a = parse_a_bits(str(a_bits)) if not isinstance(a_bits, int) else a_bits

@@ -24,9 +24,9 @@ from typing import Any, Iterable, Union
 import torch
 from torch import nn
 
-from ..data import iterate
-from ..errors import QuantlensError
-from ..guard import preserve_model
+from quantlens.data.batches import iterate
+from quantlens.errors import QuantlensError
+from quantlens.core.guard import preserve_model
 
 __all__ = ["float_onnx", "ort_quantize_static"]
 

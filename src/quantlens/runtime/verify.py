@@ -2,7 +2,7 @@
 
 Over the same data, three networks are scored with the task metric ``H``: the float model
 (``H_f``), quantlens's simulation of the quantized network (``H_s``) and the ONNX model in
-onnxruntime (``H_r``). With the sign rule of :mod:`quantlens.metrics` (positive is worse)::
+onnxruntime (``H_r``). With the sign rule of :mod:`quantlens.metrics.task` (positive is worse)::
 
     predicted  = H_f - H_s          runtime = H_f - H_r          difference = runtime - predicted
 
@@ -36,12 +36,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import jsonio
-from ..data import extract_output, iterate
-from ..errors import QuantlensError
-from ..metrics import CallableMetric, Metric, SumMetric, make_metric
-from ..numerics import analysis_mode
-from .ort import FUSED_OPS, RuntimeSession
+from quantlens.core import jsonio
+from quantlens.data.batches import extract_output, iterate
+from quantlens.errors import QuantlensError
+from quantlens.metrics.task import CallableMetric, Metric, SumMetric, make_metric
+from quantlens.core.numerics import analysis_mode
+from quantlens.runtime.ort import FUSED_OPS, RuntimeSession
 
 __all__ = ["VerifyResult", "Comparison", "verify_onnx", "VERIFY_SCHEMA", "compare_outputs", "paired_bootstrap"]
 
@@ -233,7 +233,7 @@ def verify_onnx(
     extra: Optional[dict] = None,
 ) -> VerifyResult:
     """Run ``onnx_path`` in onnxruntime (optimized and plain), ``simulate(inputs)`` and the float
-    ``reference(inputs)`` over ``data`` (each batch's :class:`~quantlens.inputs.Inputs`), and
+    ``reference(inputs)`` over ``data`` (each batch's :class:`~quantlens.core.inputs.Inputs`), and
     compare them (module docstring). ``feeds(inputs)``: the ONNX model's input tensors, in
     order (default: the positional arguments)."""
     runtime, plain = RuntimeSession(onnx_path, optimized=True), RuntimeSession(onnx_path, optimized=False)

@@ -2,7 +2,7 @@
 
 Every cell and every whole-network measurement scores the *same* samples twice: with the float
 reference (score ``r_n``) and quantized (score ``q_n``). The degradation is a mean of paired
-differences ``d_n = r_n - q_n`` (its sign set by :func:`quantlens.metrics.degradation`), so its
+differences ``d_n = r_n - q_n`` (its sign set by :func:`quantlens.metrics.task.degradation`), so its
 interval comes from four mergeable sums, :class:`PairedSums`::
 
     n,   R = sum_n r_n,   Q = sum_n q_n,   S = sum_n (r_n - q_n)^2
@@ -52,10 +52,10 @@ from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
-from ..errors import QuantlensError
-from ..metrics import degradation
-from .ratio import RatioSums, ratio_interval
-from .sums import PairedSums
+from quantlens.errors import QuantlensError
+from quantlens.metrics.task import degradation
+from quantlens.stats.ratio import RatioSums, ratio_interval
+from quantlens.stats.sums import PairedSums
 
 __all__ = [
     "CONFIDENCE",

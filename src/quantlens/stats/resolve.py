@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from typing import Literal, Optional
 
-from .intervals import Z, Interval
+from quantlens.stats.intervals import Z, Interval
 
 __all__ = ["Verdict", "significance", "separated", "samples_to_resolve", "half_width", "round_up"]
 

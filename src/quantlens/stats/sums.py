@@ -57,6 +57,6 @@ class PairedSums:
         """The degradation on these samples alone: the sign rule on the two means."""
         if self.n == 0:
             return float("nan")
-        from ..metrics import degradation
+        from quantlens.metrics.task import degradation
 
         return degradation(self.ref / self.n, self.quant / self.n, higher_is_better)

@@ -1,0 +1,210 @@
+"""Mergeable accumulators of one sweep cell and of one layer's float output.
+
+A :class:`CellAccumulator` keeps sums only (float64), so cells computed on different data
+shards, processes or machines merge into exactly the serial result::
+
+    noise   = sum_n ||y_n - y_i,n||^2 / N
+    sqnr_db = 10 log10( sum_n ||y_n||^2 / sum_n ||y_n - y_i,n||^2 )
+    shift_c = sum (o_i - o)_c / count_c          (per output channel c of the layer)
+
+:class:`ChannelStats` keeps per-channel ``sum`` and ``sum of squares`` of the layer's float
+output, for ``std_c``; the relative mean shift is ``mean_c |shift_c| / std_c``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+from quantlens.metrics.task import Metric, update_metric
+
+__all__ = ["CellAccumulator", "ShiftAccumulator", "ChannelStats", "channel_axis", "per_sample_sq", "widen"]
+
+
+def channel_axis(op: str) -> int:
+    """Axis of output channels: last for Linear, 1 for convolutions."""
+    return -1 if op == "Linear" else 1
+
+
+def per_sample_sq(t: Tensor) -> Tensor:
+    """``||t_n||^2`` for each sample ``n`` (float64)."""
+    return t.detach().double().reshape(t.shape[0], -1).pow(2).sum(1)
+
+
+def widen(t: Tensor) -> Tensor:
+    """A half-precision (bf16, fp16) tensor in float32; any other tensor as it is."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
+def _channel_sums(t: Tensor, axis: int) -> tuple[Tensor, int]:
+    """Per-channel sums of ``t`` along ``axis`` (float64, on the CPU) and the count per channel.
+
+    Sums over the batch axis are taken in float64 after float32 partial sums over the other
+    axes (pairwise, accurate to ~1e-7 relative): no float64 copy of the whole tensor.
+    """
+    t = widen(t.detach())
+    axis = axis % t.dim()
+    c = t.shape[axis]
+    count = t.numel() // c if c else 0
+    if t.dim() == 1:
+        return t.double().cpu(), 1
+    inner = [d for d in range(1, t.dim()) if d != axis]
+    partial = t.sum(dim=inner) if inner else t
+    partial = partial.double()
+    if axis == 0:
+        return partial.reshape(c).cpu(), count
+    return partial.reshape(-1, c).sum(0).cpu(), count
+
+
+class ChannelStats:
+    """Per-channel mean and standard deviation of a layer's float output, streamed."""
+
+    def __init__(self) -> None:
+        self.sum: Optional[Tensor] = None
+        self.sumsq: Optional[Tensor] = None
+        self.count = 0
+
+    def update(self, o: Tensor, axis: int) -> None:
+        o = widen(o)
+        s, n = _channel_sums(o, axis)
+        sq, _ = _channel_sums(o * o, axis)
+        self.sum = s if self.sum is None else self.sum + s
+        self.sumsq = sq if self.sumsq is None else self.sumsq + sq
+        self.count += n
+
+    def merge(self, other: "ChannelStats") -> "ChannelStats":
+        out = ChannelStats()
+        if self.sum is None:
+            out.sum, out.sumsq, out.count = other.sum, other.sumsq, other.count
+            return out
+        if other.sum is None:
+            out.sum, out.sumsq, out.count = self.sum, self.sumsq, self.count
+            return out
+        out.sum = self.sum + other.sum
+        out.sumsq = self.sumsq + other.sumsq  # type: ignore[operator]
+        out.count = self.count + other.count
+        return out
+
+    def std(self) -> Optional[Tensor]:
+        if self.sum is None or self.count == 0:
+            return None
+        mean = self.sum / self.count
+        var = (self.sumsq / self.count - mean**2).clamp(min=0)  # type: ignore[operator]
+        return var.sqrt()
+
+    def state(self) -> dict:
+        return {
+            "sum": None if self.sum is None else self.sum.tolist(),
+            "sumsq": None if self.sumsq is None else self.sumsq.tolist(),
+            "count": self.count,
+        }
+
+    def load_state(self, d: dict) -> None:
+        self.sum = None if d["sum"] is None else torch.tensor(d["sum"], dtype=torch.float64)
+        self.sumsq = None if d["sumsq"] is None else torch.tensor(d["sumsq"], dtype=torch.float64)
+        self.count = int(d["count"])
+
+
+class ShiftAccumulator:
+    """Per-channel sums of ``o_q - o`` of one layer's output: its mean shift under quantization."""
+
+    def __init__(self) -> None:
+        self.sum: Optional[Tensor] = None
+        self.count = 0
+
+    def update(self, layer_out: Tensor, layer_ref: Tensor, axis: int) -> None:
+        s, c = _channel_sums(widen(layer_out) - widen(layer_ref), axis)
+        self.sum = s if self.sum is None else self.sum + s
+        self.count += c
+
+    def merge(self, other: "ShiftAccumulator") -> "ShiftAccumulator":
+        out = ShiftAccumulator()
+        if self.sum is None:
+            out.sum, out.count = other.sum, other.count
+        elif other.sum is None:
+            out.sum, out.count = self.sum, self.count
+        else:
+            out.sum, out.count = self.sum + other.sum, self.count + other.count
+        return out
+
+    def mean_shift(self, std: Optional[Tensor]) -> float:
+        """``mean_c |E[o_i - o]_c| / std_c`` over channels with ``std_c > 0``."""
+        if self.sum is None or std is None or self.count == 0:
+            return float("nan")
+        shift = (self.sum / self.count).abs()
+        ok = std > 1e-12
+        if not bool(ok.any()):
+            return float("nan")
+        return float((shift[ok] / std[ok]).mean())
+
+
+class CellAccumulator:
+    """Sums for one (layer, bits) cell: output noise, signal, task metric, mean shift."""
+
+    def __init__(self, metric: Metric) -> None:
+        self.metric = metric
+        self.noise = 0.0
+        self.signal = 0.0
+        self.n = 0
+        self.shift = ShiftAccumulator()
+
+    def update(
+        self,
+        y_ref: Tensor,
+        y: Tensor,
+        labels: Optional[Tensor],
+        signal: Optional[Tensor] = None,
+        layer_out: Optional[Tensor] = None,
+        layer_ref: Optional[Tensor] = None,
+        axis: int = 1,
+        inputs: Any = None,
+    ) -> None:
+        sig = per_sample_sq(y_ref) if signal is None else signal
+        self.noise += float(per_sample_sq(widen(y).to(widen(y_ref).dtype) - widen(y_ref)).sum())
+        self.signal += float(sig.sum())
+        self.n += int(y_ref.shape[0])
+        update_metric(self.metric, y_ref, y, labels, inputs)
+        if layer_out is not None and layer_ref is not None:
+            self.shift.update(layer_out, layer_ref, axis)
+
+    def merge(self, other: "CellAccumulator") -> "CellAccumulator":
+        out = CellAccumulator(self.metric.merge(other.metric))
+        out.noise = self.noise + other.noise
+        out.signal = self.signal + other.signal
+        out.n = self.n + other.n
+        out.shift = self.shift.merge(other.shift)
+        return out
+
+    @property
+    def noise_mean(self) -> float:
+        return self.noise / self.n if self.n else float("nan")
+
+    @property
+    def sqnr_db(self) -> float:
+        if self.noise <= 0:
+            return float("inf")
+        if self.signal <= 0:
+            return float("-inf")
+        return 10.0 * math.log10(self.signal / self.noise)
+
+    def mean_shift(self, std: Optional[Tensor]) -> float:
+        return self.shift.mean_shift(std)
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric.state(),
+            "noise": self.noise,
+            "signal": self.signal,
+            "n": self.n,
+            "shift": None if self.shift.sum is None else self.shift.sum.tolist(),
+            "shift_count": self.shift.count,
+        }
+
+    def load_state(self, d: dict[str, Any]) -> None:
+        self.metric.load_state(d["metric"])
+        self.noise, self.signal, self.n = float(d["noise"]), float(d["signal"]), int(d["n"])
+        self.shift.sum = None if d["shift"] is None else torch.tensor(d["shift"], dtype=torch.float64)
+        self.shift.count = int(d["shift_count"])

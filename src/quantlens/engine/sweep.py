@@ -1,0 +1,286 @@
+"""Algorithm 1 of the paper: every layer x every weight bit-width, batch-outer.
+
+For each batch: one float pass fills the activation cache (this batch only); then for each
+layer ``i`` and weight bit-width ``b`` the layer's cone is recomputed with ``i``'s weight,
+input and output quantized, and the cell's accumulators are updated. Memory is one batch of
+activations plus the quantized weights, whatever the size of the data.
+
+The pieces are separate so that other executors (resumable, Ray) reuse them:
+:class:`Sweep` holds the prepared network; :class:`SweepState` holds mergeable sums;
+``Sweep.process_batch(state, batch)`` adds one batch; ``Sweep.result(state)`` finalises.
+
+Example:
+    >>> import quantlens as ql                                       # doctest: +SKIP
+    >>> r = ql.analyze(model, loader, w_bits=range(3, 9), a_bits=8)  # doctest: +SKIP
+    >>> r.worst(bits=4, k=5)                                         # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from quantlens.quant.spec import SweepConfig
+from quantlens.core import jsonio
+from quantlens.stats.degradation import degradation
+from quantlens.errors import QuantlensError, QuantlensWarning
+from quantlens.graph.capture import CAPTURE_METHODS, CaptureError, capture
+from quantlens.engine.memory import trim_heap
+from quantlens.metrics.task import Metric, make_metric, update_metric
+from quantlens.core.numerics import analysis_mode
+from quantlens.quant.observers import MinMaxObserver
+from quantlens.quant.quantizer import QuantizedWeight, quantize_weight
+from quantlens.stats.intervals import metric_interval
+from quantlens.engine.accumulate import CellAccumulator, ChannelStats, channel_axis, per_sample_sq
+from quantlens.data.batches import Batch, extract_output
+from quantlens.sweep.results import Cell, LayerInfo, SweepResult, WeightStats
+from quantlens.engine.runner import ConeRunner, HookRunner, Runner
+from quantlens.engine.state import SweepState
+
+__all__ = ["Sweep", "SweepState", "QuantlensWarning", "weight_stats", "MetricSpec"]
+
+
+MetricSpec = Union[str, Callable[..., Any], Metric]
+
+
+def weight_stats(w: Tensor, bins: int = 64) -> WeightStats:
+    """Min, max, mean, std, count beyond 3 sigma and a histogram of a weight tensor."""
+    w = w.detach().double().reshape(-1).cpu()
+    mean, std = float(w.mean()), float(w.std(unbiased=False))
+    lo, hi = float(w.min()), float(w.max())
+    counts = torch.histc(w, bins, lo, hi) if hi > lo else torch.tensor([float(w.numel())] + [0.0] * (bins - 1))
+    edges = torch.linspace(lo, hi, bins + 1)
+    return WeightStats(
+        min=lo,
+        max=hi,
+        mean=mean,
+        std=std,
+        outliers_3sigma=int(((w - mean).abs() > 3 * std).sum()) if std > 0 else 0,
+        hist_counts=[int(c) for c in counts.tolist()],
+        hist_edges=[float(e) for e in edges.tolist()],
+    )
+
+
+class Sweep:
+    """A prepared layer-wise sweep of one model (see module docstring)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        sample: Batch,
+        config: SweepConfig,
+        metric: MetricSpec = "top1",
+        device: Union[str, torch.device] = "cpu",
+        output_key: Union[str, int, None] = None,
+        reference: Optional[nn.Module] = None,
+        engine: str = "cone",
+        layers: Optional[Sequence[str]] = None,
+        capture: str = "auto",
+    ) -> None:
+        self.config = config
+        self.metric_spec = metric
+        self.output_key = output_key
+        self.device = _device(device)
+        probe = make_metric(metric)
+        self.metric_name = str(getattr(probe, "name", "custom"))
+        self.higher_is_better = bool(probe.higher_is_better)
+        if engine not in ("cone", "naive", "hooks", "cone-lowmem"):
+            raise QuantlensError(f"unknown engine {engine!r}: use cone, naive, hooks or cone-lowmem")
+        if capture not in CAPTURE_METHODS:
+            raise QuantlensError(f"unknown capture {capture!r}: use {', '.join(CAPTURE_METHODS)}")
+        self.runner = self._make_runner(model, sample, engine, capture)
+        self.engine = self.runner.engine
+        all_layers = self.runner.layers
+        if layers is not None:
+            if len(layers) == 0:
+                raise QuantlensError("the layer selection is empty: name at least one layer, or pass layers=None for all")
+            known = {l.name for l in all_layers}
+            missing = [n for n in layers if n not in known]
+            if missing:
+                raise QuantlensError(f"unknown layer(s) {', '.join(missing)}; layers are: {', '.join(sorted(known))}")
+        self.layer_ids = [l.index for l in all_layers if layers is None or l.name in layers]
+        self.reference = None
+        if reference is not None:
+            import copy
+
+            self.reference = copy.deepcopy(reference).eval().to(self.device)
+        self.qweights: dict[tuple[int, int], QuantizedWeight] = {}
+        for i in self.layer_ids:
+            w = self.runner.float_weight(i)
+            for b in config.w_bits:
+                self.qweights[(i, b)] = quantize_weight(w, config.weight_spec(b))
+
+    # ---- preparation -----------------------------------------------------------------------
+    def _make_runner(self, model: nn.Module, sample: Batch, engine: str, method: str = "auto") -> Runner:
+        if engine == "hooks":
+            return self._hook_runner(model, sample)
+        try:
+            graph = capture(model, sample[0].to(self.device), method)
+        except QuantlensError:
+            raise
+        except CaptureError as e:  # no graph capture: fall back to hooks
+            warnings.warn(
+                f"{e.describe()}; using forward hooks "
+                "instead: the same quantization (BatchNorm folded, activations fused), a full forward pass per layer",
+                QuantlensWarning,
+                stacklevel=3,
+            )
+            try:
+                return self._hook_runner(model, sample)
+            except QuantlensError:
+                raise
+            except Exception as e2:
+                raise QuantlensError(
+                    f"cannot analyse the model: {e.describe()}, and a plain forward pass failed too "
+                    f"({type(e2).__name__}: {str(e2).splitlines()[0] if str(e2) else ''})"
+                ) from None
+        return ConeRunner(graph, self.device, full=(engine == "naive"), low_memory=(engine == "cone-lowmem"))
+
+    def _hook_runner(self, model: nn.Module, sample: Batch) -> HookRunner:
+        runner = HookRunner(model, sample[0].to(self.device), self.device)
+        for note in runner.notes:
+            warnings.warn(note, QuantlensWarning, stacklevel=4)
+        return runner
+
+    @property
+    def layers(self):
+        return [self.runner.layers[i] for i in self.layer_ids]
+
+    def calibrate(self, data: Iterable[Any]) -> int:
+        """Set every layer's input/output quantizer from min/max (or histograms) over ``data``."""
+        spec = self.config.act_spec()
+        if spec is None:
+            return 0
+        ins, outs, n = self.runner.observe(data, self.layer_ids, spec, self.device)
+        for i in self.layer_ids:
+            self.runner.in_q[i].set(spec, ins[i])
+            self.runner.out_q[i].set(spec, outs[i])
+        return n
+
+    # ---- accumulation ----------------------------------------------------------------------
+    def new_state(self, layer_ids: Optional[Sequence[int]] = None) -> SweepState:
+        ids = self.layer_ids if layer_ids is None else list(layer_ids)
+        return SweepState(
+            cells={(i, b): CellAccumulator(make_metric(self.metric_spec)) for i in ids for b in self.config.w_bits},
+            baseline=make_metric(self.metric_spec),
+            channels={i: ChannelStats() for i in ids},
+            in_range={i: MinMaxObserver() for i in ids},
+            out_range={i: MinMaxObserver() for i in ids},
+        )
+
+    def process_batch(
+        self, state: SweepState, batch: Batch, on_layer: Optional[Callable[[], None]] = None,
+        active: Optional[set] = None,
+    ) -> None:
+        """Add one batch to ``state`` for the layers it holds (only the ``(layer, bits)`` cells in
+        ``active`` if given: an adaptive sweep's cells that still need data)."""
+        inputs, labels = batch
+        inputs = inputs.to(self.device)
+        if labels is not None:
+            labels = labels.to(self.device)
+        layer_ids = sorted(state.channels)
+        with analysis_mode():
+            out, cache = self.runner.float_pass(inputs)
+            y_model = extract_output(out, self.output_key)
+            y_ref = y_model if self.reference is None else extract_output(inputs.call(self.reference), self.output_key)
+            if not bool(torch.isfinite(y_model).all()) or not bool(torch.isfinite(y_ref).all()):
+                raise QuantlensError(
+                    f"the float model's output has NaN or Inf on batch {state.batches}: fix the model or its inputs "
+                    "before analysing quantization"
+                )
+            update_metric(state.baseline, y_ref, y_ref, labels, inputs)
+            signal = per_sample_sq(y_ref)
+            for i in layer_ids:
+                layer = self.runner.layers[i]
+                axis = channel_axis(layer.op)
+                x, o = self.runner.layer_io(cache, i)
+                state.in_range[i].update(x)
+                state.out_range[i].update(o)
+                state.channels[i].update(o, axis)
+                bits = [b for b in self.config.w_bits if active is None or (i, b) in active]
+                weights = [self.qweights[(i, b)].weight for b in bits]
+                for b, ev in zip(bits, self.runner.evaluations(cache, i, weights) if bits else ()):
+                    y = extract_output(ev.output, self.output_key)
+                    state.cells[(i, b)].update(y_ref, y, labels, signal, ev.layer_output, o, axis, inputs=inputs)
+                    del ev, y  # not alive during the next cone pass
+                if on_layer is not None:
+                    on_layer()
+        state.num_samples += int(y_ref.shape[0])
+        state.batches += 1
+        del cache, out
+        trim_heap()  # resident memory stays one batch's, however many batches
+
+    # ---- results ---------------------------------------------------------------------------
+    def layer_info(self, state: SweepState) -> list[LayerInfo]:
+        infos = []
+        for i in self.layer_ids:
+            l = self.runner.layers[i]
+            ir, orr = state.in_range.get(i), state.out_range.get(i)
+            infos.append(
+                LayerInfo(
+                    index=l.index,
+                    name=l.name,
+                    op=l.op,
+                    params=l.params,
+                    kind=l.kind,
+                    activation=l.act,
+                    weight=weight_stats(self.runner.float_weight(i)),
+                    input_range=(ir.min, ir.max) if ir is not None and not ir.empty else None,
+                    output_range=(orr.min, orr.max) if orr is not None and not orr.empty else None,
+                )
+            )
+        return infos
+
+    def result(self, state: SweepState, elapsed_s: float = float("nan"), model_name: str = "", extra: Optional[dict] = None) -> SweepResult:
+        baseline = state.baseline.compute()
+        cells = []
+        for i in self.layer_ids:
+            l = self.runner.layers[i]
+            std = state.channels[i].std()
+            for b in self.config.w_bits:
+                acc = state.cells[(i, b)]
+                m = acc.metric.compute()
+                deg = degradation(baseline, m, self.higher_is_better)
+                iv = metric_interval(acc.metric, self.higher_is_better)
+                if acc.n != state.num_samples:  # stopped early: its own paired samples, not the sweep's baseline
+                    deg = acc.metric.paired.degradation(self.higher_is_better)
+                cells.append(
+                    Cell(
+                        layer=l.name,
+                        w_bits=b,
+                        a_bits=self.config.a_bits,
+                        noise=acc.noise_mean,
+                        sqnr_db=acc.sqnr_db,
+                        metric=m,
+                        degradation=deg,
+                        mean_shift=acc.mean_shift(std),
+                        w_clip=self.qweights[(i, b)].clip,
+                        ci_low=iv.low if iv else jsonio.NAN,
+                        ci_high=iv.high if iv else jsonio.NAN,
+                        samples=acc.n,
+                        early_stop=acc.n < state.num_samples,
+                    )
+                )
+        return SweepResult(
+            metric_name=self.metric_name,
+            higher_is_better=self.higher_is_better,
+            baseline=baseline,
+            num_samples=state.num_samples,
+            layers=tuple(self.layer_info(state)),
+            cells=tuple(cells),
+            config=self.config.to_dict(),
+            model=model_name,
+            engine=self.engine,
+            elapsed_s=elapsed_s,
+            extra=extra or {},
+        )
+
+
+def _device(device: Union[str, torch.device]) -> torch.device:
+    d = torch.device(device)
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise QuantlensError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    return d

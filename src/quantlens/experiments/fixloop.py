@@ -1,0 +1,326 @@
+"""Close the loop (section 4.2, Table 1): culprit layers, local fixes, whole-network table.
+
+1. Rank culprits: layers of the sweep at ``w_bits`` with positive degradation, worst first.
+2. For each culprit ``l`` and each candidate fix ``f``: apply ``f`` to ``l`` alone (a copy),
+   re-measure the single-layer cell with the cone engine against the same reference, and keep
+   the best fix only if its degradation is lower than the naive cell's (ties between fixes:
+   lower output noise). ``significant`` says whether the gain is larger than the two cells'
+   95% intervals allow by chance (:func:`quantlens.stats.resolve.separated`); a kept fix that
+   is not significant is reported as such.
+3. Measure, each with every layer quantized at once on the evaluation data: the float network,
+   naive quantization, each fix applied to every layer (``global:sawb``, ``global:mse``,
+   ``global:equalize+bias_correction``, plus ``global:<f>`` for any fix chosen locally), and
+   the chosen local fixes (``local``).
+
+``fix.json`` carries ``"schema": "quantlens/fix-v1"``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional, Sequence, Union
+
+from quantlens.core import jsonio
+from quantlens.stats.degradation import degradation as _degradation
+from quantlens.errors import QuantlensError
+from quantlens.fixes import FixContext, check_fix, make_fix
+from quantlens.core.jsonio import num as _num
+from quantlens.core.progress import make_progress
+from quantlens.core.layer_config import QuantConfig
+from quantlens.core.workload import RunOptions, Workload, check_workload
+from quantlens.network.measure import NetworkMeasurer
+from quantlens.network.trials import TrialCell, TrialRunner
+from quantlens.sweep.results import SweepResult
+
+__all__ = ["FIX_SCHEMA", "DEFAULT_FIXES", "GLOBAL_ROWS", "FixRow", "LocalTrial", "FixResult", "rank_culprits", "fix_loop"]
+
+FIX_SCHEMA = "quantlens/fix-v1"
+DEFAULT_FIXES = ("sawb", "mse", "mse_output", "percentile", "equalize", "bias_correction")
+GLOBAL_ROWS: tuple[tuple[str, ...], ...] = (("sawb",), ("mse",), ("equalize", "bias_correction"))
+
+
+@dataclass(frozen=True)
+class FixRow:
+    """One row of Table 1: a method measured with the whole network quantized."""
+
+    method: str
+    metric: float
+    degradation: float
+    noise: float
+    sqnr_db: float
+    fixes: dict = field(default_factory=dict)
+    ci_low: float = jsonio.NAN
+    ci_high: float = jsonio.NAN
+
+
+@dataclass(frozen=True)
+class LocalTrial:
+    """One fix tried on one culprit, measured as a single-layer cell."""
+
+    layer: str
+    fix: str
+    degradation: float
+    noise: float
+    naive_degradation: float
+    kept: bool = False
+    ci_low: float = jsonio.NAN
+    ci_high: float = jsonio.NAN
+    significant: Optional[bool] = None  # the gain over the naive cell; None without intervals
+
+
+@dataclass(frozen=True)
+class FixResult(jsonio.Artifact):
+    """Table 1 for the user's network, the local trials, and the chosen configuration."""
+
+    SCHEMA = FIX_SCHEMA
+    WHAT = "fix result"
+    FILE = "fix.json"
+
+    metric_name: str
+    higher_is_better: bool
+    w_bits: int
+    a_bits: Optional[int]
+    culprits: tuple[str, ...]
+    trials: tuple[LocalTrial, ...]
+    rows: tuple[FixRow, ...]
+    config: QuantConfig
+    num_samples: int = 0
+    model: str = ""
+
+    def row(self, method: str) -> FixRow:
+        for r in self.rows:
+            if r.method == method:
+                return r
+        raise QuantlensError(f"no row {method!r} in the fix table")
+
+    def vs_naive(self, method: str) -> Optional[dict]:
+        """Row ``method`` against naive quantization: ``gain`` (naive minus its degradation),
+        whether it is ``significant`` (:func:`quantlens.stats.resolve.separated`) and the samples
+        that would resolve it; None for the naive row itself, without intervals or either row."""
+        import math
+
+        from quantlens.stats.intervals import Interval
+        from quantlens.stats.resolve import samples_to_resolve, separated
+
+        rows = {r.method: r for r in self.rows}
+        naive, row = rows.get("naive"), rows.get(method)
+        if naive is None or row is None or row is naive:
+            return None
+        vals = (naive.ci_low, naive.ci_high, row.ci_low, row.ci_high, naive.degradation, row.degradation)
+        if any(not math.isfinite(x) for x in vals) or self.num_samples < 2:
+            return None
+        a = Interval(naive.ci_low, naive.ci_high, "stored", self.num_samples)
+        b = Interval(row.ci_low, row.ci_high, "stored", self.num_samples)
+        gain = naive.degradation - row.degradation
+        sig = separated(a, naive.degradation, b, row.degradation)
+        return {"gain": gain, "significant": sig, "samples_to_resolve": 0 if sig else samples_to_resolve(gain, a, b)}
+
+    @property
+    def local_fixes(self) -> dict[str, list[str]]:
+        return {n: list(lq.fixes) for n, lq in self.config.layers if lq.fixes}
+
+    def to_dict(self) -> dict:
+        return jsonio.clean(
+            {
+                "schema": FIX_SCHEMA,
+                "model": self.model,
+                "metric": self.metric_name,
+                "higher_is_better": self.higher_is_better,
+                "w_bits": self.w_bits,
+                "a_bits": self.a_bits,
+                "num_samples": self.num_samples,
+                "culprits": list(self.culprits),
+                "rows": [asdict(r) for r in self.rows],
+                "trials": [asdict(t) for t in self.trials],
+                "config": self.config.to_dict(),
+            }
+        )
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FixResult":
+        """From the dict of ``fix.json`` (schema not checked here), tolerant of older files.
+
+        Missing fields read as: intervals, noise, SQNR and degradations NaN (a row's missing
+        degradation is derived from the ``float`` row's metric, :func:`quantlens.stats.degradation.degradation`);
+        ``significant`` None; ``w_bits`` 0 (unknown); ``culprits`` (); ``config`` float
+        everywhere; ``metric`` ``"metric"``; ``higher_is_better`` True; ``num_samples`` 0.
+        A row's ``fixes`` value may be one name or a list of names.
+        """
+        hib = d.get("higher_is_better") is not False
+        raw = [r for r in d.get("rows") or [] if isinstance(r, dict)]
+        base = next((_num(r.get("metric")) for r in raw if r.get("method") == "float"), None)
+        rows = tuple(
+            FixRow(str(r.get("method", "?")), _num(r.get("metric")), _row_degradation(r, base, hib), _num(r.get("noise")), _sqnr(r),
+                   _fix_names(r.get("fixes")), _num(r.get("ci_low")), _num(r.get("ci_high")))
+            for r in raw
+        )
+        trials = tuple(
+            LocalTrial(str(t.get("layer", "?")), str(t.get("fix", "?")), _num(t.get("degradation")), _num(t.get("noise")),
+                       _num(t.get("naive_degradation")), bool(t.get("kept")), _num(t.get("ci_low")), _num(t.get("ci_high")),
+                       t["significant"] if isinstance(t.get("significant"), bool) else None)
+            for t in d.get("trials") or [] if isinstance(t, dict)
+        )
+        config = QuantConfig.from_dict(d["config"]) if isinstance(d.get("config"), dict) else QuantConfig()
+        return cls(str(d.get("metric", "metric")), hib, _count_field(d.get("w_bits")), d.get("a_bits"), tuple(str(c) for c in d.get("culprits") or ()),
+                   trials, rows, config, _count_field(d.get("num_samples")), str(d.get("model") or ""))
+
+
+def _count_field(x: Any) -> int:
+    """A positive integer field of an older file; 0 when missing or not a positive integer."""
+    return int(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0 else 0
+
+
+def _row_degradation(r: dict, float_metric: Optional[float], higher_is_better: bool) -> float:
+    """The row's stored degradation; for an older file without one, from the ``float`` row's metric."""
+    if r.get("degradation") is not None or float_metric is None:
+        return _num(r.get("degradation"))
+    return _degradation(float_metric, _num(r.get("metric")), higher_is_better)
+
+
+def _fix_names(fx: Any) -> dict:
+    """``{layer: [fix, ...]}`` from a row's ``fixes`` (a value may be a single name)."""
+    if not isinstance(fx, dict):
+        return {}
+    return {str(k): [str(x) for x in (v if isinstance(v, (list, tuple)) else [v])] for k, v in fx.items()}
+
+
+def _sqnr(r: dict) -> float:
+    """JSON has no Inf: a null SQNR with zero noise is +Inf (the float row)."""
+    if r.get("sqnr_db") is None and r.get("noise") == 0:
+        return float("inf")
+    return _num(r.get("sqnr_db"))
+
+
+def rank_culprits(sweep: SweepResult, bits: int, k: int = 3) -> list[str]:
+    """Up to ``k`` layers with positive degradation at ``bits``, worst first."""
+    return [c.layer for c in sweep.worst(bits, k=len(sweep.layers)) if c.degradation > 0][:k]
+
+
+def _gain_significant(naive: Any, fixed: Any) -> Optional[bool]:
+    """Whether ``fixed`` (a cell) is significantly better than ``naive`` (None without intervals)."""
+    from quantlens.stats.resolve import separated
+
+    a, b = naive.interval, fixed.interval
+    if a is None or b is None:
+        return None
+    return fixed.degradation < naive.degradation and separated(a, naive.degradation, b, fixed.degradation)
+
+
+def fix_loop(
+    workload: Workload,
+    sweep: SweepResult,
+    *,
+    options: RunOptions = RunOptions(),
+    w_bits: int = 8,
+    a_bits: Optional[int] = 8,
+    granularity: str = "per-tensor",
+    candidates: Sequence[str] = DEFAULT_FIXES,
+    top: int = 3,
+    global_rows: Sequence[Sequence[str]] = GLOBAL_ROWS,
+    model_name: str = "",
+) -> tuple[FixResult, NetworkMeasurer]:
+    """Run steps 1-3 of the module docstring on ``workload`` (model, data, calibration data,
+    metric, reference, output key); returns the result and the measurer used.
+
+    ``candidates``: fixes tried on each culprit, all measured together by a
+    :class:`~quantlens.network.trials.TrialRunner` (one float pass per batch, each trial's cone
+    only); ``top``: at most this many culprits; ``options``: device, and ``progress`` (a bar with
+    an ETA on stderr);
+    ``global_rows``: the fix sets applied to every layer for the ``global:...`` rows (the
+    contract's three by default; each fix chosen locally is added as ``global:<fix>``).
+    """
+    check_workload(workload, "fix_loop")
+    for f in candidates:
+        check_fix(f)
+    if w_bits not in sweep.w_bits:
+        raise QuantlensError(f"the sweep has no cells at {w_bits} bits (it has {sweep.w_bits})")
+    measurer = NetworkMeasurer(workload, options)
+    names = measurer.names
+    naive = QuantConfig.uniform(names, w_bits, a_bits, granularity)
+    culprits = rank_culprits(sweep, w_bits, top)
+    global_sets = [tuple(fs) for fs in global_rows]
+    bar = make_progress(options.progress, _batches(measurer, len(culprits) * len(candidates) > 0) + _row_steps(global_sets, candidates), "fix")
+    try:
+        cells = _local_cells(measurer, naive, culprits, candidates, bar.advance)
+        trials: list[LocalTrial] = []
+        chosen = naive
+        for layer in culprits:
+            naive_cell = sweep.cell(layer, w_bits)
+            base = naive_cell.degradation
+            results = [(cells[(layer, f)].degradation, cells[(layer, f)].noise, f) for f in candidates]
+            best = min(results) if results else None
+            keep = best is not None and best[0] < base
+            for deg, noise, f in results:
+                c = cells[(layer, f)]
+                trials.append(LocalTrial(layer, f, deg, noise, base, keep and f == best[2], c.ci_low, c.ci_high,  # type: ignore[index]
+                                         _gain_significant(naive_cell, c)))
+            if keep:
+                chosen = chosen.with_fix(best[2], [layer])  # type: ignore[index]
+        rows = [_row("float", measurer(QuantConfig())), _row("naive", measurer(naive))]
+        bar.advance(2)
+        for fs in chosen.fix_layers():
+            if (fs,) not in global_sets:
+                global_sets.append((fs,))
+        bar.set_total(_batches(measurer, bool(cells)) + 3 + len(global_sets))
+        for fs in global_sets:
+            cfg = naive
+            for f in fs:
+                cfg = cfg.with_fix(f, names)
+            rows.append(_row("global:" + "+".join(fs), measurer(cfg)))
+            bar.advance()
+        rows.append(_row("local", measurer(chosen), {n: list(lq.fixes) for n, lq in chosen.layers if lq.fixes}))
+        bar.advance()
+    finally:
+        bar.close()
+    return (
+        FixResult(sweep.metric_name, sweep.higher_is_better, w_bits, a_bits, tuple(culprits), tuple(trials), tuple(rows), chosen,
+                  sweep.num_samples, model_name),
+        measurer,
+    )
+
+
+def _row(method: str, r: Any, fixes: Optional[dict] = None) -> FixRow:
+    return FixRow(method, r.metric, r.degradation, r.noise, r.sqnr_db, fixes or {}, r.ci_low, r.ci_high)
+
+
+def _local_cells(measurer: NetworkMeasurer, naive: QuantConfig, culprits: Sequence[str], candidates: Sequence[str],
+                 advance: Any) -> dict[tuple[str, str], TrialCell]:
+    """Each ``(culprit, fix)``'s single-layer cell: the fix applied to the culprit alone, the
+    culprit quantized as ``naive`` says, every other layer float."""
+    if not culprits or not candidates:
+        return {}
+    keys, trials = [], []
+    for layer in culprits:
+        ctx = FixContext(QuantConfig(((layer, naive.layer(layer)),)), measurer.calib, measurer.device)  # the cell's network
+        for f in candidates:
+            keys.append((layer, f))
+            trials.append((layer, make_fix(f, ctx).apply(measurer.graph, [layer])))
+    lq = naive.layer(culprits[0])
+    wspec = lq.weight_spec()
+    assert wspec is not None
+    ref = measurer.cached_reference
+    runner = TrialRunner(measurer.graph, lambda b, inputs: ref.get(b, inputs, measurer.output_key), wspec, lq.act_spec(naive.act_estimator), measurer.device,
+                         measurer.output_key)
+    cells = runner.run(trials, measurer.data, measurer.calib, measurer.metric, on_batch=advance)
+    return dict(zip(keys, cells))
+
+
+def _batches(measurer: NetworkMeasurer, trials: bool) -> int:
+    """Progress steps of the local trials: one per calibration batch and one per data batch."""
+    if not trials:
+        return 0
+    return _count(measurer.calib) + _count(measurer.data)
+
+
+def _count(data: Any) -> int:
+    try:
+        return len(data)
+    except TypeError:
+        return 0
+
+
+def _row_steps(global_sets: Sequence[tuple[str, ...]], candidates: Sequence[str]) -> int:
+    """Whole-network rows: float, naive, each global set, one per fix that may be chosen locally, local."""
+    return 3 + len(global_sets) + len({f for f in candidates if (f,) not in global_sets})

@@ -1,0 +1,392 @@
+"""A first-order (Fisher) estimate of every cell from one forward and backward pass per batch,
+checked against exact cones.
+
+For layer ``i`` quantized alone at ``b`` bits (weights, input and output quantizers as in the
+sweep) the output changes by ``d``; with ``g = grad_y log softmax(y)[c]`` at a label
+``c ~ softmax(y)`` drawn from the model itself, ``E_c[(g . d)^2] = d^T F d`` (``F``: the Fisher
+information of the output distribution), so ``1/2 E[(g . d)^2]`` is the second-order increase of
+``KL(p(y) || p(y_q))``: the HAWQ / ModelOpt kind of sensitivity. Its three noise sources are
+taken as independent (their cross terms dropped), so over the ``N`` samples ``n``::
+
+    est(i, b) = 1/(2N) [ sum_n (mu_b . S_n)^2 + sum_k r_b,k^2 D_k + s_in^2/12 A_in + s_out^2/12 A_out ]
+
+* weights: ``dW_b = Q_b(W) - W`` is known without any pass; ``mu_b,c`` is its mean over output
+  channel ``c`` and ``r_b = dW_b - mu_b`` the rest. ``S_n,c = sum_k G_n,c,k`` (``G_n``: the
+  sample's weight gradient) is exact per sample: ``S_n,c = sum_p g_z,n,c(p) P_n,c(p)`` with ``g_z``
+  the gradient at the layer's pre-activation output and ``P`` the patch sums of its input (the
+  input summed over each group's channels, then a box filter). The rest is taken on the Fisher
+  diagonal (rounding errors are nearly independent): ``D_k = sum_batches (sum_n G_n,k)^2``, the
+  batch gradient squared, unbiased for ``sum_n G_n,k^2`` because ``E_c[G_n] = 0`` for a label
+  drawn from the model.
+* activations: a uniform quantizer of step ``s`` adds noise of variance ``s^2/12`` to every
+  non-zero value (zero is exact); ``A_in = sum_n sum_j g_x,n,j^2 [x_n,j != 0]`` with ``g_x`` the
+  gradient at the layer's own input edge (other consumers of that tensor stay float), ``A_out``
+  likewise at its output after the activation. The steps come from the ranges, so the same pass
+  also calibrates the quantizers (the sweep's observers, fed the same values).
+
+Every bit-width comes from the same pass: only ``mu_b`` and ``r_b`` depend on ``b``.
+
+A language model scored by a token metric (nll, perplexity, token_kl, token_agreement) has one
+output distribution per position: ``y`` is ``[batch, seq, vocab]`` logits, a label ``c_t`` is
+drawn at every counted position (the attention mask's; padding adds nothing) and ``g`` is the
+gradient of ``sum_t log softmax(y_t)[c_t]``. The labels are independent, so ``E[(g . d)^2]`` is
+the sum of the positions' ``d_t^T F_t d_t`` and ``N`` counts tokens: ``est`` is the expected
+increase of the mean per-token KL. Integer inputs (token ids) need no gradient: a layer whose
+input depends on no parameter gets a fresh leaf there.
+
+``nll`` and ``perplexity`` score the data's own next tokens, not the model's: their change
+has a first-order term, signed, that the KL does not. The weight error is known, so it is
+added exactly to first order (one more backward per batch, to the weights only)::
+
+    est(i, b) += (G_true . dW_b) / N_true
+
+with ``G_true`` the weight gradient of the summed nll of the ``N_true`` counted next tokens
+(the metric's own, :class:`~quantlens.metrics.tokens.NLL`). ``est`` is then the expected nll
+change per token (perplexity ranks the same way); the activations keep their second-order term.
+
+It is always checked: at one bit-width (:func:`check_bits`: 4 if swept, else the lowest), the
+estimate's top ``k`` layers and ``k`` random others are measured exactly with their cones in one
+float pass per batch; the result reports the Spearman correlation between estimate and exact
+degradation over those cells and the overlap of the top ``k``. Below :data:`TRUST_SPEARMAN` the
+summary says the estimate cannot be trusted for this model.
+
+Example:
+    >>> r = ql.analyze(model, data, estimate=True)                       # doctest: +SKIP
+    >>> r.extra["estimate"]["spearman"], r.extra["estimate"]["trusted"]  # doctest: +SKIP
+    (0.91, True)
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import random
+import time
+from typing import Any, Iterable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
+
+from quantlens.core import jsonio
+from quantlens.data.batches import extract_output, iterate
+from quantlens.errors import QuantlensError
+from quantlens.graph.capture import LayerGraph, transposed_linear
+from quantlens.engine.cone import fetch_attr
+from quantlens.engine.memory import trim_heap
+from quantlens.metrics.task import make_metric, token_mask
+from quantlens.core.numerics import analysis_mode, exact_float32
+from quantlens.quant.quantizer import make_observer
+from quantlens.metrics.tokens import NLL, check_logits
+from quantlens.sweep.results import Cell, SweepResult
+from quantlens.engine.runner import ConeRunner
+
+__all__ = ["TRUST_SPEARMAN", "spearman", "check_bits", "first_order", "estimate_sweep"]
+
+TRUST_SPEARMAN = 0.7
+NO_GRADIENT = "--estimate needs gradients through the model ({why}); the exact sweep is the fallback: drop --estimate"
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties); NaN with fewer than 3 points or no spread.
+
+    >>> spearman([1, 2, 3, 4], [10, 20, 30, 25])
+    0.8
+    """
+    if len(x) < 3:
+        return float("nan")
+
+    def ranks(v: Sequence[float]) -> list[float]:
+        order = sorted(range(len(v)), key=lambda k: v[k])
+        r = [0.0] * len(v)
+        k = 0
+        while k < len(order):
+            j = k
+            while j + 1 < len(order) and v[order[j + 1]] == v[order[k]]:
+                j += 1
+            for m in range(k, j + 1):
+                r[order[m]] = (k + j) / 2
+            k = j + 1
+        return r
+
+    rx, ry = ranks(x), ranks(y)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    sxx = sum((a - mx) ** 2 for a in rx)
+    syy = sum((b - my) ** 2 for b in ry)
+    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else float("nan")
+
+
+def check_bits(w_bits: Sequence[int]) -> int:
+    """The bit-width the check measures: 4 if swept (the usual target), else the lowest swept."""
+    return 4 if 4 in w_bits else min(w_bits)
+
+
+def _with_leaf_weight(m: nn.Module) -> nn.Module:
+    """A shallow copy of layer module ``m`` (its own forward, its bias) whose weight is a new leaf
+    that shares ``m.weight``'s storage and requires grad: ``m`` itself is not changed, and each
+    call of a module called twice gets its own gradient."""
+    s = copy.copy(m)
+    s._parameters = {**m._parameters, "weight": m.weight.detach().requires_grad_(True)}
+    return s
+
+
+def _edge(x: Tensor) -> Tensor:
+    """Layer input ``x`` on the layer's own edge: a view when it carries a gradient (from the
+    inputs or an earlier layer), else a new leaf (nothing upstream needs its gradient: token
+    embeddings of integer ids)."""
+    if not x.is_floating_point():
+        return x
+    return x.view_as(x) if x.requires_grad else x.detach().requires_grad_(True)
+
+
+def _tapped(graph: LayerGraph, ids: Sequence[int]) -> tuple[fx.GraphModule, list[nn.Module]]:
+    """The float network ``gm(*flat) -> (output, (x_i...), (z_i...), (o_i...))`` where ``x_i`` is
+    layer ``i``'s input on its own edge (:func:`_edge`: its gradient is ``i``'s alone), ``z_i`` its
+    output before the activation and ``o_i`` after; each layer computes with its own weight leaf
+    (:func:`_with_leaf_weight`)."""
+    gm, layers = graph.gm, {graph.layers[i].node: graph.layers[i] for i in ids}
+    g = fx.Graph()
+    env: dict[str, fx.Node] = {}
+    modules: dict[str, Any] = {}
+    taps: dict[str, tuple[fx.Node, fx.Node]] = {}
+    qls: list[nn.Module] = []
+    for n in gm.graph.nodes:
+        if n.op == "output":
+            continue
+        if n.name in layers:
+            x = env[n.args[0].name]  # type: ignore[union-attr]
+            tap = g.call_function(_edge, (x,))
+            ql = _with_leaf_weight(gm.get_submodule(layers[n.name].module_name))
+            modules[f"ql_est_{len(qls)}"] = ql
+            qls.append(ql)
+            env[n.name] = g.call_module(f"ql_est_{len(qls) - 1}", (tap,))
+            taps[n.name] = (tap, env[n.name])
+            continue
+        env[n.name] = g.node_copy(n, lambda a: env[a.name])
+        if n.op == "call_module":
+            modules[str(n.target)] = gm.get_submodule(str(n.target))
+        elif n.op == "get_attr":
+            modules[str(n.target)] = fetch_attr(gm, str(n.target))
+    out = next(n for n in reversed(gm.graph.nodes) if n.op == "output")
+    order = [graph.layers[i] for i in ids]
+    g.output((fx.node.map_arg(out.args[0], lambda a: env[a.name]), tuple(taps[l.node][0] for l in order),
+              tuple(taps[l.node][1] for l in order), tuple(env[l.output_node] for l in order)))
+    return fx.GraphModule(modules, g, class_name="EstimateTaps"), qls
+
+
+def _patch_summer(m: nn.Module) -> Optional[nn.Module]:
+    """For a convolution with ``g`` groups, a shallow copy of it with weight ``ones[g, 1, *k]``: fed
+    the input summed over each group's channels ``[N, g, *in]``, it gives ``P``, the sum of the input
+    patch each output position reads, ``[N, g, *out]`` (a box filter; the module's own forward, so a
+    subclass's padding too). None for a Linear."""
+    if not isinstance(m, (nn.Conv1d, nn.Conv2d)):
+        return None
+    w = m.weight
+    s = copy.copy(m)
+    s._parameters = {"weight": w.new_ones((m.groups, 1, *m.kernel_size)), "bias": None if m.bias is None else w.new_zeros(m.groups)}
+    return s
+
+
+def _channel_sums(m: nn.Module, summer: Optional[nn.Module], gz: Tensor, x: Tensor) -> Tensor:
+    """``S_n,c = sum_p g_z,n,c(p) P_n,c(p)``, ``[N, out channels]``."""
+    n = gz.shape[0]
+    if summer is not None:
+        g = m.groups  # type: ignore[union-attr]
+        p = summer(x.reshape(n, g, -1, *x.shape[2:]).sum(2))
+        return torch.einsum("ngcp,ngp->ngc", gz.reshape(n, g, -1, p[0, 0].numel()), p.reshape(n, g, -1)).reshape(n, -1)
+    return torch.einsum("npc,np->nc", gz.reshape(n, -1, gz.shape[-1]), x.sum(-1).reshape(n, -1))
+
+
+def _nonzero_sq(g: Optional[Tensor], v: Tensor) -> Tensor:
+    """``sum_j g_j^2 [v_j != 0]`` (0 without a gradient)."""
+    if g is None:
+        return v.new_zeros((), dtype=torch.float64)
+    return torch.linalg.vecdot((g * (v != 0)).reshape(-1), g.reshape(-1)).double()
+
+
+def _rows(t: Tensor, m: nn.Module) -> Tensor:
+    """``t`` (a weight-shaped tensor) as ``[out channels, values]`` (a transposed Linear keeps its
+    output channels on the last axis)."""
+    t = t.t() if transposed_linear(m) else t
+    return t.reshape(t.shape[0], -1)
+
+
+def _channel_means(w: Tensor, m: nn.Module) -> Tensor:
+    """The mean of a weight-shaped tensor per output channel (float32, one read pass)."""
+    return _rows(w, m).float().mean(1)
+
+
+def _diagonal_rest(dw: Tensor, mu: Tensor, diag: Tensor, d_rows: Tensor, m: nn.Module) -> float:
+    """``sum_k r_k^2 D_k`` with ``r = dW - mu`` per output channel, as
+    ``sum_c [sum_k dW^2 D - 2 mu_c sum_k dW D + mu_c^2 sum_k D]`` (``d_rows``: ``sum_k D`` per channel)."""
+    e = _rows(dw.float(), m)
+    t = e * _rows(diag, m)
+    a, b = torch.linalg.vecdot(t, e).double(), t.sum(1).double()
+    mu = mu.double()
+    return float((a - 2 * mu * b + mu * mu * d_rows).sum())
+
+
+def _unit(metric: Any) -> str:
+    """What ``est`` measures for the sweep's metric (see module docstring)."""
+    if isinstance(metric, NLL):
+        return "expected nll change per token (nats)"
+    return "expected KL increase per token (nats)" if getattr(metric, "per_token", False) else "expected KL increase (nats)"
+
+
+def _sampled_log_likelihood(y: Tensor, inputs: Any, per_token: Optional[str], gen: torch.Generator) -> tuple[Tensor, int]:
+    """``sum log softmax(y)[c]`` with labels ``c`` drawn from the model, and the number of
+    distributions: one per sample (the output flattened), or with ``per_token`` (the token metric's
+    name) one per counted position of ``[batch, seq, vocab]`` logits (padding, by the attention
+    mask, left out)."""
+    if per_token:
+        check_logits(per_token, y)
+        logits = y.reshape(-1, y.shape[-1]).double()
+        mask = token_mask(y, inputs)
+        keep = None if mask is None else mask.reshape(-1)
+    else:
+        logits, keep = y.reshape(y.shape[0], -1).double(), None
+    c = torch.multinomial(F.softmax(logits.detach(), 1).cpu(), 1, generator=gen).reshape(-1).to(logits.device)
+    ll = F.log_softmax(logits, 1).gather(1, c[:, None]).reshape(-1)
+    if keep is not None:
+        return ll[keep].sum(), int(keep.sum())
+    return ll.sum(), int(ll.numel())
+
+
+def first_order(sweep: Any, data: Iterable[Any], seed: int = 0) -> dict[tuple[int, int], float]:
+    """``est(i, b)`` for every swept cell (see module docstring), from one forward and one
+    backward pass per batch. If the sweep's activation quantizers are not calibrated yet, the
+    same pass calibrates them (so the check needs no calibration pass of its own)."""
+    runner = sweep.runner
+    if not isinstance(runner, ConeRunner):
+        raise QuantlensError(NO_GRADIENT.format(why="the model is run through forward hooks, not a traced graph"))
+    ids = list(sweep.layer_ids)
+    bits = list(sweep.config.w_bits)
+    spec = sweep.config.act_spec()
+    calibrate = spec is not None and not all(runner.in_q[i].enabled for i in ids)
+    ins = {i: make_observer(spec) for i in ids} if calibrate else {}
+    outs = {i: make_observer(spec) for i in ids} if calibrate else {}
+    gm, qls = _tapped(runner.graph, ids)
+    mods = [runner.graph.module(runner.layers[i]) for i in ids]
+    summers = [_patch_summer(m) for m in mods]
+    dev = sweep.device
+    zero = torch.zeros((), dtype=torch.float64, device=dev)
+    a_in, a_out = [zero] * len(ids), [zero] * len(ids)
+    diag: list[Optional[Tensor]] = [None] * len(ids)
+    # mu_b per output channel, one column per bit-width: sum_n (mu_b . S_n)^2 for all b at once
+    w_mean = [_channel_means(runner.float_weight(i), mods[k]) for k, i in enumerate(ids)]
+    mu = [torch.stack([_channel_means(sweep.qweights[(i, b)].weight, mods[k]) - w_mean[k] for b in bits], 1)
+          for k, i in enumerate(ids)]
+    s_sq = [torch.zeros(len(bits), dtype=torch.float64, device=dev) for _ in ids]
+    metric = make_metric(sweep.metric_spec)
+    per_token = metric.name if getattr(metric, "per_token", False) else None
+    signed = isinstance(metric, NLL)  # the data's own next tokens: a first-order, signed term too
+    g_true: list[Optional[Tensor]] = [None] * len(ids)
+    n_total = n_true = 0
+    gen = torch.Generator().manual_seed(seed)
+    for inputs, labels in iterate(data, "data"):
+        inputs = inputs.to(sweep.device)
+        with torch.enable_grad(), exact_float32():
+            out, xs, zs, os_ = gm(*runner.graph.flat(inputs))
+            y = extract_output(runner.graph.output(out), sweep.output_key)
+            if not y.requires_grad:
+                raise QuantlensError(NO_GRADIENT.format(why="the output does not depend differentiably on the layers"))
+            loss, units = _sampled_log_likelihood(y, inputs, per_token, gen)
+            want = [t for t in [q.weight for q in qls] + list(xs) + list(zs) + list(os_) if t.requires_grad]
+            found = dict(zip(map(id, want), torch.autograd.grad(loss, want, allow_unused=True, retain_graph=signed)))
+            if signed:
+                true_nll, _ = metric.token_scores(y, y, labels, inputs)
+                leaves = [q.weight for q in qls]
+                for k, g in enumerate(torch.autograd.grad(true_nll.sum(), leaves, allow_unused=True)):
+                    if g is not None:
+                        g_true[k] = g if g_true[k] is None else g_true[k] + g  # type: ignore[operator]
+                n_true += int(true_nll.numel())
+        g_w, g_x, g_z, g_o = ([found.get(id(t)) for t in ts] for ts in ([q.weight for q in qls], xs, zs, os_))
+        with analysis_mode():
+            for k, i in enumerate(ids):  # in topological order: the first layer cut off is the one named
+                if g_z[k] is None or g_w[k] is None:
+                    raise QuantlensError(NO_GRADIENT.format(why=f"no gradient reaches layer {runner.layers[i].name}"))
+                if g_x[k] is None:
+                    raise QuantlensError(NO_GRADIENT.format(why=f"layer {runner.layers[i].name}'s input carries no gradient"))
+                x, o = xs[k].detach(), os_[k].detach()
+                if calibrate:
+                    ins[i].update(x)
+                    outs[i].update(o)
+                a_in[k] = a_in[k] + _nonzero_sq(g_x[k], x)
+                a_out[k] = a_out[k] + _nonzero_sq(g_o[k], o)
+                if diag[k] is None:
+                    diag[k] = g_w[k] * g_w[k]
+                else:
+                    diag[k].addcmul_(g_w[k], g_w[k])  # type: ignore[union-attr]
+                v = (_channel_sums(mods[k], summers[k], g_z[k], x) @ mu[k]).double()
+                s_sq[k] = s_sq[k] + v.pow(2).sum(0)
+        n_total += units
+        del out, xs, zs, os_, found, want, g_w, g_x, g_z, g_o, y, loss
+        trim_heap()
+    if calibrate:
+        for i in ids:
+            runner.in_q[i].set(spec, ins[i])
+            runner.out_q[i].set(spec, outs[i])
+    est = {}
+    for k, i in enumerate(ids):
+        w = runner.float_weight(i)
+        act = 0.0
+        if spec is not None:
+            act = float(runner.in_q[i].scale) ** 2 / 12 * float(a_in[k]) + float(runner.out_q[i].scale) ** 2 / 12 * float(a_out[k])
+        d_rows = _rows(diag[k], mods[k]).sum(1).double()  # type: ignore[arg-type]
+        for j, b in enumerate(bits):
+            dw = sweep.qweights[(i, b)].weight - w
+            rest = _diagonal_rest(dw, mu[k][:, j], diag[k], d_rows, mods[k])  # type: ignore[arg-type]
+            est[(i, b)] = 0.5 * (float(s_sq[k][j]) + rest + act) / n_total
+            if signed and g_true[k] is not None and n_true:
+                est[(i, b)] += float(torch.linalg.vecdot(g_true[k].reshape(-1).double(), dw.reshape(-1).double())) / n_true
+    return est
+
+
+def estimate_sweep(sweep: Any, data: Iterable[Any], k: int = 5, seed: int = 0, model_name: str = "",
+                   check_at: Optional[int] = None) -> SweepResult:
+    """Estimate every cell, then measure the estimate's top ``k`` and ``k`` random layers exactly
+    at ``check_at`` bits (default :func:`check_bits`) with their cones, one float pass per batch,
+    and report the check (Spearman, top-``k`` overlap) in ``extra["estimate"]``."""
+    b_chk = check_bits(sweep.config.w_bits) if check_at is None else check_at
+    if b_chk not in sweep.config.w_bits:
+        raise QuantlensError(f"the estimate's check at {b_chk} bits needs that bit-width in the sweep ({list(sweep.config.w_bits)})")
+    t0 = time.perf_counter()
+    est = first_order(sweep, data, seed)
+    t_est = time.perf_counter() - t0
+    ranked = sorted(sweep.layer_ids, key=lambda i: -est[(i, b_chk)])
+    rng = random.Random(seed)
+    chosen = ranked[:k] + rng.sample(ranked[k:], min(k, len(ranked) - k))
+    t1 = time.perf_counter()
+    check = copy.copy(sweep)  # the same prepared network (cones, quantizers), fewer cells
+    check.layer_ids = sorted(chosen)
+    check.config = dataclasses.replace(sweep.config, w_bits=(b_chk,))
+    state = check.new_state()
+    for batch in iterate(data, "data"):
+        check.process_batch(state, batch)
+    exact = check.result(state, model_name=model_name)
+    t_exact = time.perf_counter() - t1
+    names = {i: sweep.runner.layers[i].name for i in sweep.layer_ids}
+    xs = [est[(i, b_chk)] for i in chosen]
+    ys = [exact.cell(names[i], b_chk).degradation for i in chosen]
+    top_exact = sorted(chosen, key=lambda i: -exact.cell(names[i], b_chk).degradation)[:k]
+    rho = spearman(xs, ys)
+    cells = []
+    for i in sweep.layer_ids:
+        for b in sweep.config.w_bits:
+            if b == b_chk and i in chosen:
+                cells.append(dataclasses.replace(exact.cell(names[i], b), estimate=est[(i, b)]))
+            else:
+                nan = jsonio.NAN
+                cells.append(Cell(layer=names[i], w_bits=b, a_bits=sweep.config.a_bits, noise=nan, sqnr_db=nan, metric=nan,
+                                  degradation=nan, estimate=est[(i, b)], samples=0))
+    info = {"k": k, "check_bits": b_chk, "spearman": rho, "topk_overlap": {b_chk: len(set(ranked[:k]) & set(top_exact)) / max(1, min(k, len(chosen)))},
+            "trusted": bool(rho >= TRUST_SPEARMAN), "checked_cells": len(xs), "estimate_s": t_est, "check_s": t_exact,
+            "unit": _unit(make_metric(sweep.metric_spec))}
+    rest = copy.copy(sweep)  # the other layers' info (weight statistics) once, without ranges
+    rest.layer_ids = [i for i in sweep.layer_ids if i not in chosen]
+    measured = {l.name: l for l in exact.layers + tuple(rest.layer_info(rest.new_state([])))}
+    infos = tuple(measured[names[i]] for i in sweep.layer_ids)
+    return dataclasses.replace(exact, layers=infos, cells=tuple(cells), engine="estimate", config=sweep.config.to_dict(),
+                               elapsed_s=time.perf_counter() - t0, extra={**exact.extra, "estimate": info})

@@ -1,0 +1,69 @@
+"""A tiny causal LM made of repeated blocks (pure torch, traceable), and its token batches."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Block(nn.Module):
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(d)
+        self.q_proj = nn.Linear(d, d)
+        self.o_proj = nn.Linear(d, d)
+        self.up_proj = nn.Linear(d, 2 * d)
+        self.down_proj = nn.Linear(2 * d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm(x)
+        a = (self.q_proj(h) @ h.transpose(1, 2)) / 4.0
+        a = a.masked_fill(torch.ones_like(a).tril() == 0, -1e4).softmax(-1)  # causal
+        x = x + self.o_proj(a @ h)
+        return x + self.down_proj(F.silu(self.up_proj(self.norm(x))))
+
+
+class TinyLM(nn.Module):
+    """Embedding, ``layers.{0,1,2}`` blocks (roles q_proj, o_proj, up_proj, down_proj), ``lm_head``."""
+
+    def __init__(self, vocab: int = 17, d: int = 16, blocks: int = 3) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d)
+        self.layers = nn.ModuleList(Block(d) for _ in range(blocks))
+        self.lm_head = nn.Linear(d, vocab)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.embed(ids)
+        for blk in self.layers:
+            x = blk(x)
+        return self.lm_head(x)
+
+
+def tiny_lm(seed: int = 0) -> TinyLM:
+    torch.manual_seed(seed)
+    return TinyLM().eval()
+
+
+def token_data(n_batches: int = 2, batch: int = 3, seq: int = 12, vocab: int = 17, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randint(0, vocab, (batch, seq), generator=g), None) for _ in range(n_batches)]
+
+
+def lm_user_file(tmp_path: Path) -> str:
+    p = tmp_path / "user_lm.py"
+    p.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from support.lm_models import tiny_lm, token_data
+
+        def model():
+            return tiny_lm()
+
+        def data():
+            return token_data()
+    """))
+    return str(p)
