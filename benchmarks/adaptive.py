@@ -17,6 +17,7 @@ import time
 from typing import Any, Optional
 
 import quantlens as ql
+from quantlens.sweep.collect import collect
 from quantlens.engine.accumulate import CellAccumulator
 from quantlens.sweep.adaptive import MIN_SAMPLES, Z_STOP, StopRule, compare_to_exact, parse_tolerance
 from quantlens.data.batches import iterate
@@ -64,7 +65,7 @@ def replay(rec: Recording, tol: float, min_samples: int = MIN_SAMPLES, z_stop: O
         active -= rule.after_batch(cells, active, sweep.higher_is_better, seen, k + 1, len(rec.batches))
     adaptive_state = dataclasses.replace(state, cells=cells)
     full = len(state.cells) * len(rec.batches)
-    return sweep.result(adaptive_state), {"cone_passes": passes, "exact_cone_passes": full,
+    return collect(sweep, adaptive_state), {"cone_passes": passes, "exact_cone_passes": full,
                                           "saved": 1 - passes / full, "speedup": full / passes}
 
 

@@ -115,6 +115,7 @@ def measure_pair(p: dict) -> dict:
     from quantlens.sweep.api import make_config
     from quantlens.data.batches import iterate
     from quantlens.engine.sweep import Sweep
+    from quantlens.sweep.collect import collect
 
     torch.set_num_threads(int(p.get("threads", torch.get_num_threads())))
     model, data, metric = SUBJECTS[p["subject"]](p)
@@ -138,7 +139,7 @@ def measure_pair(p: dict) -> dict:
     batcher = getattr(sweeps["cone"].runner, "batcher", None)
     out["batched_layers"] = sum(m == "batched" for m in batcher.mode.values()) if batcher else 0
     for eng in ("cone", "naive"):
-        r = sweeps[eng].result(states[eng])
+        r = collect(sweeps[eng], states[eng])
         out[eng] = {"wall_s": times[eng], "baseline": r.baseline, "num_samples": r.num_samples, "cells": _cells(r)}
     if p.get("overhead"):
         sw = sweeps["cone"]

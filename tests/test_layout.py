@@ -1,15 +1,22 @@
-"""The package's layering, read from the source (no import needed).
+"""The package's layering, read from the source (nothing is imported).
 
-``quantlens.analysis`` is split by job and its dependencies run one way (lazy imports
-included)::
+Every module lives in a folder named for its job, and the folders depend one way, lowest
+first (a folder may import only folders below it; lazy imports inside functions count)::
 
-    analysis.sweep  <-  analysis.network.build  <-  fixes  <-  analysis.network  <-  analysis.experiments
+    quant -> stats -> core -> data -> metrics -> graph -> engine -> parallel -> sweep
+          -> fixes -> network -> experiments -> export -> runtime -> report -> demo -> cli
 
-``sweep``: the layer-by-layer engine and ``analyze``; ``network``: a whole network quantized
-under a config (``build``: compile it; ``measure``: apply the config's fixes, then score it;
-``trials``: fixed graphs' single-layer cells); ``fixes``: graph transforms, which may build a
-quantized network (bias correction); ``experiments``: additivity, the fix loop, plan, role
-sweeps. No module imports another at load time in a cycle.
+``quant``: formats, specs, observers, range estimators, quantizers; ``stats``: the sign rule
+and intervals; ``core``: the domain types (per-layer and sweep configs, Workload, Inputs,
+roles, result files) and the rules every run follows (the model guard, numerics);
+``data``: the user's batches, objects and model files; ``metrics``: task and token metrics;
+``graph``: capture only; ``engine``: the one engine everything uses (runners, cones, multi-bit
+batching, accumulation, the quantized network); ``parallel``: executors and the store;
+``sweep``: analyze and its modes; ``fixes``; ``network``: whole-network measurement;
+``experiments``: additivity, the fix loop, plan, role sweeps; ``export``, ``runtime``,
+``report``, ``demo``, ``cli``. At the top level only ``__init__``, ``__main__``, ``_version``
+and ``errors``, which any folder may import. No module imports another folder's private
+name, and no test module imports another test module.
 """
 
 from __future__ import annotations
@@ -17,18 +24,11 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[1] / "src"
-LAYERS = ["quantlens.sweep", "quantlens.engine.build", "quantlens.fixes", "quantlens.network",
-          "quantlens.experiments"]
-
-
-def _layer(module: str) -> "int | None":
-    """The index of the longest prefix of ``module`` in LAYERS (None: outside them)."""
-    best = None
-    for i, layer in enumerate(LAYERS):
-        if (module == layer or module.startswith(layer + ".")) and (best is None or len(layer) > len(LAYERS[best])):
-            best = i
-    return best
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
+ORDER = ["quant", "stats", "core", "data", "metrics", "graph", "engine", "parallel", "sweep", "fixes", "network",
+         "experiments", "export", "runtime", "report", "demo", "cli"]
+TOP_LEVEL = {"quantlens", "quantlens.__main__", "quantlens._version", "quantlens.errors"}
 
 
 def _modules() -> dict[str, Path]:
@@ -41,13 +41,13 @@ def _modules() -> dict[str, Path]:
     return out
 
 
-def _imports(name: str, path: Path, modules: dict[str, Path], top_level_only: bool) -> set[str]:
-    """Modules of quantlens that ``name`` imports (at load time only, if ``top_level_only``)."""
+def _imports(name: str, path: Path, modules: dict[str, Path]) -> list[tuple[str, str | None]]:
+    """``(module, imported name or None)`` for every import of a quantlens module by ``name``,
+    wherever it stands (module level, functions, ``TYPE_CHECKING`` blocks)."""
     tree = ast.parse(path.read_text())
     pkg = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    nodes = tree.body if top_level_only else list(ast.walk(tree))
-    out: set[str] = set()
-    for node in nodes:
+    out: list[tuple[str, str | None]] = []
+    for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
@@ -56,50 +56,115 @@ def _imports(name: str, path: Path, modules: dict[str, Path], top_level_only: bo
                 base = ".".join(parts + ([base] if base else []))
             for alias in node.names:
                 full = f"{base}.{alias.name}"
-                out.add(full if full in modules else base)
+                out.append((full, None) if full in modules else (base, alias.name))
         elif isinstance(node, ast.Import):
-            out.update(a.name for a in node.names)
-    return {m for m in out if m in modules and m != name}
+            out.extend((a.name, None) for a in node.names)
+    return [(m, n) for m, n in out if m in modules and m != name]
 
 
-def test_no_import_cycle_at_load_time():
+def _folder(module: str) -> str:
+    """``quantlens.engine.cone`` -> ``engine``; a top-level module is its own name."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "quantlens"
+
+
+def _graph() -> dict[str, set[str]]:
     modules = _modules()
-    graph = {n: _imports(n, p, modules, True) for n, p in modules.items()}
+    graph = {n: {m for m, _ in _imports(n, p, modules)} for n, p in modules.items()}
     # a package's __init__ importing its own submodules is how packages load; drop parent->child edges
-    graph = {n: {m for m in deps if not m.startswith(n + ".")} for n, deps in graph.items()}
+    return {n: {m for m in deps if not m.startswith(n + ".")} for n, deps in graph.items()}
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str]:
     state: dict[str, int] = {}
     stack: list[str] = []
 
-    def visit(n: str) -> None:
+    def visit(n: str) -> list[str]:
         state[n] = 1
         stack.append(n)
-        for m in graph[n]:
+        for m in sorted(graph.get(n, ())):
             if state.get(m) == 1:
-                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(m):] + [m]))
+                return stack[stack.index(m):] + [m]
             if m not in state:
-                visit(m)
+                found = visit(m)
+                if found:
+                    return found
         stack.pop()
         state[n] = 2
+        return []
 
-    for n in graph:
+    for n in sorted(graph):
         if n not in state:
-            visit(n)
+            found = visit(n)
+            if found:
+                return found
+    return []
 
 
-def test_analysis_layers_depend_one_way():
-    modules = _modules()
+def test_no_module_import_cycle_lazy_imports_included():
+    cycle = _cycle(_graph())
+    assert not cycle, "import cycle: " + " -> ".join(cycle)
+
+
+def test_no_folder_import_cycle():
+    folders: dict[str, set[str]] = {}
+    for n, deps in _graph().items():
+        for m in deps:
+            if _folder(n) != _folder(m) and n not in ("quantlens", "quantlens.__main__"):
+                folders.setdefault(_folder(n), set()).add(_folder(m))
+    cycle = _cycle(folders)
+    assert not cycle, "folder cycle: " + " -> ".join(cycle)
+
+
+def test_folders_depend_one_way():
     bad = []
-    for n, p in modules.items():
-        own = _layer(n)
-        if own is None:
-            continue
-        for m in _imports(n, p, modules, False):  # lazy imports count too
-            other = _layer(m)
-            if other is not None and other > own:
+    for n, deps in _graph().items():
+        a = _folder(n)
+        for m in deps:
+            b = _folder(m)
+            if a == b or m in TOP_LEVEL or n in ("quantlens", "quantlens.__main__"):
+                continue
+            if a not in ORDER or b not in ORDER or ORDER.index(b) > ORDER.index(a):
                 bad.append(f"{n} imports {m}")
     assert not bad, bad
 
 
-def test_every_analysis_module_is_in_a_layer():
-    stray = [n for n in _modules() if n.startswith("quantlens.analysis.") and _layer(n) is None]
-    assert not stray, stray
+def test_the_library_never_imports_the_cli():
+    bad = [f"{n} imports {m}" for n, deps in _graph().items() for m in deps
+           if _folder(m) == "cli" and _folder(n) != "cli" and n != "quantlens.__main__"]
+    assert not bad, bad
+
+
+def test_only_four_modules_at_the_top_level():
+    loose = {n for n, p in _modules().items() if n.count(".") == 1 and p.name != "__init__.py"}
+    assert loose <= TOP_LEVEL, sorted(loose - TOP_LEVEL)
+    folders = {_folder(n) for n in _modules()} - {"quantlens"} - {n.split(".")[1] for n in loose}
+    assert folders == set(ORDER), sorted(folders ^ set(ORDER))
+
+
+def test_no_import_of_another_folders_private_name():
+    modules = _modules()
+    bad = []
+    for n, p in modules.items():
+        for m, name in _imports(n, p, modules):
+            if _folder(n) == _folder(m) or m in TOP_LEVEL:
+                continue
+            private_module = any(part.startswith("_") and not part.startswith("__") for part in m.split("."))
+            if private_module or (name and name.startswith("_") and not name.startswith("__")):
+                bad.append(f"{n} imports {m}{'.' + name if name else ''}")
+    assert not bad, bad
+
+
+def test_no_test_module_imports_another():
+    tests = ROOT / "tests"
+    names = {p.stem for p in tests.rglob("test_*.py")} | {p.stem for p in tests.rglob("conftest.py")}
+    bad = []
+    for p in tests.rglob("*.py"):
+        for node in ast.walk(ast.parse(p.read_text())):
+            mods = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                mods = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            bad += [f"{p.relative_to(ROOT)} imports {m}" for m in mods if m.rpartition(".")[2] in names]
+    assert not bad, bad

@@ -15,7 +15,8 @@ from quantlens.sweep.results import Cell, LayerInfo, SweepResult
 from quantlens.engine.state import SweepState
 from quantlens.engine.sweep import QuantlensWarning, Sweep
 from quantlens.network.measure import quantize_network
-from quantlens.quant.spec import PerChannel, PerGroup, PerTensor, QuantSpec, SweepConfig
+from quantlens.quant.spec import PerChannel, PerGroup, PerTensor, QuantSpec
+from quantlens.core.sweep_config import SweepConfig
 from quantlens.errors import QuantlensError
 from quantlens.graph import LayerGraph, capture
 from quantlens.metrics.task import make_metric, metrics, register_metric

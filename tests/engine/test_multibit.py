@@ -8,6 +8,7 @@ import torch.nn as nn
 from support.models import tiny_data, tiny_net
 
 import quantlens as ql
+from quantlens.sweep.collect import collect
 from quantlens.sweep.api import make_config
 from quantlens.data.batches import iterate
 from quantlens.engine.multibit import BitBatcher
@@ -43,7 +44,7 @@ def _sweep(model, data, batching: bool):
     state = s.new_state()
     for b in iterate(data):
         s.process_batch(state, b)
-    return s, s.result(state)
+    return s, collect(s, state)
 
 
 def test_batched_bits_are_bitwise_equal_to_separate_passes():

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from support.models import NoLayers, tiny_data, tiny_net
 
 from quantlens.errors import QuantlensError
-from quantlens.graph import build_cone, capture, cone_nodes
+from quantlens.engine.cone import build_cone, cone_nodes
+from quantlens.graph import capture
 
 
 from support.helpers import rel_err as _rel

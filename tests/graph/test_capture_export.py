@@ -29,49 +29,6 @@ from support.models import TinyNet, tiny_data, tiny_net  # noqa: E402
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def same_cells(a: ql.SweepResult, b: ql.SweepResult, rel: float = 1e-5, names: dict | None = None) -> None:
-    """Every cell of ``a`` equals ``b``'s: noise to ``rel``, the metric exactly."""
-    names = names or {}
-    assert a.cells and len(a.cells) <= len(b.cells)
-    for ca in a.cells:
-        cb = b.cell(names.get(ca.layer, ca.layer), ca.w_bits)
-        assert abs(ca.noise - cb.noise) <= rel * max(abs(cb.noise), 1e-30), (ca.layer, ca.w_bits, ca.noise, cb.noise)
-        assert ca.metric == cb.metric, (ca.layer, ca.w_bits, ca.metric, cb.metric)
-
-
-class TokenNet(nn.Module):
-    """A tokenizer-shaped model: ``forward(input_ids, attention_mask, scale=1.0)``."""
-
-    def __init__(self, vocab: int = 50, d: int = 16) -> None:
-        super().__init__()
-        self.emb = nn.Embedding(vocab, d)
-        self.q = nn.Linear(d, d)
-        self.up = nn.Linear(d, 2 * d)
-        self.down = nn.Linear(2 * d, d)
-        self.norm = nn.LayerNorm(d)
-        self.head = nn.Linear(d, 5)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, scale: float = 1.0) -> dict:
-        h = self.emb(input_ids)
-        h = h + self.q(h) * scale
-        h = self.norm(h + self.down(F.gelu(self.up(h))))
-        m = attention_mask.unsqueeze(-1).to(h.dtype)
-        pooled = (h * m).sum(1) / m.sum(1).clamp(min=1)
-        return {"logits": self.head(pooled), "hidden": h}
-
-
-def token_data(n: int = 3, batch: int = 4, seed: int = 0) -> list[dict]:
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for k in range(n):
-        length = 6 + 2 * k  # padded to a different length per batch
-        ids = torch.randint(0, 50, (batch, length), generator=g)
-        mask = torch.ones(batch, length, dtype=torch.long)
-        mask[0, length // 2:] = 0
-        out.append({"input_ids": ids, "attention_mask": mask, "scale": 0.5, "labels": torch.randint(0, 5, (batch,), generator=g)})
-    return out
-
-
 # ---- batches -------------------------------------------------------------------------------
 def test_mapping_batches_normalize():
     inputs, labels = normalize_batch({"input_ids": torch.ones(2, 3, dtype=torch.long), "flag": False, "labels": torch.zeros(2)})
@@ -145,6 +102,8 @@ def test_dict_keys_the_forward_does_not_take_are_one_line():
 
 # ---- transformers ---------------------------------------------------------------------------
 import transformers  # noqa: E402  (quantlens[lm], installed by `make test`)
+from support.helpers import same_cells
+from support.tokens import TokenNet, token_data
 
 
 def _gpt2(use_cache: bool = False):

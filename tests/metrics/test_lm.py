@@ -14,6 +14,8 @@ from support.helpers import close
 import quantlens as ql
 from quantlens.report import render_report
 from quantlens.report.roles import role_view
+from support.helpers import FailingData
+from support.tokens import gpt2, token_batches
 
 transformers = pytest.importorskip("transformers")
 
@@ -22,30 +24,9 @@ def _close(a, b, rel=1e-5, abs_=1e-9):
     return close(a, b, rel, abs_)
 
 
-def _token_batches(vocab, n=2, b=3, t=16, seed=0, labels=False):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        ids = torch.randint(0, vocab, (b, t), generator=g)
-        mask = torch.ones(b, t, dtype=torch.long)
-        mask[0, t - 5 :] = 0  # right padding
-        mask[1, t - 2 :] = 0
-        batch = {"input_ids": ids, "attention_mask": mask}
-        if labels:
-            batch["labels"] = ids.masked_fill(mask == 0, -100)
-        out.append(batch)
-    return out
-
-
-def _gpt2(seed=0):
-    cfg = transformers.GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=2, use_cache=False)
-    torch.manual_seed(seed)
-    return transformers.GPT2LMHeadModel(cfg).eval()
-
-
 @pytest.mark.slow
 def test_gpt2_token_kl_cone_equals_naive_on_every_cell():
-    m, data = _gpt2(), _token_batches(64)
+    m, data = gpt2(), token_batches(64)
     r = ql.analyze(m, data, w_bits=(3, 8), metric="token_kl", output_key="logits", granularity="per-group-16")
     ref = ql.analyze(m, data, w_bits=(3, 8), metric="token_kl", output_key="logits", granularity="per-group-16", engine="naive")
     assert r.engine == "cone" and ref.engine == "naive"
@@ -64,7 +45,7 @@ def test_llama_perplexity_with_labels_matches_the_models_own_loss():
                                    num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32, use_cache=False)
     torch.manual_seed(0)
     m = transformers.LlamaForCausalLM(cfg).eval()
-    data = _token_batches(64, labels=True)
+    data = token_batches(64, labels=True)
     r = ql.analyze(m, data, w_bits=(4,), metric="perplexity", output_key="logits", granularity="per-group-32", a_bits=None)
     nll, count = 0.0, 0
     with torch.no_grad():
@@ -105,13 +86,13 @@ def test_lm_sweep_cli_and_report_carry_token_intervals(tmp_path, capsys):
     from quantlens.cli import main
 
     (tmp_path / "lm_user.py").write_text(textwrap.dedent("""
-        import test_lm
+        from support.tokens import gpt2, token_batches
 
         def model():
-            return test_lm._gpt2()
+            return gpt2()
 
         def data():
-            return test_lm._token_batches(64)
+            return token_batches(64)
         """))
     out = tmp_path / "run"
     rc = main(["analyze", "--model", f"{tmp_path / 'lm_user.py'}:model", "--data", f"{tmp_path / 'lm_user.py'}:data",
@@ -133,9 +114,8 @@ def test_lm_resumed_sweep_has_the_uninterrupted_token_intervals(tmp_path):
     intervals (per-sequence sums through the cache's JSON state) equal the uninterrupted run's."""
     import json
 
-    from test_resume import FailingData
 
-    m, data = _gpt2(), _token_batches(64, n=4)
+    m, data = gpt2(), token_batches(64, n=4)
     kw = dict(w_bits=(3,), metric="perplexity", output_key="logits", granularity="per-group-16")
     ref = ql.analyze(m, data, **kw)
     cache = tmp_path / "cache"

@@ -19,7 +19,8 @@ from quantlens import analyze
 from quantlens.demo import culprit as demo_culprit
 from quantlens.demo import digits as demo
 from quantlens.experiments.fixloop import DEFAULT_FIXES, fix_loop
-from quantlens.quant.spec import QuantSpec, SweepConfig
+from quantlens.quant.spec import QuantSpec
+from quantlens.core.sweep_config import SweepConfig
 from quantlens.fixes import FixContext, make_fix
 from quantlens.core.layer_config import QuantConfig
 from quantlens.core.workload import RunOptions, Workload

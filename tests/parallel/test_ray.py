@@ -17,8 +17,10 @@ from support.helpers import close
 from support.models import tiny_data, tiny_net, user_file
 
 import quantlens as ql
+from quantlens.sweep.collect import collect
 from quantlens.sweep.api import make_config
-from quantlens.parallel import SweepRecipe, run_sweep
+from quantlens.parallel import SweepRecipe
+from quantlens.sweep.run import run_sweep
 from quantlens.parallel.ray_executor import RayExecutor, group_layers
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -85,9 +87,9 @@ def test_ray_rerun_skips_finished_tasks(local_ray, tmp_path):
     tasks[1].unlink()
     with pytest.warns(ql.QuantlensWarning, match="3 of 4 task"):
         sweep2, state2, _ = run_sweep(recipe, data, executor=ex, cache=tmp_path / "c")
-    assert sweep2.result(state2).cells == sweep.result(state).cells
+    assert collect(sweep2, state2).cells == collect(sweep, state).cells
     serial = ql.analyze(tiny_net(), data, w_bits=(4,), metric="kl")
-    _same_cells(sweep2.result(state2).to_dict(), serial.to_dict())
+    _same_cells(collect(sweep2, state2).to_dict(), serial.to_dict())
 
 
 class _DiesOnceInAWorker(torch.nn.Module):

@@ -10,9 +10,9 @@ from quantlens.quant.spec import (
     PerGroup,
     PerTensor,
     QuantSpec,
-    SweepConfig,
     parse_granularity,
 )
+from quantlens.core.sweep_config import SweepConfig
 from quantlens.errors import QuantlensError
 from quantlens.quant import (
     ActQuantizer,

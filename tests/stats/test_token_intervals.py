@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_token_metrics import _inputs, _padded
 
 from quantlens.errors import QuantlensError
 from quantlens.metrics.task import degradation, make_metric, update_metric
 from quantlens.stats.intervals import Z, metric_interval, paired_interval, t_quantile
 from quantlens.stats.ratio import RatioSums, ratio_interval
+from support.tokens import inputs_of, padded_logits
 
 REPS = 2000
 LMIN, LMAX = 4, 64  # sequence lengths, uniform on LMIN..LMAX
@@ -139,9 +139,9 @@ def _direct_interval(a, b, n, link):
 
 @pytest.mark.parametrize("name", ["nll", "perplexity", "token_kl", "token_agreement"])
 def test_token_interval_against_per_sequence_residuals(name):
-    y_ref, y, ids, mask, labels = _padded(seed=4, b=12, t=10)
+    y_ref, y, ids, mask, labels = padded_logits(seed=4, b=12, t=10)
     m = make_metric(name)
-    update_metric(m, y_ref, y, labels, _inputs(input_ids=ids, attention_mask=mask))
+    update_metric(m, y_ref, y, labels, inputs_of(input_ids=ids, attention_mask=mask))
     a, b, n = _per_sequence(name, y_ref, y, ids, mask, labels)
     assert m.paired.n == len(n) == 12 and m.paired.tokens == m.count == int(n.sum())
     lo, hi = _direct_interval(a, b, n, "exp" if name == "perplexity" else "identity")
@@ -154,13 +154,13 @@ def test_token_interval_against_per_sequence_residuals(name):
 
 @pytest.mark.parametrize("name", ["nll", "perplexity", "token_kl", "token_agreement"])
 def test_token_interval_of_two_merged_halves_is_the_one_pass_interval(name):
-    y_ref, y, ids, mask, labels = _padded(seed=5, b=10, t=9)
+    y_ref, y, ids, mask, labels = padded_logits(seed=5, b=10, t=9)
     whole = make_metric(name)
-    update_metric(whole, y_ref, y, labels, _inputs(input_ids=ids, attention_mask=mask))
+    update_metric(whole, y_ref, y, labels, inputs_of(input_ids=ids, attention_mask=mask))
     halves = []
     for sl in (slice(0, 4), slice(4, 10)):
         h = make_metric(name)
-        update_metric(h, y_ref[sl], y[sl], labels[sl], _inputs(input_ids=ids[sl], attention_mask=mask[sl]))
+        update_metric(h, y_ref[sl], y[sl], labels[sl], inputs_of(input_ids=ids[sl], attention_mask=mask[sl]))
         halves.append(h)
     merged = halves[0].merge(halves[1])
     resumed = make_metric(name)
@@ -172,7 +172,7 @@ def test_token_interval_of_two_merged_halves_is_the_one_pass_interval(name):
         assert abs(a.low - b.low) < 1e-12 and abs(a.high - b.high) < 1e-12, name
     # sign rule and interval agree: the point degradation (the sweep's, from the baseline) lies inside
     base = make_metric(name)
-    update_metric(base, y_ref, y_ref, labels, _inputs(input_ids=ids, attention_mask=mask))
+    update_metric(base, y_ref, y_ref, labels, inputs_of(input_ids=ids, attention_mask=mask))
     deg = degradation(base.compute(), whole.compute(), hib)
     assert a.low < deg < a.high
     assert deg == pytest.approx(whole.paired.degradation(hib), rel=1e-12)
@@ -187,8 +187,8 @@ def test_token_interval_sign_follows_the_degradation():
     y = y_ref + 2.0 * torch.randn(40, 12, 13, generator=g)
     for name in ("nll", "perplexity", "token_kl", "token_agreement"):
         m, base = make_metric(name), make_metric(name)
-        update_metric(m, y_ref, y, None, _inputs(input_ids=ids))
-        update_metric(base, y_ref, y_ref, None, _inputs(input_ids=ids))
+        update_metric(m, y_ref, y, None, inputs_of(input_ids=ids))
+        update_metric(base, y_ref, y_ref, None, inputs_of(input_ids=ids))
         deg = degradation(base.compute(), m.compute(), m.higher_is_better)
         iv = metric_interval(m, m.higher_is_better)
         assert deg > 0 and 0 < iv.low < deg < iv.high, (name, deg, iv)
@@ -227,8 +227,8 @@ def test_reference_scored_once_per_batch_and_never_stale(monkeypatch):
         return real(self, y_ref, y, labels, inputs)
 
     monkeypatch.setattr(NLL, "token_scores", counting)
-    y_ref, y, ids, mask, labels = _padded(seed=8)
-    inp = _inputs(input_ids=ids, attention_mask=mask)
+    y_ref, y, ids, mask, labels = padded_logits(seed=8)
+    inp = inputs_of(input_ids=ids, attention_mask=mask)
     base, cells = make_metric("perplexity"), [make_metric("perplexity") for _ in range(3)]
     update_metric(base, y_ref, y_ref, labels, inp)
     for c in cells:
@@ -249,8 +249,8 @@ def test_reference_scored_once_per_batch_and_never_stale(monkeypatch):
 def test_reference_memo_under_inference_mode():
     """The engines score inside ``torch.inference_mode`` (no version counter): an in-place change is
     still seen, and the reused scores equal fresh ones."""
-    y_ref, y, ids, mask, labels = _padded(seed=9)
-    inp = _inputs(input_ids=ids, attention_mask=mask)
+    y_ref, y, ids, mask, labels = padded_logits(seed=9)
+    inp = inputs_of(input_ids=ids, attention_mask=mask)
     with torch.inference_mode():
         r, q = y_ref.clone(), y.clone()
         base, cell = make_metric("nll"), make_metric("nll")

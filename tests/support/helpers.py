@@ -60,3 +60,30 @@ def assert_cells_close(a: Iterable[Any], b: Iterable[Any], fields: Iterable[str]
         assert (get(x, "layer"), get(x, "w_bits")) == (get(y, "layer"), get(y, "w_bits"))
         for k in fields:
             assert_close(get(x, k), get(y, k), rel, abs_, f"{get(x, 'layer')}@{get(x, 'w_bits')} {k}")
+
+
+def same_cells(a: Any, b: Any, rel: float = 1e-5, names: dict | None = None) -> None:
+    """Every cell of ``a`` equals ``b``'s: noise to ``rel``, the metric exactly."""
+    names = names or {}
+    assert a.cells and len(a.cells) <= len(b.cells)
+    for ca in a.cells:
+        cb = b.cell(names.get(ca.layer, ca.layer), ca.w_bits)
+        assert abs(ca.noise - cb.noise) <= rel * max(abs(cb.noise), 1e-30), (ca.layer, ca.w_bits, ca.noise, cb.noise)
+        assert ca.metric == cb.metric, (ca.layer, ca.w_bits, ca.metric, cb.metric)
+
+
+class FailingData:
+    """A list of batches whose ``fail_on_iter``-th pass raises at batch ``fail_at`` (a crash)."""
+
+    def __init__(self, batches, fail_at: int, fail_on_iter: int) -> None:
+        self.batches, self.fail_at, self.fail_on_iter, self.iters = batches, fail_at, fail_on_iter, 0
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        self.iters += 1
+        for k, b in enumerate(self.batches):
+            if self.iters == self.fail_on_iter and k == self.fail_at:
+                raise RuntimeError("crash")
+            yield b

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import ray
-from test_capture_export import TokenNet, same_cells, token_data
-from test_resume import FailingData
 
 import quantlens as ql
+from support.helpers import FailingData, same_cells
+from support.tokens import TokenNet, token_data
 
 KW = dict(w_bits=[3, 8], metric="top1", output_key="logits")
 

@@ -17,6 +17,7 @@ from support.models import tiny_data, tiny_net, user_file
 
 import quantlens as ql
 from quantlens.errors import QuantlensError
+from support.helpers import FailingData
 
 TESTS = Path(__file__).resolve().parents[2]
 
@@ -66,22 +67,6 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path):
     assert _cells(out / "results.json") == _cells(tmp_path / "ref" / "results.json")
     assert not (out / ".quantlens-cache").exists()  # removed once the sweep finished
 
-
-class FailingData:
-    """A list of batches whose ``fail_on_iter``-th pass raises at batch ``fail_at`` (a crash)."""
-
-    def __init__(self, batches, fail_at: int, fail_on_iter: int) -> None:
-        self.batches, self.fail_at, self.fail_on_iter, self.iters = batches, fail_at, fail_on_iter, 0
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __iter__(self):
-        self.iters += 1
-        for k, b in enumerate(self.batches):
-            if self.iters == self.fail_on_iter and k == self.fail_at:
-                raise RuntimeError("crash")
-            yield b
 
 
 def _crash_leaving_cache(cache: Path, data) -> None:

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from quantlens.sweep.results import SweepResult
-from quantlens.quant.spec import check_bits
+from quantlens.quant.spec import check_bits, parse_a_bits
 from quantlens.errors import QuantlensError
 from quantlens.report.fmt import Units
 
@@ -51,16 +51,6 @@ def parse_bits_list(text: str) -> tuple[int, ...]:
     for b in out:
         check_bits(b, "weight bits")
     return tuple(dict.fromkeys(out))
-
-
-def parse_a_bits(text: str) -> Optional[int]:
-    if str(text).strip().lower() in ("none", "float", "fp32", "off"):
-        return None
-    try:
-        b = int(text)
-    except ValueError:
-        raise QuantlensError(f"--a-bits {text!r}: expected an integer in 2..16 or 'none'") from None
-    return check_bits(b, "activation bits")
 
 
 def add_model_args(p: argparse.ArgumentParser, data: bool = True) -> None:

@@ -104,7 +104,7 @@ def load_onnx(path: Union[str, Path]) -> nn.Module:
 
 def load_pt2(path: Union[str, Path]) -> nn.Module:
     """The module of the ``ExportedProgram`` saved in ``path``."""
-    from quantlens.graph.export import quiet
+    from quantlens.core.quiet import quiet
 
     try:
         with quiet():

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from quantlens.metrics.task import Metric, update_metric
 
-__all__ = ["CellAccumulator", "ShiftAccumulator", "ChannelStats", "channel_axis", "per_sample_sq", "widen"]
+__all__ = ["CellAccumulator", "ShiftAccumulator", "ChannelStats", "channel_axis", "per_sample_sq", "widen", "channel_sums"]
 
 
 def channel_axis(op: str) -> int:
@@ -39,7 +39,7 @@ def widen(t: Tensor) -> Tensor:
     return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
 
 
-def _channel_sums(t: Tensor, axis: int) -> tuple[Tensor, int]:
+def channel_sums(t: Tensor, axis: int) -> tuple[Tensor, int]:
     """Per-channel sums of ``t`` along ``axis`` (float64, on the CPU) and the count per channel.
 
     Sums over the batch axis are taken in float64 after float32 partial sums over the other
@@ -69,8 +69,8 @@ class ChannelStats:
 
     def update(self, o: Tensor, axis: int) -> None:
         o = widen(o)
-        s, n = _channel_sums(o, axis)
-        sq, _ = _channel_sums(o * o, axis)
+        s, n = channel_sums(o, axis)
+        sq, _ = channel_sums(o * o, axis)
         self.sum = s if self.sum is None else self.sum + s
         self.sumsq = sq if self.sumsq is None else self.sumsq + sq
         self.count += n
@@ -116,7 +116,7 @@ class ShiftAccumulator:
         self.count = 0
 
     def update(self, layer_out: Tensor, layer_ref: Tensor, axis: int) -> None:
-        s, c = _channel_sums(widen(layer_out) - widen(layer_ref), axis)
+        s, c = channel_sums(widen(layer_out) - widen(layer_ref), axis)
         self.sum = s if self.sum is None else self.sum + s
         self.count += c
 

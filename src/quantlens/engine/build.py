@@ -23,8 +23,9 @@ from typing import Any, Iterable, Optional, Union
 import torch
 from torch import Tensor, fx
 
-from quantlens.graph.capture import Layer, LayerGraph
-from quantlens.engine.cone import QuantLayer, fetch_attr
+from quantlens.graph.layers import Layer, LayerGraph
+from quantlens.engine.cone import QuantLayer
+from quantlens.graph.layers import fetch_attr
 from quantlens.core.layer_config import LayerQuant, QuantConfig
 from quantlens.quant.quantizer import ActQuantizer, QuantizedWeight, quantize_weight
 

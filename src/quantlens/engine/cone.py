@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from quantlens.quant.quantizer import ActQuantizer
-from quantlens.graph.capture import Layer, LayerGraph
+from quantlens.graph.layers import Layer, LayerGraph, fetch_attr
 
 __all__ = [
     "QuantLayer", "Cone", "cone_nodes", "build_cone", "build_cache_module", "frontier_of", "input_node", "recompute_nodes",
@@ -270,14 +270,6 @@ def build_io_module(graph: LayerGraph, layer: Layer, start: int) -> tuple[fx.Gra
             modules[str(n.target)] = graph.gm.get_submodule(str(n.target))
     g.output(tuple(env[w] for w in want))
     return fx.GraphModule(modules, g, class_name=f"LayerIO_{layer.index}"), frontier
-
-
-def fetch_attr(gm: nn.Module, target: str) -> Any:
-    """The attribute at dotted ``target`` of ``gm`` (a submodule, parameter or buffer)."""
-    obj: Any = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def build_cache_module(graph: LayerGraph, keep: Iterable[str]) -> tuple[fx.GraphModule, list[str]]:

@@ -43,6 +43,8 @@ from typing import Any, Iterator, Optional, Sequence
 import torch
 from torch import Tensor
 
+from quantlens.engine.evaluation import Evaluation
+
 __all__ = ["BitBatcher"]
 
 
@@ -116,8 +118,6 @@ class BitBatcher:
         return min(k, self.budget // max(1, 4 * n * per_sample))
 
     def _batched(self, runner: Any, cache: dict[str, Any], i: int, ws: Sequence[Tensor]) -> Optional[list]:
-        from quantlens.engine.runner import Evaluation
-
         cone, k = runner.cones[i], len(ws)
         n = cache[runner.layers[i].output_node].shape[0]
         if not all(isinstance(cache[name], Tensor) for name in cone.frontier):

@@ -29,7 +29,6 @@ Both implement one engine protocol (:class:`Runner`), which every experiment goe
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
 import torch
@@ -37,13 +36,14 @@ from torch import Tensor, nn
 
 from quantlens.quant.spec import QuantSpec
 from quantlens.errors import QuantlensError
-from quantlens.graph.capture import Layer, LayerGraph, _layer_kind, layer_op, transposed_linear
+from quantlens.graph.layers import Layer, LayerGraph, layer_kind, layer_op, transposed_linear
 from quantlens.engine.cone import Cone, build_cache_module, build_cone, build_io_module, input_node
 from quantlens.graph.eager import ActivationWatch, EagerLayer, capture_eager
 from quantlens.engine.memory import trim_heap
 from quantlens.core.numerics import analysis_mode
 from quantlens.quant.quantizer import ActQuantizer, make_observer
 from quantlens.data.batches import Inputs, as_inputs, iterate
+from quantlens.engine.evaluation import Evaluation
 from quantlens.engine.multibit import BitBatcher
 
 __all__ = ["Runner", "ConeRunner", "HookRunner", "block_starts"]
@@ -69,14 +69,6 @@ def block_starts(graph: LayerGraph) -> list[int]:
         if b is not None and len(per_container[b[0]]) >= 2:
             first[b] = min(first.get(b, pos[l.node]), pos[l.node])
     return [first.get(block[l.index], pos[l.node]) if block[l.index] is not None else pos[l.node] for l in graph.layers]
-
-
-@dataclass
-class Evaluation:
-    """Output of one quantized evaluation: the network output and the layer's own output."""
-
-    output: Any
-    layer_output: Tensor
 
 
 class Runner:
@@ -243,7 +235,7 @@ class HookRunner(Runner):
         self.eager = eg.layers
         self.modules = [l.module for l in eg.layers]
         self.layers = [
-            Layer(i, l.name, layer_op(l.module), _layer_kind(l.module), l.name, None, l.act, int(l.module.weight.numel()))
+            Layer(i, l.name, layer_op(l.module), layer_kind(l.module), l.name, None, l.act, int(l.module.weight.numel()))
             for i, l in enumerate(eg.layers)
         ]
         self.in_q = [ActQuantizer().to(self.device) for _ in self.layers]

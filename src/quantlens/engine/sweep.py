@@ -7,7 +7,8 @@ activations plus the quantized weights, whatever the size of the data.
 
 The pieces are separate so that other executors (resumable, Ray) reuse them:
 :class:`Sweep` holds the prepared network; :class:`SweepState` holds mergeable sums;
-``Sweep.process_batch(state, batch)`` adds one batch; ``Sweep.result(state)`` finalises.
+``Sweep.process_batch(state, batch)`` adds one batch; :func:`quantlens.sweep.collect.collect`
+turns the state into a :class:`~quantlens.sweep.results.SweepResult`.
 
 Example:
     >>> import quantlens as ql                                       # doctest: +SKIP
@@ -21,11 +22,9 @@ import warnings
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from quantlens.quant.spec import SweepConfig
-from quantlens.core import jsonio
-from quantlens.stats.degradation import degradation
+from quantlens.core.sweep_config import SweepConfig
 from quantlens.errors import QuantlensError, QuantlensWarning
 from quantlens.graph.capture import CAPTURE_METHODS, CaptureError, capture
 from quantlens.engine.memory import trim_heap
@@ -33,35 +32,15 @@ from quantlens.metrics.task import Metric, make_metric, update_metric
 from quantlens.core.numerics import analysis_mode
 from quantlens.quant.observers import MinMaxObserver
 from quantlens.quant.quantizer import QuantizedWeight, quantize_weight
-from quantlens.stats.intervals import metric_interval
 from quantlens.engine.accumulate import CellAccumulator, ChannelStats, channel_axis, per_sample_sq
 from quantlens.data.batches import Batch, extract_output
-from quantlens.sweep.results import Cell, LayerInfo, SweepResult, WeightStats
 from quantlens.engine.runner import ConeRunner, HookRunner, Runner
 from quantlens.engine.state import SweepState
 
-__all__ = ["Sweep", "SweepState", "QuantlensWarning", "weight_stats", "MetricSpec"]
+__all__ = ["Sweep", "SweepState", "QuantlensWarning", "MetricSpec"]
 
 
 MetricSpec = Union[str, Callable[..., Any], Metric]
-
-
-def weight_stats(w: Tensor, bins: int = 64) -> WeightStats:
-    """Min, max, mean, std, count beyond 3 sigma and a histogram of a weight tensor."""
-    w = w.detach().double().reshape(-1).cpu()
-    mean, std = float(w.mean()), float(w.std(unbiased=False))
-    lo, hi = float(w.min()), float(w.max())
-    counts = torch.histc(w, bins, lo, hi) if hi > lo else torch.tensor([float(w.numel())] + [0.0] * (bins - 1))
-    edges = torch.linspace(lo, hi, bins + 1)
-    return WeightStats(
-        min=lo,
-        max=hi,
-        mean=mean,
-        std=std,
-        outliers_3sigma=int(((w - mean).abs() > 3 * std).sum()) if std > 0 else 0,
-        hist_counts=[int(c) for c in counts.tolist()],
-        hist_edges=[float(e) for e in edges.tolist()],
-    )
 
 
 class Sweep:
@@ -212,72 +191,6 @@ class Sweep:
         state.batches += 1
         del cache, out
         trim_heap()  # resident memory stays one batch's, however many batches
-
-    # ---- results ---------------------------------------------------------------------------
-    def layer_info(self, state: SweepState) -> list[LayerInfo]:
-        infos = []
-        for i in self.layer_ids:
-            l = self.runner.layers[i]
-            ir, orr = state.in_range.get(i), state.out_range.get(i)
-            infos.append(
-                LayerInfo(
-                    index=l.index,
-                    name=l.name,
-                    op=l.op,
-                    params=l.params,
-                    kind=l.kind,
-                    activation=l.act,
-                    weight=weight_stats(self.runner.float_weight(i)),
-                    input_range=(ir.min, ir.max) if ir is not None and not ir.empty else None,
-                    output_range=(orr.min, orr.max) if orr is not None and not orr.empty else None,
-                )
-            )
-        return infos
-
-    def result(self, state: SweepState, elapsed_s: float = float("nan"), model_name: str = "", extra: Optional[dict] = None) -> SweepResult:
-        baseline = state.baseline.compute()
-        cells = []
-        for i in self.layer_ids:
-            l = self.runner.layers[i]
-            std = state.channels[i].std()
-            for b in self.config.w_bits:
-                acc = state.cells[(i, b)]
-                m = acc.metric.compute()
-                deg = degradation(baseline, m, self.higher_is_better)
-                iv = metric_interval(acc.metric, self.higher_is_better)
-                if acc.n != state.num_samples:  # stopped early: its own paired samples, not the sweep's baseline
-                    deg = acc.metric.paired.degradation(self.higher_is_better)
-                cells.append(
-                    Cell(
-                        layer=l.name,
-                        w_bits=b,
-                        a_bits=self.config.a_bits,
-                        noise=acc.noise_mean,
-                        sqnr_db=acc.sqnr_db,
-                        metric=m,
-                        degradation=deg,
-                        mean_shift=acc.mean_shift(std),
-                        w_clip=self.qweights[(i, b)].clip,
-                        ci_low=iv.low if iv else jsonio.NAN,
-                        ci_high=iv.high if iv else jsonio.NAN,
-                        samples=acc.n,
-                        early_stop=acc.n < state.num_samples,
-                    )
-                )
-        return SweepResult(
-            metric_name=self.metric_name,
-            higher_is_better=self.higher_is_better,
-            baseline=baseline,
-            num_samples=state.num_samples,
-            layers=tuple(self.layer_info(state)),
-            cells=tuple(cells),
-            config=self.config.to_dict(),
-            model=model_name,
-            engine=self.engine,
-            elapsed_s=elapsed_s,
-            extra=extra or {},
-        )
-
 
 def _device(device: Union[str, torch.device]) -> torch.device:
     d = torch.device(device)

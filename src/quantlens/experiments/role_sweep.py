@@ -25,7 +25,7 @@ from typing import Any, Iterable, Optional, Union
 import torch
 from torch import nn
 
-from quantlens.quant.spec import SweepConfig
+from quantlens.core.sweep_config import SweepConfig
 from quantlens.core.guard import preserve_model
 from quantlens.core.precision import check_dtype_support
 from quantlens.core.progress import make_progress

@@ -34,7 +34,7 @@ from quantlens.engine.build import QuantizedNetwork
 from quantlens.quant.spec import PerChannel, PerGroup
 from quantlens.errors import QuantlensError
 from quantlens.engine.cone import QuantLayer, layer_forward
-from quantlens.quant.quantizer import ActQuantizer, _group_size, weight_rows
+from quantlens.quant.quantizer import ActQuantizer, group_size, weight_rows
 
 # registers torch.ops.quantized_decomposed; must happen before the ONNX exporter builds its op registry
 import torch.ao.quantization.fx._decomposed  # noqa: E402,F401
@@ -98,7 +98,7 @@ def layer_formats(qnet: QuantizedNetwork, int4: bool = True) -> dict[str, LayerF
             if isinstance(g, PerChannel):
                 axis = 0
             elif isinstance(g, PerGroup):
-                gs = _group_size(w, lq.weight_spec())  # type: ignore[arg-type]
+                gs = group_size(w, lq.weight_spec())  # type: ignore[arg-type]
                 if gs is None or gs == w.shape[1]:
                     axis = 0  # one group per output channel: per-channel
                 else:

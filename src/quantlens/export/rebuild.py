@@ -34,7 +34,7 @@ from torch import nn
 from quantlens.network.measure import UntraceableError, capture_traceable
 from quantlens.engine.build import QuantizedNetwork, build_quantized, calibrate_ranges
 from quantlens.errors import QuantlensError
-from quantlens.graph.capture import LayerGraph
+from quantlens.graph.layers import LayerGraph
 from quantlens.core.guard import preserve_model
 from quantlens.core.layer_config import QuantConfig
 from quantlens.quant.observers import MinMaxObserver

@@ -25,7 +25,7 @@ from torch import fx
 
 from quantlens.quant.spec import DEFAULT_PERCENTILE
 from quantlens.errors import QuantlensError
-from quantlens.graph.capture import LayerGraph
+from quantlens.graph.layers import LayerGraph
 from quantlens.core.layer_config import QuantConfig
 
 __all__ = ["Fix", "FixContext", "register_fix", "fixes", "make_fix", "apply_fixes", "copy_graph", "changed_layers", "check_fix"]

@@ -28,10 +28,10 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 import torch
 from torch import Tensor, fx, nn
 
-from quantlens.engine.accumulate import _channel_sums, channel_axis
+from quantlens.engine.accumulate import channel_sums, channel_axis
 from quantlens.data.batches import iterate
 from quantlens.errors import QuantlensError
-from quantlens.graph.capture import LayerGraph
+from quantlens.graph.layers import LayerGraph
 from quantlens.engine.cone import build_cache_module
 from quantlens.graph.lockstep import LockstepTooLarge, Pause, run_lockstep
 from quantlens.core.numerics import analysis_mode
@@ -174,4 +174,4 @@ class _Reached(Exception):
 
 def _sums(t: Tensor, axis: int) -> Tensor:
     """Per-channel sums of ``t`` along ``axis``, in float64 (as the shift's difference is taken)."""
-    return _channel_sums(t.double(), axis)[0]
+    return channel_sums(t.double(), axis)[0]

@@ -28,16 +28,16 @@ from typing import Iterable, Optional, Sequence
 import torch
 from torch import Tensor
 
-from quantlens.engine.accumulate import _channel_sums, channel_axis
+from quantlens.engine.accumulate import channel_sums, channel_axis
 from quantlens.data.batches import iterate
 from quantlens.quant.spec import QuantSpec
 from quantlens.errors import QuantlensError
-from quantlens.graph.capture import LayerGraph
+from quantlens.graph.layers import LayerGraph
 from quantlens.engine.cone import build_cache_module, input_node
 from quantlens.graph.lockstep import LockstepTooLarge, Pause, run_lockstep
 from quantlens.core.numerics import analysis_mode
 from quantlens.quant.quantizer import weight_rows
-from quantlens.quant.ranges import _mse_best_scale, estimate_weight_rows
+from quantlens.quant.ranges import estimate_weight_rows, mse_best_scale
 from quantlens.fixes.base import FixContext, copy_graph, register_fix, weight_of
 
 __all__ = ["ClipFix", "SAWBClip", "MSEClip", "PercentileClip", "OutputMSEClip"]
@@ -118,7 +118,7 @@ def _second_moment(xs: Iterable[Tensor], axis: int) -> Tensor:
     total: Optional[Tensor] = None
     count = 0
     for x in xs:
-        s, c = _channel_sums(x.double() ** 2, axis)
+        s, c = channel_sums(x.double() ** 2, axis)
         total = s if total is None else total + s
         count += c
     assert total is not None
@@ -183,5 +183,5 @@ class OutputMSEClip(ClipFix):
         imp_rows = weight_rows(imp, spec).float().to(rows.device) + 1e-12
         amax = rows.abs().amax(dim=1)
         lo, hi = -amax, amax
-        c = _mse_best_scale(rows.float(), imp_rows, lo, hi, spec)
+        c = mse_best_scale(rows.float(), imp_rows, lo, hi, spec)
         return lo * c, hi * c

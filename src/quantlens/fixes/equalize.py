@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from quantlens.graph.capture import Layer, LayerGraph
+from quantlens.graph.layers import Layer, LayerGraph
 from quantlens.fixes.base import FixContext, copy_graph, register_fix
 
 __all__ = ["Pair", "equalizable_pairs", "Equalize"]

@@ -1,6 +1,9 @@
-"""Graph capture (fx trace, BN folding, layers), downstream cones, and eager capture for untraceable models."""
+"""Graph capture: a model -> :class:`LayerGraph` (fx trace, torch.export, or eager hooks), BN folded, layers found.
 
-from quantlens.graph.capture import Layer, LayerGraph, capture
-from quantlens.engine.cone import Cone, build_cache_module, build_cone, cone_nodes
+The cones that recompute part of a captured graph are the engine's (:mod:`quantlens.engine.cone`).
+"""
 
-__all__ = ["Layer", "LayerGraph", "capture", "Cone", "build_cone", "build_cache_module", "cone_nodes"]
+from quantlens.graph.capture import capture
+from quantlens.graph.layers import Layer, LayerGraph
+
+__all__ = ["Layer", "LayerGraph", "capture"]

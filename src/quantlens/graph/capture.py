@@ -1,4 +1,7 @@
-"""Model -> :class:`LayerGraph`: fx trace, BatchNorm folding, layer discovery.
+"""Model -> :class:`~quantlens.graph.layers.LayerGraph`: the capture paths, and the fx trace.
+
+:func:`capture` tries torch.fx (here), then torch.export (:mod:`quantlens.graph.export`); the
+layers are found by :mod:`quantlens.graph.layers`.
 
 A *layer* is a ``Conv1d`` / ``Conv2d`` / ``Linear`` module call (depthwise and grouped
 included), with BatchNorm folded into it, plus the activation that is its only user
@@ -20,264 +23,33 @@ from __future__ import annotations
 
 import copy
 import operator
-from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import fx, nn
-from torch.fx import _pytree as fx_pytree
-from torch.utils import _pytree as pytree
-from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from quantlens.errors import QuantlensError
 from quantlens.core.inputs import as_inputs
 
-__all__ = ["Layer", "LayerGraph", "capture", "fx_capture", "CAPTURE_METHODS", "CaptureError", "LAYER_TYPES", "is_layer_module", "layer_op", "transposed_linear", "activation_name", "bind_placeholders"]
+from quantlens.graph.layers import (
+    ACT_MODULES,
+    BN_TYPES,
+    INPLACE_FUNCTIONS,
+    LAYER_TYPES,
+    Layer,
+    LayerGraph,
+    discover_layers,
+    fuse_bn,
+    set_submodule,
+    trace_failure,
+)
 
-LAYER_TYPES: tuple[type, ...] = (nn.Conv1d, nn.Conv2d, nn.Linear)
-_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
-
-_ACT_MODULES: dict[type, str] = {
-    nn.ReLU: "ReLU",
-    nn.ReLU6: "ReLU6",
-    nn.LeakyReLU: "LeakyReLU",
-    nn.Hardtanh: "Hardtanh",
-    nn.SiLU: "SiLU",
-    nn.GELU: "GELU",
-    nn.Hardswish: "Hardswish",
-    nn.Sigmoid: "Sigmoid",
-    nn.Tanh: "Tanh",
-}
-_ACT_FUNCTIONS: dict[Any, str] = {
-    F.relu: "ReLU",
-    torch.relu: "ReLU",
-    F.relu6: "ReLU6",
-    F.leaky_relu: "LeakyReLU",
-    F.hardtanh: "Hardtanh",
-    F.silu: "SiLU",
-    F.gelu: "GELU",
-    F.hardswish: "Hardswish",
-    torch.sigmoid: "Sigmoid",
-    F.sigmoid: "Sigmoid",
-    torch.tanh: "Tanh",
-    F.tanh: "Tanh",
-}
-_aten = torch.ops.aten
-# torch.export's ATen forms (after run_decompositions, so never in-place)
-_ACT_FUNCTIONS.update({
-    _aten.relu.default: "ReLU",
-    _aten.relu6.default: "ReLU6",  # F.relu6 (nn.ReLU6 is hardtanh(x, 0, 6))
-    _aten.hardtanh.default: "Hardtanh",
-    _aten.leaky_relu.default: "LeakyReLU",
-    _aten.silu.default: "SiLU",
-    _aten.gelu.default: "GELU",
-    _aten.hardswish.default: "Hardswish",
-    _aten.sigmoid.default: "Sigmoid",
-    _aten.tanh.default: "Tanh",
-})
-_ACT_METHODS: dict[str, str] = {
-    "relu": "ReLU",
-    "relu_": "ReLU",
-    "sigmoid": "Sigmoid",
-    "sigmoid_": "Sigmoid",
-    "tanh": "Tanh",
-    "tanh_": "Tanh",
-}
-_INPLACE_FUNCTIONS = {torch.relu_: torch.relu, torch.sigmoid_: torch.sigmoid, torch.tanh_: torch.tanh}
-
-
-@dataclass(frozen=True)
-class Layer:
-    """One quantizable layer of a :class:`LayerGraph`.
-
-    Attributes:
-        index: position in topological order.
-        name: the module's qualified name.
-        op: ``Conv1d``, ``Conv2d`` or ``Linear``.
-        kind: ``conv``, ``depthwise``, ``grouped`` or ``linear``.
-        node: the fx node of the module call.
-        act_node: the fx node of the fused activation, if any.
-        act: the activation's name, if any.
-        params: number of weight elements.
-        target: the module's qualified name when ``name`` had to be made unique
-            (a module called more than once is one layer per call: ``fc``, ``fc:1``, ...).
-    """
-
-    index: int
-    name: str
-    op: str
-    kind: str
-    node: str
-    act_node: Optional[str]
-    act: Optional[str]
-    params: int
-    target: str = ""
-
-    @property
-    def module_name(self) -> str:
-        """Qualified name of the module (differs from ``name`` for a module called twice)."""
-        return self.target or self.name
-
-    @property
-    def output_node(self) -> str:
-        """The node whose value is the layer's output (after its activation)."""
-        return self.act_node or self.node
-
-
-def activation_name(gm: fx.GraphModule, node: fx.Node) -> Optional[str]:
-    """The activation's name if ``node`` is a supported activation, else ``None``."""
-    if node.op == "call_module":
-        return _ACT_MODULES.get(type(gm.get_submodule(str(node.target))))
-    if node.op == "call_function":
-        name = _ACT_FUNCTIONS.get(node.target)
-        if name == "Hardtanh" and tuple(node.args[1:3]) == (0.0, 6.0):
-            return "ReLU6"  # F.relu6 is hardtanh(0, 6) in ATen
-        return name
-    if node.op == "call_method":
-        return _ACT_METHODS.get(str(node.target))
-    return None
-
-
-def transposed_linear(m: nn.Module) -> bool:
-    """A Linear that stores its weight as ``[in, out]`` and computes ``addmm(b, x, W)``: the
-    ``Conv1D`` of Hugging Face's GPT-2 (its ``nf`` is the output width)."""
-    w = getattr(m, "weight", None)
-    return type(m).__name__ == "Conv1D" and isinstance(w, torch.Tensor) and w.dim() == 2 and getattr(m, "nf", None) == w.shape[1]
-
-
-def is_layer_module(m: nn.Module) -> bool:
-    """Conv1d, Conv2d, Linear, or a transposed Linear (:func:`transposed_linear`)."""
-    return isinstance(m, LAYER_TYPES) or transposed_linear(m)
-
-
-def layer_op(m: nn.Module) -> str:
-    """The op name a layer module reports: its class, ``Linear`` for a transposed Linear."""
-    return "Linear" if transposed_linear(m) else type(m).__name__
-
-
-def _layer_kind(m: nn.Module) -> str:
-    if isinstance(m, nn.Linear) or transposed_linear(m):
-        return "linear"
-    assert isinstance(m, (nn.Conv1d, nn.Conv2d))
-    if m.groups == 1:
-        return "conv"
-    if m.groups == m.in_channels:
-        return "depthwise"
-    return "grouped"
-
-
-@dataclass
-class LayerGraph:
-    """A captured, BN-folded copy of a model and its layers in topological order.
-
-    ``gm`` is an fx GraphModule in eval mode whose weights are the folded float weights; each
-    layer is a ``call_module`` of a ``Conv1d`` / ``Conv2d`` / ``Linear``, however it was captured.
-    ``gm`` and every module built from its graph are called with :meth:`flat` of the batch's
-    inputs, and their output is rebuilt by :meth:`output`.
-
-    Attributes:
-        method: how the graph was captured: ``fx`` (symbolic trace) or ``export``
-            (``torch.export``, non-strict).
-        in_spec / out_spec: for ``export``, the pytree specs of ``(args, kwargs)`` and of the
-            output (a tuple, a dict or a Hugging Face ``ModelOutput``); ``None`` for ``fx``.
-    """
-
-    gm: fx.GraphModule
-    layers: list[Layer]
-    method: str = "fx"
-    in_spec: Optional[pytree.TreeSpec] = None
-    out_spec: Optional[pytree.TreeSpec] = None
-
-    def flat(self, inputs: Any) -> tuple[Any, ...]:
-        """The values of ``gm``'s placeholders, in order, for one batch's :class:`Inputs`."""
-        if self.in_spec is not None:
-            try:
-                return tuple(fx_pytree.tree_flatten_spec((tuple(inputs.args), dict(inputs.kwargs)), self.in_spec))
-            except Exception:
-                raise QuantlensError(
-                    f"a batch's inputs ({_describe(inputs)}) do not have the structure of the first batch the model "
-                    "was captured with: give every batch the same arguments"
-                ) from None
-        return bind_placeholders(self.gm, inputs.args, inputs.kwargs)
-
-    def output(self, out: Any) -> Any:
-        """The model's output structure from the flat output of ``gm`` (identity for ``fx``)."""
-        if self.out_spec is None:
-            return out
-        return pytree.tree_unflatten(list(out), self.out_spec)
-
-    def module(self, layer: Layer) -> nn.Module:
-        return self.gm.get_submodule(layer.module_name)
-
-    def shared(self, layer: Layer) -> bool:
-        """Whether ``layer``'s module is called more than once (its weights serve several layers)."""
-        return sum(l.module_name == layer.module_name for l in self.layers) > 1
-
-    def layer(self, name: str) -> Layer:
-        for l in self.layers:
-            if l.name == name:
-                return l
-        raise QuantlensError(f"no layer named {name!r}; layers are: {', '.join(l.name for l in self.layers)}")
-
-    def nodes(self) -> dict[str, fx.Node]:
-        return {n.name: n for n in self.gm.graph.nodes}
-
-
-def _describe(inputs: Any) -> str:
-    parts = [f"{len(inputs.args)} positional"] if inputs.args else []
-    if inputs.kwargs:
-        parts.append("keywords " + ", ".join(sorted(inputs.kwargs)))
-    return "; ".join(parts) or "no arguments"
-
-
-def bind_placeholders(gm: fx.GraphModule, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
-    """Positional values for ``gm``'s placeholders from a call's ``args`` and ``kwargs``
-    (a placeholder's default is used when neither gives it)."""
-    holders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    names = [str(n.target).lstrip("*") for n in holders]
-    unknown = sorted(set(kwargs) - set(names))
-    if unknown:
-        raise QuantlensError(
-            f"the batch has keyword(s) {', '.join(unknown)} that the model's forward does not accept "
-            f"(it takes {', '.join(names)}): rename or drop them in your data"
-        )
-    if len(args) > len(holders):
-        raise QuantlensError(f"the batch has {len(args)} positional inputs but the model's forward takes {len(holders)}")
-    values: list[Any] = list(args)
-    for n, name in zip(holders[len(args):], names[len(args):]):
-        if name in kwargs:
-            values.append(kwargs[name])
-        elif n.args:
-            values.append(n.args[0])
-        else:
-            raise QuantlensError(f"the batch does not give the model's input {name!r}: add it to every batch")
-    return tuple(values)
-
-
-def trace_failure(e: BaseException) -> str:
-    """Why tracing failed, in one line: ``TraceError: <first line, at most 160 characters>``."""
-    first = (str(e).strip().splitlines() or [""])[0][:160]
-    return f"{type(e).__name__}: {first}" if first else type(e).__name__
-
-
-def fuse_bn(layer: nn.Module, bn: nn.Module) -> Optional[nn.Module]:
-    """``layer`` with eval-mode ``bn`` folded in (a new module), or None when they do not fold."""
-    if not getattr(bn, "track_running_stats", False) or bn.running_mean is None:
-        return None
-    if isinstance(layer, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-        return fuse_conv_bn_eval(layer, bn)
-    if isinstance(layer, nn.Conv1d) and isinstance(bn, nn.BatchNorm1d):
-        return fuse_conv_bn_eval(layer, bn)
-    if isinstance(layer, nn.Linear) and isinstance(bn, nn.BatchNorm1d):
-        return fuse_linear_bn_eval(layer, bn)
-    return None
-
+__all__ = ["Layer", "LayerGraph", "capture", "fx_capture", "trace", "CAPTURE_METHODS", "CaptureError"]
 
 def _fold_batchnorm(gm: fx.GraphModule) -> None:
     """Fold each BatchNorm that is the only user of a conv/linear into that conv/linear."""
     for node in list(gm.graph.nodes):
-        if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), _BN_TYPES):
+        if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), BN_TYPES):
             continue
         src = node.args[0]
         if not isinstance(src, fx.Node) or src.op != "call_module" or len(src.users) != 1:
@@ -285,18 +57,12 @@ def _fold_batchnorm(gm: fx.GraphModule) -> None:
         fused = fuse_bn(gm.get_submodule(src.target), gm.get_submodule(node.target))
         if fused is None:
             continue
-        _set_submodule(gm, src.target, fused)
+        set_submodule(gm, src.target, fused)
         node.replace_all_uses_with(src)
         gm.graph.erase_node(node)
     gm.graph.eliminate_dead_code()
     gm.delete_all_unused_submodules()
     gm.recompile()
-
-
-def _set_submodule(root: nn.Module, target: str, module: nn.Module) -> None:
-    parent_name, _, child = target.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, module)
 
 
 _INPLACE_OPERATORS = {operator.iadd: operator.add, operator.imul: operator.mul, operator.isub: operator.sub}
@@ -306,7 +72,7 @@ _INPLACE_METHODS = ("relu", "sigmoid", "tanh", "add", "mul", "sub", "clamp", "di
 def _is_inplace(gm: fx.GraphModule, node: fx.Node) -> bool:
     """Whether ``node`` changes its first argument in place (and returns it)."""
     if node.op == "call_function":
-        return node.kwargs.get("inplace") is True or node.target in _INPLACE_FUNCTIONS or node.target in _INPLACE_OPERATORS
+        return node.kwargs.get("inplace") is True or node.target in INPLACE_FUNCTIONS or node.target in _INPLACE_OPERATORS
     if node.op == "call_method":
         t = str(node.target)
         return t.endswith("_") and not t.startswith("_") and t[:-1] in _INPLACE_METHODS
@@ -335,8 +101,8 @@ def _make_out_of_place(gm: fx.GraphModule) -> None:
         if node.op == "call_function":
             if node.kwargs.get("inplace") is True:
                 node.kwargs = {**node.kwargs, "inplace": False}
-            if node.target in _INPLACE_FUNCTIONS:
-                node.target = _INPLACE_FUNCTIONS[node.target]
+            if node.target in INPLACE_FUNCTIONS:
+                node.target = INPLACE_FUNCTIONS[node.target]
             if node.target in _INPLACE_OPERATORS:
                 node.target = _INPLACE_OPERATORS[node.target]
         elif node.op == "call_method" and _is_inplace(gm, node):
@@ -354,42 +120,6 @@ def _drop_identities(gm: fx.GraphModule) -> None:
     gm.recompile()
 
 
-def _discover(gm: fx.GraphModule, names: Optional[dict[str, str]] = None) -> list[Layer]:
-    """The layers of ``gm`` in topological order; ``names`` maps a module target to the layer's
-    name where they differ (a module registered under another name by the export capture)."""
-    names = names or {}
-    layers: list[Layer] = []
-    calls: dict[str, int] = {}
-    for node in gm.graph.nodes:
-        if node.op != "call_module":
-            continue
-        m = gm.get_submodule(node.target)
-        if not isinstance(m, LAYER_TYPES):
-            continue
-        act_node, act = None, None
-        if len(node.users) == 1:
-            user = next(iter(node.users))
-            act = activation_name(gm, user)
-            act_node = user.name if act else None
-        base = names.get(str(node.target), str(node.target))
-        k = calls.get(base, 0)
-        calls[base] = k + 1
-        layers.append(
-            Layer(
-                index=len(layers),
-                name=base if k == 0 else f"{base}:{k}",
-                op=type(m).__name__,
-                kind=_layer_kind(m),
-                node=node.name,
-                act_node=act_node,
-                act=act,
-                params=int(m.weight.numel()),
-                target=str(node.target),
-            )
-        )
-    return layers
-
-
 class _LayerTracer(fx.Tracer):
     """fx tracer that keeps subclasses of the layer, BatchNorm and activation types as leaves.
 
@@ -398,7 +128,7 @@ class _LayerTracer(fx.Tracer):
     """
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if isinstance(m, LAYER_TYPES + _BN_TYPES + tuple(_ACT_MODULES)):
+        if isinstance(m, LAYER_TYPES + BN_TYPES + tuple(ACT_MODULES)):
             return True
         return super().is_leaf_module(m, qualname)
 
@@ -473,7 +203,7 @@ def fx_capture(model: nn.Module) -> LayerGraph:
     _drop_identities(gm)
     _make_out_of_place(gm)
     _fold_batchnorm(gm)
-    layers = _discover(gm)
+    layers = discover_layers(gm)
     if not layers:
         raise QuantlensError(
             "the model has no quantizable layer: quantlens analyses Conv1d, Conv2d and Linear modules"

@@ -38,24 +38,16 @@ from quantlens.errors import QuantlensError
 from quantlens.core.inputs import as_inputs
 from quantlens.core.numerics import analysis_mode
 from quantlens.graph.export import check_no_cache
-from quantlens.graph.capture import (
-    _ACT_FUNCTIONS,
-    _ACT_METHODS,
-    _BN_TYPES,
-    _INPLACE_FUNCTIONS,
-    is_layer_module,
-    _set_submodule,
-    fuse_bn,
-)
+from quantlens.graph.layers import ACT_FUNCTIONS, ACT_METHODS, BN_TYPES, INPLACE_FUNCTIONS, fuse_bn, is_layer_module, set_submodule
 
 __all__ = ["EagerLayer", "EagerGraph", "capture_eager", "ACT_FUNCTIONS", "ActivationWatch"]
 
 # the torch functions an eager forward calls for each supported activation (modules call the
 # functional forms): the traced path's tables, with methods and in-place forms as callables
 ACT_FUNCTIONS: dict[Any, str] = {
-    **_ACT_FUNCTIONS,
-    **{f: _ACT_FUNCTIONS[g] for f, g in _INPLACE_FUNCTIONS.items()},
-    **{getattr(Tensor, m): name for m, name in _ACT_METHODS.items()},
+    **ACT_FUNCTIONS,
+    **{f: ACT_FUNCTIONS[g] for f, g in INPLACE_FUNCTIONS.items()},
+    **{getattr(Tensor, m): name for m, name in ACT_METHODS.items()},
 }
 # metadata reads are not consumers of a tensor's values
 _METADATA = {"__get__", "size", "dim", "numel", "stride", "is_contiguous", "element_size", "nelement", "ndimension",
@@ -240,7 +232,7 @@ def capture_eager(model: nn.Module, sample: Any) -> EagerGraph:
     check_no_cache(reference)
     if not first:
         raise QuantlensError("the model has no quantizable layer: quantlens analyses Conv1d, Conv2d and Linear modules")
-    bn_names = {m: n for n, m in model.named_modules() if isinstance(m, _BN_TYPES)}
+    bn_names = {m: n for n, m in model.named_modules() if isinstance(m, BN_TYPES)}
     bn_by_mean = {id(m.running_mean): m for m in bn_names if m.running_mean is not None}
     bn_calls: dict[int, int] = {}
     for uses in list(rec.uses.values()):
@@ -276,8 +268,8 @@ def capture_eager(model: nn.Module, sample: Any) -> EagerGraph:
     if folds:
         folded = copy.deepcopy(model)
         for name, bn_name, fused in folds:
-            _set_submodule(folded, name, fused)
-            _set_submodule(folded, bn_name, nn.Identity())
+            set_submodule(folded, name, fused)
+            set_submodule(folded, bn_name, nn.Identity())
         with analysis_mode():
             folded_out = sample.call(folded)
         if _same_output(reference, folded_out):

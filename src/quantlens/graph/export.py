@@ -26,23 +26,20 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import inspect
-import io
-import logging
 import operator
 import re
-import warnings
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, fx, nn
 from torch.utils import _pytree as pytree
 
+from quantlens.core.quiet import quiet
 from quantlens.errors import QuantlensError
-from quantlens.graph.capture import LayerGraph, _discover, _set_submodule, fuse_bn
-from quantlens.engine.cone import fetch_attr
+from quantlens.graph.layers import LayerGraph, discover_layers, fuse_bn, set_submodule
+from quantlens.graph.layers import fetch_attr
 
 __all__ = ["export_capture", "check_no_cache", "quiet"]
 
@@ -77,20 +74,6 @@ def _dynamic_shapes(model: nn.Module, args: tuple, kwargs: dict) -> dict[str, An
 
     bound = inspect.signature(model.forward).bind(*args, **kwargs)
     return {name: pytree.tree_map(spec, value) for name, value in bound.arguments.items()}
-
-
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """Silence what torch.export prints while it works (its logs, graph dumps on failure, warnings);
-    what the exported model says later, in the float pass, is shown as usual."""
-    sink = io.StringIO()
-    logging.disable(logging.CRITICAL)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.disable(logging.NOTSET)
 
 
 def _export(model: nn.Module, args: tuple, kwargs: dict) -> torch.export.ExportedProgram:
@@ -203,7 +186,7 @@ def _lift_layers(gm: fx.GraphModule) -> dict[str, str]:
             if shared:
                 m.weight = nn.Parameter(m.weight.detach().clone(), requires_grad=False)
             target = path if _holder_free(gm, path, m) else _free_name(gm, "ql_" + path.replace(".", "_"))
-            _set_submodule(gm, target, m)
+            set_submodule(gm, target, m)
             names[target] = path
             if node.target != _aten.addmm.default:
                 by_weight[wkey] = target
@@ -250,7 +233,7 @@ def _fold_batchnorm(gm: fx.GraphModule) -> None:
             continue
         for p in fused.parameters():
             p.requires_grad_(False)
-        _set_submodule(gm, str(src.target), fused)
+        set_submodule(gm, str(src.target), fused)
         for u in users:
             u.replace_all_uses_with(src)
             gm.graph.erase_node(u)
@@ -290,7 +273,7 @@ def export_capture(model: nn.Module, sample: Any) -> LayerGraph:
     gm.delete_all_unused_submodules()
     gm.recompile()
     gm.eval()
-    layers = _discover(gm, names)
+    layers = discover_layers(gm, names)
     if not layers:
         raise QuantlensError("the model has no quantizable layer: quantlens analyses Conv1d, Conv2d and Linear layers")
     return LayerGraph(gm, layers, method="export", in_spec=in_spec, out_spec=out_spec)

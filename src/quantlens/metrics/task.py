@@ -289,10 +289,8 @@ class CallableMetric(SumMetric):
 
 
 def _registry() -> dict[str, Callable[[], Metric]]:
-    """The registered metrics, the token metrics of :mod:`quantlens.metrics.tokens` included
-    (imported here, not at load time: that module builds on this one)."""
-    from quantlens.metrics import tokens  # noqa: F401  (registers the token metrics)
-
+    """The registered metrics (:mod:`quantlens.metrics` loads :mod:`~quantlens.metrics.tokens`,
+    which registers the token metrics, before any caller can get here)."""
     return _REGISTRY
 
 

@@ -27,7 +27,8 @@ from torch import Tensor, nn
 from quantlens.core import jsonio
 from quantlens.stats.degradation import degradation
 from quantlens.errors import QuantlensError, QuantlensWarning
-from quantlens.graph.capture import CaptureError, LayerGraph, capture
+from quantlens.graph.capture import CaptureError, capture
+from quantlens.graph.layers import LayerGraph
 from quantlens.engine.cone import build_cache_module
 from quantlens.core.guard import preserve_model
 from quantlens.core.jsonio import num as _num

@@ -30,7 +30,7 @@ import torch
 
 from quantlens.quant.spec import QuantSpec
 from quantlens.stats.degradation import degradation
-from quantlens.graph.capture import LayerGraph
+from quantlens.graph.layers import LayerGraph
 from quantlens.engine.cone import Cone, build_cache_module, build_cone
 from quantlens.engine.memory import trim_heap
 from quantlens.metrics.task import Metric, make_metric, update_metric

@@ -3,11 +3,13 @@
 * :class:`SerialExecutor` (default): the batch-outer loop in this process.
 * ``RayExecutor`` (``backend="ray"``): Ray tasks over (layer group x data shard); Ray is
   imported only then (``pip install 'quantlens[ray]'``).
-* :func:`run_sweep`: prepare, calibrate (or load the calibration from the cache), execute,
-  and return the prepared sweep and the merged state.
+* :class:`CheckpointStore`: the resumable cache.
+
+:func:`quantlens.sweep.run.run_sweep` prepares, calibrates and runs a sweep on one of these.
 
 Example:
-    >>> sweep, state = run_sweep(recipe, data, executor=make_executor("serial"))   # doctest: +SKIP
+    >>> from quantlens.sweep.run import run_sweep                                   # doctest: +SKIP
+    >>> sweep, state, store = run_sweep(recipe, data, executor=make_executor("serial"))  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ from typing import Any, Optional
 
 from quantlens.errors import QuantlensError
 from quantlens.parallel.recipe import SweepRecipe, data_identity
-from quantlens.sweep.run import run_sweep
+
 from quantlens.parallel.serial import SerialExecutor
 from quantlens.parallel.store import CheckpointStore
 
-__all__ = ["SweepRecipe", "SerialExecutor", "CheckpointStore", "make_executor", "run_sweep", "data_identity", "BACKENDS"]
+__all__ = ["SweepRecipe", "SerialExecutor", "CheckpointStore", "make_executor", "data_identity", "BACKENDS"]
 
 BACKENDS = ("serial", "ray")
 

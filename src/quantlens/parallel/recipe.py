@@ -19,7 +19,7 @@ import torch
 
 from torch import nn
 
-from quantlens.quant.spec import SweepConfig
+from quantlens.core.sweep_config import SweepConfig
 from quantlens._version import __version__
 from quantlens.parallel.fingerprint import batch_hash, model_hash
 

@@ -27,7 +27,7 @@ from quantlens.quant.observers import HistogramObserver, MinMaxObserver
 from quantlens.quant.primitives import fake_quantize
 from quantlens.quant.ranges import estimate_activation, estimate_weight_rows
 
-__all__ = ["QuantizedWeight", "quantize_weight", "weight_rows", "ActQuantizer", "make_observer"]
+__all__ = ["QuantizedWeight", "quantize_weight", "weight_rows", "ActQuantizer", "make_observer", "group_size"]
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class QuantizedWeight:
         return float(torch.maximum(self.lo.abs(), self.hi.abs()).max())
 
 
-def _group_size(w: Tensor, spec: QuantSpec) -> Optional[int]:
+def group_size(w: Tensor, spec: QuantSpec) -> Optional[int]:
     g = spec.granularity
     if not isinstance(g, PerGroup) or w.dim() < 2:
         return None
@@ -63,7 +63,7 @@ def weight_rows(w: Tensor, spec: QuantSpec) -> Tensor:
         return w.reshape(1, -1)
     if isinstance(spec.granularity, PerChannel):
         return w.reshape(w.shape[0], -1)
-    gs = _group_size(w, spec)
+    gs = group_size(w, spec)
     if gs is None:
         return w.reshape(w.shape[0], -1)
     # [O, I, *k] -> [O, I/gs, gs, *k] -> rows of (o, group)

@@ -22,7 +22,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Optional, Protocol, Union
+from typing import TYPE_CHECKING, Optional, Protocol
 
 import torch
 from torch import Tensor
@@ -30,6 +30,7 @@ from torch import Tensor
 from quantlens.errors import QuantlensError
 from quantlens.quant.observers import HistogramObserver, MinMaxObserver
 from quantlens.quant.primitives import fake_quantize
+from quantlens.quant.registry import Observer, check_estimator, estimators, get_estimator, register_estimator
 
 if TYPE_CHECKING:
     from quantlens.quant.spec import QuantSpec
@@ -42,10 +43,8 @@ __all__ = [
     "estimate_weight_rows",
     "estimate_activation",
     "SAWB_COEFFICIENTS",
+    "mse_best_scale",
 ]
-
-Observer = Union[HistogramObserver, MinMaxObserver]
-
 
 class RangeEstimator(Protocol):
     """Turns statistics into per-row ranges ``(lo, hi)``, each of shape ``[rows]``."""
@@ -53,33 +52,6 @@ class RangeEstimator(Protocol):
     def weights(self, rows: Tensor, spec: "QuantSpec") -> tuple[Tensor, Tensor]: ...
 
     def activations(self, obs: Observer, spec: "QuantSpec") -> tuple[float, float]: ...
-
-
-_REGISTRY: dict[str, RangeEstimator] = {}
-
-
-def register_estimator(name: str) -> Callable[[type], type]:
-    """Class decorator: register an estimator (instantiated with no arguments) under ``name``."""
-
-    def deco(cls: type) -> type:
-        _REGISTRY[name] = cls()
-        return cls
-
-    return deco
-
-
-def estimators() -> list[str]:
-    """Names of the registered range estimators."""
-    return sorted(_REGISTRY)
-
-
-def check_estimator(name: str, activations: bool = False) -> None:
-    """Raise a one-line error if ``name`` is not registered (or, for ``activations``, is weights-only)."""
-    if name not in _REGISTRY:
-        raise QuantlensError(f"unknown range estimator {name!r}: choose one of {', '.join(estimators())}")
-    if activations and not getattr(_REGISTRY[name], "for_activations", True):
-        act = ", ".join(n for n in estimators() if getattr(_REGISTRY[n], "for_activations", True))
-        raise QuantlensError(f"range estimator {name!r} is for weights; use {act} for activations")
 
 
 def _symmetric(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
@@ -90,7 +62,7 @@ def _symmetric(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
 def estimate_weight_rows(rows: Tensor, spec: "QuantSpec") -> tuple[Tensor, Tensor]:
     """Per-row range of ``rows`` (``[R, N]``) under ``spec``; symmetric specs get ``[-a, a]``."""
     check_estimator(spec.estimator)
-    lo, hi = _REGISTRY[spec.estimator].weights(rows.detach().float(), spec)
+    lo, hi = get_estimator(spec.estimator).weights(rows.detach().float(), spec)
     return _symmetric(lo, hi) if spec.symmetric else (lo, hi)
 
 
@@ -99,7 +71,7 @@ def estimate_activation(obs: Observer, spec: "QuantSpec") -> tuple[float, float]
     check_estimator(spec.estimator)
     if obs.empty:
         raise QuantlensError("an activation was never observed: the calibration data is empty")
-    lo, hi = _REGISTRY[spec.estimator].activations(obs, spec)
+    lo, hi = get_estimator(spec.estimator).activations(obs, spec)
     if spec.symmetric:
         a = max(abs(lo), abs(hi))
         return -a, a
@@ -165,7 +137,7 @@ class Percentile:
 _MSE_GRID = torch.linspace(0.01, 1.0, 100)
 
 
-def _mse_best_scale(values: Tensor, weights: Optional[Tensor], lo: Tensor, hi: Tensor, spec: "QuantSpec") -> Tensor:
+def mse_best_scale(values: Tensor, weights: Optional[Tensor], lo: Tensor, hi: Tensor, spec: "QuantSpec") -> Tensor:
     """For each row, the factor ``c`` in the grid whose range ``c*[lo, hi]`` has least weighted MSE."""
     best_err = torch.full((values.shape[0],), float("inf"), dtype=torch.float64, device=values.device)
     best_c = torch.ones(values.shape[0], device=values.device)
@@ -187,7 +159,7 @@ class MSE:
 
     def weights(self, rows: Tensor, spec: "QuantSpec") -> tuple[Tensor, Tensor]:
         lo, hi = rows.amin(dim=1), rows.amax(dim=1)
-        c = _mse_best_scale(rows, None, lo, hi, spec)
+        c = mse_best_scale(rows, None, lo, hi, spec)
         return lo * c, hi * c
 
     def activations(self, obs: Observer, spec: "QuantSpec") -> tuple[float, float]:
@@ -196,7 +168,7 @@ class MSE:
         edges = h.edges
         centers = ((edges[1:] + edges[:-1]) / 2).float().unsqueeze(0)
         lo, hi = torch.tensor([h.min]), torch.tensor([h.max])
-        c = float(_mse_best_scale(centers, h.counts.unsqueeze(0), lo, hi, spec)[0])
+        c = float(mse_best_scale(centers, h.counts.unsqueeze(0), lo, hi, spec)[0])
         return h.min * c, h.max * c
 
 

@@ -1,7 +1,8 @@
 """Quantization configuration: small frozen dataclasses validated on construction.
 
 A :class:`QuantSpec` describes how one tensor is fake-quantized (bits, symmetry,
-granularity, range estimator); :class:`SweepConfig` describes a layer-wise sweep.
+granularity, range estimator); :class:`~quantlens.core.sweep_config.SweepConfig` builds a
+layer-wise sweep from two of them.
 
 Integer grids (``b`` bits):
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     import torch
 
 from quantlens.errors import QuantlensError
+from quantlens.quant.registry import check_estimator
 
 __all__ = [
     "PerTensor",
@@ -31,9 +33,9 @@ __all__ = [
     "PerGroup",
     "Granularity",
     "QuantSpec",
-    "SweepConfig",
     "parse_granularity",
     "check_bits",
+    "parse_a_bits",
     "MIN_BITS",
     "MAX_BITS",
     "DEFAULT_PERCENTILE",
@@ -113,6 +115,17 @@ def check_bits(bits: int, what: str = "bits") -> int:
     return bits
 
 
+def parse_a_bits(text: str) -> Optional[int]:
+    """An activation bit-width from text: ``none`` (or ``float``, ``fp32``, ``off``) keeps activations in float."""
+    if str(text).strip().lower() in ("none", "float", "fp32", "off"):
+        return None
+    try:
+        b = int(text)
+    except ValueError:
+        raise QuantlensError(f"--a-bits {text!r}: expected an integer in 2..16 or 'none'") from None
+    return check_bits(b, "activation bits")
+
+
 @dataclass(frozen=True)
 class QuantSpec:
     """How one tensor is fake-quantized.
@@ -144,8 +157,6 @@ class QuantSpec:
         get_convention(self.convention)  # one line if unknown
         if not 50.0 < self.percentile <= 100.0:
             raise QuantlensError(f"percentile must be in (50, 100], got {self.percentile}")
-        from quantlens.quant.ranges import check_estimator  # registry lives with the estimators
-
         check_estimator(self.estimator)
 
     @property
@@ -209,46 +220,3 @@ def default_weight_spec(bits: int = 8) -> QuantSpec:
 def default_act_spec(bits: int = 8) -> QuantSpec:
     """Activations: asymmetric, per-tensor, min/max over the calibration data."""
     return QuantSpec(bits=bits, symmetric=False)
-
-
-@dataclass(frozen=True)
-class SweepConfig:
-    """A layer-wise sweep: every layer x every weight bit-width at one activation bit-width.
-
-    ``a_bits=None`` keeps activations in float. ``weight`` and ``act`` are templates whose
-    ``bits`` is replaced by the swept value.
-    """
-
-    w_bits: tuple[int, ...] = (3, 4, 5, 6, 7, 8)
-    a_bits: Optional[int] = 8
-    weight: QuantSpec = field(default_factory=default_weight_spec)
-    act: QuantSpec = field(default_factory=default_act_spec)
-
-    def __post_init__(self) -> None:
-        if len(self.w_bits) == 0:
-            raise QuantlensError("w_bits is empty: give at least one weight bit-width, e.g. 3,4,5,6,7,8")
-        for b in self.w_bits:
-            check_bits(b, "weight bits")
-        if len(set(self.w_bits)) != len(self.w_bits):
-            raise QuantlensError(f"w_bits has duplicates: {list(self.w_bits)}")
-        if self.a_bits is not None:
-            check_bits(self.a_bits, "activation bits")
-        if isinstance(self.act.granularity, (PerChannel, PerGroup)):
-            raise QuantlensError("activations are quantized per-tensor; per-channel/per-group is for weights")
-        from quantlens.quant.ranges import check_estimator  # (quant imports this module)
-
-        check_estimator(self.act.estimator, activations=True)  # before calibration, not after it
-
-    def weight_spec(self, bits: int) -> QuantSpec:
-        return self.weight.with_bits(bits)
-
-    def act_spec(self) -> Optional[QuantSpec]:
-        return None if self.a_bits is None else self.act.with_bits(self.a_bits)
-
-    def to_dict(self) -> dict:
-        return {
-            "w_bits": list(self.w_bits),
-            "a_bits": self.a_bits,
-            "weight": self.weight.to_dict(),
-            "act": self.act.to_dict(),
-        }

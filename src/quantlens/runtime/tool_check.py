@@ -43,7 +43,7 @@ def verify_tool_model(
     output_key: Union[str, int, None] = None,
 ) -> VerifyResult:
     """Compare a tool-quantized ONNX model with quantlens's prediction under ``convention`` (module docstring)."""
-    from quantlens.cli.common import parse_a_bits
+    from quantlens.quant.spec import parse_a_bits
 
     check_bits(w_bits, "--w-bits")
     a = parse_a_bits(str(a_bits)) if not isinstance(a_bits, int) else a_bits

@@ -4,7 +4,10 @@
 * :mod:`quantlens.stats.intervals` -- the 95% interval on a degradation (one owner for all);
 * :mod:`quantlens.stats.resolve` -- significance, separation of two cells, samples to resolve.
 
-The package imports nothing at load time, so :mod:`quantlens.metrics.task` can use the sums.
+* :mod:`quantlens.stats.degradation` -- the sign and summing rules of every degradation;
+* :mod:`quantlens.stats.distributions` -- the confidence level and the quantiles.
+
+Statistics know nothing of metrics: :mod:`quantlens.metrics` builds on them.
 """
 
 __all__: list[str] = []

@@ -53,7 +53,8 @@ from typing import Any, Callable, Optional, Union
 import numpy as np
 
 from quantlens.errors import QuantlensError
-from quantlens.metrics.task import degradation
+from quantlens.stats.degradation import degradation
+from quantlens.stats.distributions import CONFIDENCE, Z, t_quantile
 from quantlens.stats.ratio import RatioSums, ratio_interval
 from quantlens.stats.sums import PairedSums
 
@@ -71,8 +72,6 @@ __all__ = [
     "metric_interval",
 ]
 
-CONFIDENCE = 0.95
-Z = 1.959963984540054  # two-sided 95% normal quantile
 
 
 @dataclass(frozen=True)
@@ -141,23 +140,6 @@ def tango_interval(b: "np.ndarray | float", c: "np.ndarray | float", n: "np.ndar
     low = root(np.full_like(est, -1 + eps), est.copy(), z)
     high = root(est.copy(), np.full_like(est, 1 - eps), -z)
     return low, high
-
-
-def t_quantile(p: float, df: float) -> float:
-    """Student t quantile: exact for ``df`` 1 and 2, Cornish-Fisher (error < 1e-3 at 95%) above."""
-    if df <= 0:
-        return float("nan")
-    if df == 1:
-        return math.tan(math.pi * (p - 0.5))
-    if df == 2:
-        return (2 * p - 1) / math.sqrt(2 * p * (1 - p))
-    from statistics import NormalDist
-
-    x = NormalDist().inv_cdf(p)
-    v = float(df)
-    return (x + (x**3 + x) / (4 * v) + (5 * x**5 + 16 * x**3 + 3 * x) / (96 * v**2)
-            + (3 * x**7 + 19 * x**5 + 17 * x**3 - 15 * x) / (384 * v**3)
-            + (79 * x**9 + 776 * x**7 + 1482 * x**5 - 1920 * x**3 - 945 * x) / (92160 * v**4))
 
 
 def mean_interval(mean: "np.ndarray | float", sq: "np.ndarray | float", n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -51,6 +51,9 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
+from quantlens.stats.degradation import degradation
+from quantlens.stats.distributions import CONFIDENCE, t_quantile
+
 __all__ = ["RatioSums", "LINKS", "ratio_interval", "ratio_se"]
 
 LINKS = ("identity", "exp")
@@ -123,8 +126,6 @@ class RatioSums:
 
     def degradation(self, higher_is_better: bool) -> float:
         """The degradation on these sequences alone: the sign rule on ``h(m_r)`` and ``h(m_q)``."""
-        from quantlens.stats.degradation import degradation
-
         mr, mq = self.means()
         h = math.exp if self.link == "exp" else float
         return degradation(h(mr), h(mq), higher_is_better)
@@ -155,8 +156,6 @@ def ratio_se(n: Any, tokens: Any, ref: Any, quant: Any, dd: Any, dn: Any, nn: An
 
 def ratio_interval(s: RatioSums) -> tuple[float, float]:
     """The 95% interval on ``h(m_r) - h(m_q)`` from :class:`RatioSums` (module docstring)."""
-    from quantlens.stats.intervals import CONFIDENCE, t_quantile
-
     g, se = ratio_se(s.n, s.tokens, s.ref, s.quant, s.dd, s.dn, s.nn, s.qq, s.qn, s.dq, link=s.link)
     hw = t_quantile(0.5 + CONFIDENCE / 2, s.n - 1) * float(se)
     return float(g) - hw, float(g) + hw

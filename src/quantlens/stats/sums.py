@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from quantlens.stats.degradation import degradation
+
 __all__ = ["PairedSums"]
 
 
@@ -57,6 +59,4 @@ class PairedSums:
         """The degradation on these samples alone: the sign rule on the two means."""
         if self.n == 0:
             return float("nan")
-        from quantlens.metrics.task import degradation
-
         return degradation(self.ref / self.n, self.quant / self.n, higher_is_better)

@@ -20,7 +20,9 @@ from typing import Any, Iterable, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from quantlens.quant.spec import Granularity, PerTensor, QuantSpec, SweepConfig, parse_granularity
+from quantlens.sweep.collect import collect
+from quantlens.quant.spec import Granularity, PerTensor, QuantSpec, parse_granularity
+from quantlens.core.sweep_config import SweepConfig
 from quantlens.errors import QuantlensError
 from quantlens.core.guard import preserve_model
 from quantlens.core.precision import check_dtype_support
@@ -125,7 +127,8 @@ def analyze(
     Returns:
         a :class:`SweepResult` with one cell per (layer, weight bits).
     """
-    from quantlens.parallel import SweepRecipe, make_executor, run_sweep
+    from quantlens.parallel import SweepRecipe, make_executor
+    from quantlens.sweep.run import run_sweep
 
     cfg = config or make_config(w_bits, a_bits, granularity, weight_estimator, act_estimator)
     check_reiterable(data, "data")
@@ -147,7 +150,7 @@ def analyze(
         sweep, state, store = run_sweep(
             recipe, data, calib, executor, cache, fresh, bar_factory=lambda n: make_progress(progress, n, "sweep")
         )
-        result = sweep.result(state, time.perf_counter() - t0, model_name or type(model).__name__)
+        result = collect(sweep, state, time.perf_counter() - t0, model_name or type(model).__name__)
         if split_noise:
             from quantlens.sweep.split import split_noise as _split
 

@@ -69,11 +69,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
+from quantlens.sweep.collect import collect, layer_info
 from quantlens.core import jsonio
 from quantlens.data.batches import extract_output, iterate
 from quantlens.errors import QuantlensError
-from quantlens.graph.capture import LayerGraph, transposed_linear
-from quantlens.engine.cone import fetch_attr
+from quantlens.graph.layers import LayerGraph, transposed_linear
+from quantlens.graph.layers import fetch_attr
 from quantlens.engine.memory import trim_heap
 from quantlens.metrics.task import make_metric, token_mask
 from quantlens.core.numerics import analysis_mode, exact_float32
@@ -189,7 +190,7 @@ def _patch_summer(m: nn.Module) -> Optional[nn.Module]:
     return s
 
 
-def _channel_sums(m: nn.Module, summer: Optional[nn.Module], gz: Tensor, x: Tensor) -> Tensor:
+def channel_sums(m: nn.Module, summer: Optional[nn.Module], gz: Tensor, x: Tensor) -> Tensor:
     """``S_n,c = sum_p g_z,n,c(p) P_n,c(p)``, ``[N, out channels]``."""
     n = gz.shape[0]
     if summer is not None:
@@ -319,7 +320,7 @@ def first_order(sweep: Any, data: Iterable[Any], seed: int = 0) -> dict[tuple[in
                     diag[k] = g_w[k] * g_w[k]
                 else:
                     diag[k].addcmul_(g_w[k], g_w[k])  # type: ignore[union-attr]
-                v = (_channel_sums(mods[k], summers[k], g_z[k], x) @ mu[k]).double()
+                v = (channel_sums(mods[k], summers[k], g_z[k], x) @ mu[k]).double()
                 s_sq[k] = s_sq[k] + v.pow(2).sum(0)
         n_total += units
         del out, xs, zs, os_, found, want, g_w, g_x, g_z, g_o, y, loss
@@ -365,7 +366,7 @@ def estimate_sweep(sweep: Any, data: Iterable[Any], k: int = 5, seed: int = 0, m
     state = check.new_state()
     for batch in iterate(data, "data"):
         check.process_batch(state, batch)
-    exact = check.result(state, model_name=model_name)
+    exact = collect(check, state, model_name=model_name)
     t_exact = time.perf_counter() - t1
     names = {i: sweep.runner.layers[i].name for i in sweep.layer_ids}
     xs = [est[(i, b_chk)] for i in chosen]
@@ -386,7 +387,7 @@ def estimate_sweep(sweep: Any, data: Iterable[Any], k: int = 5, seed: int = 0, m
             "unit": _unit(make_metric(sweep.metric_spec))}
     rest = copy.copy(sweep)  # the other layers' info (weight statistics) once, without ranges
     rest.layer_ids = [i for i in sweep.layer_ids if i not in chosen]
-    measured = {l.name: l for l in exact.layers + tuple(rest.layer_info(rest.new_state([])))}
+    measured = {l.name: l for l in exact.layers + tuple(layer_info(rest, rest.new_state([])))}
     infos = tuple(measured[names[i]] for i in sweep.layer_ids)
     return dataclasses.replace(exact, layers=infos, cells=tuple(cells), engine="estimate", config=sweep.config.to_dict(),
                                elapsed_s=time.perf_counter() - t0, extra={**exact.extra, "estimate": info})

@@ -17,6 +17,7 @@ from quantlens.data.batches import count_batches, iterate
 from quantlens.engine.state_io import calibration_to_dict, load_calibration
 from quantlens.core.progress import Progress
 from quantlens.parallel.recipe import SweepRecipe, data_identity
+from quantlens.parallel.serial import SerialExecutor
 from quantlens.parallel.store import CheckpointStore
 
 __all__ = ["run_sweep"]
@@ -32,8 +33,6 @@ def run_sweep(
     bar_factory: Optional[Callable[[Optional[int]], Progress]] = None,
 ) -> tuple[Any, Any, Optional[CheckpointStore]]:
     """``(sweep, merged state, store)``; the store is ``None`` without a cache."""
-    from quantlens.parallel import SerialExecutor
-
     executor = executor or SerialExecutor()
     sweep = recipe.build()
     nb = count_batches(data)
