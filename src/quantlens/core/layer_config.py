@@ -21,7 +21,7 @@ Example:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Iterable, Mapping, Optional, Union
 
 from quantlens.core import jsonio
@@ -34,56 +34,119 @@ __all__ = ["LayerQuant", "QuantConfig", "CONFIG_SCHEMA"]
 CONFIG_SCHEMA = "quantlens/quant-config-v1"
 
 
-@dataclass(frozen=True)
+_FIELDS = ("w_bits", "a_bits", "granularity", "estimator", "fixes", "convention", "symmetric")
+
+
+@dataclass(frozen=True, init=False)
 class LayerQuant:
-    """How one layer is quantized in a full-network configuration.
+    """How one layer is quantized in a full-network configuration: two specs and its fixes.
 
     Attributes:
-        w_bits: weight bits, or None for float weights.
-        a_bits: bits of the layer's input (on its own edge) and of its output after the
-            activation (asymmetric grid), or None for float activations.
-        granularity: of the weight scale.
-        estimator: weight range estimator (``minmax``, ``percentile``, ``mse``, ``sawb``).
+        weight: the weight quantizer (a :class:`~quantlens.quant.spec.QuantSpec`: bits,
+            symmetric or affine grid, granularity, range estimator, convention), or None for
+            float weights.
+        act: the quantizer of the layer's input (on its own edge) and of its output after the
+            activation (asymmetric, per tensor), or None for float activations. Its range
+            estimator is the config's ``act_estimator``.
         fixes: names of registered fixes applied to this layer (see :mod:`quantlens.fixes`).
-        convention: the quantizer convention of a tool (grid and scale rule per bit-width,
-            :mod:`quantlens.quant.conventions`); ``quantlens`` by default.
-        symmetric: weights on the signed symmetric grid (default) or the unsigned affine one.
 
-    :meth:`weight_spec` and :meth:`act_spec` are the one place a layer's quantizers are
-    described: the sweep, the whole-network measurer and the fixes all build theirs from them.
+    Built from specs (``LayerQuant(weight=QuantSpec(bits=4), act=None)``) or from the plain
+    fields of ``quant_config.json`` (``LayerQuant(w_bits=4, a_bits=8, granularity=...)``, the
+    same thing). ``w_bits``, ``a_bits``, ``granularity``, ``estimator``, ``convention`` and
+    ``symmetric`` read the specs. :meth:`weight_spec` and :meth:`act_spec` are the one place a
+    layer's quantizers are described: the sweep, the whole-network measurer and the fixes all
+    build theirs from them.
+
+    Example:
+        >>> LayerQuant(w_bits=4, a_bits=None) == LayerQuant(weight=QuantSpec(bits=4), act=None)
+        True
     """
 
-    w_bits: Optional[int] = 8
-    a_bits: Optional[int] = 8
-    granularity: Granularity = field(default_factory=PerTensor)
-    estimator: str = "minmax"
-    fixes: tuple[str, ...] = ()
-    convention: str = "quantlens"
-    symmetric: bool = True
+    weight: Optional[QuantSpec]
+    act: Optional[QuantSpec]
+    fixes: tuple[str, ...]
 
-    def __post_init__(self) -> None:
-        if self.w_bits is not None:
-            check_bits(self.w_bits, "weight bits")
-        if self.a_bits is not None:
-            check_bits(self.a_bits, "activation bits")
-        check_estimator(self.estimator)
-        from quantlens.quant.conventions import get_convention
+    def __init__(
+        self,
+        w_bits: Optional[int] = 8,
+        a_bits: Optional[int] = 8,
+        granularity: Optional[Granularity] = None,
+        estimator: str = "minmax",
+        fixes: Iterable[str] = (),
+        convention: str = "quantlens",
+        symmetric: bool = True,
+        *,
+        weight: Union[QuantSpec, None, str] = "fields",
+        act: Union[QuantSpec, None, str] = "fields",
+    ) -> None:
+        if isinstance(weight, str):  # from the plain fields
+            if w_bits is not None:
+                check_bits(w_bits, "weight bits")
+            weight = None if w_bits is None else QuantSpec(
+                bits=int(w_bits), symmetric=symmetric, granularity=granularity or PerTensor(), estimator=estimator,
+                convention=convention)
+        if isinstance(act, str):
+            if a_bits is not None:
+                check_bits(a_bits, "activation bits")
+            act = None if a_bits is None else QuantSpec(bits=int(a_bits), symmetric=False, granularity=PerTensor(),
+                                                        convention=convention)
+        for what, spec in (("weight", weight), ("act", act)):
+            if spec is not None and not isinstance(spec, QuantSpec):
+                raise QuantlensError(f"LayerQuant {what}= takes a QuantSpec or None, got {type(spec).__name__}")
+        if act is not None and not isinstance(act.granularity, PerTensor):
+            raise QuantlensError("activations are quantized per-tensor; per-channel/per-group is for weights")
+        object.__setattr__(self, "weight", weight)
+        object.__setattr__(self, "act", act)
+        object.__setattr__(self, "fixes", tuple(str(f) for f in fixes))
 
-        get_convention(self.convention)
-        if not isinstance(self.fixes, tuple):
-            object.__setattr__(self, "fixes", tuple(self.fixes))
+    # the plain fields, read from the specs
+    @property
+    def w_bits(self) -> Optional[int]:
+        return None if self.weight is None else self.weight.bits
+
+    @property
+    def a_bits(self) -> Optional[int]:
+        return None if self.act is None else self.act.bits
+
+    @property
+    def granularity(self) -> Granularity:
+        return PerTensor() if self.weight is None else self.weight.granularity
+
+    @property
+    def estimator(self) -> str:
+        return "minmax" if self.weight is None else self.weight.estimator
+
+    @property
+    def convention(self) -> str:
+        spec = self.weight or self.act
+        return "quantlens" if spec is None else spec.convention
+
+    @property
+    def symmetric(self) -> bool:
+        return True if self.weight is None else self.weight.symmetric
+
+    def fields(self) -> dict:
+        """The plain fields (the keywords of the constructor)."""
+        return {f: getattr(self, f) for f in _FIELDS}
+
+    def replace(self, **changes: object) -> "LayerQuant":
+        """A copy with some plain fields changed (``lq.replace(w_bits=4, fixes=("sawb",))``)."""
+        unknown = sorted(set(changes) - set(_FIELDS))
+        if unknown:
+            raise QuantlensError(f"LayerQuant has no field {', '.join(unknown)}: use {', '.join(_FIELDS)}")
+        return LayerQuant(**{**self.fields(), **changes})  # type: ignore[arg-type]
 
     def weight_spec(self, estimator: Optional[str] = None) -> Optional[QuantSpec]:
         """The layer's weight quantizer (``estimator`` overrides its range estimator), or None."""
-        if self.w_bits is None:
-            return None
-        return QuantSpec(bits=self.w_bits, symmetric=self.symmetric, granularity=self.granularity, estimator=estimator or self.estimator,
-                         convention=self.convention)
+        if self.weight is None or estimator is None or estimator == self.weight.estimator:
+            return self.weight
+        return replace(self.weight, estimator=estimator)
 
     def act_spec(self, estimator: str = "minmax") -> Optional[QuantSpec]:
-        if self.a_bits is None:
+        """The layer's activation quantizer with the config's range ``estimator``, or None."""
+        if self.act is None:
             return None
-        return QuantSpec(bits=self.a_bits, symmetric=False, granularity=PerTensor(), estimator=estimator, convention=self.convention)
+        return self.act if self.act.estimator == estimator else replace(self.act, estimator=estimator)
 
     def to_dict(self) -> dict:
         d = {
@@ -154,7 +217,7 @@ class QuantConfig:
     def with_layer(self, name: str, **changes: object) -> "QuantConfig":
         """A copy with ``name``'s settings changed (``w_bits=4``, ``fixes=("sawb",)``, ...)."""
         d = dict(self.layers)
-        d[name] = replace(d.get(name, LayerQuant()), **changes)  # type: ignore[arg-type]
+        d[name] = d.get(name, LayerQuant()).replace(**changes)
         return replace(self, layers=tuple(d.items()))
 
     def with_fix(self, fix: str, names: Iterable[str]) -> "QuantConfig":

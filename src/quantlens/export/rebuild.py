@@ -72,7 +72,7 @@ def effective_config(config: QuantConfig, keep_float: Iterable[str] = ()) -> Qua
         a = None if lq.a_bits is None or lq.a_bits >= FLOAT_BITS else lq.a_bits
         if w is None and a is None:
             continue
-        layers.append((name, replace(lq, w_bits=w, a_bits=a)))
+        layers.append((name, lq.replace(w_bits=w, a_bits=a)))
     return replace(config, layers=tuple(layers))
 
 

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable, Optional, Union
 import torch
 from torch import Tensor, nn
 
+from quantlens.stats.measurement import Measured
 from quantlens.core import jsonio
 from quantlens.stats.degradation import degradation
 from quantlens.errors import QuantlensError, QuantlensWarning
@@ -47,7 +48,7 @@ __all__ = ["NetworkResult", "MeasurerBase", "NetworkMeasurer", "EagerNetworkMeas
 
 
 @dataclass(frozen=True)
-class NetworkResult:
+class NetworkResult(Measured):
     """One full-network quantization measured against the reference (see module docstring)."""
 
     metric_name: str
@@ -63,12 +64,7 @@ class NetworkResult:
     ci_low: float = jsonio.NAN
     ci_high: float = jsonio.NAN
 
-    @property
-    def interval(self) -> "Optional[Interval]":
-        """The paired 95% interval on ``degradation`` (None for a metric without a rule)."""
-        from quantlens.stats.intervals import Interval
-
-        return Interval.stored(self.ci_low, self.ci_high, self.num_samples)
+    _samples_field = "num_samples"
 
     def to_dict(self) -> dict:
         return jsonio.clean(

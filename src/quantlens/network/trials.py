@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 import torch
 
+from quantlens.stats.measurement import Measured
 from quantlens.quant.spec import QuantSpec
 from quantlens.stats.degradation import degradation
 from quantlens.graph.layers import LayerGraph
@@ -36,7 +37,7 @@ from quantlens.engine.memory import trim_heap
 from quantlens.metrics.task import Metric, make_metric, update_metric
 from quantlens.core.numerics import analysis_mode
 from quantlens.quant.quantizer import make_observer, quantize_weight
-from quantlens.stats.intervals import Interval, metric_interval
+from quantlens.stats.intervals import metric_interval
 from quantlens.engine.accumulate import CellAccumulator, per_sample_sq
 from quantlens.data.batches import Inputs, extract_output, iterate
 
@@ -44,7 +45,7 @@ __all__ = ["TrialCell", "TrialRunner"]
 
 
 @dataclass(frozen=True)
-class TrialCell:
+class TrialCell(Measured):
     """One trial's single-layer cell."""
 
     layer: str
@@ -55,11 +56,6 @@ class TrialCell:
     ci_low: float = float("nan")
     ci_high: float = float("nan")
     samples: int = 0
-
-    @property
-    def interval(self) -> "Optional[Interval]":
-        """The paired 95% interval on the degradation (None without one)."""
-        return Interval.stored(self.ci_low, self.ci_high, self.samples)
 
 
 class TrialRunner:

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 from functools import cached_property
 from typing import Any, Optional, Union
 
+from quantlens.stats.measurement import Measured
 from quantlens.core import jsonio
 from quantlens.stats.degradation import shares, summed_degradation
 from quantlens.errors import QuantlensError
@@ -88,7 +89,7 @@ class LayerInfo:
 
 
 @dataclass(frozen=True)
-class Cell:
+class Cell(Measured):
     """One (layer, weight bits) measurement of the sweep.
 
     * ``noise = mean_n ||y_n - y_i,n||^2``
@@ -138,12 +139,6 @@ class Cell:
         parts = self.noise_parts
         return max(parts, key=lambda k: parts[k]) if parts else None
 
-    @property
-    def interval(self) -> "Optional[Interval]":
-        """``ci_low``/``ci_high`` as an :class:`~quantlens.stats.intervals.Interval` (None if absent)."""
-        from quantlens.stats.intervals import Interval
-
-        return Interval.stored(self.ci_low, self.ci_high, self.samples)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Cell":
