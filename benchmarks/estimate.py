@@ -43,12 +43,12 @@ def _subject(name: str, n: int, batch: int, size: int) -> tuple[Any, Any]:
 
 def compare(model: Any, data: Any, bits: list[int], metric: str = "kl", k: int = 5, repeat: int = 1,
             output_key: Any = None) -> dict:
-    """Time ``analyze(estimate=True)`` and the exact ``analyze`` on the same inputs, wall and CPU
+    """Time ``analyze(method="estimate")`` and the exact ``analyze`` on the same inputs, wall and CPU
     (process) time, the least of ``repeat`` alternating runs of each; Spearman per bit-width.
     With one thread the CPU time is the work done, whatever else runs on the machine."""
     cfg = make_config(bits)
     warm = [next(iter(data))]  # warm both paths up (first-call costs) on one batch
-    ql.analyze(model, warm, config=cfg, metric=metric, estimate=True, estimate_k=1, output_key=output_key)
+    ql.analyze(model, warm, config=cfg, metric=metric, method=ql.Estimate(k=1), output_key=output_key)
     ql.analyze(model, warm, config=cfg, metric=metric, output_key=output_key)
     wall = {"estimate": float("inf"), "exact": float("inf")}
     cpu = dict(wall)
@@ -56,7 +56,7 @@ def compare(model: Any, data: Any, bits: list[int], metric: str = "kl", k: int =
     for _ in range(repeat):
         for mode in ("estimate", "exact"):
             t0, c0 = time.perf_counter(), time.process_time()
-            r = ql.analyze(model, data, config=cfg, metric=metric, estimate=mode == "estimate", estimate_k=k,
+            r = ql.analyze(model, data, config=cfg, metric=metric, method=ql.Estimate(k=k) if mode == "estimate" else "exact",
                            output_key=output_key)
             wall[mode] = min(wall[mode], time.perf_counter() - t0)
             cpu[mode] = min(cpu[mode], time.process_time() - c0)

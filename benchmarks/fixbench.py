@@ -32,7 +32,7 @@ def _fix_loop(model: object, data: object, sweep: object, bits: int, metric: str
         from quantlens.analysis.fixloop import fix_loop  # type: ignore[no-redef]
 
         return fix_loop(model, data, sweep, w_bits=bits, a_bits=8, metric=metric, top=top)[0]
-    return fix_loop(Workload(model, data, metric=metric), sweep, w_bits=bits, a_bits=8, top=top)[0]
+    return fix_loop(Workload(model, data, metric=metric), sweep, w_bits=bits, top=top)[0]
 
 
 def measure_fix(p: dict) -> dict:

@@ -4,54 +4,51 @@ Quantize one layer at a time (its weights, input and output), keep the rest in f
 measure what that layer alone does to the network's output and task metric
 (Gluska & Grobman, arXiv 2012.08420).
 
+The verbs match the CLI's commands: :func:`analyze` (the layers x bits sweep), :func:`measure`
+(one whole-network configuration), :func:`additivity`, :func:`fix`, :func:`plan`,
+:func:`export_onnx` and :func:`verify_export`. They take a :class:`Workload` (what is
+measured) and :class:`RunOptions` (how it runs); the experiments take an
+:class:`ExperimentSpec`. Engine internals (``Sweep``, ``SweepState``, ``LayerGraph``) live in
+their modules (:mod:`quantlens.engine.sweep`, :mod:`quantlens.graph.layers`).
+
 Example:
     >>> import quantlens as ql                                          # doctest: +SKIP
     >>> result = ql.analyze(model, data, w_bits=range(3, 9), a_bits=8, metric="top1")
     >>> result.worst(bits=4, k=5)
 """
 
-from quantlens.sweep.api import analyze
-from quantlens.sweep.results import Cell, LayerInfo, SweepResult
-from quantlens.engine.state import SweepState
-from quantlens.engine.sweep import QuantlensWarning, Sweep
-from quantlens.network.measure import quantize_network
-from quantlens.quant.spec import PerChannel, PerGroup, PerTensor, QuantSpec
-from quantlens.core.sweep_config import SweepConfig
-from quantlens.errors import QuantlensError
-from quantlens.graph import LayerGraph, capture
-from quantlens.metrics.task import make_metric, metrics, register_metric
+from quantlens._version import __version__
+from quantlens.core.experiment import ExperimentSpec
 from quantlens.core.layer_config import LayerQuant, QuantConfig
+from quantlens.core.sweep_config import SweepConfig
 from quantlens.core.workload import RunOptions, Workload
-
-from quantlens._version import __version__  # noqa: E402
+from quantlens.errors import QuantlensError, QuantlensWarning
+from quantlens.experiments.additivity import AdditivityResult
+from quantlens.experiments.additivity import run_additivity as additivity
+from quantlens.experiments.fixloop import FixResult, fix
+from quantlens.experiments.plan import PlanResult
+from quantlens.experiments.plan import run_plan as plan
+from quantlens.fixes import fixes, register_fix
+from quantlens.metrics import make_metric, metrics, register_metric
+from quantlens.network.measure import NetworkResult, measure
+from quantlens.quant.ranges import estimators, register_estimator
+from quantlens.quant.spec import PerChannel, PerGroup, PerTensor, QuantSpec
+from quantlens.stats.measurement import Measurement
+from quantlens.sweep.api import analyze
+from quantlens.sweep.methods import Adaptive, Estimate, Exact
+from quantlens.sweep.results import Cell, LayerInfo, SweepResult
 
 __all__ = [
-    "analyze",
-    "Sweep",
-    "SweepState",
-    "SweepResult",
-    "Cell",
-    "LayerInfo",
-    "QuantSpec",
-    "SweepConfig",
-    "PerTensor",
-    "PerChannel",
-    "PerGroup",
-    "QuantlensError",
-    "QuantlensWarning",
-    "LayerGraph",
-    "capture",
-    "make_metric",
-    "metrics",
-    "register_metric",
-    "QuantConfig",
-    "LayerQuant",
-    "quantize_network",
-    "export_onnx",
-    "verify_export",
-    "Workload",
-    "RunOptions",
-    "__version__",
+    # verbs
+    "analyze", "measure", "additivity", "fix", "plan", "export_onnx", "verify_export",
+    # what a user builds
+    "Workload", "RunOptions", "SweepConfig", "ExperimentSpec", "QuantSpec", "PerTensor", "PerChannel", "PerGroup",
+    "QuantConfig", "LayerQuant", "Exact", "Adaptive", "Estimate",
+    # what a user gets back
+    "SweepResult", "Cell", "LayerInfo", "Measurement", "NetworkResult", "AdditivityResult", "FixResult", "PlanResult",
+    # registration hooks and what is registered
+    "register_metric", "register_estimator", "register_fix", "metrics", "estimators", "fixes", "make_metric",
+    "QuantlensError", "QuantlensWarning", "__version__",
 ]
 
 

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import quantlens as ql
-from quantlens.data.batches import normalize_batch
+from quantlens.data.batches import iterate, normalize_batch
 from quantlens.cli import main
 from quantlens.graph.capture import capture
 from quantlens.core.inputs import Inputs
@@ -165,7 +165,7 @@ def test_onnx_and_pt2_files_give_the_models_cells(digits_files, tmp_path):
     data = demo.data()
     ref = ql.analyze(demo.model(), data, w_bits=[4, 8], metric="top1")
     onnx_model = load_model_file(digits_files / "digits.onnx")
-    assert check_onnx(digits_files / "digits.onnx", onnx_model, next(iter(ql.data.iterate(data)))[0]) < 1e-4
+    assert check_onnx(digits_files / "digits.onnx", onnx_model, next(iter(iterate(data)))[0]) < 1e-4
     from_onnx = ql.analyze(onnx_model, data, w_bits=[4, 8], metric="top1")
     assert [l.name for l in from_onnx.layers] == ["conv1/Conv", "conv2/Conv", "conv3/Conv", "fc/Gemm"]
     # onnx2torch's conv is the same op; its float output differs from eager by ~1e-6, so the
@@ -214,7 +214,7 @@ def test_bad_model_files_are_one_line(digits_files, tmp_path, capsys):
     from quantlens.demo import digits as demo
 
     with pytest.raises(ql.QuantlensError, match="differs from onnxruntime"):
-        check_onnx(digits_files / "digits.onnx", model, next(iter(ql.data.iterate(demo.data())))[0])
+        check_onnx(digits_files / "digits.onnx", model, next(iter(iterate(demo.data())))[0])
 
 
 # ---- the real encoder ----------------------------------------------------------------------

@@ -51,7 +51,7 @@ def _cases():
 def test_trials_equal_one_analyze_per_fixed_graph(case):
     _, model, data, calib, bits, metric = case
     sweep = analyze(model, data, w_bits=[bits], a_bits=8, metric=metric, calib=calib)
-    result, measurer = fix_loop(Workload(model, data, calib, metric), sweep, w_bits=bits, a_bits=8, top=3)
+    result, measurer = fix_loop(Workload(model, data, calib, metric), sweep, w_bits=bits, top=3)
     assert len(result.trials) == len(result.culprits) * len(DEFAULT_FIXES) and len(result.culprits) >= 2
     naive = QuantConfig.uniform(measurer.names, bits, 8)
     cfg = SweepConfig(w_bits=(bits,), a_bits=8, weight=QuantSpec(bits=bits))

@@ -11,6 +11,7 @@ import torch
 from support.models import tiny_data, tiny_net
 
 import quantlens as ql
+from quantlens.network.measure import quantize_network
 from quantlens.errors import QuantlensError
 from quantlens.metrics.task import degradation, make_metric
 from quantlens.stats.intervals import mean_interval, metric_interval, paired_interval, t_quantile, tango_interval
@@ -152,7 +153,7 @@ def test_sweep_cells_and_network_carry_intervals(tmp_path):
     df = r.to_dataframe()
     assert {"ci_low", "ci_high", "samples", "early_stop"} <= set(df.columns)
     cfg = ql.QuantConfig.uniform(r.layer_names, w_bits=3)
-    net = ql.quantize_network(model, data, cfg, metric="kl")
+    net = quantize_network(model, data, cfg, metric="kl")
     assert net.interval is not None and net.ci_low <= net.degradation <= net.ci_high
     from quantlens.network.measure import NetworkResult
 

@@ -19,7 +19,8 @@ def demo_result(demo_model, demo_data, **kw) -> SweepResult:
     """A real sweep of the digits CNN (a few seconds)."""
     import quantlens as ql
 
-    kw.setdefault("w_bits", (3, 4, 6, 8))
+    if "config" not in kw:
+        kw.setdefault("w_bits", (3, 4, 6, 8))
     return ql.analyze(demo_model, demo_data, metric="top1", progress=False, model_name="quantlens.demo:model", **kw)
 
 

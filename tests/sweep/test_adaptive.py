@@ -38,7 +38,7 @@ def test_executor_equals_replay_and_ranks_like_exact():
     rec = Recording()
     exact = ql.analyze(m, d, w_bits=[2, 3, 8], a_bits=None, metric="agreement", backend=rec)
     replayed, counts = replay(rec, 0.05)
-    ad = ql.analyze(m, d, w_bits=[2, 3, 8], a_bits=None, metric="agreement", adaptive=True, tolerance="5%")
+    ad = ql.analyze(m, d, w_bits=[2, 3, 8], a_bits=None, metric="agreement", method=ql.Adaptive(tolerance="5%"))
     info = ad.extra["adaptive"]
     assert info["cone_passes"] == counts["cone_passes"] < counts["exact_cone_passes"] == info["exact_cone_passes"]
     assert [(c.layer, c.w_bits, c.degradation, c.ci_low, c.ci_high, c.samples) for c in ad.cells] == \
@@ -164,12 +164,12 @@ def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
     m, d = tiny_net(), tiny_data(n_batches=2, batch=4)
     custom = lambda y_ref, y, labels: 0.0  # noqa: E731
     with pytest.raises(QuantlensError, match="--adaptive needs a metric with an interval") as e:
-        ql.analyze(m, d, w_bits=[4], metric=custom, adaptive=True)
+        ql.analyze(m, d, w_bits=[4], metric=custom, method="adaptive")
     assert "\n" not in str(e.value)
-    with pytest.raises(QuantlensError, match="--tolerance is for --adaptive"):
-        ql.analyze(m, d, w_bits=[4], metric="kl", tolerance="1%")
+    with pytest.raises(QuantlensError, match="unknown sweep method 'approximate': use exact, adaptive, estimate"):
+        ql.analyze(m, d, w_bits=[4], metric="kl", method="approximate")
     with pytest.raises(QuantlensError, match="runs serially"):
-        ql.analyze(m, d, w_bits=[4], metric="kl", adaptive=True, backend="ray")
+        ql.analyze(m, d, w_bits=[4], metric="kl", method="adaptive", backend="ray")
     one = [(torch.randn(1, 3, 8, 8), torch.tensor([1]))]
     with pytest.raises(QuantlensError, match="at least 2") as e:
         ql.analyze(m, one, w_bits=[4], metric="top1")

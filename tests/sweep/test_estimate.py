@@ -151,7 +151,7 @@ def test_check_bits_rule():
 
 def test_estimate_is_checked_and_reported():
     m, d = tiny_net(), tiny_data(n_batches=2, batch=16)
-    r = ql.analyze(m, d, w_bits=[3, 8], metric="kl", estimate=True, estimate_k=2)
+    r = ql.analyze(m, d, w_bits=[3, 8], metric="kl", method=ql.Estimate(k=2))
     info = r.extra["estimate"]
     assert r.engine == "estimate" and info["check_bits"] == 3 and info["checked_cells"] == 4
     assert 0 <= info["topk_overlap"][3] <= 1 and list(r.w_bits) == [3, 8] and len(r.cells) == 2 * len(r.layers)
@@ -181,7 +181,7 @@ def test_estimate_is_checked_and_reported():
 
 def test_estimate_with_separate_calibration_data_matches_exact_cells():
     m, d, calib = tiny_net(), tiny_data(n_batches=2, batch=8), tiny_data(n_batches=1, batch=8, seed=5)
-    r = ql.analyze(m, d, calib=calib, w_bits=[4, 6], metric="kl", estimate=True, estimate_k=1)
+    r = ql.analyze(m, d, calib=calib, w_bits=[4, 6], metric="kl", method=ql.Estimate(k=1))
     exact = ql.analyze(m, d, calib=calib, w_bits=[4, 6], metric="kl")
     measured = [c for c in r.cells if not math.isnan(c.degradation)]
     assert len(measured) == 2 and {c.w_bits for c in measured} == {4}
@@ -292,10 +292,10 @@ def test_token_metric_estimate_is_per_position_and_skips_padding():
                 count += int(keep.sum())
             g = torch.autograd.grad(total, leaf)[0].double()
         assert signed[name] == pytest.approx(float((g * dw).sum()) / count, rel=1e-6, abs=1e-12), name
-    r = ql.analyze(m, batches, w_bits=[4], a_bits=8, metric="token_kl", estimate=True, estimate_k=1)
+    r = ql.analyze(m, batches, w_bits=[4], a_bits=8, metric="token_kl", method=ql.Estimate(k=1))
     assert r.extra["estimate"]["unit"] == "expected KL increase per token (nats)" and r.extra["estimate"]["checked_cells"] == 2
     with pytest.raises(QuantlensError, match="needs vocabulary logits") as e:  # a token metric on a classifier
-        ql.analyze(tiny_net(), tiny_data(1, 4), w_bits=[4], metric="token_kl", estimate=True)
+        ql.analyze(tiny_net(), tiny_data(1, 4), w_bits=[4], metric="token_kl", method="estimate")
     assert "\n" not in str(e.value)
 
 
@@ -313,10 +313,10 @@ class Frozen(nn.Module):
 def test_no_gradient_is_one_line_error_naming_the_fallback():
     data = [(torch.randn(4, 6), None)]
     with pytest.raises(QuantlensError, match="the exact sweep is the fallback") as e:
-        ql.analyze(Frozen().eval(), data, w_bits=[4], metric="kl", estimate=True)
+        ql.analyze(Frozen().eval(), data, w_bits=[4], metric="kl", method="estimate")
     assert "\n" not in str(e.value)
     with pytest.raises(QuantlensError, match="--estimate runs alone"):
-        ql.analyze(tiny_net(), tiny_data(1, 4), w_bits=[4], metric="kl", estimate=True, adaptive=True)
+        ql.analyze(tiny_net(), tiny_data(1, 4), w_bits=[4], metric="kl", method="estimate", backend="ray")
 
 
 class Rounded(nn.Module):
@@ -333,10 +333,10 @@ class Rounded(nn.Module):
 def test_integer_op_in_the_path_names_the_layer_and_the_fallback():
     data = [(torch.randn(4, 6), None)]
     with pytest.raises(QuantlensError, match="no gradient reaches layer fc1.*the exact sweep is the fallback") as e:
-        ql.analyze(Rounded().eval(), data, w_bits=[4], metric="kl", estimate=True)
+        ql.analyze(Rounded().eval(), data, w_bits=[4], metric="kl", method="estimate")
     assert "\n" not in str(e.value)
 
 
 def test_hooks_engine_has_no_gradient_path():
     with pytest.raises(QuantlensError, match="forward hooks.*the exact sweep is the fallback"):
-        ql.analyze(tiny_net(), tiny_data(1, 4), w_bits=[4], metric="kl", estimate=True, engine="hooks")
+        ql.analyze(tiny_net(), tiny_data(1, 4), w_bits=[4], metric="kl", method="estimate", engine="hooks")

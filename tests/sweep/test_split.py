@@ -10,13 +10,14 @@ from support.oracle import naive_sweep
 from support.report_helpers import write_run
 
 import quantlens as ql
+from quantlens.network.measure import quantize_network
 from quantlens.cli import main
 from quantlens.report.insights import causes
 
 
 def _run():
     m, d = tiny_net(), tiny_data(n_batches=2, batch=8)
-    return m, d, ql.analyze(m, d, w_bits=[3, 6], metric="kl", split_noise=True)
+    return m, d, ql.analyze(m, d, w_bits=[3, 6], metric="kl", method=ql.Exact(split_noise=True))
 
 
 def test_each_part_equals_naive_oracle():
@@ -30,7 +31,7 @@ def test_each_part_equals_naive_oracle():
 
 def test_parts_add_up_within_measured_additivity():
     m, d, r = _run()
-    net = ql.quantize_network(m, d, ql.QuantConfig.uniform(r.layer_names, w_bits=3), metric="kl")
+    net = quantize_network(m, d, ql.QuantConfig.uniform(r.layer_names, w_bits=3), metric="kl")
     additivity = abs(net.noise / sum(c.noise for c in r.at(3)) - 1)  # the paper's relation, measured on this network
     assert additivity > 0.05
     # every layer but the logits layer (whose output quantizer rounds the logits the others feed)
@@ -42,7 +43,7 @@ def test_parts_add_up_within_measured_additivity():
 
 def test_float_activations_have_weights_only_and_report_names_source(tmp_path):
     m, d = tiny_net(), tiny_data(n_batches=1, batch=8)
-    r = ql.analyze(m, d, w_bits=[4], a_bits=None, metric="kl", split_noise=True)
+    r = ql.analyze(m, d, w_bits=[4], a_bits=None, metric="kl", method=ql.Exact(split_noise=True))
     for c in r.cells:
         assert math.isnan(c.noise_input) and math.isnan(c.noise_output)
         assert abs(c.noise_weights - c.noise) <= 1e-9 + 1e-6 * c.noise and c.noise_source == "weights"

@@ -8,13 +8,14 @@ import warnings
 from pathlib import Path
 from typing import Any, Optional
 
+from quantlens.core.experiment import ExperimentSpec
 from quantlens.sweep.results import SweepResult
-from quantlens.quant.spec import check_bits, parse_granularity
 from quantlens.errors import QuantlensError
+from quantlens.quant.spec import check_bits
 from quantlens.core.workload import RunOptions, Workload
 from quantlens.cli.common import parse_a_bits
 
-__all__ = ["add_common", "parse_bits", "load_inputs", "load_sweep", "sweep_or_run"]
+__all__ = ["add_common", "parse_bits", "load_inputs", "load_sweep", "sweep_or_run", "experiment_spec"]
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -73,25 +74,18 @@ def load_inputs(args: argparse.Namespace, need_fx: bool = False) -> tuple[Any, A
     return model, data, calib, reference
 
 
+def experiment_spec(args: argparse.Namespace) -> ExperimentSpec:
+    """The experiment's :class:`~quantlens.core.experiment.ExperimentSpec` from ``--a-bits``,
+    ``--granularity`` and ``--convention``."""
+    return ExperimentSpec(parse_a_bits(args.a_bits), args.granularity, getattr(args, "convention", "quantlens"))
+
+
 def load_sweep(args: argparse.Namespace, need_bits: list[int]) -> Optional[SweepResult]:
     """The sweep from ``--results`` (checked to have ``need_bits``), or None to run one."""
     if not args.results:
         return None
     sweep = SweepResult.from_json(args.results)
-    missing = [b for b in need_bits if b not in sweep.w_bits]
-    if missing:
-        raise QuantlensError(f"--results {args.results}: the sweep has no cells at {missing} bits (it has {sweep.w_bits})")
-    cfg = sweep.config or {}
-    if "a_bits" in cfg and cfg["a_bits"] != parse_a_bits(args.a_bits):
-        raise QuantlensError(f"--results {args.results}: the sweep used {cfg['a_bits']}-bit activations, not --a-bits {args.a_bits}")
-    gran = (cfg.get("weight") or {}).get("granularity")
-    if gran is not None and gran != str(parse_granularity(args.granularity)):
-        raise QuantlensError(f"--results {args.results}: the sweep used {gran} weights, not --granularity {args.granularity}")
-    conv = (cfg.get("weight") or {}).get("convention", "quantlens")
-    if conv != getattr(args, "convention", "quantlens"):
-        raise QuantlensError(f"--results {args.results}: the sweep used the {conv} convention, not --convention {getattr(args, 'convention', 'quantlens')}")
-    if sweep.metric_name != args.metric:
-        raise QuantlensError(f"--results {args.results}: the sweep measured {sweep.metric_name}, not --metric {args.metric}")
+    experiment_spec(args).check_sweep(sweep, need_bits, args.metric, where=f"--results {args.results}")
     return sweep
 
 
@@ -101,18 +95,16 @@ def sweep_or_run(args: argparse.Namespace, out: Path, w: Workload, w_bits: list[
     With ``results.json`` next to ``fix.json`` / ``additivity.json`` / ``plan.json``,
     ``quantlens report OUT`` renders them together.
     """
-    from quantlens.sweep.api import analyze, make_config
+    from quantlens.sweep.api import analyze
 
     sweep = load_sweep(args, w_bits)
-    cfg = make_config(w_bits, a_bits, args.granularity, convention=getattr(args, "convention", "quantlens"))
+    cfg = experiment_spec(args).sweep_config(w_bits)
     if sweep is None and getattr(args, "group_by", "layer") == "role":  # plan: one bit-width per role
         from quantlens.experiments.role_sweep import analyze_roles
 
         sweep = analyze_roles(w, config=cfg, options=run_options(args), model_name=args.model)
     elif sweep is None:
-        sweep = analyze(w.model, w.data, config=cfg, metric=w.metric, calib=w.calib, reference=w.reference,
-                        device=args.device, output_key=w.output_key, model_name=args.model,
-                        progress=not args.no_progress)
+        sweep = analyze(w, config=cfg, device=args.device, model_name=args.model, progress=not args.no_progress)
     target = out / "results.json"
     source = Path(args.results) if args.results else None
     if source is not None and source.is_dir():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from quantlens.cli._loop_args import add_common, load_workload, parse_bits, run_options, sweep_or_run
+from quantlens.cli._loop_args import add_common, experiment_spec, load_workload, parse_bits, run_options, sweep_or_run
 from quantlens.cli.common import add_model_args, console, parse_a_bits, prepare_out_dir
 
 __all__ = ["register", "run"]
@@ -43,8 +43,8 @@ def run(args: argparse.Namespace) -> int:
     workload = load_workload(args)
     sweep = sweep_or_run(args, out, workload, sorted({low, high}), a_bits)
     r = run_additivity(
-        workload, options=run_options(args), low=low, high=high, configs=args.configs, seed=args.seed, a_bits=a_bits,
-        granularity=args.granularity, shift_threshold=args.shift_threshold, sweep=sweep, model_name=args.model,
+        workload, options=run_options(args), low=low, high=high, configs=args.configs, seed=args.seed, spec=experiment_spec(args),
+        shift_threshold=args.shift_threshold, sweep=sweep, model_name=args.model,
     )
     r.to_json(out / "additivity.json")
     console.print(

@@ -65,24 +65,17 @@ def run(args: argparse.Namespace) -> int:
         result = analyze_roles(Workload(model, data, calib, args.metric, reference, args.output_key), config=cfg,
                                options=RunOptions(args.device, progress=not args.no_progress), model_name=args.model)
     else:
+        from quantlens.core.workload import Workload
+
         result = analyze(
-            model,
-            data,
+            Workload(model, data, calib, args.metric, reference, args.output_key),
+            method=_method(args),
             config=cfg,
-            metric=args.metric,
-            calib=calib,
             device=args.device,
-            output_key=args.output_key,
-            reference=reference,
             engine=args.engine,
             capture=args.capture,
             progress=not args.no_progress,
             model_name=args.model,
-            split_noise=args.split_noise,
-            adaptive=args.adaptive,
-            tolerance=args.tolerance,
-            estimate=args.estimate,
-            estimate_k=args.estimate_k,
             **{**scale_kwargs(args, out), **({"cache": None} if args.adaptive or args.estimate else {})},
         )
     result.to_json(out / "results.json")
@@ -107,3 +100,23 @@ def run(args: argparse.Namespace) -> int:
                          if stopped else ""))
     console.print(f"wrote {out / 'results.json'}, {out / 'results.csv'} and {report} in {result.elapsed_s:.1f} s")
     return 0
+
+
+def _method(args: argparse.Namespace):
+    """The sweep method the flags ask for: ``--estimate``, ``--adaptive`` or the exact sweep."""
+    from quantlens.errors import QuantlensError
+    from quantlens.sweep.methods import Adaptive, Estimate, Exact
+
+    if args.estimate and (args.adaptive or args.split_noise):
+        raise QuantlensError("--estimate runs alone: drop --adaptive and --split-noise")
+    if args.adaptive and args.split_noise:
+        raise QuantlensError("--adaptive and --split-noise are two methods: drop one")
+    if args.tolerance is not None and not args.adaptive:
+        raise QuantlensError("--tolerance is for --adaptive: add --adaptive or drop --tolerance")
+    if args.estimate:
+        if args.estimate_k < 1:
+            raise QuantlensError(f"--estimate-k must be at least 1, got {args.estimate_k}")
+        return Estimate(k=args.estimate_k)
+    if args.adaptive:
+        return Adaptive(tolerance=args.tolerance)
+    return Exact(split_noise=args.split_noise)

@@ -8,7 +8,7 @@ import math
 from rich.table import Table
 
 from quantlens.report.fmt import Units
-from quantlens.cli._loop_args import add_common, load_workload, parse_bits, run_options, sweep_or_run
+from quantlens.cli._loop_args import add_common, experiment_spec, load_workload, parse_bits, run_options, sweep_or_run
 from quantlens.cli.common import add_model_args, console, parse_a_bits, prepare_out_dir
 
 __all__ = ["register", "run", "print_table"]
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     workload = load_workload(args, need_fx=True)
     sweep = sweep_or_run(args, out, workload, [w_bits], a_bits)
     result, measurer = fix_loop(
-        workload, sweep, options=run_options(args), w_bits=w_bits, a_bits=a_bits, granularity=args.granularity, candidates=candidates,
+        workload, sweep, options=run_options(args), w_bits=w_bits, spec=experiment_spec(args), candidates=candidates,
         top=args.top, model_name=args.model,
     )
     result.to_json(out / "fix.json")

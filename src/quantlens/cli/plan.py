@@ -8,7 +8,7 @@ import math
 from rich.table import Table
 
 from quantlens.report.fmt import Units
-from quantlens.cli._loop_args import add_common, load_workload, run_options, sweep_or_run
+from quantlens.cli._loop_args import add_common, experiment_spec, load_workload, run_options, sweep_or_run
 from quantlens.cli.common import (
     _fmt,
     add_convention_arg,
@@ -49,8 +49,8 @@ def run(args: argparse.Namespace) -> int:
     out = prepare_out_dir(args.out)
     workload = load_workload(args)
     sweep = sweep_or_run(args, out, workload, list(w_bits), a_bits)
-    r = run_plan(workload, options=run_options(args), budget=args.budget, budget_bytes=args.budget_bytes, w_bits=w_bits, a_bits=a_bits,
-                 granularity=args.granularity, sweep=sweep, convention=args.convention)
+    r = run_plan(workload, options=run_options(args), budget=args.budget, budget_bytes=args.budget_bytes, w_bits=w_bits,
+                 spec=experiment_spec(args), sweep=sweep)
     r.to_json(out / "plan.json")
     pct = Units.for_metric(r.metric_name).pct  # the report's rule
     t = Table(title=f"plan: {r.avg_bits:.2f} average weight bits (budget {r.budget_bits:.2f})")

@@ -4,8 +4,8 @@
   metric, the float reference the noise is measured against, and which output to read.
 * :class:`RunOptions`: *how* it runs: device, executor backend, resumable cache, progress bars.
 
-:func:`quantlens.analyze` keeps its plain keywords (``analyze(model, data, ...)``); the
-whole-network measurers take a workload and options.
+:func:`quantlens.analyze`, the whole-network measurers and the experiments take a workload and
+options (``analyze`` also takes their fields as keyword shorthands).
 
 Example:
     >>> import torch
@@ -55,12 +55,15 @@ class Workload:
 @dataclass(frozen=True)
 class RunOptions:
     """How a measurement runs: ``device``, ``backend`` (``serial`` or ``ray``), ``cache`` (a
-    directory for resumable checkpoints), ``progress`` (bars with an ETA on stderr)."""
+    directory for resumable checkpoints), ``progress`` (bars with an ETA on stderr), ``address``
+    (the Ray cluster) and ``fresh`` (start the cache anew)."""
 
     device: Union[str, torch.device] = "cpu"
     backend: Any = "serial"
     cache: Union[str, "os.PathLike[str]", None] = None
     progress: bool = False
+    address: Optional[str] = None  # the Ray cluster to join (``auto``, ``HOST:PORT``), for ``backend="ray"``
+    fresh: bool = False  # discard an existing cache first
 
     @property
     def torch_device(self) -> torch.device:

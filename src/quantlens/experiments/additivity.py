@@ -29,8 +29,8 @@ from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 from torch import nn
 
+from quantlens.core.experiment import ExperimentSpec
 from quantlens.core import jsonio
-from quantlens.quant.spec import parse_granularity
 from quantlens.errors import QuantlensError
 from quantlens.core.jsonio import num as _num
 from quantlens.core.progress import make_progress
@@ -219,8 +219,7 @@ def additivity(
     high: int = 8,
     configs: int = 20,
     seed: int = 0,
-    a_bits: Optional[int] = 8,
-    granularity: str = "per-tensor",
+    spec: ExperimentSpec = ExperimentSpec(),
     shift_threshold: float = 0.1,
     model_name: str = "",
     progress: bool = False,
@@ -236,17 +235,14 @@ def additivity(
         raise QuantlensError(f"--configs must be at least 2 to compute a correlation, got {configs}")
     if low == high:
         raise QuantlensError(f"--low and --high are both {low}: give two different bit-widths")
-    for b in (low, high):
-        if b not in sweep.w_bits:
-            raise QuantlensError(f"the sweep has no cells at {b} bits (it has {sweep.w_bits})")
+    spec.check_sweep(sweep, (low, high))
     names = sweep.layer_names
-    g = parse_granularity(granularity)
     points = []
     bar = make_progress(progress, configs + 1, "additivity")
     try:
         for subset in random_subsets(names, configs, seed):
             low_set = set(subset)
-            cfg = QuantConfig(tuple((n, LayerQuant(low if n in low_set else high, a_bits, g)) for n in names))
+            cfg = QuantConfig(tuple((n, spec.layer(low if n in low_set else high)) for n in names))
             res = measure(cfg, False)
             cells = [sweep.cell(n, low if n in low_set else high) for n in names]
             points.append(
@@ -254,7 +250,7 @@ def additivity(
                                 res.ci_low, res.ci_high)
             )
             bar.advance()
-        joint = measure(QuantConfig(tuple((n, LayerQuant(low, a_bits, g)) for n in names)), True)
+        joint = measure(QuantConfig(tuple((n, spec.layer(low)) for n in names)), True)
         bar.advance()
     finally:
         bar.close()
@@ -264,7 +260,7 @@ def additivity(
         own = sweep.cell(n, low).mean_shift
         shifts.append(LayerShift(n, kinds.get(n, ""), own, joint.mean_shift.get(n, float("nan")), bool(own > shift_threshold)))
     return AdditivityResult(
-        sweep.metric_name, sweep.baseline, low, high, a_bits, seed, tuple(points), tuple(shifts), shift_threshold, sweep.num_samples, model_name
+        sweep.metric_name, sweep.baseline, low, high, spec.a_bits, seed, tuple(points), tuple(shifts), shift_threshold, sweep.num_samples, model_name
     )
 
 
@@ -276,8 +272,7 @@ def run_additivity(
     high: int = 8,
     configs: int = 20,
     seed: int = 0,
-    a_bits: Optional[int] = 8,
-    granularity: str = "per-tensor",
+    spec: ExperimentSpec = ExperimentSpec(),
     shift_threshold: float = 0.1,
     sweep: Optional[SweepResult] = None,
     model_name: str = "",
@@ -296,12 +291,12 @@ def run_additivity(
     check_workload(workload, "run_additivity")
     w = workload
     if sweep is None:
-        sweep = analyze(
-            w.model, w.data, w_bits=sorted({low, high}), a_bits=a_bits, granularity=granularity, metric=w.metric, calib=w.calib,
-            reference=w.reference, device=options.device, output_key=w.output_key, model_name=model_name, progress=options.progress,
-        )
+        sweep = analyze(w, config=spec.sweep_config(sorted({low, high})), device=options.device, model_name=model_name,
+                        progress=options.progress)
+    else:
+        spec.check_sweep(sweep, (low, high), w.metric)
     measurer = make_measurer(w, options)
     return additivity(
-        sweep, measurer, low=low, high=high, configs=configs, seed=seed, a_bits=a_bits, granularity=granularity,
+        sweep, measurer, low=low, high=high, configs=configs, seed=seed, spec=spec,
         shift_threshold=shift_threshold, model_name=model_name or type(w.model).__name__, progress=options.progress,
     )

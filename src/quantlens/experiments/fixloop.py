@@ -22,6 +22,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Sequence, Union
 
+from quantlens.core.experiment import ExperimentSpec
 from quantlens.core import jsonio
 from quantlens.stats.degradation import degradation as _degradation
 from quantlens.errors import QuantlensError
@@ -34,7 +35,7 @@ from quantlens.network.measure import NetworkMeasurer
 from quantlens.network.trials import TrialCell, TrialRunner
 from quantlens.sweep.results import SweepResult
 
-__all__ = ["FIX_SCHEMA", "DEFAULT_FIXES", "GLOBAL_ROWS", "FixRow", "LocalTrial", "FixResult", "rank_culprits", "fix_loop"]
+__all__ = ["fix", "FIX_SCHEMA", "DEFAULT_FIXES", "GLOBAL_ROWS", "FixRow", "LocalTrial", "FixResult", "rank_culprits", "fix_loop"]
 
 FIX_SCHEMA = "quantlens/fix-v1"
 DEFAULT_FIXES = ("sawb", "mse", "mse_output", "percentile", "equalize", "bias_correction")
@@ -214,8 +215,7 @@ def fix_loop(
     *,
     options: RunOptions = RunOptions(),
     w_bits: int = 8,
-    a_bits: Optional[int] = 8,
-    granularity: str = "per-tensor",
+    spec: ExperimentSpec = ExperimentSpec(),
     candidates: Sequence[str] = DEFAULT_FIXES,
     top: int = 3,
     global_rows: Sequence[Sequence[str]] = GLOBAL_ROWS,
@@ -234,11 +234,10 @@ def fix_loop(
     check_workload(workload, "fix_loop")
     for f in candidates:
         check_fix(f)
-    if w_bits not in sweep.w_bits:
-        raise QuantlensError(f"the sweep has no cells at {w_bits} bits (it has {sweep.w_bits})")
+    spec.check_sweep(sweep, (w_bits,), workload.metric)
     measurer = NetworkMeasurer(workload, options)
     names = measurer.names
-    naive = QuantConfig.uniform(names, w_bits, a_bits, granularity)
+    naive = QuantConfig(tuple((n, spec.layer(w_bits)) for n in names))
     culprits = rank_culprits(sweep, w_bits, top)
     global_sets = [tuple(fs) for fs in global_rows]
     bar = make_progress(options.progress, _batches(measurer, len(culprits) * len(candidates) > 0) + _row_steps(global_sets, candidates), "fix")
@@ -275,7 +274,7 @@ def fix_loop(
     finally:
         bar.close()
     return (
-        FixResult(sweep.metric_name, sweep.higher_is_better, w_bits, a_bits, tuple(culprits), tuple(trials), tuple(rows), chosen,
+        FixResult(sweep.metric_name, sweep.higher_is_better, w_bits, spec.a_bits, tuple(culprits), tuple(trials), tuple(rows), chosen,
                   sweep.num_samples, model_name),
         measurer,
     )
@@ -324,3 +323,32 @@ def _count(data: Any) -> int:
 def _row_steps(global_sets: Sequence[tuple[str, ...]], candidates: Sequence[str]) -> int:
     """Whole-network rows: float, naive, each global set, one per fix that may be chosen locally, local."""
     return 3 + len(global_sets) + len({f for f in candidates if (f,) not in global_sets})
+
+
+def fix(
+    workload: Workload,
+    sweep: Optional[SweepResult] = None,
+    *,
+    options: RunOptions = RunOptions(),
+    w_bits: int = 8,
+    spec: ExperimentSpec = ExperimentSpec(),
+    candidates: Sequence[str] = DEFAULT_FIXES,
+    top: int = 3,
+    global_rows: Sequence[Sequence[str]] = GLOBAL_ROWS,
+    model_name: str = "",
+) -> FixResult:
+    """``quantlens.fix``: sweep at ``w_bits`` (unless ``sweep`` is given, which must match the
+    spec), then :func:`fix_loop`; the paper's Table 1 for the workload's model.
+
+    Example:
+        >>> r = fix(Workload(model, data, calib), w_bits=6)          # doctest: +SKIP
+        >>> r.row("local").degradation, r.row("naive").degradation    # doctest: +SKIP
+    """
+    check_workload(workload, "fix")
+    if sweep is None:
+        from quantlens.sweep.api import analyze
+
+        sweep = analyze(workload, config=spec.sweep_config([w_bits]), device=options.device, progress=options.progress,
+                        model_name=model_name)
+    return fix_loop(workload, sweep, options=options, w_bits=w_bits, spec=spec, candidates=candidates, top=top,
+                    global_rows=global_rows, model_name=model_name)[0]

@@ -30,6 +30,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Sequence, Union
 
+from quantlens.core.experiment import ExperimentSpec
 from quantlens.core import jsonio
 from quantlens.stats.degradation import positive_part
 from quantlens.errors import QuantlensError
@@ -276,10 +277,8 @@ def run_plan(
     budget: Optional[float] = None,
     budget_bytes: Optional[float] = None,
     w_bits: Sequence[int] = (3, 4, 5, 6, 7, 8),
-    a_bits: Optional[int] = 8,
-    granularity: str = "per-tensor",
+    spec: ExperimentSpec = ExperimentSpec(),
     sweep: Optional[SweepResult] = None,
-    convention: str = "quantlens",
 ) -> PlanResult:
     """Sweep (unless given), plan under the budget, and measure the plan and the uniform baseline
     (``options.progress``: bars with an ETA on stderr, for the sweep and the two measurements).
@@ -288,30 +287,29 @@ def run_plan(
         >>> from quantlens import Workload, demo                                     # doctest: +SKIP
         >>> run_plan(Workload(demo.model(), demo.data()), budget=5.0).measured         # doctest: +SKIP
     """
-    from quantlens.sweep.api import analyze, make_config
+    from quantlens.sweep.api import analyze
     from quantlens.network.measure import make_measurer
     from quantlens.experiments.role_sweep import role_members
-    from quantlens.quant.spec import parse_granularity
     from quantlens.core.progress import make_progress
-    from quantlens.core.layer_config import LayerQuant, QuantConfig
+    from quantlens.core.layer_config import QuantConfig
 
     check_workload(workload, "run_plan")
     w, progress = workload, options.progress
     if sweep is None:
-        sweep = analyze(w.model, w.data, config=make_config(w_bits, a_bits, granularity, convention=convention), metric=w.metric,
-                        calib=w.calib, reference=w.reference, device=options.device, output_key=w.output_key, progress=progress)
+        sweep = analyze(w, config=spec.sweep_config(w_bits), device=options.device, progress=progress)
+    else:
+        spec.check_sweep(sweep, (), w.metric)
     bits = [b for b in sweep.w_bits if b in set(w_bits)]
     if not bits:
         raise QuantlensError(f"the sweep has none of the bit-widths {list(w_bits)} (it has {sweep.w_bits})")
     total = sum(l.params for l in sweep.layers)
     cap = budget_capacity(total, budget, budget_bytes)
     plan = plan_bits(sweep, cap, bits)
-    g = parse_granularity(granularity)
     members = role_members(sweep)
 
     def config(bits_of: Sequence[tuple[str, int]]) -> QuantConfig:
         """Per-layer settings; a role's bits go to every layer of the role."""
-        return QuantConfig(tuple((l, LayerQuant(b, a_bits, g, convention=convention)) for n, b in bits_of for l in (members[n] if members else [n])))
+        return QuantConfig(tuple((l, spec.layer(b)) for n, b in bits_of for l in (members[n] if members else [n])))
 
     measurer = make_measurer(w, options)
     fits = [b for b in bits if b * total <= cap]
@@ -334,6 +332,6 @@ def run_plan(
     if members:
         extra = {"group_by": "role", "layer_bits": {l: p.w_bits for p in plan for l in members[p.layer]}}
     return PlanResult(
-        sweep.metric_name, sweep.baseline, cap / total, cap, a_bits, tuple(plan), res.degradation, res.metric, ub, u_pred, u_meas, u_metric,
+        sweep.metric_name, sweep.baseline, cap / total, cap, spec.a_bits, tuple(plan), res.degradation, res.metric, ub, u_pred, u_meas, u_metric,
         extra, measured_ci=(res.ci_low, res.ci_high), uniform_ci=u_ci, num_samples=res.num_samples,
     )

@@ -37,13 +37,13 @@ from quantlens.metrics.task import Metric, make_metric, update_metric
 from quantlens.core.numerics import analysis_mode
 from quantlens.core.layer_config import LayerQuant, QuantConfig
 from quantlens.stats.intervals import metric_interval
-from quantlens.core.workload import RunOptions, Workload
+from quantlens.core.workload import RunOptions, Workload, check_workload
 from quantlens.engine.accumulate import CellAccumulator, ChannelStats, ShiftAccumulator, channel_axis
 from quantlens.data.batches import Inputs, extract_output, iterate
 from quantlens.engine.build import QuantizedNetwork, build_quantized, calibrate_ranges, layer_quantizers
 from quantlens.engine.runner import HookRunner
 
-__all__ = ["NetworkResult", "MeasurerBase", "NetworkMeasurer", "EagerNetworkMeasurer", "make_measurer", "UntraceableError", "capture_traceable",
+__all__ = ["measure", "NetworkResult", "MeasurerBase", "NetworkMeasurer", "EagerNetworkMeasurer", "make_measurer", "UntraceableError", "capture_traceable",
            "evaluate_network", "score_network", "quantize_network", "reference_fn", "graph_fn", "Workload", "RunOptions"]
 
 
@@ -416,6 +416,22 @@ def make_measurer(workload: Workload, options: RunOptions = RunOptions()) -> Mea
             stacklevel=2,
         )
         return EagerNetworkMeasurer(workload, options)
+
+
+def measure(workload: Workload, config: QuantConfig, options: RunOptions = RunOptions()) -> NetworkResult:
+    """Quantize the whole network under ``config`` (every layer it names at once, its fixes
+    applied) and score it against the float reference: ``quantlens.measure``.
+
+    Example:
+        >>> r = measure(Workload(model, data, metric="kl"), QuantConfig.uniform(names, w_bits=4))  # doctest: +SKIP
+        >>> r.degradation, r.interval                                                           # doctest: +SKIP
+    """
+    check_workload(workload, "measure")
+    if not isinstance(config, QuantConfig):
+        raise QuantlensError(f"measure takes a QuantConfig, got {type(config).__name__}: quantlens.QuantConfig.uniform(names, w_bits=4)")
+    m = make_measurer(workload, options)
+    config.check_layers(m.names)
+    return m(config)
 
 
 def quantize_network(

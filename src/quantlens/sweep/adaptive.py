@@ -42,7 +42,7 @@ sequence; a cell needs ``min_samples`` before it may stop. Shuffle ordered data 
 source) first: a cell that stops on the first batches sees only those.
 
 Example:
-    >>> r = ql.analyze(model, data, metric="agreement", adaptive=True, tolerance=0.005)  # doctest: +SKIP
+    >>> r = ql.analyze(model, data, metric="agreement", method=ql.Adaptive(tolerance=0.005))  # doctest: +SKIP
     >>> r.extra["adaptive"]["saved"]                                                   # doctest: +SKIP
     0.71
 """

@@ -30,6 +30,8 @@ from quantlens.core.progress import make_progress
 from quantlens.data.batches import check_reiterable, iterate
 from quantlens.sweep.results import SweepResult
 from quantlens.engine.sweep import MetricSpec
+from quantlens.core.workload import RunOptions, Workload
+from quantlens.sweep.methods import Adaptive, Estimate, Exact, Method, as_method
 
 __all__ = ["analyze", "make_config"]
 
@@ -58,110 +60,156 @@ def make_config(
     )
 
 
+class _Unset:
+    """A keyword the caller did not give (so that ``config=`` with ``w_bits=`` can be refused)."""
+
+    def __repr__(self) -> str:
+        return "<default>"
+
+
+_UNSET: Any = _Unset()
+_SPEC_DEFAULTS = {"w_bits": range(3, 9), "a_bits": 8, "granularity": "per-tensor", "weight_estimator": "minmax",
+                  "act_estimator": "minmax"}
+_WORKLOAD_DEFAULTS = {"metric": "top1", "calib": None, "reference": None, "output_key": None}
+_OPTION_DEFAULTS = {"device": "cpu", "backend": "serial", "address": None, "cache": None, "fresh": False, "progress": False}
+
+
+def _given(values: dict) -> dict:
+    return {k: v for k, v in values.items() if not isinstance(v, _Unset)}
+
+
 def analyze(
-    model: nn.Module,
-    data: Iterable[Any],
+    model: Union[nn.Module, Workload],
+    data: Optional[Iterable[Any]] = None,
     *,
-    w_bits: Iterable[int] = range(3, 9),
-    a_bits: Optional[int] = 8,
-    metric: MetricSpec = "top1",
-    calib: Optional[Iterable[Any]] = None,
-    granularity: Union[str, Granularity] = "per-tensor",
-    weight_estimator: str = "minmax",
-    act_estimator: str = "minmax",
+    method: Union[str, Method] = "exact",
     config: Optional[SweepConfig] = None,
-    device: Union[str, torch.device] = "cpu",
-    output_key: Union[str, int, None] = None,
-    reference: Optional[nn.Module] = None,
+    options: Optional[RunOptions] = None,
     layers: Optional[Sequence[str]] = None,
     engine: str = "cone",
     capture: str = "auto",
-    progress: bool = False,
     model_name: str = "",
-    backend: Any = "serial",
-    address: Optional[str] = None,
-    cache: Union[str, "os.PathLike[str]", None] = None,
-    fresh: bool = False,
-    split_noise: bool = False,
-    adaptive: bool = False,
-    tolerance: Union[str, float, None] = None,
-    estimate: bool = False,
-    estimate_k: int = 5,
+    w_bits: Iterable[int] = _UNSET,
+    a_bits: Optional[int] = _UNSET,
+    granularity: Union[str, Granularity] = _UNSET,
+    weight_estimator: str = _UNSET,
+    act_estimator: str = _UNSET,
+    metric: MetricSpec = _UNSET,
+    calib: Optional[Iterable[Any]] = _UNSET,
+    reference: Optional[nn.Module] = _UNSET,
+    output_key: Union[str, int, None] = _UNSET,
+    device: Union[str, torch.device] = _UNSET,
+    backend: Any = _UNSET,
+    address: Optional[str] = _UNSET,
+    cache: Union[str, "os.PathLike[str]", None] = _UNSET,
+    fresh: bool = _UNSET,
+    progress: bool = _UNSET,
 ) -> SweepResult:
     """Quantize one layer at a time and measure what each does to the network's output.
 
+    Three descriptions travel together (each may be given whole, or by its keyword shorthands):
+
+    * *what*: a :class:`~quantlens.core.workload.Workload` as the first argument, or ``model``,
+      ``data`` and the shorthands ``metric``, ``calib``, ``reference``, ``output_key``;
+    * *the quantization*: ``config`` (a :class:`SweepConfig`), or the shorthands ``w_bits``
+      (default 3..8), ``a_bits`` (8; None keeps activations in float), ``granularity``
+      (``per-tensor``, ``per-channel``, ``per-group-N``), ``weight_estimator``,
+      ``act_estimator``; giving both is an error that names the conflict;
+    * *how it runs*: ``options`` (a :class:`~quantlens.core.workload.RunOptions`), or the
+      shorthands ``device``, ``backend`` (``serial``, ``ray`` or an executor), ``address`` (the
+      Ray cluster), ``cache`` (a directory; a rerun resumes from it), ``fresh``, ``progress``.
+
     Args:
-        model: any ``nn.Module``; never modified.
+        model: any ``nn.Module`` (never modified), or a Workload.
         data: re-iterable batches (a DataLoader works): ``(inputs, labels)``, a tensor, or a
             mapping of keyword arguments (a tokenizer's output; its ``labels`` key is the labels).
-            ``inputs`` may be a tensor, a tuple of tensors or a mapping; labels may be None for
-            label-free metrics.
-        w_bits: weight bit-widths to sweep. a_bits: activation bits, or None for float activations.
-        metric: a registered metric name, a callable ``fn(y_ref, y, labels) -> float``, or a Metric.
-        calib: calibration data for activation ranges (default: ``data``).
-        granularity: ``per-tensor``, ``per-channel`` or ``per-group-N`` for weights.
-        reference: the float model the noise and degradation are measured against (for a
-            fine-tuned model, section 4.3 of the paper); default: the model itself.
+        method: ``"exact"`` (default), ``"adaptive"``, ``"estimate"``, or
+            :class:`~quantlens.sweep.methods.Exact` / ``Adaptive`` / ``Estimate`` with their
+            options (:mod:`quantlens.sweep.methods`).
         layers: restrict the sweep to these layer names.
         engine: ``cone`` (default), ``naive`` (full forward per layer, for benchmarks) or ``hooks``.
-        capture: how the cone and naive engines get the graph: ``auto`` (torch.fx, then
-            torch.export; Hugging Face models go to torch.export first), ``fx`` or ``export``.
-        backend: ``serial`` (default), ``ray`` (tasks over layer groups x data shards; needs
-            ``quantlens[ray]``), or an executor from :mod:`quantlens.parallel`.
-        address: the Ray cluster to join (``auto``, ``HOST:PORT`` or ``ray://HOST:10001``);
-            default: the running Ray instance, else a new local one.
-        cache: a directory where progress is saved atomically after each batch (each task
-            with Ray); a rerun resumes from it. Refused if made by a different run. Removed
-            when the sweep finishes. Default: no cache.
-        fresh: discard an existing cache first.
-        split_noise: also measure each cell's output noise from its weights, its input
-            quantizer and its output quantizer alone (:mod:`quantlens.sweep.split`).
-        adaptive: stop adding batches to a cell once its 95% interval is on one side of
-            ``tolerance`` and of 0 and its rank among the layers at its bit-width is settled
-            (:mod:`quantlens.sweep.adaptive`); serial, no cache.
-        tolerance: the degradation that matters for ``adaptive`` (``"0.5%"`` or 0.005, the default).
-        estimate: a first-order estimate of every cell from one forward and backward pass per
-            batch, checked by measuring the estimate's ``estimate_k`` top and ``estimate_k`` random
-            layers exactly at one bit-width (4 if swept, else the lowest; :mod:`quantlens.sweep.estimate`).
+        capture: ``auto`` (torch.fx, then torch.export; Hugging Face models go to torch.export
+            first), ``fx`` or ``export``.
 
     Returns:
         a :class:`SweepResult` with one cell per (layer, weight bits).
+
+    Example:
+        >>> r = ql.analyze(ql.Workload(model, data, metric="kl"), method=ql.Estimate(k=3),  # doctest: +SKIP
+        ...                config=ql.SweepConfig(w_bits=(4, 8)))
     """
     from quantlens.parallel import SweepRecipe, make_executor
     from quantlens.sweep.run import run_sweep
 
-    cfg = config or make_config(w_bits, a_bits, granularity, weight_estimator, act_estimator)
+    work = _workload(model, data, _given({"metric": metric, "calib": calib, "reference": reference, "output_key": output_key}))
+    opts = _options(options, _given({"device": device, "backend": backend, "address": address, "cache": cache,
+                                     "fresh": fresh, "progress": progress}))
+    cfg = _config(config, _given({"w_bits": w_bits, "a_bits": a_bits, "granularity": granularity,
+                                  "weight_estimator": weight_estimator, "act_estimator": act_estimator}))
+    how = as_method(method)
+    model, data, calib = work.model, work.data, work.calib
     check_reiterable(data, "data")
     if calib is not None:
         check_reiterable(calib, "calibration data")
-    check_dtype_support(model, device)
-    if estimate:
-        return _estimate(model, data, cfg, metric, calib, device, output_key, reference, layers, engine, model_name,
-                         estimate_k, adaptive or split_noise or backend not in ("serial", None), capture)
-    executor = make_executor(backend, address)
-    if adaptive:
-        executor = _adaptive_executor(backend, cache, metric, tolerance)
-    elif tolerance is not None:
-        raise QuantlensError("--tolerance is for --adaptive (or --estimate): add --adaptive or drop --tolerance")
+    check_dtype_support(model, opts.device)
+    if isinstance(how, Estimate):
+        if opts.backend not in ("serial", None):
+            raise QuantlensError("--estimate runs alone: drop --backend ray")
+        return _estimate(work, cfg, opts.device, layers, engine, model_name, how.k, capture)
+    executor = make_executor(opts.backend, opts.address)
+    if isinstance(how, Adaptive):
+        executor = _adaptive_executor(opts.backend, opts.cache, work.metric, how.tolerance)
     t0 = time.perf_counter()
     with preserve_model(model):
         sample = next(iter(iterate(data, "data")))
-        recipe = SweepRecipe(model, sample, cfg, metric, device, output_key, reference, engine, layers, capture)
+        recipe = SweepRecipe(model, sample, cfg, work.metric, opts.device, work.output_key, work.reference, engine, layers, capture)
         sweep, state, store = run_sweep(
-            recipe, data, calib, executor, cache, fresh, bar_factory=lambda n: make_progress(progress, n, "sweep")
+            recipe, data, calib, executor, opts.cache, opts.fresh, bar_factory=lambda n: make_progress(opts.progress, n, "sweep")
         )
         result = collect(sweep, state, time.perf_counter() - t0, model_name or type(model).__name__)
-        if split_noise:
+        if isinstance(how, Exact) and how.split_noise:
             from quantlens.sweep.split import split_noise as _split
 
             result = _split(sweep, data, result)
-        if adaptive:
+        if isinstance(how, Adaptive):
             import dataclasses
 
             result = dataclasses.replace(result, extra={**result.extra, "adaptive": executor.summary()})
     if store is not None:
         store.clear()
     return result
+
+
+def _workload(model: Any, data: Any, given: dict) -> Workload:
+    if isinstance(model, Workload):
+        if data is not None or given:
+            both = ["data"] * (data is not None) + sorted(given)
+            raise QuantlensError(f"analyze got a Workload and also {', '.join(both)}: put them in the Workload instead")
+        return model
+    if data is None:
+        raise QuantlensError("analyze needs data: analyze(model, data, ...) or analyze(quantlens.Workload(model, data, ...))")
+    return Workload(model, data, **{**_WORKLOAD_DEFAULTS, **given})
+
+
+def _options(options: Optional[RunOptions], given: dict) -> RunOptions:
+    if options is None:
+        return RunOptions(**{**_OPTION_DEFAULTS, **given})
+    if not isinstance(options, RunOptions):
+        raise QuantlensError(f"options= takes a quantlens.RunOptions, got {type(options).__name__}")
+    if given:
+        raise QuantlensError(f"analyze got options= and also {', '.join(sorted(given))}: set them in the RunOptions instead")
+    return options
+
+
+def _config(config: Optional[SweepConfig], given: dict) -> SweepConfig:
+    if config is None:
+        return make_config(**{**_SPEC_DEFAULTS, **given})
+    if not isinstance(config, SweepConfig):
+        raise QuantlensError(f"config= takes a quantlens.SweepConfig, got {type(config).__name__}")
+    if given:
+        raise QuantlensError(f"analyze got config= and also {', '.join(sorted(given))}: the config already says how "
+                             "layers are quantized; drop one of them")
+    return config
 
 
 def _adaptive_executor(backend: Any, cache: Any, metric: MetricSpec, tolerance: Union[str, float, None]) -> Any:
@@ -177,23 +225,19 @@ def _adaptive_executor(backend: Any, cache: Any, metric: MetricSpec, tolerance: 
     return AdaptiveExecutor(parse_tolerance(tolerance, pct_metric=is_fraction(getattr(probe, "name", ""))))
 
 
-def _estimate(model: nn.Module, data: Any, cfg: SweepConfig, metric: MetricSpec, calib: Any, device: Any, output_key: Any,
-              reference: Any, layers: Any, engine: str, model_name: str, k: int, other: bool, capture: str = "auto") -> SweepResult:
-    from quantlens.sweep.estimate import estimate_sweep
-
-    if other:
-        raise QuantlensError("--estimate runs alone: drop --adaptive, --split-noise and --backend ray")
-    if k < 1:
-        raise QuantlensError(f"--estimate-k must be at least 1, got {k}")
+def _estimate(work: Workload, cfg: SweepConfig, device: Any, layers: Any, engine: str, model_name: str, k: int,
+              capture: str = "auto") -> SweepResult:
     import dataclasses
 
     from quantlens.parallel import SweepRecipe
+    from quantlens.sweep.estimate import estimate_sweep
 
+    model = work.model
     t0 = time.perf_counter()
     with preserve_model(model):
-        sample = next(iter(iterate(data, "data")))
-        sweep = SweepRecipe(model, sample, cfg, metric, device, output_key, reference, engine, layers, capture).build()
-        if calib is not None:  # else the estimate's own pass calibrates on ``data``
-            sweep.calibrate(calib)
-        result = estimate_sweep(sweep, data, k=k, model_name=model_name or type(model).__name__)
+        sample = next(iter(iterate(work.data, "data")))
+        sweep = SweepRecipe(model, sample, cfg, work.metric, device, work.output_key, work.reference, engine, layers, capture).build()
+        if work.calib is not None:  # else the estimate's own pass calibrates on ``data``
+            sweep.calibrate(work.calib)
+        result = estimate_sweep(sweep, work.data, k=k, model_name=model_name or type(model).__name__)
     return dataclasses.replace(result, elapsed_s=time.perf_counter() - t0)

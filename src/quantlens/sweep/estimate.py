@@ -51,7 +51,7 @@ degradation over those cells and the overlap of the top ``k``. Below :data:`TRUS
 summary says the estimate cannot be trusted for this model.
 
 Example:
-    >>> r = ql.analyze(model, data, estimate=True)                       # doctest: +SKIP
+    >>> r = ql.analyze(model, data, method="estimate")                       # doctest: +SKIP
     >>> r.extra["estimate"]["spearman"], r.extra["estimate"]["trusted"]  # doctest: +SKIP
     (0.91, True)
 """

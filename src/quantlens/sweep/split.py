@@ -16,7 +16,7 @@ The split is opt-in (``--split-noise``): it costs ``bits + 2`` cone passes per l
 on top of the sweep's ``bits``.
 
 Example:
-    >>> r = ql.analyze(model, data, split_noise=True)                # doctest: +SKIP
+    >>> r = ql.analyze(model, data, method=ql.Exact(split_noise=True))                # doctest: +SKIP
     >>> c = r.cell("conv2", 4); c.noise_source, c.noise_output       # doctest: +SKIP
     ('output', 0.031)
 """
