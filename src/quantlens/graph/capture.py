@@ -30,6 +30,7 @@ from torch import fx, nn
 
 from quantlens.errors import QuantlensError
 from quantlens.core.inputs import as_inputs
+from quantlens.graph.onnx_ops import call_onnx_op, is_onnx_op
 
 from quantlens.graph.layers import (
     ACT_MODULES,
@@ -125,12 +126,26 @@ class _LayerTracer(fx.Tracer):
 
     (fx's default only stops at modules defined inside ``torch.nn``; a library's
     ``Conv2dStaticSamePadding(nn.Conv2d)`` would otherwise dissolve into ``F.conv2d`` calls.)
+    An onnx2torch op that cannot be traced through (a Reshape to a shape computed at run time:
+    an ONNX file with a dynamic axis) is kept whole too: see :mod:`quantlens.graph.onnx_ops`.
     """
 
+    _KEEP = LAYER_TYPES + BN_TYPES + tuple(ACT_MODULES)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.onnx_leaves: set[nn.Module] = set()
+
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if isinstance(m, LAYER_TYPES + BN_TYPES + tuple(ACT_MODULES)):
+        if isinstance(m, self._KEEP) or m in self.onnx_leaves:
             return True
         return super().is_leaf_module(m, qualname)
+
+    def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
+        call = lambda: super(_LayerTracer, self).call_module(m, forward, args, kwargs)  # noqa: E731
+        if m in self.onnx_leaves or not is_onnx_op(m, self._KEEP):
+            return call()
+        return call_onnx_op(self, m, call, self.onnx_leaves)
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
