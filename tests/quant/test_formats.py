@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from quantlens.config import PerChannel, PerGroup, PerTensor, QuantSpec
+from quantlens.quant.spec import PerChannel, PerGroup, PerTensor, QuantSpec
 from quantlens.errors import QuantlensError
 from quantlens.quant.formats import (
     Format,

@@ -18,17 +18,17 @@ Example:
 from __future__ import annotations
 
 # the family modules register their formats on import, in the order formats() lists them
-from . import integer as _integer  # noqa: F401,I001
-from . import fp8 as _fp8  # noqa: F401
-from . import mx as _mx  # noqa: F401
-from . import nvfp4 as _nvfp4  # noqa: F401
-from . import cast as _cast  # noqa: F401
-from .api import fake_quantize, fake_quantize_activation
-from .elements import E2M1, E2M3, E3M2, E4M3, E5M2, ELEMENTS, ElementType
-from .elements import cast as cast_to_element
-from .format import Format
-from .nvfp4 import nvfp4_global_scale
-from .registry import formats, get_format, register_format, register_kernel
+from quantlens.quant.formats import integer as _integer  # noqa: F401,I001
+from quantlens.quant.formats import fp8 as _fp8  # noqa: F401
+from quantlens.quant.formats import mx as _mx  # noqa: F401
+from quantlens.quant.formats import nvfp4 as _nvfp4  # noqa: F401
+from quantlens.quant.formats import cast as _cast  # noqa: F401
+from quantlens.quant.formats.api import fake_quantize, fake_quantize_activation
+from quantlens.quant.formats.elements import E2M1, E2M3, E3M2, E4M3, E5M2, ELEMENTS, ElementType
+from quantlens.quant.formats.elements import cast as cast_to_element
+from quantlens.quant.formats.format import Format
+from quantlens.quant.formats.nvfp4 import nvfp4_global_scale
+from quantlens.quant.formats.registry import formats, get_format, register_format, register_kernel
 
 __all__ = [
     "Format",

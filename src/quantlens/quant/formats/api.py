@@ -30,10 +30,10 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
-from ...errors import QuantlensError
-from .format import Format
-from .registry import FormatLike, get_format, kernel_for
-from .tiles import Role, activation_matrix, scope_shape, to_tiles, weight_matrix
+from quantlens.errors import QuantlensError
+from quantlens.quant.formats.format import Format
+from quantlens.quant.formats.registry import FormatLike, get_format, kernel_for
+from quantlens.quant.formats.tiles import Role, activation_matrix, scope_shape, to_tiles, weight_matrix
 
 __all__ = ["fake_quantize", "fake_quantize_activation"]
 

@@ -20,8 +20,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .format import Format
-from .registry import register_format, register_kernel
+from quantlens.quant.formats.format import Format
+from quantlens.quant.formats.registry import register_format, register_kernel
 
 __all__ = ["cast_kernel", "FLOAT_DTYPES"]
 

@@ -40,7 +40,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .bits import frexp_exponent, pow2
+from quantlens.quant.formats.bits import frexp_exponent, pow2
 
 __all__ = ["ElementType", "E4M3", "E5M2", "E3M2", "E2M3", "E2M1", "ELEMENTS", "cast", "round_to_grid"]
 

@@ -30,8 +30,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from ...errors import QuantlensError
-from .elements import ELEMENTS
+from quantlens.errors import QuantlensError
+from quantlens.quant.formats.elements import ELEMENTS
 
 __all__ = ["Format", "Family", "Scope", "FAMILIES", "SCOPES", "SCALE_RULES"]
 

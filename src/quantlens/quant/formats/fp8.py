@@ -27,9 +27,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .elements import ELEMENTS, cast
-from .format import Format
-from .registry import register_format, register_kernel
+from quantlens.quant.formats.elements import ELEMENTS, cast
+from quantlens.quant.formats.format import Format
+from quantlens.quant.formats.registry import register_format, register_kernel
 
 __all__ = ["fp8_kernel", "FP8_TILE"]
 

@@ -28,9 +28,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ...errors import QuantlensError
-from .format import Format
-from .registry import register_format, register_kernel
+from quantlens.errors import QuantlensError
+from quantlens.quant.formats.format import Format
+from quantlens.quant.formats.registry import register_format, register_kernel
 
 __all__ = ["int_format", "int_kernel", "MIN_INT_BITS", "MAX_INT_BITS"]
 

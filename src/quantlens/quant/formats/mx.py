@@ -34,10 +34,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .bits import frexp_exponent, pow2
-from .elements import ELEMENTS, ElementType, cast
-from .format import Format
-from .registry import register_format, register_kernel
+from quantlens.quant.formats.bits import frexp_exponent, pow2
+from quantlens.quant.formats.elements import ELEMENTS, ElementType, cast
+from quantlens.quant.formats.format import Format
+from quantlens.quant.formats.registry import register_format, register_kernel
 
 __all__ = ["mx_kernel", "mx_exponent", "MX_BLOCK", "E8M0_MIN", "E8M0_MAX"]
 

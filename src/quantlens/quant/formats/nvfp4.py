@@ -32,9 +32,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .elements import E2M1, E4M3, cast
-from .format import Format
-from .registry import register_format, register_kernel
+from quantlens.quant.formats.elements import E2M1, E4M3, cast
+from quantlens.quant.formats.format import Format
+from quantlens.quant.formats.registry import register_format, register_kernel
 
 __all__ = ["nvfp4_kernel", "nvfp4_global_scale", "NVFP4_BLOCK", "NVFP4"]
 

@@ -21,8 +21,8 @@ from typing import Callable, Optional, Protocol, Union
 
 from torch import Tensor
 
-from ...errors import QuantlensError
-from .format import Format
+from quantlens.errors import QuantlensError
+from quantlens.quant.formats.format import Format
 
 __all__ = ["register_format", "formats", "get_format", "register_kernel", "kernel_for", "Kernel", "FormatLike"]
 

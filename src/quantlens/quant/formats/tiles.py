@@ -34,8 +34,8 @@ from typing import Literal
 
 from torch import Tensor
 
-from ...errors import QuantlensError
-from .format import Format
+from quantlens.errors import QuantlensError
+from quantlens.quant.formats.format import Format
 
 __all__ = ["Role", "weight_matrix", "activation_matrix", "scope_shape", "to_tiles"]
 
