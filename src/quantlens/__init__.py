@@ -31,6 +31,7 @@ from quantlens.experiments.plan import run_plan as plan
 from quantlens.fixes import fixes, register_fix
 from quantlens.metrics import make_metric, metrics, register_metric
 from quantlens.network.measure import NetworkResult, measure
+from quantlens.quant.formats import Format, formats, get_format, register_format
 from quantlens.quant.ranges import estimators, register_estimator
 from quantlens.quant.spec import PerChannel, PerGroup, PerTensor, QuantSpec
 from quantlens.stats.measurement import Measurement
@@ -40,16 +41,33 @@ from quantlens.sweep.results import Cell, LayerInfo, SweepResult
 
 __all__ = [
     # verbs
-    "analyze", "measure", "additivity", "fix", "plan", "export_onnx", "verify_export",
+    "fake_quantize", "analyze", "measure", "additivity", "fix", "plan", "export_onnx", "verify_export",
     # what a user builds
     "Workload", "RunOptions", "SweepConfig", "ExperimentSpec", "QuantSpec", "PerTensor", "PerChannel", "PerGroup",
     "QuantConfig", "LayerQuant", "Exact", "Adaptive", "Estimate",
     # what a user gets back
     "SweepResult", "Cell", "LayerInfo", "Measurement", "NetworkResult", "AdditivityResult", "FixResult", "PlanResult",
     # registration hooks and what is registered
-    "register_metric", "register_estimator", "register_fix", "metrics", "estimators", "fixes", "make_metric",
+    "register_metric", "register_estimator", "register_fix", "register_format", "metrics", "estimators", "fixes", "formats",
+    "get_format", "Format", "make_metric",
     "QuantlensError", "QuantlensWarning", "__version__",
 ]
+
+
+def fake_quantize(tensor: "torch.Tensor", format: "str | Format") -> "torch.Tensor":
+    """``tensor`` quantized and dequantized in ``format`` (a name of :func:`formats` or a
+    :class:`Format`), as a weight: axis 0 is the output axis, the flattened rest the reduction
+    axis; in the input's dtype, computed in float32. A block that does not divide the reduction
+    axis is padded with zeros (:mod:`quantlens.quant.padded`), as the sweep does.
+
+    Example:
+        >>> import torch
+        >>> fake_quantize(torch.tensor([[1.25, 1.75, -3.0, 6.0] * 8]), "mxfp4")[0, :4].tolist()  # ties to even
+        [1.0, 2.0, -3.0, 6.0]
+    """
+    from quantlens.quant.padded import quantize_padded
+
+    return quantize_padded(tensor, format, "weight")
 
 
 def __getattr__(name: str):  # the ONNX side (torch.onnx, onnxruntime) loads on first use

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from quantlens.sweep.results import column_label
 from quantlens.cli._loop_args import load_inputs
 from quantlens.cli.common import (
     add_model_args,
@@ -50,9 +51,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from quantlens.sweep.api import analyze, make_config
 
-    w_bits = parse_bits_list(args.w_bits)
     a_bits = parse_a_bits(args.a_bits)
-    cfg = make_config(w_bits, a_bits, args.granularity, args.weight_estimator, args.act_estimator, convention=args.convention)
+    formats = _formats(args)
+    w_bits = parse_bits_list(args.w_bits or args.w_bits_default) if not formats else ()
+    cfg = make_config(w_bits, a_bits, args.granularity, args.weight_estimator, args.act_estimator, convention=args.convention,
+                      formats=formats)
     out = prepare_out_dir(args.out)
     model, data, calib, reference = load_inputs(args)
     if args.group_by == "role":
@@ -89,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         rho = est["spearman"]
         console.print(f"estimate: {est['estimate_s']:.1f} s; checked on {est['checked_cells']} exact cells ({est['check_s']:.1f} s): "
                       f"Spearman {rho:.2f}, top-{est['k']} overlap "
-                      + ", ".join(f"{b}b {v:.0%}" for b, v in est["topk_overlap"].items())
+                      + ", ".join(f"{column_label(b)} {v:.0%}" for b, v in est["topk_overlap"].items())
                       + ("" if rho >= 0.7 else " -- the estimate cannot be trusted for this model: run the exact sweep"))
     ad = result.extra.get("adaptive")
     if ad:
@@ -100,6 +103,24 @@ def run(args: argparse.Namespace) -> int:
                          if stopped else ""))
     console.print(f"wrote {out / 'results.json'}, {out / 'results.csv'} and {report} in {result.elapsed_s:.1f} s")
     return 0
+
+
+def _formats(args: argparse.Namespace) -> list[str]:
+    """``--formats`` as names (one line if unknown, or given with --w-bits or --granularity)."""
+    from quantlens.errors import QuantlensError
+    from quantlens.quant.formats import get_format
+
+    if not args.formats:
+        return []
+    if args.w_bits is not None:
+        raise QuantlensError("give --formats or --w-bits, not both: int{b} formats stand for bit-widths (--formats int4,int8)")
+    if args.granularity != "per-tensor" or args.weight_estimator != "minmax":
+        raise QuantlensError("--formats names its own blocks and scales: drop --granularity and --weight-estimator "
+                             "(int4-g128 is 4-bit weights in groups of 128)")
+    names = [s.strip() for s in args.formats.split(",") if s.strip()]
+    if not names:
+        raise QuantlensError("--formats is empty: give format names, e.g. nvfp4,mxfp4,fp8-e4m3")
+    return [get_format(n).name for n in names]
 
 
 def _method(args: argparse.Namespace):

@@ -11,6 +11,7 @@ from typing import Optional
 from rich.console import Console
 from rich.table import Table
 
+from quantlens.sweep.results import column_label
 from quantlens.sweep.results import SweepResult
 from quantlens.quant.spec import check_bits, parse_a_bits
 from quantlens.errors import QuantlensError
@@ -67,7 +68,11 @@ def add_quant_args(p: argparse.ArgumentParser, w_bits_default: str = "3,4,5,6,7,
     from quantlens.quant.ranges import estimators
 
     p.add_argument("--metric", default="top1", help=f"task metric: {', '.join(metrics())} (default: top1)")
-    p.add_argument("--w-bits", default=w_bits_default, help=f"weight bit-widths (default: {w_bits_default})")
+    p.add_argument("--w-bits", default=None, help=f"weight bit-widths (default: {w_bits_default})")
+    p.add_argument("--formats", default=None, metavar="F1,F2",
+                   help="named weight formats as the sweep's columns instead of --w-bits: nvfp4, mxfp4, mxfp6, mxfp8, "
+                   "fp8-e4m3[-channel|-block128], int4-g128, bf16, ... (`quantlens info` lists them)")
+    p.set_defaults(w_bits_default=w_bits_default)
     p.add_argument("--a-bits", default="8", help="activation bits, or 'none' for float activations (default: 8)")
     p.add_argument("--granularity", default="per-tensor", help="weights: per-tensor, per-channel or per-group-N")
     p.add_argument("--weight-estimator", default="minmax", help=f"weight range: {', '.join(estimators())}")
@@ -107,28 +112,29 @@ def _fmt(x: float, pct: bool) -> str:
 def print_summary(result: SweepResult, k: int = 5, rank_bits: Optional[int] = None) -> None:
     """Baseline, then the ``k`` worst layers ranked at ``rank_bits`` with every bit-width's degradation."""
     bits = result.w_bits
-    rb = rank_bits if rank_bits in bits else (4 if 4 in bits else min(bits))
+    rb = rank_bits if rank_bits in bits else (4 if 4 in bits else bits[0])
     pct = Units.for_metric(result.metric_name).pct  # the report's rule
     base = f"{100 * result.baseline:.2f}%" if pct else f"{result.baseline:.6g}"
     console.print(
         f"[bold]{result.model}[/bold]: {len(result.layers)} layers, {result.num_samples} samples, "
         f"float {result.metric_name} = [bold]{base}[/bold] (engine: {result.engine})"
     )
-    table = Table(title=f"worst layers at {rb}-bit weights" + (f", {result.cells[0].a_bits}-bit activations" if result.cells[0].a_bits else ", float activations"))
+    table = Table(title=f"worst layers at {rb}-bit weights" if isinstance(rb, int) else f"worst layers in {rb} weights"
+                  + (f", {result.cells[0].a_bits}-bit activations" if result.cells[0].a_bits else ", float activations"))
     table.add_column("#", justify="right")
     table.add_column("layer", overflow="fold", min_width=16)
     table.add_column("op")
     table.add_column("params", justify="right")
     for b in bits:
-        table.add_column(f"deg@{b}b", justify="right")
+        table.add_column(f"deg@{column_label(b)}", justify="right")
     from quantlens.report.noise import has_intervals, noise_sentences, verdict
 
     noisy = has_intervals(result.at(rb))
     if noisy:
-        table.add_column(f"95% CI@{rb}b", justify="right")
-        table.add_column(f"vs float@{rb}b")
-    table.add_column(f"SQNR@{rb}b", justify="right")
-    table.add_column(f"share@{rb}b", justify="right")
+        table.add_column(f"95% CI@{column_label(rb)}", justify="right")
+        table.add_column(f"vs float@{column_label(rb)}")
+    table.add_column(f"SQNR@{column_label(rb)}", justify="right")
+    table.add_column(f"share@{column_label(rb)}", justify="right")
     info = {l.name: l for l in result.layers}
     share = result.share(rb)
     said = {"worse": "worse", "better": "better", "zero": "~ 0 (noise)", "unknown": "-"}
@@ -159,7 +165,7 @@ def print_worst_roles(result: SweepResult, bits: int, k: int = 5) -> None:
     t = Table(title=f"worst roles at {bits}-bit weights", caption="summed over blocks, one layer quantized at a time")
     t.add_column("#", justify="right")
     t.add_column("role")
-    t.add_column(f"deg@{bits}b", justify="right")
+    t.add_column(f"deg@{column_label(bits)}", justify="right")
     for rank, (role, d) in enumerate(worst, 1):
         t.add_row(str(rank), role, units.deg(d, signed=True))
     console.print(t)

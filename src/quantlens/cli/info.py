@@ -29,4 +29,14 @@ def run(args: argparse.Namespace) -> int:
     for name in conventions():
         console.print(f"  {name}: {get_convention(name).describe()}")
     console.print(f"fixes:            {', '.join(fixes())}")
+    from quantlens.quant.formats import formats, get_format
+
+    console.print("formats (--formats; effective bits per weight, scales included):")
+    for name in formats():
+        try:
+            fmt = get_format(name.replace("{b}", "4").replace("{N}", "128"))
+        except Exception:  # a template that needs other arguments
+            console.print(f"  {name}")
+            continue
+        console.print(f"  {fmt.describe()}" if "{" not in name else f"  {name}, e.g. {fmt.describe()}")
     return 0

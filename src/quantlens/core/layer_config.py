@@ -159,11 +159,17 @@ class LayerQuant:
         }
         if self.convention != "quantlens":
             d["convention"] = self.convention
+        if self.weight is not None and self.weight.format is not None:
+            d["format"] = self.weight.format
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "LayerQuant":
         try:
+            if d.get("format") is not None:
+                a = None if d.get("a_bits") is None else int(d["a_bits"])
+                act = None if a is None else QuantSpec(bits=a, symmetric=False)
+                return cls(weight=QuantSpec(format=str(d["format"])), act=act, fixes=tuple(str(f) for f in d.get("fixes", ())))
             return cls(
                 w_bits=None if d.get("w_bits") is None else int(d["w_bits"]),
                 a_bits=None if d.get("a_bits") is None else int(d["a_bits"]),

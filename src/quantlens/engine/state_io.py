@@ -32,7 +32,7 @@ def state_from_dict(sweep: Any, d: dict) -> Any:
     for i, b, s in d["cells"]:
         acc = CellAccumulator(make_metric(sweep.metric_spec))
         acc.load_state(s)
-        cells[(int(i), int(b))] = acc
+        cells[(int(i), b if isinstance(b, str) else int(b))] = acc
     baseline = make_metric(sweep.metric_spec)
     baseline.load_state(d["baseline"])
     channels = {}

@@ -31,6 +31,7 @@ from quantlens.engine.memory import trim_heap
 from quantlens.metrics.task import Metric, make_metric, update_metric
 from quantlens.core.numerics import analysis_mode
 from quantlens.quant.observers import MinMaxObserver
+from quantlens.quant.padded import padding_note, warn_padded
 from quantlens.quant.quantizer import QuantizedWeight, quantize_weight
 from quantlens.engine.accumulate import CellAccumulator, ChannelStats, channel_axis, per_sample_sq
 from quantlens.data.batches import Batch, extract_output
@@ -87,10 +88,19 @@ class Sweep:
 
             self.reference = copy.deepcopy(reference).eval().to(self.device)
         self.qweights: dict[tuple[int, int], QuantizedWeight] = {}
+        padded: dict[str, list[str]] = {}
         for i in self.layer_ids:
             w = self.runner.float_weight(i)
-            for b in config.w_bits:
-                self.qweights[(i, b)] = quantize_weight(w, config.weight_spec(b))
+            for b in config.columns:
+                spec = config.weight_spec(b)
+                try:
+                    self.qweights[(i, b)] = quantize_weight(w, spec)
+                except QuantlensError as e:
+                    raise QuantlensError(f"layer {self.runner.layers[i].name}: {e}") from None
+                note = padding_note(tuple(w.shape), spec.format, "weight") if spec.format else None
+                if note:
+                    padded.setdefault(spec.format, []).append(f"{self.runner.layers[i].name} ({note})")
+        warn_padded(padded)
 
     # ---- preparation -----------------------------------------------------------------------
     def _make_runner(self, model: nn.Module, sample: Batch, engine: str, method: str = "auto") -> Runner:
@@ -143,7 +153,7 @@ class Sweep:
     def new_state(self, layer_ids: Optional[Sequence[int]] = None) -> SweepState:
         ids = self.layer_ids if layer_ids is None else list(layer_ids)
         return SweepState(
-            cells={(i, b): CellAccumulator(make_metric(self.metric_spec)) for i in ids for b in self.config.w_bits},
+            cells={(i, b): CellAccumulator(make_metric(self.metric_spec)) for i in ids for b in self.config.columns},
             baseline=make_metric(self.metric_spec),
             channels={i: ChannelStats() for i in ids},
             in_range={i: MinMaxObserver() for i in ids},
@@ -179,7 +189,7 @@ class Sweep:
                 state.in_range[i].update(x)
                 state.out_range[i].update(o)
                 state.channels[i].update(o, axis)
-                bits = [b for b in self.config.w_bits if active is None or (i, b) in active]
+                bits = [b for b in self.config.columns if active is None or (i, b) in active]
                 weights = [self.qweights[(i, b)].weight for b in bits]
                 for b, ev in zip(bits, self.runner.evaluations(cache, i, weights) if bits else ()):
                     y = extract_output(ev.output, self.output_key)

@@ -29,7 +29,7 @@ from quantlens.core.sweep_config import SweepConfig
 from quantlens.core.guard import preserve_model
 from quantlens.core.precision import check_dtype_support
 from quantlens.core.progress import make_progress
-from quantlens.core.layer_config import QuantConfig
+from quantlens.core.layer_config import LayerQuant, QuantConfig
 from quantlens.data.batches import check_reiterable
 from quantlens.core.roles import RoleMap, require_roles
 from quantlens.core.workload import RunOptions, Workload, check_workload
@@ -67,18 +67,17 @@ def analyze_roles(
     with preserve_model(model):
         measurer = make_measurer(workload, options)
     roles = require_roles(measurer.names)
-    w = config.weight
     cells: list[Cell] = []
     baseline, hib, name, n = float("nan"), True, "custom", 0
-    bar = make_progress(progress, len(roles.roles) * len(config.w_bits), "roles")
+    bar = make_progress(progress, len(roles.roles) * len(config.columns), "roles")
     for role in roles.roles:
-        for b in config.w_bits:
-            qc = QuantConfig.uniform(roles.layers(role), b, config.a_bits, w.granularity, w.estimator, config.act.estimator,
-                                     convention=w.convention)
+        for b in config.columns:
+            lq = LayerQuant(weight=config.weight_spec(b), act=config.act_spec())
+            qc = QuantConfig(tuple((n, lq) for n in roles.layers(role)), config.act.estimator)
             r = measurer(qc)
             baseline, hib, name, n = r.baseline, r.higher_is_better, r.metric_name, r.num_samples
-            cells.append(Cell(role, b, config.a_bits, r.noise, r.sqnr_db, r.metric, r.degradation,
-                              ci_low=r.ci_low, ci_high=r.ci_high, samples=r.num_samples))
+            cells.append(Cell(role, lq.weight.bits, config.a_bits, r.noise, r.sqnr_db, r.metric, r.degradation,
+                              ci_low=r.ci_low, ci_high=r.ci_high, samples=r.num_samples, format=lq.weight.format_name))
             bar.advance(1)
     bar.close()
     return SweepResult(

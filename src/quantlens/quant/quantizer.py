@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from quantlens.quant.spec import PerChannel, PerGroup, PerTensor, QuantSpec
 from quantlens.quant.observers import HistogramObserver, MinMaxObserver
+from quantlens.quant.padded import quantize_padded
 from quantlens.quant.primitives import fake_quantize
 from quantlens.quant.ranges import estimate_activation, estimate_weight_rows
 
@@ -76,6 +77,8 @@ def quantize_weight(w: Tensor, spec: QuantSpec) -> QuantizedWeight:
 
     A half-precision weight (bf16, fp16) is quantized in float32 and cast back to its dtype.
     """
+    if spec.format is not None:
+        return _quantize_format(w, spec.format)
     dtype = w.dtype
     w = w.detach().float()
     rows = weight_rows(w, spec)
@@ -88,6 +91,16 @@ def quantize_weight(w: Tensor, spec: QuantSpec) -> QuantizedWeight:
         q_rows = fake_quantize(rows.reshape(rows.shape[0], -1), scale, zp, spec.qmin, spec.qmax, axis=0)
         wq = q_rows.reshape(w.shape)
     return QuantizedWeight(wq.to(dtype), scale, zp, lo, hi)
+
+
+def _quantize_format(w: Tensor, fmt: str) -> QuantizedWeight:
+    """``w`` in a named format (:mod:`quantlens.quant.formats`; a block that does not divide the
+    reduction axis is padded, :mod:`quantlens.quant.padded`). The format keeps its own scales:
+    ``scale`` and ``zero_point`` are NaN and 0, ``lo``/``hi`` the weight's range (for reports)."""
+    amax = w.detach().abs().max().float() if w.numel() else torch.zeros(())
+    nan = torch.full((1,), float("nan"))
+    return QuantizedWeight(quantize_padded(w.detach(), fmt, "weight"), nan, torch.zeros(1, dtype=torch.int32),
+                           -amax.reshape(1), amax.reshape(1))
 
 
 def make_observer(spec: Optional[QuantSpec]) -> MinMaxObserver | HistogramObserver:

@@ -141,6 +141,10 @@ class QuantSpec:
         convention: a tool's quantizer convention (``quantlens``, ``onnxruntime``, ``tflite``,
             ``torch-ao``; see :mod:`quantlens.quant.conventions`): it sets the integer grid
             (``qmin``/``qmax``) and the symmetric scale rule for each bit-width.
+        format: a named number format of :mod:`quantlens.quant.formats` (``nvfp4``, ``mxfp4``,
+            ``fp8-e4m3``, ``int4-g128``, ...). When set, the format's rule quantizes the tensor
+            (its own scales and blocks) and ``bits``, ``granularity``, ``estimator`` and
+            ``convention`` are not used.
     """
 
     bits: int = 8
@@ -149,8 +153,15 @@ class QuantSpec:
     estimator: str = "minmax"
     percentile: float = DEFAULT_PERCENTILE
     convention: str = "quantlens"
+    format: Optional[str] = None
 
     def __post_init__(self) -> None:
+        if self.format is not None:
+            from quantlens.quant.formats import get_format
+
+            fmt = get_format(self.format)  # one line if unknown
+            object.__setattr__(self, "format", fmt.name)
+            object.__setattr__(self, "bits", fmt.bits)  # the element's bits (e2m1: 4, e4m3: 8, bf16: 16)
         check_bits(self.bits)
         from quantlens.quant.conventions import get_convention
 
@@ -198,7 +209,23 @@ class QuantSpec:
         }
         if self.convention != "quantlens":
             d["convention"] = self.convention
+        if self.format is not None:
+            d["format"] = self.format
         return d
+
+    @property
+    def format_name(self) -> str:
+        """The format this spec quantizes in: its ``format``, else the integer grid's name
+        (``int4``, ``int4-channel``, ``int4-g128``; ``uint8`` for an affine grid)."""
+        if self.format is not None:
+            return self.format
+        base = f"int{self.bits}" if self.symmetric else f"uint{self.bits}"
+        g = self.granularity
+        if isinstance(g, PerChannel):
+            return base + "-channel"
+        if isinstance(g, PerGroup):
+            return f"{base}-g{g.group_size}"
+        return base
 
     @classmethod
     def from_dict(cls, d: dict) -> "QuantSpec":
@@ -209,6 +236,7 @@ class QuantSpec:
             estimator=d.get("estimator", "minmax"),
             percentile=float(d.get("percentile", DEFAULT_PERCENTILE)),
             convention=str(d.get("convention", "quantlens")),
+            format=d.get("format"),
         )
 
 

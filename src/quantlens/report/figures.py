@@ -20,6 +20,7 @@ from typing import Any, Optional
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from quantlens.sweep.results import column_label, bits_label
 from quantlens.sweep.results import SweepResult
 from quantlens.report.fmt import Units, finite
 from quantlens.report.safe import plot_text
@@ -63,13 +64,13 @@ def layer_profile(result: SweepResult, units: Units, focus: int) -> go.Figure:
                     "noise %{customdata[5]}, mean shift %{customdata[6]} std<extra></extra>")
         fig.add_scatter(x=xs, y=[_val(c.sqnr_db) for c in cells], name=f"SQNR ({b}-bit)", yaxis="y2", visible=vis,
                         mode="lines+markers", line=dict(color="#1f77b4"),
-                        hovertemplate=f"<b>%{{x}}</b><br>SQNR at {b} bits: %{{y:.2f}} dB<extra></extra>")
+                        hovertemplate=f"<b>%{{x}}</b><br>SQNR at {bits_label(b)}: %{{y:.2f}} dB<extra></extra>")
     masks = [[bb == b for bb in bits for _ in (0, 1)] for b in bits]
     titles = [f"Degradation and SQNR per layer, {b}-bit weights" for b in bits]
     active = bits.index(focus)
     fig.update_layout(
         **BASE_LAYOUT, title=dict(text=titles[active], y=0.97), height=440, barmode="group",
-        updatemenus=bits_buttons([f"{b} bits" for b in bits], masks, titles, active),
+        updatemenus=bits_buttons([f"{bits_label(b)}" for b in bits], masks, titles, active),
         yaxis=dict(title=f"{plot_text(result.metric_name)} degradation{' (%)' if units.pct else ''}", zeroline=True),
         yaxis2=dict(title="SQNR (dB)", overlaying="y", side="right", showgrid=False, rangemode="tozero", tickmode="auto"),
         xaxis=dict(title="layer (topological order)", type="category", categoryorder="array", categoryarray=names,
@@ -98,7 +99,7 @@ def heatmap(result: SweepResult, units: Units, saturate: float) -> go.Figure:
           for r1, r2, r3, r4 in zip(deg, sqnr, lo, hi)]
     sat = saturate * units.scale
     fig = go.Figure(go.Heatmap(
-        z=z, x=[f"{b} bits" for b in bits], y=[plot_text(n) for n in names], text=text, texttemplate="%{text}",
+        z=z, x=[f"{bits_label(b)}" for b in bits], y=[plot_text(n) for n in names], text=text, texttemplate="%{text}",
         customdata=cd, zmin=-sat, zmax=sat, zmid=0,
         colorscale=[[0, "#2166ac"], [0.35, "#d1e5f0"], [0.5, "#ffffff"], [0.65, "#fddbc7"], [0.85, "#d6604d"], [1, "#67001f"]],
         colorbar=dict(title=dict(text=f"degradation{' (%)' if units.pct else ''}<br>saturated at {units.deg(saturate)}"),
@@ -110,7 +111,7 @@ def heatmap(result: SweepResult, units: Units, saturate: float) -> go.Figure:
     veil = [[1.0 if finite(a) and finite(b) and a <= 0 <= b else None for a, b in zip(r3, r4)] for r3, r4 in zip(lo, hi)]
     if any(v is not None for row in veil for v in row):
         fig.add_trace(go.Heatmap(
-            z=veil, x=[f"{b} bits" for b in bits], y=[plot_text(n) for n in names], name="interval contains 0",
+            z=veil, x=[f"{bits_label(b)}" for b in bits], y=[plot_text(n) for n in names], name="interval contains 0",
             text=[[f"~{t}" if v is not None else "" for t, v in zip(tr, vr)] for tr, vr in zip(text, veil)],
             texttemplate="%{text}", customdata=cd, showscale=False, zmin=0, zmax=1,
             colorscale=[[0, "rgba(255,255,255,0.65)"], [1, "rgba(255,255,255,0.65)"]],
@@ -132,10 +133,10 @@ def noise_scatter(result: SweepResult, units: Units) -> go.Figure:
     for i, b in enumerate(result.w_bits):
         cells = [c for c in result.at(b) if finite(c.noise)]
         fig.add_scatter(x=[c.noise for c in cells], y=[units.shown(c.degradation) for c in cells], mode="markers",
-                        name=f"{b} bits", marker=dict(size=9, color=COLORS[i % len(COLORS)], line=dict(width=0.5, color="#333")),
+                        name=f"{bits_label(b)}", marker=dict(size=9, color=COLORS[i % len(COLORS)], line=dict(width=0.5, color="#333")),
                         text=[plot_text(c.layer) for c in cells],
                         customdata=[[units.deg(c.degradation, signed=True), f"{c.sqnr_db:.1f}"] for c in cells],
-                        hovertemplate=f"<b>%{{text}}</b> at {b} bits<br>noise %{{x:.4g}} (SQNR %{{customdata[1]}} dB)"
+                        hovertemplate=f"<b>%{{text}}</b> at {bits_label(b)}<br>noise %{{x:.4g}} (SQNR %{{customdata[1]}} dB)"
                         "<br>degradation %{customdata[0]}<extra></extra>")
     fig.update_layout(**BASE_LAYOUT, title="Output noise against degradation, every layer at every bit-width", height=430,
                       xaxis=dict(title="output noise  mean ||y - y_i||^2" + (" (log)" if positive else ""), type="log" if positive else "linear"),
@@ -157,9 +158,9 @@ def activation_figure(result: SweepResult, focus: int) -> go.Figure:
                     hovertemplate=f"<b>%{{x}}</b><br>{label} [%{{customdata[0]:.4g}}, %{{customdata[1]:.4g}}]<extra></extra>")
     for i, b in enumerate(result.w_bits):
         cells = result.at(b)
-        fig.add_scatter(x=[plot_text(c.layer) for c in cells], y=[_val(c.mean_shift) for c in cells], name=f"mean shift {b}b", mode="lines+markers",
+        fig.add_scatter(x=[plot_text(c.layer) for c in cells], y=[_val(c.mean_shift) for c in cells], name=f"mean shift {column_label(b)}", mode="lines+markers",
                         line=dict(color=COLORS[i % len(COLORS)], width=3 if b == focus else 1.5), row=2, col=1,
-                        visible=True if b in (focus, min(result.w_bits)) or len(result.w_bits) <= 3 else "legendonly",
+                        visible=True if b in (focus, result.w_bits[0]) or len(result.w_bits) <= 3 else "legendonly",
                         hovertemplate=f"<b>%{{x}}</b><br>{b}-bit weights: mean shift %{{y:.3g}} std<extra></extra>")
     fig.update_layout(**BASE_LAYOUT, height=560, barmode="group", title="Activation ranges and bias shift (section 4.4)",
                       legend=dict(x=1.01, y=1, xanchor="left", yanchor="top"))

@@ -21,6 +21,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Optional
 
+from quantlens.sweep.results import bits_label
 from quantlens.sweep.results import Cell, LayerInfo, SweepResult
 from quantlens.stats.degradation import summed_degradation
 from quantlens.report.fmt import Units, finite
@@ -155,8 +156,8 @@ def insights(result: SweepResult, bits: int, units: Optional[Units] = None, tol:
             break
         uniform = b
     if total <= tol:
-        out.append(Insight(f"At {bits} bits no layer alone costs more than {u.deg(tol)} of {result.metric_name}: "
-                           f"quantize every layer's weights to {bits} bits.", kind="safe"))
+        out.append(Insight(f"At {bits_label(bits)} no layer alone costs more than {u.deg(tol)} of {result.metric_name}: "
+                           f"quantize every layer's weights to {bits_label(bits)}.", kind="safe"))
     else:
         share = result.share(bits)
         ranked = [c for c in result.worst(bits, len(cells)) if finite(c.degradation) and c.degradation > 0]
@@ -184,7 +185,7 @@ def insights(result: SweepResult, bits: int, units: Optional[Units] = None, tol:
         if group and 1 < len(group) < len(cells) and len(group) <= max(3, len(cells) // 4) and len(group) != len(tier):
             names = ", ".join(c.layer for c in group)
             out.append(Insight(f"{len(group)} of {len(cells)} layers ({names}) carry {cum:.0%} of it: keep those at higher "
-                               f"precision and quantize the rest to {bits} bits.", kind="share"))
+                               f"precision and quantize the rest to {bits_label(bits)}.", kind="share"))
         a_quantized = any(c.a_bits for c in cells)
         for c in ranked:
             if share[c.layer] < CULPRIT_SHARE:
@@ -194,11 +195,11 @@ def insights(result: SweepResult, bits: int, units: Optional[Units] = None, tol:
             keep = f" It stays within {u.deg(tol)} from {sb} bits up." if sb and sb > bits else ""
             why = causes(result, layer, c, a_quantized)
             if why:
-                text = f"{c.layer} ({u.deg(c.degradation)} at {bits} bits): " + "; ".join(why) + "." + keep
+                text = f"{c.layer} ({u.deg(c.degradation)} at {bits_label(bits)}): " + "; ".join(why) + "." + keep
             else:
                 w = layer.weight
                 stats = f"max|w| = {w.absmax_over_std:.1f} std, {w.outliers_3sigma} weights beyond 3 sigma, " if w else ""
-                text = (f"{c.layer} ({u.deg(c.degradation)} at {bits} bits): no stored statistic flags it ({stats}"
+                text = (f"{c.layer} ({u.deg(c.degradation)} at {bits_label(bits)}): no stored statistic flags it ({stats}"
                         f"mean shift {c.mean_shift:.2f} std); its sensitivity comes from its place in the network"
                         + (f" and its size ({layer.params:,} parameters)" if layer.params < 1000 else "")
                         + ": keep it at higher precision." + keep)
@@ -216,6 +217,6 @@ def insights(result: SweepResult, bits: int, units: Optional[Units] = None, tol:
         out.append(Insight(f"Every layer stays within {u.deg(tol)} from {uniform} bits up: the lowest safe uniform weight bit-width.", kind="safe"))
     else:
         out.append(Insight(f"No swept bit-width keeps every layer within {u.deg(tol)}: plan mixed precision or fix the culprit layers.", kind="info"))
-    out.append(Insight(f"By the paper's additivity (Figure 2), quantizing every layer to {bits} bits should cost about the sum, "
+    out.append(Insight(f"By the paper's additivity (Figure 2), quantizing every layer to {bits_label(bits)} should cost about the sum, "
                        f"{u.deg(total)}; depthwise layers with a mean shift make the real figure larger.", kind="info"))
     return out

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from quantlens.sweep.results import bits_label
 from quantlens.sweep.results import Cell, SweepResult
 from quantlens.stats.resolve import Verdict, samples_to_resolve, separated, significance
 from quantlens.report.fmt import Units, finite
@@ -77,10 +78,10 @@ def noise_sentences(result: SweepResult, bits: int, u: Optional[Units] = None) -
     better = [c for c in cells if verdict(c) == "better"]
     out = []
     if worse:
-        out.append(f"At {bits} bits {len(worse)} of {len(cells)} layers are significantly worse than float (95% interval above 0): "
+        out.append(f"At {bits_label(bits)} {len(worse)} of {len(cells)} layers are significantly worse than float (95% interval above 0): "
                    + ", ".join(f"{c.layer} {ci_text(c, u)}" for c in worse[:6]) + ("" if len(worse) <= 6 else ", ...") + ".")
     else:
-        out.append(f"At {bits} bits no layer is significantly worse than float on {n:,} samples (every 95% interval contains 0).")
+        out.append(f"At {bits_label(bits)} no layer is significantly worse than float on {n:,} samples (every 95% interval contains 0).")
     if zero:
         lead = max(zero, key=lambda c: c.degradation if finite(c.degradation) else float("-inf"))
         need = samples_to_resolve(lead.degradation, lead.interval) if lead.interval and lead.degradation > 0 else 0  # type: ignore[arg-type]

@@ -24,6 +24,7 @@ from typing import Optional
 
 import plotly.graph_objects as go
 
+from quantlens.sweep.results import bits_label
 from quantlens.sweep.results import SweepResult
 from quantlens.core.roles import assign_roles
 from quantlens.report.figures import BASE_LAYOUT, bits_buttons
@@ -113,6 +114,6 @@ def role_heatmap(result: SweepResult, units: Units, saturate: float, focus: int)
     active = bits.index(focus) if focus in bits else 0
     masks = [[i == j for j in range(len(views))] for i in range(len(views))]
     fig.update_layout(**BASE_LAYOUT, title=dict(text=titles[active], y=0.98), height=max(300, 30 * len(views[0].roles) + 180),
-                      updatemenus=bits_buttons([f"{b} bits" for b in bits], masks, titles, active),
+                      updatemenus=bits_buttons([f"{bits_label(b)}" for b in bits], masks, titles, active),
                       yaxis=dict(autorange="reversed", type="category"), xaxis=dict(side="bottom", type="category"))
     return fig

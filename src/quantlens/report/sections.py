@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from quantlens.sweep.results import column_label
 from quantlens.sweep.results import SweepResult
 from quantlens.report.extras import Extras
 from quantlens.report.fmt import Units, finite
@@ -77,12 +78,12 @@ def layers_table(result: SweepResult, units: Units, focus: int) -> str:
     """Every layer with its degradation at every bit-width and its statistics; click a header to sort."""
     bits = result.w_bits
     share = result.share(focus)
-    heads = ["#", "layer", "op", "kind", "params"] + [f"deg@{b}b" for b in bits]
-    heads += [f"SQNR@{focus}b (dB)", f"share@{focus}b", "max|w|/std", "outliers >3σ", f"clip@{focus}b",
-              f"mean shift@{focus}b", "input range", "output range", f"95% CI@{focus}b"]
+    heads = ["#", "layer", "op", "kind", "params"] + [f"deg@{column_label(b)}" for b in bits]
+    heads += [f"SQNR@{column_label(focus)} (dB)", f"share@{column_label(focus)}", "max|w|/std", "outliers >3σ", f"clip@{column_label(focus)}",
+              f"mean shift@{column_label(focus)}", "input range", "output range", f"95% CI@{column_label(focus)}"]
     split = any(c.noise_source for c in result.cells)
     if split:
-        heads.append(f"noise source@{focus}b")
+        heads.append(f"noise source@{column_label(focus)}")
     rows = []
     for l in result.layers:
         c = result.find(l.name, focus)

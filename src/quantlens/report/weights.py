@@ -84,7 +84,7 @@ def weight_histograms(result: SweepResult, focus: int) -> Optional[go.Figure]:
     wcfg = result.config.get("weight") if isinstance(result.config, dict) else None
     wcfg = wcfg if isinstance(wcfg, dict) else {}
     symmetric, granularity = bool(wcfg.get("symmetric", True)), str(wcfg.get("granularity", "per-tensor"))
-    cells = {c.layer: c for c in result.cells if c.w_bits == focus}
+    cells = {c.layer: c for c in result.cells if result.key_of(c) == focus}
     worst = [c.layer for c in result.worst(focus, 1)]
     first = next((i for i, l in enumerate(layers) if worst and l.name == worst[0]), 0)
     fig = go.Figure()

@@ -22,6 +22,7 @@ from quantlens.engine.state import SweepState
 from quantlens.engine.sweep import Sweep
 from quantlens.stats.degradation import degradation
 from quantlens.stats.intervals import metric_interval
+from quantlens.quant.formats import get_format
 from quantlens.sweep.results import Cell, LayerInfo, SweepResult, WeightStats
 
 __all__ = ["collect", "layer_info", "weight_stats"]
@@ -73,7 +74,7 @@ def collect(sweep: Sweep, state: SweepState, elapsed_s: float = float("nan"), mo
     for i in sweep.layer_ids:
         l = sweep.runner.layers[i]
         std = state.channels[i].std()
-        for b in sweep.config.w_bits:
+        for b in sweep.config.columns:
             acc = state.cells[(i, b)]
             m = acc.metric.compute()
             deg = degradation(baseline, m, sweep.higher_is_better)
@@ -83,7 +84,8 @@ def collect(sweep: Sweep, state: SweepState, elapsed_s: float = float("nan"), mo
             cells.append(
                 Cell(
                     layer=l.name,
-                    w_bits=b,
+                    w_bits=get_format(b).bits if isinstance(b, str) else b,
+                    format=sweep.config.weight_spec(b).format_name,
                     a_bits=sweep.config.a_bits,
                     noise=acc.noise_mean,
                     sqnr_db=acc.sqnr_db,

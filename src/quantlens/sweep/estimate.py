@@ -69,6 +69,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
+from quantlens.quant.formats import get_format
+from quantlens.sweep.results import bits_label
 from quantlens.sweep.collect import collect, layer_info
 from quantlens.core import jsonio
 from quantlens.data.batches import extract_output, iterate
@@ -119,8 +121,11 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else float("nan")
 
 
-def check_bits(w_bits: Sequence[int]) -> int:
-    """The bit-width the check measures: 4 if swept (the usual target), else the lowest swept."""
+def check_bits(w_bits: Sequence) -> "int | str":
+    """The column the check measures: 4 bits if swept (the usual target), else the lowest swept;
+    in a sweep over formats, the format of fewest effective bits (the first column)."""
+    if any(isinstance(b, str) for b in w_bits):
+        return w_bits[0]
     return 4 if 4 in w_bits else min(w_bits)
 
 
@@ -263,7 +268,7 @@ def first_order(sweep: Any, data: Iterable[Any], seed: int = 0) -> dict[tuple[in
     if not isinstance(runner, ConeRunner):
         raise QuantlensError(NO_GRADIENT.format(why="the model is run through forward hooks, not a traced graph"))
     ids = list(sweep.layer_ids)
-    bits = list(sweep.config.w_bits)
+    bits = list(sweep.config.columns)
     spec = sweep.config.act_spec()
     calibrate = spec is not None and not all(runner.in_q[i].enabled for i in ids)
     ins = {i: make_observer(spec) for i in ids} if calibrate else {}
@@ -350,9 +355,11 @@ def estimate_sweep(sweep: Any, data: Iterable[Any], k: int = 5, seed: int = 0, m
     """Estimate every cell, then measure the estimate's top ``k`` and ``k`` random layers exactly
     at ``check_at`` bits (default :func:`check_bits`) with their cones, one float pass per batch,
     and report the check (Spearman, top-``k`` overlap) in ``extra["estimate"]``."""
-    b_chk = check_bits(sweep.config.w_bits) if check_at is None else check_at
-    if b_chk not in sweep.config.w_bits:
-        raise QuantlensError(f"the estimate's check at {b_chk} bits needs that bit-width in the sweep ({list(sweep.config.w_bits)})")
+    cols = sweep.config.columns
+    b_chk = check_bits(cols) if check_at is None else check_at
+    if b_chk not in cols:
+        raise QuantlensError(f"the estimate's check at {bits_label(b_chk)} needs that "
+                             f"{'format' if isinstance(b_chk, str) else 'bit-width'} in the sweep ({list(cols)})")
     t0 = time.perf_counter()
     est = first_order(sweep, data, seed)
     t_est = time.perf_counter() - t0
@@ -362,7 +369,8 @@ def estimate_sweep(sweep: Any, data: Iterable[Any], k: int = 5, seed: int = 0, m
     t1 = time.perf_counter()
     check = copy.copy(sweep)  # the same prepared network (cones, quantizers), fewer cells
     check.layer_ids = sorted(chosen)
-    check.config = dataclasses.replace(sweep.config, w_bits=(b_chk,))
+    check.config = (dataclasses.replace(sweep.config, formats=(b_chk,)) if sweep.config.formats
+                    else dataclasses.replace(sweep.config, w_bits=(b_chk,)))
     state = check.new_state()
     for batch in iterate(data, "data"):
         check.process_batch(state, batch)
@@ -375,13 +383,15 @@ def estimate_sweep(sweep: Any, data: Iterable[Any], k: int = 5, seed: int = 0, m
     rho = spearman(xs, ys)
     cells = []
     for i in sweep.layer_ids:
-        for b in sweep.config.w_bits:
+        for b in cols:
             if b == b_chk and i in chosen:
                 cells.append(dataclasses.replace(exact.cell(names[i], b), estimate=est[(i, b)]))
             else:
                 nan = jsonio.NAN
-                cells.append(Cell(layer=names[i], w_bits=b, a_bits=sweep.config.a_bits, noise=nan, sqnr_db=nan, metric=nan,
-                                  degradation=nan, estimate=est[(i, b)], samples=0))
+                spec = sweep.config.weight_spec(b)
+                cells.append(Cell(layer=names[i], w_bits=get_format(b).bits if isinstance(b, str) else b, a_bits=sweep.config.a_bits,
+                                  noise=nan, sqnr_db=nan, metric=nan, degradation=nan, estimate=est[(i, b)], samples=0,
+                                  format=spec.format_name))
     info = {"k": k, "check_bits": b_chk, "spearman": rho, "topk_overlap": {b_chk: len(set(ranked[:k]) & set(top_exact)) / max(1, min(k, len(chosen)))},
             "trusted": bool(rho >= TRUST_SPEARMAN), "checked_cells": len(xs), "estimate_s": t_est, "check_s": t_exact,
             "unit": _unit(make_metric(sweep.metric_spec))}

@@ -22,7 +22,7 @@ from quantlens.stats.degradation import shares, summed_degradation
 from quantlens.errors import QuantlensError
 from quantlens.core.jsonio import num as _num
 
-__all__ = ["SCHEMA", "WeightStats", "LayerInfo", "Cell", "SweepResult"]
+__all__ = ["column_label", "bits_label", "SCHEMA", "WeightStats", "LayerInfo", "Cell", "SweepResult"]
 
 SCHEMA = "quantlens/sweep-v1"
 
@@ -126,6 +126,7 @@ class Cell(Measured):
     noise_input: float = jsonio.NAN
     noise_output: float = jsonio.NAN
     estimate: float = jsonio.NAN
+    format: str = ""
 
     @property
     def noise_parts(self) -> dict[str, float]:
@@ -168,9 +169,46 @@ class SweepResult:
     extra: dict = field(default_factory=dict)
 
     # ---- queries -----------------------------------------------------------------------
+    @cached_property
+    def is_format_sweep(self) -> bool:
+        """Whether the columns are named formats (``--formats``) rather than bit-widths."""
+        return bool(self.config.get("formats"))
+
+    def key_of(self, c: Cell) -> "int | str":
+        """The column of cell ``c``: its format in a sweep over formats, else its bits."""
+        return c.format if self.is_format_sweep else c.w_bits
+
+    @cached_property
+    def w_bits(self) -> list:
+        """The sweep's columns: its weight bit-widths (ints), or, for a sweep over formats, the
+        format names ordered by effective bits (:attr:`Cell.column`)."""
+        if not self.is_format_sweep:
+            return sorted({c.w_bits for c in self.cells})
+        from quantlens.quant.formats import get_format
+
+        names = list(dict.fromkeys(c.format for c in self.cells))
+        return sorted(names, key=lambda n: (get_format(n).effective_bits, names.index(n)))
+
     @property
-    def w_bits(self) -> list[int]:
-        return sorted({c.w_bits for c in self.cells})
+    def columns(self) -> list:
+        """The same as :attr:`w_bits`."""
+        return self.w_bits
+
+    def column(self, key: "int | str") -> "int | str":
+        """The column ``key`` names: a bit-width, a format name, or in a sweep over formats an
+        integer ``b`` for the format ``int{b}``."""
+        if self.is_format_sweep and isinstance(key, int) and not isinstance(key, bool):
+            return f"int{key}"
+        if isinstance(key, str) and not self.is_format_sweep:
+            try:
+                return int(key.lower().removeprefix("int"))
+            except ValueError:
+                return key
+        if isinstance(key, str):
+            from quantlens.quant.formats import get_format
+
+            return get_format(key).name
+        return key
 
     @property
     def layer_names(self) -> list[str]:
@@ -178,24 +216,29 @@ class SweepResult:
 
     @cached_property
     def _by_key(self) -> dict[tuple[str, int], Cell]:
-        return {(c.layer, c.w_bits): c for c in self.cells}
+        return {(c.layer, self.key_of(c)): c for c in self.cells}
 
-    def find(self, layer: str, bits: int) -> Optional[Cell]:
-        """The cell of ``layer`` at ``bits``, or None."""
-        return self._by_key.get((layer, bits))
+    def find(self, layer: str, bits: "int | str") -> Optional[Cell]:
+        """The cell of ``layer`` at ``bits`` (a bit-width or a format name), or None."""
+        try:
+            key = self.column(bits)
+        except QuantlensError:
+            return None
+        return self._by_key.get((layer, key))
 
-    def cell(self, layer: str, bits: int) -> Cell:
+    def cell(self, layer: str, bits: "int | str") -> Cell:
         c = self.find(layer, bits)
         if c is None:
-            raise QuantlensError(f"no cell for layer {layer!r} at {bits} bits")
+            raise QuantlensError(f"no cell for layer {layer!r} at {column_label(bits)}")
         return c
 
-    def at(self, bits: int) -> list[Cell]:
-        """Cells at one bit-width, layers in topological order."""
-        if bits not in self.w_bits:
-            raise QuantlensError(f"no results at {bits} bits; the sweep has {self.w_bits}")
+    def at(self, bits: "int | str") -> list[Cell]:
+        """Cells at one bit-width (or format), layers in topological order."""
+        key = self.column(bits)
+        if key not in self.w_bits:
+            raise QuantlensError(f"no results at {column_label(bits)}; the sweep has {', '.join(map(column_label, self.w_bits))}")
         order = {n: i for i, n in enumerate(self.layer_names)}
-        return sorted((c for c in self.cells if c.w_bits == bits), key=lambda c: order[c.layer])
+        return sorted((c for c in self.cells if self.key_of(c) == key), key=lambda c: order[c.layer])
 
     def worst(self, bits: int, k: int = 5) -> list[Cell]:
         """The ``k`` layers with the largest degradation at ``bits`` (ties: lower SQNR first)."""
@@ -210,7 +253,7 @@ class SweepResult:
         """``sum_l max(0, d_l)`` at ``bits`` (the rule for NaN/Inf cells: :mod:`quantlens.stats.degradation`)."""
         return summed_degradation(c.degradation for c in self.at(bits))
 
-    def table(self, value: str = "degradation") -> tuple[list[str], list[int], list[list[float]]]:
+    def table(self, value: str = "degradation") -> tuple[list[str], list, list[list[float]]]:
         """``(layer names, bits, matrix[layer][bits])`` of one cell field."""
         bits = self.w_bits
         nan = float("nan")
@@ -292,6 +335,16 @@ class SweepResult:
     def to_csv(self, path: Union[str, os.PathLike]) -> None:
         """Write the cells as CSV, atomically (see :func:`quantlens.core.jsonio.write_atomic`)."""
         jsonio.write_atomic(path, self.to_dataframe().to_csv(index=False))
+
+
+def column_label(key: "int | str") -> str:
+    """How a column is named to a user: ``4b`` for a bit-width, the format's name otherwise."""
+    return f"{key}b" if isinstance(key, int) and not isinstance(key, bool) else str(key)
+
+
+def bits_label(key: "int | str") -> str:
+    """A column in a sentence: ``4 bits`` for a bit-width, the format's name otherwise."""
+    return f"{key} bits" if isinstance(key, int) and not isinstance(key, bool) else str(key)
 
 
 def _nan_low(x: float) -> float:

@@ -74,7 +74,7 @@ def split_noise(sweep: Any, data: Iterable[Any], result: SweepResult) -> SweepRe
     a_on = sweep.config.a_bits is not None
     parts: dict[tuple[int, Any], CellAccumulator] = {}
     for i in sweep.layer_ids:
-        for b in sweep.config.w_bits:
+        for b in sweep.config.columns:
             parts[(i, b)] = CellAccumulator(make_metric(sweep.metric_spec))
         if a_on:
             for p in ("input", "output"):
@@ -87,7 +87,7 @@ def split_noise(sweep: Any, data: Iterable[Any], result: SweepResult) -> SweepRe
             y_ref = extract_output(out if sweep.reference is None else inputs.call(sweep.reference), sweep.output_key)
             signal = per_sample_sq(y_ref)
             for i in sweep.layer_ids:
-                for b in sweep.config.w_bits:
+                for b in sweep.config.columns:
                     y = extract_output(evaluate_part(sweep.runner, cache, i, "weights", sweep.qweights[(i, b)].weight), sweep.output_key)
                     parts[(i, b)].update(y_ref, y, labels, signal)
                 if a_on:
@@ -103,7 +103,7 @@ def split_noise(sweep: Any, data: Iterable[Any], result: SweepResult) -> SweepRe
         i = by_name[c.layer]
         cells.append(dataclasses.replace(
             c,
-            noise_weights=parts[(i, c.w_bits)].noise_mean,
+            noise_weights=parts[(i, result.key_of(c))].noise_mean,
             noise_input=parts[(i, "input")].noise_mean if a_on else nan,
             noise_output=parts[(i, "output")].noise_mean if a_on else nan,
         ))
