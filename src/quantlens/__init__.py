@@ -17,6 +17,8 @@ Example:
     >>> result.worst(bits=4, k=5)
 """
 
+from typing import TYPE_CHECKING
+
 from quantlens._version import __version__
 from quantlens.core.experiment import ExperimentSpec
 from quantlens.core.layer_config import LayerQuant, QuantConfig
@@ -38,6 +40,9 @@ from quantlens.stats.measurement import Measurement
 from quantlens.sweep.api import analyze
 from quantlens.sweep.methods import Adaptive, Estimate, Exact
 from quantlens.sweep.results import Cell, LayerInfo, SweepResult
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     # verbs
