@@ -147,3 +147,77 @@ def test_cli_formats_table_and_errors(tmp_path, capsys):
                    "--no-progress", *extra])
         assert rc == 2 and msg in capsys.readouterr().err
     assert main(["info"]) == 0 and "nvfp4: E2M1 elements" in capsys.readouterr().out
+
+
+def _naive_act(model: nn.Sequential, data: list, index: int, wfmt: str, afmt: str) -> float:
+    """The cell of Linear ``model[index]`` by hooks: its weight in ``wfmt``; its input and its output
+    after its ReLU (or its own output, for the last layer) in ``afmt``, with fp8's and nvfp4's
+    static scales from the float network's amax over ``data``."""
+    from quantlens.quant.formats import ELEMENTS, cast_to_element, fake_quantize_activation, get_format
+
+    f = get_format(afmt)
+    after = index + 1 if index + 1 < len(model) and isinstance(model[index + 1], nn.ReLU) else index
+    amax = {"in": 0.0, "out": 0.0}
+    with torch.no_grad():
+        for x, _ in data:
+            h = x
+            for k, mod in enumerate(model):
+                if k == index:
+                    amax["in"] = max(amax["in"], float(h.abs().max()))
+                h = mod(h)
+                if k == after:
+                    amax["out"] = max(amax["out"], float(h.abs().max()))
+
+    def q(t: torch.Tensor, which: str) -> torch.Tensor:
+        if f.family == "fp8" and f.scope == "tensor":
+            s = torch.tensor(amax[which] / ELEMENTS[f.element].max)
+            return cast_to_element(t / s, ELEMENTS[f.element]) * s
+        s2 = torch.tensor(amax[which] / 2688) if f.family == "nvfp4" else None
+        k = t.shape[-1]
+        pad = (-k) % f.block if f.scope == "block" else 0  # the policy: zeros to a whole last block
+        return fake_quantize_activation(torch.nn.functional.pad(t, (0, pad)), f, global_scale=s2)[..., :k]
+
+    qm = copy.deepcopy(model)
+    with torch.no_grad():
+        qm[index].weight.copy_(ql.fake_quantize(qm[index].weight, wfmt))
+    qm[index].register_forward_pre_hook(lambda m, a: (q(a[0], "in"),))
+    qm[after].register_forward_hook(lambda m, a, out: q(out, "out"))
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for x, _ in data:
+            d = (model(x) - qm(x)).double()
+            total += float((d * d).sum())
+            n += x.shape[0]
+    return total / n
+
+
+@pytest.mark.parametrize("afmt", ["fp8-e4m3", "mxfp8", "mxfp4", "nvfp4"])
+def test_activation_formats_equal_a_hooked_naive_loop(afmt):
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16)).eval()
+    d = _data()
+    r = ql.analyze(m, d, formats=["nvfp4", "fp8-e4m3"], a_format=afmt, metric="kl")
+    assert r.config["a_format"] == afmt
+    for name, index in (("0", 0), ("2", 2), ("4", 4)):
+        for wfmt in ("nvfp4", "fp8-e4m3"):
+            want = _naive_act(m, d, index, wfmt, afmt)
+            got = r.cell(name, wfmt).noise
+            assert abs(got - want) <= 1e-5 * want, (name, wfmt, afmt, got, want)
+    naive = ql.analyze(m, d, formats=["nvfp4"], a_format=afmt, metric="kl", engine="naive")
+    assert [c.noise for c in naive.cells] == [r.cell(c.layer, "nvfp4").noise for c in naive.cells]
+
+
+def test_activation_format_errors_and_shorthands():
+    m, d = MLP().eval(), _data(2)
+    with pytest.raises(QuantlensError, match="give a_format or a_bits, not both"):
+        ql.analyze(m, d, formats=["nvfp4"], a_format="nvfp4", a_bits=8, metric="kl")
+    with pytest.raises(QuantlensError, match="unknown number format 'fp9'"):
+        ql.analyze(m, d, formats=["nvfp4"], a_format="fp9", metric="kl")
+    with pytest.raises(QuantlensError, match="--estimate models integer activations"):
+        ql.analyze(m, d, formats=["nvfp4"], a_format="nvfp4", metric="kl", method="estimate")
+    none = ql.analyze(m, d, formats=["nvfp4"], a_format="none", metric="kl")
+    flt = ql.analyze(m, d, formats=["nvfp4"], a_bits=None, metric="kl")
+    assert [c.noise for c in none.cells] == [c.noise for c in flt.cells]
+    i8 = ql.analyze(m, d, formats=["nvfp4"], a_format="int8", metric="kl")
+    b8 = ql.analyze(m, d, formats=["nvfp4"], a_bits=8, metric="kl")
+    assert [c.noise for c in i8.cells] == [c.noise for c in b8.cells]

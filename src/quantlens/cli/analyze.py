@@ -51,11 +51,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from quantlens.sweep.api import analyze, make_config
 
-    a_bits = parse_a_bits(args.a_bits)
+    if args.a_format is not None and args.a_bits is not None:
+        from quantlens.errors import QuantlensError
+
+        raise QuantlensError("give --a-format or --a-bits, not both: --a-format int8 is 8-bit integer activations, none float")
+    a_bits = parse_a_bits(args.a_bits or "8")
     formats = _formats(args)
     w_bits = parse_bits_list(args.w_bits or args.w_bits_default) if not formats else ()
     cfg = make_config(w_bits, a_bits, args.granularity, args.weight_estimator, args.act_estimator, convention=args.convention,
-                      formats=formats)
+                      formats=formats, a_format=args.a_format)
     out = prepare_out_dir(args.out)
     model, data, calib, reference = load_inputs(args)
     if args.group_by == "role":

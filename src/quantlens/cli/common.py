@@ -73,7 +73,10 @@ def add_quant_args(p: argparse.ArgumentParser, w_bits_default: str = "3,4,5,6,7,
                    help="named weight formats as the sweep's columns instead of --w-bits: nvfp4, mxfp4, mxfp6, mxfp8, "
                    "fp8-e4m3[-channel|-block128], int4-g128, bf16, ... (`quantlens info` lists them)")
     p.set_defaults(w_bits_default=w_bits_default)
-    p.add_argument("--a-bits", default="8", help="activation bits, or 'none' for float activations (default: 8)")
+    p.add_argument("--a-bits", default=None, help="activation bits, or 'none' for float activations (default: 8)")
+    p.add_argument("--a-format", default=None, metavar="FMT",
+                   help="activations in a format instead of --a-bits: int8, fp8-e4m3 (static scale), mxfp8, mxfp4, nvfp4 "
+                   "(block scales per batch along the consumer's reduction axis), none")
     p.add_argument("--granularity", default="per-tensor", help="weights: per-tensor, per-channel or per-group-N")
     p.add_argument("--weight-estimator", default="minmax", help=f"weight range: {', '.join(estimators())}")
     p.add_argument("--act-estimator", default="minmax", help="activation range: minmax, percentile, mse")
@@ -120,7 +123,8 @@ def print_summary(result: SweepResult, k: int = 5, rank_bits: Optional[int] = No
         f"float {result.metric_name} = [bold]{base}[/bold] (engine: {result.engine})"
     )
     table = Table(title=f"worst layers at {rb}-bit weights" if isinstance(rb, int) else f"worst layers in {rb} weights"
-                  + (f", {result.cells[0].a_bits}-bit activations" if result.cells[0].a_bits else ", float activations"))
+                  + (f", {result.config['a_format']} activations" if result.config.get("a_format")
+                     else f", {result.cells[0].a_bits}-bit activations" if result.cells[0].a_bits else ", float activations"))
     table.add_column("#", justify="right")
     table.add_column("layer", overflow="fold", min_width=16)
     table.add_column("op")

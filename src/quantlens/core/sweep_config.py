@@ -32,8 +32,11 @@ class SweepConfig:
     weight: QuantSpec = field(default_factory=default_weight_spec)
     act: QuantSpec = field(default_factory=default_act_spec)
     formats: tuple[str, ...] = ()
+    a_format: Optional[str] = None
 
     def __post_init__(self) -> None:
+        if self.a_format is not None:
+            self._set_a_format()
         if self.formats:
             from quantlens.quant.formats import get_format
 
@@ -70,7 +73,27 @@ class SweepConfig:
             return QuantSpec(format=bits)
         return self.weight.with_bits(bits)
 
+    def _set_a_format(self) -> None:
+        """``a_format``: ``none`` (float), ``int{b}`` (the integer grid at ``b`` bits, as ``a_bits``)
+        or a named format of :mod:`quantlens.quant.formats` (``fp8-e4m3``, ``mxfp8``, ``nvfp4``, ...)."""
+        name = str(self.a_format).strip().lower()
+        if name in ("none", "float", "fp32", "off"):
+            object.__setattr__(self, "a_format", None)
+            object.__setattr__(self, "a_bits", None)
+            return
+        if name.startswith("int") and name[3:].isdigit():
+            object.__setattr__(self, "a_format", None)
+            object.__setattr__(self, "a_bits", int(name[3:]))
+            return
+        from quantlens.quant.formats import get_format
+
+        f = get_format(name)
+        object.__setattr__(self, "a_format", f.name)
+        object.__setattr__(self, "a_bits", f.bits)
+
     def act_spec(self) -> Optional[QuantSpec]:
+        if self.a_format is not None:
+            return QuantSpec(format=self.a_format, symmetric=False, estimator=self.act.estimator)
         return None if self.a_bits is None else self.act.with_bits(self.a_bits)
 
     def to_dict(self) -> dict:
@@ -82,4 +105,6 @@ class SweepConfig:
         }
         if self.formats:
             d["formats"] = list(self.formats)
+        if self.a_format is not None:
+            d["a_format"] = self.a_format
         return d

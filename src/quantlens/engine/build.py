@@ -133,7 +133,8 @@ def build_quantized(
 
 
 def layer_quantizers(
-    lq: LayerQuant, act_estimator: str, weight: Tensor, obs_in: Any, obs_out: Any, device: Union[str, torch.device]
+    lq: LayerQuant, act_estimator: str, weight: Tensor, obs_in: Any, obs_out: Any, device: Union[str, torch.device],
+    axis: int = -1,
 ) -> tuple[Optional[QuantizedWeight], Optional[ActQuantizer], Optional[ActQuantizer]]:
     """One layer's quantizers in a whole-network configuration, for every engine: its weight
     quantized as ``lq`` says (None: float), and its input and output quantizers from the
@@ -141,8 +142,8 @@ def layer_quantizers(
     wspec = lq.weight_spec()
     qw = quantize_weight(weight.detach(), wspec) if wspec is not None else None
     aspec = lq.act_spec(act_estimator)
-    iq = ActQuantizer.from_spec(aspec, obs_in).to(device) if aspec is not None and obs_in is not None else None
-    oq = ActQuantizer.from_spec(aspec, obs_out).to(device) if aspec is not None and obs_out is not None else None
+    iq = ActQuantizer.from_spec(aspec, obs_in, axis).to(device) if aspec is not None and obs_in is not None else None
+    oq = ActQuantizer.from_spec(aspec, obs_out, axis).to(device) if aspec is not None and obs_out is not None else None
     return qw, iq, oq
 
 
@@ -151,7 +152,7 @@ def _quantized_call(g: fx.Graph, n: fx.Node, env: dict, layer: Layer, config: Qu
     module = qnet.graph.module(layer)
     ql = QuantLayer(module)
     qw, iq, oq = layer_quantizers(config.layer(layer.name), config.act_estimator, module.weight, obs_in.get(layer.name),
-                                  obs_out.get(layer.name), device)
+                                  obs_out.get(layer.name), device, -1 if layer.op == "Linear" else 1)
     if qw is not None:
         ql.set_weight(qw.weight)
         qnet.weights[layer.name] = qw

@@ -81,6 +81,8 @@ def _quantizer_dict(q: Any) -> dict:
         "zero_point": int(q.zero_point),
         "qmin": int(q.qmin),
         "qmax": int(q.qmax),
+        "format": q.format,
+        "axis": int(q.axis),
     }
 
 
@@ -94,6 +96,7 @@ def _load_quantizer(q: Any, d: dict) -> None:
     q.scale = torch.tensor(d["scale"], dtype=torch.float32, device=q.scale.device)
     q.zero_point = torch.tensor(d["zero_point"], dtype=torch.int32, device=q.zero_point.device)
     q.qmin, q.qmax, q.enabled = int(d["qmin"]), int(d["qmax"]), bool(d["enabled"])
+    q.format, q.axis = d.get("format"), int(d.get("axis", -1))
 
 
 def load_calibration(sweep: Any, d: dict) -> None:

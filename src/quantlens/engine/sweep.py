@@ -145,8 +145,9 @@ class Sweep:
             return 0
         ins, outs, n = self.runner.observe(data, self.layer_ids, spec, self.device)
         for i in self.layer_ids:
-            self.runner.in_q[i].set(spec, ins[i])
-            self.runner.out_q[i].set(spec, outs[i])
+            axis = channel_axis(self.runner.layers[i].op)
+            self.runner.in_q[i].set(spec, ins[i], axis)
+            self.runner.out_q[i].set(spec, outs[i], axis)
         return n
 
     # ---- accumulation ----------------------------------------------------------------------

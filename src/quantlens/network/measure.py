@@ -383,7 +383,8 @@ class EagerNetworkMeasurer(MeasurerBase):
         plan = {}
         for n in config.names:
             i = self._index[n]
-            qw, iq, oq = layer_quantizers(config.layer(n), config.act_estimator, self.runner.float_weight(i), ins[n], outs[n], self.device)
+            qw, iq, oq = layer_quantizers(config.layer(n), config.act_estimator, self.runner.float_weight(i), ins[n], outs[n], self.device,
+                                          -1 if self.runner.layers[i].op == "Linear" else 1)
             plan[i] = (None if qw is None else qw.weight, iq, oq)
 
         def quantized(inputs: Inputs) -> tuple[Any, dict[str, Tensor]]:

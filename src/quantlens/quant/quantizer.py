@@ -111,9 +111,22 @@ def make_observer(spec: Optional[QuantSpec]) -> MinMaxObserver | HistogramObserv
 
 
 class ActQuantizer(nn.Module):
-    """Fake-quantizes activations with fixed per-tensor parameters; identity when disabled.
+    """Fake-quantizes activations; identity when disabled.
 
+    On an integer grid, with fixed per-tensor parameters from calibration:
     ``forward(x) = (clamp(round(x / s) + z, qmin, qmax) - z) * s``.
+
+    In a named format (``spec.format``, :mod:`quantlens.quant.formats`), along the consumer's
+    reduction axis ``axis`` (the last axis for a Linear's input, the channels for a
+    convolution's):
+
+    * ``fp8-e4m3`` / ``fp8-e5m2`` (per tensor): a static scale ``s = amax / fmax`` from the
+      calibration ``amax``, ``q = cast(x / s)``, value ``q * s``;
+    * ``nvfp4``: its tensor scale ``s2 = amax / (6 * 448)`` static from calibration, block
+      scales from each batch's values;
+    * every other format (MX, ``-channel``, ``-block128``, ``int{b}``): its scales from each
+      batch's values (dynamic), a block that does not divide the axis padded
+      (:mod:`quantlens.quant.padded`).
     """
 
     def __init__(self) -> None:
@@ -121,25 +134,60 @@ class ActQuantizer(nn.Module):
         self.enabled = False
         self.qmin = 0
         self.qmax = 255
+        self.format: Optional[str] = None
+        self.axis = -1
         self.register_buffer("scale", torch.ones(()), persistent=False)
         self.register_buffer("zero_point", torch.zeros((), dtype=torch.int32), persistent=False)
 
     @classmethod
-    def from_spec(cls, spec: Optional[QuantSpec], obs: Optional[MinMaxObserver | HistogramObserver]) -> "ActQuantizer":
+    def from_spec(cls, spec: Optional[QuantSpec], obs: Optional[MinMaxObserver | HistogramObserver], axis: int = -1) -> "ActQuantizer":
         q = cls()
         if spec is not None and obs is not None:
-            q.set(spec, obs)
+            q.set(spec, obs, axis)
         return q
 
-    def set(self, spec: QuantSpec, obs: MinMaxObserver | HistogramObserver) -> None:
+    def set(self, spec: QuantSpec, obs: MinMaxObserver | HistogramObserver, axis: int = -1) -> None:
+        if spec.format is not None:
+            self.set_format(spec.format, max(abs(obs.min), abs(obs.max)) if not obs.empty else 0.0, axis)
+            return
         lo, hi = estimate_activation(obs, spec)
         scale, zp = spec.qparams(torch.tensor(lo), torch.tensor(hi))
         self.scale = scale.to(self.scale.device)
         self.zero_point = zp.to(self.zero_point.device)
         self.qmin, self.qmax = spec.qmin, spec.qmax
+        self.format = None
+        self.enabled = True
+
+    def set_format(self, fmt: str, amax: float, axis: int = -1) -> None:
+        """Quantize in the named format ``fmt``, with the calibration's ``amax`` for its static scale."""
+        from quantlens.quant.formats import ELEMENTS, get_format
+
+        f = get_format(fmt)
+        self.format, self.axis = f.name, int(axis)
+        s = 1.0
+        if f.family == "fp8" and f.scope == "tensor":
+            s = amax / ELEMENTS[f.element].max if amax > 0 else 1.0
+        elif f.family == "nvfp4":
+            s = amax / (6 * 448) if amax > 0 else 1.0
+        self.scale = torch.tensor(s, dtype=torch.float32, device=self.scale.device)
         self.enabled = True
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.enabled:
             return x
+        if self.format is not None:
+            return self._format_forward(x)
         return fake_quantize(x, self.scale, self.zero_point, self.qmin, self.qmax)
+
+    def _format_forward(self, x: Tensor) -> Tensor:
+        from quantlens.quant.formats import ELEMENTS, cast_to_element, get_format
+
+        f = get_format(self.format)
+        moved = self.axis not in (-1, x.dim() - 1) and x.dim() > 1
+        t = x.movedim(self.axis, -1) if moved else x
+        if f.family == "fp8" and f.scope == "tensor":
+            s = self.scale.to(torch.float32)
+            q = (cast_to_element(t.float() / s, ELEMENTS[f.element]) * s).to(t.dtype)
+        else:
+            q = quantize_padded(t, f, "activation", global_scale=self.scale if f.family == "nvfp4" else None)
+        return q.movedim(-1, self.axis) if moved else q

@@ -45,6 +45,7 @@ def make_config(
     symmetric_weights: bool = True,
     convention: str = "quantlens",
     formats: Optional[Sequence[str]] = None,
+    a_format: Optional[str] = None,
 ) -> SweepConfig:
     """A :class:`SweepConfig` from the plain options of :func:`analyze` (``convention``: a tool's
     quantizer grid and scale rule, :mod:`quantlens.quant.conventions`)."""
@@ -53,10 +54,11 @@ def make_config(
         bits = tuple(int(b) if not isinstance(b, bool) else b for b in w_bits)  # type: ignore[misc]
     except (TypeError, ValueError):
         raise QuantlensError(f"w_bits must be integers, got {w_bits!r}") from None
+    act = QuantSpec(bits=8, symmetric=False, granularity=PerTensor(), estimator=act_estimator, convention=convention)
     if formats:
-        return SweepConfig(w_bits=(), a_bits=a_bits, formats=tuple(formats),
-                           act=QuantSpec(bits=8, symmetric=False, granularity=PerTensor(), estimator=act_estimator, convention=convention))
+        return SweepConfig(w_bits=(), a_bits=a_bits, formats=tuple(formats), act=act, a_format=a_format)
     return SweepConfig(
+        a_format=a_format,
         w_bits=bits,
         a_bits=a_bits,
         weight=QuantSpec(bits=8, symmetric=symmetric_weights, granularity=g, estimator=weight_estimator, convention=convention),
@@ -72,7 +74,7 @@ class _Unset:
 
 
 _UNSET: Any = _Unset()
-_SPEC_DEFAULTS = {"w_bits": range(3, 9), "formats": None, "a_bits": 8, "granularity": "per-tensor", "weight_estimator": "minmax",
+_SPEC_DEFAULTS = {"w_bits": range(3, 9), "formats": None, "a_bits": 8, "a_format": None, "granularity": "per-tensor", "weight_estimator": "minmax",
                   "act_estimator": "minmax"}
 _WORKLOAD_DEFAULTS = {"metric": "top1", "calib": None, "reference": None, "output_key": None}
 _OPTION_DEFAULTS = {"device": "cpu", "backend": "serial", "address": None, "cache": None, "fresh": False, "progress": False}
@@ -96,6 +98,7 @@ def analyze(
     w_bits: Iterable[int] = _UNSET,
     formats: Optional[Sequence[str]] = _UNSET,
     a_bits: Optional[int] = _UNSET,
+    a_format: Optional[str] = _UNSET,
     granularity: Union[str, Granularity] = _UNSET,
     weight_estimator: str = _UNSET,
     act_estimator: str = _UNSET,
@@ -118,7 +121,9 @@ def analyze(
       ``data`` and the shorthands ``metric``, ``calib``, ``reference``, ``output_key``;
     * *the quantization*: ``config`` (a :class:`SweepConfig`), or the shorthands ``w_bits``
       (default 3..8) or ``formats`` (named formats as the sweep's columns: ``["nvfp4", "mxfp4",
-      "fp8-e4m3", "int4-g128"]``, :mod:`quantlens.quant.formats`), ``a_bits`` (8; None keeps activations in float), ``granularity``
+      "fp8-e4m3", "int4-g128"]``, :mod:`quantlens.quant.formats`), ``a_bits`` or ``a_format``
+      (``int8``, ``fp8-e4m3``, ``mxfp8``, ``mxfp4``, ``nvfp4``, ``none``: the layer's input and its
+      output after the activation, :class:`~quantlens.quant.quantizer.ActQuantizer`), ``a_bits`` (8; None keeps activations in float), ``granularity``
       (``per-tensor``, ``per-channel``, ``per-group-N``), ``weight_estimator``,
       ``act_estimator``; giving both is an error that names the conflict;
     * *how it runs*: ``options`` (a :class:`~quantlens.core.workload.RunOptions`), or the
@@ -150,7 +155,7 @@ def analyze(
     work = _workload(model, data, _given({"metric": metric, "calib": calib, "reference": reference, "output_key": output_key}))
     opts = _options(options, _given({"device": device, "backend": backend, "address": address, "cache": cache,
                                      "fresh": fresh, "progress": progress}))
-    cfg = _config(config, _given({"w_bits": w_bits, "formats": formats, "a_bits": a_bits, "granularity": granularity,
+    cfg = _config(config, _given({"w_bits": w_bits, "formats": formats, "a_bits": a_bits, "a_format": a_format, "granularity": granularity,
                                   "weight_estimator": weight_estimator, "act_estimator": act_estimator}))
     how = as_method(method)
     model, data, calib = work.model, work.data, work.calib
@@ -212,6 +217,8 @@ def _config(config: Optional[SweepConfig], given: dict) -> SweepConfig:
         both = sorted(k for k in ("w_bits", "granularity", "weight_estimator") if k in given)
         raise QuantlensError(f"give formats or {', '.join(both)}, not both: a format names its grid and blocks "
                              "(int4-g128 is 4-bit weights in groups of 128)")
+    if given.get("a_format") is not None and "a_bits" in given:
+        raise QuantlensError("give a_format or a_bits, not both: a_format='int8' is 8-bit integer activations, 'none' float")
     if config is None:
         return make_config(**{**_SPEC_DEFAULTS, **given})
     if not isinstance(config, SweepConfig):

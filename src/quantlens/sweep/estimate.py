@@ -355,6 +355,9 @@ def estimate_sweep(sweep: Any, data: Iterable[Any], k: int = 5, seed: int = 0, m
     """Estimate every cell, then measure the estimate's top ``k`` and ``k`` random layers exactly
     at ``check_at`` bits (default :func:`check_bits`) with their cones, one float pass per batch,
     and report the check (Spearman, top-``k`` overlap) in ``extra["estimate"]``."""
+    if sweep.config.a_format is not None:
+        raise QuantlensError(f"--estimate models integer activations (their noise s^2/12), not {sweep.config.a_format}: "
+                             "run the exact sweep with --a-format, or --estimate with --a-bits")
     cols = sweep.config.columns
     b_chk = check_bits(cols) if check_at is None else check_at
     if b_chk not in cols:
