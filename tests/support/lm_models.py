@@ -57,7 +57,7 @@ def lm_user_file(tmp_path: Path) -> str:
     p = tmp_path / "user_lm.py"
     p.write_text(textwrap.dedent(f"""
         import sys
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
         from support.lm_models import tiny_lm, token_data
 
         def model():

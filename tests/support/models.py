@@ -107,7 +107,7 @@ def user_file(tmp_path: Path, n_batches: int, batch: int = 8, hw: int = 8, name:
     p = tmp_path / name
     p.write_text(textwrap.dedent(f"""
         import sys
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
         from support.models import tiny_data, tiny_net
 
         def model():

@@ -19,7 +19,7 @@ import quantlens as ql
 from quantlens.errors import QuantlensError
 from support.helpers import FailingData
 
-TESTS = Path(__file__).resolve().parents[2]
+TESTS = Path(__file__).resolve().parents[1]
 
 
 def _cells(path: Path) -> list:
