@@ -28,6 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budget", type=float, help="average weight bits, weighted by parameter count (e.g. 5.0)")
     p.add_argument("--budget-bytes", type=float, help="total weight bytes instead of --budget")
     p.add_argument("--w-bits", default="3,4,5,6,7,8", help="candidate weight bit-widths (default: 3,4,5,6,7,8)")
+    p.add_argument("--formats", default=None, metavar="F1,F2",
+                   help="choose one format per layer among these (nvfp4,fp8-e4m3,bf16) under --budget average effective bits")
+    p.add_argument("--no-fuse-siblings", action="store_true",
+                   help="with --formats: let layers that read the same tensor (q/k/v, gate/up) take different formats")
     p.add_argument("--group-by", default="layer", choices=["layer", "role"],
                    help="role: one bit-width per role of the repeated blocks (every mlp.down_proj alike)")
     add_common(p)
@@ -46,6 +50,10 @@ def run(args: argparse.Namespace) -> int:
     for v, name in ((args.budget, "--budget"), (args.budget_bytes, "--budget-bytes")):
         if v is not None and (not math.isfinite(v) or v <= 0):
             raise QuantlensError(f"{name} must be a positive number, got {v}")
+    if args.formats:
+        return _run_formats(args, a_bits)
+    if args.no_fuse_siblings:
+        raise QuantlensError("--no-fuse-siblings is for a plan over --formats")
     out = prepare_out_dir(args.out)
     workload = load_workload(args)
     sweep = sweep_or_run(args, out, workload, list(w_bits), a_bits)
@@ -100,3 +108,43 @@ def _write_config(args: argparse.Namespace, r, workload, out) -> str:  # noqa: A
     export(m.build(cfg), out, extra={"model": args.model, "data": args.data, "calib": args.calib, "metric": r.metric_name,
                                      "measured_metric": r.measured_metric})
     return f", {out / 'quant_config.json'}, {out / 'weights.safetensors'}"
+
+
+def _run_formats(args: argparse.Namespace, a_bits) -> int:  # noqa: ANN001
+    """``plan --formats``: one format per layer (fused siblings alike) under --budget effective bits."""
+    from quantlens.errors import QuantlensError
+    from quantlens.experiments.format_plan import run_format_plan
+    from quantlens.quant.formats import get_format
+    from quantlens.sweep.results import SweepResult
+
+    if args.budget is None:
+        raise QuantlensError("plan --formats takes --budget (average effective bits per weight), not --budget-bytes")
+    if args.group_by != "layer":
+        raise QuantlensError("plan --formats plans per layer (fused siblings alike): drop --group-by role")
+    formats = [get_format(s.strip()).name for s in args.formats.split(",") if s.strip()]
+    out = prepare_out_dir(args.out)
+    workload = load_workload(args)
+    sweep = SweepResult.from_json(args.results) if args.results else None
+    r = run_format_plan(workload, budget=args.budget, formats=formats, options=run_options(args), spec=experiment_spec(args),
+                        sweep=sweep, fuse_siblings=not args.no_fuse_siblings)
+    r.to_json(out / "plan.json")
+    pct = Units.for_metric(r.metric_name).pct
+    t = Table(title=f"plan: {r.avg_bits:.3f} average effective bits per weight (budget {r.budget_bits:g})")
+    for col in ("layer", "params", "format", "cell degradation"):
+        t.add_column(col, justify="left" if col in ("layer", "format") else "right")
+    for l in r.layers:
+        t.add_row(l.layer, f"{l.params:,}", l.format, _fmt(l.predicted, pct))
+    console.print(t)
+
+    def ci(pair) -> str:  # noqa: ANN001
+        return "" if any(math.isnan(x) for x in pair) else f" [95% CI {_fmt(pair[0], pct)}, {_fmt(pair[1], pct)}]"
+
+    console.print(f"plan: predicted {_fmt(r.predicted, pct)}, measured {_fmt(r.measured, pct)}{ci(r.measured_ci)} degradation")
+    for f, u in r.extra["uniform_formats"].items():
+        console.print(f"uniform {f} ({u['effective_bits']:g} bits): predicted {_fmt(u['predicted'], pct)}, "
+                      f"measured {_fmt(u['measured'], pct)}{ci(tuple(u['ci']))}")
+    groups = r.extra.get("groups") or []
+    if groups:
+        console.print(f"{len(groups)} groups of fused siblings share a format (e.g. {', '.join(groups[0])})")
+    console.print(f"wrote {out / 'plan.json'}")
+    return 0

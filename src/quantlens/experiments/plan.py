@@ -92,6 +92,8 @@ class LayerPlan:
     w_bits: int
     predicted: float
     noise: float
+    format: str = ""  # a plan over formats: the layer's format (``w_bits`` its element bits)
+    effective_bits: float = float("nan")  # storage bits per weight of that format, scales included
 
 
 def plan_bits(sweep: SweepResult, capacity: int, bits: Optional[Sequence[int]] = None) -> list[LayerPlan]:
@@ -167,6 +169,9 @@ class PlanResult(jsonio.Artifact):
 
     @property
     def avg_bits(self) -> float:
+        """Average bits per weight: the formats' effective bits in a plan over formats."""
+        if self.layers and self.layers[0].format:
+            return sum(l.params * l.effective_bits for l in self.layers) / self.params
         return sum(l.params * l.w_bits for l in self.layers) / self.params
 
     @property
@@ -184,9 +189,11 @@ class PlanResult(jsonio.Artifact):
                 "a_bits": self.a_bits,
                 "params": p,
                 "avg_bits": self.avg_bits,
-                "bytes": sum(l.params * l.w_bits for l in self.layers) / 8,
+                "bytes": self.avg_bits * p / 8,
                 "layers": [asdict(l) for l in self.layers],
                 "w_bits": {l.layer: l.w_bits for l in self.layers},
+                **({"formats": {l.layer: l.format for l in self.layers}, "effective_bits": self.avg_bits}
+                   if self.layers and self.layers[0].format else {}),
                 "predicted": self.predicted,
                 "measured": self.measured,
                 "measured_metric": self.measured_metric,
@@ -239,7 +246,8 @@ class PlanResult(jsonio.Artifact):
 
 
 _PLAN_KEYS = frozenset({"schema", "metric", "baseline", "budget", "a_bits", "params", "avg_bits", "bytes", "layers", "w_bits", "bits", "predicted",
-                        "measured", "measured_metric", "uniform", "uniform_bits", "measured_ci", "num_samples", "vs_uniform"})
+                        "measured", "measured_metric", "uniform", "uniform_bits", "measured_ci", "num_samples", "vs_uniform", "formats",
+                        "effective_bits"})
 
 
 def _is_num(x: Any) -> bool:
@@ -267,7 +275,7 @@ def _layer_plan(r: dict) -> Optional[LayerPlan]:
         return None
     p = r.get("params")
     return LayerPlan(str(r.get("layer", r.get("name", "?"))), int(p) if _is_num(p) else 0, int(b), jsonio.num(r.get("predicted")),
-                     jsonio.num(r.get("noise")))
+                     jsonio.num(r.get("noise")), str(r.get("format") or ""), jsonio.num(r.get("effective_bits")))
 
 
 def run_plan(

@@ -22,7 +22,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from quantlens.errors import QuantlensError
 
-__all__ = ["Layer", "LayerGraph", "LAYER_TYPES", "BN_TYPES", "ACT_MODULES", "ACT_FUNCTIONS", "ACT_METHODS", "INPLACE_FUNCTIONS", "is_layer_module", "layer_op", "layer_kind", "transposed_linear", "activation_name", "bind_placeholders", "trace_failure", "fuse_bn", "set_submodule", "discover_layers", "fetch_attr"]
+__all__ = ["Layer", "LayerGraph", "LAYER_TYPES", "BN_TYPES", "ACT_MODULES", "ACT_FUNCTIONS", "ACT_METHODS", "INPLACE_FUNCTIONS", "is_layer_module", "layer_op", "layer_kind", "transposed_linear", "activation_name", "bind_placeholders", "trace_failure", "fuse_bn", "set_submodule", "discover_layers", "fetch_attr", "sibling_groups"]
 
 LAYER_TYPES: tuple[type, ...] = (nn.Conv1d, nn.Conv2d, nn.Linear)
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -311,3 +311,18 @@ def fetch_attr(gm: nn.Module, target: str) -> Any:
     for part in target.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+def sibling_groups(graph: "LayerGraph") -> list[list[str]]:
+    """The layers that read the same tensor, grouped, in topological order (a layer alone is a
+    group of one): q/k/v after one norm, gate/up after another. Found from the graph (the fx node
+    each layer's call takes as its input), not from names. Fused kernels (vLLM, TensorRT-LLM)
+    run such a group as one matrix, so they must share one format."""
+    nodes = graph.nodes()
+    groups: dict[str, list[str]] = {}
+    for l in graph.layers:
+        args = nodes[l.node].args
+        src = args[0] if args else None
+        key = src.name if isinstance(src, fx.Node) else f"__{l.name}"
+        groups.setdefault(key, []).append(l.name)
+    return list(groups.values())
