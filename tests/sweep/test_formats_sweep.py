@@ -221,3 +221,26 @@ def test_activation_format_errors_and_shorthands():
     i8 = ql.analyze(m, d, formats=["nvfp4"], a_format="int8", metric="kl")
     b8 = ql.analyze(m, d, formats=["nvfp4"], a_bits=8, metric="kl")
     assert [c.noise for c in i8.cells] == [c.noise for c in b8.cells]
+
+
+def test_role_sweep_and_resumable_cache_over_formats(tmp_path):
+    from support.helpers import FailingData
+    from support.lm_models import tiny_lm, token_data
+
+    from quantlens.experiments.role_sweep import analyze_roles
+
+    m, d = tiny_lm(), token_data(n_batches=3)
+    cfg = ql.SweepConfig(w_bits=(), formats=("nvfp4", "fp8-e4m3"), a_bits=None)
+    roles = analyze_roles(ql.Workload(m, d, metric="token_kl"), config=cfg)
+    assert roles.w_bits == ["nvfp4", "fp8-e4m3"] and {c.format for c in roles.cells} == {"nvfp4", "fp8-e4m3"}
+    assert all(c.degradation >= 0 for c in roles.cells)
+    # a run that crashes after two batches resumes from its cache to the uninterrupted cells
+    want = ql.analyze(m, d, formats=["nvfp4", "mxfp8"], a_format="mxfp8", metric="token_kl")
+    cache = tmp_path / "cache"
+    with pytest.raises(RuntimeError, match="crash"):
+        ql.analyze(m, FailingData(d, 2, 3), formats=["nvfp4", "mxfp8"], a_format="mxfp8", metric="token_kl",
+                   cache=cache)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = ql.analyze(m, d, formats=["nvfp4", "mxfp8"], a_format="mxfp8", metric="token_kl", cache=cache)
+    assert [(c.layer, c.format, c.noise, c.metric) for c in got.cells] == [(c.layer, c.format, c.noise, c.metric) for c in want.cells]
