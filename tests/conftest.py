@@ -1,4 +1,3 @@
-import os
 import sys
 from pathlib import Path
 
@@ -14,16 +13,9 @@ sys.path.insert(0, str(TESTS))  # the shared helpers: models, helpers, oracle, a
 torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _quantlens_cache(tmp_path_factory):
-    """Share one trained demo model across the test session, away from the user's cache."""
-    if "QUANTLENS_CACHE" not in os.environ:
-        os.environ["QUANTLENS_CACHE"] = str(tmp_path_factory.mktemp("qlcache"))
-    yield
-
-
 @pytest.fixture(scope="session")
 def demo_model():
+    """The digits CNN with its shipped weights (loaded, not trained: the same bits on every machine)."""
     from quantlens.demo import digits as demo
 
     return demo.model()

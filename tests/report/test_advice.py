@@ -74,11 +74,16 @@ def test_heatmap_marks_cells_containing_zero_and_hover_shows_interval(tmp_path):
     assert "%{customdata[2]}" in base["hovertemplate"]
 
 
-def test_cli_table_prints_intervals(tmp_path, capsys):
+def test_cli_table_prints_intervals(tmp_path):
+    import io
+
+    from rich.console import Console
+
     from quantlens.cli.common import print_summary
 
-    print_summary(_with_intervals(200), k=4)
-    out = capsys.readouterr().out
+    con = Console(width=140, record=True, file=io.StringIO())  # wide enough for every column, whatever $COLUMNS says
+    print_summary(_with_intervals(200), k=4, out=con)
+    out = con.export_text()
     assert "95% CI@4b" in out and "~ 0 (noise)" in out and "worse" in out
     assert "cannot be told apart on 200 samples" in out
 

@@ -3,9 +3,8 @@
 The issue-5 tests run many small forward passes; on a shared 2-core machine the OpenMP pool
 of 2 threads spins against other jobs and makes an 8x8 convolution ~300x slower than on one
 thread. Import ``one_thread`` (or, in modules that use the demo, ``one_thread_demo``) into a
-test module to apply it to that module only. ``one_thread_demo`` first loads (or trains) the
-shared demo model at the session's thread count, so the cached model is the same whichever
-test trains it.
+test module to apply it to that module only. ``one_thread_demo`` first loads the shared demo
+model (its shipped weights).
 """
 
 from __future__ import annotations
@@ -31,5 +30,5 @@ def one_thread() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread_demo(demo_model) -> Iterator[None]:  # noqa: ANN001 - the session's demo model, trained first
+def one_thread_demo(demo_model) -> Iterator[None]:  # noqa: ANN001 - the session's demo model, loaded first
     yield from _single()

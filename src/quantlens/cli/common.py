@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import io
 import math
+import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from quantlens.sweep.results import column_label
+from quantlens.sweep.results import bits_label, column_label
 from quantlens.sweep.results import SweepResult
 from quantlens.quant.spec import check_bits, parse_a_bits
 from quantlens.errors import QuantlensError
@@ -26,10 +30,15 @@ __all__ = [
     "prepare_out_dir",
     "print_summary",
     "print_worst_roles",
+    "summary_table",
     "console",
 ]
 
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
+# a terminal's own width; printed to a pipe or a file: $COLUMNS if set, else 140
+console = Console(highlight=False, width=None if sys.stdout.isatty() or os.environ.get("COLUMNS", "").isdigit() else 140)
+
+# the CLI's tables: a rule under the header, two spaces between columns, no outer edge
+TABLE_STYLE = dict(box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True)
 
 
 def parse_bits_list(text: str) -> tuple[int, ...]:
@@ -112,53 +121,110 @@ def _fmt(x: float, pct: bool) -> str:
     return f"{100 * x:+.2f}%" if pct else f"{x:+.4g}"
 
 
-def print_summary(result: SweepResult, k: int = 5, rank_bits: Optional[int] = None) -> None:
-    """Baseline, then the ``k`` worst layers ranked at ``rank_bits`` with every bit-width's degradation."""
-    bits = result.w_bits
-    rb = rank_bits if rank_bits in bits else (4 if 4 in bits else bits[0])
-    pct = Units.for_metric(result.metric_name).pct  # the report's rule
-    base = f"{100 * result.baseline:.2f}%" if pct else f"{result.baseline:.6g}"
-    console.print(
-        f"[bold]{result.model}[/bold]: {len(result.layers)} layers, {result.num_samples} samples, "
-        f"float {result.metric_name} = [bold]{base}[/bold] (engine: {result.engine})"
-    )
-    table = Table(title=f"worst layers at {rb}-bit weights" if isinstance(rb, int) else f"worst layers in {rb} weights"
-                  + (f", {result.config['a_format']} activations" if result.config.get("a_format")
-                     else f", {result.cells[0].a_bits}-bit activations" if result.cells[0].a_bits else ", float activations"))
-    table.add_column("#", justify="right")
-    table.add_column("layer", overflow="fold", min_width=16)
-    table.add_column("op")
-    table.add_column("params", justify="right")
-    for b in bits:
-        table.add_column(f"deg@{column_label(b)}", justify="right")
-    from quantlens.report.noise import has_intervals, noise_sentences, verdict
+@dataclass(frozen=True)
+class _Column:
+    key: str
+    header: str
+    cells: tuple[str, ...]
+    justify: str = "right"
 
-    noisy = has_intervals(result.at(rb))
-    if noisy:
-        table.add_column(f"95% CI@{column_label(rb)}", justify="right")
-        table.add_column(f"vs float@{column_label(rb)}")
-    table.add_column(f"SQNR@{column_label(rb)}", justify="right")
-    table.add_column(f"share@{column_label(rb)}", justify="right")
+
+def summary_table(result: SweepResult, k: int = 5, rank_bits: Optional[int] = None, width: int = 100) -> Table:
+    """The ``k`` worst layers ranked at ``rank_bits`` (default 4 if swept, else the lowest) with
+    every bit-width's degradation, the interval, SQNR and share at ``rank_bits``, made to fit
+    ``width`` columns without wrapping: columns are left out, least needed first (op, params,
+    the verdict, share, SQNR, the other bit-widths farthest from ``rank_bits`` first, the
+    interval), until the rest fits; rank, layer and the degradation at ``rank_bits`` always stay.
+    A caption names the columns left out.
+
+    Example:
+        >>> Console(width=100).print(summary_table(result, width=100))  # doctest: +SKIP
+    """
+    from quantlens.report.noise import has_intervals, verdict
+
+    bits = result.w_bits
+    rb = _rank_bits(result, rank_bits)
+    pct = Units.for_metric(result.metric_name).pct  # the report's rule
     info = {l.name: l for l in result.layers}
     share = result.share(rb)
     said = {"worse": "worse", "better": "better", "zero": "~ 0 (noise)", "unknown": "-"}
-    for rank, c in enumerate(result.worst(rb, k), 1):
-        l = info[c.layer]
-        op = l.op + ("/dw" if l.kind == "depthwise" else "")
-        row = [str(rank), c.layer, op, f"{l.params:,}"]
-        row += [_fmt(result.cell(c.layer, b).degradation, pct) for b in bits]
-        if noisy:
-            row += [f"[{_fmt(c.ci_low, pct)}, {_fmt(c.ci_high, pct)}]", said[verdict(c)]
-                    + (f" (n={c.samples:,}, stopped early)" if c.early_stop else "")]
-        row += [f"{c.sqnr_db:.1f} dB", f"{100 * share[c.layer]:.0f}%"]
+    worst = result.worst(rb, k)
+    cols = [_col("#", "#", (str(r) for r in range(1, len(worst) + 1))),
+            _col("layer", "layer", (c.layer for c in worst), "left"),
+            _col("op", "op", (info[c.layer].op + ("/dw" if info[c.layer].kind == "depthwise" else "") for c in worst), "left"),
+            _col("params", "params", (f"{info[c.layer].params:,}" for c in worst))]
+    r = column_label(rb)
+    cols += [_col(f"deg@{b}", f"deg@{column_label(b)}", (_fmt(result.cell(c.layer, b).degradation, pct) for c in worst)) for b in bits]
+    if has_intervals(result.at(rb)):
+        cols.append(_col("ci", f"95% CI@{r}", (f"[{_fmt(c.ci_low, pct)}, {_fmt(c.ci_high, pct)}]" for c in worst)))
+        cols.append(_col("verdict", f"vs float@{r}", (said[verdict(c)] + (f" (n={c.samples:,}, stopped early)" if c.early_stop else "")
+                                                      for c in worst), "left"))
+    cols.append(_col("sqnr", f"SQNR@{r}", (f"{c.sqnr_db:.1f} dB" for c in worst)))
+    cols.append(_col("share", f"share@{r}", (f"{100 * share[c.layer]:.0f}%" for c in worst)))
+    at = bits.index  # columns farthest from the ranked one go first (bit-widths or formats alike)
+    others = sorted((b for b in bits if b != rb), key=lambda b: (-abs(at(b) - at(rb)), -at(b)))
+    drop = ["op", "params", "verdict", "share", "sqnr", *(f"deg@{b}" for b in others), "ci"]
+    a_bits, a_format = result.cells[0].a_bits, result.config.get("a_format")
+    acts = f", {a_format} activations" if a_format else f", {a_bits}-bit activations" if a_bits else ", float activations"
+    title = (f"worst layers at {rb}-bit weights" if isinstance(rb, int) else f"worst layers in {rb} weights") + acts
+    kept, left_out = list(cols), []
+    while True:
+        table = _build(title, kept, left_out, width)
+        rest = [key for key in drop if any(c.key == key for c in kept)]
+        if _natural_width(table) <= width or not rest:
+            return table
+        gone = next(c for c in kept if c.key == rest[0])
+        kept.remove(gone)
+        left_out.append(gone.header)
+
+
+def _col(key: str, header: str, cells: Iterable[str], justify: str = "right") -> _Column:
+    return _Column(key, header, tuple(cells), justify)
+
+
+def _rank_bits(result: SweepResult, rank_bits: Optional[int]) -> int:
+    bits = result.w_bits
+    return rank_bits if rank_bits in bits else (4 if 4 in bits else bits[0])
+
+
+def _build(title: str, cols: list[_Column], left_out: list[str], width: int) -> Table:
+    caption = f"not shown at {width} columns: {', '.join(left_out)}" if left_out else None
+    table = Table(title=title, caption=caption, **TABLE_STYLE)
+    longest = max((len(c) for col in cols if col.key == "layer" for c in col.cells), default=5)
+    for c in cols:
+        extra = dict(overflow="fold", min_width=min(16, max(5, longest))) if c.key == "layer" else {}
+        table.add_column(c.header, justify=c.justify, **extra)
+    for row in zip(*(c.cells for c in cols)):
         table.add_row(*row)
-    console.print(table)
+    return table
+
+
+def _natural_width(table: Table) -> int:
+    """The width ``table`` takes when nothing constrains it (no wrapping)."""
+    wide = Console(width=10_000, file=io.StringIO())
+    return wide.measure(table).maximum
+
+
+def print_summary(result: SweepResult, k: int = 5, rank_bits: Optional[int] = None, out: Optional[Console] = None) -> None:
+    """Baseline, then the ``k`` worst layers ranked at ``rank_bits`` (:func:`summary_table`,
+    fitted to the console's width), what the intervals say, and the worst roles."""
+    from quantlens.report.noise import noise_sentences
+
+    out = out or console
+    rb = _rank_bits(result, rank_bits)
+    pct = Units.for_metric(result.metric_name).pct
+    base = f"{100 * result.baseline:.2f}%" if pct else f"{result.baseline:.6g}"
+    out.print(
+        f"[bold]{result.model}[/bold]: {len(result.layers)} layers, {result.num_samples} samples, "
+        f"float {result.metric_name} = [bold]{base}[/bold] (engine: {result.engine})"
+    )
+    out.print(summary_table(result, k, rb, width=out.width))
     for line in noise_sentences(result, rb):
-        console.print(line)
-    print_worst_roles(result, rb, k)
+        out.print(line)
+    print_worst_roles(result, rb, k, out)
 
 
-def print_worst_roles(result: SweepResult, bits: int, k: int = 5) -> None:
+def print_worst_roles(result: SweepResult, bits: int, k: int = 5, out: Optional[Console] = None) -> None:
     """The ``k`` worst roles at ``bits`` (layers of repeated blocks grouped by role); nothing without roles."""
     from quantlens.report.roles import worst_roles
 
@@ -166,10 +232,10 @@ def print_worst_roles(result: SweepResult, bits: int, k: int = 5) -> None:
     if not worst or result.extra.get("group_by") == "role":  # a role sweep's table above already lists roles
         return
     units = Units.for_metric(result.metric_name)
-    t = Table(title=f"worst roles at {bits}-bit weights", caption="summed over blocks, one layer quantized at a time")
+    t = Table(title=f"worst roles at {bits_label(bits)}" if isinstance(bits, int) else f"worst roles in {bits} weights", caption="summed over blocks, one layer quantized at a time", **TABLE_STYLE)
     t.add_column("#", justify="right")
     t.add_column("role")
     t.add_column(f"deg@{column_label(bits)}", justify="right")
     for rank, (role, d) in enumerate(worst, 1):
         t.add_row(str(rank), role, units.deg(d, signed=True))
-    console.print(t)
+    (out or console).print(t)

@@ -1,9 +1,11 @@
 """The embedded demo: a small CNN trained on scikit-learn's bundled handwritten digits.
 
-Three conv+BN+ReLU blocks and a linear head, trained in a few seconds (seeded) on 1,347
-digits and cached in the user's cache directory (``$QUANTLENS_CACHE``, else
-``$XDG_CACHE_HOME/quantlens``, else ``~/.cache/quantlens``); the 450 held-out digits, with
-their labels, are the analysis data. No network access.
+Three conv+BN+ReLU blocks and a linear head, trained (seeded, 15 epochs on the 1,347 training
+digits) once and shipped with quantlens as ``weights/digits-cnn-v2.safetensors``
+(:mod:`.shipped`): :func:`model` loads them, so every machine analyses the same network.
+``model(retrain=True)`` trains anew in a few seconds, which gives the shipped weights only on
+the CPU and library build they were trained on. The 450 held-out digits, with their labels,
+are the analysis data. No network access.
 
 The functions double as ``MOD:FN`` targets: ``--model quantlens.demo:model
 --data quantlens.demo:data``.
@@ -15,17 +17,19 @@ Example:
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["DigitsCNN", "model", "data", "calib", "train_data", "cache_dir", "TRAIN_VERSION"]
+from quantlens.demo import shipped
 
-TRAIN_VERSION = "digits-cnn-v2"
+__all__ = ["DigitsCNN", "model", "data", "calib", "train_data", "TRAIN_VERSION", "TRAINED_BY"]
+
+TRAIN_VERSION = "digits-cnn-v2"  # the shipped weights' file name
+TRAINED_BY = "quantlens.demo.digits._train(epochs=15, seed=0)"
 
 
 class DigitsCNN(nn.Module):
@@ -48,14 +52,6 @@ class DigitsCNN(nn.Module):
         x = F.relu(self.bn3(self.conv3(x)))
         x = F.adaptive_avg_pool2d(x, 1).flatten(1)
         return self.fc(x)
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("QUANTLENS_CACHE")
-    if root:
-        return Path(root)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "quantlens"
 
 
 def _split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -93,7 +89,8 @@ def calib(batch_size: int = 128) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def _train(epochs: int = 15, seed: int = 0) -> DigitsCNN:
-    """Seeded training on one intra-op thread, so that every machine gets the same weights."""
+    """Seeded training on one intra-op thread (the same weights whatever the thread count; another
+    CPU or library build may still round differently)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -122,23 +119,10 @@ def _train_single_thread(epochs: int, seed: int) -> DigitsCNN:
 
 
 def model(retrain: bool = False, path: Optional[Path] = None) -> DigitsCNN:
-    """The trained digits CNN (eval mode), trained once and then loaded from the cache."""
-    return cached_model(path or cache_dir() / f"{TRAIN_VERSION}.pt", DigitsCNN, _train, retrain)
-
-
-def cached_model(path: Path, build: Callable[[], nn.Module], train: Callable[[], nn.Module], retrain: bool = False) -> nn.Module:
-    """``build()`` with the state cached at ``path`` (eval mode); else ``train()``, whose state is
-    then written atomically to ``path``. A corrupt cache entry is retrained."""
-    if path.exists() and not retrain:
-        try:
-            net = build()
-            net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-            return net.eval()
-        except Exception:
-            pass  # a corrupt cache entry: retrain below
-    net = train()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    torch.save(net.state_dict(), tmp)
-    os.replace(tmp, path)
-    return net
+    """The trained digits CNN (eval mode): the shipped weights (or the safetensors file
+    ``path``); ``retrain=True`` trains it anew instead, with a one-line warning that this
+    reproduces the shipped weights only on the CPU and library build they were trained on."""
+    if retrain:
+        shipped.warn_retrain(TRAIN_VERSION)
+        return _train()
+    return shipped.load(DigitsCNN(), TRAIN_VERSION, path)

@@ -4,11 +4,14 @@ A Llama-style causal LM (``transformers``' ``LlamaForCausalLM``, ``use_cache=Fal
 blocks, width 128, a byte-level vocabulary (256 bytes + BOS, EOS, PAD). The text is the
 documentation strings of about 70 standard-library modules and their public classes and
 functions (``inspect.getdoc``; real English technical text that ships with every Python),
-split by docstring with a seeded shuffle: 90% to train on, 10% held out. Training is seeded
-and short (:data:`TRAIN_STEPS` AdamW steps of 16 x 128 bytes, about 11 GFLOP each); the
-weights are cached in the user's cache directory like the digits CNN's
-(:func:`quantlens.demo.digits.cache_dir`). Threads follow torch's default, so two machines may
-train slightly different weights; one machine reloads the same ones.
+split by docstring with a seeded shuffle: 90% to train on, 10% held out. That text differs
+between Python builds, so the split ships (``weights/byte-llama-v1-docstrings.json.gz``,
+:func:`split`). Training is seeded and short (:data:`TRAIN_STEPS` AdamW steps of 16 x 128
+bytes, about 11 GFLOP each); it ran once and its weights ship too
+(``weights/byte-llama-v1.safetensors``, :mod:`.shipped`), which :func:`model` loads.
+``model(retrain=True)`` trains anew (a few minutes; threads follow torch's default), which
+gives the shipped weights only on the CPU, library build and thread count they were trained
+with.
 
 Needs the ``lm`` extra (``pip install 'quantlens[lm]'``). The functions double as ``MOD:FN``
 targets: ``--model quantlens.demo.lm:model --data quantlens.demo.lm:data --output-key logits``.
@@ -30,16 +33,18 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from quantlens.demo.digits import cache_dir
+from quantlens.demo import shipped
 from quantlens.errors import QuantlensError
 
 __all__ = [
     "LM_VERSION", "TRAIN_STEPS", "VOCAB", "BOS", "EOS", "PAD", "docstrings", "split", "encode", "lm_config",
-    "model", "data", "train_stream", "cache_path",
+    "model", "data", "train_stream", "TRAINED_BY", "TEXT", "split_docstrings", "shipped_text",
 ]
 
-LM_VERSION = "byte-llama-v1"
+LM_VERSION = "byte-llama-v1"  # the shipped weights' file name
+TEXT = f"{LM_VERSION}-docstrings.json.gz"  # the shipped train / held-out text
 TRAIN_STEPS = 150
+TRAINED_BY = f"quantlens.demo.lm._train(steps={TRAIN_STEPS}, seed=0)"
 BATCH, SEQ = 16, 128
 BOS, EOS, PAD = 256, 257, 258
 VOCAB = 260  # 256 bytes, 3 specials, one spare (a multiple of 4)
@@ -63,7 +68,10 @@ def _transformers() -> Any:
 
 def docstrings() -> list[str]:
     """The docstrings of the modules above and of their public classes, methods and functions
-    (at least 40 characters, each once), in a fixed order."""
+    (at least 40 characters, each once), in a fixed order: this Python's own, so another
+    Python build gives other text (the demo uses the shipped :func:`split` instead). Names a
+    module loads lazily (its ``__all__``) count whether or not they were loaded, and methods
+    other packages patch onto a class do not (``transformers`` adds some to ``logging.Logger``)."""
     docs: list[str] = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -73,25 +81,43 @@ def docstrings() -> list[str]:
             except ImportError:  # a Python built without it (sqlite3, zlib)
                 continue
             docs.append(inspect.getdoc(mod) or "")
-            for key in sorted(vars(mod)):
-                obj = getattr(mod, key)
+            for key in sorted(set(vars(mod)) | set(getattr(mod, "__all__", ()))):
+                obj = getattr(mod, key, None)
                 if key.startswith("_") or getattr(obj, "__module__", None) != mod.__name__:
                     continue
                 docs.append(inspect.getdoc(obj) or "")
                 if inspect.isclass(obj):
                     for attr in sorted(vars(obj)):
                         member = getattr(obj, attr, None)
-                        if not attr.startswith("_") and callable(member):
-                            docs.append(inspect.getdoc(member) or "")
+                        if attr.startswith("_") or not callable(member):
+                            continue
+                        if getattr(member, "__module__", None) not in (None, mod.__name__):
+                            continue  # patched on by another package
+                        docs.append(inspect.getdoc(member) or "")
     return [d for d in dict.fromkeys(docs) if len(d) >= 40]
 
 
-def split(seed: int = 0, held_out: float = 0.1) -> tuple[list[str], list[str]]:
-    """``(train, held out)`` docstrings: a seeded shuffle, the last ``held_out`` share held out."""
-    docs = docstrings()
+def split_docstrings(docs: list[str], seed: int = 0, held_out: float = 0.1) -> tuple[list[str], list[str]]:
+    """``(train, held out)``: a seeded shuffle of ``docs``, the last ``held_out`` share held out."""
     perm = torch.randperm(len(docs), generator=torch.Generator().manual_seed(seed)).tolist()
     n_test = max(1, int(round(held_out * len(docs))))
     return [docs[i] for i in perm[:-n_test]], [docs[i] for i in perm[-n_test:]]
+
+
+def split(seed: int = 0, held_out: float = 0.1) -> tuple[list[str], list[str]]:
+    """``(train, held out)`` docstrings. The default split ships with quantlens
+    (``weights/byte-llama-v1-docstrings.json.gz``, :func:`split_docstrings` of :func:`docstrings`
+    made once), so every machine trains on and analyses the same text; another ``seed`` or
+    ``held_out`` splits this Python's own :func:`docstrings`."""
+    if (seed, held_out) != (0, 0.1):
+        return split_docstrings(docstrings(), seed, held_out)
+    return shipped_text()
+
+
+def shipped_text() -> tuple[list[str], list[str]]:
+    """The shipped ``(train, held out)`` docstrings."""
+    text = shipped.read_json(TEXT)
+    return list(text["train"]), list(text["held_out"])
 
 
 def encode(texts: list[str]) -> torch.Tensor:
@@ -141,16 +167,15 @@ def _train(steps: int = TRAIN_STEPS, seed: int = 0) -> Any:
     return net.eval()
 
 
-def cache_path() -> Path:
-    return cache_dir() / f"{LM_VERSION}.pt"
-
-
 def model(retrain: bool = False, path: Optional[Path] = None) -> Any:
-    """The trained byte-level Llama (eval mode), trained once and then loaded from the cache."""
-    from quantlens.demo.digits import cached_model
-
+    """The trained byte-level Llama (eval mode): the shipped weights (or the safetensors file
+    ``path``); ``retrain=True`` trains it anew instead, with a one-line warning that this
+    reproduces the shipped weights only where they were trained."""
     tf = _transformers()
-    return cached_model(path or cache_path(), lambda: tf.LlamaForCausalLM(lm_config()), _train, retrain)
+    if retrain:
+        shipped.warn_retrain(LM_VERSION)
+        return _train()
+    return shipped.load(tf.LlamaForCausalLM(lm_config()), LM_VERSION, path)
 
 
 def data(batch_size: int = 4, seq_len: int = SEQ, batches: int = 2, seed: int = 0) -> list[tuple[Any, None]]:

@@ -93,7 +93,7 @@ class LayerPlan:
     predicted: float
     noise: float
     format: str = ""  # a plan over formats: the layer's format (``w_bits`` its element bits)
-    effective_bits: float = float("nan")  # storage bits per weight of that format, scales included
+    effective_bits: float = 0.0  # storage bits per weight of that format, scales included (0: a plan over bit-widths)
 
 
 def plan_bits(sweep: SweepResult, capacity: int, bits: Optional[Sequence[int]] = None) -> list[LayerPlan]:
@@ -275,7 +275,8 @@ def _layer_plan(r: dict) -> Optional[LayerPlan]:
         return None
     p = r.get("params")
     return LayerPlan(str(r.get("layer", r.get("name", "?"))), int(p) if _is_num(p) else 0, int(b), jsonio.num(r.get("predicted")),
-                     jsonio.num(r.get("noise")), str(r.get("format") or ""), jsonio.num(r.get("effective_bits")))
+                     jsonio.num(r.get("noise")), str(r.get("format") or ""),
+                     float(r["effective_bits"]) if _is_num(r.get("effective_bits")) else 0.0)
 
 
 def run_plan(
