@@ -1,5 +1,5 @@
 """``python -m benchmarks.cnn_formats``: EfficientNet-Lite0 (ImageNet weights, real photos) under
-``mxfp8``, ``fp8-e4m3`` and ``int8`` weights (8-bit activations), exact cells, top-1 agreement.
+``mxfp8``, ``fp8-e4m3`` and ``int8`` weights (8-bit or float activations), exact cells, top-1 agreement.
 
 Prints each format's five worst layers, its summed degradation and the cone engine's time.
 """
@@ -19,6 +19,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--formats", default="mxfp8,fp8-e4m3,int8")
+    ap.add_argument("--a-bits", default="8", help="activation bits, or none")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -29,7 +30,8 @@ def main() -> None:
 
     formats = args.formats.split(",")
     t0 = time.perf_counter()
-    r = ql.analyze(efficientnet_lite0(), photo_crops(args.images, args.batch), formats=formats, a_bits=8, metric="agreement",
+    r = ql.analyze(efficientnet_lite0(), photo_crops(args.images, args.batch), formats=formats, metric="agreement",
+                   a_bits=None if args.a_bits == "none" else int(args.a_bits),
                    model_name="efficientnet-lite0")
     out = {"seconds": time.perf_counter() - t0, "images": args.images, "formats": r.w_bits, "summed": {}, "worst": {}}
     for f in r.w_bits:
