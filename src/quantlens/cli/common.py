@@ -15,7 +15,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from quantlens.sweep.results import bits_label, column_label
+from quantlens.sweep.results import column_label
 from quantlens.sweep.results import SweepResult
 from quantlens.quant.spec import check_bits, parse_a_bits
 from quantlens.errors import QuantlensError
@@ -232,7 +232,7 @@ def print_worst_roles(result: SweepResult, bits: int, k: int = 5, out: Optional[
     if not worst or result.extra.get("group_by") == "role":  # a role sweep's table above already lists roles
         return
     units = Units.for_metric(result.metric_name)
-    t = Table(title=f"worst roles at {bits_label(bits)}" if isinstance(bits, int) else f"worst roles in {bits} weights", caption="summed over blocks, one layer quantized at a time", **TABLE_STYLE)
+    t = Table(title=f"worst roles at {bits}-bit weights" if isinstance(bits, int) else f"worst roles in {bits} weights", caption="summed over blocks, one layer quantized at a time", **TABLE_STYLE)
     t.add_column("#", justify="right")
     t.add_column("role")
     t.add_column(f"deg@{column_label(bits)}", justify="right")
