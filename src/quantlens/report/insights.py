@@ -51,10 +51,15 @@ def worst_by_bits(result: SweepResult, k: int = 3) -> dict[int, list[Cell]]:
     return {b: result.worst(b, k) for b in result.w_bits}
 
 
+def _adj(key: "int | str") -> str:
+    """A column as an adjective: ``4-bit``, or the format's name."""
+    return f"{key}-bit" if isinstance(key, int) else str(key)
+
+
 def safe_bits(result: SweepResult, layer: str, tol: float) -> Optional[int]:
     """The lowest swept bit-width from which ``layer`` stays within ``tol`` degradation."""
     ok: Optional[int] = None
-    for b in sorted(result.w_bits, reverse=True):
+    for b in reversed(result.w_bits):  # columns ascend (bits, or formats by effective bits)
         d = _deg(result, layer, b)
         if finite(d) and d <= tol:
             ok = b
@@ -151,7 +156,7 @@ def insights(result: SweepResult, bits: int, units: Optional[Units] = None, tol:
     total = summed_degradation(c.degradation for c in cells)
     out: list[Insight] = list(est_note)
     uniform: Optional[int] = None
-    for b in sorted(result.w_bits, reverse=True):
+    for b in reversed(result.w_bits):  # columns ascend (bits, or formats by effective bits)
         if not all(finite(c.degradation) and c.degradation <= tol for c in result.at(b)):
             break
         uniform = b
@@ -168,12 +173,12 @@ def insights(result: SweepResult, bits: int, units: Optional[Units] = None, tol:
         tier = top_tier(ranked) if noisy else ranked[:1]
         if len(tier) == 1:
             top = tier[0]
-            out.append(Insight(f"{top.layer} accounts for {share[top.layer]:.0%} of the summed {bits}-bit degradation "
+            out.append(Insight(f"{top.layer} accounts for {share[top.layer]:.0%} of the summed {_adj(bits)} degradation "
                                f"({u.deg(top.degradation)} of {u.deg(total)})"
                                + (f", significantly more than any other layer." if noisy and len(ranked) > 1 else "."), top.layer, "share"))
         elif tier:
             together = sum(share[c.layer] for c in tier)
-            out.append(Insight(f"{layer_list(tier)} together account for {together:.0%} of the summed {bits}-bit degradation "
+            out.append(Insight(f"{layer_list(tier)} together account for {together:.0%} of the summed {_adj(bits)} degradation "
                                f"({u.deg(sum(c.degradation for c in tier))} of {u.deg(total)}); the data cannot rank them.",
                                tier[0].layer, "share"))
         cum, group = 0.0, []
@@ -192,7 +197,8 @@ def insights(result: SweepResult, bits: int, units: Optional[Units] = None, tol:
                 break
             layer = info[c.layer]
             sb = safe_bits(result, c.layer, tol)
-            keep = f" It stays within {u.deg(tol)} from {sb} bits up." if sb and sb > bits else ""
+            keep = (f" It stays within {u.deg(tol)} from {bits_label(sb)} up." if sb is not None and result.w_bits.index(sb) > result.w_bits.index(bits)
+                    else "")
             why = causes(result, layer, c, a_quantized)
             if why:
                 text = f"{c.layer} ({u.deg(c.degradation)} at {bits_label(bits)}): " + "; ".join(why) + "." + keep
@@ -206,15 +212,16 @@ def insights(result: SweepResult, bits: int, units: Optional[Units] = None, tol:
             out.append(Insight(text, c.layer, "cause"))
     if has_intervals(cells):
         clean: Optional[int] = None
-        for b in sorted(result.w_bits, reverse=True):
+        for b in reversed(result.w_bits):  # columns ascend (bits, or formats by effective bits)
             if any(verdict(c) == "worse" for c in result.at(b)):
                 break
             clean = b
         if clean is not None:
-            out.append(Insight(f"From {clean} bits up no layer is significantly worse than float on {result.num_samples:,} samples.",
+            out.append(Insight(f"From {bits_label(clean)} up no layer is significantly worse than float on {result.num_samples:,} samples.",
                                kind="noise"))
     if uniform is not None:
-        out.append(Insight(f"Every layer stays within {u.deg(tol)} from {uniform} bits up: the lowest safe uniform weight bit-width.", kind="safe"))
+        out.append(Insight(f"Every layer stays within {u.deg(tol)} from {bits_label(uniform)} up: the lowest safe uniform weight "
+                           + ("bit-width." if isinstance(uniform, int) else "format."), kind="safe"))
     else:
         out.append(Insight(f"No swept bit-width keeps every layer within {u.deg(tol)}: plan mixed precision or fix the culprit layers.", kind="info"))
     out.append(Insight(f"By the paper's additivity (Figure 2), quantizing every layer to {bits_label(bits)} should cost about the sum, "
