@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from quantlens.quant.formats import Format, fake_quantize, fake_quantize_activation, get_format
+from quantlens.quant.formats.tiles import matrix_shape
 
 __all__ = ["quantize_padded", "padding_note", "padding", "warn_padded"]
 
@@ -33,16 +34,7 @@ def padding(shape: tuple[int, ...], fmt: Union[str, Format], role: str) -> tuple
     f = get_format(fmt)
     if f.scope not in ("block", "tile") or not f.block:
         return 0, 0
-    if role == "weight":
-        rows = shape[0] if shape else 1
-        k = 1
-        for d in shape[1:]:
-            k *= d
-    else:
-        k = shape[-1] if shape else 1
-        rows = 1
-        for d in shape[:-1]:
-            rows *= d
+    rows, k = matrix_shape(shape, role)  # type: ignore[arg-type]
     n = f.block
     pad_rows = (-rows) % n if (f.scope == "tile" and role == "weight" and len(shape) == 2) else 0
     return pad_rows, (-k) % n
@@ -54,7 +46,7 @@ def padding_note(shape: tuple[int, ...], fmt: Union[str, Format], role: str) -> 
     pr, pk = padding(shape, f, role)
     if not (pr or pk):
         return None
-    k = (shape[-1] if role != "weight" else _k(shape))
+    k = matrix_shape(shape, role)[1]  # type: ignore[arg-type]
     parts = []
     if pk:
         parts.append(f"its reduction axis has {k} values, not a multiple of {f.name} blocks of {f.block}")
@@ -62,13 +54,6 @@ def padding_note(shape: tuple[int, ...], fmt: Union[str, Format], role: str) -> 
         parts.append(f"its {shape[0]} rows are not a multiple of {f.name}'s {f.block}x{f.block} tiles")
     last = f" (a last block of {k % f.block} values in each row)" if pk else ""
     return "; ".join(parts) + f": padded with zeros{last}"
-
-
-def _k(shape: tuple[int, ...]) -> int:
-    k = 1
-    for d in shape[1:]:
-        k *= d
-    return k
 
 
 def quantize_padded(t: Tensor, fmt: Union[str, Format], role: str, global_scale: Optional[Tensor] = None) -> Tensor:

@@ -17,7 +17,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
@@ -135,6 +135,7 @@ class ActQuantizer(nn.Module):
         self.qmin = 0
         self.qmax = 255
         self.format: Optional[str] = None
+        self._fmt: Any = None  # the Format of ``format``, resolved on first use
         self.axis = -1
         self.register_buffer("scale", torch.ones(()), persistent=False)
         self.register_buffer("zero_point", torch.zeros((), dtype=torch.int32), persistent=False)
@@ -182,7 +183,9 @@ class ActQuantizer(nn.Module):
     def _format_forward(self, x: Tensor) -> Tensor:
         from quantlens.quant.formats import ELEMENTS, cast_to_element, get_format
 
-        f = get_format(self.format)
+        if self._fmt is None or self._fmt.name != self.format:  # once per format, not per call (a cone pass's hot path)
+            self._fmt = get_format(self.format)
+        f = self._fmt
         moved = self.axis not in (-1, x.dim() - 1) and x.dim() > 1
         t = x.movedim(self.axis, -1) if moved else x
         if f.family == "fp8" and f.scope == "tensor":

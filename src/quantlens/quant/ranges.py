@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from quantlens.errors import QuantlensError
-from quantlens.quant.observers import HistogramObserver, MinMaxObserver
+from quantlens.quant.observers import HistogramObserver
 from quantlens.quant.primitives import fake_quantize
 from quantlens.quant.registry import Observer, check_estimator, estimators, get_estimator, register_estimator
 

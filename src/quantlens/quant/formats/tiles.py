@@ -37,7 +37,7 @@ from torch import Tensor
 from quantlens.errors import QuantlensError
 from quantlens.quant.formats.format import Format
 
-__all__ = ["Role", "weight_matrix", "activation_matrix", "scope_shape", "to_tiles"]
+__all__ = ["Role", "weight_matrix", "activation_matrix", "matrix_shape", "scope_shape", "to_tiles"]
 
 Role = Literal["weight", "activation"]
 
@@ -58,22 +58,28 @@ def activation_matrix(x: Tensor) -> Tensor:
     return x.reshape(-1, x.shape[-1])
 
 
+def matrix_shape(shape: tuple[int, ...], role: Role) -> tuple[int, int]:
+    """``(R, K)`` of the matrix view of a tensor of ``shape`` (:func:`weight_matrix`, :func:`activation_matrix`)."""
+    if role == "weight":
+        rows = shape[0] if len(shape) else 1
+        k = 1
+        for d in shape[1:]:
+            k *= d
+        return rows, k
+    k = shape[-1] if len(shape) else 1
+    rows = 1
+    for d in shape[:-1]:
+        rows *= d
+    return rows, k
+
+
 def scope_shape(fmt: Format, shape: tuple[int, ...], role: Role) -> tuple[int, int]:
     """``(r, c)``: the rows and reduction-axis values that share one scale of ``fmt``.
 
     ``shape`` is the original tensor's shape (a ``tile`` format needs a 2-D weight). Raises a
     one-line :class:`~quantlens.errors.QuantlensError` when a block does not divide its axis.
     """
-    if role == "weight":
-        rows = shape[0] if len(shape) else 1
-        k = 1
-        for d in shape[1:]:
-            k *= d
-    else:
-        k = shape[-1] if len(shape) else 1
-        rows = 1
-        for d in shape[:-1]:
-            rows *= d
+    rows, k = matrix_shape(shape, role)
     if fmt.scope in ("tensor", "none"):
         return rows, k
     if fmt.scope == "row":
