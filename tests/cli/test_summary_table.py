@@ -3,7 +3,6 @@ and named in the caption; rows never wrap while rank, layer and the ranked degra
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import os
 import re
@@ -12,22 +11,11 @@ import sys
 
 import pytest
 from rich.console import Console
-from support.report_helpers import synthetic_result
+from support.report_helpers import with_intervals
 
 from quantlens.cli.common import print_summary, summary_table
-from quantlens.stats.intervals import tango_interval
 
 LONG = ["model.layers.0.self_attn.q_proj", "model.layers.11.mlp.down_proj", "model.layers.3.self_attn.o_proj", "lm_head"]
-
-
-def _with_intervals(names=None, n: int = 200):
-    r = synthetic_result(names)
-    cells = []
-    for c in r.cells:
-        b = round(c.degradation * n)
-        lo, hi = tango_interval(b, 0, n)
-        cells.append(dataclasses.replace(c, degradation=b / n, ci_low=float(lo), ci_high=float(hi), samples=n))
-    return dataclasses.replace(r, cells=tuple(cells), num_samples=n)
 
 
 def _render(result, width: int) -> list[str]:
@@ -38,7 +26,7 @@ def _render(result, width: int) -> list[str]:
 
 @pytest.mark.parametrize("width", [60, 80, 100, 160])
 def test_long_layer_names_fit_without_wrapping(width):
-    result = _with_intervals(LONG)
+    result = with_intervals(LONG, n=200)
     lines = _render(result, width)
     assert max(map(len, lines)) <= width
     rows = [line for line in lines if re.match(r"\s*\d\s", line)]
@@ -55,7 +43,7 @@ def test_long_layer_names_fit_without_wrapping(width):
 
 def test_print_summary_goes_to_the_given_console():
     con = Console(width=160, record=True, file=io.StringIO(), highlight=False)
-    print_summary(_with_intervals(), k=4, out=con)
+    print_summary(with_intervals(n=200), k=4, out=con)
     text = con.export_text()
     assert "worst layers at 4-bit weights" in text and "~ 0 (noise)" in text and "cannot be told" in text
 

@@ -3,10 +3,9 @@ in the summary, the CLI table, the heatmap, fix and plan."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
-from support.report_helpers import plots, synthetic_result, write_run
+from support.report_helpers import plots, synthetic_result, with_intervals, write_run
 
 from quantlens.experiments.fixloop import FixResult, FixRow, LocalTrial
 from quantlens.cli import main
@@ -14,22 +13,10 @@ from quantlens.experiments.plan import LayerPlan, PlanResult
 from quantlens.core.layer_config import QuantConfig
 from quantlens.report.insights import insights
 from quantlens.report.noise import noise_sentences, top_tier, verdict
-from quantlens.stats.intervals import tango_interval
-
-
-def _with_intervals(n: int = 450):
-    """The synthetic result with Tango intervals as if each cell's degradation were d*n discordant samples."""
-    r = synthetic_result()
-    cells = []
-    for c in r.cells:
-        b = round(c.degradation * n)
-        lo, hi = tango_interval(b, 0, n)
-        cells.append(dataclasses.replace(c, degradation=b / n, ci_low=float(lo), ci_high=float(hi), samples=n))
-    return dataclasses.replace(r, cells=tuple(cells), num_samples=n)
 
 
 def test_verdicts_and_unresolved_ranking():
-    r = _with_intervals(200)  # at 4 bits: outl 12/200, dw 4/200, wide 3/200, fine 0
+    r = with_intervals(n=200)  # at 4 bits: outl 12/200, dw 4/200, wide 3/200, fine 0
     cells = {c.layer: c for c in r.at(4)}
     assert [verdict(cells[n]) for n in ("outl", "dw", "wide", "fine")] == ["worse", "worse", "zero", "zero"]
     worse = [c for c in r.worst(4, 4) if verdict(c) == "worse"]
@@ -43,7 +30,7 @@ def test_verdicts_and_unresolved_ranking():
 
 
 def test_more_samples_resolve_the_ranking():
-    r = _with_intervals(5000)
+    r = with_intervals(n=5000)
     assert [c.layer for c in top_tier([c for c in r.worst(4, 4) if verdict(c) == "worse"])] == ["outl"]
     summary = " ".join(i.text for i in insights(r, 4))
     assert "outl accounts for 63% of the summed 4-bit degradation" in summary
@@ -58,7 +45,7 @@ def test_no_interval_keeps_the_point_ranking():
 
 
 def test_heatmap_marks_cells_containing_zero_and_hover_shows_interval(tmp_path):
-    r = _with_intervals(100)
+    r = with_intervals(n=100)
     write_run(r, tmp_path)
     assert main(["report", str(tmp_path)]) == 0
     data, _ = plots((tmp_path / "report.html").read_text())["plot-heatmap"]
@@ -82,7 +69,7 @@ def test_cli_table_prints_intervals(tmp_path):
     from quantlens.cli.common import print_summary
 
     con = Console(width=140, record=True, file=io.StringIO())  # wide enough for every column, whatever $COLUMNS says
-    print_summary(_with_intervals(200), k=4, out=con)
+    print_summary(with_intervals(n=200), k=4, out=con)
     out = con.export_text()
     assert "95% CI@4b" in out and "~ 0 (noise)" in out and "worse" in out
     assert "cannot be told apart on 200 samples" in out

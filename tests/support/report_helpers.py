@@ -101,3 +101,18 @@ def synthetic_result(names: Optional[list[str]] = None, metric: str = "top1") ->
     return SweepResult(metric_name=metric, higher_is_better=True, baseline=0.9, num_samples=100, layers=layers,
                        cells=tuple(cells), config={"w_bits": [3, 4, 8], "a_bits": 8, "weight": {"symmetric": True, "estimator": "sawb"}},
                        model="synthetic", engine="cone", elapsed_s=1.0)
+
+
+def with_intervals(names: Optional[list[str]] = None, n: int = 450) -> SweepResult:
+    """The synthetic result with Tango intervals as if each cell's degradation were d*n discordant samples."""
+    import dataclasses
+
+    from quantlens.stats.intervals import tango_interval
+
+    r = synthetic_result(names)
+    cells = []
+    for c in r.cells:
+        b = round(c.degradation * n)
+        lo, hi = tango_interval(b, 0, n)
+        cells.append(dataclasses.replace(c, degradation=b / n, ci_low=float(lo), ci_high=float(hi), samples=n))
+    return dataclasses.replace(r, cells=tuple(cells), num_samples=n)
