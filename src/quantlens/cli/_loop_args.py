@@ -15,14 +15,16 @@ from quantlens.quant.spec import check_bits
 from quantlens.core.workload import RunOptions, Workload
 from quantlens.cli.common import parse_a_bits
 
-__all__ = ["add_common", "parse_bits", "load_inputs", "load_sweep", "sweep_or_run", "experiment_spec"]
+__all__ = ["add_common", "parse_bits", "parse_columns", "load_inputs", "load_sweep", "sweep_or_run", "experiment_spec"]
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
     from quantlens.metrics.task import metrics
 
     p.add_argument("--metric", default="top1", help=f"task metric: {', '.join(metrics())} (default: top1)")
-    p.add_argument("--a-bits", default="8", help="activation bits, or 'none' for float activations (default: 8)")
+    p.add_argument("--a-bits", default=None, help="activation bits, or 'none' for float activations (default: 8)")
+    p.add_argument("--a-format", default=None, metavar="FMT",
+                   help="activations in a format instead of --a-bits: int8, fp8-e4m3, mxfp8, mxfp4, nvfp4, none")
     p.add_argument("--granularity", default="per-tensor", help="weights: per-tensor, per-channel or per-group-N")
     p.add_argument("--reference", metavar="MOD:FN", help="float model to measure against (for a fine-tuned/QAT model; see docs/fixes.md)")
     p.add_argument("--results", metavar="DIR", help="reuse the sweep in DIR/results.json (from `quantlens analyze`) instead of running one")
@@ -75,12 +77,25 @@ def load_inputs(args: argparse.Namespace, need_fx: bool = False) -> tuple[Any, A
 
 
 def experiment_spec(args: argparse.Namespace) -> ExperimentSpec:
-    """The experiment's :class:`~quantlens.core.experiment.ExperimentSpec` from ``--a-bits``,
-    ``--granularity`` and ``--convention``."""
-    return ExperimentSpec(parse_a_bits(args.a_bits), args.granularity, getattr(args, "convention", "quantlens"))
+    """The experiment's :class:`~quantlens.core.experiment.ExperimentSpec` from ``--a-bits`` (or
+    ``--a-format``), ``--granularity`` and ``--convention``."""
+    a_format = getattr(args, "a_format", None)
+    if a_format is not None and args.a_bits is not None:
+        raise QuantlensError("give --a-format or --a-bits, not both: --a-format int8 is 8-bit integer activations, none float")
+    return ExperimentSpec(parse_a_bits(args.a_bits or "8"), args.granularity, getattr(args, "convention", "quantlens"), a_format)
 
 
-def load_sweep(args: argparse.Namespace, need_bits: list[int]) -> Optional[SweepResult]:
+def parse_columns(text: Any, option: str) -> list:
+    """``--w-bits``/``--low``/``--high``: bit-widths or format names, comma-separated (one line if unknown or empty)."""
+    from quantlens.core.experiment import parse_column
+
+    cols = [parse_column(t.strip(), option) for t in str(text).split(",") if t.strip()]
+    if not cols:
+        raise QuantlensError(f"{option} is empty: give a bit-width or a format name, e.g. 4 or nvfp4")
+    return list(dict.fromkeys(cols))
+
+
+def load_sweep(args: argparse.Namespace, need_bits: list) -> Optional[SweepResult]:
     """The sweep from ``--results`` (checked to have ``need_bits``), or None to run one."""
     if not args.results:
         return None
@@ -89,7 +104,7 @@ def load_sweep(args: argparse.Namespace, need_bits: list[int]) -> Optional[Sweep
     return sweep
 
 
-def sweep_or_run(args: argparse.Namespace, out: Path, w: Workload, w_bits: list[int], a_bits: Optional[int]) -> SweepResult:
+def sweep_or_run(args: argparse.Namespace, out: Path, w: Workload, w_bits: list, a_bits: Optional[int] = None) -> SweepResult:
     """The ``--results`` sweep, or a fresh one; either way also written to ``out/results.json``.
 
     With ``results.json`` next to ``fix.json`` / ``additivity.json`` / ``plan.json``,

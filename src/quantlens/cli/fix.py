@@ -8,8 +8,9 @@ import math
 from rich.table import Table
 
 from quantlens.report.fmt import Units
-from quantlens.cli._loop_args import add_common, experiment_spec, load_workload, parse_bits, run_options, sweep_or_run
-from quantlens.cli.common import add_model_args, console, parse_a_bits, prepare_out_dir
+from quantlens.cli._loop_args import add_common, experiment_spec, load_workload, run_options, sweep_or_run
+from quantlens.cli.common import add_model_args, console, prepare_out_dir
+from quantlens.core.experiment import parse_column
 
 __all__ = ["register", "run", "print_table"]
 
@@ -20,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("fix", help="find the culprit layers, fix them locally, and print Table 1 (float/naive/global/local)")
     add_model_args(p)
-    p.add_argument("--w-bits", default="8", help="weight bits of the quantized network (default: 8)")
+    p.add_argument("--w-bits", default="8", metavar="BITS|FORMAT",
+                   help="weights of the quantized network: bits, or a format such as nvfp4, mxfp4, fp8-e4m3, int4-g128 (default: 8)")
     add_common(p)
     p.add_argument("--fixes", default=",".join(DEFAULT_FIXES), help=f"fixes to try on each culprit, from: {', '.join(fixes())} (default: all)")
     p.add_argument("--top", type=int, default=3, help="how many culprit layers to try fixing (default 3)")
@@ -35,8 +37,10 @@ def _pct(x: float, pct: bool) -> str:
 
 def print_table(result) -> None:  # noqa: ANN001
     pct = Units.for_metric(result.metric_name).pct  # the report's rule
-    a = f"{result.a_bits}-bit activations" if result.a_bits else "float activations"
-    t = Table(title=f"Table 1: {result.w_bits}-bit weights, {a}, whole network quantized")
+    a = (f"{result.a_format} activations" if result.a_format else f"{result.a_bits}-bit activations" if result.a_bits
+         else "float activations")
+    w = f"{result.w_bits}-bit" if isinstance(result.w_bits, int) else result.w_bits
+    t = Table(title=f"Table 1: {w} weights, {a}, whole network quantized")
     for col, just in (("method", "left"), (result.metric_name, "right"), ("degradation", "right"), ("95% CI", "right"),
                       ("SQNR", "right"), ("fixes", "left")):
         t.add_column(col, justify=just)  # type: ignore[arg-type]
@@ -74,35 +78,39 @@ def significance_lines(result) -> list[str]:  # noqa: ANN001
 
 
 def run(args: argparse.Namespace) -> int:
-    from quantlens.experiments.fixloop import fix_loop
+    from quantlens.experiments.fixloop import applicable_fixes, fix_loop
     from quantlens.errors import QuantlensError
     from quantlens.export import export
     from quantlens.fixes import check_fix
 
-    w_bits = parse_bits(args.w_bits, "--w-bits")
-    a_bits = parse_a_bits(args.a_bits)
+    w_bits = parse_column(args.w_bits, "--w-bits")
+    spec = experiment_spec(args)
     candidates = [f.strip() for f in args.fixes.split(",") if f.strip()]
     if not candidates:
         raise QuantlensError("--fixes is empty: give fix names, e.g. sawb,mse,equalize")
     for f in candidates:
         check_fix(f)
+    applicable_fixes(candidates, w_bits, spec)  # one line before the sweep when none applies
     if args.top < 1:
         raise QuantlensError(f"--top must be at least 1, got {args.top}")
     out = prepare_out_dir(args.out)
     workload = load_workload(args, need_fx=True)
-    sweep = sweep_or_run(args, out, workload, [w_bits], a_bits)
+    sweep = sweep_or_run(args, out, workload, [w_bits])
     result, measurer = fix_loop(
-        workload, sweep, options=run_options(args), w_bits=w_bits, spec=experiment_spec(args), candidates=candidates,
+        workload, sweep, options=run_options(args), w_bits=w_bits, spec=spec, candidates=candidates,
         top=args.top, model_name=args.model,
     )
     result.to_json(out / "fix.json")
     export(measurer.build(result.config), out, extra={"model": args.model, "data": args.data, "calib": args.calib, "metric": result.metric_name,
                                                     "local": result.row("local").metric})
+    at = f"{w_bits} bits" if isinstance(w_bits, int) else w_bits
+    for f, why in result.skipped:
+        console.print(f"not tried: {f} ({why})")
     if result.culprits:
-        console.print(f"culprits at {w_bits} bits: {', '.join(result.culprits)}; kept: "
+        console.print(f"culprits at {at}: {', '.join(result.culprits)}; kept: "
                       + (", ".join(f"{k}: {'+'.join(v)}" for k, v in result.local_fixes.items()) or "none"))
     else:
-        console.print(f"no layer degrades {result.metric_name} at {w_bits} bits on its own: nothing to fix locally")
+        console.print(f"no layer degrades {result.metric_name} at {at} on its own: nothing to fix locally")
     print_table(result)
     from quantlens.report import save_report
 

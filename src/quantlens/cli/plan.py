@@ -14,7 +14,6 @@ from quantlens.cli.common import (
     add_convention_arg,
     add_model_args,
     console,
-    parse_a_bits,
     parse_bits_list,
     prepare_out_dir,
 )
@@ -46,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     if (args.budget is None) == (args.budget_bytes is None):
         raise QuantlensError("give exactly one of --budget (average weight bits) or --budget-bytes")
     w_bits = parse_bits_list(args.w_bits)
-    a_bits = parse_a_bits(args.a_bits)
+    a_bits = experiment_spec(args).a_bits
     for v, name in ((args.budget, "--budget"), (args.budget_bytes, "--budget-bytes")):
         if v is not None and (not math.isfinite(v) or v <= 0):
             raise QuantlensError(f"{name} must be a positive number, got {v}")
@@ -92,14 +91,13 @@ def run(args: argparse.Namespace) -> int:
 def _write_config(args: argparse.Namespace, r, workload, out) -> str:  # noqa: ANN001
     """``quant_config.json`` and ``weights.safetensors`` of the plan (for ``quantlens export``), if fx can trace the model."""
     from quantlens.network.measure import NetworkMeasurer, UntraceableError
-    from quantlens.quant.spec import parse_granularity
     from quantlens.export import export
-    from quantlens.core.layer_config import LayerQuant, QuantConfig
+    from quantlens.core.layer_config import QuantConfig
     from quantlens.core.workload import RunOptions
 
-    g = parse_granularity(args.granularity)
+    spec = experiment_spec(args)
     bits_of = r.extra.get("layer_bits") or {l.layer: l.w_bits for l in r.layers}  # a role plan lists its layers' bits
-    cfg = QuantConfig(tuple((n, LayerQuant(b, r.a_bits, g, convention=args.convention)) for n, b in bits_of.items()))
+    cfg = QuantConfig(tuple((n, spec.layer(b)) for n, b in bits_of.items()))
     try:
         m = NetworkMeasurer(workload, RunOptions(args.device))
     except UntraceableError as e:

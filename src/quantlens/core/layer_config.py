@@ -134,6 +134,8 @@ class LayerQuant:
         unknown = sorted(set(changes) - set(_FIELDS))
         if unknown:
             raise QuantlensError(f"LayerQuant has no field {', '.join(unknown)}: use {', '.join(_FIELDS)}")
+        if set(changes) <= {"fixes"}:  # the specs as they are (a format included)
+            return LayerQuant(weight=self.weight, act=self.act, fixes=changes.get("fixes", self.fixes))  # type: ignore[arg-type]
         return LayerQuant(**{**self.fields(), **changes})  # type: ignore[arg-type]
 
     def weight_spec(self, estimator: Optional[str] = None) -> Optional[QuantSpec]:
@@ -161,15 +163,25 @@ class LayerQuant:
             d["convention"] = self.convention
         if self.weight is not None and self.weight.format is not None:
             d["format"] = self.weight.format
+        if self.act is not None and self.act.format is not None:
+            d["a_format"] = self.act.format
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "LayerQuant":
         try:
+            a = None if d.get("a_bits") is None else int(d["a_bits"])
+            act: Optional[QuantSpec] = None if a is None else QuantSpec(bits=a, symmetric=False)
+            if d.get("a_format") is not None:
+                act = QuantSpec(format=str(d["a_format"]), symmetric=False)
             if d.get("format") is not None:
-                a = None if d.get("a_bits") is None else int(d["a_bits"])
-                act = None if a is None else QuantSpec(bits=a, symmetric=False)
                 return cls(weight=QuantSpec(format=str(d["format"])), act=act, fixes=tuple(str(f) for f in d.get("fixes", ())))
+            if d.get("a_format") is not None:
+                weight = None if d.get("w_bits") is None else QuantSpec(
+                    bits=int(d["w_bits"]), symmetric=bool(d.get("symmetric", True)),
+                    granularity=parse_granularity(str(d.get("granularity", "per-tensor"))), estimator=str(d.get("estimator", "minmax")),
+                    convention=str(d.get("convention", "quantlens")))
+                return cls(weight=weight, act=act, fixes=tuple(str(f) for f in d.get("fixes", ())))
             return cls(
                 w_bits=None if d.get("w_bits") is None else int(d["w_bits"]),
                 a_bits=None if d.get("a_bits") is None else int(d["a_bits"]),

@@ -22,19 +22,17 @@ reason when measured exceeds predicted (section 4.4: small-kernel, e.g. depthwis
 from __future__ import annotations
 
 import math
-import os
 import random
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Iterable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
-from torch import nn
 
-from quantlens.core.experiment import ExperimentSpec
+from quantlens.core.experiment import Column, ExperimentSpec, parse_column
 from quantlens.core import jsonio
 from quantlens.errors import QuantlensError
 from quantlens.core.jsonio import num as _num
 from quantlens.core.progress import make_progress
-from quantlens.core.layer_config import LayerQuant, QuantConfig
+from quantlens.core.layer_config import QuantConfig
 from quantlens.core.workload import RunOptions, Workload, check_workload
 from quantlens.sweep.results import SweepResult
 
@@ -48,6 +46,7 @@ __all__ = [
     "fit_line",
     "additivity",
     "run_additivity",
+    "check_columns",
 ]
 
 ADDITIVITY_SCHEMA = "quantlens/additivity-v1"
@@ -110,8 +109,8 @@ class AdditivityResult(jsonio.Artifact):
 
     metric_name: str
     baseline: float
-    low: int
-    high: int
+    low: Union[int, str]  # a weight bit-width or a format name
+    high: Union[int, str]
     a_bits: Optional[int]
     seed: int
     points: tuple[AdditivityPoint, ...]
@@ -119,6 +118,7 @@ class AdditivityResult(jsonio.Artifact):
     shift_threshold: float = 0.1
     num_samples: int = 0
     model: str = ""
+    a_format: Optional[str] = None
 
     def _xy(self, noise: bool = False) -> tuple[list[float], list[float]]:
         """``(predicted, measured)`` over the points: degradations, or output noises."""
@@ -156,6 +156,7 @@ class AdditivityResult(jsonio.Artifact):
                 "low": self.low,
                 "high": self.high,
                 "a_bits": self.a_bits,
+                **({"a_format": self.a_format} if self.a_format else {}),
                 "seed": self.seed,
                 "num_samples": self.num_samples,
                 "pearson_r": self.pearson_r,
@@ -191,8 +192,15 @@ class AdditivityResult(jsonio.Artifact):
         else:
             lays = tuple(LayerShift(n, "", jsonio.NAN, jsonio.NAN, True) for n in d.get("flagged") or [] if isinstance(n, str))
         metric = d.get("metric")
-        return cls(metric if isinstance(metric, str) else "", _num(d.get("baseline")), _int(d.get("low")), _int(d.get("high")), d.get("a_bits"),
-                   _int(d.get("seed")), pts, lays, float(d.get("shift_threshold", 0.1)), _int(d.get("num_samples")), str(d.get("model") or ""))
+        a_format = d.get("a_format")
+        return cls(metric if isinstance(metric, str) else "", _num(d.get("baseline")), _col_field(d.get("low")), _col_field(d.get("high")),
+                   d.get("a_bits"), _int(d.get("seed")), pts, lays, float(d.get("shift_threshold", 0.1)), _int(d.get("num_samples")),
+                   str(d.get("model") or ""), a_format if isinstance(a_format, str) else None)
+
+
+def _col_field(x: Any) -> Union[int, str]:
+    """``low``/``high`` of a file: a bit-width, a format name; 0 when missing."""
+    return x if isinstance(x, str) and x else _int(x)
 
 
 def _int(x: Any) -> int:
@@ -215,8 +223,8 @@ def additivity(
     sweep: SweepResult,
     measure: Callable[[QuantConfig, bool], Any],
     *,
-    low: int = 4,
-    high: int = 8,
+    low: Column = 4,
+    high: Column = 8,
     configs: int = 20,
     seed: int = 0,
     spec: ExperimentSpec = ExperimentSpec(),
@@ -224,52 +232,64 @@ def additivity(
     model_name: str = "",
     progress: bool = False,
 ) -> AdditivityResult:
-    """Run the additivity experiment given a sweep at ``low`` and ``high`` bits (``progress``: a
+    """Run the additivity experiment given a sweep at ``low`` and ``high`` (``progress``: a
     bar with an ETA on stderr, one step per whole-network measurement).
 
+    ``low`` and ``high`` are weight bit-widths or format names (``low="nvfp4", high="fp8-e4m3"``);
+    in a sweep over formats a bit-width stands for the integer format of the spec's granularity.
     ``measure(config, mean_shift)`` quantizes the network with ``config`` and returns a
     :class:`~quantlens.network.measure.NetworkResult` (a
     :class:`~quantlens.network.measure.NetworkMeasurer` does; see :func:`run_additivity`).
     """
+    low, high = check_columns(low, high)
     if configs < 2:
         raise QuantlensError(f"--configs must be at least 2 to compute a correlation, got {configs}")
-    if low == high:
-        raise QuantlensError(f"--low and --high are both {low}: give two different bit-widths")
     spec.check_sweep(sweep, (low, high))
+    lo_key, hi_key = spec.sweep_column(sweep, low), spec.sweep_column(sweep, high)
     names = sweep.layer_names
     points = []
     bar = make_progress(progress, configs + 1, "additivity")
     try:
         for subset in random_subsets(names, configs, seed):
             low_set = set(subset)
-            cfg = QuantConfig(tuple((n, spec.layer(low if n in low_set else high)) for n in names))
+            cfg = QuantConfig(tuple((n, spec.layer(lo_key if n in low_set else hi_key)) for n in names))
             res = measure(cfg, False)
-            cells = [sweep.cell(n, low if n in low_set else high) for n in names]
+            cells = [sweep.cell(n, lo_key if n in low_set else hi_key) for n in names]
             points.append(
                 AdditivityPoint(subset, sum(c.degradation for c in cells), res.degradation, sum(c.noise for c in cells), res.noise,
                                 res.ci_low, res.ci_high)
             )
             bar.advance()
-        joint = measure(QuantConfig(tuple((n, spec.layer(low)) for n in names)), True)
+        joint = measure(QuantConfig(tuple((n, spec.layer(lo_key)) for n in names)), True)
         bar.advance()
     finally:
         bar.close()
     kinds = {l.name: l.kind for l in sweep.layers}
     shifts = []
     for n in names:
-        own = sweep.cell(n, low).mean_shift
+        own = sweep.cell(n, lo_key).mean_shift
         shifts.append(LayerShift(n, kinds.get(n, ""), own, joint.mean_shift.get(n, float("nan")), bool(own > shift_threshold)))
     return AdditivityResult(
-        sweep.metric_name, sweep.baseline, low, high, spec.a_bits, seed, tuple(points), tuple(shifts), shift_threshold, sweep.num_samples, model_name
+        sweep.metric_name, sweep.baseline, low, high, spec.a_bits, seed, tuple(points), tuple(shifts), shift_threshold, sweep.num_samples, model_name,
+        spec.a_format,
     )
+
+
+def check_columns(low: Column, high: Column) -> tuple[Column, Column]:
+    """``(low, high)`` parsed (bit-widths or format names); one line when they are the same."""
+    lo, hi = parse_column(low, "--low"), parse_column(high, "--high")
+    if lo == hi:
+        what = "bit-widths" if isinstance(lo, int) else "formats"
+        raise QuantlensError(f"--low and --high are both {lo}: give two different {what}")
+    return lo, hi
 
 
 def run_additivity(
     workload: "Workload",
     *,
     options: "RunOptions" = RunOptions(),
-    low: int = 4,
-    high: int = 8,
+    low: Column = 4,
+    high: Column = 8,
     configs: int = 20,
     seed: int = 0,
     spec: ExperimentSpec = ExperimentSpec(),
@@ -289,9 +309,10 @@ def run_additivity(
     from quantlens.sweep.api import analyze
 
     check_workload(workload, "run_additivity")
+    low, high = check_columns(low, high)
     w = workload
     if sweep is None:
-        sweep = analyze(w, config=spec.sweep_config(sorted({low, high})), device=options.device, model_name=model_name,
+        sweep = analyze(w, config=spec.sweep_config([low, high]), device=options.device, model_name=model_name,
                         progress=options.progress)
     else:
         spec.check_sweep(sweep, (low, high), w.metric)

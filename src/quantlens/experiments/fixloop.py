@@ -18,15 +18,14 @@
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Sequence, Union
 
-from quantlens.core.experiment import ExperimentSpec
+from quantlens.core.experiment import Column, ExperimentSpec, parse_column
 from quantlens.core import jsonio
 from quantlens.stats.degradation import degradation as _degradation
 from quantlens.errors import QuantlensError
-from quantlens.fixes import FixContext, check_fix, make_fix
+from quantlens.fixes import FixContext, check_fix, make_fix, not_applicable
 from quantlens.core.jsonio import num as _num
 from quantlens.core.progress import make_progress
 from quantlens.core.layer_config import QuantConfig
@@ -35,7 +34,7 @@ from quantlens.network.measure import NetworkMeasurer
 from quantlens.network.trials import TrialCell, TrialRunner
 from quantlens.sweep.results import SweepResult
 
-__all__ = ["fix", "FIX_SCHEMA", "DEFAULT_FIXES", "GLOBAL_ROWS", "FixRow", "LocalTrial", "FixResult", "rank_culprits", "fix_loop"]
+__all__ = ["fix", "applicable_fixes", "FIX_SCHEMA", "DEFAULT_FIXES", "GLOBAL_ROWS", "FixRow", "LocalTrial", "FixResult", "rank_culprits", "fix_loop"]
 
 FIX_SCHEMA = "quantlens/fix-v1"
 DEFAULT_FIXES = ("sawb", "mse", "mse_output", "percentile", "equalize", "bias_correction")
@@ -81,7 +80,7 @@ class FixResult(jsonio.Artifact):
 
     metric_name: str
     higher_is_better: bool
-    w_bits: int
+    w_bits: Union[int, str]  # the weights' bit-width, or their format's name
     a_bits: Optional[int]
     culprits: tuple[str, ...]
     trials: tuple[LocalTrial, ...]
@@ -89,6 +88,8 @@ class FixResult(jsonio.Artifact):
     config: QuantConfig
     num_samples: int = 0
     model: str = ""
+    skipped: tuple[tuple[str, str], ...] = ()  # (fix, why it does not apply to the format)
+    a_format: Optional[str] = None
 
     def row(self, method: str) -> FixRow:
         for r in self.rows:
@@ -130,8 +131,11 @@ class FixResult(jsonio.Artifact):
                 "metric": self.metric_name,
                 "higher_is_better": self.higher_is_better,
                 "w_bits": self.w_bits,
+                **({"format": self.w_bits} if isinstance(self.w_bits, str) else {}),
                 "a_bits": self.a_bits,
+                **({"a_format": self.a_format} if self.a_format else {}),
                 "num_samples": self.num_samples,
+                "skipped": {f: why for f, why in self.skipped},
                 "culprits": list(self.culprits),
                 "rows": [asdict(r) for r in self.rows],
                 "trials": [asdict(t) for t in self.trials],
@@ -164,8 +168,13 @@ class FixResult(jsonio.Artifact):
             for t in d.get("trials") or [] if isinstance(t, dict)
         )
         config = QuantConfig.from_dict(d["config"]) if isinstance(d.get("config"), dict) else QuantConfig()
-        return cls(str(d.get("metric", "metric")), hib, _count_field(d.get("w_bits")), d.get("a_bits"), tuple(str(c) for c in d.get("culprits") or ()),
-                   trials, rows, config, _count_field(d.get("num_samples")), str(d.get("model") or ""))
+        w = d.get("w_bits")
+        skipped = d.get("skipped") if isinstance(d.get("skipped"), dict) else {}
+        a_format = d.get("a_format")
+        return cls(str(d.get("metric", "metric")), hib, w if isinstance(w, str) and w else _count_field(w), d.get("a_bits"),
+                   tuple(str(c) for c in d.get("culprits") or ()), trials, rows, config, _count_field(d.get("num_samples")),
+                   str(d.get("model") or ""), tuple((str(k), str(v)) for k, v in skipped.items()),
+                   a_format if isinstance(a_format, str) else None)
 
 
 def _count_field(x: Any) -> int:
@@ -194,7 +203,7 @@ def _sqnr(r: dict) -> float:
     return _num(r.get("sqnr_db"))
 
 
-def rank_culprits(sweep: SweepResult, bits: int, k: int = 3) -> list[str]:
+def rank_culprits(sweep: SweepResult, bits: Column, k: int = 3) -> list[str]:
     """Up to ``k`` layers with positive degradation at ``bits``, worst first."""
     return [c.layer for c in sweep.worst(bits, k=len(sweep.layers)) if c.degradation > 0][:k]
 
@@ -214,7 +223,7 @@ def fix_loop(
     sweep: SweepResult,
     *,
     options: RunOptions = RunOptions(),
-    w_bits: int = 8,
+    w_bits: Column = 8,
     spec: ExperimentSpec = ExperimentSpec(),
     candidates: Sequence[str] = DEFAULT_FIXES,
     top: int = 3,
@@ -232,21 +241,24 @@ def fix_loop(
     contract's three by default; each fix chosen locally is added as ``global:<fix>``).
     """
     check_workload(workload, "fix_loop")
+    w_bits = parse_column(w_bits, "--w-bits")
     for f in candidates:
         check_fix(f)
     spec.check_sweep(sweep, (w_bits,), workload.metric)
+    key = spec.sweep_column(sweep, w_bits)  # in a sweep over formats, a bit-width is the integer format
+    candidates, skipped = applicable_fixes(candidates, key, spec, global_rows)
     measurer = NetworkMeasurer(workload, options)
     names = measurer.names
-    naive = QuantConfig(tuple((n, spec.layer(w_bits)) for n in names))
-    culprits = rank_culprits(sweep, w_bits, top)
-    global_sets = [tuple(fs) for fs in global_rows]
+    naive = QuantConfig(tuple((n, spec.layer(key)) for n in names))
+    culprits = rank_culprits(sweep, key, top)
+    global_sets = [tuple(fs) for fs in global_rows if not any(f in skipped for f in fs)]
     bar = make_progress(options.progress, _batches(measurer, len(culprits) * len(candidates) > 0) + _row_steps(global_sets, candidates), "fix")
     try:
         cells = _local_cells(measurer, naive, culprits, candidates, bar.advance)
         trials: list[LocalTrial] = []
         chosen = naive
         for layer in culprits:
-            naive_cell = sweep.cell(layer, w_bits)
+            naive_cell = sweep.cell(layer, key)
             base = naive_cell.degradation
             results = [(cells[(layer, f)].degradation, cells[(layer, f)].noise, f) for f in candidates]
             best = min(results) if results else None
@@ -274,10 +286,28 @@ def fix_loop(
     finally:
         bar.close()
     return (
-        FixResult(sweep.metric_name, sweep.higher_is_better, w_bits, spec.a_bits, tuple(culprits), tuple(trials), tuple(rows), chosen,
-                  sweep.num_samples, model_name),
+        FixResult(sweep.metric_name, sweep.higher_is_better, key, spec.a_bits, tuple(culprits), tuple(trials), tuple(rows), chosen,
+                  sweep.num_samples, model_name, tuple(skipped.items()), spec.a_format),
         measurer,
     )
+
+
+def applicable_fixes(candidates: Sequence[str], column: Column, spec: ExperimentSpec = ExperimentSpec(),
+                     global_rows: Sequence[Sequence[str]] = ()) -> tuple[list[str], dict[str, str]]:
+    """``(candidates that apply to weights at column, {fix: why not}`` for the candidates and the
+    global rows' fixes that do not)``; one line when no candidate applies."""
+    wspec = spec.layer(column).weight_spec()
+    skipped = {f: why for f in dict.fromkeys([*candidates, *(f for fs in global_rows for f in fs)])
+               if (why := not_applicable(f, wspec)) is not None}
+    kept = [f for f in candidates if f not in skipped]
+    if not kept:
+        raise QuantlensError(f"none of the fixes applies to {_col(column)} weights: "
+                             + "; ".join(f"{f}: {why}" for f, why in skipped.items()))
+    return kept, skipped
+
+
+def _col(c: Column) -> str:
+    return f"{c}-bit" if isinstance(c, int) else str(c)
 
 
 def _row(method: str, r: Any, fixes: Optional[dict] = None) -> FixRow:
@@ -330,7 +360,7 @@ def fix(
     sweep: Optional[SweepResult] = None,
     *,
     options: RunOptions = RunOptions(),
-    w_bits: int = 8,
+    w_bits: Column = 8,
     spec: ExperimentSpec = ExperimentSpec(),
     candidates: Sequence[str] = DEFAULT_FIXES,
     top: int = 3,

@@ -27,14 +27,12 @@ import warnings
 from typing import Optional, Sequence
 
 from quantlens.core.experiment import ExperimentSpec
-from quantlens.core.layer_config import LayerQuant, QuantConfig
+from quantlens.core.layer_config import QuantConfig
 from quantlens.core.progress import make_progress
-from quantlens.core.sweep_config import SweepConfig
 from quantlens.core.workload import RunOptions, Workload, check_workload
 from quantlens.errors import QuantlensError, QuantlensWarning
 from quantlens.experiments.plan import LayerPlan, PlanResult, mckp
 from quantlens.quant.formats import get_format
-from quantlens.quant.spec import QuantSpec
 from quantlens.stats.degradation import positive_part
 from quantlens.sweep.results import SweepResult
 
@@ -109,12 +107,10 @@ def run_format_plan(
     _check_budget(budget, fmts)
     w = workload
     if sweep is None:
-        cfg = SweepConfig(w_bits=(), a_bits=spec.a_bits, formats=tuple(fmts))
+        cfg = spec.sweep_config(fmts)
         sweep = analyze(w, config=cfg, device=options.device, progress=options.progress)
     else:
-        cfg_a = (sweep.config or {}).get("a_bits")
-        if "a_bits" in (sweep.config or {}) and cfg_a != spec.a_bits:
-            raise QuantlensError(f"the sweep used {cfg_a}-bit activations, not {spec.a_bits}: give the plan the sweep's a_bits, or sweep again")
+        spec.check_sweep(sweep, fmts, where="the plan's sweep")
     measurer = make_measurer(w, options)
     graph = getattr(measurer, "graph", None)
     if fuse_siblings and graph is None:
@@ -122,10 +118,8 @@ def run_format_plan(
                       QuantlensWarning, stacklevel=2)
     groups = sibling_groups(graph) if fuse_siblings and graph is not None else None
     plan = plan_formats(sweep, budget, groups, fmts)
-    act = None if spec.a_bits is None else QuantSpec(bits=spec.a_bits, symmetric=False)
-
     def config(fmt_of: dict[str, str]) -> QuantConfig:
-        return QuantConfig(tuple((n, LayerQuant(weight=QuantSpec(format=f), act=act)) for n, f in fmt_of.items()))
+        return QuantConfig(tuple((n, spec.layer(f)) for n, f in fmt_of.items()))
 
     bar = make_progress(options.progress, 1 + len(fmts), "plan")
     try:

@@ -24,7 +24,8 @@ from quantlens.fixes.base import (
     copy_graph,
     fixes,
     make_fix,
+    not_applicable,
     register_fix,
 )
 
-__all__ = ["Fix", "FixContext", "apply_fixes", "check_fix", "copy_graph", "fixes", "make_fix", "register_fix"]
+__all__ = ["Fix", "FixContext", "apply_fixes", "check_fix", "copy_graph", "fixes", "make_fix", "not_applicable", "register_fix"]

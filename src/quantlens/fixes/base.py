@@ -23,12 +23,13 @@ from typing import Any, Callable, Iterable, Optional, Protocol, Sequence
 import torch
 from torch import fx
 
-from quantlens.quant.spec import DEFAULT_PERCENTILE
+from quantlens.quant.spec import DEFAULT_PERCENTILE, QuantSpec
 from quantlens.errors import QuantlensError
 from quantlens.graph.layers import LayerGraph
 from quantlens.core.layer_config import QuantConfig
 
-__all__ = ["Fix", "FixContext", "register_fix", "fixes", "make_fix", "apply_fixes", "copy_graph", "changed_layers", "check_fix"]
+__all__ = ["Fix", "FixContext", "register_fix", "fixes", "make_fix", "apply_fixes", "copy_graph", "changed_layers", "check_fix",
+           "not_applicable"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,18 @@ def fixes() -> list[str]:
 def check_fix(name: str) -> None:
     if name not in _REGISTRY:
         raise QuantlensError(f"unknown fix {name!r}: choose one of {', '.join(fixes())}")
+
+
+def not_applicable(name: str, spec: Optional[QuantSpec]) -> Optional[str]:
+    """Why the fix ``name`` does not apply to weights quantized as ``spec`` (None: it does).
+
+    A fix class says so with a classmethod ``not_applicable(spec)``; one without applies everywhere.
+    """
+    check_fix(name)
+    if spec is None:
+        return None
+    test = getattr(_REGISTRY[name][1], "not_applicable", None)
+    return None if test is None else test(spec)
 
 
 def make_fix(name: str, ctx: FixContext) -> Fix:

@@ -15,6 +15,11 @@ that range. The fixes:
 * ``percentile``: ``|w|``'s ``FixContext.percentile``-th percentile (default
   :data:`~quantlens.quant.spec.DEFAULT_PERCENTILE`, 99.99).
 
+A layer quantized in a named format (``nvfp4``, ``mxfp4``, ``fp8-e4m3``, ``int4-g128``, ...) is
+clipped per scope of that format, the MSE searches running through the format's own quantizer
+(:mod:`.format_clip`); ``sawb`` applies to integer formats only, and no clip to a plain cast
+(``bf16``, ``fp16``).
+
 Example:
     >>> from quantlens.fixes import FixContext, make_fix              # doctest: +SKIP
     >>> g2 = make_fix("sawb", FixContext(cfg)).apply(g, ["conv2"])  # doctest: +SKIP
@@ -39,6 +44,7 @@ from quantlens.core.numerics import analysis_mode
 from quantlens.quant.quantizer import weight_rows
 from quantlens.quant.ranges import estimate_weight_rows, mse_best_scale
 from quantlens.fixes.base import FixContext, copy_graph, register_fix, weight_of
+from quantlens.fixes.format_clip import clip_applies, clip_scopes, estimate_scope_clip, format_mse_clip
 
 __all__ = ["ClipFix", "SAWBClip", "MSEClip", "PercentileClip", "OutputMSEClip"]
 
@@ -69,17 +75,32 @@ class ClipFix:
             self.clip(out, name)
         return out
 
+    @classmethod
+    def not_applicable(cls, spec: QuantSpec) -> Optional[str]:
+        """Why this fix does not apply to weights quantized as ``spec`` (None: it does)."""
+        return None if spec.format is None else clip_applies(cls.name, spec.format)
+
     def clip(self, out: LayerGraph, name: str) -> None:
         """Clamp layer ``name``'s weights in ``out`` (its module already private to ``out``)."""
         spec = self.spec(name)
         if spec is None:
             return
         w = weight_of(out, name)
-        rows = weight_rows(w.detach(), spec)
-        lo, hi = self.range(out, name, rows, spec)
-        clamped = torch.maximum(torch.minimum(rows, hi.unsqueeze(1).to(rows)), lo.unsqueeze(1).to(rows))
+        if spec.format is not None:  # the format's own scopes (formats.tiles)
+            reason = self.not_applicable(spec)
+            if reason is not None:
+                raise QuantlensError(f"fix {self.name!r} on layer {name}: {reason}")
+            clamped = self.format_clip(out, name, w.detach(), spec.format)
+        else:
+            rows = weight_rows(w.detach(), spec)
+            lo, hi = self.range(out, name, rows, spec)
+            clamped = torch.maximum(torch.minimum(rows, hi.unsqueeze(1).to(rows)), lo.unsqueeze(1).to(rows)).reshape(w.shape)
         with torch.no_grad():
-            w.copy_(clamped.reshape(w.shape))
+            w.copy_(clamped)
+
+    def format_clip(self, graph: LayerGraph, name: str, w: Tensor, fmt: str) -> Tensor:
+        """``w`` clamped per scope of the format ``fmt`` (:mod:`.format_clip`)."""
+        return clip_scopes(w, fmt, estimate_scope_clip(w, fmt, self.estimator, self.ctx.percentile))
 
 
 @register_fix("sawb", order=20)
@@ -90,6 +111,9 @@ class SAWBClip(ClipFix):
 @register_fix("mse", order=20)
 class MSEClip(ClipFix):
     estimator = "mse"
+
+    def format_clip(self, graph: LayerGraph, name: str, w: Tensor, fmt: str) -> Tensor:
+        return format_mse_clip(w, fmt)
 
 
 @register_fix("percentile", order=20)
@@ -174,12 +198,19 @@ class OutputMSEClip(ClipFix):
             return super().apply(graph, names)
         return out
 
-    def range(self, graph: LayerGraph, name: str, rows: Tensor, spec: QuantSpec) -> tuple[Tensor, Tensor]:
+    def _layer_importance(self, graph: LayerGraph, name: str) -> Tensor:
+        """``E[x_c^2]`` of each weight's input channel, in the weight's shape."""
         module = graph.module(graph.layer(name))
         ex2 = self._ex2.get(name)
         if ex2 is None:
             ex2 = input_second_moment(graph, name, self.ctx.calib, self.ctx.device)
-        imp = _importance(module.weight.detach(), int(getattr(module, "groups", 1)), ex2)
+        return _importance(module.weight.detach(), int(getattr(module, "groups", 1)), ex2)
+
+    def format_clip(self, graph: LayerGraph, name: str, w: Tensor, fmt: str) -> Tensor:
+        return format_mse_clip(w, fmt, self._layer_importance(graph, name))
+
+    def range(self, graph: LayerGraph, name: str, rows: Tensor, spec: QuantSpec) -> tuple[Tensor, Tensor]:
+        imp = self._layer_importance(graph, name)
         imp_rows = weight_rows(imp, spec).float().to(rows.device) + 1e-12
         amax = rows.abs().amax(dim=1)
         lo, hi = -amax, amax

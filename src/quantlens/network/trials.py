@@ -104,7 +104,8 @@ class TrialRunner:
             return dict(zip(keep, values))
 
         if self.act_spec is not None:
-            self._calibrate(cones, float_pass, calib, on_batch)
+            axes = [-1 if self.graph.layer(layer).op == "Linear" else 1 for layer, _ in trials]  # the consumer's reduction axis
+            self._calibrate(cones, float_pass, calib, on_batch, axes)
         for c in cones:
             c.qlayer.set_weight(quantize_weight(c.qlayer.layer.weight.detach(), self.weight_spec).weight)
         base = make_metric(metric)
@@ -135,7 +136,8 @@ class TrialRunner:
                                    iv.low if iv else float("nan"), iv.high if iv else float("nan"), acc.n))
         return cells
 
-    def _calibrate(self, cones: list[Cone], float_pass: Callable, calib: Iterable[Any], on_batch: Optional[Callable[[], None]]) -> None:
+    def _calibrate(self, cones: list[Cone], float_pass: Callable, calib: Iterable[Any], on_batch: Optional[Callable[[], None]],
+                   axes: list[int]) -> None:
         """Each trial layer's input and output ranges on its fixed graph's float network."""
         spec = self.act_spec
         ins = [make_observer(spec) for _ in cones]
@@ -152,7 +154,7 @@ class TrialRunner:
                 trim_heap()
                 if on_batch is not None:
                     on_batch()
-        for c, oi, oo in zip(cones, ins, outs):
+        for c, oi, oo, axis in zip(cones, ins, outs, axes):
             assert spec is not None
-            c.in_q.set(spec, oi)
-            c.out_q.set(spec, oo)
+            c.in_q.set(spec, oi, axis)
+            c.out_q.set(spec, oo, axis)

@@ -1,0 +1,150 @@
+"""``additivity`` and ``fix`` over named formats (``--low nvfp4 --high fp8-e4m3``, ``fix --w-bits mxfp4``).
+
+Oracles: a naive copy of the model whose every weight is replaced by ``quantlens.fake_quantize``
+(padded) and run whole (weights only); the single-layer sweep cell for a configuration that
+quantizes one layer (weights and activations in formats); one ``analyze`` of each fixed graph
+for the fix loop's local trials.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from support.helpers import assert_close
+from support.single_thread import one_thread  # noqa: F401  (module fixture: one intra-op thread)
+from torch import nn
+
+import quantlens as ql
+from quantlens import QuantlensError
+from quantlens.core.experiment import ExperimentSpec, parse_column
+from quantlens.core.layer_config import LayerQuant, QuantConfig
+from quantlens.core.workload import Workload
+from quantlens.experiments.additivity import AdditivityResult, run_additivity
+from quantlens.experiments.fixloop import FixResult, applicable_fixes, fix_loop
+from quantlens.fixes import FixContext, make_fix
+from quantlens.network.measure import make_measurer
+from quantlens.quant.padded import quantize_padded
+from quantlens.quant.spec import QuantSpec
+
+
+def _net() -> nn.Module:
+    """No BatchNorm (the naive oracle quantizes the module's own weights): conv (27-value reduction:
+    MX blocks padded), depthwise, 1x1, linear."""
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.ReLU(),
+                         nn.Conv2d(16, 32, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10)).eval()
+
+
+def _data(n=2, seed=4):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(8, 3, 10, 10, generator=g), None) for _ in range(n)]
+
+
+def _naive_noise(model: nn.Module, data, fmt_of: dict[str, str]) -> float:
+    """``mean_n ||y_n - y_q,n||^2`` with the named layers' weights in their formats, run whole."""
+    q = copy.deepcopy(model)
+    for name, fmt in fmt_of.items():
+        mod = q.get_submodule(name)
+        with torch.no_grad():
+            mod.weight.copy_(quantize_padded(mod.weight.detach(), fmt, "weight"))
+    tot, n = 0.0, 0
+    with torch.no_grad():
+        for x, _ in data:
+            d = (model(x) - q(x)).double()
+            tot += float((d ** 2).sum())
+            n += x.shape[0]
+    return tot / n
+
+
+def test_the_spec_takes_formats_and_bit_widths():
+    spec = ExperimentSpec(a_bits=None, granularity="per-group-16")
+    assert spec.layer("NVFP4").weight.format == "nvfp4" and spec.layer("nvfp4").act is None
+    assert spec.layer(4).weight.format is None and str(spec.layer(4).granularity) == "per-group-16"
+    assert spec.format_column(4) == "int4-g16" and spec.format_column("mxfp4") == "mxfp4"
+    assert spec.sweep_config(["nvfp4", 8]).formats == ("nvfp4", "int8-g16")
+    assert spec.sweep_config([4, 8]).w_bits == (4, 8)
+    w4a4 = ExperimentSpec(a_format="nvfp4")
+    assert (w4a4.a_bits, w4a4.a_format, w4a4.layer("nvfp4").act.format) == (4, "nvfp4", "nvfp4")
+    assert w4a4.sweep_config(["nvfp4"]).a_format == "nvfp4"
+    assert ExperimentSpec(a_format="int6").a_bits == 6 and ExperimentSpec(a_format="none").a_bits is None
+    assert parse_column("8") == 8 and parse_column("MXFP4") == "mxfp4"
+    with pytest.raises(QuantlensError, match="unknown number format 'fp5'"):
+        parse_column("fp5", "--low")
+    with pytest.raises(QuantlensError, match="--low must be in 2..16"):
+        parse_column(1, "--low")
+
+
+def test_a_format_layer_survives_fixes_and_json():
+    lq = ExperimentSpec(a_format="mxfp8").layer("nvfp4")
+    cfg = QuantConfig((("a", lq),)).with_fix("mse", ["a"])
+    assert cfg.layer("a").weight.format == "nvfp4" and cfg.layer("a").act.format == "mxfp8" and cfg.layer("a").fixes == ("mse",)
+    back = QuantConfig.from_json(cfg.to_json())
+    assert back == cfg
+    d = LayerQuant(weight=QuantSpec(bits=4), act=QuantSpec(format="nvfp4", symmetric=False)).to_dict()
+    assert d["a_format"] == "nvfp4" and LayerQuant.from_dict(d).act.format == "nvfp4" and LayerQuant.from_dict(d).w_bits == 4
+
+
+def test_additivity_over_formats_measures_what_a_naive_whole_run_measures():
+    model, data = _net(), _data()
+    work = Workload(model, data, metric="mse")
+    spec = ExperimentSpec(a_bits=None)
+    r = run_additivity(work, low="mxfp4", high="fp8-e4m3", configs=3, seed=1, spec=spec)
+    assert (r.low, r.high) == ("mxfp4", "fp8-e4m3")
+    sweep = ql.analyze(model, data, config=spec.sweep_config(["mxfp4", "fp8-e4m3"]), metric="mse")
+    names = sweep.layer_names
+    for p in r.points:
+        fmt_of = {n: "mxfp4" if n in p.low_bit_layers else "fp8-e4m3" for n in names}
+        assert_close(p.measured_noise, _naive_noise(model, data, fmt_of), rel=1e-5, what="measured noise")
+        assert_close(p.predicted_noise, sum(sweep.cell(n, f).noise for n, f in fmt_of.items()), rel=1e-9, what="predicted noise")
+    again = AdditivityResult.from_json(r.to_json())
+    assert (again.low, again.high) == ("mxfp4", "fp8-e4m3") and again.points == r.points
+    with pytest.raises(QuantlensError, match="no cells at nvfp4"):
+        run_additivity(work, low="nvfp4", high="fp8-e4m3", configs=2, spec=spec, sweep=sweep)
+    with pytest.raises(QuantlensError, match="both nvfp4"):
+        run_additivity(work, low="nvfp4", high="NVFP4", configs=2, spec=spec)
+
+
+def test_one_layer_in_formats_weights_and_activations_equals_its_sweep_cell():
+    """W4A4: the whole-network builder and the sweep engine agree on one quantized layer."""
+    model, data = _net(), _data()
+    spec = ExperimentSpec(a_format="nvfp4")
+    sweep = ql.analyze(model, data, config=spec.sweep_config(["nvfp4"]), metric="mse")
+    measure = make_measurer(Workload(model, data, metric="mse"))
+    for name in sweep.layer_names:
+        got = measure(QuantConfig(((name, spec.layer("nvfp4")),)))
+        assert_close(got.noise, sweep.cell(name, "nvfp4").noise, rel=1e-5, abs_=1e-12, what=name)
+
+
+def test_fix_loop_over_a_format_equals_one_analyze_per_fixed_graph():
+    model, data = _net(), _data(3)
+    calib = data[:2]
+    spec = ExperimentSpec(a_bits=8)
+    sweep = ql.analyze(model, data, config=spec.sweep_config(["mxfp4"]), metric="kl", calib=calib)
+    result, measurer = fix_loop(Workload(model, data, calib, "kl"), sweep, w_bits="mxfp4", spec=spec, top=2)
+    assert result.w_bits == "mxfp4" and dict(result.skipped).keys() == {"sawb"}
+    assert {t.fix for t in result.trials} == {"mse", "mse_output", "percentile", "equalize", "bias_correction"}
+    assert [r.method for r in result.rows][:2] == ["float", "naive"] and "global:sawb" not in [r.method for r in result.rows]
+    naive = QuantConfig(tuple((n, spec.layer("mxfp4")) for n in measurer.names))
+    for t in result.trials:
+        ctx = FixContext(QuantConfig(((t.layer, naive.layer(t.layer)),)), measurer.calib, measurer.device)
+        fixed = make_fix(t.fix, ctx).apply(measurer.graph, [t.layer])
+        want = ql.analyze(fixed.gm, data, config=spec.sweep_config(["mxfp4"]), metric="kl", calib=calib,
+                          reference=measurer.float_gm, layers=[t.layer]).cell(t.layer, "mxfp4")
+        assert_close(t.degradation, want.degradation, rel=1e-6, abs_=1e-12, what=f"{t.layer}/{t.fix}")
+    naive_row = measurer(naive)
+    assert_close(result.row("naive").noise, naive_row.noise, rel=1e-9)
+    d = json.loads(result.to_json())
+    assert d["w_bits"] == d["format"] == "mxfp4" and "sawb" in d["skipped"]
+    back = FixResult.from_json(result.to_json())
+    assert back.w_bits == "mxfp4" and back.skipped == result.skipped and back.config == result.config
+
+
+def test_fixes_that_do_not_apply_to_a_format_are_named():
+    kept, skipped = applicable_fixes(["sawb", "mse", "equalize"], "nvfp4", global_rows=[("sawb",)])
+    assert kept == ["mse", "equalize"] and set(skipped) == {"sawb"}
+    assert applicable_fixes(["sawb"], 4)[1] == {}
+    with pytest.raises(QuantlensError, match="none of the fixes applies to bf16 weights: mse: bf16 is a plain cast"):
+        applicable_fixes(["mse"], "bf16")
