@@ -14,7 +14,8 @@ import torch
 
 from quantlens import QuantlensError
 from quantlens.fixes import FixContext, make_fix, not_applicable
-from quantlens.fixes.format_clip import FORMAT_GRID, clip_applies, format_mse_clip, scope_rows
+from quantlens.fixes.format_clip import FORMAT_GRID, clip_applies, format_mse_clip
+from quantlens.quant.scopes import scope_rows
 from quantlens.quant.formats import fake_quantize, get_format
 from quantlens.quant.formats.nvfp4 import nvfp4_global_scale
 from quantlens.quant.padded import quantize_padded

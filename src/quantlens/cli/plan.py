@@ -96,8 +96,11 @@ def _write_config(args: argparse.Namespace, r, workload, out) -> str:  # noqa: A
     from quantlens.core.workload import RunOptions
 
     spec = experiment_spec(args)
-    bits_of = r.extra.get("layer_bits") or {l.layer: l.w_bits for l in r.layers}  # a role plan lists its layers' bits
-    cfg = QuantConfig(tuple((n, spec.layer(b)) for n, b in bits_of.items()))
+    if any(l.format for l in r.layers):  # a plan over formats
+        col_of = {l.layer: l.format for l in r.layers}
+    else:
+        col_of = r.extra.get("layer_bits") or {l.layer: l.w_bits for l in r.layers}  # a role plan lists its layers' bits
+    cfg = QuantConfig(tuple((n, spec.layer(b)) for n, b in col_of.items()))
     try:
         m = NetworkMeasurer(workload, RunOptions(args.device))
     except UntraceableError as e:
@@ -144,5 +147,6 @@ def _run_formats(args: argparse.Namespace, a_bits) -> int:  # noqa: ANN001
     groups = r.extra.get("groups") or []
     if groups:
         console.print(f"{len(groups)} groups of fused siblings share a format (e.g. {', '.join(groups[0])})")
-    console.print(f"wrote {out / 'plan.json'}")
+    wrote = _write_config(args, r, workload, out)
+    console.print(f"wrote {out / 'plan.json'}{wrote}")
     return 0

@@ -8,6 +8,9 @@ opset 21) writes the graph, then each weight's DequantizeLinear gets its real sc
   ``block_size=g`` (opset 21 blocked quantization), the scale repeated over the kernel;
 * weights at 4 bits or fewer are stored as INT4 (``int4=False``: int8), others as int8, in
   both cases the integers of the b-bit grid with the b-bit scale: ``W_q = q * s`` exactly;
+* FP8 weights (``fp8-e4m3`` / ``fp8-e5m2``, per tensor or ``-channel``) are stored as
+  FLOAT8E4M3FN / FLOAT8E5M2 codes with their float32 scale, ``W_q = q * s`` exactly; FP8
+  activations as QuantizeLinear (``saturate=1``) / DequantizeLinear to the same types;
 * the zero point input of weight DequantizeLinear is left out (symmetric: 0).
 
 Beside ``model.onnx``, ``export.json`` (schema ``quantlens/export-v1``) records the model
@@ -38,7 +41,7 @@ from quantlens.data.batches import iterate
 from quantlens.engine.build import QuantizedNetwork
 from quantlens.errors import QuantlensError
 from quantlens.core.layer_config import QuantConfig
-from quantlens.export.qdq import LayerFormat, QDQNetwork, layer_formats, onnx_scale, qdq_module, weight_integers
+from quantlens.export.qdq import FP8_STORAGE, LayerFormat, QDQNetwork, layer_formats, onnx_scale, qdq_module, weight_integers
 from quantlens.export.rebuild import load_quantized
 
 __all__ = ["OnnxExport", "export_onnx", "export_qnet", "EXPORT_SCHEMA", "OPSET", "check_onnx_available"]
@@ -85,19 +88,22 @@ class OnnxExport:
 
 @lru_cache(maxsize=None)
 def _runtime_supports(kind: str) -> bool:
-    """Whether this onnxruntime runs a DequantizeLinear of ``kind`` (``int4``, ``block``) on CPU."""
+    """Whether this onnxruntime runs a DequantizeLinear of ``kind`` (``int4``, ``block``, ``float8e4m3fn``, ``float8e5m2``) on CPU."""
     import numpy as np
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     w = np.array([[1, -2, 3, -4], [0, 1, -1, 2]], dtype=np.int8)
-    dtype = TensorProto.INT4 if kind == "int4" else TensorProto.INT8
     attrs: dict = {"axis": 1, "block_size": 2} if kind == "block" else {}
     scale = np.full((2, 2), 0.5, np.float32) if kind == "block" else np.array(0.5, np.float32)
     node = helper.make_node("DequantizeLinear", ["w", "s"], ["y"], **attrs)
+    if kind in FP8_STORAGE.values():
+        init = _code_tensor("w", torch.from_numpy(w.astype(np.float32)), kind, False)
+    else:
+        init = helper.make_tensor("w", TensorProto.INT4 if kind == "int4" else TensorProto.INT8, w.shape, w.flatten().tolist())
     g = helper.make_graph([node], "probe", [], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                          [helper.make_tensor("w", dtype, w.shape, w.flatten().tolist()), numpy_helper.from_array(scale, "s")])
+                          [init, numpy_helper.from_array(scale, "s")])
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)])
     try:
         y = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {})[0]
@@ -110,6 +116,10 @@ def _runtime_supports(kind: str) -> bool:
 def _check_runtime(formats: dict[str, LayerFormat], int4: bool) -> bool:
     """Refuse per-group where onnxruntime lacks blocked DequantizeLinear; whether INT4 storage is usable."""
     for f in formats.values():
+        for storage in (f.storage, FP8_STORAGE.get(str(f.a_format or "").removeprefix("fp8-"))):
+            if storage in FP8_STORAGE.values() and not _runtime_supports(storage):
+                raise QuantlensError(f"layer {f.layer}: this onnxruntime does not run {storage} DequantizeLinear on the CPU; "
+                                     "use an int format for this layer, or a newer onnxruntime")
         if f.block_size is not None and not _runtime_supports("block"):
             raise QuantlensError(f"layer {f.layer}: per-group weights need DequantizeLinear block_size (opset 21), which this "
                                  "onnxruntime does not run; use per-channel granularity or a newer onnxruntime")
@@ -159,7 +169,7 @@ def _torch_export(module: QDQNetwork, sample: tuple[Tensor, ...], names: list[st
 def _place_weights(path: Path, qnet: QuantizedNetwork, formats: dict[str, LayerFormat], int4: bool) -> None:
     """Give each weight DequantizeLinear its integers, scale, axis and block size (module docstring)."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     model = onnx.load(str(path))
     g = model.graph
@@ -177,10 +187,8 @@ def _place_weights(path: Path, qnet: QuantizedNetwork, formats: dict[str, LayerF
             raise QuantlensError(f"layer {f.layer}: could not find its weight in the exported ONNX graph")  # pragma: no cover
         name, dq = names[0], consumers[names[0]][0]
         q, _ = weight_integers(qnet, f.layer)
-        store_int4 = f.storage == "int4" and int4
-        dtype = TensorProto.INT4 if store_int4 else TensorProto.INT8
         g.initializer.remove(inits[name])
-        g.initializer.append(helper.make_tensor(name, dtype, list(q.shape), q.flatten().tolist()))
+        g.initializer.append(_code_tensor(name, q, f.storage, int4))
         scale_name = f"{name}_scale"
         g.initializer.append(numpy_helper.from_array(onnx_scale(qnet, f).numpy().astype("float32"), scale_name))
         del dq.input[:]
@@ -195,6 +203,21 @@ def _place_weights(path: Path, qnet: QuantizedNetwork, formats: dict[str, LayerF
         if t.name not in used and t.name not in {o.name for o in g.output}:
             g.initializer.remove(t)  # the placeholder scales and zero points
     onnx.save(model, str(path))
+
+
+def _code_tensor(name: str, q: Tensor, storage: str, int4: bool) -> Any:
+    """The initializer of a weight's codes: INT4 / INT8 integers, or FP8 codes as their raw bytes."""
+    from onnx import TensorProto, helper
+
+    if storage in FP8_STORAGE.values():
+        dtype, tdtype = ((TensorProto.FLOAT8E4M3FN, torch.float8_e4m3fn) if storage == "float8e4m3fn"
+                         else (TensorProto.FLOAT8E5M2, torch.float8_e5m2))
+        codes = q.float().to(tdtype)
+        if not torch.equal(codes.float(), q.float()):  # the codes are on the element's grid, so the cast is exact
+            raise AssertionError(f"{name}: the FP8 codes are not on the {storage} grid")
+        return helper.make_tensor(name, dtype, list(q.shape), codes.view(torch.uint8).numpy().tobytes(), raw=True)
+    dtype = TensorProto.INT4 if (storage == "int4" and int4) else TensorProto.INT8
+    return helper.make_tensor(name, dtype, list(q.shape), q.flatten().tolist())
 
 
 def export_qnet(

@@ -7,10 +7,22 @@ writes as QDQ pairs:
 * each activation quantizer ``(clamp(round(x/s) + z, 0, 255) - z) * s`` becomes
   ``quantized_decomposed.quantize_per_tensor`` + ``dequantize_per_tensor`` (QuantizeLinear
   + DequantizeLinear, uint8, the same scale and zero point), on the same edge;
-* each quantized weight becomes its integers ``q = round(W_q / s)`` (an int8 buffer) and a
+* each quantized weight becomes its codes ``q = W_q / s`` (integers, or FP8 element values) and a
   ``dequantize_per_tensor(q, 1.0)`` placeholder; :mod:`quantlens.export.onnx` then gives that
   DequantizeLinear its real scale (per-tensor, per-channel ``axis=0``, or per-group via
-  ``block_size`` on axis 1) and stores 4-bit (or narrower) integers as INT4.
+  ``block_size`` on axis 1) and stores 4-bit (or narrower) integers as INT4, FP8 codes as
+  FLOAT8E4M3FN / FLOAT8E5M2;
+* an ``fp8-e4m3`` / ``fp8-e5m2`` activation quantizer (static per-tensor scale) becomes
+  QuantizeLinear/DequantizeLinear to FLOAT8E4M3FN / FLOAT8E5M2 with ``saturate=1``: onnxruntime
+  divides by the scale and rounds half to even onto the element, saturating, as the simulation does.
+
+Weights in named formats (:mod:`quantlens.quant.formats`): ``int{b}`` (``b <= 8``),
+``int{b}-channel`` and ``int{b}-g{N}`` (a Linear's or 1x1 convolution's weight, ``N`` dividing
+the input width) are integers with the format's scales (``s = amax / (2^(b-1) - 1)`` per scope);
+``fp8-e4m3`` / ``fp8-e5m2`` per tensor or ``-channel`` are FP8 codes with ``s = amax / max``;
+``bf16`` / ``fp16`` are their rounded values stored in float32. The block formats with a scale per
+16 or 32 values in E8M0 / E4M3 (``mxfp*``, ``nvfp4``) and FP8's 128x128 tiles have no
+DequantizeLinear layout here: refused in one line that says what onnx-qdq holds.
 
 :func:`layer_formats` decides per layer how the weights are stored, and refuses what the
 format cannot hold with one line naming the layer and what would work.
@@ -34,14 +46,21 @@ from quantlens.engine.build import QuantizedNetwork
 from quantlens.quant.spec import PerChannel, PerGroup
 from quantlens.errors import QuantlensError
 from quantlens.engine.cone import QuantLayer, layer_forward
+from quantlens.quant.formats import ELEMENTS, Format, cast_to_element, get_format
 from quantlens.quant.quantizer import ActQuantizer, group_size, weight_rows
+from quantlens.quant.scopes import scope_rows
 
 # registers torch.ops.quantized_decomposed; must happen before the ONNX exporter builds its op registry
 import torch.ao.quantization.fx._decomposed  # noqa: E402,F401
 
-__all__ = ["LayerFormat", "layer_formats", "qdq_module", "weight_integers", "ACT_BITS"]
+__all__ = ["LayerFormat", "layer_formats", "qdq_module", "weight_integers", "ACT_BITS", "HOLDS", "FP8_STORAGE"]
 
 ACT_BITS = 8  # activations go to uint8 QuantizeLinear
+#: What onnx-qdq holds, for the one-line refusals.
+HOLDS = ("int2..int8 weights (per tensor, per channel, or groups along a Linear's input), fp8-e4m3 / fp8-e5m2 weights and "
+         "activations (per tensor; weights also -channel), uint8 activations, and float (bf16/fp16 values kept in float32)")
+#: The ONNX storage of each FP8 element (OCP E4M3 is ONNX's FLOAT8E4M3FN: finite, max 448).
+FP8_STORAGE = {"e4m3": "float8e4m3fn", "e5m2": "float8e5m2"}
 
 
 def _decomposed() -> Any:
@@ -52,9 +71,10 @@ def _decomposed() -> Any:
 class LayerFormat:
     """How one layer goes into the QDQ model.
 
-    ``storage``: ``int8`` or ``int4`` weight integers (``None``: float weights);
-    ``axis``/``block_size``: the DequantizeLinear attributes (``None``: per-tensor);
-    ``a_bits``: 8 (uint8 QDQ on the input edge and after the activation) or ``None`` (float).
+    ``storage``: ``int8`` or ``int4`` weight integers, ``float8e4m3fn`` / ``float8e5m2`` FP8
+    codes (``None``: float weights); ``axis``/``block_size``: the DequantizeLinear attributes
+    (``None``: per-tensor); ``a_bits``: 8 (QDQ on the input edge and after the activation) or
+    ``None`` (float); ``format`` / ``a_format``: the layer's named weight / activation format, if any.
     """
 
     layer: str
@@ -65,10 +85,17 @@ class LayerFormat:
     axis: Optional[int]
     block_size: Optional[int]
     a_bits: Optional[int]
+    format: Optional[str] = None
+    a_format: Optional[str] = None
 
     def to_dict(self) -> dict:
-        return {"w_bits": self.w_bits, "storage": self.storage, "granularity": self.granularity, "axis": self.axis,
-                "block_size": self.block_size, "a_bits": self.a_bits}
+        d = {"w_bits": self.w_bits, "storage": self.storage, "granularity": self.granularity, "axis": self.axis,
+             "block_size": self.block_size, "a_bits": self.a_bits}
+        if self.format is not None:
+            d["format"] = self.format
+        if self.a_format is not None:
+            d["a_format"] = self.a_format
+        return d
 
 
 def layer_formats(qnet: QuantizedNetwork, int4: bool = True) -> dict[str, LayerFormat]:
@@ -76,24 +103,25 @@ def layer_formats(qnet: QuantizedNetwork, int4: bool = True) -> dict[str, LayerF
     out: dict[str, LayerFormat] = {}
     for name, lq in qnet.config.layers:
         layer = qnet.graph.layer(name)
-        if lq.a_bits is not None and lq.a_bits != ACT_BITS:
+        a_format = _act_format(name, lq)
+        if a_format is None and lq.a_bits is not None and lq.a_bits != ACT_BITS:
             raise QuantlensError(f"layer {name}: {lq.a_bits}-bit activations cannot go to onnx-qdq, which holds 8-bit "
                                  f"(uint8) or float activations; use --a-bits 8, or 16 (float), or --keep-float {name}")
         act = lq.act_spec()
-        if act is not None and (act.qmin, act.qmax) != (0, 255):
+        if a_format is None and act is not None and (act.qmin, act.qmax) != (0, 255):
             raise QuantlensError(f"layer {name}: activations on [{act.qmin}, {act.qmax}] (the {lq.convention} convention) cannot go "
                                  "to uint8 QuantizeLinear, which saturates at [0, 255]; export a config made with --convention "
                                  "quantlens or onnxruntime")
-        if lq.w_bits is not None and lq.w_bits > 8:
+        fmt = lq.weight.format if lq.weight is not None else None
+        if fmt is None and lq.w_bits is not None and lq.w_bits > 8:
             raise QuantlensError(f"layer {name}: {lq.w_bits}-bit weights cannot go to onnx-qdq, which holds 2..8-bit "
                                  f"weights (int8/int4) or float (16 bits); use --w-bits 8, or --keep-float {name}")
-        if qnet.graph.shared(layer) and lq.w_bits is not None:
-            raise QuantlensError(f"layer {name}: its module is called more than once; onnx-qdq export needs one weight per "
-                                 f"layer: --keep-float {layer.module_name}")
-        storage, axis, block = None, None, None
-        if lq.w_bits is not None:
+        w = qnet.graph.module(layer).weight
+        storage, axis, block = (None, None, None)
+        if fmt is not None:
+            storage, axis, block = _format_layout(name, get_format(fmt), w, int4)
+        elif lq.w_bits is not None:
             storage = "int4" if (int4 and lq.w_bits <= 4) else "int8"
-            w = qnet.graph.module(layer).weight
             g = lq.granularity
             if isinstance(g, PerChannel):
                 axis = 0
@@ -103,21 +131,90 @@ def layer_formats(qnet: QuantizedNetwork, int4: bool = True) -> dict[str, LayerF
                     axis = 0  # one group per output channel: per-channel
                 else:
                     axis, block = 1, gs
-        out[name] = LayerFormat(name, layer.index, lq.w_bits, storage, str(lq.granularity), axis, block, lq.a_bits)
+        if qnet.graph.shared(layer) and storage is not None:
+            raise QuantlensError(f"layer {name}: its module is called more than once; onnx-qdq export needs one weight per "
+                                 f"layer: --keep-float {layer.module_name}")
+        out[name] = LayerFormat(name, layer.index, lq.w_bits, storage, fmt or str(lq.granularity), axis, block, lq.a_bits, fmt, a_format)
     return out
 
 
+def _act_format(name: str, lq: Any) -> Optional[str]:
+    """The layer's activation format if onnx-qdq can hold it (FP8 with a static per-tensor scale); one line if not."""
+    fmt = lq.act.format if lq.act is not None else None
+    if fmt is None:
+        return None
+    f = get_format(fmt)
+    if f.family == "fp8" and f.scope == "tensor":
+        return f.name
+    raise QuantlensError(f"layer {name}: {f.name} activations (scales computed from each batch) cannot go to onnx-qdq, which holds "
+                         f"{HOLDS}; use --a-format fp8-e4m3 or int8 for this layer, or --keep-float {name}")
+
+
+def _format_layout(name: str, f: Format, w: Tensor, int4: bool) -> tuple[Optional[str], Optional[int], Optional[int]]:
+    """``(storage, axis, block_size)`` of a weight in the named format ``f``; one line for what onnx-qdq cannot hold."""
+    refuse = f"layer {name}: {f.name} weights cannot go to onnx-qdq"
+    if f.family == "float":
+        return None, None, None  # its rounded values, kept in float32
+    if f.family == "int" and f.bits <= 8:
+        storage = "int4" if (int4 and f.bits <= 4) else "int8"
+        if f.scope == "tensor":
+            return storage, None, None
+        if f.scope == "row":
+            return storage, 0, None
+        kernel = 1
+        for d in w.shape[2:]:
+            kernel *= int(d)
+        if w.dim() < 2 or kernel != 1:
+            raise QuantlensError(f"{refuse}: its groups of {f.block} run along the flattened in x kernel axis, which a "
+                                 f"DequantizeLinear block (along the input channels) cannot hold; use int{f.bits}-channel, "
+                                 f"or --granularity per-group-{f.block}, or --keep-float {name}")
+        if w.shape[1] % f.block:
+            raise QuantlensError(f"{refuse}: its input width {w.shape[1]} is not a multiple of the group of {f.block} (the "
+                                 f"simulation pads the last group; onnx-qdq does not): use int{f.bits}-channel or --keep-float {name}")
+        return storage, 1, f.block
+    if f.family == "fp8" and f.scope in ("tensor", "row"):
+        return FP8_STORAGE[f.element], (0 if f.scope == "row" else None), None
+    raise QuantlensError(f"{refuse}, which holds {HOLDS}; choose one of those formats for this layer, or --keep-float {name}")
+
+
 def weight_integers(qnet: QuantizedNetwork, name: str) -> tuple[Tensor, Tensor]:
-    """``(q, scale)`` with ``q * scale == W_q`` bit for bit (``q`` int8 in the weight's shape; ``scale`` per row)."""
+    """``(q, scale)`` with ``q * scale == W_q`` bit for bit (``q`` in the weight's shape: int8, or float32
+    FP8 element values for an FP8 format; ``scale`` one per row of :func:`weight_rows` or per scope of the format)."""
     qw = qnet.weights[name]
     spec = qnet.config.layer(name).weight_spec()
     assert spec is not None
+    if spec.format is not None:
+        return _format_codes(qnet, name, get_format(spec.format))
     rows = weight_rows(qw.weight, spec)
     s = qw.scale.reshape(-1, 1).to(rows)
     q = torch.round(rows / s).clamp(spec.qmin, spec.qmax)
     if not torch.equal(q * s, rows):  # the ints must reproduce the simulated weight exactly
         raise AssertionError(f"layer {name}: the integer weights do not reproduce the simulated ones")
     return q.reshape(qw.weight.shape).to(torch.int8), qw.scale.reshape(-1).float()
+
+
+def _format_codes(qnet: QuantizedNetwork, name: str, f: Format) -> tuple[Tensor, Tensor]:
+    """The codes and per-scope scales of a weight in an integer or FP8 format: the scale is the
+    format kernel's (``amax / qmax`` or ``amax / max_elem`` in float32 from the layer's float
+    weight, 1 where it is 0), the codes ``W_q / s`` (checked to give ``W_q`` back bit for bit)."""
+    wq = qnet.weights[name].weight
+    w = qnet.graph.module(qnet.graph.layer(name)).weight.detach().float()
+    rows, _ = scope_rows(w, f)
+    qrows, _ = scope_rows(wq, f)
+    amax = rows.abs().amax(dim=1, keepdim=True)
+    if f.family == "int":
+        scale = amax / float(2 ** (f.bits - 1) - 1)
+        ok = (scale > 0) & torch.isfinite(1.0 / scale)
+    else:
+        scale = amax / torch.full((), ELEMENTS[f.element].max)
+        ok = scale > 0
+    scale = torch.where(ok, scale, torch.ones_like(scale))
+    # W_q = fl(q * s): dividing back lands within a rounding of q, which the element's grid recovers
+    q = torch.round(qrows / scale) if f.family == "int" else cast_to_element(qrows / scale, ELEMENTS[f.element])
+    if not torch.equal(q * scale, qrows):  # the codes must reproduce the simulated weight exactly
+        raise AssertionError(f"layer {name}: the {f.name} codes do not reproduce the simulated weights")
+    codes = q.reshape(wq.shape)
+    return (codes.to(torch.int8) if f.family == "int" else codes), scale.reshape(-1)
 
 
 class ActQDQ(nn.Module):
@@ -133,23 +230,47 @@ class ActQDQ(nn.Module):
         return qd.dequantize_per_tensor(q, self.s, self.z, self.qmin, self.qmax, torch.uint8)
 
 
+class ActFP8QDQ(nn.Module):
+    """``DequantizeLinear(QuantizeLinear(x, s, zero_fp8), s)`` on FLOAT8E4M3FN / FLOAT8E5M2, static per-tensor ``s``.
+
+    In torch it computes the simulation's ``cast(x / s) * s`` (round half to even, saturating);
+    exporting, torch's decomposed ops (which round to integers in torch, but are written as
+    QuantizeLinear/DequantizeLinear with an FP8 zero point) carry it into the graph.
+    """
+
+    def __init__(self, q: ActQuantizer) -> None:
+        super().__init__()
+        self.q = q
+        self.s = float(q.scale)
+        self.dtype = torch.float8_e4m3fn if get_format(str(q.format)).element == "e4m3" else torch.float8_e5m2
+        self.fmax = int(ELEMENTS[get_format(str(q.format)).element].max)  # 448, 57344: the ops take integer bounds
+        self.exporting = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.exporting:
+            return self.q(x)
+        qd = _decomposed()
+        q = qd.quantize_per_tensor(x, self.s, 0, -self.fmax, self.fmax, self.dtype)
+        return qd.dequantize_per_tensor(q, self.s, 0, -self.fmax, self.fmax, self.dtype)
+
+
 class WeightDQLayer(nn.Module):
     """``op(x, DequantizeLinear(q, scale), bias)``; in torch the scale is applied directly (``q * scale``)."""
 
     def __init__(self, ql: QuantLayer, q: Tensor, scale: Tensor, rows_shape: tuple[int, ...]) -> None:
         super().__init__()
         self.layer = ql.layer
-        self.register_buffer("wint", q)
+        # FP8 codes travel as an int8 placeholder; the exporter's graph gets the real codes (onnx.py)
+        self.register_buffer("wint", q if q.dtype == torch.int8 else torch.zeros(q.shape, dtype=torch.int8))
+        self.register_buffer("wcode", q.float())
         self.register_buffer("wscale", scale)
         self.rows_shape = rows_shape
         self.exporting = False
 
     def weight(self) -> Tensor:
-        qd = _decomposed()
-        w = qd.dequantize_per_tensor(self.wint, 1.0, 0, -128, 127, torch.int8)
-        if self.exporting:  # the real scale goes onto the DequantizeLinear after export
-            return w
-        return (w.reshape(self.rows_shape[0], -1) * self.wscale.reshape(-1, 1)).reshape(self.wint.shape)
+        if self.exporting:  # the real codes and scale go onto the DequantizeLinear after export
+            return _decomposed().dequantize_per_tensor(self.wint, 1.0, 0, -128, 127, torch.int8)
+        return (self.wcode.reshape(self.rows_shape[0], -1) * self.wscale.reshape(-1, 1)).reshape(self.wint.shape)
 
     def forward(self, x: Tensor) -> Tensor:
         return layer_forward(self.layer, x, self.weight())
@@ -166,7 +287,7 @@ class QDQNetwork(nn.Module):
 
     def set_exporting(self, on: bool) -> None:
         for m in self.modules():
-            if isinstance(m, WeightDQLayer):
+            if isinstance(m, (WeightDQLayer, ActFP8QDQ)):
                 m.exporting = on
 
     def forward(self, *inputs: Tensor) -> Tensor:
@@ -181,15 +302,17 @@ def qdq_module(qnet: QuantizedNetwork, formats: dict[str, LayerFormat], output_k
     by_index = {f.index: f for f in formats.values()}
     for key, mod in list(gm.named_children()):
         if isinstance(mod, ActQuantizer):
-            setattr(gm, key, ActQDQ(mod) if mod.enabled else nn.Identity())
+            if not mod.enabled:
+                setattr(gm, key, nn.Identity())
+            else:
+                setattr(gm, key, ActFP8QDQ(mod) if mod.format is not None else ActQDQ(mod))
         elif isinstance(mod, QuantLayer):
             fmt = by_index.get(int(key.rsplit("_", 1)[1]))
             if fmt is None or fmt.storage is None:
                 continue  # float weights: the layer computes with them as before
             q, scale = weight_integers(qnet, fmt.layer)
-            spec = qnet.config.layer(fmt.layer).weight_spec()
-            rows = weight_rows(qnet.weights[fmt.layer].weight, spec)  # type: ignore[arg-type]
-            setattr(gm, key, WeightDQLayer(mod, q.cpu(), scale.cpu(), tuple(rows.shape)))
+            rows_shape = (scale.numel(), q.numel() // max(scale.numel(), 1))
+            setattr(gm, key, WeightDQLayer(mod, q.cpu(), scale.cpu(), rows_shape))
     return QDQNetwork(gm, output_key, qnet.graph.output).eval()
 
 

@@ -36,7 +36,7 @@ from quantlens.engine.build import QuantizedNetwork, build_quantized, calibrate_
 from quantlens.errors import QuantlensError
 from quantlens.graph.layers import LayerGraph
 from quantlens.core.guard import preserve_model
-from quantlens.core.layer_config import QuantConfig
+from quantlens.core.layer_config import LayerQuant, QuantConfig
 from quantlens.quant.observers import MinMaxObserver
 
 __all__ = ["load_quantized", "effective_config", "read_config", "FLOAT_BITS"]
@@ -58,7 +58,8 @@ def read_config(source: Union[str, os.PathLike, QuantConfig]) -> tuple[QuantConf
 
 
 def effective_config(config: QuantConfig, keep_float: Iterable[str] = ()) -> QuantConfig:
-    """``config`` with ``keep_float`` layers removed and >= 16-bit weights/activations made float."""
+    """``config`` with ``keep_float`` layers removed and >= 16-bit integer weights/activations made float
+    (a named format, ``bf16`` included, stays: its rounded values are what the simulation computed)."""
     keep = [k for k in keep_float if k]
     unknown = [k for k in keep if config.get(k) is None]
     if unknown:
@@ -68,11 +69,11 @@ def effective_config(config: QuantConfig, keep_float: Iterable[str] = ()) -> Qua
     for name, lq in config.layers:
         if name in keep:
             continue
-        w = None if lq.w_bits is None or lq.w_bits >= FLOAT_BITS else lq.w_bits
-        a = None if lq.a_bits is None or lq.a_bits >= FLOAT_BITS else lq.a_bits
-        if w is None and a is None:
+        weight = lq.weight if lq.weight is not None and (lq.weight.format is not None or lq.weight.bits < FLOAT_BITS) else None
+        act = lq.act if lq.act is not None and (lq.act.format is not None or lq.act.bits < FLOAT_BITS) else None
+        if weight is None and act is None:
             continue
-        layers.append((name, lq.replace(w_bits=w, a_bits=a)))
+        layers.append((name, LayerQuant(weight=weight, act=act, fixes=lq.fixes)))
     return replace(config, layers=tuple(layers))
 
 

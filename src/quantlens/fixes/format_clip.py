@@ -31,19 +31,18 @@ Example:
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Union
+from typing import Optional, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from quantlens.errors import QuantlensError
 from quantlens.quant.formats import Format, get_format
 from quantlens.quant.formats.nvfp4 import nvfp4_global_scale
-from quantlens.quant.formats.tiles import scope_shape, to_tiles, weight_matrix
-from quantlens.quant.padded import padding, quantize_padded
+from quantlens.quant.padded import quantize_padded
+from quantlens.quant.scopes import scope_rows
 
-__all__ = ["FORMAT_GRID", "scope_rows", "format_mse_clip", "clip_scopes", "clip_applies"]
+__all__ = ["FORMAT_GRID", "format_mse_clip", "clip_scopes", "estimate_scope_clip", "clip_applies"]
 
 #: The clip factors ``c`` the MSE search tries (40 values in (0, 1]; 1 keeps the scope as it is).
 FORMAT_GRID = torch.linspace(0.025, 1.0, 40)
@@ -57,28 +56,6 @@ def clip_applies(fix: str, fmt: Union[str, Format]) -> Optional[str]:
     if fix == "sawb" and f.family != "int":
         return f"SAWB's coefficients are fit for integer grids, and {f.name} is not one (try mse)"
     return None
-
-
-def scope_rows(w: Tensor, fmt: Union[str, Format]) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
-    """``w`` (float32) as ``[scopes, values per scope]`` of ``fmt``, padded with zeros where a
-    block does not divide; and the function that puts such rows back into ``w``'s shape."""
-    f = get_format(fmt)
-    shape = tuple(w.shape)
-    m = weight_matrix(w.float())
-    rows, k = m.shape
-    pr, pk = padding(shape, f, "weight")
-    m = F.pad(m, (0, pk, 0, pr))
-    view_shape = tuple(m.shape) if len(shape) == 2 or f.scope != "tile" else shape
-    r, c = scope_shape(f, view_shape, "weight")
-    t = to_tiles(m, r, c)  # [R/r, r, K/c, c]
-    grid = t.shape
-    out = t.permute(0, 2, 1, 3).reshape(grid[0] * grid[2], r * c)
-
-    def back(x: Tensor) -> Tensor:
-        tiles = x.reshape(grid[0], grid[2], r, c).permute(0, 2, 1, 3).reshape(m.shape)
-        return tiles[:rows, :k].reshape(shape)
-
-    return out, back
 
 
 def clip_scopes(w: Tensor, fmt: Union[str, Format], clip: Tensor) -> Tensor:
