@@ -189,3 +189,23 @@ def test_cli_plan_over_formats_then_export_and_verify(tmp_path, capsys):
     assert main(["export", "--model", f"{f}:model", "--config", str(tmp_path / "q"), "--out", str(tmp_path / "q" / "onnx")]) == 2
     err = capsys.readouterr().err
     assert "nvfp4 weights cannot go to onnx-qdq, which holds" in err and err.count("\n") == 1
+
+
+def test_torch_decomposed_fp8_quantize_rounds_to_integers_so_the_export_module_computes_the_simulation():
+    """torch's ``quantized_decomposed.quantize_per_tensor`` to float8 rounds ``x / s`` to an integer
+    before the cast (0.3 / 0.5 = 0.6 -> 1 -> 0.5), where E4M3 rounds to 0.625 (-> 0.3125), as
+    onnxruntime's QuantizeLinear does; the export module uses it only to write the graph."""
+    import torch.ao.quantization.fx._decomposed  # noqa: F401
+
+    from quantlens.export.qdq import ActFP8QDQ
+    from quantlens.quant.quantizer import ActQuantizer
+
+    x = torch.tensor([[0.3, -1000.0, 7.1, 0.0151]])
+    qd = torch.ops.quantized_decomposed
+    theirs = qd.dequantize_per_tensor(qd.quantize_per_tensor(x, 0.5, 0, -448, 448, torch.float8_e4m3fn), 0.5, 0, -448, 448,
+                                      torch.float8_e4m3fn)
+    assert theirs.tolist() == [[0.5, -224.0, 7.0, 0.0]]
+    q = ActQuantizer()
+    q.set_format("fp8-e4m3", 224.0)  # s = 224 / 448 = 0.5
+    mod = ActFP8QDQ(q)
+    assert mod(x).tolist() == [[0.3125, -224.0, 7.0, 0.0146484375]]

@@ -42,13 +42,14 @@ def print_table(result) -> None:  # noqa: ANN001
     w = f"{result.w_bits}-bit" if isinstance(result.w_bits, int) else result.w_bits
     t = Table(title=f"Table 1: {w} weights, {a}, whole network quantized")
     for col, just in (("method", "left"), (result.metric_name, "right"), ("degradation", "right"), ("95% CI", "right"),
-                      ("SQNR", "right"), ("fixes", "left")):
+                      ("SQNR", "right"), ("time", "right"), ("fixes", "left")):
         t.add_column(col, justify=just)  # type: ignore[arg-type]
     for r in result.rows:
         fixes = ", ".join(f"{k}: {'+'.join(v)}" for k, v in r.fixes.items())
         sq = "-" if math.isinf(r.sqnr_db) or math.isnan(r.sqnr_db) else f"{r.sqnr_db:.1f} dB"
         ci = "-" if math.isnan(r.ci_low) or r.method == "float" else f"[{_pct(r.ci_low, pct)}, {_pct(r.ci_high, pct)}]"
-        t.add_row(r.method, _pct(r.metric, pct), _pct(r.degradation, pct), ci, sq, fixes)
+        secs = "-" if math.isnan(r.seconds) else f"{r.seconds:.1f} s"
+        t.add_row(r.method, _pct(r.metric, pct), _pct(r.degradation, pct), ci, sq, secs, fixes)
     console.print(t)
     for line in significance_lines(result):
         console.print(line)

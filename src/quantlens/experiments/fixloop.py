@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Sequence, Union
 
@@ -53,6 +54,7 @@ class FixRow:
     fixes: dict = field(default_factory=dict)
     ci_low: float = jsonio.NAN
     ci_high: float = jsonio.NAN
+    seconds: float = jsonio.NAN  # wall time to apply the row's fixes, build and measure the network
 
 
 @dataclass(frozen=True)
@@ -158,7 +160,7 @@ class FixResult(jsonio.Artifact):
         base = next((_num(r.get("metric")) for r in raw if r.get("method") == "float"), None)
         rows = tuple(
             FixRow(str(r.get("method", "?")), _num(r.get("metric")), _row_degradation(r, base, hib), _num(r.get("noise")), _sqnr(r),
-                   _fix_names(r.get("fixes")), _num(r.get("ci_low")), _num(r.get("ci_high")))
+                   _fix_names(r.get("fixes")), _num(r.get("ci_low")), _num(r.get("ci_high")), _num(r.get("seconds")))
             for r in raw
         )
         trials = tuple(
@@ -269,7 +271,7 @@ def fix_loop(
                                          _gain_significant(naive_cell, c)))
             if keep:
                 chosen = chosen.with_fix(best[2], [layer])  # type: ignore[index]
-        rows = [_row("float", measurer(QuantConfig())), _row("naive", measurer(naive))]
+        rows = [_timed("float", measurer, QuantConfig()), _timed("naive", measurer, naive)]
         bar.advance(2)
         for fs in chosen.fix_layers():
             if (fs,) not in global_sets:
@@ -279,9 +281,9 @@ def fix_loop(
             cfg = naive
             for f in fs:
                 cfg = cfg.with_fix(f, names)
-            rows.append(_row("global:" + "+".join(fs), measurer(cfg)))
+            rows.append(_timed("global:" + "+".join(fs), measurer, cfg))
             bar.advance()
-        rows.append(_row("local", measurer(chosen), {n: list(lq.fixes) for n, lq in chosen.layers if lq.fixes}))
+        rows.append(_timed("local", measurer, chosen, {n: list(lq.fixes) for n, lq in chosen.layers if lq.fixes}))
         bar.advance()
     finally:
         bar.close()
@@ -310,8 +312,11 @@ def _col(c: Column) -> str:
     return f"{c}-bit" if isinstance(c, int) else str(c)
 
 
-def _row(method: str, r: Any, fixes: Optional[dict] = None) -> FixRow:
-    return FixRow(method, r.metric, r.degradation, r.noise, r.sqnr_db, fixes or {}, r.ci_low, r.ci_high)
+def _timed(method: str, measurer: NetworkMeasurer, cfg: QuantConfig, fixes: Optional[dict] = None) -> FixRow:
+    """The row of ``cfg``: its fixes applied, the network built and measured, and the seconds that took."""
+    t0 = time.perf_counter()
+    r = measurer(cfg)
+    return FixRow(method, r.metric, r.degradation, r.noise, r.sqnr_db, fixes or {}, r.ci_low, r.ci_high, time.perf_counter() - t0)
 
 
 def _local_cells(measurer: NetworkMeasurer, naive: QuantConfig, culprits: Sequence[str], candidates: Sequence[str],

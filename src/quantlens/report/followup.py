@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Optional
 from quantlens.report.extras import Extras, plan_avg_bits
 from quantlens.report.fmt import Units, finite
 from quantlens.report.insights import Insight
+from quantlens.sweep.results import bits_label
 
 if TYPE_CHECKING:
     from quantlens.experiments.additivity import AdditivityResult
@@ -49,7 +50,7 @@ def _fix(fix: "FixResult", u: Units) -> Optional[Insight]:
     nd = _deg(naive)
     if nd is None:
         return None
-    bits = f" at {fix.w_bits} bits" if fix.w_bits else ""
+    bits = f" at {bits_label(fix.w_bits)}" if fix.w_bits else ""
     text = f"Measured with the whole network quantized{bits} (fix.json): naive costs {u.deg(nd)}"
     if local is not None and local.fixes:
         ld = _deg(local)
@@ -71,7 +72,7 @@ def _additivity(a: "AdditivityResult") -> Optional[Insight]:
     if not finite(a.pearson_r):
         return None
     n = len(a.points)
-    bits = f" {a.low}/{a.high}-bit" if a.low and a.high else ""
+    bits = (f" {a.low}/{a.high}-bit" if isinstance(a.low, int) and isinstance(a.high, int) else f" {a.low}/{a.high}") if a.low and a.high else ""
     if a.pearson_r >= RELIABLE_R:
         verdict = "single-layer degradations add up, so the sweep is a planning tool for this network"
     else:
