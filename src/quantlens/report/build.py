@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Optional, Union
 
-from quantlens.sweep.results import SweepResult
+from quantlens.sweep.results import SweepResult, bits_label
 from quantlens.errors import QuantlensError
 from quantlens.core.jsonio import write_atomic
 from quantlens.report.extras import Extras, load_extras
@@ -69,12 +69,13 @@ def render_report(result: SweepResult, extras: Optional[Extras] = None, options:
     sub = f"{result.metric_name} on {result.num_samples:,} samples · float baseline {units.value(result.baseline)} · {len(result.layers)} layers"
     page = Page(title, sub)
     page.add("summary", "Summary", summary_html(result, units, focus, ex))
+    each = "format" if result.is_format_sweep else "bit-width"
     page.add("per-layer", "Per-layer degradation and noise",
              '<p class="lead">Quantize one layer at a time, everything else in float; layers in topological order. '
-             "Pick the bit-width with the buttons; hover for exact values.</p>" + plot_div(layer_profile(result, units, focus), "plot-profile"))
-    page.add("heatmap", "Layers x bits",
+             f"Pick the {each} with the buttons; hover for exact values.</p>" + plot_div(layer_profile(result, units, focus), "plot-profile"))
+    page.add("heatmap", "Layers x formats" if result.is_format_sweep else "Layers x bits",
              f'<p class="lead">Each cell: the absolute degradation of {esc(result.metric_name)} when only that layer is '
-             f"quantized to that bit-width (the paper's Figure 3). Colour saturates at {esc(units.deg(sat))}; "
+             f"quantized to that {each} (the paper's Figure 3). Colour saturates at {esc(units.deg(sat))}; "
              "blue cells improved the metric.</p>" + plot_div(heatmap(result, units, sat), "plot-heatmap"))
     roles_fig = role_heatmap(result, units, sat, focus)
     if roles_fig is not None:
@@ -82,7 +83,7 @@ def render_report(result: SweepResult, extras: Optional[Extras] = None, options:
         page.add("roles", "Roles x blocks",
                  '<p class="lead">The same cells arranged the way a transformer is built: one row per role (the layer\'s '
                  "name inside its block), one column per block; each cell quantizes that one layer. Worst roles at "
-                 f"{focus} bits (summed over blocks): {esc(worst)}. The flat list of layers is below.</p>"
+                 f"{esc(bits_label(focus))} (summed over blocks): {esc(worst)}. The flat list of layers is below.</p>"
                  + plot_div(roles_fig, "plot-roles"))
     members = result.extra.get("roles") if result.extra.get("group_by") == "role" else None
     if members:

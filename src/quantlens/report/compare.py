@@ -17,7 +17,7 @@ from typing import Optional, Sequence, Union
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from quantlens.sweep.results import SweepResult
+from quantlens.sweep.results import SweepResult, weights_label
 from quantlens.errors import QuantlensError
 from quantlens.report.build import load_result, results_path, write_html
 from quantlens.report.figures import BASE_LAYOUT, COLORS, bits_buttons
@@ -81,7 +81,7 @@ def profile_overlay(runs: Sequence[Run], layers: list[str], bits: list[int], foc
                             hovertemplate=f"<b>%{{x}}</b><br>{lab}, {b} bits: SQNR %{{y:.2f}} dB<extra></extra>")
     per = 2 * len(runs)
     masks = [[bb == b for bb in bits for _ in range(per)] for b in bits]
-    titles = [f"Per-layer profiles at {b}-bit weights" for b in bits]
+    titles = [f"Per-layer profiles at {weights_label(b)} weights" for b in bits]
     fig.update_layout(**BASE_LAYOUT, height=620, title=dict(text=titles[bits.index(focus)], y=0.97),
                       updatemenus=bits_buttons([f"{b} bits" for b in bits], masks, titles, bits.index(focus)),
                       legend=dict(orientation="h", x=1, xanchor="right", y=1.0, yanchor="bottom"))

@@ -24,7 +24,7 @@ from quantlens.report.figures import BASE_LAYOUT
 from quantlens.report.fmt import Units, finite
 from quantlens.report.page import Td, plot_div, table
 from quantlens.report.safe import esc, plot_text
-from quantlens.sweep.results import bits_label
+from quantlens.sweep.results import bits_label, weights_label
 
 if TYPE_CHECKING:
     from quantlens.experiments.additivity import AdditivityResult
@@ -33,11 +33,6 @@ if TYPE_CHECKING:
 
 __all__ = ["additivity_figure", "additivity_html", "fix_html", "plan_html", "ci_td", "verdict_td"]
 
-
-
-def _weights(key: "int | str") -> str:
-    """``4-bit`` for a bit-width, the format's name otherwise."""
-    return f"{key}-bit" if isinstance(key, int) and not isinstance(key, bool) else str(key)
 
 def additivity_figure(a: "AdditivityResult", units: Units) -> go.Figure:
     """Measured against predicted degradation of random mixed-precision networks, with y = x."""
@@ -51,7 +46,7 @@ def additivity_figure(a: "AdditivityResult", units: Units) -> go.Figure:
     fig.add_scatter(x=xs, y=ys, mode="markers", name="random configuration", marker=dict(size=10, color="#1f77b4"),
                     text=[plot_text(", ".join(p.low_bit_layers)) or "(none)" for p in pts],
                     hovertemplate="predicted %{x:.3f}<br>measured %{y:.3f}<br>low-bit layers: %{text}<extra></extra>")
-    bits = f" ({_weights(a.low)} / {_weights(a.high)})" if a.low and a.high else ""
+    bits = f" ({weights_label(a.low)} / {weights_label(a.high)})" if a.low and a.high else ""
     r = f"Pearson r = {a.pearson_r:.3f}" if finite(a.pearson_r) else "Pearson r = -"
     s = f"slope = {a.slope:.2f}" if finite(a.slope) else "slope = -"
     unit = " (%)" if units.pct else ""

@@ -20,7 +20,7 @@ from typing import Any, Optional
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from quantlens.sweep.results import column_label, bits_label
+from quantlens.sweep.results import column_label, bits_label, weights_label
 from quantlens.sweep.results import SweepResult
 from quantlens.report.fmt import Units, finite
 from quantlens.report.safe import plot_text
@@ -57,16 +57,16 @@ def layer_profile(result: SweepResult, units: Units, focus: int) -> go.Figure:
                units.value(c.metric), f"{c.noise:.4g}", f"{c.mean_shift:.3g}"] for c in cells]
         vis = b == focus
         xs = [plot_text(c.layer) for c in cells]  # a layer without a cell at b is a gap, never a shift
-        fig.add_bar(x=xs, y=[units.shown(c.degradation) for c in cells], name=f"degradation ({b}-bit)", customdata=cd,
+        fig.add_bar(x=xs, y=[units.shown(c.degradation) for c in cells], name=f"degradation ({weights_label(b)})", customdata=cd,
                     marker_color="#d62728", visible=vis,
                     hovertemplate="<b>%{x}</b> (%{customdata[0]}, %{customdata[1]}, %{customdata[2]:,} params)<br>"
-                    f"{b}-bit weights: degradation %{{customdata[3]}}, metric %{{customdata[4]}}<br>"
+                    f"{weights_label(b)} weights: degradation %{{customdata[3]}}, metric %{{customdata[4]}}<br>"
                     "noise %{customdata[5]}, mean shift %{customdata[6]} std<extra></extra>")
-        fig.add_scatter(x=xs, y=[_val(c.sqnr_db) for c in cells], name=f"SQNR ({b}-bit)", yaxis="y2", visible=vis,
+        fig.add_scatter(x=xs, y=[_val(c.sqnr_db) for c in cells], name=f"SQNR ({weights_label(b)})", yaxis="y2", visible=vis,
                         mode="lines+markers", line=dict(color="#1f77b4"),
                         hovertemplate=f"<b>%{{x}}</b><br>SQNR at {bits_label(b)}: %{{y:.2f}} dB<extra></extra>")
     masks = [[bb == b for bb in bits for _ in (0, 1)] for b in bits]
-    titles = [f"Degradation and SQNR per layer, {b}-bit weights" for b in bits]
+    titles = [f"Degradation and SQNR per layer, {weights_label(b)} weights" for b in bits]
     active = bits.index(focus)
     fig.update_layout(
         **BASE_LAYOUT, title=dict(text=titles[active], y=0.97), height=440, barmode="group",
@@ -161,7 +161,7 @@ def activation_figure(result: SweepResult, focus: int) -> go.Figure:
         fig.add_scatter(x=[plot_text(c.layer) for c in cells], y=[_val(c.mean_shift) for c in cells], name=f"mean shift {column_label(b)}", mode="lines+markers",
                         line=dict(color=COLORS[i % len(COLORS)], width=3 if b == focus else 1.5), row=2, col=1,
                         visible=True if b in (focus, result.w_bits[0]) or len(result.w_bits) <= 3 else "legendonly",
-                        hovertemplate=f"<b>%{{x}}</b><br>{b}-bit weights: mean shift %{{y:.3g}} std<extra></extra>")
+                        hovertemplate=f"<b>%{{x}}</b><br>{weights_label(b)} weights: mean shift %{{y:.3g}} std<extra></extra>")
     fig.update_layout(**BASE_LAYOUT, height=560, barmode="group", title="Activation ranges and bias shift (section 4.4)",
                       legend=dict(x=1.01, y=1, xanchor="left", yanchor="top"))
     fig.update_xaxes(type="category", categoryorder="array", categoryarray=names, tickangle=-45 if len(names) > 8 else 0)

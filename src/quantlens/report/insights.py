@@ -21,7 +21,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Optional
 
-from quantlens.sweep.results import bits_label
+from quantlens.sweep.results import bits_label, weights_label
 from quantlens.sweep.results import Cell, LayerInfo, SweepResult
 from quantlens.stats.degradation import summed_degradation
 from quantlens.report.fmt import Units, finite
@@ -53,7 +53,7 @@ def worst_by_bits(result: SweepResult, k: int = 3) -> dict[int, list[Cell]]:
 
 def _adj(key: "int | str") -> str:
     """A column as an adjective: ``4-bit``, or the format's name."""
-    return f"{key}-bit" if isinstance(key, int) else str(key)
+    return weights_label(key)
 
 
 def safe_bits(result: SweepResult, layer: str, tol: float) -> Optional[int]:
@@ -103,7 +103,7 @@ def causes(result: SweepResult, layer: LayerInfo, cell: Cell, a_quantized: bool)
             clipped = finite(cell.w_clip) and cell.w_clip < 0.999 * w.absmax
             out.append(
                 f"its weights have outliers (max|w| = {ratio:.1f} std, {w.outliers_3sigma} of {n} weights beyond 3 sigma), "
-                f"so the {cell.w_bits}-bit grid spends its levels on a few weights: "
+                f"so the {weights_label(result.key_of(cell))} grid spends its levels on a few weights: "
                 + ("the range is already clipped, try a tighter clip or per-channel granularity"
                    if clipped else "clip this layer's range (SAWB, MSE or percentile via --weight-estimator) or use per-channel granularity")
             )

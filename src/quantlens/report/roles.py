@@ -24,7 +24,7 @@ from typing import Optional
 
 import plotly.graph_objects as go
 
-from quantlens.sweep.results import bits_label
+from quantlens.sweep.results import bits_label, weights_label
 from quantlens.sweep.results import SweepResult
 from quantlens.core.roles import assign_roles
 from quantlens.report.figures import BASE_LAYOUT, bits_buttons
@@ -110,7 +110,7 @@ def role_heatmap(result: SweepResult, units: Units, saturate: float, focus: int)
             xgap=1, ygap=1,
         ))
     bits = [v.bits for v in views]
-    titles = [f"Degradation by role and block, {b}-bit weights (only that layer quantized)" for b in bits]
+    titles = [f"Degradation by role and block, {weights_label(b)} weights (only that layer quantized)" for b in bits]
     active = bits.index(focus) if focus in bits else 0
     masks = [[i == j for j in range(len(views))] for i in range(len(views))]
     fig.update_layout(**BASE_LAYOUT, title=dict(text=titles[active], y=0.98), height=max(300, 30 * len(views[0].roles) + 180),

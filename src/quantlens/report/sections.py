@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from quantlens.sweep.results import column_label
-from quantlens.sweep.results import SweepResult
+from quantlens.sweep.results import SweepResult, weights_label
 from quantlens.report.extras import Extras
 from quantlens.report.fmt import Units, finite
 from quantlens.report.followup import followups
@@ -27,9 +27,12 @@ def config_text(result: SweepResult) -> str:
     """The quantization settings in one line (``per-tensor minmax weights, 8-bit minmax activations``)."""
     c: Any = result.config if isinstance(result.config, dict) else {}
     w, a = c.get("weight") or {}, c.get("act") or {}
-    wt = f"{w.get('granularity', 'per-tensor')} {w.get('estimator', 'minmax')} weights"
+    wt = ("weights in named formats" if c.get("formats") else f"{w.get('granularity', 'per-tensor')} {w.get('estimator', 'minmax')} weights")
     ab = c.get("a_bits", a.get("bits") if a else None)
-    at = f"{ab}-bit {a.get('estimator', 'minmax')} activations" if ab else "float activations"
+    if c.get("a_format"):
+        at = f"{c['a_format']} activations"
+    else:
+        at = f"{ab}-bit {a.get('estimator', 'minmax')} activations" if ab else "float activations"
     return f"{wt}, {at}"
 
 
@@ -41,7 +44,7 @@ def facts(result: SweepResult, units: Units) -> list[tuple[str, str]]:
         ("metric", f"{result.metric_name} ({'higher' if result.higher_is_better else 'lower'} is better)"),
         ("float baseline", units.value(result.baseline)),
         ("layers", f"{len(result.layers)}"),
-        ("weight bit-widths", ", ".join(str(b) for b in result.w_bits)),
+        ("weight formats" if result.is_format_sweep else "weight bit-widths", ", ".join(str(b) for b in result.w_bits)),
         ("quantization", config_text(result)),
         ("engine / time", f"{result.engine}, {result.elapsed_s:.1f} s" if finite(result.elapsed_s) else result.engine),
     ]
@@ -60,7 +63,7 @@ def worst_table(result: SweepResult, units: Units, k: int = 3) -> str:
                  if finite(c.degradation) and c.degradation > 0]
         worst += [Td("")] * (k - len(worst))
         rows.append([Td(f"{b}", b), Td(units.deg(total), total), *worst])
-    heads = ["weight bits", "summed degradation"] + [f"worst #{i + 1}" for i in range(k)]
+    heads = ["weight format" if result.is_format_sweep else "weight bits", "summed degradation"] + [f"worst #{i + 1}" for i in range(k)]
     return table(heads, rows, sortable=False, text_cols=range(2, 2 + k))
 
 
@@ -70,8 +73,9 @@ def summary_html(result: SweepResult, units: Units, focus: int, extras: Optional
     measured = followups(extras, units, result.metric_name) if extras is not None else []
     done = ("<h3>Measured on the whole network</h3><ul class=\"next\">"
             + "".join(f'<li class="{esc(i.kind)}">{esc(i.text)}</li>' for i in measured) + "</ul>") if measured else ""
-    return (_cards(facts(result, units)) + f"<h3>What to do next ({focus}-bit weights)</h3><ul class=\"next\">{items}</ul>"
-            + done + "<h3>Worst layers at each bit-width</h3>" + worst_table(result, units))
+    each = "format" if result.is_format_sweep else "bit-width"
+    return (_cards(facts(result, units)) + f"<h3>What to do next ({weights_label(focus)} weights)</h3><ul class=\"next\">{items}</ul>"
+            + done + f"<h3>Worst layers at each {each}</h3>" + worst_table(result, units))
 
 
 def layers_table(result: SweepResult, units: Units, focus: int) -> str:

@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import plotly.graph_objects as go
 
-from quantlens.sweep.results import Cell, LayerInfo, SweepResult
+from quantlens.sweep.results import Cell, LayerInfo, SweepResult, bits_label, column_label, weights_label
 from quantlens.report.figures import BASE_LAYOUT
 from quantlens.report.fmt import finite
 from quantlens.report.insights import OUTLIER_RATIO
@@ -27,6 +27,18 @@ __all__ = ["weight_histograms", "layer_note", "MAX_GRID_TICKS"]
 
 MAX_GRID_TICKS = 65
 
+
+
+def _float_format(name: str) -> bool:
+    """Whether ``name`` is a named format whose grid is not the uniform integer one (FP8, MX, NVFP4, a cast)."""
+    if not name:
+        return False
+    from quantlens.quant.formats import get_format
+
+    try:
+        return get_format(name).family != "int"
+    except Exception:  # an older file's unknown name: draw it as bits
+        return False
 
 def _line(x: float, color: str, dash: str) -> dict:
     return dict(type="line", xref="x", yref="paper", x0=x, x1=x, y0=0, y1=1, line=dict(color=color, dash=dash, width=2))
@@ -50,7 +62,7 @@ def layer_note(layer: LayerInfo, cell: Optional[Cell]) -> str:
         if r and all(finite(v) for v in r):
             parts.append(f"{label} range [{r[0]:.3g}, {r[1]:.3g}]")
     if cell is not None and finite(cell.mean_shift):
-        parts.append(f"mean shift at {cell.w_bits} bits: {cell.mean_shift:.3g}σ")
+        parts.append(f"mean shift at {bits_label(cell.format if _float_format(cell.format) else cell.w_bits)}: {cell.mean_shift:.3g}σ")
     return " · ".join(parts)
 
 
@@ -66,9 +78,11 @@ def _shapes(layer: LayerInfo, cell: Optional[Cell], symmetric: bool, granularity
         per_tensor = granularity in ("per-tensor", "")
         name = ("clip" if clipped else "quant range") if per_tensor else "widest channel range"
         shapes += [_line(lo, "#d62728", "dash"), _line(clip, "#d62728", "dash")]
-        ann += [_label(lo, f"-{name} ({b}b)" if symmetric else f"{name} lo", "#d62728", 0.93),
-                _label(clip, f"+{name} ({b}b)", "#d62728", 0.93)]
-        levels = 2 ** (b - 1) - 1
+        named = _float_format(cell.format)
+        col = cell.format if named else b
+        ann += [_label(lo, f"-{name} ({column_label(col)})" if symmetric else f"{name} lo", "#d62728", 0.93),
+                _label(clip, f"+{name} ({column_label(col)})", "#d62728", 0.93)]
+        levels = 0 if named else 2 ** (b - 1) - 1  # a floating-point format's grid is not uniform: no level ticks
         if symmetric and per_tensor and levels > 0 and 2 * levels + 1 <= MAX_GRID_TICKS:
             step = clip / levels  # the grid as ticks on the axis (shapes: they survive a log count axis)
             shapes += [dict(type="line", xref="x", yref="paper", x0=k * step, x1=k * step, y0=0, y1=0.05,
@@ -103,7 +117,7 @@ def weight_histograms(result: SweepResult, focus: int) -> Optional[go.Figure]:
         ann.append(dict(x=0, y=-0.3, xref="paper", yref="paper", xanchor="left", showarrow=False, font=dict(size=12),
                         text=layer_note(l, cells.get(l.name))))
         views.append(dict(label=name, title=f"Weights of {name} ({plot_text(l.op)}, {l.kind}, {l.params:,} params) "
-                          f"and the {focus}-bit quantization range", shapes=shapes, annotations=ann))
+                          f"and the {weights_label(focus)} quantization range", shapes=shapes, annotations=ann))
     n = len(layers)
     w0 = layers[first].weight
     log = w0 is not None and w0.absmax_over_std >= OUTLIER_RATIO  # outliers: a few weights, visible on a log axis

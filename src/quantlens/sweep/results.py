@@ -22,7 +22,7 @@ from quantlens.stats.degradation import shares, summed_degradation
 from quantlens.errors import QuantlensError
 from quantlens.core.jsonio import num as _num
 
-__all__ = ["column_label", "bits_label", "SCHEMA", "WeightStats", "LayerInfo", "Cell", "SweepResult"]
+__all__ = ["column_label", "bits_label", "weights_label", "SCHEMA", "WeightStats", "LayerInfo", "Cell", "SweepResult"]
 
 SCHEMA = "quantlens/sweep-v1"
 
@@ -340,6 +340,11 @@ class SweepResult:
 def column_label(key: "int | str") -> str:
     """How a column is named to a user: ``4b`` for a bit-width, the format's name otherwise."""
     return f"{key}b" if isinstance(key, int) and not isinstance(key, bool) else str(key)
+
+
+def weights_label(key: "int | str") -> str:
+    """A column as an adjective of weights: ``4-bit`` for a bit-width, the format's name otherwise."""
+    return f"{key}-bit" if isinstance(key, int) and not isinstance(key, bool) else str(key)
 
 
 def bits_label(key: "int | str") -> str:
