@@ -221,6 +221,11 @@ def print_summary(result: SweepResult, k: int = 5, rank_bits: Optional[int] = No
     out.print(summary_table(result, k, rb, width=out.width))
     for line in noise_sentences(result, rb):
         out.print(line)
+    from quantlens.report.insights import grid_sentence
+
+    grid = grid_sentence(result)
+    if grid is not None:
+        out.print(f"[yellow]{grid}[/yellow]")
     print_worst_roles(result, rb, k, out)
 
 

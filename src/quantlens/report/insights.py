@@ -27,7 +27,7 @@ from quantlens.stats.degradation import summed_degradation
 from quantlens.report.fmt import Units, finite
 from quantlens.report.noise import has_intervals, names as layer_list, noise_sentences, top_tier, verdict
 
-__all__ = ["Insight", "insights", "worst_by_bits", "safe_bits", "OUTLIER_RATIO", "OUTLIER_FRACTION", "DW_SHIFT", "SHIFT", "WIDE_RANGE"]
+__all__ = ["grid_sentence", "Insight", "insights", "worst_by_bits", "safe_bits", "OUTLIER_RATIO", "OUTLIER_FRACTION", "DW_SHIFT", "SHIFT", "WIDE_RANGE"]
 
 OUTLIER_RATIO = 5.0
 OUTLIER_FRACTION = 0.01
@@ -91,6 +91,25 @@ _SOURCE_ADVICE = {
     "output": "the noise comes from its output activation range{frac}, not its weights: widen or clip that range",
 }
 
+
+
+def grid_sentence(result: SweepResult) -> Optional[str]:
+    """One sentence when layers' weights already sit on a quantization grid (a dequantized checkpoint):
+    which grid, on how many layers, and that formats at or above it will look lossless there."""
+    from collections import Counter
+
+    from quantlens.quant.grids import Grid
+
+    grids = Counter(l.weight.grid for l in result.layers if l.weight is not None and l.weight.grid)
+    if not grids:
+        return None
+    parts = []
+    for name, n in grids.most_common():
+        g = Grid.from_name(name)
+        parts.append(f"{n} on {name}" + (f" ({g.describe()})" if g is not None else ""))
+    return (f"{sum(grids.values())} of {len(result.layers)} layers' weights already sit on a quantization grid: {'; '.join(parts)}. "
+            "The model was loaded from quantized weights (a GGUF or GPTQ file, say): formats at or above that grid will look "
+            "(nearly) lossless on those layers, which says more about the file than about the format.")
 
 def causes(result: SweepResult, layer: LayerInfo, cell: Cell, a_quantized: bool) -> list[str]:
     """Reasons the stored statistics give for ``layer``'s degradation, each with a remedy."""
@@ -219,6 +238,9 @@ def insights(result: SweepResult, bits: int, units: Optional[Units] = None, tol:
         if clean is not None:
             out.append(Insight(f"From {bits_label(clean)} up no layer is significantly worse than float on {result.num_samples:,} samples.",
                                kind="noise"))
+    grid = grid_sentence(result)
+    if grid is not None:
+        out.append(Insight(grid, kind="info"))
     if uniform is not None:
         out.append(Insight(f"Every layer stays within {u.deg(tol)} from {bits_label(uniform)} up: the lowest safe uniform weight "
                            + ("bit-width." if isinstance(uniform, int) else "format."), kind="safe"))

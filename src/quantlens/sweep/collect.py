@@ -23,13 +23,15 @@ from quantlens.engine.sweep import Sweep
 from quantlens.stats.degradation import degradation
 from quantlens.stats.intervals import metric_interval
 from quantlens.quant.formats import get_format
+from quantlens.quant.grids import detect_grid
 from quantlens.sweep.results import Cell, LayerInfo, SweepResult, WeightStats
 
 __all__ = ["collect", "layer_info", "weight_stats"]
 
 
 def weight_stats(w: Tensor, bins: int = 64) -> WeightStats:
-    """Min, max, mean, std, count beyond 3 sigma and a histogram of a weight tensor."""
+    """Min, max, mean, std, count beyond 3 sigma, a histogram and the grid it sits on (if any) of a weight tensor."""
+    grid = detect_grid(w)
     w = w.detach().double().reshape(-1).cpu()
     mean, std = float(w.mean()), float(w.std(unbiased=False))
     lo, hi = float(w.min()), float(w.max())
@@ -43,6 +45,7 @@ def weight_stats(w: Tensor, bins: int = 64) -> WeightStats:
         outliers_3sigma=int(((w - mean).abs() > 3 * std).sum()) if std > 0 else 0,
         hist_counts=[int(c) for c in counts.tolist()],
         hist_edges=[float(e) for e in edges.tolist()],
+        grid=grid.name if grid is not None else "",
     )
 
 

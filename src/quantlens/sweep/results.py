@@ -32,7 +32,9 @@ class WeightStats:
     """Statistics of a layer's (BN-folded) float weights, for reports.
 
     ``outliers_3sigma`` counts weights with ``|w - mean| > 3 std``; ``hist_counts`` has
-    ``len(hist_edges) - 1`` bins over ``[min, max]``.
+    ``len(hist_edges) - 1`` bins over ``[min, max]``; ``grid`` names the quantization grid the
+    weights already sit on (``int4-g32-asym``: a dequantized checkpoint, :mod:`quantlens.quant.grids`),
+    ``""`` for none.
     """
 
     min: float
@@ -42,6 +44,7 @@ class WeightStats:
     outliers_3sigma: int
     hist_counts: list[int] = field(default_factory=list)
     hist_edges: list[float] = field(default_factory=list)
+    grid: str = ""
 
     @property
     def absmax(self) -> float:
