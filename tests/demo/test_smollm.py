@@ -87,3 +87,27 @@ def test_float_perplexity_is_that_of_a_real_language_model(lm):
             update_metric(metric, logits, logits, labels, inputs=inputs)
     ppl = metric.compute()
     assert math.isfinite(ppl) and 1.0 < ppl < 200.0
+
+
+@needs_smollm
+@pytest.mark.slow
+def test_a_gguf_file_as_the_model_loads_through_transformers_and_its_grid_is_recognised(lm):
+    """``--model file.gguf``: the same float model as the demo's loader; its weights sit on Q4_1's and Q8_0's grids."""
+    from quantlens.quant.grids import detect_grid
+
+    direct = load_model(str(smollm.gguf_path()))
+    assert direct is not lm and type(direct) is type(lm) and direct.config.use_cache is False and not direct.training
+    a, b = direct.state_dict(), lm.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert detect_grid(direct.model.layers[3].self_attn.k_proj.weight).name == "int4-g32-asym"  # Q4_1
+    assert detect_grid(direct.lm_head.weight).name == "int8-g32"  # Q8_0, tied to the embedding
+
+
+def test_a_gguf_file_that_is_not_one_or_is_missing_is_one_line(tmp_path):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a gguf file")
+    with pytest.raises(QuantlensError, match="bad.gguf: transformers cannot load this GGUF file") as e:
+        load_model(str(bad))
+    assert "\n" not in str(e.value)
+    with pytest.raises(QuantlensError, match="nope.gguf: no such file"):
+        load_model(str(tmp_path / "nope.gguf"))

@@ -37,7 +37,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib
 import importlib.util
 import inspect
@@ -118,25 +117,6 @@ def _transformers() -> tuple[Any, Path]:
     return transformers, path
 
 
-@contextlib.contextmanager
-def _memoized_name_map() -> Any:
-    """Memoize ``gguf.get_tensor_name_map`` while transformers loads the file.
-
-    transformers' GGUF loader rebuilds the same read-only name map once per submodule (about
-    400 times here, a third of the load time); the map depends only on its arguments."""
-    import gguf
-
-    original = getattr(gguf, "get_tensor_name_map", None)
-    if original is None:
-        yield
-        return
-    gguf.get_tensor_name_map = functools.lru_cache(maxsize=None)(original)
-    try:
-        yield
-    finally:
-        gguf.get_tensor_name_map = original
-
-
 def model() -> Any:
     """SmolLM2-135M-Instruct as a float32 ``LlamaForCausalLM`` (``use_cache=False``, eval mode).
 
@@ -144,21 +124,10 @@ def model() -> Any:
     cache: the same object each call (quantlens never modifies the user's model)."""
     with _lock:
         if "model" not in _cache:
-            tf, path = _transformers()
-            kwargs: dict[str, Any] = {"gguf_file": path.name, "dtype": torch.float32}
-            if hasattr(tf, "GgufConfig"):  # unpack every weight: plain nn.Linear, no packed GGUF kernels
-                kwargs["quantization_config"] = tf.GgufConfig(dequantize=True)
-            with warnings.catch_warnings(), _memoized_name_map():
-                warnings.simplefilter("ignore")
-                try:
-                    net = tf.AutoModelForCausalLM.from_pretrained(str(path.parent), use_cache=False, **kwargs)
-                except TypeError:  # a transformers that refuses the config kwarg
-                    net = tf.AutoModelForCausalLM.from_pretrained(str(path.parent), **kwargs)
-            quantizer = getattr(net, "hf_quantizer", None)
-            if quantizer is not None:  # the weights are dense float32 now: no "quantized model" flag left
-                quantizer.remove_quantization_config(net)
-            net.config.use_cache = False
-            _cache["model"] = net.eval()
+            from quantlens.data.model_files import load_gguf
+
+            _, path = _transformers()
+            _cache["model"] = load_gguf(path)
         return _cache["model"]
 
 
