@@ -124,3 +124,72 @@ def test_cli_plan_over_formats(tmp_path, capsys):
     assert main(["plan", "--model", f"{f}:model", "--data", f"{f}:data", "--metric", "kl", "--formats", "nvfp4,bf16",
                  "--budget", "3", "--out", str(tmp_path / "q"), "--no-progress"]) == 2
     assert "below the cheapest format" in capsys.readouterr().err
+
+
+def test_sibling_sweep_has_one_cell_per_fused_group_measured_whole():
+    """``--group-by siblings``: q+k+v, o, gate+up, down, head; each cell is the whole-network measurement
+    of its group quantized at once, and a group of one equals the layer sweep's cell."""
+    from quantlens.core.layer_config import QuantConfig
+    from quantlens.experiments.group_sweep import analyze_siblings, group_members
+    from quantlens.network.measure import make_measurer
+
+    m, d = Block().eval(), _data()
+    w = ql.Workload(m, d, metric="kl")
+    spec = ql.ExperimentSpec(a_bits=None)
+    r = analyze_siblings(w, config=spec.sweep_config(["nvfp4", "fp8-e4m3"]))
+    assert r.layer_names == ["q+k+v", "o", "gate+up", "down", "head"]
+    assert group_members(r)["gate+up"] == ["gate", "up"] and r.extra["group_by"] == "siblings"
+    assert {l.name: l.params for l in r.layers}["q+k+v"] == 3 * 32 * 32  # params counts weights
+    measure = make_measurer(w)
+    for name, members in group_members(r).items():
+        direct = measure(QuantConfig(tuple((n, spec.layer("nvfp4")) for n in members)))
+        assert r.cell(name, "nvfp4").degradation == direct.degradation and r.cell(name, "nvfp4").noise == direct.noise
+    layers = ql.analyze(w, config=spec.sweep_config(["nvfp4"]))
+    for n in ("o", "down", "head"):
+        assert abs(r.cell(n, "nvfp4").noise - layers.cell(n, "nvfp4").noise) <= 1e-5 * layers.cell(n, "nvfp4").noise
+    back = ql.SweepResult.from_json(r.to_json())
+    assert group_members(back) == group_members(r)
+
+
+def test_a_plan_over_sibling_cells_gives_every_layer_its_groups_format():
+    from quantlens.core.layer_config import QuantConfig
+    from quantlens.network.measure import make_measurer
+
+    m, d = Block().eval(), _data()
+    w = ql.Workload(m, d, metric="kl")
+    spec = ql.ExperimentSpec(a_bits=None)
+    p = run_format_plan(w, budget=6.0, formats=FORMATS, spec=spec, group_by="siblings")
+    lf = p.extra["layer_formats"]
+    assert set(lf) == {"q", "k", "v", "o", "gate", "up", "down", "head"}
+    assert lf["q"] == lf["k"] == lf["v"] and lf["gate"] == lf["up"]
+    assert {l.layer: l.format for l in p.layers}["q+k+v"] == lf["q"]
+    direct = make_measurer(w)(QuantConfig(tuple((n, spec.layer(f)) for n, f in lf.items())))
+    assert p.measured == direct.degradation
+    with pytest.raises(QuantlensError, match="groups by layer or siblings"):
+        run_format_plan(w, budget=6.0, formats=FORMATS, spec=spec, group_by="role")
+
+
+def test_siblings_need_a_graph_and_the_cli_runs_them(tmp_path, capsys):
+    from support.models import Untraceable
+
+    from quantlens.cli import main
+    from quantlens.experiments.group_sweep import analyze_siblings
+
+    with pytest.raises(QuantlensError, match="--group-by siblings needs the model's graph") as e:
+        analyze_siblings(ql.Workload(Untraceable(), [(torch.randn(2, 3, 8, 8), None)], metric="kl"),
+                         config=ql.ExperimentSpec(a_bits=None).sweep_config(["nvfp4"]))
+    assert "\n" not in str(e.value)
+    f = tmp_path / "blk.py"
+    f.write_text("import torch\nfrom torch import nn\n" + inspect.getsource(Block) +
+                 "\ndef model():\n    return Block().eval()\n\ndef data():\n    g = torch.Generator().manual_seed(3)\n"
+                 "    return [(torch.randn(8, 32, generator=g) * 2, None) for _ in range(2)]\n")
+    base = ["--model", f"{f}:model", "--data", f"{f}:data", "--metric", "kl", "--no-progress"]
+    assert main(["analyze", *base, "--formats", "nvfp4,fp8-e4m3", "--a-format", "none", "--group-by", "siblings",
+                 "--out", str(tmp_path / "a")]) == 0
+    assert "q+k+v" in capsys.readouterr().out
+    assert main(["plan", *base, "--formats", "nvfp4,fp8-e4m3,bf16", "--budget", "6", "--a-bits", "none", "--group-by", "siblings",
+                 "--out", str(tmp_path / "p")]) == 0
+    cfg = json.loads((tmp_path / "p" / "quant_config.json").read_text())
+    assert set(cfg["layers"]) == {"q", "k", "v", "o", "gate", "up", "down", "head"}
+    assert main(["plan", *base, "--formats", "nvfp4,bf16", "--budget", "6", "--group-by", "role", "--out", str(tmp_path / "r")]) == 2
+    assert "drop --group-by role" in capsys.readouterr().err

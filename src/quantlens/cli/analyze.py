@@ -29,9 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="cone (default), naive, hooks, or cone-lowmem (cache only block inputs, recompute inside blocks)")
     p.add_argument("--capture", default="auto", choices=["auto", "fx", "export"],
                    help="how the cone engine gets the graph: auto (torch.fx, then torch.export), fx or export")
-    p.add_argument("--group-by", default="layer", choices=["layer", "role"],
+    p.add_argument("--group-by", default="layer", choices=["layer", "role", "siblings"],
                    help="layer (default): one cell per (layer, bits); role: quantize every layer of a role of the "
-                   "repeated blocks at once (every mlp.down_proj), one cell per (role, bits)")
+                   "repeated blocks at once (every mlp.down_proj), one cell per (role, bits); siblings: one cell per "
+                   "group of layers that read the same tensor (q/k/v, gate/up), quantized at once as a fused kernel runs them")
     p.add_argument("--top", type=int, default=5, help="how many worst layers to print (default 5)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (results.json, results.csv)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -62,15 +63,17 @@ def run(args: argparse.Namespace) -> int:
                       formats=formats, a_format=args.a_format)
     out = prepare_out_dir(args.out)
     model, data, calib, reference = load_inputs(args)
-    if args.group_by == "role":
+    if args.group_by in ("role", "siblings"):
+        from quantlens.experiments.group_sweep import analyze_siblings
         from quantlens.experiments.role_sweep import analyze_roles
         from quantlens.core.workload import RunOptions, Workload
         from quantlens.errors import QuantlensError
 
         if args.backend != "serial" or args.engine != "cone":
-            raise QuantlensError("--group-by role measures whole networks serially: drop --backend ray and --engine")
-        result = analyze_roles(Workload(model, data, calib, args.metric, reference, args.output_key), config=cfg,
-                               options=RunOptions(args.device, progress=not args.no_progress), model_name=args.model)
+            raise QuantlensError(f"--group-by {args.group_by} measures whole networks serially: drop --backend ray and --engine")
+        sweep_fn = analyze_roles if args.group_by == "role" else analyze_siblings
+        result = sweep_fn(Workload(model, data, calib, args.metric, reference, args.output_key), config=cfg,
+                          options=RunOptions(args.device, progress=not args.no_progress), model_name=args.model)
     else:
         from quantlens.core.workload import Workload
 

@@ -31,8 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="choose one format per layer among these (nvfp4,fp8-e4m3,bf16) under --budget average effective bits")
     p.add_argument("--no-fuse-siblings", action="store_true",
                    help="with --formats: let layers that read the same tensor (q/k/v, gate/up) take different formats")
-    p.add_argument("--group-by", default="layer", choices=["layer", "role"],
-                   help="role: one bit-width per role of the repeated blocks (every mlp.down_proj alike)")
+    p.add_argument("--group-by", default="layer", choices=["layer", "role", "siblings"],
+                   help="role: one bit-width per role of the repeated blocks (every mlp.down_proj alike); siblings (with "
+                   "--formats): one cell per group of fused siblings, measured with the group quantized at once")
     add_common(p)
     add_convention_arg(p)
     p.set_defaults(func=run)
@@ -96,8 +97,8 @@ def _write_config(args: argparse.Namespace, r, workload, out) -> str:  # noqa: A
     from quantlens.core.workload import RunOptions
 
     spec = experiment_spec(args)
-    if any(l.format for l in r.layers):  # a plan over formats
-        col_of = {l.layer: l.format for l in r.layers}
+    if any(l.format for l in r.layers):  # a plan over formats (a sibling plan lists its layers' formats)
+        col_of = r.extra.get("layer_formats") or {l.layer: l.format for l in r.layers}
     else:
         col_of = r.extra.get("layer_bits") or {l.layer: l.w_bits for l in r.layers}  # a role plan lists its layers' bits
     cfg = QuantConfig(tuple((n, spec.layer(b)) for n, b in col_of.items()))
@@ -120,14 +121,15 @@ def _run_formats(args: argparse.Namespace, a_bits) -> int:  # noqa: ANN001
 
     if args.budget is None:
         raise QuantlensError("plan --formats takes --budget (average effective bits per weight), not --budget-bytes")
-    if args.group_by != "layer":
-        raise QuantlensError("plan --formats plans per layer (fused siblings alike): drop --group-by role")
+    if args.group_by == "role":
+        raise QuantlensError("plan --formats plans per layer or per group of fused siblings: drop --group-by role "
+                             "(or use --group-by siblings)")
     formats = [get_format(s.strip()).name for s in args.formats.split(",") if s.strip()]
     out = prepare_out_dir(args.out)
     workload = load_workload(args)
     sweep = SweepResult.from_json(args.results) if args.results else None
     r = run_format_plan(workload, budget=args.budget, formats=formats, options=run_options(args), spec=experiment_spec(args),
-                        sweep=sweep, fuse_siblings=not args.no_fuse_siblings)
+                        sweep=sweep, fuse_siblings=not args.no_fuse_siblings, group_by=args.group_by)
     r.to_json(out / "plan.json")
     pct = Units.for_metric(r.metric_name).pct
     t = Table(title=f"plan: {r.avg_bits:.3f} average effective bits per weight (budget {r.budget_bits:g})")

@@ -31,6 +31,7 @@ from quantlens.core.layer_config import QuantConfig
 from quantlens.core.progress import make_progress
 from quantlens.core.workload import RunOptions, Workload, check_workload
 from quantlens.errors import QuantlensError, QuantlensWarning
+from quantlens.experiments.group_sweep import group_members
 from quantlens.experiments.plan import LayerPlan, PlanResult, mckp
 from quantlens.quant.formats import get_format
 from quantlens.stats.degradation import positive_part
@@ -93,9 +94,15 @@ def run_format_plan(
     spec: ExperimentSpec = ExperimentSpec(),
     sweep: Optional[SweepResult] = None,
     fuse_siblings: bool = True,
+    group_by: str = "layer",
 ) -> PlanResult:
     """Sweep the formats (unless ``sweep`` is given), plan under ``budget`` average effective bits
-    with fused siblings sharing a format, then measure the plan and every format alone."""
+    with fused siblings sharing a format, then measure the plan and every format alone.
+
+    ``group_by="siblings"`` (or a ``sweep`` from :func:`~quantlens.experiments.group_sweep.analyze_siblings`):
+    each group of fused siblings is one row of the sweep, its cell measured with the whole group
+    quantized at once (what the fused kernel computes), instead of the sum of its layers' cells;
+    ``extra["layer_formats"]`` then gives every layer its group's format."""
     from quantlens.graph.layers import sibling_groups
     from quantlens.network.measure import make_measurer
     from quantlens.sweep.api import analyze
@@ -106,20 +113,31 @@ def run_format_plan(
         raise QuantlensError("--formats is empty: give the formats to choose from, e.g. nvfp4,fp8-e4m3,bf16")
     _check_budget(budget, fmts)
     w = workload
-    if sweep is None:
+    if group_by not in ("layer", "siblings"):
+        raise QuantlensError(f"a plan over formats groups by layer or siblings, not {group_by!r}")
+    if sweep is None and group_by == "siblings":
+        from quantlens.experiments.group_sweep import analyze_siblings
+
+        sweep = analyze_siblings(w, config=spec.sweep_config(fmts), options=options)
+    elif sweep is None:
         cfg = spec.sweep_config(fmts)
         sweep = analyze(w, config=cfg, device=options.device, progress=options.progress)
     else:
         spec.check_sweep(sweep, fmts, where="the plan's sweep")
+    members = group_members(sweep)
+    if members is not None and sweep.extra.get("group_by") != "siblings":
+        raise QuantlensError("a plan over formats takes a layer sweep or a --group-by siblings sweep, not a role sweep")
     measurer = make_measurer(w, options)
     graph = getattr(measurer, "graph", None)
+    if members is not None:  # the rows are the fused groups already
+        fuse_siblings = False
     if fuse_siblings and graph is None:
         warnings.warn("the model is measured through forward hooks: no graph to find fused siblings in, each layer plans alone",
                       QuantlensWarning, stacklevel=2)
     groups = sibling_groups(graph) if fuse_siblings and graph is not None else None
     plan = plan_formats(sweep, budget, groups, fmts)
     def config(fmt_of: dict[str, str]) -> QuantConfig:
-        return QuantConfig(tuple((n, spec.layer(f)) for n, f in fmt_of.items()))
+        return QuantConfig(tuple((m, spec.layer(f)) for n, f in fmt_of.items() for m in (members[n] if members else [n])))
 
     bar = make_progress(options.progress, 1 + len(fmts), "plan")
     try:
@@ -134,8 +152,10 @@ def run_format_plan(
     finally:
         bar.close()
     total = sum(p.params for p in plan)
-    extra = {"uniform_formats": uniform, "fuse_siblings": bool(groups is not None),
-             "groups": [g for g in (groups or []) if len(g) > 1]}
+    extra = {"uniform_formats": uniform, "fuse_siblings": bool(groups is not None or members is not None),
+             "groups": [g for g in (groups or []) if len(g) > 1] if members is None else [m for m in members.values() if len(m) > 1]}
+    if members is not None:
+        extra.update(group_by="siblings", layer_formats={m: p.format for p in plan for m in members[p.layer]})
     nan = float("nan")
     return PlanResult(
         sweep.metric_name, sweep.baseline, budget, int(math.floor(budget * total)), spec.a_bits, tuple(plan), res.degradation,

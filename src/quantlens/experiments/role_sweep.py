@@ -19,22 +19,14 @@ Example:
 
 from __future__ import annotations
 
-import time
-from typing import Any, Iterable, Optional, Union
+import dataclasses
+from typing import Any, Optional
 
-import torch
-from torch import nn
-
+from quantlens.core.roles import require_roles
 from quantlens.core.sweep_config import SweepConfig
-from quantlens.core.guard import preserve_model
-from quantlens.core.precision import check_dtype_support
-from quantlens.core.progress import make_progress
-from quantlens.core.layer_config import LayerQuant, QuantConfig
-from quantlens.data.batches import check_reiterable
-from quantlens.core.roles import RoleMap, require_roles
-from quantlens.core.workload import RunOptions, Workload, check_workload
-from quantlens.sweep.results import Cell, LayerInfo, SweepResult
-from quantlens.engine.sweep import MetricSpec
+from quantlens.core.workload import RunOptions, Workload
+from quantlens.experiments.group_sweep import sweep_groups
+from quantlens.sweep.results import SweepResult
 
 __all__ = ["analyze_roles", "role_members", "GROUP_BY_ROLE"]
 
@@ -57,51 +49,12 @@ def analyze_roles(
 ) -> SweepResult:
     """The roles x bits sweep of ``workload`` (see module docstring); one line if the model has
     no repeated blocks. ``options``: device, and ``progress`` (a bar with an ETA on stderr)."""
-    from quantlens.network.measure import make_measurer
+    loose: list[str] = []
 
-    check_workload(workload, "analyze_roles")
-    model, progress = workload.model, options.progress
-    check_reiterable(workload.data, "data")
-    check_dtype_support(model, options.device)
-    t0 = time.perf_counter()
-    with preserve_model(model):
-        measurer = make_measurer(workload, options)
-    roles = require_roles(measurer.names)
-    cells: list[Cell] = []
-    baseline, hib, name, n = float("nan"), True, "custom", 0
-    bar = make_progress(progress, len(roles.roles) * len(config.columns), "roles")
-    for role in roles.roles:
-        for b in config.columns:
-            lq = LayerQuant(weight=config.weight_spec(b), act=config.act_spec())
-            qc = QuantConfig(tuple((n, lq) for n in roles.layers(role)), config.act.estimator)
-            r = measurer(qc)
-            baseline, hib, name, n = r.baseline, r.higher_is_better, r.metric_name, r.num_samples
-            cells.append(Cell(role, lq.weight.bits, config.a_bits, r.noise, r.sqnr_db, r.metric, r.degradation,
-                              ci_low=r.ci_low, ci_high=r.ci_high, samples=r.num_samples, format=lq.weight.format_name))
-            bar.advance(1)
-    bar.close()
-    return SweepResult(
-        metric_name=name,
-        higher_is_better=hib,
-        baseline=baseline,
-        num_samples=n,
-        layers=_role_infos(roles, measurer.layers),
-        cells=tuple(cells),
-        config=config.to_dict(),
-        model=model_name or type(model).__name__,
-        engine="network",
-        elapsed_s=time.perf_counter() - t0,
-        extra={"group_by": GROUP_BY_ROLE, "roles": {r: roles.layers(r) for r in roles.roles}, "loose_layers": list(roles.loose)},
-    )
+    def roles_of(measurer: Any) -> dict[str, list[str]]:
+        roles = require_roles(measurer.names)
+        loose.extend(roles.loose)
+        return {r: roles.layers(r) for r in roles.roles}
 
-
-def _role_infos(roles: RoleMap, layers: list) -> tuple[LayerInfo, ...]:
-    by_name = {l.name: l for l in layers}
-    out = []
-    for i, role in enumerate(roles.roles):
-        members = [by_name[n] for n in roles.layers(role)]
-        ops = sorted({m.op for m in members})
-        kinds = sorted({m.kind for m in members})
-        out.append(LayerInfo(index=i, name=role, op="/".join(ops), params=sum(m.params for m in members),
-                             kind=kinds[0] if len(kinds) == 1 else "mixed", activation=members[0].act))
-    return tuple(out)
+    result = sweep_groups(workload, config=config, group_by=GROUP_BY_ROLE, groups_of=roles_of, options=options, model_name=model_name)
+    return dataclasses.replace(result, extra={**result.extra, "loose_layers": loose})
