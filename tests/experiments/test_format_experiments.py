@@ -148,3 +148,34 @@ def test_fixes_that_do_not_apply_to_a_format_are_named():
     assert applicable_fixes(["sawb"], 4)[1] == {}
     with pytest.raises(QuantlensError, match="none of the fixes applies to bf16 weights: mse: bf16 is a plain cast"):
         applicable_fixes(["mse"], "bf16")
+
+
+def test_additivity_of_a_plan_draws_its_layers_at_their_planned_formats(tmp_path):
+    from quantlens.cli import main
+
+    model, data = _net(), _data()
+    spec = ExperimentSpec(a_bits=None)
+    names = [l.name for l in ql.analyze(model, data, config=spec.sweep_config(["nvfp4"]), metric="mse", layers=None).layers]
+    planned = {names[0]: "mxfp4", names[1]: "nvfp4", names[3]: "int4-g16"}  # names[2] is not in the plan: always high
+    plan = QuantConfig(tuple((n, spec.layer(f)) for n, f in planned.items()))
+    r = run_additivity(Workload(model, data, metric="mse"), low=plan, high="fp8-e4m3", configs=3, seed=2, spec=spec)
+    assert r.low == "plan" and r.high == "fp8-e4m3"
+    for p in r.points:
+        assert set(p.low_bit_layers) <= set(planned)
+        fmt_of = {n: planned[n] if n in p.low_bit_layers else "fp8-e4m3" for n in names}
+        assert_close(p.measured_noise, _naive_noise(model, data, fmt_of), rel=1e-5, what="measured noise")
+    with pytest.raises(QuantlensError, match="the plan quantizes layer .* with per-channel weights, the experiment with per-tensor"):
+        run_additivity(Workload(model, data, metric="mse"), low=QuantConfig(((names[0], ExperimentSpec(a_bits=None, granularity="per-channel").layer(4)),)),
+                       high=8, configs=2, spec=spec)
+    # the CLI takes the plan's quant_config.json as --low
+    f = tmp_path / "net.py"
+    f.write_text("import torch\nfrom torch import nn\n\n\ndef model():\n    torch.manual_seed(3)\n"
+                 "    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.ReLU(),\n"
+                 "                         nn.Conv2d(16, 32, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10)).eval()\n\n\n"
+                 "def data():\n    g = torch.Generator().manual_seed(4)\n    return [(torch.randn(8, 3, 10, 10, generator=g), None) for _ in range(2)]\n")
+    plan.to_json(tmp_path / "quant_config.json")
+    assert main(["additivity", "--model", f"{f}:model", "--data", f"{f}:data", "--metric", "mse", "--a-bits", "none", "--low",
+                 str(tmp_path / "quant_config.json"), "--high", "fp8-e4m3", "--configs", "3", "--seed", "2", "--no-progress",
+                 "--out", str(tmp_path / "add")]) == 0
+    cli = AdditivityResult.from_json(tmp_path / "add" / "additivity.json")
+    assert cli.low == "plan" and [p.low_bit_layers for p in cli.points] == [p.low_bit_layers for p in r.points]

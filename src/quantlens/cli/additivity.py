@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 from quantlens.cli._loop_args import add_common, experiment_spec, load_workload, run_options, sweep_or_run
 from quantlens.cli.common import add_model_args, console, prepare_out_dir
@@ -14,7 +15,9 @@ __all__ = ["register", "run"]
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("additivity", help="compare summed single-layer degradations with jointly quantized networks")
     add_model_args(p)
-    p.add_argument("--low", default="4", metavar="BITS|FORMAT", help="weights of the randomly chosen layers: bits or a format (default 4)")
+    p.add_argument("--low", default="4", metavar="BITS|FORMAT|PLAN",
+                   help="weights of the randomly chosen layers: bits, a format, or a plan (its quant_config.json or directory: "
+                   "each chosen layer at its planned bits or format) (default 4)")
     p.add_argument("--high", default="8", metavar="BITS|FORMAT", help="weights of the other layers: bits or a format (default 8)")
     p.add_argument("--configs", type=int, default=20, help="how many random configurations (default 20)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random subsets (default 0)")
@@ -31,19 +34,29 @@ def run(args: argparse.Namespace) -> int:
     from quantlens.experiments.additivity import check_columns, run_additivity
     from quantlens.errors import QuantlensError
 
-    low, high = check_columns(args.low, args.high)
     spec = experiment_spec(args)
+    if Path(args.low).exists():  # a plan's quant_config.json, or its directory
+        from quantlens.core.layer_config import QuantConfig
+        from quantlens.experiments.additivity import plan_columns
+        from quantlens.core.experiment import parse_column
+
+        low = QuantConfig.from_json(args.low)
+        high = parse_column(args.high, "--high")
+        columns = [*dict.fromkeys(plan_columns(low, spec, low.names).values()), high]
+    else:
+        low, high = check_columns(args.low, args.high)
+        columns = [low, high]
     if args.configs < 2:
         raise QuantlensError(f"--configs must be at least 2 to compute a correlation, got {args.configs}")
     out = prepare_out_dir(args.out)
     workload = load_workload(args)
-    sweep = sweep_or_run(args, out, workload, [low, high])
+    sweep = sweep_or_run(args, out, workload, columns)
     r = run_additivity(
         workload, options=run_options(args), low=low, high=high, configs=args.configs, seed=args.seed, spec=spec,
         shift_threshold=args.shift_threshold, sweep=sweep, model_name=args.model,
     )
     r.to_json(out / "additivity.json")
-    pair = f"{low}/{high}-bit" if isinstance(low, int) and isinstance(high, int) else f"{low}/{high}"
+    pair = f"{r.low}/{r.high}-bit" if isinstance(r.low, int) and isinstance(r.high, int) else f"{r.low}/{r.high}"
     console.print(
         f"{len(r.points)} configurations ({pair} weights): {r.metric_name} Pearson r = {_f(r.pearson_r)}, "
         f"slope = {_f(r.slope)}; output noise r = {_f(r.noise_pearson_r)}, slope = {_f(r.noise_slope)}"

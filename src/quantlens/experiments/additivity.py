@@ -47,6 +47,7 @@ __all__ = [
     "additivity",
     "run_additivity",
     "check_columns",
+    "plan_columns",
 ]
 
 ADDITIVITY_SCHEMA = "quantlens/additivity-v1"
@@ -223,7 +224,7 @@ def additivity(
     sweep: SweepResult,
     measure: Callable[[QuantConfig, bool], Any],
     *,
-    low: Column = 4,
+    low: Union[Column, QuantConfig] = 4,
     high: Column = 8,
     configs: int = 20,
     seed: int = 0,
@@ -237,42 +238,79 @@ def additivity(
 
     ``low`` and ``high`` are weight bit-widths or format names (``low="nvfp4", high="fp8-e4m3"``);
     in a sweep over formats a bit-width stands for the integer format of the spec's granularity.
+    ``low`` may also be a plan's :class:`~quantlens.core.layer_config.QuantConfig`: the random
+    subsets are drawn among its layers, each at its planned bits or format (the rest at ``high``).
     ``measure(config, mean_shift)`` quantizes the network with ``config`` and returns a
     :class:`~quantlens.network.measure.NetworkResult` (a
     :class:`~quantlens.network.measure.NetworkMeasurer` does; see :func:`run_additivity`).
     """
-    low, high = check_columns(low, high)
+    high = parse_column(high, "--high")
     if configs < 2:
         raise QuantlensError(f"--configs must be at least 2 to compute a correlation, got {configs}")
-    spec.check_sweep(sweep, (low, high))
-    lo_key, hi_key = spec.sweep_column(sweep, low), spec.sweep_column(sweep, high)
+    if isinstance(low, QuantConfig):
+        lows = plan_columns(low, spec, sweep.layer_names)
+        spec.check_sweep(sweep, [*dict.fromkeys(lows.values()), high])
+        label: Column = "plan"
+    else:
+        low, high = check_columns(low, high)
+        spec.check_sweep(sweep, (low, high))
+        lows = {n: low for n in sweep.layer_names}
+        label = low
+    lo_key = {n: spec.sweep_column(sweep, c) for n, c in lows.items()}
+    hi_key = spec.sweep_column(sweep, high)
     names = sweep.layer_names
+
+    def key(n: str, low_set: set) -> Column:
+        return lo_key[n] if n in low_set else hi_key
+
     points = []
     bar = make_progress(progress, configs + 1, "additivity")
     try:
-        for subset in random_subsets(names, configs, seed):
+        for subset in random_subsets([n for n in names if n in lo_key], configs, seed):
             low_set = set(subset)
-            cfg = QuantConfig(tuple((n, spec.layer(lo_key if n in low_set else hi_key)) for n in names))
+            cfg = QuantConfig(tuple((n, spec.layer(key(n, low_set))) for n in names))
             res = measure(cfg, False)
-            cells = [sweep.cell(n, lo_key if n in low_set else hi_key) for n in names]
+            cells = [sweep.cell(n, key(n, low_set)) for n in names]
             points.append(
                 AdditivityPoint(subset, sum(c.degradation for c in cells), res.degradation, sum(c.noise for c in cells), res.noise,
                                 res.ci_low, res.ci_high)
             )
             bar.advance()
-        joint = measure(QuantConfig(tuple((n, spec.layer(lo_key)) for n in names)), True)
+        joint = measure(QuantConfig(tuple((n, spec.layer(key(n, set(lo_key)))) for n in names)), True)
         bar.advance()
     finally:
         bar.close()
     kinds = {l.name: l.kind for l in sweep.layers}
     shifts = []
     for n in names:
-        own = sweep.cell(n, lo_key).mean_shift
+        own = sweep.cell(n, key(n, set(lo_key))).mean_shift
         shifts.append(LayerShift(n, kinds.get(n, ""), own, joint.mean_shift.get(n, float("nan")), bool(own > shift_threshold)))
     return AdditivityResult(
-        sweep.metric_name, sweep.baseline, low, high, spec.a_bits, seed, tuple(points), tuple(shifts), shift_threshold, sweep.num_samples, model_name,
-        spec.a_format,
+        sweep.metric_name, sweep.baseline, label, high, spec.a_bits, seed, tuple(points), tuple(shifts), shift_threshold, sweep.num_samples,
+        model_name, spec.a_format,
     )
+
+
+def plan_columns(config: QuantConfig, spec: ExperimentSpec, names: Sequence[str]) -> dict[str, Column]:
+    """Each layer's column in a plan's config (its weight format, else its bits), in the order of
+    ``names``; a layer with float weights is left out (it stays at ``high``). One line for a layer
+    the network does not have, or integer weights of another granularity than the experiment's."""
+    config.check_layers(names)
+    out: dict[str, Column] = {}
+    for n in names:
+        lq = config.get(n)
+        if lq is None or lq.weight is None:
+            continue
+        if lq.weight.format is not None:
+            out[n] = lq.weight.format
+            continue
+        if str(lq.granularity) != str(spec.granularity):
+            raise QuantlensError(f"the plan quantizes layer {n} with {lq.granularity} weights, the experiment with {spec.granularity}: "
+                                 f"give --granularity {lq.granularity}")
+        out[n] = lq.weight.bits
+    if not out:
+        raise QuantlensError("the plan quantizes no layer's weights: nothing to draw the low-precision layers from")
+    return out
 
 
 def check_columns(low: Column, high: Column) -> tuple[Column, Column]:
@@ -288,7 +326,7 @@ def run_additivity(
     workload: "Workload",
     *,
     options: "RunOptions" = RunOptions(),
-    low: Column = 4,
+    low: Union[Column, QuantConfig] = 4,
     high: Column = 8,
     configs: int = 20,
     seed: int = 0,
@@ -297,8 +335,8 @@ def run_additivity(
     sweep: Optional[SweepResult] = None,
     model_name: str = "",
 ) -> AdditivityResult:
-    """Sweep the workload's model at ``low`` and ``high`` bits (unless ``sweep`` is given), then
-    :func:`additivity` (``options``: device, and ``progress`` bars with an ETA on stderr).
+    """Sweep the workload's model at ``low`` and ``high`` (unless ``sweep`` is given; ``low`` may be a
+    plan's config, see :func:`additivity`), then :func:`additivity` (``options``: device, and ``progress`` bars with an ETA on stderr).
 
     Example:
         >>> from quantlens import Workload, demo                                     # doctest: +SKIP
@@ -309,13 +347,18 @@ def run_additivity(
     from quantlens.sweep.api import analyze
 
     check_workload(workload, "run_additivity")
-    low, high = check_columns(low, high)
+    if isinstance(low, QuantConfig):
+        high = parse_column(high, "--high")
+        columns = [*dict.fromkeys(plan_columns(low, spec, low.names).values()), high]
+    else:
+        low, high = check_columns(low, high)
+        columns = [low, high]
     w = workload
     if sweep is None:
-        sweep = analyze(w, config=spec.sweep_config([low, high]), device=options.device, model_name=model_name,
+        sweep = analyze(w, config=spec.sweep_config(columns), device=options.device, model_name=model_name,
                         progress=options.progress)
     else:
-        spec.check_sweep(sweep, (low, high), w.metric)
+        spec.check_sweep(sweep, columns, w.metric)
     measurer = make_measurer(w, options)
     return additivity(
         sweep, measurer, low=low, high=high, configs=configs, seed=seed, spec=spec,
