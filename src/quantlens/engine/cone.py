@@ -87,10 +87,14 @@ def input_node(graph: LayerGraph, layer: Layer) -> str:
 
 
 def cone_nodes(graph: LayerGraph, layer: Layer) -> list[fx.Node]:
-    """Nodes downstream of (and including) the layer's module call, in topological order."""
+    """Nodes downstream of (and including) the layer's module call, in topological order; a
+    layer fed by a fix's input ops (:attr:`LayerGraph.input_ops`) starts at the first of them."""
     nodes = graph.nodes()
-    seen = {layer.node}
-    stack = [nodes[layer.node]]
+    start = nodes[layer.node]
+    while graph.input_ops and start.args and isinstance(start.args[0], fx.Node) and start.args[0].name in graph.input_ops:
+        start = start.args[0]
+    seen = {start.name}
+    stack = [start]
     while stack:
         n = stack.pop()
         for u in n.users:

@@ -29,7 +29,7 @@ from quantlens.graph.layers import LayerGraph
 from quantlens.core.layer_config import QuantConfig
 
 __all__ = ["Fix", "FixContext", "register_fix", "fixes", "make_fix", "apply_fixes", "copy_graph", "changed_layers", "check_fix",
-           "not_applicable"]
+           "not_applicable", "prequantize", "layer_weight_spec"]
 
 
 @dataclass(frozen=True)
@@ -128,3 +128,31 @@ def apply_fixes(graph: LayerGraph, config: QuantConfig, calib: Optional[Iterable
 def weight_of(graph: LayerGraph, name: str) -> torch.Tensor:
     """The (float, BN-folded) weight parameter of layer ``name`` in ``graph``."""
     return graph.module(graph.layer(name)).weight
+
+
+def layer_weight_spec(ctx: FixContext, fix: str, name: str) -> Optional[QuantSpec]:
+    """The weight spec ``ctx``'s config gives layer ``name`` (None: float weights), refused in one
+    line when the fix ``fix`` does not apply to it (its class's ``not_applicable``)."""
+    lq = ctx.config.get(name)
+    spec = None if lq is None else lq.weight_spec()
+    if spec is not None:
+        why = not_applicable(fix, spec)
+        if why is not None:
+            raise QuantlensError(f"fix {fix!r} on layer {name}: {why}")
+    return spec
+
+
+def prequantize(graph: LayerGraph, fix: str, weights: dict[str, torch.Tensor]) -> LayerGraph:
+    """A copy of ``graph`` whose layers in ``weights`` hold those (already quantized) weights and
+    are marked :attr:`~quantlens.graph.layers.LayerGraph.prequantized`, so that no engine
+    quantizes them again. A layer another fix has already quantized is refused in one line."""
+    again = sorted(set(weights) & graph.prequantized)
+    if again:
+        raise QuantlensError(f"fix {fix!r} on layer {again[0]}: its weights are already quantized by another fix; give a layer one "
+                             "fix that quantizes (gptq, four-over-six, mx-scale, keep-outliers)")
+    out = copy_graph(graph, list(weights))
+    for name, wq in weights.items():
+        w = weight_of(out, name)
+        with torch.no_grad():
+            w.copy_(wq.reshape(w.shape).to(w))
+    return dataclasses.replace(out, prequantized=graph.prequantized | frozenset(weights))
