@@ -5,6 +5,7 @@ Registered by name (``quantlens.fixes.fixes()`` lists them):
 * ``sawb``, ``mse``, ``mse_output``, ``percentile``: weight clipping (:mod:`.clipping`)
 * ``equalize``: cross-layer equalization (:mod:`.equalize`)
 * ``bias_correction``: empirical bias correction (:mod:`.bias_correction`)
+* ``hadamard`` (``-16``, ``-32``, ``-128``): a block Hadamard rotation of a Linear's input (:mod:`.hadamard`)
 * ``gptq``: Hessian-based rounding from the layer's calibration inputs, any format (:mod:`.gptq`)
 
 A :class:`~quantlens.core.layer_config.QuantConfig` records which fixes each layer gets;
@@ -16,7 +17,7 @@ Example:
     True
 """
 
-from quantlens.fixes import bias_correction, clipping, equalize, gptq  # noqa: F401  (register the fixes)
+from quantlens.fixes import bias_correction, clipping, equalize, gptq, hadamard  # noqa: F401  (register the fixes)
 from quantlens.fixes.base import (
     Fix,
     FixContext,
