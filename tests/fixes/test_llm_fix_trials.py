@@ -17,12 +17,12 @@ from quantlens.core.workload import Workload
 from quantlens.experiments.fixloop import fix_loop
 
 
-@pytest.mark.parametrize("fmt,a_format", [("nvfp4", "nvfp4"), ("mxfp4", None)])
-def test_llm_fix_trials_equal_single_layer_whole_network_runs(fmt, a_format):
+@pytest.mark.parametrize("fmt,a_format,cands", [("nvfp4", "nvfp4", ("gptq", "hadamard", "four-over-six", "keep-outliers")),
+                                                ("mxfp4", None, ("gptq", "hadamard-16", "mx-scale", "keep-outliers-1"))])
+def test_llm_fix_trials_equal_single_layer_whole_network_runs(fmt, a_format, cands):
     model, data, calib = tiny_lm(), token_data(3, batch=4), token_data(3, batch=4, seed=1)
     spec = ExperimentSpec(a_bits=None, a_format=a_format)
     sweep = ql.analyze(model, data, config=spec.sweep_config([fmt]), metric="nll", calib=calib)
-    cands = ("gptq", "hadamard")
     result, measurer = fix_loop(Workload(model, data, calib, "nll"), sweep, w_bits=fmt, spec=spec, candidates=cands, top=2,
                                 global_rows=[("gptq",)])
     assert {t.fix for t in result.trials} == set(cands) and len(result.culprits) == 2

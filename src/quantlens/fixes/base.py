@@ -29,7 +29,7 @@ from quantlens.graph.layers import LayerGraph
 from quantlens.core.layer_config import QuantConfig
 
 __all__ = ["Fix", "FixContext", "register_fix", "fixes", "make_fix", "apply_fixes", "copy_graph", "changed_layers", "check_fix",
-           "not_applicable", "prequantize", "layer_weight_spec"]
+           "not_applicable", "prequantize", "layer_weight_spec", "QuantizingFix"]
 
 
 @dataclass(frozen=True)
@@ -156,3 +156,23 @@ def prequantize(graph: LayerGraph, fix: str, weights: dict[str, torch.Tensor]) -
         with torch.no_grad():
             w.copy_(wq.reshape(w.shape).to(w))
     return dataclasses.replace(out, prequantized=graph.prequantized | frozenset(weights))
+
+
+class QuantizingFix:
+    """A fix that replaces each chosen layer's weight by its own quantization of it (``quantized``),
+    marking the layer prequantized (:func:`prequantize`); a module called twice is skipped."""
+
+    def __init__(self, ctx: FixContext) -> None:
+        self.ctx = ctx
+
+    def quantized(self, w: torch.Tensor, spec: QuantSpec) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def apply(self, graph: LayerGraph, layers: Sequence[str]) -> LayerGraph:
+        weights = {}
+        for name in layers:
+            spec = layer_weight_spec(self.ctx, self.name, name)  # type: ignore[attr-defined]
+            if spec is None or graph.shared(graph.layer(name)):
+                continue
+            weights[name] = self.quantized(weight_of(graph, name).detach(), spec)
+        return prequantize(graph, self.name, weights) if weights else graph  # type: ignore[attr-defined]
