@@ -36,7 +36,7 @@ from quantlens.engine.build import QuantizedNetwork, build_quantized, calibrate_
 from quantlens.errors import QuantlensError
 from quantlens.graph.layers import LayerGraph
 from quantlens.core.guard import preserve_model
-from quantlens.core.layer_config import QuantConfig
+from quantlens.core.layer_config import LayerQuant, QuantConfig
 from quantlens.quant.observers import MinMaxObserver
 
 __all__ = ["load_quantized", "effective_config", "read_config", "FLOAT_BITS"]
@@ -72,7 +72,8 @@ def effective_config(config: QuantConfig, keep_float: Iterable[str] = ()) -> Qua
         a = None if lq.a_bits is None or lq.a_bits >= FLOAT_BITS else lq.a_bits
         if w is None and a is None:
             continue
-        layers.append((name, lq.replace(w_bits=w, a_bits=a)))
+        # the specs as they are (a format included), or None where they fall back to float
+        layers.append((name, LayerQuant(weight=lq.weight if w is not None else None, act=lq.act if a is not None else None, fixes=lq.fixes)))
     return replace(config, layers=tuple(layers))
 
 
@@ -143,7 +144,10 @@ def load_quantized(
     wpath = directory / "weights.safetensors" if directory is not None else None
     saved: Optional[dict] = None
     if wpath is not None and wpath.is_file():
+        from quantlens.fixes.base import restore_fixes
+
         saved = _load_weights(g, eff, wpath)
+        g = restore_fixes(g, eff)  # online input ops re-inserted, weights a fix quantized used as they are
     elif eff.fix_layers():
         if calib is None:
             raise QuantlensError("the config has fixes but no weights.safetensors beside it: give --calib MOD:FN to apply the fixes")

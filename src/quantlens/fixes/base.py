@@ -29,7 +29,8 @@ from quantlens.graph.layers import LayerGraph
 from quantlens.core.layer_config import QuantConfig
 
 __all__ = ["Fix", "FixContext", "register_fix", "fixes", "make_fix", "apply_fixes", "copy_graph", "changed_layers", "check_fix",
-           "not_applicable", "prequantize", "layer_weight_spec", "QuantizingFix"]
+           "not_applicable", "prequantize", "layer_weight_spec", "QuantizingFix",
+           "mark_prequantized", "restore_fixes"]
 
 
 @dataclass(frozen=True)
@@ -176,3 +177,29 @@ class QuantizingFix:
                 continue
             weights[name] = self.quantized(weight_of(graph, name).detach(), spec)
         return prequantize(graph, self.name, weights) if weights else graph  # type: ignore[attr-defined]
+
+    def restore(self, graph: LayerGraph, layers: Sequence[str]) -> LayerGraph:
+        """Saved weights this fix quantized (export's rebuild): marked prequantized, not recomputed."""
+        return mark_prequantized(graph, self.ctx, layers)
+
+
+def mark_prequantized(graph: LayerGraph, ctx: FixContext, layers: Sequence[str]) -> LayerGraph:
+    """``graph`` with the ``layers`` that ``ctx``'s config quantizes (and that are not shared) marked prequantized."""
+    names = [n for n in layers if ctx.config.get(n) is not None and ctx.config.layer(n).weight_spec() is not None
+             and not graph.shared(graph.layer(n))]
+    return dataclasses.replace(graph, prequantized=graph.prequantized | frozenset(names))
+
+
+def restore_fixes(graph: LayerGraph, config: QuantConfig) -> LayerGraph:
+    """A graph holding saved fixed weights (``weights.safetensors``) made whole again without
+    recomputing a weight: each fix of ``config`` that has a ``restore(graph, layers)`` re-inserts
+    its online input ops or marks the weights it quantized (in fix order)."""
+    todo = config.fix_layers()
+    ctx = FixContext(config)
+    out = graph
+    for name in sorted(todo, key=lambda n: _REGISTRY[n][0]):
+        check_fix(name)
+        fix = make_fix(name, ctx)
+        if hasattr(fix, "restore"):
+            out = fix.restore(out, todo[name])  # type: ignore[attr-defined]
+    return out

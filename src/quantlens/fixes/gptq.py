@@ -47,7 +47,7 @@ import torch
 from torch import Tensor
 
 from quantlens.errors import QuantlensError
-from quantlens.fixes.base import FixContext, layer_weight_spec, prequantize, register_fix, weight_of
+from quantlens.fixes.base import FixContext, layer_weight_spec, mark_prequantized, prequantize, register_fix, weight_of
 from quantlens.fixes.layer_inputs import check_layer_kind, input_stats
 from quantlens.fixes.scoped import ScopedQuantizer
 from quantlens.graph.layers import LayerGraph
@@ -162,3 +162,7 @@ class GPTQ:
             q = gptq_quantize(m.to(self.dtype), h, ScopedQuantizer.for_weight(w, spec), self.block, self.damp, self.act_order)
             weights[name] = q.reshape(w.shape).to(w.dtype)
         return prequantize(graph, "gptq", weights)
+
+    def restore(self, graph: LayerGraph, layers: Sequence[str]) -> LayerGraph:
+        """Saved GPTQ weights (export's rebuild): marked prequantized, not recomputed."""
+        return mark_prequantized(graph, self.ctx, layers)

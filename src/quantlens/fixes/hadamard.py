@@ -101,6 +101,13 @@ class HadamardFix:
         raise QuantlensError(f"fix {self.name!r} on layer {name}: its {k} input features are not a multiple of 16, 32 or 128")
 
     def apply(self, graph: LayerGraph, layers: Sequence[str]) -> LayerGraph:
+        return self._rotate(graph, layers, weights=True)
+
+    def restore(self, graph: LayerGraph, layers: Sequence[str]) -> LayerGraph:
+        """The online rotations alone, for saved weights that are already ``W D`` (export's rebuild)."""
+        return self._rotate(graph, layers, weights=False)
+
+    def _rotate(self, graph: LayerGraph, layers: Sequence[str], weights: bool) -> LayerGraph:
         blocks: dict[str, int] = {}
         for name in layers:
             spec = layer_weight_spec(self.ctx, self.name, name)
@@ -113,8 +120,9 @@ class HadamardFix:
         out = graph
         for b in sorted(set(blocks.values())):  # one op per (input tensor, block)
             names = [n for n in layers if blocks[n] == b]
-            out = insert_input_op(out, names, lambda _names, b=b: BlockHadamard(b), "hadamard")
-            for n in names:
+            dev = graph.module(graph.layer(names[0])).weight.device
+            out = insert_input_op(out, names, lambda _names, b=b, dev=dev: BlockHadamard(b).to(dev), "hadamard")
+            for n in names if weights else ():
                 w = out.module(out.layer(n)).weight
                 with torch.no_grad():
                     w.copy_(rotate_weight(w, b))
