@@ -17,8 +17,8 @@ from quantlens.core.workload import Workload
 from quantlens.experiments.fixloop import fix_loop
 
 
-@pytest.mark.parametrize("fmt,a_format,cands", [("nvfp4", "nvfp4", ("gptq", "hadamard", "four-over-six", "keep-outliers")),
-                                                ("mxfp4", None, ("gptq", "hadamard-16", "mx-scale", "keep-outliers-1"))])
+@pytest.mark.parametrize("fmt,a_format,cands", [("nvfp4", "nvfp4", ("gptq", "hadamard", "four-over-six", "keep-outliers", "awq", "smoothquant")),
+                                                ("mxfp4", None, ("gptq", "hadamard-16", "mx-scale", "keep-outliers-1", "awq"))])
 def test_llm_fix_trials_equal_single_layer_whole_network_runs(fmt, a_format, cands):
     model, data, calib = tiny_lm(), token_data(3, batch=4), token_data(3, batch=4, seed=1)
     spec = ExperimentSpec(a_bits=None, a_format=a_format)
