@@ -165,3 +165,30 @@ def test_channel_scale_one_line_errors():
     conv = next(l.name for l in g.layers if l.op == "Conv2d")
     with pytest.raises(QuantlensError, match="scales a Linear's input features, this layer is a Conv2d"):
         make_fix("awq", FixContext(_cfg([conv]), tiny_data(1))).apply(g, [conv])
+
+
+@pytest.mark.parametrize("group,layer", [(["q", "k", "v"], "q"), (["gate", "up"], "up")])
+def test_a_trial_on_a_folded_norm_recomputes_the_norm(group, layer):
+    """The fix loop's single-layer cell of a layer whose scale went into the norm before it
+    (TrialRunner: the norm is recomputed, not read from the unfixed float pass) equals one
+    ``analyze`` of the fixed graph."""
+    from support.helpers import assert_close
+
+    from quantlens import analyze
+    from quantlens.core.experiment import ExperimentSpec
+    from quantlens.core.workload import Workload
+    from quantlens.network.measure import NetworkMeasurer
+    from quantlens.network.trials import TrialRunner
+
+    model, _, data = _setup()
+    calib = data[:2]
+    m = NetworkMeasurer(Workload(model, data, calib, "kl"))
+    fixed = make_fix("awq", FixContext(_cfg(group), calib)).apply(m.graph, group)
+    ref = m.cached_reference
+    spec = ExperimentSpec(a_bits=None)
+    runner = TrialRunner(m.graph, lambda b, inputs: ref.get(b, inputs, m.output_key), QuantSpec(bits=4, format="int4-g16"), None)
+    cell = runner.run([(layer, fixed)], data, calib, "kl")[0]
+    want = analyze(fixed.gm, data, config=spec.sweep_config(["int4-g16"]), metric="kl", calib=calib, reference=m.float_gm,
+                   layers=[layer]).cell(layer, "int4-g16")
+    assert_close(cell.noise, want.noise, rel=1e-6, abs_=1e-12, what="noise")
+    assert_close(cell.degradation, want.degradation, rel=1e-6, abs_=1e-12, what="degradation")

@@ -28,7 +28,7 @@ from quantlens.errors import QuantlensError
 from quantlens.graph.layers import LayerGraph
 from quantlens.core.layer_config import QuantConfig
 
-__all__ = ["Fix", "FixContext", "register_fix", "fixes", "make_fix", "apply_fixes", "copy_graph", "changed_layers", "check_fix",
+__all__ = ["Fix", "FixContext", "register_fix", "fixes", "make_fix", "apply_fixes", "copy_graph", "changed_layers", "changed_nodes", "check_fix",
            "not_applicable", "prequantize", "layer_weight_spec", "QuantizingFix",
            "mark_prequantized", "restore_fixes"]
 
@@ -110,6 +110,26 @@ def copy_graph(graph: LayerGraph, layers: Optional[Iterable[str]] = None) -> Lay
 def changed_layers(base: LayerGraph, fixed: LayerGraph) -> list[str]:
     """Layers of ``fixed`` whose module is not ``base``'s (see :func:`copy_graph`): the ones a fix may have changed."""
     return [l.name for l in fixed.layers if fixed.module(l) is not base.module(l)]
+
+
+def changed_nodes(base: LayerGraph, fixed: LayerGraph) -> list[str]:
+    """Nodes of ``fixed`` other than layer calls whose module or tensor attribute is not
+    ``base``'s (a norm a fix folded a scale into): what follows them must be recomputed. For a
+    tensor attribute, the nodes that read it are given."""
+    from quantlens.graph.layers import fetch_attr
+
+    layer_nodes = {l.node for l in fixed.layers}
+    out: list[str] = []
+    for n in fixed.gm.graph.nodes:
+        if n.name in layer_nodes or n.op not in ("call_module", "get_attr"):
+            continue
+        try:
+            mine, theirs = fetch_attr(fixed.gm, str(n.target)), fetch_attr(base.gm, str(n.target))
+        except AttributeError:
+            continue  # a module a fix added (an input op): recomputed with its layer's cone
+        if mine is not theirs:
+            out.extend([n.name] if n.op == "call_module" else [u.name for u in n.users])
+    return out
 
 
 def apply_fixes(graph: LayerGraph, config: QuantConfig, calib: Optional[Iterable[Any]], device: torch.device) -> LayerGraph:

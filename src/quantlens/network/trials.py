@@ -80,10 +80,10 @@ class TrialRunner:
         self.output_key = output_key
 
     def _cone(self, layer: str, fixed: LayerGraph) -> Cone:
-        from quantlens.fixes.base import changed_layers
+        from quantlens.fixes.base import changed_layers, changed_nodes
 
         also = [fixed.layer(n) for n in changed_layers(self.graph, fixed) if n != layer]
-        cone = build_cone(fixed, fixed.layer(layer), also=also, tap_input=True)
+        cone = build_cone(fixed, fixed.layer(layer), also=also, tap_input=True, also_nodes=changed_nodes(self.graph, fixed))
         return cone.to(self.device)
 
     def run(
