@@ -26,7 +26,7 @@ into the preceding norm when every consumer of ``x`` takes it, else an explicit 
 
 Example:
     >>> from quantlens.fixes import FixContext, make_fix                          # doctest: +SKIP
-    >>> g2 = make_fix("awq", FixContext(cfg, calib)).apply(g, ["layers.0.q_proj", "layers.0.k_proj"])
+    >>> g2 = make_fix("awq", FixContext(cfg, calib)).apply(g, ["layers.0.q_proj", "layers.0.k_proj"])  # doctest: +SKIP
 """
 
 from __future__ import annotations

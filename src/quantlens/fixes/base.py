@@ -4,13 +4,21 @@ A fix is built from a :class:`FixContext` (the quantization config it prepares f
 calibration data, the device) by :func:`make_fix`, then applied with
 ``fix.apply(graph, ["conv2", ...])``. It returns a new :class:`LayerGraph` and never changes
 the graph it was given (nor, therefore, the user's model). Fixes run in a fixed order
-(``order``): equalization (changes which weights exist), then clipping, then bias correction
-(which measures what the final quantized weights do).
+(``order``): equalization (10), the rotation ``hadamard`` (12) and the channel scales ``awq`` /
+``smoothquant`` (14), which change what a layer reads; clipping (20); the fixes that quantize
+the weights themselves (25: ``gptq``, ``four-over-six``, ``mx-scale``, ``keep-outliers``; the
+layer is then marked :attr:`~quantlens.graph.layers.LayerGraph.prequantized` and no engine
+rounds it again; one such fix per layer); then bias correction (30), which measures what the
+final quantized weights do.
+
+A fix whose class has ``not_applicable(spec)`` says in one line why it does not apply to a
+layer's weight spec (:func:`not_applicable`); a fix with ``restore(graph, layers)`` can rebuild
+its graph around saved weights (:func:`restore_fixes`).
 
 Example:
     >>> from quantlens.fixes import fixes
     >>> fixes()[:3]
-    ['bias_correction', 'equalize', 'mse']
+    ['awq', 'bias_correction', 'equalize']
 """
 
 from __future__ import annotations

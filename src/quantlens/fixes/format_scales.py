@@ -23,7 +23,7 @@ again with the format's own rule would undo the choice).
 
 Example:
     >>> from quantlens.fixes import FixContext, make_fix                          # doctest: +SKIP
-    >>> g2 = make_fix("four-over-six", FixContext(cfg)).apply(g, ["layers.0.mlp.down_proj"])
+    >>> g2 = make_fix("four-over-six", FixContext(cfg)).apply(g, ["layers.0.mlp.down_proj"])  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ the quantized weight itself: the layer is marked prequantized (no engine rounds 
 
 Example:
     >>> from quantlens.fixes import FixContext, make_fix                          # doctest: +SKIP
-    >>> g2 = make_fix("gptq", FixContext(cfg, calib)).apply(g, ["layers.0.mlp.down_proj"])
+    >>> g2 = make_fix("gptq", FixContext(cfg, calib)).apply(g, ["layers.0.mlp.down_proj"])  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ plain cast (``bf16``, ``fp16``) has nothing a rotation could help.
 
 Example:
     >>> from quantlens.fixes import FixContext, make_fix                          # doctest: +SKIP
-    >>> g2 = make_fix("hadamard", FixContext(cfg)).apply(g, ["layers.3.mlp.down_proj"])
+    >>> g2 = make_fix("hadamard", FixContext(cfg)).apply(g, ["layers.3.mlp.down_proj"])  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ positions. The layer is marked prequantized (the engines use ``W_q`` as it is). 
 
 Example:
     >>> from quantlens.fixes import FixContext, make_fix                          # doctest: +SKIP
-    >>> g2 = make_fix("keep-outliers", FixContext(cfg)).apply(g, ["layers.2.mlp.down_proj"])
+    >>> g2 = make_fix("keep-outliers", FixContext(cfg)).apply(g, ["layers.2.mlp.down_proj"])  # doctest: +SKIP
 """
 
 from __future__ import annotations
