@@ -280,3 +280,45 @@ def test_a_second_quantizing_fix_on_the_same_layer_is_refused():
     once = make_fix("gptq", ctx).apply(graph, [name])
     with pytest.raises(QuantlensError, match="already quantized by another fix"):
         make_fix("gptq", ctx).apply(once, [name])
+
+
+@pytest.mark.parametrize("conv", [torch.nn.Conv2d(3, 5, 3, stride=2, padding=1), torch.nn.Conv1d(4, 6, 3, padding=1, dilation=2),
+                                  torch.nn.Linear(7, 3)])
+def test_input_rows_are_what_the_weight_matrix_multiplies(conv):
+    """The rows the Hessian is built from: ``rows @ W^T + b`` is the layer's output."""
+    from quantlens.fixes.layer_inputs import input_rows
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 9, 9) if isinstance(conv, torch.nn.Conv2d) else torch.randn(2, 4, 11) if isinstance(conv, torch.nn.Conv1d) else torch.randn(2, 4, 7)
+    y = conv(x)
+    rows = input_rows(conv, x)
+    z = rows @ conv.weight.reshape(conv.weight.shape[0], -1).T + conv.bias
+    want = y.reshape(-1, y.shape[-1]) if isinstance(conv, torch.nn.Linear) else y.flatten(2).transpose(1, 2).reshape(-1, y.shape[1])
+    assert torch.allclose(z, want, atol=1e-5)
+
+
+def test_gptq_on_a_convolution_and_with_bias_correction_after_it():
+    """A conv layer's GPTQ weights (Hessian from unfolded inputs); bias correction, which runs
+    after it, keeps the GPTQ weights (it does not round them again). It measures the shift
+    against the network as fixed, in which this layer's weights are GPTQ's: with float
+    activations and no other layer quantized there is no shift left to correct."""
+    from support.models import tiny_data, tiny_net
+
+    from quantlens.core.workload import Workload
+    from quantlens.network.measure import NetworkMeasurer
+
+    model, data = tiny_net(), tiny_data(3)
+    m = NetworkMeasurer(Workload(model, data, data, "kl"))
+    conv = next(l.name for l in m.graph.layers if l.op == "Conv2d" and l.kind == "conv" and l.index > 0)
+    lq = LayerQuant(weight=QuantSpec(bits=4, format="int4-channel"), act=None)
+    cfg = QuantConfig(((conv, lq),)).with_fix("gptq", [conv]).with_fix("bias_correction", [conv])
+    fixed = m.fixed_graph(cfg)
+    assert fixed.prequantized == frozenset({conv})
+    st = input_stats(m.graph, [conv], data, torch.device("cpu"))[conv]
+    w = m.graph.module(m.graph.layer(conv)).weight.detach()
+    expect = gptq_quantize(w.reshape(w.shape[0], -1), (2 * st.xx / st.n).float(),
+                           ScopedQuantizer.for_weight(w, QuantSpec(bits=4, format="int4-channel"))).reshape(w.shape)
+    assert torch.equal(fixed.module(fixed.layer(conv)).weight.detach(), expect)
+    qnet = m.build(cfg)
+    assert torch.equal(qnet.weights[conv].weight, expect)
+    assert torch.allclose(fixed.module(fixed.layer(conv)).bias, m.graph.module(m.graph.layer(conv)).bias, atol=1e-6)
