@@ -112,13 +112,14 @@ def _current(w: Tensor, w1: Tensor, err1: Tensor, hinv: Tensor, i1: int, i2: int
     """The current values of the (permuted) columns ``cols``, none quantized yet, in their
     original order: a column of this lazy block from ``w1``; a later one from ``w`` with the
     pending updates of this block's first ``i`` columns."""
+    cols = cols.to(w.device)
+    assert bool((cols >= i1 + i).all()), "a scope's scale is set at its first column"
     out = torch.empty(w.shape[0], len(cols), dtype=w.dtype, device=w.device)
-    for t, p in enumerate(cols.tolist()):
-        if p < i2:
-            assert p >= i1 + i, "a scope's scale is set at its first column"
-            out[:, t] = w1[:, p - i1]
-        else:
-            out[:, t] = w[:, p] - err1[:, :i].matmul(hinv[i1:i1 + i, p])
+    here = cols < i2
+    out[:, here] = w1[:, cols[here] - i1]
+    later = cols[~here]
+    if len(later):
+        out[:, ~here] = w[:, later] - err1[:, :i].matmul(hinv[i1:i1 + i][:, later])
     return out
 
 
