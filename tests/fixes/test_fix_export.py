@@ -29,3 +29,23 @@ def test_exported_llm_fixes_rebuild_to_the_measured_network(tmp_path):
     assert len(back.graph.input_ops) == 2
     for ids, _ in data:
         assert torch.equal(back.gm(ids)[0], qnet.gm(ids)[0])
+
+
+def test_a_saved_awq_config_is_refused_in_one_line_with_its_weights(tmp_path):
+    import pytest
+
+    from quantlens import QuantlensError
+
+    model, data = tiny_lm(), token_data(2, batch=4)
+    m = NetworkMeasurer(Workload(model, data, data, "nll"))
+    lq = LayerQuant(weight=QuantSpec(bits=4, format="mxfp4"), act=None)
+    cfg = QuantConfig(tuple((n, lq) for n in m.names)).with_fix("awq", ["layers.0.q_proj"])
+    export(m.build(cfg), tmp_path)
+    with pytest.raises(QuantlensError) as e:
+        load_quantized(tiny_lm(), tmp_path / "quant_config.json", data=data)
+    assert "cannot be rebuilt from weights.safetensors" in str(e.value) and "\n" not in str(e.value)
+    (tmp_path / "weights.safetensors").unlink()
+    back, _ = load_quantized(tiny_lm(), tmp_path / "quant_config.json", calib=data, data=data)
+    qnet = m.build(cfg)
+    for ids, _ in data:
+        assert torch.equal(back.gm(ids)[0], qnet.gm(ids)[0])
