@@ -182,8 +182,8 @@ class LayerGraph:
     method: str = "fx"
     in_spec: Optional[pytree.TreeSpec] = None
     out_spec: Optional[pytree.TreeSpec] = None
-    prequantized: frozenset = frozenset()
-    input_ops: frozenset = frozenset()
+    prequantized: frozenset[str] = frozenset()
+    input_ops: frozenset[str] = frozenset()
 
     def flat(self, inputs: Any) -> tuple[Any, ...]:
         """The values of ``gm``'s placeholders, in order, for one batch's :class:`Inputs`."""
