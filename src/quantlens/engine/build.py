@@ -27,7 +27,7 @@ from quantlens.graph.layers import Layer, LayerGraph
 from quantlens.engine.cone import QuantLayer
 from quantlens.graph.layers import fetch_attr
 from quantlens.core.layer_config import LayerQuant, QuantConfig
-from quantlens.quant.quantizer import ActQuantizer, QuantizedWeight, quantize_weight
+from quantlens.quant.quantizer import ActQuantizer, QuantizedWeight, as_quantized, quantize_weight
 
 __all__ = ["QuantizedNetwork", "build_quantized", "calibrate_ranges", "layer_quantizers"]
 
@@ -134,13 +134,14 @@ def build_quantized(
 
 def layer_quantizers(
     lq: LayerQuant, act_estimator: str, weight: Tensor, obs_in: Any, obs_out: Any, device: Union[str, torch.device],
-    axis: int = -1,
+    axis: int = -1, prequantized: bool = False,
 ) -> tuple[Optional[QuantizedWeight], Optional[ActQuantizer], Optional[ActQuantizer]]:
     """One layer's quantizers in a whole-network configuration, for every engine: its weight
-    quantized as ``lq`` says (None: float), and its input and output quantizers from the
-    calibration statistics (None: float activations or no statistics)."""
+    quantized as ``lq`` says (None: float; ``prequantized``: a fix already quantized it, used
+    as it is, :func:`~quantlens.quant.quantizer.as_quantized`), and its input and output
+    quantizers from the calibration statistics (None: float activations or no statistics)."""
     wspec = lq.weight_spec()
-    qw = quantize_weight(weight.detach(), wspec) if wspec is not None else None
+    qw = None if wspec is None else as_quantized(weight.detach()) if prequantized else quantize_weight(weight.detach(), wspec)
     aspec = lq.act_spec(act_estimator)
     iq = ActQuantizer.from_spec(aspec, obs_in, axis).to(device) if aspec is not None and obs_in is not None else None
     oq = ActQuantizer.from_spec(aspec, obs_out, axis).to(device) if aspec is not None and obs_out is not None else None
@@ -152,7 +153,8 @@ def _quantized_call(g: fx.Graph, n: fx.Node, env: dict, layer: Layer, config: Qu
     module = qnet.graph.module(layer)
     ql = QuantLayer(module)
     qw, iq, oq = layer_quantizers(config.layer(layer.name), config.act_estimator, module.weight, obs_in.get(layer.name),
-                                  obs_out.get(layer.name), device, -1 if layer.op == "Linear" else 1)
+                                  obs_out.get(layer.name), device, -1 if layer.op == "Linear" else 1,
+                                  layer.name in qnet.graph.prequantized)
     if qw is not None:
         ql.set_weight(qw.weight)
         qnet.weights[layer.name] = qw

@@ -33,7 +33,7 @@ from quantlens.quant.quantizer import ActQuantizer
 from quantlens.graph.layers import Layer, LayerGraph, fetch_attr
 
 __all__ = [
-    "QuantLayer", "Cone", "cone_nodes", "build_cone", "build_cache_module", "frontier_of", "input_node", "recompute_nodes",
+    "QuantLayer", "Cone", "cone_nodes", "downstream_nodes", "build_cone", "build_cache_module", "frontier_of", "input_node", "recompute_nodes",
     "build_io_module",
 ]
 
@@ -87,10 +87,19 @@ def input_node(graph: LayerGraph, layer: Layer) -> str:
 
 
 def cone_nodes(graph: LayerGraph, layer: Layer) -> list[fx.Node]:
-    """Nodes downstream of (and including) the layer's module call, in topological order."""
+    """Nodes downstream of (and including) the layer's module call, in topological order; a
+    layer fed by a fix's input ops (:attr:`LayerGraph.input_ops`) starts at the first of them."""
     nodes = graph.nodes()
-    seen = {layer.node}
-    stack = [nodes[layer.node]]
+    start = nodes[layer.node]
+    while graph.input_ops and start.args and isinstance(start.args[0], fx.Node) and start.args[0].name in graph.input_ops:
+        start = start.args[0]
+    return downstream_nodes(graph, [start])
+
+
+def downstream_nodes(graph: LayerGraph, start: Iterable[fx.Node]) -> list[fx.Node]:
+    """Nodes downstream of (and including) ``start``, in topological order (the output excluded)."""
+    seen = {n.name for n in start}
+    stack = list(start)
     while stack:
         n = stack.pop()
         for u in n.users:
@@ -188,6 +197,7 @@ def build_cone(
     quantizers: Optional[tuple[ActQuantizer, ActQuantizer]] = None,
     also: Iterable[Layer] = (),
     tap_input: bool = False,
+    also_nodes: Iterable[str] = (),
 ) -> Cone:
     """Compile the cone of ``layer`` (or, with ``full=True``, the whole network: the naive way).
 
@@ -195,7 +205,8 @@ def build_cone(
     the cone reads (:func:`recompute_nodes`), so that its frontier is only values from before
     ``start``. ``quantizers``: the layer's (input, output) activation quantizers to reuse.
     ``also``: other layers whose cones are recomputed too (their weights differ from the float
-    pass's, e.g. after a fix changed them); ``tap_input``: the compiled module also returns the
+    pass's, e.g. after a fix changed them); ``also_nodes``: other nodes recomputed with all
+    that follows them (a norm a fix folded a scale into); ``tap_input``: the compiled module also returns the
     value entering ``layer`` (before its input quantizer), ``(output, layer output, input)``.
     """
     gm = graph.gm
@@ -203,6 +214,8 @@ def build_cone(
         inside = [n for n in gm.graph.nodes if n.op not in ("placeholder", "output")]
     else:
         names = {n.name for l in (layer, *also) for n in cone_nodes(graph, l)}
+        starts = [graph.nodes()[n] for n in also_nodes]
+        names |= {n.name for n in downstream_nodes(graph, [s for s in starts if s.op != "get_attr"])}
         inside = [n for n in gm.graph.nodes if n.name in names]
         if start is not None:
             extra = {n.name for n in recompute_nodes(graph, inside + [_output_node(gm)], start)}

@@ -144,7 +144,10 @@ def load_quantized(
     wpath = directory / "weights.safetensors" if directory is not None else None
     saved: Optional[dict] = None
     if wpath is not None and wpath.is_file():
+        from quantlens.fixes.base import restore_fixes
+
         saved = _load_weights(g, eff, wpath)
+        g = restore_fixes(g, eff)  # online input ops re-inserted, weights a fix quantized used as they are
     elif eff.fix_layers():
         if calib is None:
             raise QuantlensError("the config has fixes but no weights.safetensors beside it: give --calib MOD:FN to apply the fixes")

@@ -9,7 +9,11 @@ pre-activation output against the float network, and remove it from the bias::
     b_l[c] <- b_l[c] - (E[z_q,l[c]] - E[z_l[c]])
 
 (a layer without a bias gets one). Because upstream layers are already quantized and
-corrected, the correction also absorbs the shift they pass on.
+corrected, the correction also absorbs the shift they pass on. The float network is the one
+as fixed: a layer whose weights a fix already quantized (``gptq``, ``four-over-six``, ...) has
+those weights in it too, so its own rounding is not among the shifts corrected (GPTQ
+compensates it inside the layer); the shifts of its activation quantizers and of the layers
+before it are.
 
 All layers are corrected in one lockstep pass of the quantized network over the calibration
 batches (:mod:`quantlens.graph.lockstep`), which gives the numbers of one pass up to each layer

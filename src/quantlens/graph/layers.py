@@ -170,6 +170,11 @@ class LayerGraph:
             (``torch.export``, non-strict).
         in_spec / out_spec: for ``export``, the pytree specs of ``(args, kwargs)`` and of the
             output (a tuple, a dict or a Hugging Face ``ModelOutput``); ``None`` for ``fx``.
+        prequantized: layers whose weight a fix has already quantized (GPTQ, four-over-six,
+            ...): every engine uses such a weight as it is, never quantizing it again.
+        input_ops: nodes a fix inserted on layers' own input edges (an online rotation or
+            scale, between the tensor a layer read and the layer): a layer's cone starts at
+            the chain of them that feeds it, so they are recomputed with the layer.
     """
 
     gm: fx.GraphModule
@@ -177,6 +182,8 @@ class LayerGraph:
     method: str = "fx"
     in_spec: Optional[pytree.TreeSpec] = None
     out_spec: Optional[pytree.TreeSpec] = None
+    prequantized: frozenset[str] = frozenset()
+    input_ops: frozenset[str] = frozenset()
 
     def flat(self, inputs: Any) -> tuple[Any, ...]:
         """The values of ``gm``'s placeholders, in order, for one batch's :class:`Inputs`."""

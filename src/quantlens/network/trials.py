@@ -80,10 +80,10 @@ class TrialRunner:
         self.output_key = output_key
 
     def _cone(self, layer: str, fixed: LayerGraph) -> Cone:
-        from quantlens.fixes.base import changed_layers
+        from quantlens.fixes.base import changed_layers, changed_nodes
 
         also = [fixed.layer(n) for n in changed_layers(self.graph, fixed) if n != layer]
-        cone = build_cone(fixed, fixed.layer(layer), also=also, tap_input=True)
+        cone = build_cone(fixed, fixed.layer(layer), also=also, tap_input=True, also_nodes=changed_nodes(self.graph, fixed))
         return cone.to(self.device)
 
     def run(
@@ -106,8 +106,9 @@ class TrialRunner:
         if self.act_spec is not None:
             axes = [-1 if self.graph.layer(layer).op == "Linear" else 1 for layer, _ in trials]  # the consumer's reduction axis
             self._calibrate(cones, float_pass, calib, on_batch, axes)
-        for c in cones:
-            c.qlayer.set_weight(quantize_weight(c.qlayer.layer.weight.detach(), self.weight_spec).weight)
+        for c, (layer, fixed) in zip(cones, trials):
+            w = c.qlayer.layer.weight.detach()  # a weight a fix already quantized is used as it is
+            c.qlayer.set_weight(w if layer in fixed.prequantized else quantize_weight(w, self.weight_spec).weight)
         base = make_metric(metric)
         accs = [CellAccumulator(make_metric(metric)) for _ in cones]
         with analysis_mode():

@@ -28,7 +28,7 @@ from quantlens.quant.padded import quantize_padded
 from quantlens.quant.primitives import fake_quantize
 from quantlens.quant.ranges import estimate_activation, estimate_weight_rows
 
-__all__ = ["QuantizedWeight", "quantize_weight", "weight_rows", "ActQuantizer", "make_observer", "group_size"]
+__all__ = ["QuantizedWeight", "quantize_weight", "as_quantized", "weight_rows", "ActQuantizer", "make_observer", "group_size"]
 
 
 @dataclass(frozen=True)
@@ -97,10 +97,19 @@ def _quantize_format(w: Tensor, fmt: str) -> QuantizedWeight:
     """``w`` in a named format (:mod:`quantlens.quant.formats`; a block that does not divide the
     reduction axis is padded, :mod:`quantlens.quant.padded`). The format keeps its own scales:
     ``scale`` and ``zero_point`` are NaN and 0, ``lo``/``hi`` the weight's range (for reports)."""
-    amax = w.detach().abs().max().float() if w.numel() else torch.zeros(())
+    return _quantize_format_result(w.detach(), quantize_padded(w.detach(), fmt, "weight"))
+
+
+def as_quantized(w: Tensor) -> QuantizedWeight:
+    """A weight that is already quantized (by a fix: GPTQ, four-over-six, ...), as it is: its
+    scales are the fix's, so ``scale`` is NaN and ``lo``/``hi`` the weight's range (for reports)."""
+    return _quantize_format_result(w.detach(), w.detach())
+
+
+def _quantize_format_result(w: Tensor, wq: Tensor) -> QuantizedWeight:
+    amax = w.abs().max().float() if w.numel() else torch.zeros(())
     nan = torch.full((1,), float("nan"))
-    return QuantizedWeight(quantize_padded(w.detach(), fmt, "weight"), nan, torch.zeros(1, dtype=torch.int32),
-                           -amax.reshape(1), amax.reshape(1))
+    return QuantizedWeight(wq, nan, torch.zeros(1, dtype=torch.int32), -amax.reshape(1), amax.reshape(1))
 
 
 def make_observer(spec: Optional[QuantSpec]) -> MinMaxObserver | HistogramObserver:
