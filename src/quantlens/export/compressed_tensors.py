@@ -45,7 +45,7 @@ from quantlens.errors import QuantlensError
 from quantlens.export.ct_schemes import CTWeight, ct_weight
 from quantlens.quant.spec import QuantSpec
 
-__all__ = ["CTExport", "export_compressed_tensors", "read_plan_or_config", "simulate", "quantization_config", "check_out_dir",
+__all__ = ["CTExport", "export_compressed_tensors", "read_plan_or_config", "simulate", "without", "quantization_config", "check_out_dir",
            "CT_FORMAT", "EXPORT_SCHEMA", "TOKENIZER_FILES"]
 
 CT_FORMAT = "compressed-tensors"
@@ -126,17 +126,30 @@ def _check_weight_only(config: QuantConfig) -> None:
                                  "writes weight-only schemes (W4A16, W8A16, FP8, NVFP4A16, MXFP4A16): plan with --a-bits none")
 
 
-def simulate(model: nn.Module, config: QuantConfig, data: Iterable[Any], source: Optional[Path] = None) -> QuantizedNetwork:
+def without(config: QuantConfig, keep_float: Iterable[str]) -> QuantConfig:
+    """``config`` without the ``keep_float`` layers (one line for a name it does not configure)."""
+    keep = [k for k in keep_float if k]
+    unknown = [k for k in keep if config.get(k) is None]
+    if unknown:
+        raise QuantlensError(f"--keep-float names layer(s) the config does not quantize: {', '.join(unknown)}")
+    return QuantConfig(tuple((n, lq) for n, lq in config.layers if n not in keep), config.act_estimator)
+
+
+def simulate(model: nn.Module, config: QuantConfig, data: Iterable[Any], source: Optional[Path] = None,
+             keep_float: Iterable[str] = ()) -> QuantizedNetwork:
     """quantlens's simulation of ``config`` on ``model`` (weight-only: no calibration): the fixed
-    weights saved beside a ``quant_config.json`` when there are any, else the model's own."""
+    weights saved beside a ``quant_config.json`` when there are any, else the model's own;
+    ``keep_float`` layers stay float."""
     from quantlens.core.guard import preserve_model
     from quantlens.network.measure import UntraceableError, capture_traceable
 
+    keep = list(keep_float)
+    config = without(config, keep)
     _check_weight_only(config)
     if source is not None and (source.parent / "weights.safetensors").is_file():
         from quantlens.export.rebuild import load_quantized
 
-        return load_quantized(model, source, data=data)[0]
+        return load_quantized(model, source, data=data, keep_float=keep)[0]
     if any(lq.fixes for _, lq in config.layers):
         raise QuantlensError("the config has fixes but no weights.safetensors beside it: export the directory `quantlens fix` wrote")
     with preserve_model(model):
@@ -217,25 +230,30 @@ def export_compressed_tensors(
     *,
     data: Iterable[Any],
     tokenizer: Any = None,
+    keep_float: Iterable[str] = (),
     extra: Optional[dict] = None,
 ) -> CTExport:
     """Write the checkpoint of ``model`` quantized by ``config`` into ``out_dir`` (module docstring).
 
     ``data``: one batch, for the capture of the simulation. ``tokenizer``: saved beside the
     weights (default: the tokenizer files of the model's own checkpoint directory, if any).
+    ``keep_float`` layers are left in float (in ``ignore``).
     """
     model_cfg = _check_causal_lm(model)
     cfg, source = read_plan_or_config(config)
-    _check_weight_only(cfg)
+    keep = list(keep_float)
+    _check_weight_only(without(cfg, keep))
     out = check_out_dir(out_dir)
-    qnet = simulate(model, cfg, data, source)
     modules = dict(model.named_modules())
-    layers: dict[str, CTWeight] = {}
-    for name, lq in qnet.config.layers:
+    for name, lq in without(cfg, keep).layers:  # what the checkpoint cannot hold is refused before the capture
         mod = modules.get(name)
         if not isinstance(mod, nn.Linear):
             raise QuantlensError(f"layer {name}: not an nn.Linear of the model ({type(mod).__name__ if mod is not None else 'no such module'}), "
                                  "so it cannot be a compressed-tensors target")
+        ct_weight(name, mod.weight, lq.weight_spec())
+    qnet = simulate(model, cfg, data, source, keep)
+    layers: dict[str, CTWeight] = {}
+    for name, lq in qnet.config.layers:
         fixed = qnet.graph.module(qnet.graph.layer(name)).weight
         ct = ct_weight(name, fixed, lq.weight_spec())
         qw = qnet.weights.get(name)
@@ -271,7 +289,7 @@ def export_compressed_tensors(
         gen.to_json_file(str(out / "generation_config.json"))
     has_tok = _tokenizer(tokenizer, model, out)
     res = CTExport(out, qnet.config, layers, groups, ignore, has_tok,
-                   extra={"untied_lm_head": tied, "source_config": None if source is None else str(source.resolve()),
+                   extra={"untied_lm_head": tied, "keep_float": keep, "source_config": None if source is None else str(source.resolve()),
                           "source": None if isinstance(config, QuantConfig) else str(Path(config).resolve()), **(extra or {})})
     jsonio.dump(res.to_dict(), res.info_path)
     return res
