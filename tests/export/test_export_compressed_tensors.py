@@ -179,3 +179,48 @@ def test_refuses_quantized_activations(llama, data, tmp_path):
     with pytest.raises(QuantlensError) as e:
         export_compressed_tensors(llama, cfg, tmp_path / "e", data=data)
     assert "weight-only" in _one_line(e) and "--a-bits none" in str(e.value)
+
+
+# ---- the command line ---------------------------------------------------------------------------------------
+
+USER_FILE = '''
+import torch, transformers
+torch.set_num_threads(1)
+
+def model():
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+                                   num_key_value_heads=2, use_cache=False)
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+def data():
+    g = torch.Generator().manual_seed(1)
+    return [{"input_ids": torch.randint(0, 64, (2, 16), generator=g), "attention_mask": torch.ones(2, 16, dtype=torch.long)}
+            for _ in range(2)]
+'''
+
+
+def test_cli_export_and_verify(tmp_path, capsys, monkeypatch):
+    from quantlens.cli import main
+
+    (tmp_path / "ct_user.py").write_text(USER_FILE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    names = [f"model.layers.0.self_attn.{n}" for n in ("q_proj", "k_proj", "v_proj")]
+    cfg = QuantConfig(tuple((n, fmt("int4-g32")) for n in names) + (("model.layers.0.self_attn.o_proj", fmt("fp8-e4m3")),))
+    cfg.to_json(tmp_path / "quant_config.json", extra={"data": "ct_user:data"})
+    ckpt = tmp_path / "ckpt"
+    assert main(["export", "--format", "compressed-tensors", "--model", "ct_user:model", "--config", str(tmp_path / "quant_config.json"),
+                 "--out", str(ckpt)]) == 0
+    assert "4 quantized Linear layers (int4-g32 x3, fp8-e4m3 x1) in 2 config groups" in capsys.readouterr().out
+    assert main(["verify", "--checkpoint", str(ckpt), "--data", "ct_user:data", "--out", str(tmp_path / "v")]) == 0
+    printed = capsys.readouterr().out
+    assert "transformers (compressed-tensors)" in printed and "within the interval" in printed
+    v = json.loads((tmp_path / "v" / "verify.json").read_text())
+    assert v["source"] == "compressed-tensors" and v["metric"] == "perplexity" and not v["flagged"]
+    assert v["rounding"]["runtime_vs_plain"]["identical"]
+    rc = main(["export", "--format", "compressed-tensors", "--model", "ct_user:model", "--config", str(tmp_path / "quant_config.json"),
+               "--out", str(ckpt)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "exists and is not empty" in err[0]
+    rc = main(["verify", "--onnx", "x.onnx", "--checkpoint", str(ckpt), "--data", "ct_user:data", "--out", str(tmp_path / "w")])
+    assert rc == 2 and "exactly one of --onnx" in capsys.readouterr().err

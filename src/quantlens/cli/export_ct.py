@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
+from pathlib import Path
 from typing import Any
 
 from quantlens.cli.common import console
@@ -26,8 +28,19 @@ def find_tokenizer(model_spec: str, tokenizer_spec: str | None) -> Any:
     return fn() if callable(fn) else None
 
 
+def _recorded_data(config: str) -> str | None:
+    """The ``data`` ``MOD:FN`` a ``quant_config.json`` / ``plan.json`` (or its directory) records, if any."""
+    p = Path(config)
+    if p.is_dir():
+        p = next((p / f for f in ("quant_config.json", "plan.json") if (p / f).is_file()), p / "quant_config.json")
+    try:
+        v = json.loads(p.read_text(encoding="utf-8")).get("data")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return v if isinstance(v, str) and ":" in v else None
+
+
 def run_ct(args: argparse.Namespace) -> int:
-    from quantlens.cli.export import recorded_spec
     from quantlens.data.loading import load_data, load_model
     from quantlens.errors import QuantlensError
     from quantlens.export.compressed_tensors import check_out_dir, export_compressed_tensors
@@ -35,7 +48,7 @@ def run_ct(args: argparse.Namespace) -> int:
     check_out_dir(args.out)  # before loading anything: an existing checkpoint is never overwritten
     if args.no_int4:
         raise QuantlensError("--no-int4 is for onnx-qdq; a compressed-tensors checkpoint packs int4 weights as int4")
-    data_spec = args.data or recorded_spec(args.config, "data")
+    data_spec = args.data or _recorded_data(args.config)
     if data_spec is None:
         raise QuantlensError("give --data MOD:FN: the export captures the model on one batch (the config records no data)")
     model = load_model(args.model)
