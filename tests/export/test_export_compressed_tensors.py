@@ -224,3 +224,19 @@ def test_cli_export_and_verify(tmp_path, capsys, monkeypatch):
     assert rc == 2 and len(err) == 1 and "exists and is not empty" in err[0]
     rc = main(["verify", "--onnx", "x.onnx", "--checkpoint", str(ckpt), "--data", "ct_user:data", "--out", str(tmp_path / "w")])
     assert rc == 2 and "exactly one of --onnx" in capsys.readouterr().err
+
+
+def test_reads_a_plan_over_formats(tmp_path):
+    from quantlens.experiments.plan import LayerPlan, PlanResult
+    from quantlens.export.compressed_tensors import read_plan_or_config
+
+    nan = float("nan")
+    layers = (LayerPlan("a", 10, 4, 0.1, 0.0, "nvfp4", 4.5), LayerPlan("b", 10, 16, 0.0, 0.0, "bf16", 16.0))
+    PlanResult("perplexity", 10.0, 6.0, 100, None, layers, 0.1, 10.1, None, nan, nan, nan).to_json(tmp_path / "plan.json")
+    cfg, source = read_plan_or_config(tmp_path)
+    assert source is None and cfg.layer("a").weight.format == "nvfp4" and cfg.layer("b").weight.format == "bf16"
+    assert cfg.layer("a").act is None
+    bits = PlanResult("perplexity", 10.0, 6.0, 100, None, (LayerPlan("a", 10, 4, 0.1, 0.0),), 0.1, 10.1, None, nan, nan, nan)
+    bits.to_json(tmp_path / "bits.json")
+    with pytest.raises(QuantlensError, match="plan over bit-widths"):
+        read_plan_or_config(tmp_path / "bits.json")

@@ -42,6 +42,7 @@ from quantlens.core.jsonio import write_error
 from quantlens.core.layer_config import LayerQuant, QuantConfig
 from quantlens.engine.build import QuantizedNetwork, build_quantized
 from quantlens.errors import QuantlensError
+from quantlens.experiments.plan import PLAN_SCHEMA
 from quantlens.export.ct_schemes import CTWeight, ct_weight
 from quantlens.quant.spec import QuantSpec
 
@@ -50,7 +51,6 @@ __all__ = ["CTExport", "export_compressed_tensors", "read_plan_or_config", "simu
 
 CT_FORMAT = "compressed-tensors"
 EXPORT_SCHEMA = "quantlens/export-v1"
-PLAN_SCHEMA = "quantlens/plan-v1"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json",
                    "merges.txt", "added_tokens.json", "chat_template.jinja")
 
