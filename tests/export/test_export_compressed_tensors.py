@@ -190,7 +190,7 @@ torch.set_num_threads(1)
 def model():
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
-                                   num_key_value_heads=2, use_cache=False)
+                                   num_key_value_heads=2, use_cache=False, tie_word_embeddings=True)
     return transformers.LlamaForCausalLM(cfg).eval()
 
 def data():
@@ -212,6 +212,11 @@ def test_cli_export_and_verify(tmp_path, capsys, monkeypatch):
     assert main(["export", "--format", "compressed-tensors", "--model", "ct_user:model", "--config", str(tmp_path / "quant_config.json"),
                  "--out", str(ckpt)]) == 0
     assert "4 quantized Linear layers (int4-g32 x3, fp8-e4m3 x1) in 2 config groups" in capsys.readouterr().out
+    from safetensors import safe_open
+
+    with safe_open(str(ckpt / "model.safetensors"), "pt") as f:  # the float lm_head stays tied: stored once
+        assert "lm_head.weight" not in f.keys() and "model.embed_tokens.weight" in f.keys()
+    assert json.loads((ckpt / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
     assert main(["verify", "--checkpoint", str(ckpt), "--data", "ct_user:data", "--out", str(tmp_path / "v")]) == 0
     printed = capsys.readouterr().out
     assert "transformers (compressed-tensors)" in printed and "within the interval" in printed

@@ -211,6 +211,16 @@ def _tokenizer(tokenizer: Any, model: nn.Module, out: Path) -> bool:
     return bool(found)
 
 
+def _drop_tied(raw: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> None:
+    """Keep one of the tensors that share storage in the model (a tied ``lm_head.weight``): transformers ties them again."""
+    seen: set[tuple] = set()
+    for k, v in raw.items():
+        key = (v.data_ptr(), tuple(v.shape), v.dtype)
+        if key in seen and f"{k}" in state and v.numel():
+            del state[k]
+        seen.add(key)
+
+
 def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:
     from safetensors.torch import save_file
 
@@ -218,6 +228,7 @@ def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:
     try:
         save_file(tensors, str(tmp), metadata={"format": "pt", "producer": "quantlens"})
         os.replace(tmp, path)
+        os.chmod(path, 0o644)
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise write_error(path, e) from None
@@ -263,7 +274,8 @@ def export_compressed_tensors(
     _check_siblings(qnet, layers)
     linears = [n for n, m in modules.items() if isinstance(m, nn.Linear)]
     qc, groups, ignore = quantization_config(layers, linears)
-    state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+    raw = model.state_dict()
+    state = {k: v.detach().cpu().clone().contiguous() for k, v in raw.items()}
     for layer in qnet.graph.layers:  # the simulation's float weights (after any fix) for every layer
         if layer.name in modules and f"{layer.name}.weight" in state:
             m = qnet.graph.module(layer)
@@ -281,6 +293,9 @@ def export_compressed_tensors(
     tied = bool(d.get("tie_word_embeddings")) and layers.get("lm_head", CTWeight("float", "dense", None)).tensors != {}
     if tied:
         d["tie_word_embeddings"] = False  # lm_head gets its own (quantized) tensors; the embedding stays float
+    else:
+        _drop_tied(raw, state)
+    d["architectures"] = d.get("architectures") or [type(model).__name__]
     d["quantization_config"] = qc
     _save(state, out / "model.safetensors")
     jsonio.dump(d, out / "config.json")
