@@ -245,3 +245,23 @@ def test_reads_a_plan_over_formats(tmp_path):
     bits.to_json(tmp_path / "bits.json")
     with pytest.raises(QuantlensError, match="plan over bit-widths"):
         read_plan_or_config(tmp_path / "bits.json")
+
+
+def test_report_runtime_section_names_the_checkpoint(tmp_path):
+    from support.report_helpers import synthetic_result, write_run
+
+    from quantlens.report import write_report
+    from quantlens.runtime.ct_check import PLAIN_NAME, ROUNDING_NOTE, RUNTIME_NAME
+    from quantlens.runtime.verify import Comparison
+
+    write_run(synthetic_result(), tmp_path)
+    c = Comparison(0.998, 52.6, 0.35)
+    same = Comparison(1.0, float("inf"), 0.0)
+    VerifyResult("perplexity", False, 8, 18.2, 20.98, 20.97, (20.5, 21.4), (-0.02, 0.003), c, same, c, 20.98,
+                 source="compressed-tensors", extra={"runtime_name": RUNTIME_NAME, "plain_name": PLAIN_NAME,
+                                                     "rounding_note": ROUNDING_NOTE}).to_json(tmp_path / "verify.json")
+    html = write_report(tmp_path).read_text()
+    sec = html[html.index('<section id="runtime">'):]
+    sec = sec[: sec.index("</section>")]
+    assert "transformers (compressed-tensors)" in sec and "token agreement" in sec and "52.6 dB" in sec
+    assert "onnxruntime" not in sec and "within sampling noise" in sec
