@@ -62,5 +62,9 @@ def run_ct(args: argparse.Namespace) -> int:
         kinds[w.label] = kinds.get(w.label, 0) + 1
     console.print(f"exported {len(quant)} quantized Linear layers ({', '.join(f'{k} x{v}' for k, v in kinds.items()) or 'none'}) in "
                   f"{len(res.groups)} config groups; {len(res.ignore)} in ignore (float or bf16){'; tokenizer saved' if res.tokenizer else ''}")
+    fp4 = sorted({w.label for w in quant.values() if w.format in ("nvfp4-pack-quantized", "mxfp4-pack-quantized")})
+    if fp4 and str(getattr(getattr(model, "config", None), "dtype", "")).endswith("float32"):
+        console.print(f"note: compressed-tensors (0.20) decompresses {', '.join(fp4)} weights to bfloat16, so this float32 checkpoint "
+                      "runs in transformers with dtype=torch.bfloat16, or decompressed and cast as `quantlens verify` does (docs/runtimes.md)")
     console.print(f"wrote {res.path} (config.json, model.safetensors, export.json)")
     return 0
