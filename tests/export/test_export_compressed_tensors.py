@@ -93,6 +93,15 @@ def test_reload_equals_simulation(exported):
     assert any("cast" in n for n in notes)  # the FP4 layers came back as bfloat16 and were cast to float32
 
 
+def test_plain_from_pretrained_in_bfloat16(exported, data):
+    """What the export's note says: the FP4 checkpoint runs as transformers loads it, in bfloat16."""
+    res, _ = exported
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(res.path), dtype=torch.bfloat16).eval()
+    with torch.no_grad():
+        y = model(**data[0]).logits
+    assert y.dtype == torch.bfloat16 and bool(torch.isfinite(y).all())
+
+
 def test_logits_equal_simulation_without_fp4(llama, data, tmp_path):
     """int4 / int8 / fp8 / bf16 / float only: the checkpoint in transformers gives the simulation's logits."""
     export_compressed_tensors(llama, mixed(fp4=False), tmp_path / "ckpt", data=data)
