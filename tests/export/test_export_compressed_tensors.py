@@ -275,3 +275,32 @@ def test_report_runtime_section_names_the_checkpoint(tmp_path):
     sec = sec[: sec.index("</section>")]
     assert "transformers (compressed-tensors)" in sec and "token agreement" in sec and "52.6 dB" in sec
     assert "onnxruntime" not in sec and "within sampling noise" in sec
+
+
+@pytest.mark.parametrize("spec", ["int4", "int8-channel", "int4-g32", "int8-g16", "fp8-e4m3", "fp8-e4m3-channel", "fp8-e4m3-block128",
+                                  "mxfp4", "mxfp4-rceil", "nvfp4", "bits4-channel", "bits8-tensor", "bits4-g32"])
+def test_each_scheme_decompresses_to_the_simulated_weight(spec):
+    """compressed-tensors' own decompressor, on each scheme's tensors, gives the simulated weight
+    (NVFP4: within its bfloat16 product); fp8 block128 on a shape that is not a multiple of 128."""
+    from compressed_tensors.compressors import BaseCompressor
+    from compressed_tensors.quantization import QuantizationScheme
+
+    from quantlens.export.ct_schemes import ct_weight
+    from quantlens.quant.quantizer import quantize_weight
+
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(200 if "block128" in spec else 24, 160 if "block128" in spec else 64, generator=g) * 0.05
+    w[0, :16] = 0.0  # an all-zero block
+    if spec.startswith("bits"):
+        b, gran = spec[4], spec.split("-")[1]
+        q = QuantSpec(bits=int(b), granularity={"channel": PerChannel(), "tensor": None, "g32": PerGroup(32)}[gran] or QuantSpec().granularity)
+    else:
+        q = QuantSpec(format=spec)
+    ct = ct_weight("layer", w, q)
+    want = quantize_weight(w, q).weight
+    scheme = QuantizationScheme(targets=["layer"], weights=ct.weights, format=ct.format)
+    got = BaseCompressor.get_value_from_registry(ct.format).decompress(dict(ct.tensors), scheme)["weight"].float()
+    if spec == "nvfp4":
+        assert bool(((got - want).abs() <= want.abs() * 2**-8).all())
+    else:
+        assert torch.equal(got, want), float((got - want).abs().max())

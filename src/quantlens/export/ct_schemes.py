@@ -49,9 +49,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from quantlens.errors import QuantlensError
-from quantlens.quant.formats import E2M1, E4M3, Format, cast_to_element, fake_quantize, get_format, nvfp4_global_scale
+from quantlens.quant.formats import E2M1, E4M3, Format, cast_to_element, get_format, nvfp4_global_scale
 from quantlens.quant.formats.bits import pow2
 from quantlens.quant.formats.mx import mx_exponent
+from quantlens.quant.padded import quantize_padded
 from quantlens.quant.quantizer import group_size, quantize_weight, weight_rows
 from quantlens.quant.spec import PerChannel, PerGroup, PerTensor, QuantSpec
 
@@ -177,7 +178,7 @@ def _int_format(layer: str, w: Tensor, fmt: Format) -> CTWeight:
     if fmt.scope == "block" and w.shape[1] % fmt.block:
         raise _refuse(layer, f"{fmt.name} on {w.shape[1]} input features (not a multiple of {fmt.block})")
     strategy = {"tensor": "tensor", "row": "channel", "block": "group"}[fmt.scope]
-    wq = fake_quantize(w, fmt)
+    wq = quantize_padded(w, fmt, "weight")  # as the simulation quantizes it (an overhanging tile zero-padded)
     c = {"tensor": w.numel(), "channel": w.shape[1], "group": fmt.block}[strategy]
     amax = w.reshape(-1, c).abs().amax(1)
     s = amax / float(2 ** (fmt.bits - 1) - 1)
@@ -188,7 +189,7 @@ def _int_format(layer: str, w: Tensor, fmt: Format) -> CTWeight:
 def _fp8_format(layer: str, w: Tensor, fmt: Format) -> CTWeight:
     if fmt.element != "e4m3":
         raise _refuse(layer, f"the format {fmt.name} (compressed-tensors' FP8 is E4M3)")
-    wq = fake_quantize(w, fmt)
+    wq = quantize_padded(w, fmt, "weight")  # as the simulation quantizes it (an overhanging tile zero-padded)
     o, i = w.shape
     r, c = {"tensor": (o, i), "row": (1, i), "tile": (fmt.block, fmt.block)}[fmt.scope]
     s = _tiles(w, r, c).abs().amax(dim=(1, 3), keepdim=True) / torch.full((), E4M3.max)
@@ -207,7 +208,7 @@ def _fp8_format(layer: str, w: Tensor, fmt: Format) -> CTWeight:
 def _nvfp4(layer: str, w: Tensor, fmt: Format) -> CTWeight:
     if w.shape[1] % fmt.block:
         raise _refuse(layer, f"nvfp4 on {w.shape[1]} input features (not a multiple of {fmt.block})")
-    wq = fake_quantize(w, fmt)
+    wq = quantize_padded(w, fmt, "weight")  # as the simulation quantizes it (an overhanging tile zero-padded)
     t = _tiles(w, 1, fmt.block)
     s2 = nvfp4_global_scale(w.abs().amax())
     six_s2 = 6.0 * s2
@@ -230,7 +231,7 @@ def _mx(layer: str, w: Tensor, fmt: Format) -> CTWeight:
         raise _refuse(layer, f"the format {fmt.name}")
     if w.shape[1] % fmt.block:
         raise _refuse(layer, f"{fmt.name} on {w.shape[1]} input features (not a multiple of {fmt.block})")
-    wq = fake_quantize(w, fmt)
+    wq = quantize_padded(w, fmt, "weight")  # as the simulation quantizes it (an overhanging tile zero-padded)
     t = _tiles(w, 1, fmt.block)
     k = mx_exponent(t.abs().amax(dim=(1, 3), keepdim=True), E2M1, rceil=fmt.scale_rule == "pow2-rceil")
     x = pow2(k)
@@ -243,7 +244,7 @@ def _mx(layer: str, w: Tensor, fmt: Format) -> CTWeight:
 
 
 def _cast(layer: str, w: Tensor, fmt: Format) -> CTWeight:
-    wq = fake_quantize(w, fmt)
+    wq = quantize_padded(w, fmt, "weight")  # as the simulation quantizes it (an overhanging tile zero-padded)
     stored = wq.to(FLOAT_DTYPES[fmt.element])
     _exact(layer, stored.float(), wq.float())
     return CTWeight(fmt.name, "dense", None, {"weight": stored.contiguous()}, wq)
