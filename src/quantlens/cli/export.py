@@ -10,14 +10,17 @@ from quantlens.cli.common import console, prepare_out_dir
 
 __all__ = ["register", "run", "FORMATS"]
 
-FORMATS = ("onnx-qdq",)
+FORMATS = ("onnx-qdq", "compressed-tensors")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="write the quantized network (bits, ranges, fixes) as a QDQ ONNX model for onnxruntime")
     p.add_argument("--model", required=True, metavar="MOD:FN", help="function returning the float nn.Module")
     p.add_argument("--config", required=True, metavar="PATH", help="quant_config.json (from `quantlens fix` or `plan`) or its directory")
-    p.add_argument("--format", default="onnx-qdq", choices=FORMATS, help="output format (default: onnx-qdq)")
+    p.add_argument("--format", default="onnx-qdq", choices=FORMATS,
+                   help="output format (default: onnx-qdq); compressed-tensors: a Hugging Face checkpoint directory (--config may be a plan.json over formats)")
+    p.add_argument("--tokenizer", metavar="MOD:FN", help="compressed-tensors: the tokenizer to save beside the weights (default: the "
+                   "`tokenizer` function beside --model's, else the files of the model's own checkpoint)")
     p.add_argument("--data", metavar="MOD:FN", help="batches for the exporter's sample input (default: the data the config was made with)")
     p.add_argument("--calib", metavar="MOD:FN", help="calibration batches, only if the config has no saved ranges/weights")
     p.add_argument("--keep-float", default="", metavar="LAYER,...", help="layers to keep in float (float fallback)")
@@ -40,8 +43,13 @@ def recorded_spec(config: str, key: str) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     from quantlens.errors import QuantlensError
-    from quantlens.export.onnx import check_onnx_available, export_onnx
     from quantlens.data.loading import load_data, load_model
+
+    if args.format == "compressed-tensors":
+        from quantlens.cli.export_ct import run_ct
+
+        return run_ct(args)
+    from quantlens.export.onnx import check_onnx_available, export_onnx
 
     check_onnx_available()
     out = prepare_out_dir(args.out)

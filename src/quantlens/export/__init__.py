@@ -4,11 +4,13 @@
   (what ``fix`` and ``plan`` write; :func:`export` keeps its old import path
   ``from quantlens.export import export``).
 * :mod:`quantlens.export.onnx`: a QDQ ONNX model that onnxruntime runs (:func:`export_onnx`).
+* :mod:`quantlens.export.compressed_tensors`: a Hugging Face checkpoint that transformers and vLLM
+  load with compressed-tensors (:func:`export_compressed_tensors`).
 """
 
 from quantlens.export.weights import export, weight_tensors
 
-__all__ = ["export", "weight_tensors", "export_onnx", "OnnxExport"]
+__all__ = ["export", "weight_tensors", "export_onnx", "OnnxExport", "export_compressed_tensors", "CTExport"]
 
 
 def __getattr__(name: str):  # the ONNX side imports torch.onnx lazily
@@ -16,4 +18,8 @@ def __getattr__(name: str):  # the ONNX side imports torch.onnx lazily
         from quantlens.export import onnx as _onnx
 
         return getattr(_onnx, name)
+    if name in ("export_compressed_tensors", "CTExport"):
+        from quantlens.export import compressed_tensors as _ct
+
+        return getattr(_ct, name)
     raise AttributeError(name)

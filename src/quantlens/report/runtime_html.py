@@ -22,11 +22,12 @@ def _db(x: float) -> str:
 def runtime_html(v: Any) -> str:
     """Float / simulation / runtime metrics, the difference with its interval (flagged if beyond it), and the rounding split."""
     u = Units.for_metric(v.metric_name)
+    rt, plain = v.extra.get("runtime_name", "onnxruntime"), v.extra.get("plain_name", "onnxruntime, no graph optimizations")
     rows = [
         [Td("float", "float", "t"), Td(u.value(v.float_metric), v.float_metric), Td("-")],
         [Td("simulation (quantlens)", "simulation", "t"), Td(u.value(v.simulated_metric), v.simulated_metric), Td(u.deg(v.predicted, True), v.predicted)],
-        [Td("onnxruntime", "onnxruntime", "t"), Td(u.value(v.runtime_metric), v.runtime_metric), Td(u.deg(v.runtime, True), v.runtime)],
-        [Td("onnxruntime, no graph optimizations", "plain", "t"), Td(u.value(v.plain_metric), v.plain_metric),
+        [Td(rt, rt, "t"), Td(u.value(v.runtime_metric), v.runtime_metric), Td(u.deg(v.runtime, True), v.runtime)],
+        [Td(plain, "plain", "t"), Td(u.value(v.plain_metric), v.plain_metric),
          Td(u.deg(v._deg(v.plain_metric), True), v._deg(v.plain_metric))],
     ]
     lo, hi = v.difference_interval
@@ -36,8 +37,18 @@ def runtime_html(v: Any) -> str:
                f'<p class="lead">Runtime minus predicted degradation: {esc(u.deg(v.difference, True))} (95% paired interval '
                f"{esc(u.deg(lo, True))} .. {esc(u.deg(hi, True))}): within sampling noise.</p>")
     c, p, rp = v.runtime_vs_simulation, v.plain_vs_simulation, v.runtime_vs_plain
+    names = ((f"{rt} vs simulation", f"{plain} vs simulation", f"{rt} vs {plain}") if v.source == "compressed-tensors" else
+             ("onnxruntime vs simulation", "no optimizations vs simulation", "onnxruntime vs no optimizations"))
     crow = [[Td(name, name, "t"), Td(f"{100 * x.agreement:.2f}%", x.agreement), Td(_db(x.sqnr_db), x.sqnr_db), Td(f"{x.max_abs:.3g}", x.max_abs)]
-            for name, x in (("onnxruntime vs simulation", c), ("no optimizations vs simulation", p), ("onnxruntime vs no optimizations", rp))]
+            for name, x in zip(names, (c, p, rp))]
+    if v.source == "compressed-tensors":
+        return (f'<p class="lead">The exported checkpoint loaded by {esc(rt)} on {v.num_samples:,} sequences, against quantlens\'s '
+                "simulation of the same quantized network and the float model.</p>"
+                + table(["network", v.metric_name, "degradation"], rows, sortable=False, text_cols=(0,), table_id="runtime-table")
+                + verdict
+                + table(["outputs compared", "token agreement", "SQNR", "max |difference|"], crow, sortable=False, text_cols=(0,),
+                        table_id="runtime-rounding")
+                + f'<p class="note">{esc(v.extra.get("rounding_note", ""))} (see docs/runtimes.md).</p>')
     fused = ", ".join(f"{k} x{n}" for k, n in v.fused_ops.items()) or "none"
     return (f'<p class="lead">The exported model run in onnxruntime on {v.num_samples:,} samples, against quantlens\'s simulation '
             "of the same quantized network and the float model.</p>"

@@ -195,8 +195,8 @@ class VerifyResult(jsonio.Artifact):
                 "runtime_vs_plain": comp(self.runtime_vs_plain),
                 "runtime_ops": self.runtime_ops,
                 "fused_integer_ops": self.fused_ops,
-                "note": "plain = onnxruntime with graph optimizations off (QDQ ops as written, float); runtime = all "
-                        "optimizations (integer kernels where onnxruntime fuses them)",
+                "note": self.extra.get("rounding_note", "plain = onnxruntime with graph optimizations off (QDQ ops as written, "
+                                       "float); runtime = all optimizations (integer kernels where onnxruntime fuses them)"),
             },
             **self.extra,
         })
