@@ -1,6 +1,6 @@
 """``python -m benchmarks.smollm_fix_formats``: the paper's Table 1 and Figure 2 on SmolLM2-135M, per format.
 
-For each weight format of ``--formats`` (activations float):
+For each weight format of ``--formats`` (activations float, or ``--a-format``):
 
 1. the checked estimate ranks all 211 layers; the ``--shortlist`` worst are measured exactly
    (cone engine) and the fix loop takes its culprits from those exact cells;
@@ -27,12 +27,15 @@ import torch
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--formats", default="nvfp4,mxfp4,int4-g128")
+    ap.add_argument("--formats", default="nvfp4,mxfp4,int4-g128", help="weight formats, one Table 1 each (empty: none)")
     ap.add_argument("--windows", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--calib-windows", type=int, default=4)
     ap.add_argument("--shortlist", type=int, default=12)
     ap.add_argument("--top", type=int, default=3)
+    ap.add_argument("--fixes", default="", help="candidate fixes (default: the fix loop's DEFAULT_FIXES)")
+    ap.add_argument("--global-fixes", default="", help="fixes applied to every layer, one global row each (default: the loop's)")
+    ap.add_argument("--a-format", default="none", help="activations: none (weights only), or a format such as nvfp4 (W4A4)")
     ap.add_argument("--additivity", default="", help="LOW,HIGH formats for the additivity experiment (empty: skip)")
     ap.add_argument("--configs", type=int, default=8)
     ap.add_argument("--json", default="smollm_fix_formats.json")
@@ -48,16 +51,21 @@ def main() -> None:
     data = smollm.data(windows=args.windows, tokens=args.tokens)
     calib = smollm.calib(windows=args.calib_windows, tokens=args.tokens)
     work = ql.Workload(model, data, calib, metric="perplexity", output_key="logits")
-    spec = ql.ExperimentSpec(a_bits=None)
+    spec = ql.ExperimentSpec(a_format=args.a_format)
     out: dict = {"windows": args.windows, "tokens": args.tokens, "calib_windows": args.calib_windows, "fix": {}}
     for fmt in [f for f in args.formats.split(",") if f]:
         t0 = time.perf_counter()
-        est = ql.analyze(work, config=spec.sweep_config([fmt]), method=ql.Estimate(k=5))
+        est = ql.analyze(work, config=ql.ExperimentSpec(a_bits=None).sweep_config([fmt]), method=ql.Estimate(k=5))  # weights only: the shortlist
         shortlist = [c.layer for c in est.worst(fmt, k=args.shortlist)]
         t1 = time.perf_counter()
         exact = ql.analyze(work, config=spec.sweep_config([fmt]), layers=shortlist)
         t2 = time.perf_counter()
-        res, _ = fix_loop(work, exact, w_bits=fmt, spec=spec, top=args.top, model_name="SmolLM2-135M")
+        kw: dict = {}
+        if args.fixes:
+            kw["candidates"] = [f for f in args.fixes.split(",") if f]
+        if args.global_fixes:
+            kw["global_rows"] = [(f,) for f in args.global_fixes.split(",") if f]
+        res, _ = fix_loop(work, exact, w_bits=fmt, spec=spec, top=args.top, model_name="SmolLM2-135M", **kw)
         t3 = time.perf_counter()
         out["fix"][fmt] = {"estimate_s": t1 - t0, "exact_shortlist_s": t2 - t1, "fix_s": t3 - t2, "shortlist": shortlist,
                            "result": res.to_dict()}
