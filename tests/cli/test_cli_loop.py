@@ -103,6 +103,7 @@ def test_additivity_and_plan_end_to_end(files, capsys):
         (["fix", "--w-bits", "x"], "unknown number format 'x'"),
         (["fix", "--w-bits", "nvfp4", "--fixes", "sawb"], "none of the fixes applies to nvfp4 weights: sawb: SAWB's coefficients"),
         (["fix", "--a-format", "nvfp4", "--a-bits", "8"], "give --a-format or --a-bits, not both"),
+        (["fix", "--w-bits", "4", "--config", "SWEEP"], "give --w-bits or --config, not both"),
         (["fix", "--w-bits", "nvfp4", "--results", "SWEEP"], "the sweep has no cells at nvfp4 (it has 4, 8 bits)"),
         (["additivity", "--low", "mxfp4", "--high", "MXFP4"], "--low and --high are both mxfp4: give two different formats"),
         (["fix", "--fixes", "magic"], "unknown fix 'magic'"),

@@ -179,3 +179,34 @@ def test_additivity_of_a_plan_draws_its_layers_at_their_planned_formats(tmp_path
                  "--out", str(tmp_path / "add")]) == 0
     cli = AdditivityResult.from_json(tmp_path / "add" / "additivity.json")
     assert cli.low == "plan" and [p.low_bit_layers for p in cli.points] == [p.low_bit_layers for p in r.points]
+
+
+def test_fix_loop_over_a_plan_fixes_each_culprit_in_its_own_format():
+    model, data = _net(), _data(3)
+    calib = data[:2]
+    spec = ExperimentSpec(a_bits=None)
+    w = Workload(model, data, calib, "kl")
+    names = make_measurer(w).names
+    plan = QuantConfig(((names[0], spec.layer("nvfp4")), (names[1], spec.layer(4)), (names[2], spec.layer("mxfp4")),
+                        (names[3], spec.layer("fp8-e4m3"))))  # names[4] float
+    assert spec.plan_columns(plan, names) == {names[0]: "nvfp4", names[1]: 4, names[2]: "mxfp4", names[3]: "fp8-e4m3"}
+    sweep = ql.analyze(model, data, config=spec.sweep_config(["nvfp4", 4, "mxfp4", "fp8-e4m3"]), metric="kl", calib=calib)
+    result, measurer = fix_loop(w, sweep, spec=spec, config=plan, candidates=("sawb", "mse", "equalize"), top=4,
+                                global_rows=[("sawb",), ("mse",)])
+    assert result.w_bits == "plan" and result.skipped == ()  # sawb applies to the int4 layer
+    key = {names[0]: "nvfp4", names[1]: "int4", names[2]: "mxfp4", names[3]: "fp8-e4m3"}
+    ranked = sorted(names[:4], key=lambda n: -sweep.cell(n, key[n]).degradation)
+    assert list(result.culprits) == [n for n in ranked if sweep.cell(n, key[n]).degradation > 0][:4]
+    for t in result.trials:  # each culprit in its own format; sawb only where it applies
+        assert t.fix != "sawb" or t.layer == names[1]
+        # in a sweep over formats the plan's 4 bits is the int4 format: the fix clips for that format
+        ctx = FixContext(QuantConfig(((t.layer, spec.layer(key[t.layer])),)), measurer.calib, measurer.device)
+        fixed = make_fix(t.fix, ctx).apply(measurer.graph, [t.layer])
+        want = ql.analyze(fixed.gm, data, config=spec.sweep_config([key[t.layer]]), metric="kl", calib=calib,
+                          reference=measurer.float_gm, layers=[t.layer]).cell(t.layer, key[t.layer])
+        assert_close(t.degradation, want.degradation, rel=1e-6, abs_=1e-12, what=f"{t.layer}/{t.fix}")
+    naive = QuantConfig(tuple((n, spec.layer(k)) for n, k in key.items()))
+    assert_close(result.row("naive").noise, measurer(naive).noise, rel=1e-9)
+    assert_close(result.row("naive").noise, measurer(plan).noise, rel=1e-6)  # int4 per tensor: the format and the grid agree
+    assert_close(result.row("global:sawb").noise, measurer(naive.with_fix("sawb", [names[1]])).noise, rel=1e-9)
+    assert FixResult.from_json(result.to_json()).w_bits == "plan"

@@ -37,12 +37,11 @@ def run(args: argparse.Namespace) -> int:
     spec = experiment_spec(args)
     if Path(args.low).exists():  # a plan's quant_config.json, or its directory
         from quantlens.core.layer_config import QuantConfig
-        from quantlens.experiments.additivity import plan_columns
         from quantlens.core.experiment import parse_column
 
         low = QuantConfig.from_json(args.low)
         high = parse_column(args.high, "--high")
-        columns = [*dict.fromkeys(plan_columns(low, spec, low.names).values()), high]
+        columns = [*dict.fromkeys(spec.plan_columns(low, low.names).values()), high]
     else:
         low, high = check_columns(args.low, args.high)
         columns = [low, high]

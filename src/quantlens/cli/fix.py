@@ -24,6 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--w-bits", default="8", metavar="BITS|FORMAT",
                    help="weights of the quantized network: bits, or a format such as nvfp4, mxfp4, fp8-e4m3, int4-g128 (default: 8)")
     add_common(p)
+    p.add_argument("--config", metavar="PATH", help="a plan's quant_config.json (or its directory): fix the culprits of that "
+                   "mixed configuration, each layer at its planned bits or format, instead of every layer at --w-bits")
     p.add_argument("--fixes", default=",".join(DEFAULT_FIXES), help=f"fixes to try on each culprit, from: {', '.join(fixes())} (default: all)")
     p.add_argument("--top", type=int, default=3, help="how many culprit layers to try fixing (default 3)")
     p.set_defaults(func=run)
@@ -39,7 +41,7 @@ def print_table(result) -> None:  # noqa: ANN001
     pct = Units.for_metric(result.metric_name).pct  # the report's rule
     a = (f"{result.a_format} activations" if result.a_format else f"{result.a_bits}-bit activations" if result.a_bits
          else "float activations")
-    w = f"{result.w_bits}-bit" if isinstance(result.w_bits, int) else result.w_bits
+    w = f"{result.w_bits}-bit" if isinstance(result.w_bits, int) else "the plan's" if result.w_bits == "plan" else result.w_bits
     t = Table(title=f"Table 1: {w} weights, {a}, whole network quantized")
     for col, just in (("method", "left"), (result.metric_name, "right"), ("degradation", "right"), ("95% CI", "right"),
                       ("SQNR", "right"), ("time", "right"), ("fixes", "left")):
@@ -84,27 +86,38 @@ def run(args: argparse.Namespace) -> int:
     from quantlens.export import export
     from quantlens.fixes import check_fix
 
-    w_bits = parse_column(args.w_bits, "--w-bits")
     spec = experiment_spec(args)
+    plan = None
+    if args.config:
+        from quantlens.core.layer_config import QuantConfig
+
+        if args.w_bits != "8":
+            raise QuantlensError("give --w-bits or --config, not both: a plan's config gives every layer its own bits or format")
+        plan = QuantConfig.from_json(args.config)
+        columns = list(dict.fromkeys(spec.plan_columns(plan, plan.names).values()))
+        w_bits = "plan"
+    else:
+        w_bits = parse_column(args.w_bits, "--w-bits")
+        columns = [w_bits]
     candidates = [f.strip() for f in args.fixes.split(",") if f.strip()]
     if not candidates:
         raise QuantlensError("--fixes is empty: give fix names, e.g. sawb,mse,equalize")
     for f in candidates:
         check_fix(f)
-    applicable_fixes(candidates, w_bits, spec)  # one line before the sweep when none applies
+    applicable_fixes(candidates, columns, spec)  # one line before the sweep when none applies
     if args.top < 1:
         raise QuantlensError(f"--top must be at least 1, got {args.top}")
     out = prepare_out_dir(args.out)
     workload = load_workload(args, need_fx=True)
-    sweep = sweep_or_run(args, out, workload, [w_bits])
+    sweep = sweep_or_run(args, out, workload, columns)
     result, measurer = fix_loop(
-        workload, sweep, options=run_options(args), w_bits=w_bits, spec=spec, candidates=candidates,
-        top=args.top, model_name=args.model,
+        workload, sweep, options=run_options(args), w_bits=columns[0], spec=spec, candidates=candidates,
+        top=args.top, model_name=args.model, config=plan,
     )
     result.to_json(out / "fix.json")
     export(measurer.build(result.config), out, extra={"model": args.model, "data": args.data, "calib": args.calib, "metric": result.metric_name,
                                                     "local": result.row("local").metric})
-    at = f"{w_bits} bits" if isinstance(w_bits, int) else w_bits
+    at = f"{w_bits} bits" if isinstance(w_bits, int) else "the plan's formats" if plan is not None else w_bits
     for f, why in result.skipped:
         console.print(f"not tried: {f} ({why})")
     if result.culprits:

@@ -130,6 +130,29 @@ class ExperimentSpec:
         col = parse_column(column)
         return self.format_column(col) if getattr(sweep, "is_format_sweep", False) else col
 
+    def plan_columns(self, config: Any, names: Iterable[str]) -> dict[str, Column]:
+        """Each layer's column in a plan's config (a :class:`~quantlens.core.layer_config.QuantConfig`):
+        its weight format, else its bits, in the order of ``names``; a layer with float weights is left
+        out. One line for a layer the network does not have, a config that quantizes none, or integer
+        weights of another granularity than this spec's (the sweep's cells would not be the plan's)."""
+        names = list(names)
+        config.check_layers(names)
+        out: dict[str, Column] = {}
+        for n in names:
+            lq = config.get(n)
+            if lq is None or lq.weight is None:
+                continue
+            if lq.weight.format is not None:
+                out[n] = lq.weight.format
+                continue
+            if str(lq.granularity) != str(self.granularity):
+                raise QuantlensError(f"the plan quantizes layer {n} with {lq.granularity} weights, the experiment with "
+                                     f"{self.granularity}: give --granularity {lq.granularity}")
+            out[n] = lq.weight.bits
+        if not out:
+            raise QuantlensError("the plan quantizes no layer's weights: nothing to measure it against")
+        return out
+
     def check_sweep(self, sweep: Any, need_bits: Iterable[Column], metric: Any = None, where: str = "the sweep") -> None:
         """Raise one line if ``sweep`` (a SweepResult) lacks the columns ``need_bits`` or was measured
         under other activations, granularity, convention or metric than this experiment's."""

@@ -47,7 +47,6 @@ __all__ = [
     "additivity",
     "run_additivity",
     "check_columns",
-    "plan_columns",
 ]
 
 ADDITIVITY_SCHEMA = "quantlens/additivity-v1"
@@ -248,7 +247,7 @@ def additivity(
     if configs < 2:
         raise QuantlensError(f"--configs must be at least 2 to compute a correlation, got {configs}")
     if isinstance(low, QuantConfig):
-        lows = plan_columns(low, spec, sweep.layer_names)
+        lows = spec.plan_columns(low, sweep.layer_names)
         spec.check_sweep(sweep, [*dict.fromkeys(lows.values()), high])
         label: Column = "plan"
     else:
@@ -291,28 +290,6 @@ def additivity(
     )
 
 
-def plan_columns(config: QuantConfig, spec: ExperimentSpec, names: Sequence[str]) -> dict[str, Column]:
-    """Each layer's column in a plan's config (its weight format, else its bits), in the order of
-    ``names``; a layer with float weights is left out (it stays at ``high``). One line for a layer
-    the network does not have, or integer weights of another granularity than the experiment's."""
-    config.check_layers(names)
-    out: dict[str, Column] = {}
-    for n in names:
-        lq = config.get(n)
-        if lq is None or lq.weight is None:
-            continue
-        if lq.weight.format is not None:
-            out[n] = lq.weight.format
-            continue
-        if str(lq.granularity) != str(spec.granularity):
-            raise QuantlensError(f"the plan quantizes layer {n} with {lq.granularity} weights, the experiment with {spec.granularity}: "
-                                 f"give --granularity {lq.granularity}")
-        out[n] = lq.weight.bits
-    if not out:
-        raise QuantlensError("the plan quantizes no layer's weights: nothing to draw the low-precision layers from")
-    return out
-
-
 def check_columns(low: Column, high: Column) -> tuple[Column, Column]:
     """``(low, high)`` parsed (bit-widths or format names); one line when they are the same."""
     lo, hi = parse_column(low, "--low"), parse_column(high, "--high")
@@ -349,7 +326,7 @@ def run_additivity(
     check_workload(workload, "run_additivity")
     if isinstance(low, QuantConfig):
         high = parse_column(high, "--high")
-        columns = [*dict.fromkeys(plan_columns(low, spec, low.names).values()), high]
+        columns = [*dict.fromkeys(spec.plan_columns(low, low.names).values()), high]
     else:
         low, high = check_columns(low, high)
         columns = [low, high]

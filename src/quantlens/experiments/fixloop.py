@@ -231,6 +231,7 @@ def fix_loop(
     top: int = 3,
     global_rows: Sequence[Sequence[str]] = GLOBAL_ROWS,
     model_name: str = "",
+    config: Optional[QuantConfig] = None,
 ) -> tuple[FixResult, NetworkMeasurer]:
     """Run steps 1-3 of the module docstring on ``workload`` (model, data, calibration data,
     metric, reference, output key); returns the result and the measurer used.
@@ -241,28 +242,46 @@ def fix_loop(
     an ETA on stderr);
     ``global_rows``: the fix sets applied to every layer for the ``global:...`` rows (the
     contract's three by default; each fix chosen locally is added as ``global:<fix>``).
+    ``config``: a plan (each layer at its own bits or format, :meth:`ExperimentSpec.plan_columns`)
+    as the naive network instead of every layer at ``w_bits``; culprits are ranked by each layer's
+    cell at its planned column, and a fix is tried (or applied globally) only where it applies to
+    the layer's format; ``w_bits`` of the result is ``"plan"``.
     """
     check_workload(workload, "fix_loop")
-    w_bits = parse_column(w_bits, "--w-bits")
     for f in candidates:
         check_fix(f)
-    spec.check_sweep(sweep, (w_bits,), workload.metric)
-    key = spec.sweep_column(sweep, w_bits)  # in a sweep over formats, a bit-width is the integer format
-    candidates, skipped = applicable_fixes(candidates, key, spec, global_rows)
     measurer = NetworkMeasurer(workload, options)
     names = measurer.names
-    naive = QuantConfig(tuple((n, spec.layer(key)) for n in names))
-    culprits = rank_culprits(sweep, key, top)
-    global_sets = [tuple(fs) for fs in global_rows if not any(f in skipped for f in fs)]
+    if config is None:
+        col = parse_column(w_bits, "--w-bits")
+        spec.check_sweep(sweep, (col,), workload.metric)
+        column: Column = spec.sweep_column(sweep, col)  # in a sweep over formats, a bit-width is the integer format
+        key = {n: column for n in names}
+        naive = QuantConfig(tuple((n, spec.layer(column)) for n in names))
+    else:  # a plan: each layer at its own bits or format
+        cols = spec.plan_columns(config, names)
+        spec.check_sweep(sweep, list(dict.fromkeys(cols.values())), workload.metric)
+        key = {n: spec.sweep_column(sweep, c) for n, c in cols.items()}
+        naive = QuantConfig(tuple((n, spec.layer(k)) for n, k in key.items()), config.act_estimator)
+        column = "plan"
+    candidates, skipped = applicable_fixes(candidates, list(dict.fromkeys(key.values())), spec, global_rows)
+    applies = {(n, f): not_applicable(f, naive.layer(n).weight_spec()) is None for n in key for f in {*candidates, *(f for fs in global_rows for f in fs)}}
+    if config is None:
+        culprits = rank_culprits(sweep, column, top)
+    else:
+        ranked = sorted((sweep.cell(n, k) for n, k in key.items()), key=lambda c: -c.degradation)
+        culprits = [c.layer for c in ranked if c.degradation > 0][:top]
+    global_sets = [tuple(fs) for fs in global_rows if not all(f in skipped for f in fs)]
     bar = make_progress(options.progress, _batches(measurer, len(culprits) * len(candidates) > 0) + _row_steps(global_sets, candidates), "fix")
     try:
-        cells = _local_cells(measurer, naive, culprits, candidates, bar.advance)
+        pairs = [(layer, f) for layer in culprits for f in candidates if applies[(layer, f)]]
+        cells = _local_cells(measurer, naive, pairs, bar.advance)
         trials: list[LocalTrial] = []
         chosen = naive
         for layer in culprits:
-            naive_cell = sweep.cell(layer, key)
+            naive_cell = sweep.cell(layer, key[layer])
             base = naive_cell.degradation
-            results = [(cells[(layer, f)].degradation, cells[(layer, f)].noise, f) for f in candidates]
+            results = [(cells[(layer, f)].degradation, cells[(layer, f)].noise, f) for f in candidates if (layer, f) in cells]
             best = min(results) if results else None
             keep = best is not None and best[0] < base
             for deg, noise, f in results:
@@ -280,7 +299,7 @@ def fix_loop(
         for fs in global_sets:
             cfg = naive
             for f in fs:
-                cfg = cfg.with_fix(f, names)
+                cfg = cfg.with_fix(f, [n for n in key if applies.get((n, f), not_applicable(f, naive.layer(n).weight_spec()) is None)])
             rows.append(_timed("global:" + "+".join(fs), measurer, cfg))
             bar.advance()
         rows.append(_timed("local", measurer, chosen, {n: list(lq.fixes) for n, lq in chosen.layers if lq.fixes}))
@@ -288,23 +307,28 @@ def fix_loop(
     finally:
         bar.close()
     return (
-        FixResult(sweep.metric_name, sweep.higher_is_better, key, spec.a_bits, tuple(culprits), tuple(trials), tuple(rows), chosen,
+        FixResult(sweep.metric_name, sweep.higher_is_better, column, spec.a_bits, tuple(culprits), tuple(trials), tuple(rows), chosen,
                   sweep.num_samples, model_name, tuple(skipped.items()), spec.a_format),
         measurer,
     )
 
 
-def applicable_fixes(candidates: Sequence[str], column: Column, spec: ExperimentSpec = ExperimentSpec(),
+def applicable_fixes(candidates: Sequence[str], column: Union[Column, Sequence[Column]], spec: ExperimentSpec = ExperimentSpec(),
                      global_rows: Sequence[Sequence[str]] = ()) -> tuple[list[str], dict[str, str]]:
-    """``(candidates that apply to weights at column, {fix: why not}`` for the candidates and the
-    global rows' fixes that do not)``; one line when no candidate applies."""
-    wspec = spec.layer(column).weight_spec()
-    skipped = {f: why for f in dict.fromkeys([*candidates, *(f for fs in global_rows for f in fs)])
-               if (why := not_applicable(f, wspec)) is not None}
+    """``(candidates that apply to weights at column, {fix: why not})``: ``why not`` for each
+    candidate or global rows' fix that applies to none of the columns (a plan has several); one
+    line when no candidate applies to any."""
+    columns = [column] if isinstance(column, (int, str)) else list(column)
+    specs = [spec.layer(c).weight_spec() for c in columns]
+    skipped = {}
+    for f in dict.fromkeys([*candidates, *(f for fs in global_rows for f in fs)]):
+        whys = [not_applicable(f, s) for s in specs]
+        if all(w is not None for w in whys):
+            skipped[f] = "; ".join(dict.fromkeys(w for w in whys if w is not None))
     kept = [f for f in candidates if f not in skipped]
     if not kept:
-        raise QuantlensError(f"none of the fixes applies to {_col(column)} weights: "
-                             + "; ".join(f"{f}: {why}" for f, why in skipped.items()))
+        what = _col(columns[0]) if len(columns) == 1 else "the plan's"
+        raise QuantlensError(f"none of the fixes applies to {what} weights: " + "; ".join(f"{f}: {why}" for f, why in skipped.items()))
     return kept, skipped
 
 
@@ -319,26 +343,27 @@ def _timed(method: str, measurer: NetworkMeasurer, cfg: QuantConfig, fixes: Opti
     return FixRow(method, r.metric, r.degradation, r.noise, r.sqnr_db, fixes or {}, r.ci_low, r.ci_high, time.perf_counter() - t0)
 
 
-def _local_cells(measurer: NetworkMeasurer, naive: QuantConfig, culprits: Sequence[str], candidates: Sequence[str],
+def _local_cells(measurer: NetworkMeasurer, naive: QuantConfig, pairs: Sequence[tuple[str, str]],
                  advance: Any) -> dict[tuple[str, str], TrialCell]:
     """Each ``(culprit, fix)``'s single-layer cell: the fix applied to the culprit alone, the
-    culprit quantized as ``naive`` says, every other layer float."""
-    if not culprits or not candidates:
-        return {}
-    keys, trials = [], []
-    for layer in culprits:
-        ctx = FixContext(QuantConfig(((layer, naive.layer(layer)),)), measurer.calib, measurer.device)  # the cell's network
-        for f in candidates:
-            keys.append((layer, f))
-            trials.append((layer, make_fix(f, ctx).apply(measurer.graph, [layer])))
-    lq = naive.layer(culprits[0])
-    wspec = lq.weight_spec()
-    assert wspec is not None
+    culprit quantized as ``naive`` says, every other layer float. Culprits quantized alike share
+    one :class:`~quantlens.network.trials.TrialRunner` pass (a plan's culprits may differ)."""
+    by_quant: dict[tuple, list[tuple[str, str]]] = {}
+    for layer, f in pairs:
+        lq = naive.layer(layer)
+        by_quant.setdefault((lq.weight_spec(), lq.act_spec(naive.act_estimator)), []).append((layer, f))
     ref = measurer.cached_reference
-    runner = TrialRunner(measurer.graph, lambda b, inputs: ref.get(b, inputs, measurer.output_key), wspec, lq.act_spec(naive.act_estimator), measurer.device,
-                         measurer.output_key)
-    cells = runner.run(trials, measurer.data, measurer.calib, measurer.metric, on_batch=advance)
-    return dict(zip(keys, cells))
+    out: dict[tuple[str, str], TrialCell] = {}
+    for (wspec, aspec), group in by_quant.items():
+        assert wspec is not None
+        trials = []
+        for layer, f in group:
+            ctx = FixContext(QuantConfig(((layer, naive.layer(layer)),)), measurer.calib, measurer.device)  # the cell's network
+            trials.append((layer, make_fix(f, ctx).apply(measurer.graph, [layer])))
+        runner = TrialRunner(measurer.graph, lambda b, inputs: ref.get(b, inputs, measurer.output_key), wspec, aspec, measurer.device,
+                             measurer.output_key)
+        out.update(zip(group, runner.run(trials, measurer.data, measurer.calib, measurer.metric, on_batch=advance)))
+    return out
 
 
 def _batches(measurer: NetworkMeasurer, trials: bool) -> int:
@@ -371,9 +396,11 @@ def fix(
     top: int = 3,
     global_rows: Sequence[Sequence[str]] = GLOBAL_ROWS,
     model_name: str = "",
+    config: Optional[QuantConfig] = None,
 ) -> FixResult:
-    """``quantlens.fix``: sweep at ``w_bits`` (unless ``sweep`` is given, which must match the
-    spec), then :func:`fix_loop`; the paper's Table 1 for the workload's model.
+    """``quantlens.fix``: sweep at ``w_bits`` (or at the columns of a plan's ``config``) unless
+    ``sweep`` is given (which must match the spec), then :func:`fix_loop`; the paper's Table 1 for
+    the workload's model.
 
     Example:
         >>> r = fix(Workload(model, data, calib), w_bits=6)          # doctest: +SKIP
@@ -383,7 +410,8 @@ def fix(
     if sweep is None:
         from quantlens.sweep.api import analyze
 
-        sweep = analyze(workload, config=spec.sweep_config([w_bits]), device=options.device, progress=options.progress,
+        cols = [w_bits] if config is None else list(dict.fromkeys(spec.plan_columns(config, config.names).values()))
+        sweep = analyze(workload, config=spec.sweep_config(cols), device=options.device, progress=options.progress,
                         model_name=model_name)
     return fix_loop(workload, sweep, options=options, w_bits=w_bits, spec=spec, candidates=candidates, top=top,
-                    global_rows=global_rows, model_name=model_name)[0]
+                    global_rows=global_rows, model_name=model_name, config=config)[0]

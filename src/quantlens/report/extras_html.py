@@ -138,7 +138,8 @@ def fix_html(f: "FixResult") -> str:
         sqnr = r.sqnr_db if finite(r.sqnr_db) else None  # the float row's +Inf shows as "-"
         row += [_vs_naive_td(f, r, d, u), Td(f"{sqnr:.1f}" if sqnr is not None else "-", sqnr), Td(fixes or "-", fixes, "t")]
         rows.append(row)
-    head = f"Whole network quantized{f' at {bits_label(f.w_bits)}' if f.w_bits else ''}, measured on the evaluation data."
+    at = " as the plan says" if f.w_bits == "plan" else f" at {bits_label(f.w_bits)}" if f.w_bits else ""
+    head = f"Whole network quantized{at}, measured on the evaluation data."
     if cis and f.num_samples:
         head += f" 95% paired intervals on {f.num_samples:,} samples."
     cols = ["method", f.metric_name, "degradation"] + (["95% interval", "vs float"] if cis else []) + ["vs naive", "SQNR (dB)", "local fixes"]

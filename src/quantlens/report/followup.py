@@ -50,7 +50,7 @@ def _fix(fix: "FixResult", u: Units) -> Optional[Insight]:
     nd = _deg(naive)
     if nd is None:
         return None
-    bits = f" at {bits_label(fix.w_bits)}" if fix.w_bits else ""
+    bits = " as the plan says" if fix.w_bits == "plan" else f" at {bits_label(fix.w_bits)}" if fix.w_bits else ""
     text = f"Measured with the whole network quantized{bits} (fix.json): naive costs {u.deg(nd)}"
     if local is not None and local.fixes:
         ld = _deg(local)
