@@ -197,7 +197,7 @@ def test_torch_decomposed_fp8_quantize_rounds_to_integers_so_the_export_module_c
     onnxruntime's QuantizeLinear does; the export module uses it only to write the graph."""
     import torch.ao.quantization.fx._decomposed  # noqa: F401
 
-    from quantlens.export.qdq import ActFP8QDQ
+    from quantlens.export.qdq_formats import ActFP8QDQ
     from quantlens.quant.quantizer import ActQuantizer
 
     x = torch.tensor([[0.3, -1000.0, 7.1, 0.0151]])

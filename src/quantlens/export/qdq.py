@@ -46,9 +46,9 @@ from quantlens.engine.build import QuantizedNetwork
 from quantlens.quant.spec import PerChannel, PerGroup
 from quantlens.errors import QuantlensError
 from quantlens.engine.cone import QuantLayer, layer_forward
-from quantlens.quant.formats import ELEMENTS, Format, cast_to_element, get_format
+from quantlens.export.qdq_formats import FP8_STORAGE, HOLDS, ActFP8QDQ, act_format, format_codes, format_layout
+from quantlens.quant.formats import get_format
 from quantlens.quant.quantizer import ActQuantizer, group_size, weight_rows
-from quantlens.quant.scopes import scope_rows
 
 # registers torch.ops.quantized_decomposed; must happen before the ONNX exporter builds its op registry
 import torch.ao.quantization.fx._decomposed  # noqa: E402,F401
@@ -56,11 +56,7 @@ import torch.ao.quantization.fx._decomposed  # noqa: E402,F401
 __all__ = ["LayerFormat", "layer_formats", "qdq_module", "weight_integers", "ACT_BITS", "HOLDS", "FP8_STORAGE"]
 
 ACT_BITS = 8  # activations go to uint8 QuantizeLinear
-#: What onnx-qdq holds, for the one-line refusals.
-HOLDS = ("int2..int8 weights (per tensor, per channel, or groups along a Linear's input), fp8-e4m3 / fp8-e5m2 weights and "
-         "activations (per tensor; weights also -channel), uint8 activations, and float (bf16/fp16 values kept in float32)")
-#: The ONNX storage of each FP8 element (OCP E4M3 is ONNX's FLOAT8E4M3FN: finite, max 448).
-FP8_STORAGE = {"e4m3": "float8e4m3fn", "e5m2": "float8e5m2"}
+
 
 
 def _decomposed() -> Any:
@@ -103,7 +99,7 @@ def layer_formats(qnet: QuantizedNetwork, int4: bool = True) -> dict[str, LayerF
     out: dict[str, LayerFormat] = {}
     for name, lq in qnet.config.layers:
         layer = qnet.graph.layer(name)
-        a_format = _act_format(name, lq)
+        a_format = act_format(name, lq)
         if a_format is None and lq.a_bits is not None and lq.a_bits != ACT_BITS:
             raise QuantlensError(f"layer {name}: {lq.a_bits}-bit activations cannot go to onnx-qdq, which holds 8-bit "
                                  f"(uint8) or float activations; use --a-bits 8, or 16 (float), or --keep-float {name}")
@@ -119,7 +115,7 @@ def layer_formats(qnet: QuantizedNetwork, int4: bool = True) -> dict[str, LayerF
         w = qnet.graph.module(layer).weight
         storage, axis, block = (None, None, None)
         if fmt is not None:
-            storage, axis, block = _format_layout(name, get_format(fmt), w, int4)
+            storage, axis, block = format_layout(name, get_format(fmt), w, int4)
         elif lq.w_bits is not None:
             storage = "int4" if (int4 and lq.w_bits <= 4) else "int8"
             g = lq.granularity
@@ -138,45 +134,6 @@ def layer_formats(qnet: QuantizedNetwork, int4: bool = True) -> dict[str, LayerF
     return out
 
 
-def _act_format(name: str, lq: Any) -> Optional[str]:
-    """The layer's activation format if onnx-qdq can hold it (FP8 with a static per-tensor scale); one line if not."""
-    fmt = lq.act.format if lq.act is not None else None
-    if fmt is None:
-        return None
-    f = get_format(fmt)
-    if f.family == "fp8" and f.scope == "tensor":
-        return f.name
-    raise QuantlensError(f"layer {name}: {f.name} activations (scales computed from each batch) cannot go to onnx-qdq, which holds "
-                         f"{HOLDS}; use --a-format fp8-e4m3 or int8 for this layer, or --keep-float {name}")
-
-
-def _format_layout(name: str, f: Format, w: Tensor, int4: bool) -> tuple[Optional[str], Optional[int], Optional[int]]:
-    """``(storage, axis, block_size)`` of a weight in the named format ``f``; one line for what onnx-qdq cannot hold."""
-    refuse = f"layer {name}: {f.name} weights cannot go to onnx-qdq"
-    if f.family == "float":
-        return None, None, None  # its rounded values, kept in float32
-    if f.family == "int" and f.bits <= 8:
-        storage = "int4" if (int4 and f.bits <= 4) else "int8"
-        if f.scope == "tensor":
-            return storage, None, None
-        if f.scope == "row":
-            return storage, 0, None
-        kernel = 1
-        for d in w.shape[2:]:
-            kernel *= int(d)
-        if w.dim() < 2 or kernel != 1:
-            raise QuantlensError(f"{refuse}: its groups of {f.block} run along the flattened in x kernel axis, which a "
-                                 f"DequantizeLinear block (along the input channels) cannot hold; use int{f.bits}-channel, "
-                                 f"or --granularity per-group-{f.block}, or --keep-float {name}")
-        if w.shape[1] % f.block:
-            raise QuantlensError(f"{refuse}: its input width {w.shape[1]} is not a multiple of the group of {f.block} (the "
-                                 f"simulation pads the last group; onnx-qdq does not): use int{f.bits}-channel or --keep-float {name}")
-        return storage, 1, f.block
-    if f.family == "fp8" and f.scope in ("tensor", "row"):
-        return FP8_STORAGE[f.element], (0 if f.scope == "row" else None), None
-    raise QuantlensError(f"{refuse}, which holds {HOLDS}; choose one of those formats for this layer, or --keep-float {name}")
-
-
 def weight_integers(qnet: QuantizedNetwork, name: str) -> tuple[Tensor, Tensor]:
     """``(q, scale)`` with ``q * scale == W_q`` bit for bit (``q`` in the weight's shape: int8, or float32
     FP8 element values for an FP8 format; ``scale`` one per row of :func:`weight_rows` or per scope of the format)."""
@@ -184,37 +141,13 @@ def weight_integers(qnet: QuantizedNetwork, name: str) -> tuple[Tensor, Tensor]:
     spec = qnet.config.layer(name).weight_spec()
     assert spec is not None
     if spec.format is not None:
-        return _format_codes(qnet, name, get_format(spec.format))
+        return format_codes(qnet, name, get_format(spec.format))
     rows = weight_rows(qw.weight, spec)
     s = qw.scale.reshape(-1, 1).to(rows)
     q = torch.round(rows / s).clamp(spec.qmin, spec.qmax)
     if not torch.equal(q * s, rows):  # the ints must reproduce the simulated weight exactly
         raise AssertionError(f"layer {name}: the integer weights do not reproduce the simulated ones")
     return q.reshape(qw.weight.shape).to(torch.int8), qw.scale.reshape(-1).float()
-
-
-def _format_codes(qnet: QuantizedNetwork, name: str, f: Format) -> tuple[Tensor, Tensor]:
-    """The codes and per-scope scales of a weight in an integer or FP8 format: the scale is the
-    format kernel's (``amax / qmax`` or ``amax / max_elem`` in float32 from the layer's float
-    weight, 1 where it is 0), the codes ``W_q / s`` (checked to give ``W_q`` back bit for bit)."""
-    wq = qnet.weights[name].weight
-    w = qnet.graph.module(qnet.graph.layer(name)).weight.detach().float()
-    rows, _ = scope_rows(w, f)
-    qrows, _ = scope_rows(wq, f)
-    amax = rows.abs().amax(dim=1, keepdim=True)
-    if f.family == "int":
-        scale = amax / float(2 ** (f.bits - 1) - 1)
-        ok = (scale > 0) & torch.isfinite(1.0 / scale)
-    else:
-        scale = amax / torch.full((), ELEMENTS[f.element].max)
-        ok = scale > 0
-    scale = torch.where(ok, scale, torch.ones_like(scale))
-    # W_q = fl(q * s): dividing back lands within a rounding of q, which the element's grid recovers
-    q = torch.round(qrows / scale) if f.family == "int" else cast_to_element(qrows / scale, ELEMENTS[f.element])
-    if not torch.equal(q * scale, qrows):  # the codes must reproduce the simulated weight exactly
-        raise AssertionError(f"layer {name}: the {f.name} codes do not reproduce the simulated weights")
-    codes = q.reshape(wq.shape)
-    return (codes.to(torch.int8) if f.family == "int" else codes), scale.reshape(-1)
 
 
 class ActQDQ(nn.Module):
@@ -228,30 +161,6 @@ class ActQDQ(nn.Module):
         qd = _decomposed()
         q = qd.quantize_per_tensor(x, self.s, self.z, self.qmin, self.qmax, torch.uint8)
         return qd.dequantize_per_tensor(q, self.s, self.z, self.qmin, self.qmax, torch.uint8)
-
-
-class ActFP8QDQ(nn.Module):
-    """``DequantizeLinear(QuantizeLinear(x, s, zero_fp8), s)`` on FLOAT8E4M3FN / FLOAT8E5M2, static per-tensor ``s``.
-
-    In torch it computes the simulation's ``cast(x / s) * s`` (round half to even, saturating);
-    exporting, torch's decomposed ops (which round to integers in torch, but are written as
-    QuantizeLinear/DequantizeLinear with an FP8 zero point) carry it into the graph.
-    """
-
-    def __init__(self, q: ActQuantizer) -> None:
-        super().__init__()
-        self.q = q
-        self.s = float(q.scale)
-        self.dtype = torch.float8_e4m3fn if get_format(str(q.format)).element == "e4m3" else torch.float8_e5m2
-        self.fmax = int(ELEMENTS[get_format(str(q.format)).element].max)  # 448, 57344: the ops take integer bounds
-        self.exporting = False
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.exporting:
-            return self.q(x)
-        qd = _decomposed()
-        q = qd.quantize_per_tensor(x, self.s, 0, -self.fmax, self.fmax, self.dtype)
-        return qd.dequantize_per_tensor(q, self.s, 0, -self.fmax, self.fmax, self.dtype)
 
 
 class WeightDQLayer(nn.Module):
