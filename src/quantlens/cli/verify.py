@@ -17,8 +17,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     from quantlens.metrics.task import metrics
 
     p = sub.add_parser("verify", help="run an exported (or tool-quantized) ONNX model in onnxruntime; compare with the simulation")
-    p.add_argument("--onnx", required=True, metavar="PATH", help="model.onnx (from `quantlens export`, or quantized by another tool)")
-    p.add_argument("--data", required=True, metavar="MOD:FN", help="batches of (inputs, labels)")
+    p.add_argument("--onnx", metavar="PATH", help="model.onnx (from `quantlens export`, or quantized by another tool)")
+    p.add_argument("--gguf", metavar="PATH", help="model.gguf (from `quantlens export --format gguf`): check its types and values")
+    p.add_argument("--config", metavar="PATH", help="gguf: the plan the file should hold (default: the one export.json records)")
+    p.add_argument("--data", metavar="MOD:FN", help="batches of (inputs, labels) (onnx)")
     p.add_argument("--model", metavar="MOD:FN", help="the float model (default: the one export.json records)")
     p.add_argument("--calib", metavar="MOD:FN", help="calibration batches (a tool-quantized model, or a config without saved ranges)")
     p.add_argument("--metric", default="top1", help=f"task metric: {', '.join(metrics())} (default: top1)")
@@ -68,6 +70,12 @@ def run(args: argparse.Namespace) -> int:
     from quantlens.data.loading import load_data, load_model
     from quantlens.runtime.export_check import read_export_info, verify_export
 
+    if args.gguf:
+        from quantlens.cli.gguf import run_verify
+
+        return run_verify(args)
+    if not args.onnx or not args.data:
+        raise QuantlensError("give --onnx PATH and --data MOD:FN (or --gguf PATH for a GGUF file)")
     out = prepare_out_dir(args.out)
     info = read_export_info(args.onnx) if not args.w_bits else None
     model_spec = args.model or (info or {}).get("model")

@@ -4,11 +4,12 @@
   (what ``fix`` and ``plan`` write; :func:`export` keeps its old import path
   ``from quantlens.export import export``).
 * :mod:`quantlens.export.onnx`: a QDQ ONNX model that onnxruntime runs (:func:`export_onnx`).
+* :mod:`quantlens.export.gguf`: a GGUF file that llama.cpp reads (:func:`export_gguf`).
 """
 
 from quantlens.export.weights import export, weight_tensors
 
-__all__ = ["export", "weight_tensors", "export_onnx", "OnnxExport"]
+__all__ = ["export", "weight_tensors", "export_onnx", "OnnxExport", "export_gguf", "GgufExport"]
 
 
 def __getattr__(name: str):  # the ONNX side imports torch.onnx lazily
@@ -16,4 +17,8 @@ def __getattr__(name: str):  # the ONNX side imports torch.onnx lazily
         from quantlens.export import onnx as _onnx
 
         return getattr(_onnx, name)
+    if name in ("export_gguf", "GgufExport"):
+        from quantlens.export import gguf as _gguf
+
+        return getattr(_gguf, name)
     raise AttributeError(name)

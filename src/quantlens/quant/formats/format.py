@@ -151,10 +151,10 @@ _SCOPE_TEXT = {
     "none": "",
 }
 _GGML_TEXT = {
-    "q8_0": "d = amax/127, q = roundf(x/d) halves away from zero, fp16 d",
-    "q4_0": "d = m/-8 with m the signed value of largest magnitude, q = min(15, trunc(x/d + 8.5)), fp16 d",
-    "q5_0": "d = m/-16 with m the signed value of largest magnitude, q = min(31, trunc(x/d + 16.5)), fp16 d",
-    "q4_1": "d = (max - min)/15, q = min(15, trunc((x - min)/d + 0.5)), fp16 d and min",
+    "q8_0": "d = amax/127, q = roundf(x * (1/d)), halves away from zero, fp16 d",
+    "q4_0": "d = m/-8 with m the signed value of largest magnitude, q = min(15, trunc(x * (1/d) + 8.5)), halves up, fp16 d",
+    "q5_0": "d = m/-16 with m the signed value of largest magnitude, q = min(31, trunc(x * (1/d) + 16.5)), halves up, fp16 d",
+    "q4_1": "d = (max - min)/15, q = min(15, trunc((x - min) * (1/d) + 0.5)), fp16 d and min",
     "mxfp4": "E8M0 scale 2^(floor(log2 amax) - 2), E2M1 levels, ties towards zero",
     "q6_k": "make_qx_quants per 16, int8 sub-block scales, fp16 d, levels rne in [-32, 31]",
     "q4_k": "make_qkx2_quants per 32, 6-bit sub-block scales and mins, fp16 d and dmin, levels rne in [0, 15]",
