@@ -185,9 +185,10 @@ def _dec_simple(t: str, f: Mapping[str, Tensor]) -> Tensor:
     return d * (q.to(torch.float32) - offset)
 
 
-def _encoders() -> dict[str, Callable[[Tensor], dict[str, Tensor]]]:
-    return {"Q8_0": _enc_q8_0, "Q4_0": _enc_q_0(16), "Q5_0": _enc_q_0(32), "Q4_1": _enc_q4_1,
-            "MXFP4": _enc_mxfp4, "Q4_K": ggml_k.encode_q4_k, "Q6_K": ggml_k.encode_q6_k}
+_ENCODERS: dict[str, Callable[[Tensor], dict[str, Tensor]]] = {
+    "Q8_0": _enc_q8_0, "Q4_0": _enc_q_0(16), "Q5_0": _enc_q_0(32), "Q4_1": _enc_q4_1,
+    "MXFP4": _enc_mxfp4, "Q4_K": ggml_k.encode_q4_k, "Q6_K": ggml_k.encode_q6_k,
+}
 
 
 def _decode(t: str, f: Mapping[str, Tensor]) -> Tensor:
@@ -203,7 +204,7 @@ def ggml_decode(codes: GgmlCodes) -> Tensor:
 
 def _encode_blocks(fmt: Format, blocks: Tensor, shape: tuple[int, ...]) -> GgmlCodes:
     t = GGML_TYPES[fmt.name][0]
-    return GgmlCodes(t, shape, _encoders()[t](blocks))
+    return GgmlCodes(t, shape, _ENCODERS[t](blocks))
 
 
 def ggml_encode(weight: Tensor, fmt: "str | Format") -> GgmlCodes:
