@@ -65,9 +65,22 @@ def _k_variant(config):  # noqa: ANN001
     return QuantConfig(tuple(layers))
 
 
+def hand_plan():  # noqa: ANN201
+    """Layers 0, 15 and 29 in every non-K type (q/k Q4_0, v Q8_0, o Q5_0, gate Q4_1, up MXFP4, down Q4_0 / Q8_0), lm_head BF16."""
+    from quantlens.core.layer_config import LayerQuant, QuantConfig
+    from quantlens.quant.spec import QuantSpec
+
+    roles = {"self_attn.q_proj": "gguf-q4_0", "self_attn.k_proj": "gguf-q4_0", "self_attn.v_proj": "gguf-q8_0",
+             "self_attn.o_proj": "gguf-q5_0", "mlp.gate_proj": "gguf-q4_1", "mlp.up_proj": "gguf-mxfp4"}
+    fmt = {f"model.layers.{i}.{r}": f for i in (0, 15, 29) for r, f in roles.items()}
+    fmt.update({"model.layers.0.mlp.down_proj": "gguf-q4_0", "model.layers.15.mlp.down_proj": "gguf-q4_0",
+                "model.layers.29.mlp.down_proj": "gguf-q8_0", "lm_head": "bf16"})
+    return QuantConfig(tuple((n, LayerQuant(weight=QuantSpec(format=f), act=None)) for n, f in fmt.items()))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--plan", required=True, help="a `quantlens plan` output directory (quant_config.json)")
+    ap.add_argument("--plan", required=True, help="a `quantlens plan` output directory (quant_config.json), or 'hand'")
     ap.add_argument("--out", required=True)
     ap.add_argument("--windows", type=int, default=4)
     ap.add_argument("--tokens", type=int, default=128)
@@ -85,7 +98,7 @@ def main() -> None:
     out = Path(args.out)
     model, data = smollm.model(), smollm.data(windows=args.windows, tokens=args.tokens)
     ppl_float, y_float = _perplexity(model, data)
-    plan = QuantConfig.from_json(Path(args.plan) / "quant_config.json")
+    plan = hand_plan() if args.plan == "hand" else QuantConfig.from_json(Path(args.plan) / "quant_config.json")
     result: dict = {"windows": args.windows, "tokens": args.tokens, "float_perplexity": ppl_float, "runs": {}}
     for label, cfg in (("plan", plan), ("plan_k", _k_variant(plan))):
         d = out / label
