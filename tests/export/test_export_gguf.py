@@ -266,7 +266,8 @@ def test_an_output_that_exists(models, tmp_path):
 
 def test_fixes_are_refused(models, tmp_path):
     _, mod = models
-    cfg = QuantConfig((("model.layers.0.mlp.up_proj", LayerQuant(weight=QuantSpec(format="gguf-q8_0"), act=None, fixes=("bias_correction",))),))
+    lq = LayerQuant(weight=QuantSpec(format="gguf-q8_0"), act=None, fixes=("bias_correction",))
+    cfg = QuantConfig((("model.layers.0.mlp.up_proj", lq),))
     assert "fixes" in one_line(export_gguf, mod.llama(), cfg, tmp_path / "out")
 
 

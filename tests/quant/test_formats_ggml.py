@@ -156,11 +156,11 @@ def ref_make_qx_quants(x: np.ndarray, nmax: int) -> tuple:
     def run(iscale):  # noqa: ANN001
         levels, sumlx, suml2 = [], F(0), F(0)
         for v in x:
-            l = max(-nmax, min(nmax - 1, nearest_int(iscale * v)))
-            levels.append(l + nmax)
+            q = max(-nmax, min(nmax - 1, nearest_int(iscale * v)))
+            levels.append(q + nmax)
             w = v * v
-            sumlx = sumlx + w * v * F(l)
-            suml2 = suml2 + w * F(l) * F(l)
+            sumlx = sumlx + w * v * F(q)
+            suml2 = suml2 + w * F(q) * F(q)
         return levels, sumlx, suml2
 
     L, sumlx, suml2 = run(F(-nmax) / mx)
@@ -223,11 +223,11 @@ def ref_make_qkx2_quants(x, w, nmax, rmin, rdelta, nstep) -> tuple:  # noqa: ANN
         iscale = (rmin + rdelta * F(t) + F(nmax)) / (mx - mn)
         aux, sum_l, sum_l2, sum_xl = [], F(0), F(0), F(0)
         for i in range(len(x)):
-            l = max(0, min(nmax, nearest_int(iscale * (x[i] - mn))))
-            aux.append(l)
-            sum_l = sum_l + w[i] * F(l)
-            sum_l2 = sum_l2 + w[i] * F(l) * F(l)
-            sum_xl = sum_xl + w[i] * F(l) * x[i]
+            q = max(0, min(nmax, nearest_int(iscale * (x[i] - mn))))
+            aux.append(q)
+            sum_l = sum_l + w[i] * F(q)
+            sum_l2 = sum_l2 + w[i] * F(q) * F(q)
+            sum_xl = sum_xl + w[i] * F(q) * x[i]
         D = sum_w * sum_l2 - sum_l * sum_l
         if D > 0:
             this_scale = (sum_w * sum_xl - sum_x * sum_l) / D

@@ -238,7 +238,8 @@ def export_gguf(
         "model": model_name, "config": None if isinstance(config, QuantConfig) else str(config),
         "tokenizer": None if tokenizer_gguf is None else str(tokenizer_gguf),
         "file_type": _FILE_TYPE[main_type], "types": dict(Counter(t.ggml_type for t in tensors)),
-        "activations": ("not stored (GGUF holds weights; llama.cpp quantizes activations its own way): " + ", ".join(acts)) if acts else None,
+        "activations": None if not acts else
+        "not stored (GGUF holds weights; llama.cpp quantizes activations its own way): " + ", ".join(acts),
         "tensors": [t.to_dict() for t in tensors],
     }
     jsonio.dump(info, info_path)

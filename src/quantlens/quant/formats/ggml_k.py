@@ -81,24 +81,24 @@ def _make_qx_quants(x: Tensor, nmax: int) -> tuple[Tensor, Tensor]:
     m = _safe(m, zero)
     w = x * x
 
-    def sums(l: Tensor) -> tuple[Tensor, Tensor]:
-        return seq_sum((w * x) * l), seq_sum((w * l) * l)
+    def sums(lv: Tensor) -> tuple[Tensor, Tensor]:
+        return seq_sum((w * x) * lv), seq_sum((w * lv) * lv)
 
-    l = _qx_levels(x, torch.full_like(m, float(-nmax)) / m, nmax)
-    sumlx, suml2 = sums(l)
+    lv = _qx_levels(x, torch.full_like(m, float(-nmax)) / m, nmax)
+    sumlx, suml2 = sums(lv)
     scale = torch.where(suml2 != 0, sumlx / _safe(suml2, suml2 == 0), torch.zeros_like(sumlx))
     best = scale * sumlx
-    levels = l + nmax
+    levels = lv + nmax
     for t in range(-9, 10):
         if t == 0:
             continue
         c = -_f32(np.float32(nmax) + np.float32(0.1) * np.float32(t))
-        l = _qx_levels(x, torch.full_like(m, c) / m, nmax)
-        sumlx, suml2 = sums(l)
+        lv = _qx_levels(x, torch.full_like(m, c) / m, nmax)
+        sumlx, suml2 = sums(lv)
         take = (suml2 > 0) & (sumlx * sumlx > best * suml2)
         scale = torch.where(take, sumlx / _safe(suml2, ~take), scale)
         best = torch.where(take, scale * sumlx, best)
-        levels = torch.where(take[:, None], l + nmax, levels)
+        levels = torch.where(take[:, None], lv + nmax, levels)
     return torch.where(zero, torch.zeros_like(scale), scale), torch.where(zero[:, None], torch.zeros_like(levels), levels)
 
 
