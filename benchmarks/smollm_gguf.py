@@ -1,6 +1,6 @@
 """``python -m benchmarks.smollm_gguf --plan DIR --out DIR``: SmolLM2-135M's plan over GGUF types, to a GGUF file and back.
 
-For the plan in ``DIR/quant_config.json`` (from ``quantlens plan --formats gguf-q4_0,gguf-q8_0,bf16``)
+For the plan in ``DIR/plan.json`` (from ``quantlens plan --formats gguf-q4_0,gguf-q8_0,bf16``)
 and a variant of it with K-quants (each ``mlp.down_proj`` the plan put in ``gguf-q4_0`` as
 ``gguf-q4_k``, in ``gguf-q8_0`` as ``gguf-q6_k``: their rows of 1536 hold super-blocks of 256):
 
@@ -80,7 +80,7 @@ def hand_plan():  # noqa: ANN201
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--plan", required=True, help="a `quantlens plan` output directory (quant_config.json), or 'hand'")
+    ap.add_argument("--plan", required=True, help="a `quantlens plan` output directory (plan.json) or file, or 'hand'")
     ap.add_argument("--out", required=True)
     ap.add_argument("--windows", type=int, default=4)
     ap.add_argument("--tokens", type=int, default=128)
@@ -89,16 +89,15 @@ def main() -> None:
     warnings.simplefilter("ignore")
     import transformers
 
-    from quantlens.core.layer_config import QuantConfig
     from quantlens.demo import smollm
-    from quantlens.export.gguf import export_gguf
+    from quantlens.export.gguf import export_gguf, read_plan
     from quantlens.quant.formats import get_format
     from quantlens.runtime.gguf_check import verify_gguf
 
     out = Path(args.out)
     model, data = smollm.model(), smollm.data(windows=args.windows, tokens=args.tokens)
     ppl_float, y_float = _perplexity(model, data)
-    plan = hand_plan() if args.plan == "hand" else QuantConfig.from_json(Path(args.plan) / "quant_config.json")
+    plan = hand_plan() if args.plan == "hand" else read_plan(args.plan)
     result: dict = {"windows": args.windows, "tokens": args.tokens, "float_perplexity": ppl_float, "runs": {}}
     for label, cfg in (("plan", plan), ("plan_k", _k_variant(plan))):
         d = out / label

@@ -278,6 +278,17 @@ def test_activation_formats_are_not_written_and_said(models, tmp_path):
     assert "not stored" in json.loads(res.info_path.read_text())["activations"]
 
 
+def test_a_plan_json_over_formats_is_read(models, tmp_path):
+    _, mod = models
+    rows = [{"layer": n, "w_bits": 8, "format": f} for n, f in PLAN.items()]
+    (tmp_path / "plan.json").write_text(json.dumps({"schema": "quantlens/plan-v1", "a_bits": None, "layers": rows}))
+    model = mod.llama()
+    res = export_gguf(model, tmp_path, tmp_path / "out")
+    assert {t.source[: -len(".weight")]: t.fmt for t in res.tensors if t.fmt} == PLAN
+    r = verify_gguf(res.path, model, tmp_path / "plan.json")
+    assert r.all_types_match and r.all_values_equal
+
+
 # ---------------------------------------------------------------- the commands
 
 

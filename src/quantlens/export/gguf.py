@@ -1,7 +1,8 @@
 """``quantlens export --format gguf``: a plan over GGUF types as a GGUF file that llama.cpp reads.
 
 For a Llama-family transformers model and a :class:`~quantlens.core.layer_config.QuantConfig`
-(``plan.json`` / ``quant_config.json``) whose layers have GGUF formats, :func:`export_gguf` writes
+(``plan.json`` of ``quantlens plan --formats``, or ``quant_config.json``; :func:`read_plan`) whose
+layers have GGUF formats, :func:`export_gguf` writes
 
 * ``model.gguf``: every parameter under llama.cpp's name (:mod:`.gguf_llama`), ``attn_q``/``attn_k``
   rows permuted as convert_hf_to_gguf.py does; a planned layer's weight in its ggml type (the
@@ -27,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import warnings
@@ -39,18 +41,20 @@ import numpy as np
 import torch
 
 from quantlens.core import jsonio
-from quantlens.core.layer_config import QuantConfig
+from quantlens.core.layer_config import LayerQuant, QuantConfig
 from quantlens.errors import QuantlensError, QuantlensWarning
 from quantlens.export.gguf_llama import check_family, gguf_names, permute, permute_heads, write_metadata
 from quantlens.export.rebuild import read_config
 from quantlens.quant.formats import fake_quantize, get_format
 from quantlens.quant.formats.ggml import GGML_TYPES, ggml_encode
 from quantlens.quant.formats.ggml_pack import pack
+from quantlens.quant.spec import QuantSpec
 
-__all__ = ["GgufTensor", "GgufExport", "plan_tensors", "export_gguf", "gguf_type", "holdable_formats", "type_lines",
+__all__ = ["GgufTensor", "GgufExport", "plan_tensors", "export_gguf", "read_plan", "gguf_type", "holdable_formats", "type_lines",
            "GGUF_SCHEMA", "GGUF_FILE", "TYPE_FILE"]
 
 GGUF_SCHEMA = "quantlens/export-gguf-v1"
+PLAN_SCHEMA = "quantlens/plan-v1"
 GGUF_FILE, TYPE_FILE, INFO_FILE = "model.gguf", "tensor_types.txt", "export.json"
 _FLOATS = {"fp16": "F16", "bf16": "BF16"}
 _FILE_TYPE = {"Q8_0": "MOSTLY_Q8_0", "Q6_K": "MOSTLY_Q6_K", "Q5_0": "MOSTLY_Q5_0", "Q4_1": "MOSTLY_Q4_1", "Q4_0": "MOSTLY_Q4_0",
@@ -97,6 +101,29 @@ class GgufExport:
     @property
     def type_counts(self) -> dict[str, int]:
         return dict(Counter(t.ggml_type for t in self.tensors))
+
+
+def read_plan(source: Union[str, os.PathLike, QuantConfig]) -> QuantConfig:
+    """The config of ``source``: a :class:`QuantConfig`, ``plan.json`` (each layer's ``format``, else its
+    ``w_bits``; the plan's ``a_bits``), ``quant_config.json``, or a directory holding one (``plan.json`` first)."""
+    if isinstance(source, QuantConfig):
+        return source
+    p = Path(source)
+    if p.is_dir():
+        p = p / "plan.json" if (p / "plan.json").is_file() else p / "quant_config.json"
+    try:
+        raw = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise QuantlensError(f"--config {source}: cannot read a plan or config there ({e})") from None
+    if not (isinstance(raw, dict) and raw.get("schema") == PLAN_SCHEMA):
+        return read_config(p)[0]
+    a_bits = raw.get("a_bits")
+    act = None if a_bits is None else QuantSpec(bits=int(a_bits), symmetric=False)
+    layers = []
+    for row in raw.get("layers", []):
+        spec = QuantSpec(format=str(row["format"])) if row.get("format") else QuantSpec(bits=int(row["w_bits"]))
+        layers.append((str(row["layer"]), LayerQuant(weight=spec, act=act)))
+    return QuantConfig(tuple(layers))
 
 
 def _planned(model: Any, config: QuantConfig, names: dict[str, str]) -> dict[str, tuple[str, str, str]]:
@@ -196,7 +223,7 @@ def export_gguf(
     import gguf
 
     cfg_model = check_family(model)
-    base, _, _ = read_config(config)
+    base = read_plan(config)
     out = Path(out_dir)
     path, type_path, info_path = out / GGUF_FILE, out / TYPE_FILE, out / INFO_FILE
     if path.exists():

@@ -33,9 +33,8 @@ import torch
 from quantlens.core import jsonio
 from quantlens.core.layer_config import QuantConfig
 from quantlens.errors import QuantlensError
-from quantlens.export.gguf import plan_tensors
+from quantlens.export.gguf import plan_tensors, read_plan
 from quantlens.export.gguf_llama import unpermute
-from quantlens.export.rebuild import read_config
 from quantlens.quant.quantizer import quantize_weight
 
 __all__ = ["TensorCheck", "GgufVerifyResult", "verify_gguf", "GGUF_VERIFY_SCHEMA"]
@@ -156,7 +155,7 @@ def verify_gguf(path: Union[str, os.PathLike], model: Any, config: Union[str, os
     p = Path(path)
     if not p.is_file():
         raise QuantlensError(f"--gguf {path}: no such file")
-    base, _, _ = read_config(config)
+    base = read_plan(config)
     expected = plan_tensors(model, base)
     found = _read(p)
     checks: list[TensorCheck] = []
