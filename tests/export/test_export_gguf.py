@@ -320,3 +320,9 @@ def test_cli_verify_names_the_tensors_whose_types_differ(models, tmp_path, capsy
     assert "2 tensor(s) differ from the plan" in err
     assert "blk.0.attn_v.weight is Q8_0 (plan: Q4_0)" in err and "blk.1.ffn_up.weight is F32 (plan: Q8_0)" in err
     assert json.loads((tmp_path / "v" / "verify.json").read_text())["flagged"] is True
+
+
+def test_cli_verify_needs_onnx_or_gguf(tmp_path, capsys):
+    assert main(["verify", "--out", str(tmp_path / "v")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--gguf" in err and "--onnx" in err
