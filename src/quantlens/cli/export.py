@@ -10,7 +10,7 @@ from quantlens.cli.common import console, prepare_out_dir
 
 __all__ = ["register", "run", "FORMATS"]
 
-FORMATS = ("onnx-qdq", "compressed-tensors")
+FORMATS = ("onnx-qdq", "compressed-tensors", "gguf")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-float", default="", metavar="LAYER,...", help="layers to keep in float (float fallback)")
     p.add_argument("--no-int4", action="store_true", help="store <= 4-bit weights as int8 instead of INT4")
     p.add_argument("--output-key", default=None, help="key/attribute/index of the output tensor when the model returns a tuple/dict")
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory (model.onnx, export.json)")
+    p.add_argument("--tokenizer-gguf", metavar="PATH", help="gguf: copy the tokenizer.* keys from this GGUF file")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory (model.onnx or model.gguf, export.json)")
     p.set_defaults(func=run)
 
 
@@ -49,6 +50,10 @@ def run(args: argparse.Namespace) -> int:
         from quantlens.cli.export_ct import run_ct
 
         return run_ct(args)
+    if args.format == "gguf":
+        from quantlens.cli.gguf import run_export
+
+        return run_export(args)
     from quantlens.export.onnx import check_onnx_available, export_onnx
 
     check_onnx_available()

@@ -17,10 +17,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     from quantlens.metrics.task import metrics
 
     p = sub.add_parser("verify", help="run an exported (or tool-quantized) ONNX model in onnxruntime, or a compressed-tensors "
-                       "checkpoint in transformers; compare with the simulation")
+                       "checkpoint in transformers, or read a GGUF file back; compare with the simulation")
     p.add_argument("--onnx", metavar="PATH", help="model.onnx (from `quantlens export`, or quantized by another tool)")
     p.add_argument("--checkpoint", metavar="DIR", help="a compressed-tensors checkpoint (from `quantlens export --format compressed-tensors`)")
-    p.add_argument("--data", required=True, metavar="MOD:FN", help="batches of (inputs, labels)")
+    p.add_argument("--gguf", metavar="PATH", help="model.gguf (from `quantlens export --format gguf`): check its types and values")
+    p.add_argument("--config", metavar="PATH", help="gguf: the plan the file should hold (default: the one export.json records)")
+    p.add_argument("--data", metavar="MOD:FN", help="batches of (inputs, labels) (onnx, checkpoint)")
     p.add_argument("--model", metavar="MOD:FN", help="the float model (default: the one export.json records)")
     p.add_argument("--calib", metavar="MOD:FN", help="calibration batches (a tool-quantized model, or a config without saved ranges)")
     p.add_argument("--metric", default=None, help=f"task metric: {', '.join(metrics())} (default: top1; perplexity for --checkpoint)")
@@ -84,8 +86,14 @@ def run(args: argparse.Namespace) -> int:
     from quantlens.data.loading import load_data, load_model
     from quantlens.runtime.export_check import read_export_info, verify_export
 
-    if (args.onnx is None) == (args.checkpoint is None):
-        raise QuantlensError("give exactly one of --onnx PATH or --checkpoint DIR")
+    if sum(x is not None for x in (args.onnx, args.checkpoint, args.gguf)) != 1:
+        raise QuantlensError("give exactly one of --onnx PATH, --checkpoint DIR or --gguf PATH")
+    if args.gguf is not None:
+        from quantlens.cli.gguf import run_verify
+
+        return run_verify(args)
+    if not args.data:
+        raise QuantlensError("give --data MOD:FN: the batches to run the model on")
     if args.checkpoint is not None:
         return _run_ct(args)
     args.metric = args.metric or "top1"

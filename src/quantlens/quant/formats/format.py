@@ -9,7 +9,7 @@ A format quantizes a tensor viewed as a matrix ``[rows, K]`` (``K``: the reducti
 * ``tile``: one scale per ``block x block`` tile of a 2-D weight (``1 x block`` for activations);
 * ``none``: a plain cast, no scale.
 
-``family`` picks the kernel (``int``, ``fp8``, ``mx``, ``nvfp4``, ``float``), ``element`` the values
+``family`` picks the kernel (``int``, ``fp8``, ``mx``, ``nvfp4``, ``float``, ``ggml``), ``element`` the values
 (``int4``, ``e4m3``, ``e2m1``, ``bf16``, ...) and ``scale_rule`` how a scope's ``amax`` becomes a scale:
 
 * ``amax/qmax``: ``s = amax / (2^(b-1) - 1)`` (integers);
@@ -17,7 +17,9 @@ A format quantizes a tensor viewed as a matrix ``[rows, K]`` (``K``: the reducti
 * ``pow2-floor``: ``X = 2^(floor(log2 amax) - emax_elem)``, an E8M0 power of two (OCP MX);
 * ``pow2-rceil``: ``X = 2^ceil(log2(amax / max_elem))`` (MX, never clips);
 * ``e4m3*fp32``: an E4M3 block scale times a float32 tensor scale (NVFP4);
-* ``none``: no scale.
+* ``none``: no scale;
+* ggml's GGUF types (:mod:`.ggml`): ``absmax/127``, ``signed-max/-8``, ``signed-max/-16``,
+  ``min-max/15``, ``e8m0-floor``, and the K-quants' searches ``qx-search``, ``qkx2-search``.
 
 Example:
     >>> f = Format("mxfp4", "mx", "e2m1", "block", 32, "pow2-floor", 4.25)
@@ -35,10 +37,10 @@ from quantlens.quant.formats.elements import ELEMENTS
 
 __all__ = ["Format", "Family", "Scope", "FAMILIES", "SCOPES", "SCALE_RULES"]
 
-Family = Literal["int", "fp8", "mx", "nvfp4", "float"]
+Family = Literal["int", "fp8", "mx", "nvfp4", "float", "ggml"]
 Scope = Literal["tensor", "row", "block", "tile", "none"]
 
-FAMILIES: tuple[str, ...] = ("int", "fp8", "mx", "nvfp4", "float")
+FAMILIES: tuple[str, ...] = ("int", "fp8", "mx", "nvfp4", "float", "ggml")
 SCOPES: tuple[str, ...] = ("tensor", "row", "block", "tile", "none")
 SCALE_RULES: dict[str, str] = {
     "int": "amax/qmax",
@@ -46,8 +48,10 @@ SCALE_RULES: dict[str, str] = {
     "mx": "pow2-floor pow2-rceil",
     "nvfp4": "e4m3*fp32",
     "float": "none",
+    "ggml": "absmax/127 signed-max/-8 signed-max/-16 min-max/15 e8m0-floor qx-search qkx2-search",
 }
 _FLOATS = {"bf16": 16, "fp16": 16}
+_GGML_BITS = {"q8_0": 8, "q6_k": 6, "q5_0": 5, "q4_1": 4, "q4_0": 4, "q4_k": 4, "mxfp4": 4}
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,10 @@ class Format:
             if self.element not in _FLOATS:
                 raise QuantlensError(f"format {self.name!r}: a float element is bf16 or fp16, got {self.element!r}")
             return _FLOATS[self.element]
+        if self.family == "ggml":
+            if self.element not in _GGML_BITS:
+                raise QuantlensError(f"format {self.name!r}: a ggml element is one of {', '.join(_GGML_BITS)}, got {self.element!r}")
+            return _GGML_BITS[self.element]
         if self.element not in ELEMENTS:
             raise QuantlensError(f"format {self.name!r}: element must be one of {', '.join(ELEMENTS)}, got {self.element!r}")
         if self.family == "nvfp4" and self.element != "e2m1":
@@ -115,6 +123,8 @@ class Format:
                 f"{self.name}: signed int{b} q in [{-(2 ** (b - 1))}, {2 ** (b - 1) - 1}], s = amax / {2 ** (b - 1) - 1} {where} "
                 f"(s = 1 where amax = 0), q = clamp(round_half_even(x * (1/s))), value q*s; {bits}"
             )
+        if self.family == "ggml":
+            return f"{self.name}: GGUF {self.element.upper()}, ggml's reference quantizer ({_GGML_TEXT[self.element]}) {where}; {bits}"
         if self.family == "float":
             return f"{self.name}: a cast to {self.element}, round half to even, saturating at the largest finite value; {bits}"
         e = ELEMENTS[self.element]
@@ -139,4 +149,13 @@ _SCOPE_TEXT = {
     "block": "per {n} values along the reduction axis",
     "tile": "per {n}x{n} weight tile (1x{n} for activations)",
     "none": "",
+}
+_GGML_TEXT = {
+    "q8_0": "d = amax/127, q = roundf(x * (1/d)), halves away from zero, fp16 d",
+    "q4_0": "d = m/-8 with m the signed value of largest magnitude, q = min(15, trunc(x * (1/d) + 8.5)), halves up, fp16 d",
+    "q5_0": "d = m/-16 with m the signed value of largest magnitude, q = min(31, trunc(x * (1/d) + 16.5)), halves up, fp16 d",
+    "q4_1": "d = (max - min)/15, q = min(15, trunc((x - min) * (1/d) + 0.5)), fp16 d and min",
+    "mxfp4": "E8M0 scale 2^(floor(log2 amax) - 2), E2M1 levels, ties towards zero",
+    "q6_k": "make_qx_quants per 16, int8 sub-block scales, fp16 d, levels rne in [-32, 31]",
+    "q4_k": "make_qkx2_quants per 32, 6-bit sub-block scales and mins, fp16 d and dmin, levels rne in [0, 15]",
 }

@@ -58,7 +58,7 @@ def register_format(template: str) -> Callable[[Callable[..., Format]], Callable
     def deco(factory: Callable[..., Format]) -> Callable[..., Format]:
         if any(e.template == template for e in _FORMATS):
             raise ValueError(f"number format {template!r} is already registered")
-        _FORMATS.append(_Entry(template, _compile(template), factory))
+        _FORMATS.append(_Entry(template, _compile(template.replace("_", "-")), factory))
         return factory
 
     return deco
