@@ -105,3 +105,21 @@ def test_plan_vs_uniform_significance():
     assert strong.vs_uniform()["significant"]
     back = PlanResult.from_json(weak.to_json())
     assert back.measured_ci == weak.measured_ci and back.vs_uniform() == v
+
+
+def test_fix_says_whether_local_beats_the_best_global_fix():
+    """The paper's claim (a fix on the culprits alone beats it everywhere) is tested, not assumed."""
+    from quantlens.cli.fix import significance_lines
+
+    def result(global_deg, global_ci):
+        rows = (FixRow("float", 0.9, 0.0, 0.0, math.inf), FixRow("naive", 0.85, 0.05, 1.0, 10.0, {}, 0.045, 0.055),
+                FixRow("global:gptq", 0.9 - global_deg, global_deg, 0.4, 13.0, {"*": ["gptq"]}, *global_ci),
+                FixRow("global:mse", 0.86, 0.04, 0.8, 11.0, {"*": ["mse"]}, 0.035, 0.045),
+                FixRow("local", 0.88, 0.02, 0.5, 12.0, {"a": ["gptq"]}, 0.015, 0.025))
+        return FixResult("top1", True, "nvfp4", None, ("a",), (), rows, QuantConfig(), 400)
+
+    lost = " ".join(significance_lines(result(0.005, (0.001, 0.009))))
+    assert "the best global fix (global:gptq) beats local: 0.50% vs 2.00%, significant; the paper's claim does not hold here" in lost
+    won = " ".join(significance_lines(result(0.03, (0.01, 0.05))))
+    assert "local beats the best global fix (global:gptq): 2.00% vs 3.00%, not significant on 400 samples" in won
+    assert result(0.005, (0.001, 0.009)).best_global().method == "global:gptq"

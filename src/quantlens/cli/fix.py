@@ -69,6 +69,16 @@ def significance_lines(result) -> list[str]:  # noqa: ANN001
             out.append(f"{tr.layer}: {tr.fix} is kept, a significant gain ({_pct(tr.naive_degradation, pct)} -> "
                        f"{_pct(tr.degradation, pct)} as a single-layer cell)")
     local = next((r for r in result.rows if r.method == "local"), None)
+    best = result.best_global()
+    if local is not None and local.fixes and best is not None:  # the paper's claim, tested: local against the best global fix
+        g = result.versus("local", best.method)
+        gap = best.degradation - local.degradation
+        sig = "" if g is None else (", significant" if g["significant"] else f", not significant on {result.num_samples:,} samples")
+        if gap > 0:
+            out.append(f"local beats the best global fix ({best.method}): {_pct(local.degradation, pct)} vs {_pct(best.degradation, pct)}{sig}")
+        else:
+            out.append(f"the best global fix ({best.method}) beats local: {_pct(best.degradation, pct)} vs {_pct(local.degradation, pct)}{sig}; "
+                       "the paper's claim does not hold here")
     vs = result.vs_naive("local") if local is not None and local.fixes else None
     if vs is not None:
         n, gain = result.num_samples, vs["gain"]

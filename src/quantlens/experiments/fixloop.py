@@ -103,13 +103,18 @@ class FixResult(jsonio.Artifact):
         """Row ``method`` against naive quantization: ``gain`` (naive minus its degradation),
         whether it is ``significant`` (:func:`quantlens.stats.resolve.separated`) and the samples
         that would resolve it; None for the naive row itself, without intervals or either row."""
+        return self.versus(method, "naive")
+
+    def versus(self, method: str, base: str) -> Optional[dict]:
+        """Row ``method`` against row ``base`` (``vs_naive``'s fields; ``gain`` is ``base``'s
+        degradation minus ``method``'s); None for the same row, without intervals or either row."""
         import math
 
         from quantlens.stats.intervals import Interval
         from quantlens.stats.resolve import samples_to_resolve, separated
 
         rows = {r.method: r for r in self.rows}
-        naive, row = rows.get("naive"), rows.get(method)
+        naive, row = rows.get(base), rows.get(method)
         if naive is None or row is None or row is naive:
             return None
         vals = (naive.ci_low, naive.ci_high, row.ci_low, row.ci_high, naive.degradation, row.degradation)
@@ -120,6 +125,11 @@ class FixResult(jsonio.Artifact):
         gain = naive.degradation - row.degradation
         sig = separated(a, naive.degradation, b, row.degradation)
         return {"gain": gain, "significant": sig, "samples_to_resolve": 0 if sig else samples_to_resolve(gain, a, b)}
+
+    def best_global(self) -> Optional[FixRow]:
+        """The ``global:...`` row of least degradation (None without one)."""
+        rows = [r for r in self.rows if r.method.startswith("global:") and not math.isnan(r.degradation)]
+        return min(rows, key=lambda r: r.degradation) if rows else None
 
     @property
     def local_fixes(self) -> dict[str, list[str]]:
