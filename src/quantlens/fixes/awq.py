@@ -39,7 +39,8 @@ from torch import Tensor, nn
 from quantlens.errors import QuantlensError
 from quantlens.fixes.base import FixContext, layer_weight_spec, register_fix
 from quantlens.fixes.layer_inputs import InputStats, input_stats
-from quantlens.fixes.smoothing import apply_scale, group_by_input
+from quantlens.fixes.online import group_by_input
+from quantlens.fixes.smoothing import apply_scale
 from quantlens.graph.layers import LayerGraph
 from quantlens.quant.formats import get_format
 from quantlens.quant.quantizer import quantize_weight

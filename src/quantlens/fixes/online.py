@@ -25,7 +25,7 @@ from torch import fx, nn
 from quantlens.fixes.base import copy_graph
 from quantlens.graph.layers import LayerGraph
 
-__all__ = ["insert_input_op"]
+__all__ = ["insert_input_op", "group_by_input"]
 
 
 def insert_input_op(graph: LayerGraph, layers: Sequence[str], make: Callable[[list[str]], nn.Module], tag: str) -> LayerGraph:
@@ -33,11 +33,7 @@ def insert_input_op(graph: LayerGraph, layers: Sequence[str], make: Callable[[li
     input edge of each group of ``layers`` that reads one tensor (module docstring)."""
     out = copy_graph(graph, layers)
     nodes = out.nodes()
-    groups: dict[str, list[str]] = {}
-    for name in layers:
-        src = nodes[out.layer(name).node].args[0]
-        assert isinstance(src, fx.Node)
-        groups.setdefault(src.name, []).append(name)
+    groups = group_by_input(out, layers)
     g = out.gm.graph
     added = []
     for src_name, names in groups.items():
@@ -51,6 +47,17 @@ def insert_input_op(graph: LayerGraph, layers: Sequence[str], make: Callable[[li
         added.append(op.name)
     out.gm.recompile()
     return dataclasses.replace(out, input_ops=graph.input_ops | frozenset(added))
+
+
+def group_by_input(graph: LayerGraph, names: Sequence[str]) -> dict[str, list[str]]:
+    """``{input node: [chosen layers reading it]}`` in the order of ``names``."""
+    nodes = graph.nodes()
+    out: dict[str, list[str]] = {}
+    for n in names:
+        src = nodes[graph.layer(n).node].args[0]
+        assert isinstance(src, fx.Node)
+        out.setdefault(src.name, []).append(n)
+    return out
 
 
 def _free_name(gm: fx.GraphModule, base: str) -> str:

@@ -35,7 +35,7 @@ from quantlens.fixes.base import copy_graph
 from quantlens.fixes.online import insert_input_op
 from quantlens.graph.layers import LayerGraph, fetch_attr
 
-__all__ = ["ChannelScale", "apply_scale", "fold_target", "group_by_input"]
+__all__ = ["ChannelScale", "apply_scale", "fold_target"]
 
 _MULS = {operator.mul, torch.mul, torch.ops.aten.mul.Tensor}
 
@@ -49,17 +49,6 @@ class ChannelScale(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x / self.s.to(x.dtype)
-
-
-def group_by_input(graph: LayerGraph, names: Sequence[str]) -> dict[str, list[str]]:
-    """``{input node: [chosen layers reading it]}`` in the order of ``names``."""
-    nodes = graph.nodes()
-    out: dict[str, list[str]] = {}
-    for n in names:
-        src = nodes[graph.layer(n).node].args[0]
-        assert isinstance(src, fx.Node)
-        out.setdefault(src.name, []).append(n)
-    return out
 
 
 def _is_norm_module(m: nn.Module, k: int) -> bool:
