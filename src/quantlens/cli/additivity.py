@@ -31,20 +31,13 @@ def _f(x: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from quantlens.experiments.additivity import check_columns, run_additivity
+    from quantlens.core.layer_config import QuantConfig
+    from quantlens.experiments.additivity import run_additivity, sweep_columns
     from quantlens.errors import QuantlensError
 
     spec = experiment_spec(args)
-    if Path(args.low).exists():  # a plan's quant_config.json, or its directory
-        from quantlens.core.layer_config import QuantConfig
-        from quantlens.core.experiment import parse_column
-
-        low = QuantConfig.from_json(args.low)
-        high = parse_column(args.high, "--high")
-        columns = [*dict.fromkeys(spec.plan_columns(low, low.names).values()), high]
-    else:
-        low, high = check_columns(args.low, args.high)
-        columns = [low, high]
+    plan = QuantConfig.from_json(args.low) if Path(args.low).exists() else None  # a plan's quant_config.json, or its directory
+    low, high, columns = sweep_columns(plan if plan is not None else args.low, args.high, spec)
     if args.configs < 2:
         raise QuantlensError(f"--configs must be at least 2 to compute a correlation, got {args.configs}")
     out = prepare_out_dir(args.out)

@@ -11,6 +11,7 @@ from quantlens.report.fmt import Units
 from quantlens.cli._loop_args import add_common, experiment_spec, load_workload, run_options, sweep_or_run
 from quantlens.cli.common import add_model_args, console, prepare_out_dir
 from quantlens.core.experiment import parse_column
+from quantlens.sweep.results import weights_label
 
 __all__ = ["register", "run", "print_table"]
 
@@ -41,7 +42,7 @@ def print_table(result) -> None:  # noqa: ANN001
     pct = Units.for_metric(result.metric_name).pct  # the report's rule
     a = (f"{result.a_format} activations" if result.a_format else f"{result.a_bits}-bit activations" if result.a_bits
          else "float activations")
-    w = f"{result.w_bits}-bit" if isinstance(result.w_bits, int) else "the plan's" if result.w_bits == "plan" else result.w_bits
+    w = "the plan's" if result.w_bits == "plan" else weights_label(result.w_bits)
     t = Table(title=f"Table 1: {w} weights, {a}, whole network quantized")
     for col, just in (("method", "left"), (result.metric_name, "right"), ("degradation", "right"), ("95% CI", "right"),
                       ("SQNR", "right"), ("time", "right"), ("fixes", "left")):
@@ -104,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         if args.w_bits != "8":
             raise QuantlensError("give --w-bits or --config, not both: a plan's config gives every layer its own bits or format")
         plan = QuantConfig.from_json(args.config)
-        columns = list(dict.fromkeys(spec.plan_columns(plan, plan.names).values()))
+        columns = spec.config_columns(plan)
         w_bits = "plan"
     else:
         w_bits = parse_column(args.w_bits, "--w-bits")

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Union
 
 from quantlens.core.layer_config import LayerQuant
-from quantlens.core.sweep_config import SweepConfig
+from quantlens.core.sweep_config import SweepConfig, parse_a_format
 from quantlens.errors import QuantlensError
 from quantlens.quant.spec import Granularity, PerTensor, QuantSpec, check_bits, parse_granularity
 
@@ -32,8 +32,6 @@ __all__ = ["ExperimentSpec", "Column", "parse_column"]
 
 #: A column of an experiment: a weight bit-width or a format name.
 Column = Union[int, str]
-
-_FLOAT_NAMES = ("none", "float", "fp32", "off")
 
 
 def parse_column(value: Any, option: str = "the column") -> Column:
@@ -66,19 +64,9 @@ class ExperimentSpec:
 
     def __post_init__(self) -> None:
         if self.a_format is not None:
-            name = str(self.a_format).strip().lower()
-            if name in _FLOAT_NAMES:
-                object.__setattr__(self, "a_format", None)
-                object.__setattr__(self, "a_bits", None)
-            elif name.startswith("int") and name[3:].isdigit():
-                object.__setattr__(self, "a_format", None)
-                object.__setattr__(self, "a_bits", int(name[3:]))
-            else:
-                from quantlens.quant.formats import get_format
-
-                f = get_format(name)
-                object.__setattr__(self, "a_format", f.name)
-                object.__setattr__(self, "a_bits", f.bits)
+            fmt, bits = parse_a_format(self.a_format)
+            object.__setattr__(self, "a_format", fmt)
+            object.__setattr__(self, "a_bits", bits)
         if self.a_bits is not None:
             check_bits(self.a_bits, "activation bits")
         if isinstance(self.granularity, str):
@@ -152,6 +140,10 @@ class ExperimentSpec:
         if not out:
             raise QuantlensError("the plan quantizes no layer's weights: nothing to measure it against")
         return out
+
+    def config_columns(self, config: Any) -> list[Column]:
+        """The distinct columns of a plan's config (:meth:`plan_columns`), in first-seen order: what a sweep must hold."""
+        return list(dict.fromkeys(self.plan_columns(config, config.names).values()))
 
     def check_sweep(self, sweep: Any, need_bits: Iterable[Column], metric: Any = None, where: str = "the sweep") -> None:
         """Raise one line if ``sweep`` (a SweepResult) lacks the columns ``need_bits`` or was measured

@@ -13,7 +13,22 @@ from quantlens.errors import QuantlensError
 from quantlens.quant.registry import check_estimator
 from quantlens.quant.spec import PerChannel, PerGroup, QuantSpec, check_bits, default_act_spec, default_weight_spec
 
-__all__ = ["SweepConfig"]
+__all__ = ["SweepConfig", "parse_a_format"]
+
+
+def parse_a_format(value: object) -> tuple[Optional[str], Optional[int]]:
+    """``(a_format, a_bits)`` of an activation format: ``none`` (float: ``(None, None)``), ``int{b}``
+    (the integer grid at ``b`` bits: ``(None, b)``) or a named format of :mod:`quantlens.quant.formats`
+    (``fp8-e4m3``, ``mxfp8``, ``nvfp4``, ...: its name and element bits)."""
+    name = str(value).strip().lower()
+    if name in ("none", "float", "fp32", "off"):
+        return None, None
+    if name.startswith("int") and name[3:].isdigit():
+        return None, int(name[3:])
+    from quantlens.quant.formats import get_format
+
+    f = get_format(name)
+    return f.name, f.bits
 
 
 @dataclass(frozen=True)
@@ -74,22 +89,9 @@ class SweepConfig:
         return self.weight.with_bits(bits)
 
     def _set_a_format(self) -> None:
-        """``a_format``: ``none`` (float), ``int{b}`` (the integer grid at ``b`` bits, as ``a_bits``)
-        or a named format of :mod:`quantlens.quant.formats` (``fp8-e4m3``, ``mxfp8``, ``nvfp4``, ...)."""
-        name = str(self.a_format).strip().lower()
-        if name in ("none", "float", "fp32", "off"):
-            object.__setattr__(self, "a_format", None)
-            object.__setattr__(self, "a_bits", None)
-            return
-        if name.startswith("int") and name[3:].isdigit():
-            object.__setattr__(self, "a_format", None)
-            object.__setattr__(self, "a_bits", int(name[3:]))
-            return
-        from quantlens.quant.formats import get_format
-
-        f = get_format(name)
-        object.__setattr__(self, "a_format", f.name)
-        object.__setattr__(self, "a_bits", f.bits)
+        fmt, bits = parse_a_format(self.a_format)
+        object.__setattr__(self, "a_format", fmt)
+        object.__setattr__(self, "a_bits", bits)
 
     def act_spec(self) -> Optional[QuantSpec]:
         if self.a_format is not None:

@@ -47,6 +47,7 @@ __all__ = [
     "additivity",
     "run_additivity",
     "check_columns",
+    "sweep_columns",
 ]
 
 ADDITIVITY_SCHEMA = "quantlens/additivity-v1"
@@ -290,6 +291,15 @@ def additivity(
     )
 
 
+def sweep_columns(low: Union[Column, QuantConfig], high: Column, spec: ExperimentSpec) -> tuple[Union[Column, QuantConfig], Column, list[Column]]:
+    """``(low, high, the columns the sweep needs)``: ``low`` a column (checked against ``high``) or a plan's config."""
+    if isinstance(low, QuantConfig):
+        high = parse_column(high, "--high")
+        return low, high, [*spec.config_columns(low), high]
+    low, high = check_columns(low, high)
+    return low, high, [low, high]
+
+
 def check_columns(low: Column, high: Column) -> tuple[Column, Column]:
     """``(low, high)`` parsed (bit-widths or format names); one line when they are the same."""
     lo, hi = parse_column(low, "--low"), parse_column(high, "--high")
@@ -324,12 +334,7 @@ def run_additivity(
     from quantlens.sweep.api import analyze
 
     check_workload(workload, "run_additivity")
-    if isinstance(low, QuantConfig):
-        high = parse_column(high, "--high")
-        columns = [*dict.fromkeys(spec.plan_columns(low, low.names).values()), high]
-    else:
-        low, high = check_columns(low, high)
-        columns = [low, high]
+    low, high, columns = sweep_columns(low, high, spec)
     w = workload
     if sweep is None:
         sweep = analyze(w, config=spec.sweep_config(columns), device=options.device, model_name=model_name,

@@ -33,7 +33,7 @@ from quantlens.core.layer_config import QuantConfig
 from quantlens.core.workload import RunOptions, Workload, check_workload
 from quantlens.network.measure import NetworkMeasurer
 from quantlens.network.trials import TrialCell, TrialRunner
-from quantlens.sweep.results import SweepResult
+from quantlens.sweep.results import SweepResult, weights_label
 
 __all__ = ["fix", "applicable_fixes", "FIX_SCHEMA", "DEFAULT_FIXES", "GLOBAL_ROWS", "FixRow", "LocalTrial", "FixResult", "rank_culprits", "fix_loop"]
 
@@ -337,13 +337,9 @@ def applicable_fixes(candidates: Sequence[str], column: Union[Column, Sequence[C
             skipped[f] = "; ".join(dict.fromkeys(w for w in whys if w is not None))
     kept = [f for f in candidates if f not in skipped]
     if not kept:
-        what = _col(columns[0]) if len(columns) == 1 else "the plan's"
+        what = weights_label(columns[0]) if len(columns) == 1 else "the plan's"
         raise QuantlensError(f"none of the fixes applies to {what} weights: " + "; ".join(f"{f}: {why}" for f, why in skipped.items()))
     return kept, skipped
-
-
-def _col(c: Column) -> str:
-    return f"{c}-bit" if isinstance(c, int) else str(c)
 
 
 def _timed(method: str, measurer: NetworkMeasurer, cfg: QuantConfig, fixes: Optional[dict] = None) -> FixRow:
@@ -420,7 +416,7 @@ def fix(
     if sweep is None:
         from quantlens.sweep.api import analyze
 
-        cols = [w_bits] if config is None else list(dict.fromkeys(spec.plan_columns(config, config.names).values()))
+        cols = [w_bits] if config is None else spec.config_columns(config)
         sweep = analyze(workload, config=spec.sweep_config(cols), device=options.device, progress=options.progress,
                         model_name=model_name)
     return fix_loop(workload, sweep, options=options, w_bits=w_bits, spec=spec, candidates=candidates, top=top,
