@@ -42,20 +42,19 @@ def runtime_html(v: Any) -> str:
     crow = [[Td(name, name, "t"), Td(f"{100 * x.agreement:.2f}%", x.agreement), Td(_db(x.sqnr_db), x.sqnr_db), Td(f"{x.max_abs:.3g}", x.max_abs)]
             for name, x in zip(names, (c, p, rp))]
     if v.source == "compressed-tensors":
-        return (f'<p class="lead">The exported checkpoint loaded by {esc(rt)} on {v.num_samples:,} sequences, against quantlens\'s '
-                "simulation of the same quantized network and the float model.</p>"
-                + table(["network", v.metric_name, "degradation"], rows, sortable=False, text_cols=(0,), table_id="runtime-table")
-                + verdict
-                + table(["outputs compared", "token agreement", "SQNR", "max |difference|"], crow, sortable=False, text_cols=(0,),
-                        table_id="runtime-rounding")
-                + f'<p class="note">{esc(v.extra.get("rounding_note", ""))} (see docs/runtimes.md).</p>')
-    fused = ", ".join(f"{k} x{n}" for k, n in v.fused_ops.items()) or "none"
-    return (f'<p class="lead">The exported model run in onnxruntime on {v.num_samples:,} samples, against quantlens\'s simulation '
-            "of the same quantized network and the float model.</p>"
+        lead = f"The exported checkpoint loaded by {esc(rt)} on {v.num_samples:,} sequences"
+        agreement = "token agreement"
+        note = f"{esc(v.extra.get('rounding_note', ''))} (see docs/runtimes.md)."
+    else:
+        fused = ", ".join(f"{k} x{n}" for k, n in v.fused_ops.items()) or "none"
+        lead = f"The exported model run in onnxruntime on {v.num_samples:,} samples"
+        agreement = "top-1 agreement"
+        note = (f"Integer kernels onnxruntime fused: {esc(fused)}. With graph optimizations off, onnxruntime runs "
+                "each QuantizeLinear/DequantizeLinear as written; the rows above separate its integer kernels' rounding "
+                "from the rest (see docs/export.md).")
+    return (f'<p class="lead">{lead}, against quantlens\'s simulation of the same quantized network and the float model.</p>'
             + table(["network", v.metric_name, "degradation"], rows, sortable=False, text_cols=(0,), table_id="runtime-table")
             + verdict
-            + table(["outputs compared", "top-1 agreement", "SQNR", "max |difference|"], crow, sortable=False, text_cols=(0,),
+            + table(["outputs compared", agreement, "SQNR", "max |difference|"], crow, sortable=False, text_cols=(0,),
                     table_id="runtime-rounding")
-            + f'<p class="note">Integer kernels onnxruntime fused: {esc(fused)}. With graph optimizations off, onnxruntime runs '
-              "each QuantizeLinear/DequantizeLinear as written; the rows above separate its integer kernels' rounding "
-              "from the rest (see docs/export.md).</p>")
+            + f'<p class="note">{note}</p>')
