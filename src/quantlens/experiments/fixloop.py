@@ -309,7 +309,7 @@ def fix_loop(
         for fs in global_sets:
             cfg = naive
             for f in fs:
-                cfg = cfg.with_fix(f, [n for n in key if applies.get((n, f), not_applicable(f, naive.layer(n).weight_spec()) is None)])
+                cfg = cfg.with_fix(f, [n for n in key if applies[(n, f)]])  # every candidate and global fix is in applies
             rows.append(_timed("global:" + "+".join(fs), measurer, cfg))
             bar.advance()
         rows.append(_timed("local", measurer, chosen, {n: list(lq.fixes) for n, lq in chosen.layers if lq.fixes}))
