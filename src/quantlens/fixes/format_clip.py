@@ -101,5 +101,4 @@ def format_mse_clip(w: Tensor, fmt: Union[str, Format], importance: Optional[Ten
         best_c = torch.where(better, torch.full_like(best_c, c), best_c)
     if s2 is not None:  # the scopes that set s2 stay whole, so s2 is the one searched with
         best_c = torch.where(amax.reshape(-1) >= x.abs().max(), torch.ones_like(best_c), best_c)
-    clip = amax.reshape(-1) * best_c
-    return back(torch.maximum(torch.minimum(rows, clip.reshape(-1, 1)), -clip.reshape(-1, 1))).to(w.dtype)
+    return clip_scopes(w, f, amax.reshape(-1) * best_c)
