@@ -6,7 +6,8 @@ For each weight format of ``--formats`` (activations float, or ``--a-format``):
    (cone engine) and the fix loop takes its culprits from those exact cells;
 2. ``fix_loop``: every applicable fix on each of the ``--top`` culprits alone (single-layer
    cells), then the whole network (perplexity with its 95% interval and the seconds each row
-   took): float, naive, each fix on every layer (``global:...``), the culprits' best fixes (``local``).
+   took): float, naive, each fix on every layer (``global:...``), the culprits' best fixes (``local``),
+   and those on top of the best global fix (``local+global:...``); why each culprit broke.
 
 Then, with ``--additivity LOW,HIGH`` (e.g. ``nvfp4,fp8-e4m3``): the exact sweep of every layer at
 both formats and ``--configs`` random mixed configurations, predicted (sum of single-layer
@@ -73,6 +74,10 @@ def main() -> None:
               f"(estimate {t1 - t0:.0f} s, exact shortlist {t2 - t1:.0f} s, fix loop {t3 - t2:.0f} s)")
         for r in res.rows:
             print(f"  {r.method:34s} ppl {r.metric:8.3f}  deg {r.degradation:+8.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]  {r.seconds:6.1f} s")
+        for name, d in res.diagnosis:
+            print(f"    why {name}: {', '.join(d.causes) or 'no symptom past the thresholds'} ({d.sentence()})")
+        for f, why in res.skipped:
+            print(f"    not tried: {f} ({why})")
         for t in res.trials:
             print(f"    trial {t.layer} {t.fix:16s} {t.naive_degradation:+.3f} -> {t.degradation:+.3f} [{t.ci_low:+.3f}, {t.ci_high:+.3f}]"
                   f"{' kept' if t.kept else ''}{' (significant)' if t.significant else ''}")

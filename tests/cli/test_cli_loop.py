@@ -30,6 +30,9 @@ def files(tmp_path_factory):
             def calib():
                 return demo.calib()[:1]
 
+            def one_image():
+                return [demo.calib()[0][0][:1]]
+
             class Untraceable(torch.nn.Module):
                 def __init__(self):
                     super().__init__()
@@ -107,6 +110,7 @@ def test_additivity_and_plan_end_to_end(files, capsys):
         (["fix", "--w-bits", "nvfp4", "--results", "SWEEP"], "the sweep has no cells at nvfp4 (it has 4, 8 bits)"),
         (["additivity", "--low", "mxfp4", "--high", "MXFP4"], "--low and --high are both mxfp4: give two different formats"),
         (["fix", "--fixes", "magic"], "unknown fix 'magic'"),
+        (["fix", "--fixes", "gptq", "--calib", "MODELS:one_image"], "fix 'gptq': the calibration data gives layer conv3 16 input rows"),
         (["fix", "--fixes", ","], "--fixes is empty"),
         (["fix", "--top", "0"], "--top must be at least 1"),
         (["fix", "--results", "/no/such/dir"], "does not exist"),

@@ -55,6 +55,13 @@ def test_local_clipping_recovers_what_global_sawb_does_not(culprit):
     # the same fix, on that layer alone, measured directly with the whole network quantized
     cfg = QuantConfig.uniform(measurer.names, 8).with_fix("mse_output", ["conv2"])
     assert recovered(measurer(cfg).degradation) >= 0.8
+    # local plus the best global row: every layer its global fix, conv2 its local fix instead (built by hand)
+    best = result.best_global()
+    both = result.row("local+" + best.method)
+    glob = best.method.split(":", 1)[1]
+    by_hand = QuantConfig.uniform(measurer.names, 8).with_fix(glob, measurer.names).with_layer("conv2", fixes=("mse_output",))
+    assert measurer(by_hand).metric == both.metric
+    assert both.fixes == {"conv2": ["mse_output"]}
     # SAWB on conv2 alone cannot clip 0.5% outliers (its clip grows with sqrt(E[w^2])): no gain
     sawb_local = [t for t in result.trials if t.fix == "sawb"][0]
     assert sawb_local.degradation >= sawb_local.naive_degradation - 1e-9

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from support.lm_models import lm_user_file, tiny_lm, token_data
 from support.models import tiny_data, tiny_net

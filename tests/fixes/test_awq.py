@@ -124,8 +124,20 @@ def test_awq_on_all_siblings_folds_into_the_norm(group, norm):
     _same_function(graph, out, data)
 
 
-@pytest.mark.parametrize("group", [["q"], ["down"], ["gate"]])
-def test_awq_on_part_of_a_junction_or_a_lone_layer_multiplies_the_input(group):
+@pytest.mark.parametrize("group,others", [(["q"], "k, v"), (["gate"], "up"), (["q", "k"], "v")])
+def test_awq_on_part_of_a_junction_is_refused_in_one_line(group, others):
+    """Siblings that do not take the scale: it folds into no norm, and a multiply on one branch of a fused kernel is no runtime's op."""
+    from quantlens.fixes.base import FixRefused
+
+    _, graph, data = _setup()
+    with pytest.raises(FixRefused) as e:
+        make_fix("awq", FixContext(_cfg(group), data)).apply(graph, group)
+    msg = str(e.value)
+    assert "\n" not in msg and f"also read by {others}, which do not take the fix" in msg
+
+
+@pytest.mark.parametrize("group", [["down"]])
+def test_awq_on_a_lone_layer_multiplies_the_input(group):
     model, graph, data = _setup()
     fix = make_fix("awq", FixContext(_cfg(group), data))
     out = fix.apply(graph, group)
@@ -192,3 +204,28 @@ def test_a_trial_on_a_folded_norm_recomputes_the_norm(group, layer):
                    layers=[layer]).cell(layer, "int4-g16")
     assert_close(cell.noise, want.noise, rel=1e-6, abs_=1e-12, what="noise")
     assert_close(cell.degradation, want.degradation, rel=1e-6, abs_=1e-12, what="degradation")
+
+
+def test_fix_loop_names_an_awq_trial_on_one_sibling_and_goes_on():
+    """In the fix loop, awq on a culprit with siblings is skipped and named (``fix.json`` "skipped");
+    a lone culprit gets its trial; applied to every layer (global) the siblings agree and it runs."""
+    import quantlens as ql
+    from quantlens.core.experiment import ExperimentSpec
+    from quantlens.core.workload import Workload
+    from quantlens.experiments.fixloop import FixResult, fix_loop
+
+    model, _, data = _setup()
+    spec = ExperimentSpec(a_bits=None)
+    sweep = ql.analyze(model, data, config=spec.sweep_config(["int4-g16"]), metric="mse")
+    result, _ = fix_loop(Workload(model, data, data, "mse"), sweep, w_bits="int4-g16", spec=spec, candidates=("awq",), top=100,
+                         global_rows=[("awq",)])
+    groups = {"q": "k, v", "k": "q, v", "v": "q, k", "gate": "up", "up": "gate"}
+    skipped = dict(result.skipped)
+    assert set(result.culprits) == {"q", "k", "v", "gate", "up", "down", "out"}
+    for c in result.culprits:
+        if c in groups:
+            assert f"also read by {groups[c]}, which do not take the fix" in skipped[f"awq on {c}"]
+        else:
+            assert [t.fix for t in result.trials if t.layer == c] == ["awq"]
+    assert "global:awq" in [r.method for r in result.rows]
+    assert FixResult.from_dict(result.to_dict()).skipped == result.skipped

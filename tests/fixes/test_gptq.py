@@ -322,3 +322,19 @@ def test_gptq_on_a_convolution_and_with_bias_correction_after_it():
     qnet = m.build(cfg)
     assert torch.equal(qnet.weights[conv].weight, expect)
     assert torch.allclose(fixed.module(fixed.layer(conv)).bias, m.graph.module(m.graph.layer(conv)).bias, atol=1e-6)
+
+
+def test_calibration_rows_checked_before_any_sweep():
+    """``check_calibration_rows``: the shortest layer named in one line; enough rows pass; the model unchanged."""
+    from quantlens.core.guard import state_fingerprint
+    from quantlens.fixes.gptq import check_calibration_rows
+
+    model = tiny_lm().train()
+    before = state_fingerprint(model)
+    with pytest.raises(QuantlensError) as e:
+        check_calibration_rows(model, token_data(n_batches=1, batch=1, seq=8))  # 8 tokens; widths 16 and 32 (down_proj)
+    msg = str(e.value)
+    assert "\n" not in msg and "8 input rows" in msg and "input width 32" in msg and "at least 32 tokens" in msg
+    check_calibration_rows(model, token_data(n_batches=4, batch=2, seq=8))  # 64 tokens: every layer has enough
+    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not any(m._forward_hooks for m in model.modules())

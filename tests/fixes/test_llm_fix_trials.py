@@ -32,3 +32,4 @@ def test_llm_fix_trials_equal_single_layer_whole_network_runs(fmt, a_format, can
         assert_close(t.degradation, want.degradation, rel=1e-6, abs_=1e-12, what=f"{t.layer}/{t.fix} degradation")
         assert_close(t.noise, want.noise, rel=1e-6, abs_=1e-12, what=f"{t.layer}/{t.fix} noise")
     assert "global:gptq" in [r.method for r in result.rows]
+

@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_common(p)
     p.add_argument("--config", metavar="PATH", help="a plan's quant_config.json (or its directory): fix the culprits of that "
                    "mixed configuration, each layer at its planned bits or format, instead of every layer at --w-bits")
-    p.add_argument("--fixes", default=",".join(DEFAULT_FIXES), help=f"fixes to try on each culprit, from: {', '.join(fixes())} (default: all)")
+    p.add_argument("--fixes", default=",".join(DEFAULT_FIXES), help=f"fixes to try on each culprit, from: {', '.join(fixes())} (default: {','.join(DEFAULT_FIXES)})")
     p.add_argument("--top", type=int, default=3, help="how many culprit layers to try fixing (default 3)")
     p.set_defaults(func=run)
 
@@ -80,6 +80,13 @@ def significance_lines(result) -> list[str]:  # noqa: ANN001
         else:
             out.append(f"the best global fix ({best.method}) beats local: {_pct(best.degradation, pct)} vs {_pct(local.degradation, pct)}{sig}; "
                        "the paper's claim does not hold here")
+        both = next((r for r in result.rows if r.method == "local+" + best.method), None)
+        if both is not None:  # the culprits' local fixes on top of the best global fix
+            g = result.versus(both.method, best.method)
+            sig = "" if g is None else (", significant" if g["significant"] else f", not significant on {result.num_samples:,} samples")
+            verdict = "improve on" if both.degradation < best.degradation else "do not improve on"
+            out.append(f"the local fixes on top of {best.method} {verdict} it: {_pct(both.degradation, pct)} vs "
+                       f"{_pct(best.degradation, pct)}{sig}")
     vs = result.vs_naive("local") if local is not None and local.fixes else None
     if vs is not None:
         n, gain = result.num_samples, vs["gain"]
@@ -120,6 +127,10 @@ def run(args: argparse.Namespace) -> int:
         raise QuantlensError(f"--top must be at least 1, got {args.top}")
     out = prepare_out_dir(args.out)
     workload = load_workload(args, need_fx=True)
+    if "gptq" in candidates:  # its Hessian's size, before the sweep
+        from quantlens.fixes.gptq import check_calibration_rows
+
+        check_calibration_rows(workload.model, workload.calib_data)
     sweep = sweep_or_run(args, out, workload, columns)
     result, measurer = fix_loop(
         workload, sweep, options=run_options(args), w_bits=columns[0], spec=spec, candidates=candidates,
@@ -136,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
                       + (", ".join(f"{k}: {'+'.join(v)}" for k, v in result.local_fixes.items()) or "none"))
     else:
         console.print(f"no layer degrades {result.metric_name} at {at} on its own: nothing to fix locally")
+    for name, d in result.diagnosis:
+        console.print(f"why {name} broke: {', '.join(d.causes) or 'no symptom past the thresholds'} ({d.sentence()})")
     print_table(result)
     from quantlens.report import save_report
 

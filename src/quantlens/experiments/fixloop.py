@@ -7,10 +7,14 @@
    lower output noise). ``significant`` says whether the gain is larger than the two cells'
    95% intervals allow by chance (:func:`quantlens.stats.resolve.separated`); a kept fix that
    is not significant is reported as such.
+   Each culprit's symptoms are measured too (:mod:`.diagnosis`: weight and activation
+   outliers, weights and blocks that round to zero), to say why it broke.
 3. Measure, each with every layer quantized at once on the evaluation data: the float network,
    naive quantization, each fix applied to every layer (``global:sawb``, ``global:mse``,
    ``global:equalize+bias_correction``, plus ``global:<f>`` for any fix chosen locally), and
-   the chosen local fixes (``local``).
+   the chosen local fixes (``local``), and the local fixes on top of the best global row
+   (``local+global:<fix>``: the culprits keep their local fix, every other layer takes the
+   global fix of least degradation; only when some fix was kept locally).
 
 ``fix.json`` carries ``"schema": "quantlens/fix-v1"``.
 """
@@ -23,10 +27,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Sequence, Union
 
 from quantlens.core.experiment import Column, ExperimentSpec, parse_column
+from quantlens.experiments.diagnosis import LayerDiagnosis, diagnose
 from quantlens.core import jsonio
 from quantlens.stats.degradation import degradation as _degradation
 from quantlens.errors import QuantlensError
 from quantlens.fixes import FixContext, check_fix, make_fix, not_applicable
+from quantlens.fixes.base import FixRefused
 from quantlens.core.jsonio import num as _num
 from quantlens.core.progress import make_progress
 from quantlens.core.layer_config import QuantConfig
@@ -35,7 +41,7 @@ from quantlens.network.measure import NetworkMeasurer
 from quantlens.network.trials import TrialCell, TrialRunner
 from quantlens.sweep.results import SweepResult, weights_label
 
-__all__ = ["fix", "applicable_fixes", "FIX_SCHEMA", "DEFAULT_FIXES", "GLOBAL_ROWS", "FixRow", "LocalTrial", "FixResult", "rank_culprits", "fix_loop"]
+__all__ = ["fix", "applicable_fixes", "FIX_SCHEMA", "DEFAULT_FIXES", "GLOBAL_ROWS", "FixRow", "LocalTrial", "FixResult", "rank_culprits", "fix_loop", "local_over"]
 
 FIX_SCHEMA = "quantlens/fix-v1"
 DEFAULT_FIXES = ("sawb", "mse", "mse_output", "percentile", "equalize", "bias_correction")
@@ -90,8 +96,9 @@ class FixResult(jsonio.Artifact):
     config: QuantConfig
     num_samples: int = 0
     model: str = ""
-    skipped: tuple[tuple[str, str], ...] = ()  # (fix, why it does not apply to the format)
+    skipped: tuple[tuple[str, str], ...] = ()  # (fix, or "fix on layer", or "global:fix"; why it was not tried)
     a_format: Optional[str] = None
+    diagnosis: tuple[tuple[str, LayerDiagnosis], ...] = ()  # per culprit: why it broke (:mod:`.diagnosis`)
 
     def row(self, method: str) -> FixRow:
         for r in self.rows:
@@ -128,8 +135,7 @@ class FixResult(jsonio.Artifact):
 
     def best_global(self) -> Optional[FixRow]:
         """The ``global:...`` row of least degradation (None without one)."""
-        rows = [r for r in self.rows if r.method.startswith("global:") and not math.isnan(r.degradation)]
-        return min(rows, key=lambda r: r.degradation) if rows else None
+        return _best_global(self.rows)
 
     @property
     def local_fixes(self) -> dict[str, list[str]]:
@@ -152,6 +158,7 @@ class FixResult(jsonio.Artifact):
                 "rows": [asdict(r) for r in self.rows],
                 "trials": [asdict(t) for t in self.trials],
                 "config": self.config.to_dict(),
+                "diagnosis": {n: d.to_dict() for n, d in self.diagnosis},
             }
         )
 
@@ -183,10 +190,12 @@ class FixResult(jsonio.Artifact):
         w = d.get("w_bits")
         skipped = d.get("skipped") if isinstance(d.get("skipped"), dict) else {}
         a_format = d.get("a_format")
+        diag = d.get("diagnosis") if isinstance(d.get("diagnosis"), dict) else {}
         return cls(str(d.get("metric", "metric")), hib, w if isinstance(w, str) and w else _count_field(w), d.get("a_bits"),
                    tuple(str(c) for c in d.get("culprits") or ()), trials, rows, config, _count_field(d.get("num_samples")),
                    str(d.get("model") or ""), tuple((str(k), str(v)) for k, v in skipped.items()),
-                   a_format if isinstance(a_format, str) else None)
+                   a_format if isinstance(a_format, str) else None,
+                   tuple((str(n), LayerDiagnosis.from_dict(v)) for n, v in diag.items() if isinstance(v, dict)))
 
 
 def _count_field(x: Any) -> int:
@@ -282,10 +291,13 @@ def fix_loop(
         ranked = sorted((sweep.cell(n, k) for n, k in key.items()), key=lambda c: -c.degradation)
         culprits = [c.layer for c in ranked if c.degradation > 0][:top]
     global_sets = [tuple(fs) for fs in global_rows if not all(f in skipped for f in fs)]
+    why = diagnose(measurer.graph, culprits, naive, measurer.calib, measurer.device)
     bar = make_progress(options.progress, _batches(measurer, len(culprits) * len(candidates) > 0) + _row_steps(global_sets, candidates), "fix")
     try:
         pairs = [(layer, f) for layer in culprits for f in candidates if applies[(layer, f)]]
-        cells = _local_cells(measurer, naive, pairs, bar.advance)
+        refused: dict[tuple[str, str], str] = {}
+        cells = _local_cells(measurer, naive, pairs, bar.advance, refused)
+        skipped.update({f"{f} on {layer}": why for (layer, f), why in refused.items()})
         trials: list[LocalTrial] = []
         chosen = naive
         for layer in culprits:
@@ -305,20 +317,30 @@ def fix_loop(
         for fs in chosen.fix_layers():
             if (fs,) not in global_sets:
                 global_sets.append((fs,))
-        bar.set_total(_batches(measurer, bool(cells)) + 3 + len(global_sets))
+        bar.set_total(_batches(measurer, bool(cells)) + 3 + len(global_sets) + bool(chosen.fix_layers()))
+        global_cfgs: dict[str, QuantConfig] = {}
         for fs in global_sets:
             cfg = naive
             for f in fs:
                 cfg = cfg.with_fix(f, [n for n in key if applies[(n, f)]])  # every candidate and global fix is in applies
-            rows.append(_timed("global:" + "+".join(fs), measurer, cfg))
+            try:
+                rows.append(_timed("global:" + "+".join(fs), measurer, cfg))
+                global_cfgs["global:" + "+".join(fs)] = cfg
+            except FixRefused as e:  # e.g. awq where a plan gives siblings formats it does not all apply to
+                skipped["global:" + "+".join(fs)] = str(e)
             bar.advance()
-        rows.append(_timed("local", measurer, chosen, {n: list(lq.fixes) for n, lq in chosen.layers if lq.fixes}))
+        local_fixes = {n: list(lq.fixes) for n, lq in chosen.layers if lq.fixes}
+        rows.append(_timed("local", measurer, chosen, local_fixes))
         bar.advance()
+        best = _best_global(rows)
+        if best is not None and local_fixes:
+            rows.append(_timed("local+" + best.method, measurer, local_over(global_cfgs[best.method], chosen), local_fixes))
+            bar.advance()
     finally:
         bar.close()
     return (
         FixResult(sweep.metric_name, sweep.higher_is_better, column, spec.a_bits, tuple(culprits), tuple(trials), tuple(rows), chosen,
-                  sweep.num_samples, model_name, tuple(skipped.items()), spec.a_format),
+                  sweep.num_samples, model_name, tuple(skipped.items()), spec.a_format, tuple(why.items())),
         measurer,
     )
 
@@ -342,6 +364,24 @@ def applicable_fixes(candidates: Sequence[str], column: Union[Column, Sequence[C
     return kept, skipped
 
 
+def _best_global(rows: Sequence[FixRow]) -> Optional[FixRow]:
+    """The ``global:...`` row of least finite degradation, or None."""
+    cands = [r for r in rows if r.method.startswith("global:") and math.isfinite(r.degradation)]
+    return min(cands, key=lambda r: r.degradation) if cands else None
+
+
+def local_over(global_cfg: QuantConfig, local: QuantConfig) -> QuantConfig:
+    """The row ``local+global:<fix>``: every layer as in ``global_cfg`` (the best global fix
+    applied everywhere it applies), except the culprits that kept a local fix, which carry
+    their local fixes *instead of* the global one (each was chosen against the naive layer, so
+    stacking both would be a configuration nobody measured on that layer)."""
+    out = global_cfg
+    for n, lq in local.layers:
+        if lq.fixes:
+            out = out.with_layer(n, fixes=lq.fixes)
+    return out
+
+
 def _timed(method: str, measurer: NetworkMeasurer, cfg: QuantConfig, fixes: Optional[dict] = None) -> FixRow:
     """The row of ``cfg``: its fixes applied, the network built and measured, and the seconds that took."""
     t0 = time.perf_counter()
@@ -350,10 +390,12 @@ def _timed(method: str, measurer: NetworkMeasurer, cfg: QuantConfig, fixes: Opti
 
 
 def _local_cells(measurer: NetworkMeasurer, naive: QuantConfig, pairs: Sequence[tuple[str, str]],
-                 advance: Any) -> dict[tuple[str, str], TrialCell]:
+                 advance: Any, refused: dict[tuple[str, str], str]) -> dict[tuple[str, str], TrialCell]:
     """Each ``(culprit, fix)``'s single-layer cell: the fix applied to the culprit alone, the
     culprit quantized as ``naive`` says, every other layer float. Culprits quantized alike share
-    one :class:`~quantlens.network.trials.TrialRunner` pass (a plan's culprits may differ)."""
+    one :class:`~quantlens.network.trials.TrialRunner` pass (a plan's culprits may differ).
+    A pair the fix refuses where the layer stands (:class:`~quantlens.fixes.base.FixRefused`)
+    goes into ``refused`` with its line instead."""
     by_quant: dict[tuple, list[tuple[str, str]]] = {}
     for layer, f in pairs:
         lq = naive.layer(layer)
@@ -362,13 +404,19 @@ def _local_cells(measurer: NetworkMeasurer, naive: QuantConfig, pairs: Sequence[
     out: dict[tuple[str, str], TrialCell] = {}
     for (wspec, aspec), group in by_quant.items():
         assert wspec is not None
-        trials = []
+        trials, tried = [], []
         for layer, f in group:
             ctx = FixContext(QuantConfig(((layer, naive.layer(layer)),)), measurer.calib, measurer.device)  # the cell's network
-            trials.append((layer, make_fix(f, ctx).apply(measurer.graph, [layer])))
+            try:
+                trials.append((layer, make_fix(f, ctx).apply(measurer.graph, [layer])))
+                tried.append((layer, f))
+            except FixRefused as e:  # not where this layer stands (awq on one of q/k/v): named, not tried
+                refused[(layer, f)] = str(e)
+        if not trials:
+            continue
         runner = TrialRunner(measurer.graph, lambda b, inputs: ref.get(b, inputs, measurer.output_key), wspec, aspec, measurer.device,
                              measurer.output_key)
-        out.update(zip(group, runner.run(trials, measurer.data, measurer.calib, measurer.metric, on_batch=advance)))
+        out.update(zip(tried, runner.run(trials, measurer.data, measurer.calib, measurer.metric, on_batch=advance)))
     return out
 
 
@@ -387,8 +435,9 @@ def _count(data: Any) -> int:
 
 
 def _row_steps(global_sets: Sequence[tuple[str, ...]], candidates: Sequence[str]) -> int:
-    """Whole-network rows: float, naive, each global set, one per fix that may be chosen locally, local."""
-    return 3 + len(global_sets) + len({f for f in candidates if (f,) not in global_sets})
+    """Whole-network rows: float, naive, each global set, one per fix that may be chosen locally,
+    local, local plus the best global fix."""
+    return 4 + len(global_sets) + len({f for f in candidates if (f,) not in global_sets})
 
 
 def fix(
@@ -413,6 +462,10 @@ def fix(
         >>> r.row("local").degradation, r.row("naive").degradation    # doctest: +SKIP
     """
     check_workload(workload, "fix")
+    if "gptq" in candidates:  # its Hessian's size, before the sweep
+        from quantlens.fixes.gptq import check_calibration_rows
+
+        check_calibration_rows(workload.model, workload.calib_data)
     if sweep is None:
         from quantlens.sweep.api import analyze
 

@@ -26,7 +26,6 @@ Example:
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Sequence, Union
 

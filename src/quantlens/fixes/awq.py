@@ -3,7 +3,9 @@
 Both pick ``s`` per input channel ``j`` of a group of Linear layers that read one tensor ``x``
 (the chosen layers among q/k/v, gate/up; or one layer) from its calibration rows
 (:mod:`.layer_inputs`: ``n`` rows), then move it into the weights (:mod:`.smoothing`: folded
-into the preceding norm when every consumer of ``x`` takes it, else an explicit input multiply).
+into the preceding norm when every consumer of ``x`` takes it, else, for a lone layer, an explicit
+input multiply). A group whose siblings (other layers reading ``x``) do not all take the fix is
+refused in one line (:class:`~.base.FixRefused`): its scale could be folded nowhere.
 
 * ``awq`` (Lin et al. 2023, arXiv 2306.00978; mit-han-lab/llm-awq ``auto_scale``)::
 
@@ -31,17 +33,17 @@ Example:
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from quantlens.errors import QuantlensError
-from quantlens.fixes.base import FixContext, layer_weight_spec, register_fix
+from quantlens.fixes.base import FixContext, FixRefused, layer_weight_spec, register_fix
 from quantlens.fixes.layer_inputs import InputStats, input_stats
 from quantlens.fixes.online import group_by_input
 from quantlens.fixes.smoothing import apply_scale
-from quantlens.graph.layers import LayerGraph
+from quantlens.graph.layers import LayerGraph, sibling_groups
 from quantlens.quant.formats import get_format
 from quantlens.quant.quantizer import quantize_weight
 from quantlens.quant.spec import QuantSpec
@@ -120,6 +122,7 @@ class _ChannelScaleFix:
         if not specs:
             return graph
         groups = group_by_input(graph, list(specs))
+        self._check_siblings(graph, groups.values())
         stats = input_stats(graph, [g[0] for g in groups.values()], self.ctx.calib, self.ctx.device)
         out = graph
         for group in groups.values():
@@ -128,6 +131,17 @@ class _ChannelScaleFix:
             out, folded = apply_scale(out, group, s.to(ws[0].device), self.name)  # type: ignore[attr-defined]
             self.folded[group[0]], self.alpha[group[0]] = folded, a
         return out
+
+    def _check_siblings(self, graph: LayerGraph, groups: Iterable[list[str]]) -> None:
+        """One line (:class:`FixRefused`) for a group whose input is also read by sibling layers that
+        do not take the fix: the scale could then be folded into no norm, and an input multiply on
+        one branch of q/k/v or gate/up is an op a fused runtime kernel does not have."""
+        of = {n: g for g in sibling_groups(graph) for n in g}
+        for group in groups:
+            others = [n for n in of[group[0]] if n not in group]
+            if others:
+                raise FixRefused(f"fix {self.name!r} on {', '.join(group)}: its input is also read by {', '.join(others)}, which do not "  # type: ignore[attr-defined]
+                                 "take the fix, so its scale folds into no norm; apply it to the whole sibling group or to none")
 
     def restore(self, graph: LayerGraph, layers: Sequence[str]) -> LayerGraph:
         """Saved weights hold ``W diag(s)`` but not the norm or input op ``s`` went to: refused in one line."""

@@ -38,7 +38,13 @@ from quantlens.core.layer_config import QuantConfig
 
 __all__ = ["Fix", "FixContext", "register_fix", "fixes", "make_fix", "apply_fixes", "copy_graph", "changed_layers", "changed_nodes", "check_fix",
            "not_applicable", "prequantize", "layer_weight_spec", "QuantizingFix",
-           "mark_prequantized", "restore_fixes"]
+           "mark_prequantized", "restore_fixes", "FixRefused"]
+
+
+class FixRefused(QuantlensError):
+    """A fix that does not apply to a layer where the layer stands in the network (not for its
+    format: that is ``not_applicable``), e.g. ``awq`` on q_proj alone, whose siblings k/v read
+    the same tensor. The fix loop skips such a trial and names why; elsewhere it is a user error."""
 
 
 @dataclass(frozen=True)

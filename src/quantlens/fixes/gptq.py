@@ -41,11 +41,13 @@ Example:
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from quantlens.core.guard import preserve_model
+from quantlens.data.batches import iterate
 from quantlens.errors import QuantlensError
 from quantlens.fixes.base import FixContext, layer_weight_spec, mark_prequantized, prequantize, register_fix, weight_of
 from quantlens.fixes.layer_inputs import check_layer_kind, input_stats
@@ -54,10 +56,61 @@ from quantlens.graph.layers import LayerGraph
 from quantlens.quant.formats.tiles import weight_matrix
 from quantlens.quant.spec import QuantSpec
 
-__all__ = ["GPTQ", "gptq_quantize", "GPTQ_BLOCK", "GPTQ_DAMP"]
+__all__ = ["GPTQ", "gptq_quantize", "GPTQ_BLOCK", "GPTQ_DAMP", "check_calibration_rows"]
 
 GPTQ_BLOCK = 128
 GPTQ_DAMP = 0.01
+
+
+def _rows_and_width(module: nn.Module, x: Tensor, y: Tensor) -> Optional[tuple[int, int]]:
+    """``(rows, K)`` of one call of a Linear or ungrouped convolution (the rows its Hessian sums,
+    and its input width ``K``: ``in_features``, or ``C_in x kernel``); None for other modules."""
+    if isinstance(module, nn.Linear):
+        return x.numel() // module.in_features, module.in_features
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.groups == 1:
+        k = module.in_channels * int(torch.tensor(module.kernel_size).prod())
+        return y.numel() // module.out_channels, k  # one row per output position
+    return None
+
+
+def check_calibration_rows(model: nn.Module, calib: Iterable[Any]) -> None:
+    """One line, before any sweep, when the calibration data gives a Linear or convolution of
+    ``model`` fewer input rows ``n`` than its input width ``K``: GPTQ's Hessian ``2 X X^T / n``
+    (``K x K``) then has rank ``<= n < K``. Rows are counted with forward hooks over as few
+    calibration batches as it takes for every layer to reach its width (the user's model is
+    unchanged: hooks removed and training flags restored on exit)."""
+    need: dict[str, list[int]] = {}  # name -> [rows so far, K]
+    hooks = []
+
+    def hook(name: str) -> Any:
+        def count(module: nn.Module, args: tuple, out: Any) -> None:
+            if args and isinstance(args[0], Tensor) and isinstance(out, Tensor):
+                rk = _rows_and_width(module, args[0], out)
+                if rk is not None:
+                    need.setdefault(name, [0, rk[1]])[0] += rk[0]
+        return count
+
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            hooks.append(m.register_forward_hook(hook(name)))
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    try:
+        with preserve_model(model), torch.inference_mode():
+            model.eval()
+            for inputs, _ in iterate(calib, "calibration data"):
+                inputs.to(device).call(model)
+                if need and all(n >= k for n, k in need.values()):
+                    return
+    finally:
+        for h in hooks:
+            h.remove()
+    short = {name: (n, k) for name, (n, k) in need.items() if n < k}
+    if short:
+        name, (n, k) = max(short.items(), key=lambda t: t[1][1] - t[1][0])
+        more = f" ({len(short)} layers are short)" if len(short) > 1 else ""
+        raise QuantlensError(
+            f"fix 'gptq': the calibration data gives layer {name} {n} input rows (tokens, or output positions of a convolution), "
+            f"fewer than its input width {k}{more}: give --calib at least {k} tokens (or positions) per layer, or leave gptq out of --fixes")
 
 
 def _upper_inverse_factor(h: Tensor, damp: float) -> Tensor:

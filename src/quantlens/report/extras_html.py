@@ -159,7 +159,32 @@ def fix_html(f: "FixResult") -> str:
             on = f" on {f.num_samples:,} samples" if f.num_samples else ""
             out += ('<p class="lead">Kept, but the gain over the naive cell is within the noise' + esc(on) + ": "
                     + esc(", ".join(f"{t.layer} ({t.fix})" for t in weak)) + ".</p>")
+    if f.diagnosis:
+        out += _why_html(f)
     return out
+
+
+def _why_html(f: "FixResult") -> str:
+    """Per culprit, why it broke (:mod:`quantlens.experiments.diagnosis`): the four symptoms, the
+    ones past their thresholds named, and the fix it kept."""
+    from quantlens.experiments.diagnosis import THRESHOLDS
+
+    kept = f.local_fixes
+    rows = []
+    for name, d in f.diagnosis:
+        causes = ", ".join(d.causes) or "none past the thresholds"
+        act = d.act_peak if finite(d.act_peak) else None
+        rows.append([Td(name, name, "t"), Td(f"{d.weight_peak:.1f}", d.weight_peak),
+                     Td(f"{act:.0f}x" if act is not None else "-", act),
+                     Td(f"{d.zeroed:.1%}" if finite(d.zeroed) else "-", d.zeroed if finite(d.zeroed) else None),
+                     Td(f"{d.dead_blocks:.1%}" if finite(d.dead_blocks) else "-", d.dead_blocks if finite(d.dead_blocks) else None),
+                     Td(causes, causes, "t"), Td("+".join(kept.get(name, [])) or "-", "+".join(kept.get(name, [])), "t")])
+    cols = ["culprit", "weight max (sigma)", "input channel max / median", "weights to zero", "blocks to zero", "symptoms", "fix kept"]
+    rule = (f"Symptoms are named past rules of thumb: weight max over {THRESHOLDS['weight_peak']:g} sigma, an input channel over "
+            f"{THRESHOLDS['act_peak']:g}x the median one, over {THRESHOLDS['zeroed']:.0%} of weights or {THRESHOLDS['dead_blocks']:.0%} "
+            "of blocks rounding to zero (underflow); the numbers are the evidence.")
+    return ("<h3>Why each culprit broke</h3>" + table(cols, rows, text_cols=(0, 5, 6), table_id="fix-why")
+            + f'<p class="lead">{esc(rule)}</p>')
 
 
 def _vs_uniform_td(v: Optional[dict], units: Units) -> Td:
