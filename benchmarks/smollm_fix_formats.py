@@ -35,7 +35,7 @@ def main() -> None:
     ap.add_argument("--shortlist", type=int, default=12)
     ap.add_argument("--top", type=int, default=3)
     ap.add_argument("--fixes", default="", help="candidate fixes (default: the fix loop's DEFAULT_FIXES)")
-    ap.add_argument("--global-fixes", default="", help="fixes applied to every layer, one global row each (default: the loop's)")
+    ap.add_argument("--global-fixes", default="", help="fixes applied to every layer, one global row each; 'same': those of --fixes (default: the loop's)")
     ap.add_argument("--a-format", default="none", help="activations: none (weights only), or a format such as nvfp4 (W4A4)")
     ap.add_argument("--additivity", default="", help="LOW,HIGH formats for the additivity experiment (empty: skip)")
     ap.add_argument("--configs", type=int, default=8)
@@ -65,7 +65,8 @@ def main() -> None:
         if args.fixes:
             kw["candidates"] = [f for f in args.fixes.split(",") if f]
         if args.global_fixes:
-            kw["global_rows"] = [(f,) for f in args.global_fixes.split(",") if f]
+            glob = args.fixes if args.global_fixes == "same" else args.global_fixes
+            kw["global_rows"] = [(f,) for f in glob.split(",") if f]
         res, _ = fix_loop(work, exact, w_bits=fmt, spec=spec, top=args.top, model_name="SmolLM2-135M", **kw)
         t3 = time.perf_counter()
         out["fix"][fmt] = {"estimate_s": t1 - t0, "exact_shortlist_s": t2 - t1, "fix_s": t3 - t2, "shortlist": shortlist,
