@@ -68,8 +68,11 @@ def test_fix_end_to_end(files, capsys):
     fix = json.loads((out / "fix.json").read_text())
     assert fix["schema"] == "quantlens/fix-v1" and fix["metric"] == "top1"
     methods = [r["method"] for r in fix["rows"]]
-    assert methods[:5] == ["float", "naive", "global:sawb", "global:mse", "global:equalize+bias_correction"] and methods[-1] == "local"
-    assert fix["rows"][-1]["fixes"] == {"conv2": ["mse_output"]}
+    best = min((r for r in fix["rows"] if r["method"].startswith("global:")), key=lambda r: r["degradation"])["method"]
+    assert methods[:5] == ["float", "naive", "global:sawb", "global:mse", "global:equalize+bias_correction"]
+    assert methods[-2:] == ["local", "local+" + best]
+    assert fix["rows"][-2]["fixes"] == fix["rows"][-1]["fixes"] == {"conv2": ["mse_output"]}
+    assert set(fix["diagnosis"]) == {"conv2"} and "weight outliers" in fix["diagnosis"]["conv2"]["causes"]  # the planted outliers
     cfg = json.loads((out / "quant_config.json").read_text())
     assert cfg["schema"] == "quantlens/quant-config-v1" and cfg["layers"]["conv2"]["fixes"] == ["mse_output"]
     assert cfg["ranges"]["conv2"]["w_clip"] < 1.0
@@ -106,7 +109,7 @@ def test_additivity_and_plan_end_to_end(files, capsys):
         (["fix", "--w-bits", "x"], "unknown number format 'x'"),
         (["fix", "--w-bits", "nvfp4", "--fixes", "sawb"], "none of the fixes applies to nvfp4 weights: sawb: SAWB's coefficients"),
         (["fix", "--a-format", "nvfp4", "--a-bits", "8"], "give --a-format or --a-bits, not both"),
-        (["fix", "--w-bits", "4", "--config", "SWEEP"], "give --w-bits or --config, not both"),
+        (["fix", "--w-bits", "4", "--config", "SWEEP"], "give --w-bits/--formats or --config, not both"),
         (["fix", "--w-bits", "nvfp4", "--results", "SWEEP"], "the sweep has no cells at nvfp4 (it has 4, 8 bits)"),
         (["additivity", "--low", "mxfp4", "--high", "MXFP4"], "--low and --high are both mxfp4: give two different formats"),
         (["fix", "--fixes", "magic"], "unknown fix 'magic'"),

@@ -28,6 +28,7 @@ from quantlens.fixes import FixContext, make_fix
 from quantlens.network.measure import make_measurer
 from quantlens.quant.padded import quantize_padded
 from quantlens.quant.spec import QuantSpec
+from quantlens.sweep.results import SweepResult
 
 
 def _net() -> nn.Module:
@@ -210,3 +211,32 @@ def test_fix_loop_over_a_plan_fixes_each_culprit_in_its_own_format():
     assert_close(result.row("naive").noise, measurer(plan).noise, rel=1e-6)  # int4 per tensor: the format and the grid agree
     assert_close(result.row("global:sawb").noise, measurer(naive.with_fix("sawb", [names[1]])).noise, rel=1e-9)
     assert FixResult.from_json(result.to_json()).w_bits == "plan"
+
+
+def test_cli_fix_over_several_formats_writes_one_table_per_format(tmp_path, capsys):
+    """``quantlens fix --formats nvfp4,mxfp4``: one sweep over both; each format's fix loop equals the
+    library's on that sweep, written to OUT/<format>/ with its export; the errors are one line."""
+    from support.lm_models import lm_user_file, tiny_lm, token_data
+
+    from quantlens.cli import main
+
+    f = lm_user_file(tmp_path)
+    base = ["fix", "--model", f"{f}:model", "--data", f"{f}:data", "--metric", "nll", "--a-bits", "none", "--no-progress"]
+    assert main([*base, "--formats", "nvfp4,mxfp4", "--fixes", "mse,four-over-six", "--top", "1", "--out", str(tmp_path / "r")]) == 0
+    sweep = SweepResult.from_json(tmp_path / "r" / "results.json")
+    assert set(sweep.columns) == {"nvfp4", "mxfp4"}
+    spec = ExperimentSpec(a_bits=None)
+    for fmt in ("nvfp4", "mxfp4"):
+        got = FixResult.from_json(tmp_path / "r" / fmt / "fix.json")
+        want, _ = fix_loop(Workload(tiny_lm(), token_data(), None, "nll"), sweep, w_bits=fmt, spec=spec, candidates=("mse", "four-over-six"), top=1)
+        assert got.w_bits == fmt and got.culprits == want.culprits and dict(got.skipped).keys() == dict(want.skipped).keys()
+        assert [(r.method, r.metric) for r in got.rows] == [(r.method, r.metric) for r in want.rows]
+        assert (tmp_path / "r" / fmt / "quant_config.json").is_file()
+    assert "four-over-six" in dict(FixResult.from_json(tmp_path / "r" / "mxfp4" / "fix.json").skipped)
+    capsys.readouterr()
+    for extra, message in ((["--formats", "nvfp4", "--w-bits", "4"], "give --w-bits or --formats, not both"),
+                           (["--formats", ","], "--formats is empty"),
+                           (["--formats", "nvfp4,mxfp4", "--fixes", "four-over-six"], "none of the fixes applies to mxfp4 weights")):
+        assert main([*base, *extra, "--out", str(tmp_path / "e")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err

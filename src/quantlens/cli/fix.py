@@ -24,6 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     p.add_argument("--w-bits", default="8", metavar="BITS|FORMAT",
                    help="weights of the quantized network: bits, or a format such as nvfp4, mxfp4, fp8-e4m3, int4-g128 (default: 8)")
+    p.add_argument("--formats", metavar="FMT[,FMT...]",
+                   help="one Table 1 per weight format (e.g. nvfp4,mxfp4,int4-g128): one sweep over them all finds each "
+                   "format's culprits; with several, each format's fix.json, quant_config.json and report go to OUT/<format>/")
     add_common(p)
     p.add_argument("--config", metavar="PATH", help="a plan's quant_config.json (or its directory): fix the culprits of that "
                    "mixed configuration, each layer at its planned bits or format, instead of every layer at --w-bits")
@@ -99,9 +102,8 @@ def significance_lines(result) -> list[str]:  # noqa: ANN001
 
 
 def run(args: argparse.Namespace) -> int:
-    from quantlens.experiments.fixloop import applicable_fixes, fix_loop
     from quantlens.errors import QuantlensError
-    from quantlens.export import export
+    from quantlens.experiments.fixloop import applicable_fixes
     from quantlens.fixes import check_fix
 
     spec = experiment_spec(args)
@@ -109,20 +111,28 @@ def run(args: argparse.Namespace) -> int:
     if args.config:
         from quantlens.core.layer_config import QuantConfig
 
-        if args.w_bits != "8":
-            raise QuantlensError("give --w-bits or --config, not both: a plan's config gives every layer its own bits or format")
+        if args.w_bits != "8" or args.formats:
+            raise QuantlensError("give --w-bits/--formats or --config, not both: a plan's config gives every layer its own bits or format")
         plan = QuantConfig.from_json(args.config)
         columns = spec.config_columns(plan)
-        w_bits = "plan"
+        loops: list = ["plan"]
+    elif args.formats is not None:
+        if args.w_bits != "8":
+            raise QuantlensError("give --w-bits or --formats, not both")
+        columns = list(dict.fromkeys(parse_column(f.strip(), "--formats") for f in args.formats.split(",") if f.strip()))
+        if not columns:
+            raise QuantlensError("--formats is empty: give formats, e.g. nvfp4,mxfp4,int4-g128")
+        loops = list(columns)
     else:
-        w_bits = parse_column(args.w_bits, "--w-bits")
-        columns = [w_bits]
+        columns = [parse_column(args.w_bits, "--w-bits")]
+        loops = list(columns)
     candidates = [f.strip() for f in args.fixes.split(",") if f.strip()]
     if not candidates:
         raise QuantlensError("--fixes is empty: give fix names, e.g. sawb,mse,equalize")
     for f in candidates:
         check_fix(f)
-    applicable_fixes(candidates, columns, spec)  # one line before the sweep when none applies
+    for col in ([columns] if plan is not None else [[c] for c in columns]):
+        applicable_fixes(candidates, col, spec)  # one line before the sweep when none applies
     if args.top < 1:
         raise QuantlensError(f"--top must be at least 1, got {args.top}")
     out = prepare_out_dir(args.out)
@@ -132,8 +142,20 @@ def run(args: argparse.Namespace) -> int:
 
         check_calibration_rows(workload.model, workload.calib_data)
     sweep = sweep_or_run(args, out, workload, columns)
+    for w_bits in loops:
+        dest = out if len(loops) == 1 else prepare_out_dir(out / str(w_bits))
+        _one_format(args, workload, sweep, spec, candidates, plan, columns[0] if plan is not None else w_bits, w_bits, dest)
+    return 0
+
+
+def _one_format(args: argparse.Namespace, workload, sweep, spec, candidates: list, plan, column, w_bits, out) -> None:  # noqa: ANN001
+    """One Table 1 (the fix loop at ``column``, or over the plan), written to ``out`` with its export and report."""
+    from quantlens.experiments.fixloop import fix_loop
+    from quantlens.export import export
+    from quantlens.report import save_report
+
     result, measurer = fix_loop(
-        workload, sweep, options=run_options(args), w_bits=columns[0], spec=spec, candidates=candidates,
+        workload, sweep, options=run_options(args), w_bits=column, spec=spec, candidates=candidates,
         top=args.top, model_name=args.model, config=plan,
     )
     result.to_json(out / "fix.json")
@@ -150,8 +172,5 @@ def run(args: argparse.Namespace) -> int:
     for name, d in result.diagnosis:
         console.print(f"why {name} broke: {', '.join(d.causes) or 'no symptom past the thresholds'} ({d.sentence()})")
     print_table(result)
-    from quantlens.report import save_report
-
     report = save_report(sweep, out)
     console.print(f"wrote {out / 'fix.json'}, {out / 'quant_config.json'} and {out / 'weights.safetensors'} (and {report})")
-    return 0
