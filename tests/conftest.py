@@ -13,6 +13,17 @@ sys.path.insert(0, str(TESTS))  # the shared helpers: models, helpers, oracle, a
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_captures():
+    """Each test captures its models anew: the process's capture cache holds nothing from another test
+    (a test that patches a capture path must reach it)."""
+    from quantlens.graph.capture_cache import capture_cache
+
+    capture_cache().clear()
+    yield
+    capture_cache().clear()
+
+
 @pytest.fixture(scope="session")
 def demo_model():
     """The digits CNN with its shipped weights (loaded, not trained: the same bits on every machine)."""

@@ -67,3 +67,19 @@ def lm_user_file(tmp_path: Path) -> str:
             return token_data()
     """))
     return str(p)
+
+
+def tiny_llama():
+    """A 2-block Hugging Face Llama (width 32, vocabulary 64, ``use_cache=False``): captured by torch.export."""
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=2,
+                                   num_key_value_heads=2, vocab_size=64, use_cache=False, bos_token_id=0, eos_token_id=0)
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def llama_ids(n: int = 2, batch: int = 2, length: int = 8) -> list[dict]:
+    """``n`` batches of ``{"input_ids": [batch, length]}`` for :func:`tiny_llama`."""
+    g = torch.Generator().manual_seed(1)
+    return [{"input_ids": torch.randint(0, 64, (batch, length), generator=g)} for _ in range(n)]

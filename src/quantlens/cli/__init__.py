@@ -14,6 +14,7 @@ import warnings
 from typing import Optional, Sequence
 
 from quantlens.errors import QuantlensError
+from quantlens.graph.capture_cache import use_capture_cache
 from quantlens.parallel.lock import release_all
 
 __all__ = ["main", "COMMANDS"]
@@ -63,7 +64,8 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         parser.print_help()
         return 2
     try:
-        rc = args.func(args)
+        with use_capture_cache(getattr(args, "capture_cache", None)):
+            rc = args.func(args)
     except QuantlensError as e:
         print(f"quantlens: error: {e}", file=sys.stderr)
         return 2

@@ -25,6 +25,7 @@ __all__ = [
     "add_model_args",
     "add_quant_args",
     "add_convention_arg",
+    "add_capture_cache_arg",
     "parse_bits_list",
     "parse_a_bits",
     "prepare_out_dir",
@@ -70,6 +71,14 @@ def add_model_args(p: argparse.ArgumentParser, data: bool = True) -> None:
         p.add_argument("--calib", metavar="MOD:FN", help="calibration batches for activation ranges (default: --data)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--output-key", default=None, help="key/attribute/index of the output tensor when the model returns a tuple/dict")
+    add_capture_cache_arg(p)
+
+
+def add_capture_cache_arg(p: argparse.ArgumentParser) -> None:
+    """``--capture-cache DIR``: keep the model's torch.export capture on disk across commands."""
+    p.add_argument("--capture-cache", default=None, metavar="DIR",
+                   help="keep the model's torch.export capture in DIR and reuse it in later commands (it is rebuilt "
+                   "when the model, its code, the sample's shapes, quantlens or torch change)")
 
 
 def add_quant_args(p: argparse.ArgumentParser, w_bits_default: str = "3,4,5,6,7,8") -> None:

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from quantlens.cli.common import console, prepare_out_dir
+from quantlens.cli.common import add_capture_cache_arg, console, prepare_out_dir
 
 __all__ = ["register", "run", "FORMATS"]
 
@@ -28,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output-key", default=None, help="key/attribute/index of the output tensor when the model returns a tuple/dict")
     p.add_argument("--tokenizer-gguf", metavar="PATH", help="gguf: copy the tokenizer.* keys from this GGUF file")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (model.onnx or model.gguf, export.json)")
+    add_capture_cache_arg(p)
     p.set_defaults(func=run)
 
 

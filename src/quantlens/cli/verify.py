@@ -8,7 +8,7 @@ import math
 from rich.table import Table
 
 from quantlens.report.fmt import Units
-from quantlens.cli.common import console, prepare_out_dir
+from quantlens.cli.common import add_capture_cache_arg, console, prepare_out_dir
 
 __all__ = ["register", "run", "print_verify"]
 
@@ -32,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--convention", default=None, help="a tool-quantized model: the tool's quantizer convention (see `quantlens info`)")
     p.add_argument("--output-key", default=None, help="key/attribute/index of the output tensor when the model returns a tuple/dict")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (verify.json)")
+    add_capture_cache_arg(p)
     p.set_defaults(func=run)
 
 

@@ -30,6 +30,7 @@ from torch import fx, nn
 
 from quantlens.errors import QuantlensError
 from quantlens.core.inputs import as_inputs
+from quantlens.graph.capture_cache import capture_cache
 from quantlens.graph.onnx_ops import call_onnx_op, is_onnx_op
 
 from quantlens.graph.layers import (
@@ -178,6 +179,11 @@ def capture(model: nn.Module, sample: Any = None, method: str = "auto") -> Layer
     ``method``: ``fx`` (symbolic trace), ``export`` (``torch.export`` on ``sample``, the first
     batch's :class:`~quantlens.data.batches.Inputs`), or ``auto``: fx, then export when fx
     cannot trace the model. Raises :class:`CaptureError` (why each path failed) when none does.
+
+    A model is captured once per process: later calls with the same model (weights and
+    structure), sample structure and method get a copy of the first capture (and, inside
+    :func:`~quantlens.graph.capture_cache.use_capture_cache`, a capture saved on disk by an
+    earlier process); see :mod:`quantlens.graph.capture_cache`.
     """
     if not isinstance(model, nn.Module):
         raise QuantlensError(f"the model must be a torch.nn.Module, got {type(model).__name__}")
@@ -186,6 +192,11 @@ def capture(model: nn.Module, sample: Any = None, method: str = "auto") -> Layer
     if method == "export" and sample is None:
         raise QuantlensError("capture='export' needs a sample batch of inputs")
     sample = as_inputs(sample) if sample is not None else None
+    return capture_cache().get(model, sample, method, lambda: _build(model, sample, method), (QuantlensError, CaptureError))
+
+
+def _build(model: nn.Module, sample: Any, method: str) -> tuple[LayerGraph, Any]:
+    """A fresh capture: ``(graph, its torch.export program or None)`` (what the cache saves)."""
     order = [method] if method != "auto" else (["export", "fx"] if _prefer_export(model) else ["fx", "export"])
     reasons: dict[str, str] = {}
     for path in order:
@@ -193,10 +204,11 @@ def capture(model: nn.Module, sample: Any = None, method: str = "auto") -> Layer
             continue
         try:
             if path == "fx":
-                return fx_capture(model)
-            from quantlens.graph.export import export_capture
+                return fx_capture(model), None
+            from quantlens.graph.export import export_program, program_graph
 
-            return export_capture(model, sample)
+            program = export_program(model, sample)
+            return program_graph(program, type(model).__name__), program
         except QuantlensError:
             raise
         except Exception as e:

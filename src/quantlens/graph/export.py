@@ -3,8 +3,11 @@ that torch.fx cannot trace (Hugging Face transformers, data-dependent Python).
 
 1. ``torch.export.export(copy, args, kwargs, strict=False)`` on the first batch, every input
    dimension left to export to decide (``Dim.AUTO``: batch size and sequence length may vary
-   between batches), then ``run_decompositions({})``: a functional ATen graph (no in-place
-   ops, so cached activations stay valid) that keeps ``linear`` and ``conv`` whole.
+   between batches). That training-IR graph keeps ``linear`` and ``conv`` whole; it must be
+   functional (no in-place op, so cached activations stay valid): when it holds an in-place
+   or other mutating op, a mutated buffer or input, or a higher-order op,
+   ``run_decompositions({})`` makes it so; otherwise that pass is skipped (it costs as much as
+   the export itself and gives the same numbers: :func:`needs_functionalization`).
 2. The graph is unlifted (parameters are ``get_attr``) and its pytree calling convention is
    replaced by flat placeholders; :meth:`LayerGraph.flat` / :meth:`LayerGraph.output` convert.
 3. Every ``aten.linear`` / ``aten.conv1d`` / ``aten.conv2d`` whose weight is a parameter, and
@@ -41,7 +44,7 @@ from quantlens.errors import QuantlensError
 from quantlens.graph.layers import LayerGraph, discover_layers, fuse_bn, set_submodule
 from quantlens.graph.layers import fetch_attr
 
-__all__ = ["export_capture", "check_no_cache", "quiet"]
+__all__ = ["export_capture", "export_program", "program_graph", "needs_functionalization", "check_no_cache", "quiet"]
 
 _aten = torch.ops.aten
 _LINEAR = {_aten.linear.default}
@@ -76,13 +79,28 @@ def _dynamic_shapes(model: nn.Module, args: tuple, kwargs: dict) -> dict[str, An
     return {name: pytree.tree_map(spec, value) for name, value in bound.arguments.items()}
 
 
+def needs_functionalization(ep: torch.export.ExportedProgram) -> bool:
+    """Whether ``ep``'s graph must go through ``run_decompositions({})`` to be functional: it
+    mutates a buffer or an input, or calls an op that is not a plain ATen overload (a
+    higher-order op) or whose schema writes to an argument (``relu_``, ``copy_``, ``out=``)."""
+    sig = ep.graph_signature
+    if sig.buffers_to_mutate or sig.user_inputs_to_mutate:
+        return True
+    for node in ep.graph.nodes:
+        if node.op != "call_function" or node.target is operator.getitem:
+            continue
+        if not isinstance(node.target, torch._ops.OpOverload) or node.target._schema.is_mutable:
+            return True
+    return False
+
+
 def _export(model: nn.Module, args: tuple, kwargs: dict) -> torch.export.ExportedProgram:
     with quiet():
         try:
             ep = torch.export.export(model, args, kwargs, dynamic_shapes=_dynamic_shapes(model, args, kwargs), strict=False)
         except Exception:
             ep = torch.export.export(model, args, kwargs, strict=False)  # static shapes: every batch like the first
-        return ep.run_decompositions({})
+        return ep.run_decompositions({}) if needs_functionalization(ep) else ep
 
 
 def _module_path(node: fx.Node) -> str:
@@ -253,21 +271,31 @@ def _plain_graph(gm: fx.GraphModule) -> None:
 
 def export_capture(model: nn.Module, sample: Any) -> LayerGraph:
     """Capture ``model`` (a copy) with ``torch.export`` on the first batch's :class:`Inputs`."""
+    return program_graph(export_program(model, sample), type(model).__name__)
+
+
+def export_program(model: nn.Module, sample: Any) -> torch.export.ExportedProgram:
+    """The functional ATen program of ``model`` (a copy, eval mode) on ``sample``: step 1 of the
+    module docstring, what the capture cache saves (``torch.export.save``)."""
     with quiet():  # a program's module carries pytree specs whose copy warns
         m = copy.deepcopy(model).eval()
     for p in m.parameters():
         p.requires_grad_(False)
     try:
-        ep = _export(m, tuple(sample.args), dict(sample.kwargs))
+        return _export(m, tuple(sample.args), dict(sample.kwargs))
     except Exception as e:  # export names the output type it cannot flatten: a cache is the user's to switch off
         cache = re.search(r"\.(\w+Cache)'>", str(e))
         if cache:
             raise _cache_error(cache.group(1)) from None
         raise
+
+
+def program_graph(ep: torch.export.ExportedProgram, class_name: str) -> LayerGraph:
+    """Steps 2-4 of the module docstring: ``ep`` -> a :class:`LayerGraph` (``ep`` is left as it was)."""
     unlifted = ep.module()
     in_spec, out_spec = unlifted._in_spec, unlifted._out_spec
     _plain_graph(unlifted)
-    gm = fx.GraphModule(unlifted, unlifted.graph, class_name=type(model).__name__)  # a plain module (eval() works)
+    gm = fx.GraphModule(unlifted, unlifted.graph, class_name=class_name)  # a plain module (eval() works)
     names = _lift_layers(gm)
     _fold_batchnorm(gm)
     gm.delete_all_unused_submodules()

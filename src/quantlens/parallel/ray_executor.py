@@ -32,7 +32,7 @@ from quantlens.engine.state_io import (
 )
 from quantlens.errors import QuantlensError
 from quantlens.core.progress import Progress
-from quantlens.parallel.fingerprint import batch_hash
+from quantlens.core.fingerprint import batch_hash
 from quantlens.parallel.store import CheckpointStore, resume_notice
 
 __all__ = ["RayExecutor", "group_layers", "run_task"]

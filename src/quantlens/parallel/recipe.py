@@ -21,7 +21,7 @@ from torch import nn
 
 from quantlens.core.sweep_config import SweepConfig
 from quantlens._version import __version__
-from quantlens.parallel.fingerprint import batch_hash, model_hash
+from quantlens.core.fingerprint import batch_hash, model_hash
 
 __all__ = ["SweepRecipe", "data_identity"]
 

@@ -18,7 +18,7 @@ from quantlens.data.batches import iterate
 from quantlens.engine.state_io import state_from_dict
 from quantlens.errors import QuantlensError
 from quantlens.core.progress import Progress
-from quantlens.parallel.fingerprint import batch_hash
+from quantlens.core.fingerprint import batch_hash
 from quantlens.parallel.store import CheckpointStore, resume_notice
 
 __all__ = ["SerialExecutor"]
