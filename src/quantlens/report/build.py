@@ -91,7 +91,7 @@ def render_report(result: SweepResult, extras: Optional[Extras] = None, options:
                  f"Pick the {each} with the buttons; hover for exact values.{est_lead}</p>"
                  + plot_div(layer_profile(result, units, focus), "plot-profile"))
         hm_lead = (f"Each cell: the first-order estimate ({esc(check.unit)}) when only that layer is quantized to that {each}; "
-                   f"outlined cells were measured, {esc(check.agreement())}. Colour saturates at the largest estimate."
+                   f"outlined cells were measured, {esc(check.agreement())}. Colour saturates at the 95th percentile of |estimate|."
                    if check is not None else
                    f"Each cell: the absolute degradation of {esc(result.metric_name)} when only that layer is "
                    f"quantized to that {each} (the paper's Figure 3). Colour saturates at {esc(units.deg(sat))}; "
@@ -147,7 +147,8 @@ def _roles_section(page: Page, result: SweepResult, units: Units, sat: float, fo
     shown = (lambda d: f"est {d:.3g}") if check is not None else (lambda d: units.deg(d, signed=True))
     worst = ", ".join(f"{r} ({shown(d)})" for r, d in worst_roles(result, focus, 5, by=by))
     what = (f"Every cell is the first-order estimate ({esc(check.unit)}) of quantizing that one layer; the outlined cells were "
-            f"measured exactly: {esc(check.agreement())}. Colour saturates at the largest estimate of the {'format' if result.is_format_sweep else 'bit-width'}; "
+            f"measured exactly: {esc(check.agreement())}. Colour saturates at the 95th percentile of |estimate| of the "
+            f"{'format' if result.is_format_sweep else 'bit-width'} (the few cells beyond it are the darkest); "
             "hover a cell for its layer and numbers. "
             if check is not None else "")
     page.add("roles", "Roles x blocks",

@@ -24,7 +24,7 @@ from plotly.subplots import make_subplots
 from quantlens.sweep.results import column_label, bits_label, weights_label
 from quantlens.sweep.results import SweepResult
 from quantlens.report.fmt import Units, finite
-from quantlens.report.layout import EstimateCheck, is_checked
+from quantlens.report.layout import EstimateCheck, estimate_saturation, is_checked
 from quantlens.report.safe import plot_text
 
 __all__ = ["layer_profile", "heatmap", "estimate_heatmap", "noise_scatter", "activation_figure", "bits_buttons", "BASE_LAYOUT", "COLORS"]
@@ -146,10 +146,10 @@ def heatmap(result: SweepResult, units: Units, saturate: float) -> go.Figure:
 
 def estimate_heatmap(result: SweepResult, units: Units, check: EstimateCheck) -> go.Figure:
     """Layers x bits of an ``--estimate`` result: every cell coloured and annotated by its estimate
-    (saturated at the largest ``|estimate|``), the checked cells outlined with their measured degradation on hover."""
+    (saturated at the 95th percentile of ``|estimate|``, :func:`~quantlens.report.layout.estimate_saturation`), the checked cells outlined with their measured degradation on hover."""
     names, bits, est = result.table("estimate")
     _, _, deg = result.table("degradation")
-    top = max((abs(v) for row in est for v in row if finite(v)), default=0.0) or 1.0
+    top = estimate_saturation(v for row in est for v in row)
     xs, ys = [f"{bits_label(b)}" for b in bits], [plot_text(n) for n in names]
     cd = [[[f"{e:.3g}" if finite(e) else "-", units.deg(d, signed=True) if finite(d) else "not measured (estimate only)"]
            for e, d in zip(r1, r2)] for r1, r2 in zip(est, deg)]

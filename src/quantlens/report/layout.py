@@ -28,16 +28,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, Optional
+from typing import Any, Iterable, Literal, Optional
 
 from quantlens.core.roles import RoleMap, assign_roles
 from quantlens.report.fmt import finite
 from quantlens.sweep.results import Cell, SweepResult, bits_label, column_label
 
-__all__ = ["FLAT_MAX_LAYERS", "BLOCK_SHARE", "Layout", "choose_layout", "EstimateCheck", "is_checked", "block_role", "layer_label"]
+__all__ = ["FLAT_MAX_LAYERS", "BLOCK_SHARE", "Layout", "choose_layout", "EstimateCheck", "is_checked", "block_role", "layer_label",
+           "estimate_saturation", "SATURATE_QUANTILE"]
 
 FLAT_MAX_LAYERS = 64
 BLOCK_SHARE = 0.5
+SATURATE_QUANTILE = 0.95
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,21 @@ def block_role(rmap: RoleMap, layer: str) -> tuple[Optional[int], str]:
     """``(block, role)`` of ``layer``; ``(None, layer)`` for a layer outside the repeated blocks (``lm_head``)."""
     br = rmap.role_of(layer)
     return (br[1], br[0]) if br is not None else (None, layer)
+
+
+def estimate_saturation(values: Iterable[Optional[float]], q: float = SATURATE_QUANTILE) -> float:
+    """The colour saturation of estimated cells: the ``q`` quantile of ``|estimate|`` over the
+    finite values (linear interpolation between order statistics, as ``numpy.quantile``), 1.0
+    when there is none or it is 0. A quantile, not the maximum: one layer's estimate can be
+    a thousand times the others' (an LLM's outlier ``down_proj``) and would leave every other cell white."""
+    xs = sorted(abs(float(v)) for v in values if v is not None and finite(v))
+    if not xs:
+        return 1.0
+    pos = q * (len(xs) - 1)
+    lo = int(math.floor(pos))
+    hi = min(lo + 1, len(xs) - 1)
+    top = xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+    return top if top > 0 else (xs[-1] or 1.0)
 
 
 def layer_label(rmap: RoleMap, layer: str) -> str:

@@ -30,7 +30,7 @@ from quantlens.sweep.results import SweepResult
 from quantlens.core.roles import assign_roles
 from quantlens.report.figures import BASE_LAYOUT, bits_buttons
 from quantlens.report.fmt import Units, finite
-from quantlens.report.layout import EstimateCheck
+from quantlens.report.layout import EstimateCheck, estimate_saturation
 from quantlens.report.safe import plot_text
 
 __all__ = ["RoleView", "role_view", "worst_roles", "role_heatmap"]
@@ -115,7 +115,7 @@ def role_heatmap(result: SweepResult, units: Units, saturate: float, focus: int)
     """Roles x blocks heatmap, one bit-width at a time (buttons); ``None`` without repeated blocks.
 
     For an ``--estimate`` result every cell is coloured by its first-order estimate (its own
-    unit, saturated at the largest ``|estimate|`` of that column) and the cells measured to check
+    unit, saturated at the 95th percentile of ``|estimate|`` in that column: :func:`~quantlens.report.layout.estimate_saturation`) and the cells measured to check
     it are outlined, with their measured degradation on hover."""
     views = [v for v in (role_view(result, b) for b in result.w_bits) if v is not None]
     if not views:
@@ -128,8 +128,7 @@ def role_heatmap(result: SweepResult, units: Units, saturate: float, focus: int)
     for v in views:
         xs, ys = [f"block {b}" for b in v.blocks], [plot_text(r) for r in v.roles]
         if check is not None:
-            vals = [abs(x) for row in v.estimates for x in row if x is not None and finite(x)]
-            top = max(vals, default=0.0) or 1.0
+            top = estimate_saturation(x for row in v.estimates for x in row)
             z = [[x if x is not None and finite(x) else None for x in row] for row in v.estimates]
             text = [[_fmt_est(x) if x is not None else "" for x in row] for row in v.estimates]
             cd = [[[plot_text(n or "-"), _fmt_est(e), units.deg(d, signed=True) if finite(d) else "not measured (estimate only)"]
