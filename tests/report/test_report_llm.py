@@ -8,6 +8,8 @@ import dataclasses
 import io
 import math
 import re
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -245,3 +247,38 @@ def test_role_view_carries_the_estimates():
     assert math.isnan(v.total("mlp.down_proj")) and v.total("mlp.down_proj", estimate=True) > 0
     with pytest.raises(ValueError, match="by='noise'"):
         worst_roles(r, "nvfp4", by="noise")
+
+
+def test_cli_estimate_of_a_16_block_lm_writes_the_llm_report(tmp_path, capsys):
+    """End to end: ``quantlens analyze --estimate`` on a 65-layer tiny LM prints block and role and
+    writes the blocks layout, its role view coloured by the stored estimates."""
+    from quantlens.cli import main
+
+    user = tmp_path / "lm16.py"
+    user.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+        import torch
+        from support.lm_models import TinyLM, token_data
+
+        def model():
+            torch.manual_seed(0)
+            return TinyLM(blocks=16).eval()
+
+        def data():
+            return token_data(2, 3, 12)
+    """))
+    out = tmp_path / "run"
+    assert main(["analyze", "--model", f"{user}:model", "--data", f"{user}:data", "--metric", "nll", "--formats", "nvfp4,fp8-e4m3",
+                 "--a-bits", "none", "--estimate", "--estimate-k", "2", "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    header = next(line for line in printed.splitlines() if line.lstrip().startswith("# "))
+    assert header.split()[:3] == ["#", "block", "role"] and "est@nvfp4" in header
+    assert "estimate (expected nll change per token (nats))" in printed
+    r = SweepResult.from_json(out / "results.json")
+    html = (out / "report.html").read_text()
+    assert _sections(html)[:3] == ["summary", "roles", "layers"]
+    nv = plots(html)["plot-roles"][0][0]
+    v = role_view(r, "nvfp4")
+    assert v is not None and nv["z"] == [[pytest.approx(x) for x in row] for row in v.estimates]
+    assert sum(is_checked(c) for c in r.cells) == 4
