@@ -15,7 +15,12 @@ import time
 from pathlib import Path
 
 import pytest
-from support.report_helpers import EVIL, llm_estimate_result, synthetic_result, write_run
+from support.report_helpers import (
+    EVIL,
+    llm_estimate_result,
+    synthetic_result,
+    write_run,
+)
 
 from quantlens.cli import main
 

@@ -14,12 +14,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 from rich.console import Console
-from support.report_helpers import LLM_ROLES, llm_estimate_result, parse, plots, synthetic_result
+from support.report_helpers import (
+    LLM_ROLES,
+    llm_estimate_result,
+    parse,
+    plots,
+    synthetic_result,
+)
 
 from quantlens.cli.common import print_summary, summary_table
 from quantlens.core.roles import assign_roles
 from quantlens.report import render_report
-from quantlens.report.layout import EstimateCheck, choose_layout, estimate_saturation, is_checked, layer_label
+from quantlens.report.layout import (
+    EstimateCheck,
+    choose_layout,
+    estimate_saturation,
+    is_checked,
+    layer_label,
+)
 from quantlens.report.roles import role_view, worst_roles
 from quantlens.sweep.results import Cell, LayerInfo, SweepResult
 
@@ -129,7 +141,7 @@ def test_llm_estimate_report_leads_with_roles_and_draws_every_estimate():
 def test_llm_layers_table_has_block_role_estimate_and_a_filter():
     r = llm_estimate_result(30)
     html = render_report(r)
-    m = re.search(r'<table id="layers-table"[^>]*>(.*?)</table>', html, re.S)
+    m = re.search(r'<table id="layers-table"[^>]*>(.*?)</table>', html, re.DOTALL)
     assert m
     heads = re.findall(r"<th(?: [^>]*)?>(.*?)</th>", m.group(1))
     assert heads[:7] == ["#", "block", "role", "layer", "op", "kind", "params"]

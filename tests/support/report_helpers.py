@@ -135,10 +135,11 @@ def llm_estimate_result(blocks: int = 30, checked: tuple[str, ...] = ("model.lay
     for fmt, scale in (("nvfp4", 10.0), ("fp8-e4m3", 1.0)):
         for i, n in enumerate(names):
             e = (i + 1) * 1e-4 * scale
-            d = 2 * e if fmt == "nvfp4" and n in checked else nan
-            cells.append(Cell(layer=n, w_bits=4 if fmt == "nvfp4" else 8, a_bits=8, noise=0.1 if d == d else nan,
-                              sqnr_db=20.0 if d == d else nan, metric=3.0 + d, degradation=d, estimate=e,
-                              samples=8 if d == d else 0, format=fmt))
+            measured = fmt == "nvfp4" and n in checked
+            d = 2 * e if measured else nan
+            cells.append(Cell(layer=n, w_bits=4 if fmt == "nvfp4" else 8, a_bits=8, noise=0.1 if measured else nan,
+                              sqnr_db=20.0 if measured else nan, metric=3.0 + d, degradation=d, estimate=e,
+                              samples=8 if measured else 0, format=fmt))
     extra = {"estimate": {"k": 2, "check_bits": "nvfp4", "spearman": 0.85, "topk_overlap": {"nvfp4": 0.5}, "trusted": True,
                           "checked_cells": len(checked), "estimate_s": 1.0, "check_s": 1.0,
                           "unit": "expected nll change per token (nats)"}}

@@ -136,7 +136,7 @@ def render_report(result: SweepResult, extras: Optional[Extras] = None, options:
     return page.render()
 
 
-def _roles_section(page: Page, result: SweepResult, units: Units, sat: float, focus: "int | str",
+def _roles_section(page: Page, result: SweepResult, units: Units, sat: float, focus: int | str,
                    check: Optional[EstimateCheck], lead: bool) -> None:
     """The role x block section (nothing without repeated blocks); ``lead``: it opens the page
     (the blocks layout), the flat list of layers is the table below rather than the figures."""

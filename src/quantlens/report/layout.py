@@ -119,7 +119,7 @@ class EstimateCheck:
     trusted: bool
 
     @classmethod
-    def of(cls, result: SweepResult) -> Optional["EstimateCheck"]:
+    def of(cls, result: SweepResult) -> Optional[EstimateCheck]:
         """The check stored in ``result``, or None for a result that is not an estimate."""
         d = result.extra.get("estimate")
         if not isinstance(d, dict):

@@ -25,13 +25,12 @@ from typing import Optional
 
 import plotly.graph_objects as go
 
-from quantlens.sweep.results import bits_label, weights_label
-from quantlens.sweep.results import SweepResult
 from quantlens.core.roles import assign_roles
 from quantlens.report.figures import BASE_LAYOUT, bits_buttons
 from quantlens.report.fmt import Units, finite
 from quantlens.report.layout import EstimateCheck, estimate_saturation
 from quantlens.report.safe import plot_text
+from quantlens.sweep.results import SweepResult, bits_label, weights_label
 
 __all__ = ["RoleView", "role_view", "worst_roles", "role_heatmap"]
 
@@ -158,8 +157,8 @@ def role_heatmap(result: SweepResult, units: Units, saturate: float, focus: int)
                 x=[xs[j] for _, j in marks], y=[ys[i] for i, _ in marks], mode="markers", name="measured (the check)",
                 marker=dict(symbol="square-open", size=16, color="#111827", line=dict(width=2)), visible=v.bits == focus,
                 customdata=[cd[i][j] for i, j in marks], showlegend=False,
-                hovertemplate=(f"<b>%{{customdata[0]}}</b> (measured to check the estimate)<br>%{{y}}, %{{x}}<br>"
-                               f"measured degradation %{{customdata[2]}}<br>estimate %{{customdata[1]}}<extra></extra>"))
+                hovertemplate=("<b>%{customdata[0]}</b> (measured to check the estimate)<br>%{y}, %{x}<br>"
+                               "measured degradation %{customdata[2]}<br>estimate %{customdata[1]}<extra></extra>"))
             n = 2
         per_view.append(n)
     bits = [v.bits for v in views]
