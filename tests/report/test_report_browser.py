@@ -15,7 +15,12 @@ import time
 from pathlib import Path
 
 import pytest
-from support.report_helpers import EVIL, synthetic_result, write_run
+from support.report_helpers import (
+    EVIL,
+    llm_estimate_result,
+    synthetic_result,
+    write_run,
+)
 
 from quantlens.cli import main
 
@@ -149,3 +154,41 @@ def test_offline_check_catches_a_request(chrome, tmp_path):
     with pytest.raises(AssertionError):
         _assert_offline(console, urls, page)
     assert any(u.endswith("/x.png") for u in urls)
+
+
+def test_llm_report_filters_and_sorts_in_chromium(chrome, tmp_path):
+    """The LLM page (211 layers, --estimate): every plot drawn offline, the role x block view first,
+    the layer table filtered by text, role and block and sorted by the estimate."""
+    write_run(llm_estimate_result(30), tmp_path)
+    assert main(["report", str(tmp_path)]) == 0
+    page = tmp_path / "report.html"
+    from selenium.webdriver.support.ui import Select
+
+    drv = chrome
+    console, urls = _open(drv, page)
+    _assert_offline(console, urls, page)
+    first = drv.execute_script("return [...document.querySelectorAll('section')].map(s => s.id).slice(0, 3)")
+    assert first == ["summary", "roles", "layers"]
+    assert drv.execute_script("return document.querySelectorAll('#plot-roles .main-svg').length") > 0
+    visible = "return [...document.getElementById('layers-table').tBodies[0].rows].filter(r => !r.hidden)"
+    count = "return document.querySelector('div.filter .count').textContent"
+    assert drv.execute_script(count) == "211 of 211 layers"
+    box = drv.find_element("css selector", "div.filter input")
+    box.send_keys("down_proj")
+    names = drv.execute_script(visible + ".map(r => r.cells[3].textContent)")
+    assert names == [f"model.layers.{b}.mlp.down_proj" for b in range(30)] and drv.execute_script(count) == "30 of 211 layers"
+    Select(drv.find_element("css selector", "select[data-col='1']")).select_by_value("7")
+    assert drv.execute_script(visible + ".map(r => r.cells[3].textContent)") == ["model.layers.7.mlp.down_proj"]
+    box.clear()
+    box.send_keys(" ")  # an empty filter: block 7 only
+    assert len(drv.execute_script(visible)) == 7
+    Select(drv.find_element("css selector", "select[data-col='1']")).select_by_value("")
+    Select(drv.find_element("css selector", "select[data-col='2']")).select_by_value("self_attn.q_proj")
+    assert len(drv.execute_script(visible)) == 30
+    # sort by the nvfp4 estimate, descending: the largest estimate of the role first, hidden rows stay hidden
+    order = drv.execute_script("""
+        const t = document.getElementById('layers-table'); const th = [...t.tHead.rows[0].cells].find(c => c.textContent === 'est@nvfp4');
+        th.click(); th.click();
+        return [...t.tBodies[0].rows].filter(r => !r.hidden).map(r => r.cells[3].textContent);""")
+    assert order == [f"model.layers.{b}.self_attn.q_proj" for b in reversed(range(30))]
+    assert not [e for e in drv.get_log("browser") if e.get("level") == "SEVERE"]

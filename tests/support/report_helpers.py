@@ -116,3 +116,33 @@ def with_intervals(names: Optional[list[str]] = None, n: int = 450) -> SweepResu
         lo, hi = tango_interval(b, 0, n)
         cells.append(dataclasses.replace(c, degradation=b / n, ci_low=float(lo), ci_high=float(hi), samples=n))
     return dataclasses.replace(r, cells=tuple(cells), num_samples=n)
+
+
+LLM_ROLES = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj",
+             "mlp.down_proj"]
+
+
+def llm_estimate_result(blocks: int = 30, checked: tuple[str, ...] = ("model.layers.3.mlp.down_proj", "model.layers.7.self_attn.v_proj",
+                                                                           "lm_head")) -> SweepResult:
+    """An ``--estimate`` result shaped like SmolLM2: ``blocks`` x 7 roles + ``lm_head``, formats nvfp4 and
+    fp8-e4m3 (nll). Every cell has ``estimate = (i + 1) * 1e-4`` (``i``: the layer's index) times 10 at
+    nvfp4; the ``checked`` layers at nvfp4 also hold a measured degradation ``2 * estimate``."""
+    names = [f"model.layers.{b}.{r}" for b in range(blocks) for r in LLM_ROLES] + ["lm_head"]
+    layers = tuple(LayerInfo(index=i, name=n, op="Linear", params=1000 + i, kind="linear", weight=_w(3.0, 1))
+                   for i, n in enumerate(names))
+    nan = float("nan")
+    cells = []
+    for fmt, scale in (("nvfp4", 10.0), ("fp8-e4m3", 1.0)):
+        for i, n in enumerate(names):
+            e = (i + 1) * 1e-4 * scale
+            measured = fmt == "nvfp4" and n in checked
+            d = 2 * e if measured else nan
+            cells.append(Cell(layer=n, w_bits=4 if fmt == "nvfp4" else 8, a_bits=8, noise=0.1 if measured else nan,
+                              sqnr_db=20.0 if measured else nan, metric=3.0 + d, degradation=d, estimate=e,
+                              samples=8 if measured else 0, format=fmt))
+    extra = {"estimate": {"k": 2, "check_bits": "nvfp4", "spearman": 0.85, "topk_overlap": {"nvfp4": 0.5}, "trusted": True,
+                          "checked_cells": len(checked), "estimate_s": 1.0, "check_s": 1.0,
+                          "unit": "expected nll change per token (nats)"}}
+    return SweepResult(metric_name="nll", higher_is_better=False, baseline=3.0, num_samples=8, layers=layers, cells=tuple(cells),
+                       config={"formats": ["nvfp4", "fp8-e4m3"], "a_bits": 8}, model="llm", engine="estimate", elapsed_s=2.0,
+                       extra=extra)

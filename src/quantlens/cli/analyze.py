@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     est = result.extra.get("estimate")
     if est:
         rho = est["spearman"]
-        console.print(f"estimate: {est['estimate_s']:.1f} s; checked on {est['checked_cells']} exact cells ({est['check_s']:.1f} s): "
+        console.print(f"estimate ({est.get('unit', 'first order')}): {est['estimate_s']:.1f} s; checked on {est['checked_cells']} exact cells ({est['check_s']:.1f} s): "
                       f"Spearman {rho:.2f}, top-{est['k']} overlap "
                       + ", ".join(f"{column_label(b)} {v:.0%}" for b, v in est["topk_overlap"].items())
                       + ("" if rho >= 0.7 else " -- the estimate cannot be trusted for this model: run the exact sweep"))

@@ -20,6 +20,7 @@ from quantlens.sweep.results import SweepResult
 from quantlens.quant.spec import check_bits, parse_a_bits
 from quantlens.errors import QuantlensError
 from quantlens.report.fmt import Units
+from quantlens.report.layout import EstimateCheck, block_role, choose_layout
 
 __all__ = [
     "add_model_args",
@@ -157,25 +158,41 @@ def summary_table(result: SweepResult, k: int = 5, rank_bits: Optional[int] = No
     info = {l.name: l for l in result.layers}
     share = result.share(rb)
     said = {"worse": "worse", "better": "better", "zero": "~ 0 (noise)", "unknown": "-"}
-    worst = result.worst(rb, k)
-    cols = [_col("#", "#", (str(r) for r in range(1, len(worst) + 1))),
-            _col("layer", "layer", (c.layer for c in worst), "left"),
-            _col("op", "op", (info[c.layer].op + ("/dw" if info[c.layer].kind == "depthwise" else "") for c in worst), "left"),
-            _col("params", "params", (f"{info[c.layer].params:,}" for c in worst))]
+    layout = choose_layout(result)
+    check = EstimateCheck.of(result)
+    if check is not None:  # every cell has an estimate, only the checked ones a degradation
+        worst = sorted((c for c in result.at(rb) if math.isfinite(c.estimate)), key=lambda c: -c.estimate)[:k]
+    else:
+        worst = result.worst(rb, k)
+    cols = [_col("#", "#", (str(r) for r in range(1, len(worst) + 1)))]
+    if layout.blocks:  # an LLM: the block and the role name the layer
+        where = [block_role(layout.roles, c.layer) for c in worst]
+        cols += [_col("block", "block", ("-" if b is None else str(b) for b, _ in where)), _col("role", "role", (r for _, r in where), "left")]
+    else:
+        cols.append(_col("layer", "layer", (c.layer for c in worst), "left"))
+    cols += [_col("op", "op", (info[c.layer].op + ("/dw" if info[c.layer].kind == "depthwise" else "") for c in worst), "left"),
+             _col("params", "params", (f"{info[c.layer].params:,}" for c in worst))]
     r = column_label(rb)
-    cols += [_col(f"deg@{b}", f"deg@{column_label(b)}", (_fmt(result.cell(c.layer, b).degradation, pct) for c in worst)) for b in bits]
-    if has_intervals(result.at(rb)):
+    if check is not None:
+        cols.append(_col("est", f"est@{r}", (f"{c.estimate:.3g}" for c in worst)))
+        cols.append(_col(f"deg@{rb}", f"measured@{r}", (_fmt(c.degradation, pct) for c in worst)))
+    else:
+        cols += [_col(f"deg@{b}", f"deg@{column_label(b)}", (_fmt(result.cell(c.layer, b).degradation, pct) for c in worst)) for b in bits]
+    if has_intervals(result.at(rb)) and check is None:
         cols.append(_col("ci", f"95% CI@{r}", (f"[{_fmt(c.ci_low, pct)}, {_fmt(c.ci_high, pct)}]" for c in worst)))
         cols.append(_col("verdict", f"vs float@{r}", (said[verdict(c)] + (f" (n={c.samples:,}, stopped early)" if c.early_stop else "")
                                                       for c in worst), "left"))
-    cols.append(_col("sqnr", f"SQNR@{r}", (f"{c.sqnr_db:.1f} dB" for c in worst)))
-    cols.append(_col("share", f"share@{r}", (f"{100 * share[c.layer]:.0f}%" for c in worst)))
+    if check is None:
+        cols.append(_col("sqnr", f"SQNR@{r}", (f"{c.sqnr_db:.1f} dB" for c in worst)))
+        cols.append(_col("share", f"share@{r}", (f"{100 * share[c.layer]:.0f}%" for c in worst)))
     at = bits.index  # columns farthest from the ranked one go first (bit-widths or formats alike)
     others = sorted((b for b in bits if b != rb), key=lambda b: (-abs(at(b) - at(rb)), -at(b)))
     drop = ["op", "params", "verdict", "share", "sqnr", *(f"deg@{b}" for b in others), "ci"]
     a_bits, a_format = result.cells[0].a_bits, result.config.get("a_format")
     acts = f", {a_format} activations" if a_format else f", {a_bits}-bit activations" if a_bits else ", float activations"
     title = (f"worst layers at {rb}-bit weights" if isinstance(rb, int) else f"worst layers in {rb} weights") + acts
+    if check is not None:
+        title += ", ranked by estimate"
     kept, left_out = list(cols), []
     while True:
         table = _build(title, kept, left_out, width)
@@ -199,9 +216,9 @@ def _rank_bits(result: SweepResult, rank_bits: Optional[int]) -> int:
 def _build(title: str, cols: list[_Column], left_out: list[str], width: int) -> Table:
     caption = f"not shown at {width} columns: {', '.join(left_out)}" if left_out else None
     table = Table(title=title, caption=caption, **TABLE_STYLE)
-    longest = max((len(c) for col in cols if col.key == "layer" for c in col.cells), default=5)
+    longest = max((len(c) for col in cols if col.key in ("layer", "role") for c in col.cells), default=5)
     for c in cols:
-        extra = dict(overflow="fold", min_width=min(16, max(5, longest))) if c.key == "layer" else {}
+        extra = dict(overflow="fold", min_width=min(16, max(5, longest))) if c.key in ("layer", "role") else {}
         table.add_column(c.header, justify=c.justify, **extra)
     for row in zip(*(c.cells for c in cols)):
         table.add_row(*row)
@@ -242,14 +259,15 @@ def print_worst_roles(result: SweepResult, bits: int, k: int = 5, out: Optional[
     """The ``k`` worst roles at ``bits`` (layers of repeated blocks grouped by role); nothing without roles."""
     from quantlens.report.roles import worst_roles
 
-    worst = worst_roles(result, bits, k)
+    check = EstimateCheck.of(result)
+    worst = worst_roles(result, bits, k, by="estimate" if check is not None else "degradation")
     if not worst or result.extra.get("group_by") == "role":  # a role sweep's table above already lists roles
         return
     units = Units.for_metric(result.metric_name)
     t = Table(title=f"worst roles at {bits}-bit weights" if isinstance(bits, int) else f"worst roles in {bits} weights", caption="summed over blocks, one layer quantized at a time", **TABLE_STYLE)
     t.add_column("#", justify="right")
     t.add_column("role")
-    t.add_column(f"deg@{column_label(bits)}", justify="right")
+    t.add_column(f"{'est' if check is not None else 'deg'}@{column_label(bits)}", justify="right")
     for rank, (role, d) in enumerate(worst, 1):
-        t.add_row(str(rank), role, units.deg(d, signed=True))
+        t.add_row(str(rank), role, (f"{d:.3g}" if math.isfinite(d) else "-") if check is not None else units.deg(d, signed=True))
     (out or console).print(t)

@@ -3,7 +3,8 @@
 * :func:`layer_profile` -- degradation (bars) and SQNR (line) per layer in topological order,
   with a bit-width selector (the paper's Figure 1b).
 * :func:`heatmap` -- layers x bits, each cell annotated with the absolute degradation, colour
-  saturated at ``saturate`` (the paper's Figure 3).
+  saturated at ``saturate`` (the paper's Figure 3); for an ``--estimate`` result
+  :func:`estimate_heatmap`, every cell's estimate with the measured (checked) cells outlined.
 * :func:`noise_scatter` -- output noise against degradation, one colour per bit-width.
 * :func:`activation_figure` -- each layer's input/output range and the mean shift of its output.
 
@@ -23,9 +24,10 @@ from plotly.subplots import make_subplots
 from quantlens.sweep.results import column_label, bits_label, weights_label
 from quantlens.sweep.results import SweepResult
 from quantlens.report.fmt import Units, finite
+from quantlens.report.layout import EstimateCheck, estimate_saturation, is_checked
 from quantlens.report.safe import plot_text
 
-__all__ = ["layer_profile", "heatmap", "noise_scatter", "activation_figure", "bits_buttons", "BASE_LAYOUT", "COLORS"]
+__all__ = ["layer_profile", "heatmap", "estimate_heatmap", "noise_scatter", "activation_figure", "bits_buttons", "BASE_LAYOUT", "COLORS"]
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22"]
 BASE_LAYOUT: dict[str, Any] = dict(template="plotly_white", margin=dict(l=60, r=30, t=70, b=60), hoverlabel=dict(align="left"))
@@ -51,27 +53,39 @@ def layer_profile(result: SweepResult, units: Units, focus: int) -> go.Figure:
     info = {l.name: l for l in result.layers}
     fig = go.Figure()
     bits = result.w_bits
+    check = EstimateCheck.of(result)
     for b in bits:
         cells = result.at(b)
         cd = [[plot_text(info[c.layer].op), info[c.layer].kind, info[c.layer].params, units.deg(c.degradation),
-               units.value(c.metric), f"{c.noise:.4g}", f"{c.mean_shift:.3g}"] for c in cells]
+               units.value(c.metric), f"{c.noise:.4g}", f"{c.mean_shift:.3g}", f"{c.estimate:.3g}" if finite(c.estimate) else "-"]
+              for c in cells]
         vis = b == focus
         xs = [plot_text(c.layer) for c in cells]  # a layer without a cell at b is a gap, never a shift
-        fig.add_bar(x=xs, y=[units.shown(c.degradation) for c in cells], name=f"degradation ({weights_label(b)})", customdata=cd,
-                    marker_color="#d62728", visible=vis,
-                    hovertemplate="<b>%{x}</b> (%{customdata[0]}, %{customdata[1]}, %{customdata[2]:,} params)<br>"
-                    f"{weights_label(b)} weights: degradation %{{customdata[3]}}, metric %{{customdata[4]}}<br>"
-                    "noise %{customdata[5]}, mean shift %{customdata[6]} std<extra></extra>")
+        if check is not None:  # every cell has an estimate; the checked ones are outlined and add their measurement
+            fig.add_bar(x=xs, y=[_val(c.estimate) for c in cells], name=f"estimate ({weights_label(b)})", customdata=cd,
+                        marker=dict(color="#9ca3af", line=dict(color=["#111827" if is_checked(c) else "#9ca3af" for c in cells],
+                                                               width=[2 if is_checked(c) else 0 for c in cells])), visible=vis,
+                        hovertemplate="<b>%{x}</b> (%{customdata[0]}, %{customdata[1]}, %{customdata[2]:,} params)<br>"
+                        f"{weights_label(b)} weights: estimate %{{customdata[7]}} ({plot_text(check.unit)})<br>"
+                        "measured degradation %{customdata[3]} (- : estimate only)<extra></extra>")
+        else:
+            fig.add_bar(x=xs, y=[units.shown(c.degradation) for c in cells], name=f"degradation ({weights_label(b)})", customdata=cd,
+                        marker_color="#d62728", visible=vis,
+                        hovertemplate="<b>%{x}</b> (%{customdata[0]}, %{customdata[1]}, %{customdata[2]:,} params)<br>"
+                        f"{weights_label(b)} weights: degradation %{{customdata[3]}}, metric %{{customdata[4]}}<br>"
+                        "noise %{customdata[5]}, mean shift %{customdata[6]} std<extra></extra>")
         fig.add_scatter(x=xs, y=[_val(c.sqnr_db) for c in cells], name=f"SQNR ({weights_label(b)})", yaxis="y2", visible=vis,
                         mode="lines+markers", line=dict(color="#1f77b4"),
                         hovertemplate=f"<b>%{{x}}</b><br>SQNR at {bits_label(b)}: %{{y:.2f}} dB<extra></extra>")
     masks = [[bb == b for bb in bits for _ in (0, 1)] for b in bits]
-    titles = [f"Degradation and SQNR per layer, {weights_label(b)} weights" for b in bits]
+    titles = [(f"Estimated degradation per layer, {weights_label(b)} weights (outlined: measured)" if check is not None
+               else f"Degradation and SQNR per layer, {weights_label(b)} weights") for b in bits]
     active = bits.index(focus)
     fig.update_layout(
         **BASE_LAYOUT, title=dict(text=titles[active], y=0.97), height=440, barmode="group",
         updatemenus=bits_buttons([f"{bits_label(b)}" for b in bits], masks, titles, active),
-        yaxis=dict(title=f"{plot_text(result.metric_name)} degradation{' (%)' if units.pct else ''}", zeroline=True),
+        yaxis=dict(title=f"{plot_text(result.metric_name)} degradation{' (%)' if units.pct else ''}" if check is None
+                   else f"estimate: {plot_text(check.short_unit())}", zeroline=True),
         yaxis2=dict(title="SQNR (dB)", overlaying="y", side="right", showgrid=False, rangemode="tozero", tickmode="auto"),
         xaxis=dict(title="layer (topological order)", type="category", categoryorder="array", categoryarray=names,
                    tickangle=-45 if len(names) > 8 else 0),
@@ -81,7 +95,11 @@ def layer_profile(result: SweepResult, units: Units, focus: int) -> go.Figure:
 
 
 def heatmap(result: SweepResult, units: Units, saturate: float) -> go.Figure:
-    """Layers (rows, topological order) x bits (columns), annotated, colour saturated at ``saturate``."""
+    """Layers (rows, topological order) x bits (columns), annotated, colour saturated at ``saturate``
+    (an ``--estimate`` result: :func:`estimate_heatmap`)."""
+    check = EstimateCheck.of(result)
+    if check is not None:
+        return estimate_heatmap(result, units, check)
     names, bits, deg = result.table("degradation")
     _, _, sqnr = result.table("sqnr_db")
     z = [[units.shown(v) for v in row] for row in deg]
@@ -121,6 +139,37 @@ def heatmap(result: SweepResult, units: Units, saturate: float) -> go.Figure:
     fig.update_layout(**BASE_LAYOUT, title=f"Degradation when only that layer is quantized (colour saturated at {units.deg(saturate)}; "
                       "pale with ~: the 95% interval contains 0)",
                       height=max(320, 26 * len(names) + 160), yaxis=dict(autorange="reversed", type="category"),
+                      xaxis=dict(side="top", type="category"))
+    fig.update_layout(margin=dict(l=60, r=30, t=100, b=30))
+    return fig
+
+
+def estimate_heatmap(result: SweepResult, units: Units, check: EstimateCheck) -> go.Figure:
+    """Layers x bits of an ``--estimate`` result: every cell coloured and annotated by its estimate
+    (saturated at the 95th percentile of ``|estimate|``, :func:`~quantlens.report.layout.estimate_saturation`), the checked cells outlined with their measured degradation on hover."""
+    names, bits, est = result.table("estimate")
+    _, _, deg = result.table("degradation")
+    top = estimate_saturation(v for row in est for v in row)
+    xs, ys = [f"{bits_label(b)}" for b in bits], [plot_text(n) for n in names]
+    cd = [[[f"{e:.3g}" if finite(e) else "-", units.deg(d, signed=True) if finite(d) else "not measured (estimate only)"]
+           for e, d in zip(r1, r2)] for r1, r2 in zip(est, deg)]
+    fig = go.Figure(go.Heatmap(
+        z=[[_val(v) for v in row] for row in est], x=xs, y=ys, text=[[f"{v:.3g}" if finite(v) else "-" for v in row] for row in est],
+        texttemplate="%{text}", customdata=cd, zmin=-top, zmax=top, zmid=0, xgap=1, ygap=1,
+        colorscale=[[0, "#2166ac"], [0.35, "#d1e5f0"], [0.5, "#ffffff"], [0.65, "#fddbc7"], [0.85, "#d6604d"], [1, "#67001f"]],
+        colorbar=dict(title=dict(text="estimate"), lenmode="pixels", len=min(300, 26 * len(names) + 40), y=1, yanchor="top"),
+        hovertemplate=f"<b>%{{y}}</b> at %{{x}}<br>estimate %{{customdata[0]}} ({plot_text(check.unit)})"
+                      "<br>measured degradation %{customdata[1]}<extra></extra>",
+    ))
+    marks = [(i, j) for i, row in enumerate(deg) for j, d in enumerate(row) if finite(d) and finite(est[i][j])]
+    if marks:
+        fig.add_scatter(x=[xs[j] for _, j in marks], y=[ys[i] for i, _ in marks], mode="markers", showlegend=False,
+                        marker=dict(symbol="square-open", size=18, color="#111827", line=dict(width=2)),
+                        customdata=[cd[i][j] for i, j in marks],
+                        hovertemplate="<b>%{y}</b> at %{x} (measured to check the estimate)<br>measured degradation "
+                                      "%{customdata[1]}<br>estimate %{customdata[0]}<extra></extra>")
+    fig.update_layout(**BASE_LAYOUT, title=f"Estimated degradation when only that layer is quantized ({plot_text(check.short_unit())}; "
+                      "outlined: measured)", height=max(320, 26 * len(names) + 160), yaxis=dict(autorange="reversed", type="category"),
                       xaxis=dict(side="top", type="category"))
     fig.update_layout(margin=dict(l=60, r=30, t=100, b=30))
     return fig

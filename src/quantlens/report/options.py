@@ -57,8 +57,9 @@ class ReportOptions:
         return worst if worst > 0 else DEFAULT_SATURATE
 
     def focus_bits(self, available: Sequence[int]) -> int:
-        """The bit-width to show first: the requested one, else 4, else the lowest swept."""
-        bits = sorted(available)
+        """The bit-width to show first: the requested one, else 4, else the lowest swept. Format
+        names keep the order given (a result's columns ascend by effective bits), so the lowest is the first."""
+        bits = sorted(available) if all(isinstance(b, int) for b in available) else list(available)
         if not bits:
             raise QuantlensError("the results hold no cells: rerun `quantlens analyze`")
         if self.bits is not None:

@@ -18,7 +18,7 @@ import plotly.graph_objects as go
 from quantlens import __version__
 from quantlens.report.safe import esc, script_json
 
-__all__ = ["Td", "Page", "plot_div", "table", "plotly_js"]
+__all__ = ["Td", "Page", "plot_div", "table", "filter_bar", "plotly_js"]
 
 CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; "
        "font-src data:; connect-src 'none'; form-action 'none'; base-uri 'none'")
@@ -40,6 +40,10 @@ td.t,th.t{text-align:left}table.sortable th{cursor:pointer;user-select:none}
 table.sortable th[aria-sort=ascending]::after{content:" \\25B2"}table.sortable th[aria-sort=descending]::after{content:" \\25BC"}
 .scroll{overflow-x:auto}.note{color:#92400e;background:#fffbeb;border:1px solid #fde68a;border-radius:6px;padding:6px 10px}
 .plot{width:100%}footer{color:#6b7280;font-size:12px;text-align:center;padding:12px}td.bad{color:#b91c1c}td.good{color:#15803d}
+div.filter{display:flex;gap:8px;align-items:center;flex-wrap:wrap;margin:6px 0}div.filter input{flex:1;min-width:220px;padding:4px 8px;
+border:1px solid #d1d5db;border-radius:4px}div.filter select{padding:3px 6px;border:1px solid #d1d5db;border-radius:4px}
+div.filter .count{color:#6b7280;font-size:12px}.scroll.tall{max-height:640px;overflow-y:auto}.scroll.tall thead th{position:sticky;top:0}
+td.est{color:#6b7280;font-style:italic}
 """
 
 SORT_JS = """
@@ -53,6 +57,17 @@ var rows=Array.prototype.slice.call(body.rows);rows.sort(function(a,b){var x=key
 if(x===null&&y===null){return 0;}if(x===null){return 1;}if(y===null){return -1;}
 if(typeof x!==typeof y){x=String(x);y=String(y);}var c=x<y?-1:(x>y?1:0);return asc?c:-c;});
 rows.forEach(function(r){body.appendChild(r);});});});});})();
+"""
+
+FILTER_JS = """
+(function(){document.querySelectorAll('div.filter').forEach(function(f){var t=document.getElementById(f.getAttribute('data-for'));
+if(!t){return;}var box=f.querySelector('input'),sels=Array.prototype.slice.call(f.querySelectorAll('select')),
+count=f.querySelector('.count'),rows=Array.prototype.slice.call(t.tBodies[0].rows),what=f.getAttribute('data-what')||'rows';
+function apply(){var terms=box.value.toLowerCase().split(/\\s+/).filter(function(x){return x;}),shown=0;
+rows.forEach(function(r){var text=r.textContent.toLowerCase();var ok=terms.every(function(x){return text.indexOf(x)>=0;})&&
+sels.every(function(s){return !s.value||r.cells[Number(s.getAttribute('data-col'))].textContent===s.value;});
+r.hidden=!ok;if(ok){shown++;}});count.textContent=shown+' of '+rows.length+' '+what;}
+box.addEventListener('input',apply);sels.forEach(function(s){s.addEventListener('change',apply);});apply();});})();
 """
 
 
@@ -74,13 +89,27 @@ def _td(c: Union[Td, str, int, float]) -> str:
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Union[Td, str, int, float]]], sortable: bool = True,
-          text_cols: Sequence[int] = (), table_id: Optional[str] = None) -> str:
-    """An HTML table; every header and cell is escaped. ``text_cols`` are left-aligned."""
+          text_cols: Sequence[int] = (), table_id: Optional[str] = None, tall: bool = False) -> str:
+    """An HTML table; every header and cell is escaped. ``text_cols`` are left-aligned; ``tall``:
+    the table scrolls inside a box of limited height, its header row stays in view."""
     ths = "".join(f'<th{" class=t" if i in text_cols else ""}>{esc(h)}</th>' for i, h in enumerate(headers))
     body = "".join("<tr>" + "".join(_td(c) for c in r) + "</tr>" for r in rows)
     tid = f' id="{esc(table_id)}"' if table_id else ""
-    return (f'<div class="scroll"><table{tid}{" class=sortable" if sortable else ""}><thead><tr>{ths}</tr></thead>'
+    return (f'<div class="scroll{" tall" if tall else ""}"><table{tid}{" class=sortable" if sortable else ""}><thead><tr>{ths}</tr></thead>'
             f"<tbody>{body}</tbody></table></div>")
+
+
+def filter_bar(table_id: str, selects: Sequence[tuple[int, str, Sequence[str]]] = (), what: str = "rows",
+               placeholder: str = "filter: words that must all appear in a row") -> str:
+    """Controls that hide the rows of table ``table_id`` (no reload, no request): a text box (every
+    word must appear in the row) and one ``<select>`` per ``(column, label, values)`` (the row's
+    cell in that column must equal the chosen value); ``N of M {what}`` counts the rows shown."""
+    parts = [f'<input type="search" placeholder="{esc(placeholder)}" aria-label="{esc(placeholder)}">']
+    for col, label, values in selects:
+        opts = f'<option value="">{esc(label)}: all</option>' + "".join(f'<option value="{esc(v)}">{esc(v)}</option>' for v in values)
+        parts.append(f'<select data-col="{int(col)}" aria-label="{esc(label)}">{opts}</select>')
+    return (f'<div class="filter" data-for="{esc(table_id)}" data-what="{esc(what)}">' + "".join(parts)
+            + '<span class="count"></span></div>')
 
 
 def plot_div(fig: go.Figure, div_id: str) -> str:
@@ -121,5 +150,5 @@ class Page:
             f"<header><h1>{esc(self.title)}</h1><div class=\"sub\">{esc(self.subtitle)}</div></header>"
             f"<nav>{nav}</nav><main>{secs}</main>"
             f"<footer>quantlens {esc(__version__)} · drawn from stored results only · Gluska &amp; Grobman, arXiv 2012.08420</footer>"
-            f"<script>{SORT_JS}</script></body></html>\n"
+            f"<script>{SORT_JS}{FILTER_JS}</script></body></html>\n"
         )

@@ -17,7 +17,9 @@ from quantlens.report.extras import Extras
 from quantlens.report.fmt import Units, finite
 from quantlens.report.followup import followups
 from quantlens.report.insights import insights, worst_by_bits
-from quantlens.report.page import Td, table
+from quantlens.core.roles import RoleMap
+from quantlens.report.layout import EstimateCheck, block_role, is_checked, layer_label
+from quantlens.report.page import Td, filter_bar, table
 from quantlens.report.safe import esc
 
 __all__ = ["facts", "summary_html", "layers_table", "config_text"]
@@ -54,20 +56,34 @@ def _cards(pairs: list[tuple[str, str]]) -> str:
     return '<div class="facts">' + "".join(f'<div class="fact"><b>{esc(k)}</b><span>{esc(v)}</span></div>' for k, v in pairs) + "</div>"
 
 
-def worst_table(result: SweepResult, units: Units, k: int = 3) -> str:
-    """Per bit-width: summed positive degradation and the ``k`` worst layers."""
+def worst_table(result: SweepResult, units: Units, k: int = 3, roles: Optional[RoleMap] = None) -> str:
+    """Per bit-width: summed positive degradation and the ``k`` worst layers; with ``roles`` (the
+    blocks layout) each layer is named by its block and role. An ``--estimate`` result ranks by
+    the estimate (every cell has one) and sums it; a checked cell adds its measured degradation."""
     rows = []
+    check = EstimateCheck.of(result)
+    name = (lambda n: layer_label(roles, n)) if roles else (lambda n: n)
     for b, cells in worst_by_bits(result, k).items():
-        total = result.summed_degradation(b)
-        worst = [Td(f"{c.layer} ({units.deg(c.degradation, signed=True)})", c.layer, "t") for c in cells
-                 if finite(c.degradation) and c.degradation > 0]
+        if check is not None:
+            ranked = sorted((c for c in result.at(b) if finite(c.estimate)), key=lambda c: -c.estimate)[:k]
+            total = sum(max(0.0, c.estimate) for c in result.at(b) if finite(c.estimate))
+            worst = [Td(f"{name(c.layer)} (est {c.estimate:.3g}"
+                        + (f"; measured {units.deg(c.degradation, signed=True)})" if is_checked(c) else ")"), c.layer, "t")
+                     for c in ranked if c.estimate > 0]
+            shown_total = Td(f"est {total:.3g}", total)
+        else:
+            total = result.summed_degradation(b)
+            worst = [Td(f"{name(c.layer)} ({units.deg(c.degradation, signed=True)})", c.layer, "t") for c in cells
+                     if finite(c.degradation) and c.degradation > 0]
+            shown_total = Td(units.deg(total), total)
         worst += [Td("")] * (k - len(worst))
-        rows.append([Td(f"{b}", b), Td(units.deg(total), total), *worst])
+        rows.append([Td(f"{b}", b), shown_total, *worst])
     heads = ["weight format" if result.is_format_sweep else "weight bits", "summed degradation"] + [f"worst #{i + 1}" for i in range(k)]
     return table(heads, rows, sortable=False, text_cols=range(2, 2 + k))
 
 
-def summary_html(result: SweepResult, units: Units, focus: int, extras: Optional[Extras] = None) -> str:
+def summary_html(result: SweepResult, units: Units, focus: int, extras: Optional[Extras] = None,
+                 roles: Optional[RoleMap] = None) -> str:
     """Cards, what to do next at ``focus`` bits, what the follow-up commands measured, and the worst layers."""
     items = "".join(f'<li class="{esc(i.kind)}">{esc(i.text)}</li>' for i in insights(result, focus, units))
     measured = followups(extras, units, result.metric_name) if extras is not None else []
@@ -75,14 +91,23 @@ def summary_html(result: SweepResult, units: Units, focus: int, extras: Optional
             + "".join(f'<li class="{esc(i.kind)}">{esc(i.text)}</li>' for i in measured) + "</ul>") if measured else ""
     each = "format" if result.is_format_sweep else "bit-width"
     return (_cards(facts(result, units)) + f"<h3>What to do next ({weights_label(focus)} weights)</h3><ul class=\"next\">{items}</ul>"
-            + done + f"<h3>Worst layers at each {each}</h3>" + worst_table(result, units))
+            + done + f"<h3>Worst layers at each {each}</h3>" + worst_table(result, units, roles=roles))
 
 
-def layers_table(result: SweepResult, units: Units, focus: int) -> str:
-    """Every layer with its degradation at every bit-width and its statistics; click a header to sort."""
+def layers_table(result: SweepResult, units: Units, focus: int, roles: Optional[RoleMap] = None) -> str:
+    """Every layer with its degradation at every bit-width and its statistics; click a header to sort.
+
+    ``roles`` (the blocks layout, :mod:`quantlens.report.layout`): a block and a role column after
+    ``#``, and a filter bar (text, role, block) above the table, which scrolls in a box. An
+    ``--estimate`` result has an ``est@`` column per bit-width (every cell's first-order estimate,
+    grey italics) beside the ``deg@`` one (measured: only the checked cells)."""
     bits = result.w_bits
     share = result.share(focus)
-    heads = ["#", "layer", "op", "kind", "params"] + [f"deg@{column_label(b)}" for b in bits]
+    check = EstimateCheck.of(result)
+    grouped = roles is not None and bool(roles)
+    heads = ["#"] + (["block", "role"] if grouped else []) + ["layer", "op", "kind", "params"]
+    for b in bits:
+        heads += [f"deg@{column_label(b)}"] + ([f"est@{column_label(b)}"] if check is not None else [])
     heads += [f"SQNR@{column_label(focus)} (dB)", f"share@{column_label(focus)}", "max|w|/std", "outliers >3σ", f"clip@{column_label(focus)}",
               f"mean shift@{column_label(focus)}", "input range", "output range", f"95% CI@{column_label(focus)}"]
     split = any(c.noise_source for c in result.cells)
@@ -91,12 +116,18 @@ def layers_table(result: SweepResult, units: Units, focus: int) -> str:
     rows = []
     for l in result.layers:
         c = result.find(l.name, focus)
-        row: list[Td] = [Td(str(l.index), l.index), Td(l.name, l.name, "t"), Td(l.op, l.op, "t"), Td(l.kind, l.kind, "t"),
-                         Td(f"{l.params:,}", l.params)]
+        row: list[Td] = [Td(str(l.index), l.index)]
+        if grouped:
+            blk, role = block_role(roles, l.name)  # type: ignore[arg-type]
+            row += [Td("" if blk is None else str(blk), blk, "t"), Td(role, role, "t")]
+        row += [Td(l.name, l.name, "t"), Td(l.op, l.op, "t"), Td(l.kind, l.kind, "t"), Td(f"{l.params:,}", l.params)]
         for b in bits:
             cb = result.find(l.name, b)
             d = cb.degradation if cb else None
             row.append(Td(units.deg(d, signed=True), d if finite(d) else None, "bad" if finite(d) and d > 0.001 else ""))
+            if check is not None:
+                e = cb.estimate if cb else None
+                row.append(Td(f"{e:.3g}" if finite(e) else "-", e if finite(e) else None, "est"))
         w = l.weight
         ratio = w.absmax_over_std if w else None
         row += [
@@ -120,4 +151,12 @@ def layers_table(result: SweepResult, units: Units, focus: int) -> str:
             row.append(Td(f"{src} ({parts[src] / tot:.0%})" if src and tot > 0 else (src or "-"), src or "", "t"))
         rows.append(row)
     n = len(heads)
-    return table(heads, rows, text_cols=(1, 2, 3) + ((n - 1,) if split else ()), table_id="layers-table")
+    first = 3 if grouped else 1
+    html = table(heads, rows, text_cols=tuple(range(first, first + 3)) + ((1, 2) if grouped else ()) + ((n - 1,) if split else ()),
+                 table_id="layers-table", tall=grouped)
+    if roles is None or not grouped:
+        return html
+    blocks = [str(b) for b in roles.block_ids]
+    bar = filter_bar("layers-table", [(2, "role", list(roles.roles) + list(roles.loose)), (1, "block", blocks)], what="layers",
+                     placeholder="filter: words that must all appear in a row (down_proj, Linear, layers.7.)")
+    return bar + html
