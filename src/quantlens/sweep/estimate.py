@@ -375,8 +375,12 @@ def estimate_sweep(sweep: Any, data: Iterable[Any], k: int = 5, seed: int = 0, m
     check.config = (dataclasses.replace(sweep.config, formats=(b_chk,)) if sweep.config.formats
                     else dataclasses.replace(sweep.config, w_bits=(b_chk,)))
     state = check.new_state()
-    for batch in iterate(data, "data"):
-        check.process_batch(state, batch)
+    sweep.runner.select(check.layer_ids)  # the float pass keeps what the checked layers read, not all layers'
+    try:
+        for batch in iterate(data, "data"):
+            check.process_batch(state, batch)
+    finally:
+        sweep.runner.select(sweep.layer_ids)
     exact = collect(check, state, model_name=model_name)
     t_exact = time.perf_counter() - t1
     names = {i: sweep.runner.layers[i].name for i in sweep.layer_ids}
