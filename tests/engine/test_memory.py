@@ -88,3 +88,21 @@ def test_cones_share_the_float_weights():
     runner = ConeRunner(graph)
     for i, c in enumerate(runner.cones):
         assert c.qlayer.qweight.data_ptr() == runner.float_weight(i).data_ptr()
+
+
+def test_the_estimate_keeps_only_the_checked_quantized_weights():
+    from quantlens.data.batches import iterate as it
+    from quantlens.parallel import SweepRecipe
+    from quantlens.sweep.api import make_config
+    from quantlens.sweep.estimate import estimate_sweep
+
+    model, data = tiny_lm(), token_data()
+    sweep = SweepRecipe(model, next(it(data)), make_config([3, 6], a_bits=None, granularity="per-group-8"), "perplexity",
+                        "cpu", None, None, "cone", None).build()
+    assert len(sweep.qweights) == 2 * len(sweep.layer_ids)  # quantized once when prepared
+    kept = {k: v.weight.clone() for k, v in sweep.qweights.items()}
+    r = estimate_sweep(sweep, data, k=2)
+    checked = {(i, b) for (i, b) in sweep.qweights}
+    assert len(checked) == r.extra["estimate"]["checked_cells"] and {b for _, b in checked} == {r.extra["estimate"]["check_bits"]}
+    for key, w in kept.items():  # quantized again on demand: the same weights, bit for bit
+        assert torch.equal(sweep.quantize(*key).weight, w) and torch.equal(sweep.qweights[key].weight, w)

@@ -90,22 +90,26 @@ class Sweep:
 
             self.reference = copy.deepcopy(reference).eval().to(self.device)
         self._check_memory(sample[0])
-        self.qweights: dict[tuple[int, int], QuantizedWeight] = {}
+        self.qweights: dict[tuple[int, int], QuantizedWeight] = QuantizedWeights(self.quantize)
         padded: dict[str, list[str]] = {}
         for i in self.layer_ids:
             w = self.runner.float_weight(i)
             for b in config.columns:
                 spec = config.weight_spec(b)
-                try:
-                    self.qweights[(i, b)] = quantize_weight(w, spec)
-                except QuantlensError as e:
-                    raise QuantlensError(f"layer {self.runner.layers[i].name}: {e}") from None
+                self.qweights[(i, b)]  # quantized once, here: a format that does not apply fails now
                 note = padding_note(tuple(w.shape), spec.format, "weight") if spec.format else None
                 if note:
                     padded.setdefault(spec.format, []).append(f"{self.runner.layers[i].name} ({note})")
         warn_padded(padded)
 
     # ---- preparation -----------------------------------------------------------------------
+    def quantize(self, i: int, b: Any) -> QuantizedWeight:
+        """Layer ``i``'s weight in column ``b`` (not kept: :attr:`qweights` keeps what it is asked for)."""
+        try:
+            return quantize_weight(self.runner.float_weight(i), self.config.weight_spec(b))
+        except QuantlensError as e:
+            raise QuantlensError(f"layer {self.runner.layers[i].name}: {e}") from None
+
     def _check_memory(self, inputs: Any) -> None:
         """One line before the run if one batch would not fit in memory (:func:`check_fits`):
         the quantized weights (one copy per layer and column) and one batch of what the float
@@ -218,6 +222,19 @@ class Sweep:
         state.batches += 1
         del cache, out
         trim_heap()  # resident memory stays one batch's, however many batches
+
+class QuantizedWeights(dict):
+    """``(layer, column) -> QuantizedWeight``, quantized on first use and kept: a sweep that
+    drops them (the estimate, during its gradient pass) gets them back on demand."""
+
+    def __init__(self, make: Callable[[int, Any], QuantizedWeight]) -> None:
+        super().__init__()
+        self._make = make
+
+    def __missing__(self, key: tuple[int, Any]) -> QuantizedWeight:
+        value = self[key] = self._make(*key)
+        return value
+
 
 def _device(device: Union[str, torch.device]) -> torch.device:
     d = torch.device(device)
