@@ -23,7 +23,9 @@ import sys
 import time
 from typing import Any, Optional
 
-__all__ = ["trim_heap", "tune_heap"]
+from quantlens.errors import QuantlensError
+
+__all__ = ["available_bytes", "check_fits", "trim_heap", "tune_heap"]
 
 _LIBC: Optional[Any] = None
 _LOADED = False
@@ -70,3 +72,45 @@ def trim_heap(min_interval: float = 0.25) -> None:
     if now - _LAST >= min_interval:
         _LAST = now
         lib.malloc_trim(0)
+
+
+def available_bytes() -> Optional[int]:
+    """Memory a new allocation can still get without swapping: ``MemAvailable`` of
+    ``/proc/meminfo`` (Linux), else None (unknown: no check)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _gb(n: float) -> str:
+    return f"{n / 2**30:.1f} GB"
+
+
+def check_fits(fixed: int, per_sample: int, batch: int, what: str = "the sweep", tokens: int = 0) -> None:
+    """Refuse, before a run starts, one whose estimated need does not fit the available memory.
+
+    ``need = fixed + batch x per_sample``: ``fixed`` what the run adds whatever the batch (quantized
+    weights), ``per_sample`` what one sample of a batch keeps alive at the peak (measured by the
+    caller). With ``tokens`` (the sequence length of a token model) the message counts tokens per
+    batch too. The largest batch that fits is ``floor((available - fixed) / per_sample)``.
+    """
+    avail = available_bytes()
+    if avail is None or per_sample <= 0 or batch <= 0:
+        return
+    need = fixed + batch * per_sample
+    if need <= avail:
+        return
+    fit = max(0, (avail - fixed) // per_sample)
+    unit = f" ({batch * tokens} tokens)" if tokens else ""
+    fits = (f"at most {fit} sample(s) per batch{f' ({fit * tokens} tokens)' if tokens else ''} fit"
+            if fit else "not even one sample per batch fits")
+    raise QuantlensError(
+        f"{what} needs about {_gb(need)} of memory at {batch} sample(s) per batch{unit} ({_gb(fixed)} of quantized "
+        f"weights + {_gb(per_sample)} per sample), but {_gb(avail)} is available: {fits}; use smaller batches"
+        + (" or shorter sequences" if tokens else "") + ", fewer layers (--layers) or fewer formats"
+    )

@@ -145,33 +145,44 @@ class ConeRunner(Runner):
         self.in_q = [c.in_q for c in self.cones] if cones else [ActQuantizer() for _ in self.layers]
         self.out_q = [c.out_q for c in self.cones] if cones else [ActQuantizer() for _ in self.layers]
         self._inputs = [input_node(graph, l) for l in self.layers]
-        keep: list[str] = []
-        for c in self.cones:
-            keep += c.frontier
-        for l, inp in zip(self.layers, self._inputs):
-            keep += [inp, l.output_node]
-        self.cache_gm, self.keep = build_cache_module(graph, keep)
-        self.cache_gm.to(self.device)
+        self.selected: list[int] = list(range(len(self.layers)))
+        self._selected = frozenset(self.selected)
+        self._build_cache()
         if low_memory and not full:
             self.use_low_memory()
+
+    def _build_cache(self) -> None:
+        """The float pass keeps what the selected layers' cones and statistics read, nothing else."""
+        keep: list[str] = []
+        for i in self.selected:
+            if self.cones:
+                keep += self.cones[i].frontier
+            if self.low_memory:
+                keep += self.io[i][1]
+            else:
+                keep += [self._inputs[i], self.layers[i].output_node]
+        self.cache_gm, self.keep = build_cache_module(self.graph, keep)
+        self.cache_gm.to(self.device)
+
+    def select(self, layer_ids: Sequence[int]) -> None:
+        """Keep in the float pass's cache only what layers ``layer_ids`` read (a sweep of a few
+        layers of a large model: the values every other layer would read are not kept alive);
+        :meth:`run` and :meth:`layer_io` then serve only those layers."""
+        self.selected = sorted(set(int(i) for i in layer_ids))
+        self._selected = frozenset(self.selected)
+        self._build_cache()
 
     def use_low_memory(self) -> None:
         """Keep only block inputs in the cache; cones and layer statistics recompute inside the block."""
         starts = block_starts(self.graph)
         self.cones = [build_cone(self.graph, l, start=s, quantizers=(c.in_q, c.out_q)) for l, s, c in zip(self.layers, starts, self.cones)]
         self.io = [build_io_module(self.graph, l, s) for l, s in zip(self.layers, starts)]
-        keep: list[str] = []
-        for c in self.cones:
-            keep += c.frontier
-        for _, frontier in self.io:
-            keep += frontier
         for c in self.cones:
             c.to(self.device)
         for gm, _ in self.io:
             gm.to(self.device)
-        self.cache_gm, self.keep = build_cache_module(self.graph, keep)
-        self.cache_gm.to(self.device)
         self.low_memory = True
+        self._build_cache()
         self.engine = "cone-lowmem"
 
     @property
@@ -202,7 +213,37 @@ class ConeRunner(Runner):
             out, values = self.cache_gm(*self.graph.flat(inputs))
         return self.graph.output(out), dict(zip(self.keep, values))
 
+    def per_sample_bytes(self, inputs: Inputs) -> int:
+        """Bytes one sample keeps alive at the peak of a batch: the float pass's cache (what the
+        selected layers read) and three network outputs (the reference, a cone's output, one
+        temporary of the metric), measured on the first sample of ``inputs``; 0 when the network
+        does not run on one sample alone."""
+        b = inputs.batch_size
+        one = lambda t: t[:1].clone() if isinstance(t, Tensor) and t.dim() and t.shape[0] == b else t  # noqa: E731
+        from torch.utils import _pytree as pytree
+
+        first = Inputs(tuple(pytree.tree_map(one, list(inputs.args))), pytree.tree_map(one, dict(inputs.kwargs)))
+        try:
+            with analysis_mode():
+                out, cache = self.float_pass(first.to(self.device))
+        except Exception:  # noqa: BLE001 - a model that needs its whole batch: no estimate, no check
+            return 0
+        seen: dict[int, int] = {}
+        for t in pytree.tree_leaves((out, list(cache.values()))):
+            if isinstance(t, Tensor):
+                seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        outs = [t for t in pytree.tree_leaves(out) if isinstance(t, Tensor)]
+        largest = max((t.untyped_storage().nbytes() for t in outs), default=0)
+        del out, cache
+        return sum(seen.values()) + 3 * largest
+
+    def _check_selected(self, i: int) -> None:
+        if i not in self._selected:
+            raise QuantlensError(f"layer {self.layers[i].name} is not among the layers this runner keeps values for "
+                                 "(ConeRunner.select): select it before the float pass")
+
     def layer_io(self, cache: dict[str, Any], i: int) -> tuple[Tensor, Tensor]:
+        self._check_selected(i)
         if self.low_memory:
             gm, frontier = self.io[i]
             x, o = gm(*[cache[f] for f in frontier])
@@ -213,6 +254,7 @@ class ConeRunner(Runner):
         return self.batcher.evaluations(self, cache, i, weights)
 
     def run(self, cache: dict[str, Any], i: int, weight: Tensor) -> Evaluation:
+        self._check_selected(i)
         cone = self.cones[i]
         cone.qlayer.set_weight(weight)
         out, layer_out = cone(cache)

@@ -27,14 +27,14 @@ from torch import nn
 from quantlens.core.sweep_config import SweepConfig
 from quantlens.errors import QuantlensError, QuantlensWarning
 from quantlens.graph.capture import CAPTURE_METHODS, CaptureError, capture
-from quantlens.engine.memory import trim_heap
+from quantlens.engine.memory import check_fits, trim_heap
 from quantlens.metrics.task import Metric, make_metric, update_metric
 from quantlens.core.numerics import analysis_mode
 from quantlens.quant.observers import MinMaxObserver
 from quantlens.quant.padded import padding_note, warn_padded
 from quantlens.quant.quantizer import QuantizedWeight, quantize_weight
 from quantlens.engine.accumulate import CellAccumulator, ChannelStats, channel_axis, per_sample_sq
-from quantlens.data.batches import Batch, extract_output
+from quantlens.data.batches import Batch, extract_output, input_ids
 from quantlens.engine.runner import ConeRunner, HookRunner, Runner
 from quantlens.engine.state import SweepState
 
@@ -82,27 +82,47 @@ class Sweep:
             if missing:
                 raise QuantlensError(f"unknown layer(s) {', '.join(missing)}; layers are: {', '.join(sorted(known))}")
         self.layer_ids = [l.index for l in all_layers if layers is None or l.name in layers]
+        if layers is not None and isinstance(self.runner, ConeRunner):
+            self.runner.select(self.layer_ids)  # the cache holds what these layers read, not every layer's
         self.reference = None
         if reference is not None:
             import copy
 
             self.reference = copy.deepcopy(reference).eval().to(self.device)
-        self.qweights: dict[tuple[int, int], QuantizedWeight] = {}
+        self._check_memory(sample[0])
+        self.qweights: dict[tuple[int, int], QuantizedWeight] = QuantizedWeights(self.quantize)
         padded: dict[str, list[str]] = {}
         for i in self.layer_ids:
             w = self.runner.float_weight(i)
             for b in config.columns:
                 spec = config.weight_spec(b)
-                try:
-                    self.qweights[(i, b)] = quantize_weight(w, spec)
-                except QuantlensError as e:
-                    raise QuantlensError(f"layer {self.runner.layers[i].name}: {e}") from None
+                self.qweights[(i, b)]  # quantized once, here: a format that does not apply fails now
                 note = padding_note(tuple(w.shape), spec.format, "weight") if spec.format else None
                 if note:
                     padded.setdefault(spec.format, []).append(f"{self.runner.layers[i].name} ({note})")
         warn_padded(padded)
 
     # ---- preparation -----------------------------------------------------------------------
+    def quantize(self, i: int, b: Any) -> QuantizedWeight:
+        """Layer ``i``'s weight in column ``b`` (not kept: :attr:`qweights` keeps what it is asked for)."""
+        try:
+            return quantize_weight(self.runner.float_weight(i), self.config.weight_spec(b))
+        except QuantlensError as e:
+            raise QuantlensError(f"layer {self.runner.layers[i].name}: {e}") from None
+
+    def _check_memory(self, inputs: Any) -> None:
+        """One line before the run if one batch would not fit in memory (:func:`check_fits`):
+        the quantized weights (one copy per layer and column) and one batch of what the float
+        pass keeps, measured on one sample of the first batch."""
+        if not isinstance(self.runner, ConeRunner):
+            return
+        inputs = inputs.to(self.device)
+        ws = [self.runner.float_weight(i) for i in self.layer_ids]
+        fixed = sum(w.numel() * w.element_size() for w in ws) * len(self.config.columns)
+        ids = input_ids(inputs)
+        tokens = int(ids.shape[-1]) if ids is not None and ids.dim() == 2 else 0
+        check_fits(fixed, self.runner.per_sample_bytes(inputs), inputs.batch_size, "the sweep", tokens)
+
     def _make_runner(self, model: nn.Module, sample: Batch, engine: str, method: str = "auto") -> Runner:
         if engine == "hooks":
             return self._hook_runner(model, sample)
@@ -202,6 +222,19 @@ class Sweep:
         state.batches += 1
         del cache, out
         trim_heap()  # resident memory stays one batch's, however many batches
+
+class QuantizedWeights(dict):
+    """``(layer, column) -> QuantizedWeight``, quantized on first use and kept: a sweep that
+    drops them (the estimate, during its gradient pass) gets them back on demand."""
+
+    def __init__(self, make: Callable[[int, Any], QuantizedWeight]) -> None:
+        super().__init__()
+        self._make = make
+
+    def __missing__(self, key: tuple[int, Any]) -> QuantizedWeight:
+        value = self[key] = self._make(*key)
+        return value
+
 
 def _device(device: Union[str, torch.device]) -> torch.device:
     d = torch.device(device)

@@ -282,7 +282,7 @@ def first_order(sweep: Any, data: Iterable[Any], seed: int = 0) -> dict[tuple[in
     diag: list[Optional[Tensor]] = [None] * len(ids)
     # mu_b per output channel, one column per bit-width: sum_n (mu_b . S_n)^2 for all b at once
     w_mean = [_channel_means(runner.float_weight(i), mods[k]) for k, i in enumerate(ids)]
-    mu = [torch.stack([_channel_means(sweep.qweights[(i, b)].weight, mods[k]) - w_mean[k] for b in bits], 1)
+    mu = [torch.stack([_channel_means(sweep.quantize(i, b).weight, mods[k]) - w_mean[k] for b in bits], 1)
           for k, i in enumerate(ids)]
     s_sq = [torch.zeros(len(bits), dtype=torch.float64, device=dev) for _ in ids]
     metric = make_metric(sweep.metric_spec)
@@ -342,7 +342,7 @@ def first_order(sweep: Any, data: Iterable[Any], seed: int = 0) -> dict[tuple[in
             act = float(runner.in_q[i].scale) ** 2 / 12 * float(a_in[k]) + float(runner.out_q[i].scale) ** 2 / 12 * float(a_out[k])
         d_rows = _rows(diag[k], mods[k]).sum(1).double()  # type: ignore[arg-type]
         for j, b in enumerate(bits):
-            dw = sweep.qweights[(i, b)].weight - w
+            dw = sweep.quantize(i, b).weight - w
             rest = _diagonal_rest(dw, mu[k][:, j], diag[k], d_rows, mods[k])  # type: ignore[arg-type]
             est[(i, b)] = 0.5 * (float(s_sq[k][j]) + rest + act) / n_total
             if signed and g_true[k] is not None and n_true:
@@ -364,6 +364,8 @@ def estimate_sweep(sweep: Any, data: Iterable[Any], k: int = 5, seed: int = 0, m
         raise QuantlensError(f"the estimate's check at {bits_label(b_chk)} needs that "
                              f"{'format' if isinstance(b_chk, str) else 'bit-width'} in the sweep ({list(cols)})")
     t0 = time.perf_counter()
+    sweep.qweights.clear()  # not alive during the gradient pass (4 bytes x parameters x formats); the check quantizes its own
+    trim_heap()
     est = first_order(sweep, data, seed)
     t_est = time.perf_counter() - t0
     ranked = sorted(sweep.layer_ids, key=lambda i: -est[(i, b_chk)])
@@ -375,8 +377,12 @@ def estimate_sweep(sweep: Any, data: Iterable[Any], k: int = 5, seed: int = 0, m
     check.config = (dataclasses.replace(sweep.config, formats=(b_chk,)) if sweep.config.formats
                     else dataclasses.replace(sweep.config, w_bits=(b_chk,)))
     state = check.new_state()
-    for batch in iterate(data, "data"):
-        check.process_batch(state, batch)
+    sweep.runner.select(check.layer_ids)  # the float pass keeps what the checked layers read, not all layers'
+    try:
+        for batch in iterate(data, "data"):
+            check.process_batch(state, batch)
+    finally:
+        sweep.runner.select(sweep.layer_ids)
     exact = collect(check, state, model_name=model_name)
     t_exact = time.perf_counter() - t1
     names = {i: sweep.runner.layers[i].name for i in sweep.layer_ids}
