@@ -196,7 +196,7 @@ def insights(result: SweepResult, bits: int, units: Optional[Units] = None, tol:
             top = tier[0]
             out.append(Insight(f"{top.layer} accounts for {share[top.layer]:.0%} of the summed {_adj(bits)} degradation "
                                f"({u.deg(top.degradation)} of {u.deg(total)})"
-                               + (f", significantly more than any other layer." if noisy and len(ranked) > 1 else "."), top.layer, "share"))
+                               + (", significantly more than any other layer." if noisy and len(ranked) > 1 else "."), top.layer, "share"))
         elif tier:
             together = sum(share[c.layer] for c in tier)
             out.append(Insight(f"{layer_list(tier)} together account for {together:.0%} of the summed {_adj(bits)} degradation "
