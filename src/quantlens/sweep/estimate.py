@@ -44,11 +44,13 @@ with ``G_true`` the weight gradient of the summed nll of the ``N_true`` counted 
 (the metric's own, :class:`~quantlens.metrics.tokens.NLL`). ``est`` is then the expected nll
 change per token (perplexity ranks the same way); the activations keep their second-order term.
 
-It is always checked: at one bit-width (:func:`check_bits`: 4 if swept, else the lowest), the
-estimate's top ``k`` layers and ``k`` random others are measured exactly with their cones in one
-float pass per batch; the result reports the Spearman correlation between estimate and exact
-degradation over those cells and the overlap of the top ``k``. Below :data:`TRUST_SPEARMAN` the
-summary says the estimate cannot be trusted for this model.
+It is always checked: at one bit-width (:func:`check_bits`: 4 if swept, else the lowest), among
+the estimate's top ``k`` layers, the ``k`` below them and ``k`` random others, those of cheapest
+cones that fit in ``budget`` times the estimate's time are measured exactly with their cones in
+one float pass per batch (:mod:`quantlens.sweep.check`); the result reports the Spearman
+correlation between estimate and exact degradation over those cells and the overlap of the top
+``k`` among them. Below :data:`TRUST_SPEARMAN` (or with fewer than 3 cells) the summary says
+the estimate cannot be trusted for this model.
 
 Example:
     >>> r = ql.analyze(model, data, method="estimate")                       # doctest: +SKIP
