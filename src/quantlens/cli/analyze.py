@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tolerance", default=None, metavar="TOL",
                    help="the degradation that matters for --adaptive: 0.5%% (default) or a plain number in the metric's units")
     p.add_argument("--estimate", action="store_true",
-                   help="first-order estimate of every cell (one forward+backward per batch), checked on top-k and k random layers")
+                   help="first-order estimate of every cell (one forward+backward per batch), checked on exact cells chosen within --check-budget")
     p.add_argument("--estimate-k", type=int, default=5, metavar="K",
                    help="the check's candidates at one bit-width (4 if swept, else the lowest): the estimate's top K, "
                    "the K below them and K random layers (default 5)")
