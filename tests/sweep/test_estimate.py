@@ -151,13 +151,13 @@ def test_check_bits_rule():
 
 def test_estimate_is_checked_and_reported():
     m, d = tiny_net(), tiny_data(n_batches=2, batch=16)
-    r = ql.analyze(m, d, w_bits=[3, 8], metric="kl", method=ql.Estimate(k=2))
-    info = r.extra["estimate"]
-    assert r.engine == "estimate" and info["check_bits"] == 3 and info["checked_cells"] == 4
+    r = ql.analyze(m, d, w_bits=[3, 8], metric="kl", method=ql.Estimate(k=2, budget=math.inf))
+    info = r.extra["estimate"]  # no time limit: every candidate (top 2, boundary 2, random 2 of 8 layers)
+    assert r.engine == "estimate" and info["check_bits"] == 3 and info["checked_cells"] == info["candidate_cells"] == 6
     assert 0 <= info["topk_overlap"][3] <= 1 and list(r.w_bits) == [3, 8] and len(r.cells) == 2 * len(r.layers)
     assert all(c.estimate >= 0 for c in r.cells)
     measured = [c for c in r.cells if not math.isnan(c.degradation)]
-    assert len(measured) == 4 and {c.w_bits for c in measured} == {3}
+    assert len(measured) == 6 and {c.w_bits for c in measured} == {3}
     by_est = sorted(r.at(3), key=lambda c: -c.estimate)
     assert {c.layer for c in by_est[:2]} <= {c.layer for c in measured}  # the estimate's top k are checked
     exact = ql.analyze(m, d, w_bits=[3, 8], metric="kl")
@@ -181,16 +181,16 @@ def test_estimate_is_checked_and_reported():
 
 def test_estimate_with_separate_calibration_data_matches_exact_cells():
     m, d, calib = tiny_net(), tiny_data(n_batches=2, batch=8), tiny_data(n_batches=1, batch=8, seed=5)
-    r = ql.analyze(m, d, calib=calib, w_bits=[4, 6], metric="kl", method=ql.Estimate(k=1))
+    r = ql.analyze(m, d, calib=calib, w_bits=[4, 6], metric="kl", method=ql.Estimate(k=1, budget=math.inf))
     exact = ql.analyze(m, d, calib=calib, w_bits=[4, 6], metric="kl")
     measured = [c for c in r.cells if not math.isnan(c.degradation)]
-    assert len(measured) == 2 and {c.w_bits for c in measured} == {4}
+    assert len(measured) == 3 and {c.w_bits for c in measured} == {4}
     for c in measured:
         assert c.degradation == pytest.approx(exact.cell(c.layer, 4).degradation, rel=1e-9)
 
 
 def test_estimate_compiles_only_the_checked_cones():
-    """Cones compile on first use: the estimate's check builds the modules of its 2k layers alone."""
+    """Cones compile on first use: the estimate's check builds the modules of its checked layers alone."""
     from quantlens.sweep.api import make_config
     from quantlens.sweep.estimate import estimate_sweep
     from quantlens.data.batches import iterate
@@ -199,9 +199,9 @@ def test_estimate_compiles_only_the_checked_cones():
     data = [(torch.randn(4, 3, 6, 6), None)]
     sweep = SweepRecipe(Branchy().eval(), next(iterate(data)), make_config([4]), "kl", "cpu", None, None, "cone", None).build()
     assert not any(c.compiled for c in sweep.runner.cones)
-    r = estimate_sweep(sweep, data, k=1)
+    r = estimate_sweep(sweep, data, k=1, budget=math.inf)
     checked = {c.layer for c in r.cells if not math.isnan(c.degradation)}
-    assert len(checked) == 2 and {c.layer.name for c in sweep.runner.cones if c.compiled} == checked
+    assert len(checked) == 3 and {c.layer.name for c in sweep.runner.cones if c.compiled} == checked
 
 
 class TokenNet(nn.Module):
@@ -292,7 +292,7 @@ def test_token_metric_estimate_is_per_position_and_skips_padding():
                 count += int(keep.sum())
             g = torch.autograd.grad(total, leaf)[0].double()
         assert signed[name] == pytest.approx(float((g * dw).sum()) / count, rel=1e-6, abs=1e-12), name
-    r = ql.analyze(m, batches, w_bits=[4], a_bits=8, metric="token_kl", method=ql.Estimate(k=1))
+    r = ql.analyze(m, batches, w_bits=[4], a_bits=8, metric="token_kl", method=ql.Estimate(k=1, budget=math.inf))
     assert r.extra["estimate"]["unit"] == "expected KL increase per token (nats)" and r.extra["estimate"]["checked_cells"] == 2
     with pytest.raises(QuantlensError, match="needs vocabulary logits") as e:  # a token metric on a classifier
         ql.analyze(tiny_net(), tiny_data(1, 4), w_bits=[4], metric="token_kl", method="estimate")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from quantlens.sweep.results import column_label
+from quantlens.sweep.check import check_line
 from quantlens.cli._loop_args import load_inputs
 from quantlens.cli.common import (
     add_model_args,
@@ -43,8 +43,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tolerance", default=None, metavar="TOL",
                    help="the degradation that matters for --adaptive: 0.5%% (default) or a plain number in the metric's units")
     p.add_argument("--estimate", action="store_true",
-                   help="first-order estimate of every cell (one forward+backward per batch), checked on top-k and k random layers")
-    p.add_argument("--estimate-k", type=int, default=5, metavar="K", help="layers re-measured exactly at one bit-width (4 if swept, else the lowest), top and random (default 5)")
+                   help="first-order estimate of every cell (one forward+backward per batch), checked on exact cells chosen within --check-budget")
+    p.add_argument("--estimate-k", type=int, default=5, metavar="K",
+                   help="the check's candidates at one bit-width (4 if swept, else the lowest): the estimate's top K, "
+                   "the K below them and K random layers (default 5)")
+    p.add_argument("--check-budget", type=float, default=None, metavar="SHARE",
+                   help="for --estimate: the check's time as a share of the estimate's (default 0.25; inf: every "
+                   "candidate); candidates with the cheapest cones are measured first")
     add_scale_args(p)
     p.set_defaults(func=run)
 
@@ -96,11 +101,7 @@ def run(args: argparse.Namespace) -> int:
     print_summary(result, k=args.top)
     est = result.extra.get("estimate")
     if est:
-        rho = est["spearman"]
-        console.print(f"estimate ({est.get('unit', 'first order')}): {est['estimate_s']:.1f} s; checked on {est['checked_cells']} exact cells ({est['check_s']:.1f} s): "
-                      f"Spearman {rho:.2f}, top-{est['k']} overlap "
-                      + ", ".join(f"{column_label(b)} {v:.0%}" for b, v in est["topk_overlap"].items())
-                      + ("" if rho >= 0.7 else " -- the estimate cannot be trusted for this model: run the exact sweep"))
+        console.print(check_line(est))
     ad = result.extra.get("adaptive")
     if ad:
         stopped = sum(c.early_stop for c in result.cells)
@@ -141,10 +142,15 @@ def _method(args: argparse.Namespace):
         raise QuantlensError("--adaptive and --split-noise are two methods: drop one")
     if args.tolerance is not None and not args.adaptive:
         raise QuantlensError("--tolerance is for --adaptive: add --adaptive or drop --tolerance")
+    if args.check_budget is not None and not args.estimate:
+        raise QuantlensError("--check-budget is for --estimate: add --estimate or drop --check-budget")
     if args.estimate:
         if args.estimate_k < 1:
             raise QuantlensError(f"--estimate-k must be at least 1, got {args.estimate_k}")
-        return Estimate(k=args.estimate_k)
+        if args.check_budget is not None and not args.check_budget > 0:
+            raise QuantlensError(f"--check-budget is the check's share of the estimate's time and must be above 0 "
+                                 f"(0.25: a quarter; inf: every candidate), got {args.check_budget}")
+        return Estimate(k=args.estimate_k, **({} if args.check_budget is None else {"budget": args.check_budget}))
     if args.adaptive:
         return Adaptive(tolerance=args.tolerance)
     return Exact(split_noise=args.split_noise)

@@ -21,6 +21,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Optional
 
+from quantlens.sweep.check import coverage
 from quantlens.sweep.results import bits_label, weights_label
 from quantlens.sweep.results import Cell, LayerInfo, SweepResult
 from quantlens.stats.degradation import summed_degradation
@@ -164,9 +165,10 @@ def insights(result: SweepResult, bits: int, units: Optional[Units] = None, tol:
     est_note: list[Insight] = []
     if check:
         rho = check.get("spearman")
-        head = (f"These cells are a first-order estimate, checked on {check.get('checked_cells', 0)} cells measured exactly "
-                f"(the estimate's top {check.get('k')} and {check.get('k')} random layers at {check.get('check_bits')} bits): Spearman "
-                f"{rho:.2f}" if finite(rho) else "These cells are a first-order estimate; its check has no Spearman (too few cells)")
+        head = (f"These cells are a first-order estimate, checked on {coverage(check)}, measured exactly at "
+                f"{bits_label(check.get('check_bits'))}: Spearman {rho:.2f}" if finite(rho) else
+                f"These cells are a first-order estimate; its check measured {coverage(check)}, too few for a Spearman "
+                "correlation (raise --check-budget)")
         if finite(rho) and rho >= 0.7:
             est_note.append(Insight(head + "; only the measured cells carry a degradation.", kind="noise"))
         else:
@@ -194,7 +196,7 @@ def insights(result: SweepResult, bits: int, units: Optional[Units] = None, tol:
             top = tier[0]
             out.append(Insight(f"{top.layer} accounts for {share[top.layer]:.0%} of the summed {_adj(bits)} degradation "
                                f"({u.deg(top.degradation)} of {u.deg(total)})"
-                               + (f", significantly more than any other layer." if noisy and len(ranked) > 1 else "."), top.layer, "share"))
+                               + (", significantly more than any other layer." if noisy and len(ranked) > 1 else "."), top.layer, "share"))
         elif tier:
             together = sum(share[c.layer] for c in tier)
             out.append(Insight(f"{layer_list(tier)} together account for {together:.0%} of the summed {_adj(bits)} degradation "

@@ -166,7 +166,7 @@ def analyze(
     if isinstance(how, Estimate):
         if opts.backend not in ("serial", None):
             raise QuantlensError("--estimate runs alone: drop --backend ray")
-        return _estimate(work, cfg, opts.device, layers, engine, model_name, how.k, capture)
+        return _estimate(work, cfg, opts.device, layers, engine, model_name, how, capture)
     executor = make_executor(opts.backend, opts.address)
     if isinstance(how, Adaptive):
         executor = _adaptive_executor(opts.backend, opts.cache, work.metric, how.tolerance)
@@ -242,7 +242,7 @@ def _adaptive_executor(backend: Any, cache: Any, metric: MetricSpec, tolerance: 
     return AdaptiveExecutor(parse_tolerance(tolerance, pct_metric=is_fraction(getattr(probe, "name", ""))))
 
 
-def _estimate(work: Workload, cfg: SweepConfig, device: Any, layers: Any, engine: str, model_name: str, k: int,
+def _estimate(work: Workload, cfg: SweepConfig, device: Any, layers: Any, engine: str, model_name: str, how: Estimate,
               capture: str = "auto") -> SweepResult:
     import dataclasses
 
@@ -256,5 +256,5 @@ def _estimate(work: Workload, cfg: SweepConfig, device: Any, layers: Any, engine
         sweep = SweepRecipe(model, sample, cfg, work.metric, device, work.output_key, work.reference, engine, layers, capture).build()
         if work.calib is not None:  # else the estimate's own pass calibrates on ``data``
             sweep.calibrate(work.calib)
-        result = estimate_sweep(sweep, work.data, k=k, model_name=model_name or type(model).__name__)
+        result = estimate_sweep(sweep, work.data, k=how.k, model_name=model_name or type(model).__name__, budget=how.budget)
     return dataclasses.replace(result, elapsed_s=time.perf_counter() - t0)

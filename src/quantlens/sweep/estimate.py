@@ -44,11 +44,13 @@ with ``G_true`` the weight gradient of the summed nll of the ``N_true`` counted 
 (the metric's own, :class:`~quantlens.metrics.tokens.NLL`). ``est`` is then the expected nll
 change per token (perplexity ranks the same way); the activations keep their second-order term.
 
-It is always checked: at one bit-width (:func:`check_bits`: 4 if swept, else the lowest), the
-estimate's top ``k`` layers and ``k`` random others are measured exactly with their cones in one
-float pass per batch; the result reports the Spearman correlation between estimate and exact
-degradation over those cells and the overlap of the top ``k``. Below :data:`TRUST_SPEARMAN` the
-summary says the estimate cannot be trusted for this model.
+It is always checked: at one bit-width (:func:`check_bits`: 4 if swept, else the lowest), among
+the estimate's top ``k`` layers, the ``k`` below them and ``k`` random others, those of cheapest
+cones that fit in ``budget`` times the estimate's time are measured exactly with their cones in
+one float pass per batch (:mod:`quantlens.sweep.check`); the result reports the Spearman
+correlation between estimate and exact degradation over those cells and the overlap of the top
+``k`` among them. Below :data:`TRUST_SPEARMAN` (or with fewer than 3 cells) the summary says
+the estimate cannot be trusted for this model.
 
 Example:
     >>> r = ql.analyze(model, data, method="estimate")                       # doctest: +SKIP
@@ -61,9 +63,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import random
 import time
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -71,7 +72,7 @@ from torch import Tensor, fx, nn
 
 from quantlens.quant.formats import get_format
 from quantlens.sweep.results import bits_label
-from quantlens.sweep.collect import collect, layer_info
+from quantlens.sweep.collect import layer_info
 from quantlens.core import jsonio
 from quantlens.data.batches import extract_output, iterate
 from quantlens.errors import QuantlensError
@@ -84,10 +85,13 @@ from quantlens.quant.quantizer import make_observer
 from quantlens.metrics.tokens import NLL, check_logits
 from quantlens.sweep.results import Cell, SweepResult
 from quantlens.engine.runner import ConeRunner
+from quantlens.engine.cost import cone_shares
+from quantlens.sweep.check import candidates, choose, measure
 
-__all__ = ["TRUST_SPEARMAN", "spearman", "check_bits", "first_order", "estimate_sweep"]
+__all__ = ["TRUST_SPEARMAN", "spearman", "check_bits", "check_budget", "first_order", "timed_first_order", "estimate_sweep"]
 
 TRUST_SPEARMAN = 0.7
+Shares = Callable[[Any, Any], "dict[int, float]"]
 NO_GRADIENT = "--estimate needs gradients through the model ({why}); the exact sweep is the fallback: drop --estimate"
 
 
@@ -264,6 +268,12 @@ def first_order(sweep: Any, data: Iterable[Any], seed: int = 0) -> dict[tuple[in
     """``est(i, b)`` for every swept cell (see module docstring), from one forward and one
     backward pass per batch. If the sweep's activation quantizers are not calibrated yet, the
     same pass calibrates them (so the check needs no calibration pass of its own)."""
+    return timed_first_order(sweep, data, seed)[0]
+
+
+def timed_first_order(sweep: Any, data: Iterable[Any], seed: int = 0) -> tuple[dict[tuple[int, int], float], float]:
+    """:func:`first_order` and the seconds its forward passes took (the float network once per
+    batch: what the check's cost model scales, :mod:`quantlens.sweep.check`)."""
     runner = sweep.runner
     if not isinstance(runner, ConeRunner):
         raise QuantlensError(NO_GRADIENT.format(why="the model is run through forward hooks, not a traced graph"))
@@ -290,12 +300,15 @@ def first_order(sweep: Any, data: Iterable[Any], seed: int = 0) -> dict[tuple[in
     signed = isinstance(metric, NLL)  # the data's own next tokens: a first-order, signed term too
     g_true: list[Optional[Tensor]] = [None] * len(ids)
     n_total = n_true = 0
+    forward_s = 0.0
     gen = torch.Generator().manual_seed(seed)
     for inputs, labels in iterate(data, "data"):
         inputs = inputs.to(sweep.device)
         with torch.enable_grad(), exact_float32():
+            t_in = time.perf_counter()
             out, xs, zs, os_ = gm(*runner.graph.flat(inputs))
             y = extract_output(runner.graph.output(out), sweep.output_key)
+            forward_s += time.perf_counter() - t_in
             if not y.requires_grad:
                 raise QuantlensError(NO_GRADIENT.format(why="the output does not depend differentiably on the layers"))
             loss, units = _sampled_log_likelihood(y, inputs, per_token, gen)
@@ -347,17 +360,21 @@ def first_order(sweep: Any, data: Iterable[Any], seed: int = 0) -> dict[tuple[in
             est[(i, b)] = 0.5 * (float(s_sq[k][j]) + rest + act) / n_total
             if signed and g_true[k] is not None and n_true:
                 est[(i, b)] += float(torch.linalg.vecdot(g_true[k].reshape(-1).double(), dw.reshape(-1).double())) / n_true
-    return est
+    return est, forward_s
 
 
 def estimate_sweep(sweep: Any, data: Iterable[Any], k: int = 5, seed: int = 0, model_name: str = "",
-                   check_at: Optional[int] = None) -> SweepResult:
-    """Estimate every cell, then measure the estimate's top ``k`` and ``k`` random layers exactly
-    at ``check_at`` bits (default :func:`check_bits`) with their cones, one float pass per batch,
-    and report the check (Spearman, top-``k`` overlap) in ``extra["estimate"]``."""
+                   check_at: Optional[int] = None, budget: float = 0.25, shares: Optional[Shares] = None) -> SweepResult:
+    """Estimate every cell, then measure exactly at ``check_at`` (default :func:`check_bits`) the
+    cells the check chooses within ``budget`` times the estimate's time (top ``k``, the ``k`` at
+    the boundary and ``k`` random layers, cheapest cones first: :mod:`quantlens.sweep.check`), in
+    one float pass per batch; report the check in ``extra["estimate"]``. ``shares``: the cost
+    model, ``(sweep, inputs) -> {layer id: share of a forward pass}`` (default: the cones' work,
+    :func:`quantlens.engine.cost.cone_shares`)."""
     if sweep.config.a_format is not None:
         raise QuantlensError(f"--estimate models integer activations (their noise s^2/12), not {sweep.config.a_format}: "
                              "run the exact sweep with --a-format, or --estimate with --a-bits")
+    check_budget(budget)
     cols = sweep.config.columns
     b_chk = check_bits(cols) if check_at is None else check_at
     if b_chk not in cols:
@@ -366,29 +383,22 @@ def estimate_sweep(sweep: Any, data: Iterable[Any], k: int = 5, seed: int = 0, m
     t0 = time.perf_counter()
     sweep.qweights.clear()  # not alive during the gradient pass (4 bytes x parameters x formats); the check quantizes its own
     trim_heap()
-    est = first_order(sweep, data, seed)
+    est, forward_s = timed_first_order(sweep, data, seed)
     t_est = time.perf_counter() - t0
     ranked = sorted(sweep.layer_ids, key=lambda i: -est[(i, b_chk)])
-    rng = random.Random(seed)
-    chosen = ranked[:k] + rng.sample(ranked[k:], min(k, len(ranked) - k))
+    inputs = next(iter(iterate(data, "data")))[0].to(sweep.device)
+    share = (shares or _cone_shares)(sweep, inputs)
+    cands = candidates(ranked, k, {i: share[i] * forward_s for i in ranked}, seed)
+    taken = choose(cands, budget * t_est)
+    chosen = [c.layer for c in taken]
     t1 = time.perf_counter()
-    check = copy.copy(sweep)  # the same prepared network (cones, quantizers), fewer cells
-    check.layer_ids = sorted(chosen)
-    check.config = (dataclasses.replace(sweep.config, formats=(b_chk,)) if sweep.config.formats
-                    else dataclasses.replace(sweep.config, w_bits=(b_chk,)))
-    state = check.new_state()
-    sweep.runner.select(check.layer_ids)  # the float pass keeps what the checked layers read, not all layers'
-    try:
-        for batch in iterate(data, "data"):
-            check.process_batch(state, batch)
-    finally:
-        sweep.runner.select(sweep.layer_ids)
-    exact = collect(check, state, model_name=model_name)
+    exact = measure(sweep, data, chosen, b_chk, model_name)
     t_exact = time.perf_counter() - t1
     names = {i: sweep.runner.layers[i].name for i in sweep.layer_ids}
     xs = [est[(i, b_chk)] for i in chosen]
     ys = [exact.cell(names[i], b_chk).degradation for i in chosen]
-    top_exact = sorted(chosen, key=lambda i: -exact.cell(names[i], b_chk).degradation)[:k]
+    by_est = sorted(chosen, key=lambda i: -est[(i, b_chk)])[:k]
+    by_exact = sorted(chosen, key=lambda i: -exact.cell(names[i], b_chk).degradation)[:k]
     rho = spearman(xs, ys)
     cells = []
     for i in sweep.layer_ids:
@@ -401,12 +411,30 @@ def estimate_sweep(sweep: Any, data: Iterable[Any], k: int = 5, seed: int = 0, m
                 cells.append(Cell(layer=names[i], w_bits=get_format(b).bits if isinstance(b, str) else b, a_bits=sweep.config.a_bits,
                                   noise=nan, sqnr_db=nan, metric=nan, degradation=nan, estimate=est[(i, b)], samples=0,
                                   format=spec.format_name))
-    info = {"k": k, "check_bits": b_chk, "spearman": rho, "topk_overlap": {b_chk: len(set(ranked[:k]) & set(top_exact)) / max(1, min(k, len(chosen)))},
-            "trusted": bool(rho >= TRUST_SPEARMAN), "checked_cells": len(xs), "estimate_s": t_est, "check_s": t_exact,
+    picked = set(chosen)
+    info = {"k": k, "check_bits": b_chk, "spearman": rho,
+            "topk_overlap": {b_chk: len(set(by_est) & set(by_exact)) / max(1, len(by_est))},
+            "trusted": bool(rho >= TRUST_SPEARMAN), "checked_cells": len(xs), "candidate_cells": len(cands),
+            "estimate_s": t_est, "check_s": t_exact, "budget": budget, "budget_s": budget * t_est,
+            "forward_s": forward_s, "predicted_check_s": sum(c.cost_s for c in taken),
+            "candidates": [{"layer": names[c.layer], "why": c.why, "rank": c.rank, "cost_s": c.cost_s, "checked": c.layer in picked}
+                           for c in cands],
             "unit": _unit(make_metric(sweep.metric_spec))}
     rest = copy.copy(sweep)  # the other layers' info (weight statistics) once, without ranges
-    rest.layer_ids = [i for i in sweep.layer_ids if i not in chosen]
+    rest.layer_ids = [i for i in sweep.layer_ids if i not in picked]
     measured = {l.name: l for l in exact.layers + tuple(layer_info(rest, rest.new_state([])))}
     infos = tuple(measured[names[i]] for i in sweep.layer_ids)
     return dataclasses.replace(exact, layers=infos, cells=tuple(cells), engine="estimate", config=sweep.config.to_dict(),
                                elapsed_s=time.perf_counter() - t0, extra={**exact.extra, "estimate": info})
+
+
+def check_budget(budget: Any) -> float:
+    """``budget`` as a positive share of the estimate's time (``inf``: every candidate); one line if not."""
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0:
+        raise QuantlensError(f"the check's budget must be a share of the estimate's time above 0 (0.25: a quarter; "
+                             f"inf: every candidate), got {budget!r}")
+    return float(budget)
+
+
+def _cone_shares(sweep: Any, inputs: Any) -> dict[int, float]:
+    return cone_shares(sweep.runner.graph, inputs, sweep.layer_ids)

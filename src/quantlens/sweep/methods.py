@@ -8,8 +8,9 @@ picks a config), or its name.
   one side of ``tolerance`` and of 0 and its rank at its bit-width is settled
   (:mod:`quantlens.sweep.adaptive`); serial, no cache.
 * :class:`Estimate` (``"estimate"``): a first-order estimate of every cell from one forward and
-  backward pass per batch, checked by measuring the estimate's ``k`` top and ``k`` random
-  layers exactly (:mod:`quantlens.sweep.estimate`); serial.
+  backward pass per batch (:mod:`quantlens.sweep.estimate`), checked by measuring exactly,
+  within ``budget`` (a share of the estimate's time), candidates among its top ``k``, the ``k``
+  below them and ``k`` random layers, cheapest cones first (:mod:`quantlens.sweep.check`); serial.
 
 Example:
     >>> as_method("adaptive"), as_method(Estimate(k=3)).k
@@ -43,13 +44,20 @@ class Adaptive:
 
 @dataclass(frozen=True)
 class Estimate:
-    """A checked first-order estimate (module docstring). ``k``: top and random layers checked."""
+    """A checked first-order estimate (module docstring). ``k``: the check's candidates are the
+    estimate's top ``k``, the ``k`` below them and ``k`` random layers; ``budget``: the check's
+    time, a share of the estimate's own (0.25: a quarter; ``math.inf``: every candidate), within
+    which it measures the candidates of cheapest cones first (:mod:`quantlens.sweep.check`)."""
 
     k: int = 5
+    budget: float = 0.25
 
     def __post_init__(self) -> None:
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
             raise QuantlensError(f"Estimate(k=...) must be at least 1, got {self.k!r}")
+        if isinstance(self.budget, bool) or not isinstance(self.budget, (int, float)) or not self.budget > 0:
+            raise QuantlensError(f"Estimate(budget=...) is the check's share of the estimate's time and must be above 0 "
+                                 f"(0.25: a quarter; math.inf: every candidate), got {self.budget!r}")
 
 
 Method = Union[Exact, Adaptive, Estimate]
