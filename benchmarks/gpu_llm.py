@@ -34,6 +34,8 @@ peak resident memory (``ru_maxrss``) at the end of each stage.
 Example:
     $ PYTHONPATH=src:. python -m benchmarks.gpu_check --llm --json gpu_llm.json       # on a GPU
     $ PYTHONPATH=src:. python -m benchmarks.gpu_check --llm --device cpu --tiny          # smoke test
+    $ PYTHONPATH=src:. python -m benchmarks.gpu_check --llm --device cpu --subjects smollm2 --dtype float32 \
+          --seqs 4 --tokens 64 --batch 4 --budget 1200                               # CPU timings
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ class Options:
     formats: tuple[str, ...] = FORMATS
     k: int = 5
     budget_s: float = 150.0
+    dtype: str = "bfloat16"
 
     def __post_init__(self) -> None:
         for key in ("seqs", "tokens", "batch", "k"):
@@ -96,18 +99,21 @@ class Options:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
         if not self.formats:
             raise ValueError("give at least one format")
+        if self.dtype not in ("bfloat16", "float16", "float32"):
+            raise ValueError(f"dtype must be bfloat16, float16 or float32, got {self.dtype!r}")
 
 
 def build(name: str, opts: Options) -> tuple[torch.nn.Module, int]:
-    """The subject's model in bf16 on ``opts.device`` (eval, no KV cache) and its vocabulary size."""
-    dev = torch.device(opts.device)
+    """The subject's model in ``opts.dtype`` (bf16) on ``opts.device`` (eval, no KV cache) and its
+    vocabulary size."""
+    dev, dtype = torch.device(opts.device), getattr(torch, opts.dtype)
     if name == "smollm2":
         from quantlens.demo import smollm
 
         src = smollm.model()  # the demo's cached float32 model: copied, never changed
         import copy
 
-        m = copy.deepcopy(src).to(device=dev, dtype=torch.bfloat16).eval()
+        m = copy.deepcopy(src).to(device=dev, dtype=dtype).eval()
         return m, int(m.config.vocab_size)
     from transformers import AutoModelForCausalLM, LlamaConfig
 
@@ -115,7 +121,7 @@ def build(name: str, opts: Options) -> tuple[torch.nn.Module, int]:
     cfg = LlamaConfig(**shape, max_position_embeddings=max(opts.tokens, 256), use_cache=False)
     torch.manual_seed(0)
     with dev:  # parameters are created on the device (a 7B model never touches host memory)
-        m = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).eval()
+        m = AutoModelForCausalLM.from_config(cfg, dtype=dtype).eval()
     return m, int(cfg.vocab_size)
 
 
@@ -315,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--formats", default=",".join(FORMATS))
     p.add_argument("--k", type=int, default=5)
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
+                   help="the models' dtype (float32 for CPU timings: CPUs multiply bf16 slowly)")
     p.add_argument("--json", default="gpu_check_llm.json")
     p.add_argument("--child", nargs=3, metavar=("SUBJECT", "OPTIONS", "PATH"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -336,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         left = a.budget - (time.perf_counter() - t0)
         budget = left * SHARES[name] / sum(SHARES[s] for s in subjects[j:])
         opts = Options(device=a.device, tiny=a.tiny, seqs=a.seqs, tokens=a.tokens, batch=a.batch,
-                       formats=tuple(a.formats.split(",")), k=a.k, budget_s=round(budget, 1))
+                       formats=tuple(a.formats.split(",")), k=a.k, budget_s=round(budget, 1), dtype=a.dtype)
         part = Path(a.json).with_suffix(f".{name}.part.json").resolve()
         part.unlink(missing_ok=True)
         cmd = [sys.executable, "-m", "benchmarks.gpu_llm", "--child", name, json.dumps(dataclasses.asdict(opts)), str(part)]
