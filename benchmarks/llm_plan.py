@@ -7,7 +7,7 @@ Forward FLOPs per token of a Llama block (width ``d``, MLP ``f``, sequence ``s``
 
 and ``H = 2 d V`` for ``lm_head``. A layer's cone is the rest of its block from that layer on
 (q, k, v: its own matmul, attention, o and the MLP; o: o and the MLP; gate, up: two MLP
-matmuls; down: one), then every later block and the head; ``lm_head``'s cone is itself. The
+matmuls; down: one; v's cone skips the scores ``QK^T``), then every later block and the head; ``lm_head``'s cone is itself. The
 cone-sum fraction is ``sum(cones) / (layers x full)``. Times are FLOPs over ``peak x
 utilization``: the exact sweep is one float pass plus every cone per format, the naive loop
 one full pass per cell, the estimate a forward and backward (3 passes), then its check (one
@@ -34,7 +34,8 @@ def cones(d: int, f: int, s: int, vocab: int, blocks: int, dkv: int | None = Non
     for i in range(blocks):
         rest = (blocks - 1 - i) * block + head
         after_attn = att + o + 3 * mlp + rest
-        out += [q + after_attn, kv + after_attn, kv + after_attn, o + 3 * mlp + rest, 2 * mlp + rest, 2 * mlp + rest, mlp + rest]
+        after_av = att // 2 + o + 3 * mlp + rest  # v feeds A.V only; the scores QK^T do not read it
+        out += [q + after_attn, kv + after_attn, kv + after_av, o + 3 * mlp + rest, 2 * mlp + rest, 2 * mlp + rest, mlp + rest]
     return float(blocks * block + head), [*out, float(head)]
 
 

@@ -100,3 +100,22 @@ def test_without_cuda_the_gpu_run_says_so(monkeypatch, capsys):
     assert "no CUDA GPU here" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         gpu_llm.main(["--device", "cpu", "--subjects", "llama-70b"])
+
+
+def test_the_plans_cone_arithmetic_matches_flops_counted_on_a_llama_graph():
+    """benchmarks.llm_plan's formula against torch's FLOP counter on each captured cone (eager
+    attention: with sdpa the counter misses the attention of some graphs)."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from benchmarks import llm_plan
+    from benchmarks.flops import cone_fraction
+    from quantlens.core.inputs import Inputs
+
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=172, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=1, vocab_size=300, max_position_embeddings=64, use_cache=False)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+    measured = cone_fraction(model, Inputs((), {"input_ids": torch.randint(0, 300, (1, 24))}))
+    full, cones = llm_plan.cones(64, 172, 24, 300, 2, dkv=32)
+    assert measured["full_flops"] == 24 * full
+    assert measured["cone_flops"] == [24 * c for c in cones]
