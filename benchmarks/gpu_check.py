@@ -18,9 +18,13 @@ bits {4, 8}, per-group-128 weights, ``token_kl``: it prints the cone, low-memory
 times, the peak GPU memory of each, and checks cone == naive == low-memory on every cell
 (bf16 arithmetic, so to 1e-3 relative).
 
+``--llm``: SmolLM2 and Llamas of 1B and 7B shape (bf16), within a time budget, figures to one
+JSON (:mod:`benchmarks.gpu_llm`, which has its own options; ``--device cpu --tiny`` is its smoke test).
+
 Example:
     $ PYTHONPATH=src:. python3 -m benchmarks.gpu_check --images 32
     $ PYTHONPATH=src:. python3 -m benchmarks.gpu_check --lm --seqs 4
+    $ PYTHONPATH=src:. python3 -m benchmarks.gpu_check --llm --json gpu_llm.json
 """
 
 from __future__ import annotations
@@ -61,6 +65,11 @@ def _run(model, data, bits, engine: str, device: str):  # noqa: ANN001, ANN202
 
 
 def main(argv=None) -> int:  # noqa: ANN001
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--llm" in argv:  # its own options: benchmarks/gpu_llm.py
+        from .gpu_llm import main as llm_main
+
+        return llm_main([a for a in argv if a != "--llm"])
     ap = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check")
     ap.add_argument("--images", type=int, default=64)
     ap.add_argument("--batch", type=int, default=32)

@@ -338,7 +338,7 @@ def timed_first_order(sweep: Any, data: Iterable[Any], seed: int = 0) -> tuple[d
                     diag[k] = g_w[k] * g_w[k]
                 else:
                     diag[k].addcmul_(g_w[k], g_w[k])  # type: ignore[union-attr]
-                v = (channel_sums(mods[k], summers[k], g_z[k], x) @ mu[k]).double()
+                v = (channel_sums(mods[k], summers[k], g_z[k], x).float() @ mu[k]).double()  # bf16 models: mu is float32
                 s_sq[k] = s_sq[k] + v.pow(2).sum(0)
         n_total += units
         del out, xs, zs, os_, found, want, g_w, g_x, g_z, g_o, y, loss
