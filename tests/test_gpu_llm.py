@@ -44,7 +44,7 @@ def test_every_stage_on_a_tiny_llama(tmp_path):
     cvn = st["cone_vs_naive"]
     assert cvn["layers"] == layers and cvn["max_rel_diff"] <= 1e-3  # both blocks are first/middle/last here
     assert st["estimate"]["cells"] == st["exact"]["cells"] == 2 * layers
-    assert st["estimate"]["checked_cells"] == 2  # k = 1: the top layer and one random one
+    assert 1 <= st["estimate"]["checked_cells"] <= 3  # k = 1: of the top, boundary and random layer, what the time budget allows
     assert set(st["exact"]["spearman_estimate_vs_exact"]) == {"nvfp4", "int4-g128"}
     for s in st.values():
         assert s["seconds"] > 0 and s["peak_rss_gib"] > 0

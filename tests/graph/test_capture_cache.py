@@ -25,7 +25,7 @@ from quantlens.errors import QuantlensError, QuantlensWarning
 from quantlens.graph import capture_cache as cc
 from quantlens.graph.capture import CaptureError, capture, fx_capture
 from quantlens.graph.capture_cache import CaptureCache, capture_cache, use_capture_cache
-from quantlens.graph.export import export_program, needs_functionalization
+from quantlens.graph.export import export_program
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from support.lm_models import llama_ids, tiny_llama  # noqa: E402
@@ -151,27 +151,13 @@ class _InPlace(nn.Module):
         return y * 2
 
 
-def test_run_decompositions_only_where_the_program_mutates():
-    model, data = _llama(), _ids(1)
-    assert not needs_functionalization(torch.export.export(model, (), data[0], strict=False))
+def test_an_in_place_op_is_functionalized_and_its_activation_fused():
     torch.manual_seed(0)
     m, x = _InPlace().eval(), torch.randn(3, 4)
-    assert needs_functionalization(torch.export.export(copy.deepcopy(m), (x,), strict=False))
     ep = export_program(m, Inputs((x,)))  # functionalized: no in-place op left
     assert not any(getattr(n.target, "_schema", None) is not None and n.target._schema.is_mutable for n in ep.graph.nodes)
     g = capture(m, Inputs((x,)), "export")
     assert [l.act for l in g.layers] == ["ReLU"] and _out(g, Inputs((x,))).equal(m(x))
-
-
-def test_skipping_the_decomposition_gives_the_same_graph_numbers(monkeypatch):
-    model, data = _llama(), _ids(1)
-    sample = _sample(data[0])
-    skipped = capture(model, sample)
-    capture_cache().clear()
-    monkeypatch.setattr("quantlens.graph.export.needs_functionalization", lambda ep: True)
-    decomposed = capture(model, sample)
-    assert [(l.name, l.act) for l in skipped.layers] == [(l.name, l.act) for l in decomposed.layers]
-    assert _out(skipped, sample).equal(_out(decomposed, sample))
 
 
 # ---- on disk ---------------------------------------------------------------------------------

@@ -76,8 +76,8 @@ def test_fix_additivity_and_plan_show_progress_with_an_eta(capsys):
              global_rows=[("sawb",)])
     err = capsys.readouterr().err
     assert "fix" in err and "ETA" in err
-    # 2 calibration + 2 data batches for the trials, then float, naive, global:sawb, local
-    assert "8/8" in err
+    # 2 calibration + 2 data batches for the trials, then float, naive, global:sawb, local, local+global:sawb
+    assert "9/9" in err
     run_additivity(Workload(model, data, metric="kl"), options=RunOptions(progress=True), configs=2, sweep=sweep)
     err = capsys.readouterr().err
     assert "additivity" in err and "3/3" in err and "ETA" in err

@@ -282,7 +282,7 @@ def test_cli_estimate_of_a_16_block_lm_writes_the_llm_report(tmp_path, capsys):
     """))
     out = tmp_path / "run"
     assert main(["analyze", "--model", f"{user}:model", "--data", f"{user}:data", "--metric", "nll", "--formats", "nvfp4,fp8-e4m3",
-                 "--a-bits", "none", "--estimate", "--estimate-k", "2", "--out", str(out), "--no-progress"]) == 0
+                 "--a-bits", "none", "--estimate", "--estimate-k", "2", "--check-budget", "inf", "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     header = next(line for line in printed.splitlines() if line.lstrip().startswith("# "))
     assert header.split()[:3] == ["#", "block", "role"] and "est@nvfp4" in header
@@ -293,4 +293,4 @@ def test_cli_estimate_of_a_16_block_lm_writes_the_llm_report(tmp_path, capsys):
     nv = plots(html)["plot-roles"][0][0]
     v = role_view(r, "nvfp4")
     assert v is not None and nv["z"] == [[pytest.approx(x) for x in row] for row in v.estimates]
-    assert sum(is_checked(c) for c in r.cells) == 4
+    assert sum(is_checked(c) for c in r.cells) == 6  # no time limit: the top 2, the 2 below them, 2 random

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from quantlens.core.inputs import as_inputs
 from quantlens.core.sweep_config import SweepConfig
 from quantlens.errors import QuantlensError, QuantlensWarning
 from quantlens.graph.capture import CAPTURE_METHODS, CaptureError, capture
@@ -116,7 +117,7 @@ class Sweep:
         pass keeps, measured on one sample of the first batch."""
         if not isinstance(self.runner, ConeRunner):
             return
-        inputs = inputs.to(self.device)
+        inputs = as_inputs(inputs).to(self.device)  # a Ray worker's sample is the raw first argument
         ws = [self.runner.float_weight(i) for i in self.layer_ids]
         fixed = sum(w.numel() * w.element_size() for w in ws) * len(self.config.columns)
         ids = input_ids(inputs)

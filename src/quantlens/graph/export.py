@@ -6,8 +6,9 @@ that torch.fx cannot trace (Hugging Face transformers, data-dependent Python).
    between batches). That training-IR graph keeps ``linear`` and ``conv`` whole; it must be
    functional (no in-place op, so cached activations stay valid): when it holds an in-place
    or other mutating op, a mutated buffer or input, or a higher-order op,
-   ``run_decompositions({})`` makes it so; otherwise that pass is skipped (it costs as much as
-   the export itself and gives the same numbers: :func:`needs_functionalization`).
+   ``run_decompositions({})`` makes it so. The pass always runs, even with no mutating op:
+   skipping it left training-IR BatchNorm and activation ops that the folding and fusing below
+   do not know (measured: other layers and cells).
 2. The graph is unlifted (parameters are ``get_attr``) and its pytree calling convention is
    replaced by flat placeholders; :meth:`LayerGraph.flat` / :meth:`LayerGraph.output` convert.
 3. Every ``aten.linear`` / ``aten.conv1d`` / ``aten.conv2d`` whose weight is a parameter, and
@@ -44,7 +45,7 @@ from quantlens.errors import QuantlensError
 from quantlens.graph.layers import LayerGraph, discover_layers, fuse_bn, set_submodule
 from quantlens.graph.layers import fetch_attr
 
-__all__ = ["export_capture", "export_program", "program_graph", "needs_functionalization", "check_no_cache", "quiet"]
+__all__ = ["export_capture", "export_program", "program_graph", "check_no_cache", "quiet"]
 
 _aten = torch.ops.aten
 _LINEAR = {_aten.linear.default}
@@ -79,28 +80,16 @@ def _dynamic_shapes(model: nn.Module, args: tuple, kwargs: dict) -> dict[str, An
     return {name: pytree.tree_map(spec, value) for name, value in bound.arguments.items()}
 
 
-def needs_functionalization(ep: torch.export.ExportedProgram) -> bool:
-    """Whether ``ep``'s graph must go through ``run_decompositions({})`` to be functional: it
-    mutates a buffer or an input, or calls an op that is not a plain ATen overload (a
-    higher-order op) or whose schema writes to an argument (``relu_``, ``copy_``, ``out=``)."""
-    sig = ep.graph_signature
-    if sig.buffers_to_mutate or sig.user_inputs_to_mutate:
-        return True
-    for node in ep.graph.nodes:
-        if node.op != "call_function" or node.target is operator.getitem:
-            continue
-        if not isinstance(node.target, torch._ops.OpOverload) or node.target._schema.is_mutable:
-            return True
-    return False
-
-
 def _export(model: nn.Module, args: tuple, kwargs: dict) -> torch.export.ExportedProgram:
     with quiet():
         try:
             ep = torch.export.export(model, args, kwargs, dynamic_shapes=_dynamic_shapes(model, args, kwargs), strict=False)
         except Exception:
             ep = torch.export.export(model, args, kwargs, strict=False)  # static shapes: every batch like the first
-        return ep.run_decompositions({}) if needs_functionalization(ep) else ep
+        # always: the training IR is not only unfunctional where it mutates; its BatchNorm is
+        # ``aten.batch_norm`` (not the inference form folded below) and some activations keep
+        # other ATen names, so skipping this pass changed layers and cells (tests/graph/test_archgen.py)
+        return ep.run_decompositions({})
 
 
 def _module_path(node: fx.Node) -> str:
