@@ -167,12 +167,21 @@ def _side(side: str, windows: int, tokens: int) -> dict:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
+def _read_side(side: str, path: str) -> dict:
+    """The JSON line a ``--side`` run printed, from a file (an error entry if it is empty)."""
+    with open(path) as f:
+        lines = f.read().strip().splitlines()
+    return json.loads(lines[-1]) if lines else {"side": side, "error": f"{path} is empty"}
+
+
 def main(argv: Any = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.smollm_peer", description=__doc__.splitlines()[0])
     ap.add_argument("--windows", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--side", choices=["both", "modelopt", "quantlens"], default="both")
     ap.add_argument("--json", default=None, metavar="PATH")
+    ap.add_argument("--sides", nargs=2, default=None, metavar=("OURS", "PEER"),
+                    help="compare two sides already run (each the JSON line of a --side run) instead of running them")
     args = ap.parse_args(argv)
     import torch
 
@@ -181,8 +190,11 @@ def main(argv: Any = None) -> int:
         fn = run_modelopt if args.side == "modelopt" else run_quantlens
         print(json.dumps(fn(args.windows, args.tokens)))
         return 0
-    ours = _side("quantlens", args.windows, args.tokens)
-    peer = _side("modelopt", args.windows, args.tokens)
+    if args.sides:
+        ours, peer = (_read_side(k, f) for k, f in zip(("quantlens", "modelopt"), args.sides))
+    else:
+        ours = _side("quantlens", args.windows, args.tokens)
+        peer = _side("modelopt", args.windows, args.tokens)
     out: dict = {"windows": args.windows, "tokens": args.tokens, "quantlens": ours, "modelopt": peer}
     for s in (ours, peer):
         if "error" in s:
