@@ -46,7 +46,7 @@ def plan(quick: bool) -> dict[str, dict]:
         "minilm": {"images": 64, "batch": 16, "bits": [4, 6, 8]},
         "memory": {"images": [64, 640], "batch": 32, "bits": [8], "full_bits": [3, 4, 5, 6, 7, 8], "size": 224},
         "fix": {"images": 16, "batch": 16, "bits": 6, "size": 224},
-        "smollm": {"images": 4, "tokens": 128, "batch": 4, "bits": [4], "layers": _smollm_layers(), "output_key": "logits"},
+        "smollm": {"images": 4, "tokens": 128, "batch": 2, "bits": [4], "layers": _smollm_layers(), "output_key": "logits"},
     }
 
 
