@@ -11,7 +11,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -30,14 +30,15 @@ def _flops(fn) -> int:  # noqa: ANN001
     return int(counter.get_total_flops())
 
 
-def cone_fraction(model: nn.Module, sample: Union[tuple[int, ...], Inputs]) -> dict:
+def cone_fraction(model: nn.Module, sample: Union[tuple[int, ...], Inputs], layers: Optional[Sequence[str]] = None) -> dict:
     """FLOPs of the full pass and of each layer's cone on ``sample`` (inputs, or one random
-    input of that shape)."""
+    input of that shape); ``layers``: only these layers' cones (default: every layer's)."""
     inputs = sample if isinstance(sample, Inputs) else Inputs((torch.randn(*sample),))
     runner = ConeRunner(capture(model, inputs))
+    chosen = [c for c in runner.cones if layers is None or c.layer.name in set(layers)]
     with torch.inference_mode():
         full = _flops(lambda: runner.graph.gm(*runner.graph.flat(inputs)))
         _, cache = runner.float_pass(inputs)
-        cones = [_flops(lambda c=c: c(cache)) for c in runner.cones]
+        cones = [_flops(lambda c=c: c(cache)) for c in chosen]
     frac = sum(cones) / (len(cones) * full)
     return {"full_flops": full, "cone_flops": cones, "fraction": frac, "bound": 1.0 / frac}

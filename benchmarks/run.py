@@ -37,6 +37,7 @@ def plan(quick: bool) -> dict[str, dict]:
             "minilm": {"images": 16, "batch": 8, "bits": [4]},
             "memory": {"images": [16, 160], "batch": 8, "bits": [8], "full_bits": [4, 8], "size": 112},
             "fix": {"images": 8, "batch": 8, "bits": 6, "size": 224},
+            "smollm": {"images": 1, "tokens": 64, "batch": 1, "bits": [4], "layers": _smollm_layers(), "output_key": "logits"},
         }
     return {
         "resnet18": {"images": 64, "batch": 32, "bits": [3, 4, 5, 6, 7, 8], "size": 224},
@@ -45,7 +46,14 @@ def plan(quick: bool) -> dict[str, dict]:
         "minilm": {"images": 64, "batch": 16, "bits": [4, 6, 8]},
         "memory": {"images": [64, 640], "batch": 32, "bits": [8], "full_bits": [3, 4, 5, 6, 7, 8], "size": 224},
         "fix": {"images": 16, "batch": 16, "bits": 6, "size": 224},
+        "smollm": {"images": 4, "tokens": 128, "batch": 2, "bits": [4], "layers": _smollm_layers(), "output_key": "logits"},
     }
+
+
+def _smollm_layers() -> list[str]:
+    from .worker import SMOLLM_LAYERS
+
+    return list(SMOLLM_LAYERS)
 
 
 def _worker(params: dict) -> dict:
@@ -77,10 +85,15 @@ def compare(a: dict, b: dict) -> float:
     return worst
 
 
-def _bound(subject: str, size: int) -> dict:
+def _bound(subject: str, size: int, p: Any = None) -> dict:
     from .flops import cone_fraction
     from .worker import SUBJECTS
 
+    if subject == "smollm":  # the selected layers' cones, on the benchmark's own first batch
+        from quantlens.data.batches import iterate
+
+        model, data, _ = SUBJECTS[subject](p)
+        return cone_fraction(model, next(iter(iterate(data)))[0], layers=p["layers"])
     model, data, _ = SUBJECTS[subject]({"images": 8, "batch": 8, "size": size})
     if subject == "minilm":
         from quantlens.data.batches import iterate
@@ -98,16 +111,23 @@ def run_pair(subject: str, p: dict, overhead: bool = False) -> dict:
     """Cone and naive side by side in one process, on the same data; both results compared."""
     m = _worker({"subject": subject, **p, "pair": True, "overhead": overhead})
     cone, naive = m["cone"], m["naive"]
-    bound = _bound(subject, p.get("size", 224))
+    bound = _bound(subject, p.get("size", 224), p)
     ratio = naive["wall_s"] / cone["wall_s"]
+    loop = (naive["wall_s"] - naive["setup_s"]) / max(cone["wall_s"] - cone["setup_s"], 1e-9)
     layers = len({c[0] for c in cone["cells"]})
-    res = {**m, "ratio": ratio, "bound": bound["bound"], "max_rel_diff": compare(cone, naive)}
+    res = {**m, "ratio": ratio, "loop_ratio": loop, "bound": bound["bound"], "max_rel_diff": compare(cone, naive)}
+    unit = {"minilm": "texts", "smollm": "windows"}.get(subject, "images")
     _line(
-        f"{subject:13s} {layers:3d} layers x {len(p['bits'])} bits, {cone['num_samples']:4d} {'texts' if subject == 'minilm' else 'images'} | "
+        f"{subject:13s} {layers:3d} layers x {len(p['bits'])} bits, {cone['num_samples']:4d} {unit} | "
         f"naive {naive['wall_s']:7.1f} s  quantlens {cone['wall_s']:7.1f} s  ratio {ratio:4.2f}x "
         f"(FLOP bound {bound['bound']:.2f}x; ratio = {100 * ratio / bound['bound']:.0f}% of the bound) | "
         f"max rel diff {res['max_rel_diff']:.1e} ({'equal' if res['max_rel_diff'] <= 1e-5 else 'DIFFERENT'} to 1e-5) | "
         f"{m.get('batched_layers', 0)}/{layers} layers batch their bit-widths"
+    )
+    _line(
+        f"{'':13s} batches only (capture and calibration left out: cone {cone['setup_s']:.1f} s, naive {naive['setup_s']:.1f} s): "
+        f"naive {naive['wall_s'] - naive['setup_s']:.1f} s  quantlens {cone['wall_s'] - cone['setup_s']:.1f} s  ratio {loop:.2f}x "
+        f"= {100 * loop / bound['bound']:.0f}% of the bound"
     )
     if overhead:
         _line(
@@ -206,7 +226,7 @@ def run_fix(p: dict, before: str, after: str = "") -> dict:
 def main(argv: Any = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer images and bit-widths: a check in about a minute")
-    ap.add_argument("--only", default="resnet18,effnet-lite0,digits,minilm,memory,fix", help="comma-separated subjects")
+    ap.add_argument("--only", default="resnet18,effnet-lite0,digits,minilm,memory,fix,smollm", help="comma-separated subjects")
     ap.add_argument("--json", default=None, metavar="PATH", help="also write every measurement as JSON")
     ap.add_argument("--fix-before", default="8a6a9b5", metavar="REV",
                     help="git revision whose fix loop the `fix` subject times against this checkout (default: 8a6a9b5, before the trial runner)")

@@ -48,11 +48,22 @@ def _minilm(p: dict) -> tuple[Any, Any, str]:
     return model, docstring_batches(tokenizer, p["images"], p["batch"]), "cosine"
 
 
+def _smollm(p: dict) -> tuple[Any, Any, str]:
+    from quantlens.demo import smollm
+
+    return smollm.model(), smollm.data(windows=p["images"], tokens=p["tokens"], batch=p["batch"]), "perplexity"
+
+
+#: SmolLM2's 12 layers of quantlens issue 19: blocks 0, 15 and 29; q_proj, o_proj, gate_proj, down_proj.
+SMOLLM_LAYERS = [f"model.layers.{b}.{m}" for b in (0, 15, 29)
+                 for m in ("self_attn.q_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.down_proj")]
+
 SUBJECTS: dict[str, Callable[[dict], tuple[Any, Any, str]]] = {
     "resnet18": _resnet18,
     "effnet-lite0": _effnet,
     "digits": _digits,
     "minilm": _minilm,
+    "smollm": _smollm,
 }
 
 
@@ -123,13 +134,16 @@ def measure_pair(p: dict) -> dict:
     cfg = make_config(tuple(p["bits"]), 8)
     sample = next(iter(iterate(data)))
     times = {"cone": 0.0, "naive": 0.0}
+    setup = {"cone": 0.0, "naive": 0.0}
     sweeps, states = {}, {}
     for eng in ("naive", "cone"):
         t0 = time.perf_counter()
-        sweeps[eng] = Sweep(model, sample, cfg, metric, p.get("device", "cpu"), engine=eng)
+        sweeps[eng] = Sweep(model, sample, cfg, metric, p.get("device", "cpu"), engine=eng, layers=p.get("layers"),
+                            output_key=p.get("output_key"))
         sweeps[eng].calibrate(data)
         states[eng] = sweeps[eng].new_state()
-        times[eng] += time.perf_counter() - t0
+        setup[eng] = time.perf_counter() - t0
+        times[eng] += setup[eng]
     for k, batch in enumerate(iterate(data)):
         for eng in (("cone", "naive") if k % 2 == 0 else ("naive", "cone")):
             t0 = time.perf_counter()
@@ -140,7 +154,7 @@ def measure_pair(p: dict) -> dict:
     out["batched_layers"] = sum(m == "batched" for m in batcher.mode.values()) if batcher else 0
     for eng in ("cone", "naive"):
         r = collect(sweeps[eng], states[eng])
-        out[eng] = {"wall_s": times[eng], "baseline": r.baseline, "num_samples": r.num_samples, "cells": _cells(r)}
+        out[eng] = {"wall_s": times[eng], "setup_s": setup[eng], "baseline": r.baseline, "num_samples": r.num_samples, "cells": _cells(r)}
     if p.get("overhead"):
         sw = sweeps["cone"]
         loops = []
