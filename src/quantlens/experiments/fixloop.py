@@ -14,7 +14,8 @@
    ``global:equalize+bias_correction``, plus ``global:<f>`` for any fix chosen locally), and
    the chosen local fixes (``local``), and the local fixes on top of the best global row
    (``local+global:<fix>``: the culprits keep their local fix, every other layer takes the
-   global fix of least degradation; only when some fix was kept locally).
+   global fix of least degradation; only when some fix was kept locally; when that is the
+   global row's own network, its figures are that row's, with 0 seconds).
 
 ``fix.json`` carries ``"schema": "quantlens/fix-v1"``.
 """
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Optional, Sequence, Union
 
 from quantlens.core.experiment import Column, ExperimentSpec, parse_column
@@ -334,7 +335,11 @@ def fix_loop(
         bar.advance()
         best = _best_global(rows)
         if best is not None and local_fixes:
-            rows.append(_timed("local+" + best.method, measurer, local_over(global_cfgs[best.method], chosen), local_fixes))
+            both = local_over(global_cfgs[best.method], chosen)
+            if both == global_cfgs[best.method]:  # every culprit kept the global fix itself: the same network, not measured twice
+                rows.append(replace(best, method="local+" + best.method, fixes=local_fixes, seconds=0.0))
+            else:
+                rows.append(_timed("local+" + best.method, measurer, both, local_fixes))
             bar.advance()
     finally:
         bar.close()
