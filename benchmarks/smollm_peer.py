@@ -31,6 +31,8 @@ import time
 import warnings
 from typing import Any
 
+from quantlens.sweep.estimate import spearman  # the estimate's check uses the same rank correlation (ties: mean ranks)
+
 __all__ = ["compare", "main", "run_modelopt", "run_quantlens", "spearman"]
 
 
@@ -107,29 +109,6 @@ def run_quantlens(windows: int, tokens: int) -> dict:
                        "ci_high": c.ci_high * n_tokens} for c in r.cells}
     return {"side": "quantlens", "wall_s": wall, "peak_rss_mb": _peak_rss_mb(), "rss_before_mb": rss0, "cells": cells,
             "members": group_members(r)}
-
-
-def spearman(a: list, b: list) -> float:
-    """Spearman's rho: Pearson's correlation of the ranks (ties get their mean rank)."""
-    def ranks(v: list) -> list:
-        order = sorted(range(len(v)), key=lambda k: v[k])
-        r = [0.0] * len(v)
-        i = 0
-        while i < len(v):
-            j = i
-            while j + 1 < len(v) and v[order[j + 1]] == v[order[i]]:
-                j += 1
-            for k in range(i, j + 1):
-                r[order[k]] = (i + j) / 2.0
-            i = j + 1
-        return r
-
-    ra, rb = ranks(a), ranks(b)
-    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
-    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
-    va = sum((x - ma) ** 2 for x in ra) ** 0.5
-    vb = sum((y - mb) ** 2 for y in rb) ** 0.5
-    return cov / (va * vb)
 
 
 def compare(peer: dict, ours: dict) -> dict:

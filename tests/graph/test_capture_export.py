@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.lm_models import tiny_llama
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -114,10 +115,7 @@ def _gpt2(use_cache: bool = False):
 
 
 def _llama(use_cache: bool = False):
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=2,
-                                   num_key_value_heads=2, vocab_size=64, use_cache=use_cache, bos_token_id=0, eos_token_id=0)
-    return transformers.LlamaForCausalLM(cfg).eval()
+    return tiny_llama(use_cache)
 
 
 def _ids(n: int = 2, batch: int = 2, length: int = 8) -> list[dict]:

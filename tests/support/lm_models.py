@@ -69,13 +69,13 @@ def lm_user_file(tmp_path: Path) -> str:
     return str(p)
 
 
-def tiny_llama():
-    """A 2-block Hugging Face Llama (width 32, vocabulary 64, ``use_cache=False``): captured by torch.export."""
+def tiny_llama(use_cache: bool = False):
+    """A 2-block Hugging Face Llama (width 32, vocabulary 64, ``use_cache=False`` by default): captured by torch.export."""
     import transformers
 
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=2,
-                                   num_key_value_heads=2, vocab_size=64, use_cache=False, bos_token_id=0, eos_token_id=0)
+                                   num_key_value_heads=2, vocab_size=64, use_cache=use_cache, bos_token_id=0, eos_token_id=0)
     return transformers.LlamaForCausalLM(cfg).eval()
 
 
