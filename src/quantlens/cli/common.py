@@ -15,6 +15,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from quantlens.sweep.predicted import in_metric_units, predicted, predicted_degradation
 from quantlens.sweep.results import column_label
 from quantlens.sweep.results import SweepResult
 from quantlens.quant.spec import check_bits, parse_a_bits
@@ -174,7 +175,10 @@ def summary_table(result: SweepResult, k: int = 5, rank_bits: Optional[int] = No
              _col("params", "params", (f"{info[c.layer].params:,}" for c in worst))]
     r = column_label(rb)
     if check is not None:
-        cols.append(_col("est", f"est@{r}", (f"{c.estimate:.3g}" for c in worst)))
+        if in_metric_units(result.metric_name):  # the estimate in the measured column's units
+            cols.append(_col("est", f"est@{r}", (_fmt(predicted(result, c), pct) for c in worst)))
+        else:
+            cols.append(_col("est", f"est@{r}", (f"{c.estimate:.3g}" for c in worst)))
         cols.append(_col(f"deg@{rb}", f"measured@{r}", (_fmt(c.degradation, pct) for c in worst)))
     else:
         cols += [_col(f"deg@{b}", f"deg@{column_label(b)}", (_fmt(result.cell(c.layer, b).degradation, pct) for c in worst)) for b in bits]
@@ -192,7 +196,7 @@ def summary_table(result: SweepResult, k: int = 5, rank_bits: Optional[int] = No
     acts = f", {a_format} activations" if a_format else f", {a_bits}-bit activations" if a_bits else ", float activations"
     title = (f"worst layers at {rb}-bit weights" if isinstance(rb, int) else f"worst layers in {rb} weights") + acts
     if check is not None:
-        title += ", ranked by estimate"
+        title += ", ranked by estimate" + (f" (in {result.metric_name} units)" if in_metric_units(result.metric_name) else "")
     kept, left_out = list(cols), []
     while True:
         table = _build(title, kept, left_out, width)
@@ -269,5 +273,9 @@ def print_worst_roles(result: SweepResult, bits: int, k: int = 5, out: Optional[
     t.add_column("role")
     t.add_column(f"{'est' if check is not None else 'deg'}@{column_label(bits)}", justify="right")
     for rank, (role, d) in enumerate(worst, 1):
+        if check is not None and in_metric_units(result.metric_name):  # the summed estimate in the metric's units
+            d = predicted_degradation(result.metric_name, result.baseline, d)
+            t.add_row(str(rank), role, units.deg(d, signed=True))
+            continue
         t.add_row(str(rank), role, (f"{d:.3g}" if math.isfinite(d) else "-") if check is not None else units.deg(d, signed=True))
     (out or console).print(t)

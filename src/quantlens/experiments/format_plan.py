@@ -32,7 +32,7 @@ from quantlens.core.progress import make_progress
 from quantlens.core.workload import RunOptions, Workload, check_workload
 from quantlens.errors import QuantlensError, QuantlensWarning
 from quantlens.experiments.group_sweep import group_members
-from quantlens.experiments.plan import LayerPlan, PlanResult, mckp
+from quantlens.experiments.plan import LayerPlan, PlanResult, cell_score, mckp
 from quantlens.quant.formats import get_format
 from quantlens.stats.degradation import positive_part
 from quantlens.sweep.results import SweepResult
@@ -62,6 +62,7 @@ def plan_formats(sweep: SweepResult, budget: float, groups: Optional[Sequence[Se
         raise QuantlensError(f"the sweep has no cells in {', '.join(missing)} (it has {', '.join(sweep.w_bits)})")
     _check_budget(budget, fmts)
     params = {l.name: l.params for l in sweep.layers}
+    score = cell_score(sweep)
     groups = [list(g) for g in (groups or [[n] for n in sweep.layer_names]) if any(n in params for n in g)]
     groups = [[n for n in g if n in params] for g in groups]
     options = []
@@ -70,7 +71,7 @@ def plan_formats(sweep: SweepResult, budget: float, groups: Optional[Sequence[Se
         for f in fmts:
             cells = [sweep.cell(n, f) for n in g]
             cost = sum(params[n] for n in g) * get_format(f).effective_bits
-            deg = round(sum(positive_part(c.degradation) for c in cells), 9)
+            deg = round(sum(positive_part(score(c)) for c in cells), 9)
             noise = sum(0.0 if math.isnan(c.noise) else c.noise for c in cells)
             row.append((cost, (deg, noise)))
         options.append(row)
@@ -80,7 +81,7 @@ def plan_formats(sweep: SweepResult, budget: float, groups: Optional[Sequence[Se
         f = get_format(fmts[i])
         for n in g:
             c = sweep.cell(n, f.name)
-            out.append(LayerPlan(n, params[n], f.bits, c.degradation, c.noise, f.name, f.effective_bits))
+            out.append(LayerPlan(n, params[n], f.bits, score(c), c.noise, f.name, f.effective_bits))
     order = {n: k for k, n in enumerate(sweep.layer_names)}
     return sorted(out, key=lambda p: order[p.layer])
 
@@ -136,6 +137,7 @@ def run_format_plan(
                       QuantlensWarning, stacklevel=2)
     groups = sibling_groups(graph) if fuse_siblings and graph is not None else None
     plan = plan_formats(sweep, budget, groups, fmts)
+    score = cell_score(sweep)
     def config(fmt_of: dict[str, str]) -> QuantConfig:
         return QuantConfig(tuple((m, spec.layer(f)) for n, f in fmt_of.items() for m in (members[n] if members else [n])))
 
@@ -147,7 +149,7 @@ def run_format_plan(
         for f in fmts:
             u = measurer(config({n: f for n in sweep.layer_names}))
             uniform[f] = {"effective_bits": get_format(f).effective_bits, "measured": u.degradation, "metric": u.metric,
-                          "ci": [u.ci_low, u.ci_high], "predicted": sum(positive_part(sweep.cell(n, f).degradation) for n in sweep.layer_names)}
+                          "ci": [u.ci_low, u.ci_high], "predicted": sum(positive_part(score(sweep.cell(n, f))) for n in sweep.layer_names)}
             bar.advance()
     finally:
         bar.close()

@@ -13,7 +13,9 @@ knapsack; :func:`mckp` solves it exactly by dynamic programming over the Pareto 
 ``(cost, value)`` states, layer by layer (a state survives only if no cheaper state has a value
 as low). A negative cell (the layer quantized scores better than float: sampling noise on
 small data) counts as 0 in the objective, and ties in degradation (common for top-1 on small
-data) are broken by the summed output noise, then by size. ``predicted`` reports the plain sum. The plan is then measured with every layer quantized at once and compared
+data) are broken by the summed output noise, then by size. ``predicted`` reports the plain sum.
+A checked-estimate sweep (``--estimate``) plans on its estimates, in the metric's units where
+they convert (:func:`cell_score`). The plan is then measured with every layer quantized at once and compared
 with the uniform bit-width of the same size (the largest ``b`` with ``b * params <= budget``).
 
 ``plan.json`` carries ``"schema": "quantlens/plan-v1"``.
@@ -27,20 +29,38 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 from quantlens.core.experiment import ExperimentSpec
 from quantlens.core import jsonio
 from quantlens.stats.degradation import positive_part
 from quantlens.errors import QuantlensError
 from quantlens.core.workload import RunOptions, Workload, check_workload
-from quantlens.sweep.results import SweepResult
+from quantlens.sweep.predicted import in_metric_units, predicted
+from quantlens.sweep.results import Cell, SweepResult
 
-__all__ = ["PLAN_SCHEMA", "mckp", "LayerPlan", "PlanResult", "plan_bits", "budget_capacity", "run_plan"]
+__all__ = ["PLAN_SCHEMA", "cell_score", "mckp", "LayerPlan", "PlanResult", "plan_bits", "budget_capacity", "run_plan"]
 
 PLAN_SCHEMA = "quantlens/plan-v1"
 
 Value = Union[float, tuple]
+
+
+def cell_score(sweep: SweepResult) -> Callable[[Cell], float]:
+    """What the plan minimises per cell: the measured degradation; in a checked-estimate sweep
+    (``--estimate``), the measured one where the check measured it and elsewhere the estimate in
+    the metric's units (:func:`~quantlens.sweep.predicted.predicted`: perplexity
+    ``ppl * (exp(delta) - 1)``); for a metric the estimate does not convert to (top-1, say),
+    the estimate of every cell, a score in its own units (nats) that ranks layers."""
+    if sweep.engine != "estimate":
+        return lambda c: c.degradation
+    if in_metric_units(sweep.metric_name):
+        return lambda c: c.degradation if math.isfinite(c.degradation) else _or_nan(predicted(sweep, c))
+    return lambda c: c.estimate
+
+
+def _or_nan(x: Optional[float]) -> float:
+    return float("nan") if x is None else x
 
 
 def mckp(options: Sequence[Sequence[tuple[int, Value]]], capacity: int) -> tuple[list[int], Value]:
@@ -99,12 +119,13 @@ def plan_bits(sweep: SweepResult, capacity: int, bits: Optional[Sequence[int]] =
     """The exact minimum-predicted-degradation choice of bits per layer (module docstring)."""
     bits = sorted(bits or sweep.w_bits)
     params = {l.name: l.params for l in sweep.layers}
+    score = cell_score(sweep)
     options = []
     for n in sweep.layer_names:
         group = []
         for b in bits:
             c = sweep.cell(n, b)
-            deg = round(positive_part(c.degradation), 9)
+            deg = round(positive_part(score(c)), 9)
             group.append((params[n] * b, (deg, 0.0 if math.isnan(c.noise) else c.noise)))
         options.append(group)
     lowest = sum(params[n] * bits[0] for n in sweep.layer_names)
@@ -118,7 +139,7 @@ def plan_bits(sweep: SweepResult, capacity: int, bits: Optional[Sequence[int]] =
     out = []
     for n, i in zip(sweep.layer_names, choice):
         c = sweep.cell(n, bits[i])
-        out.append(LayerPlan(n, params[n], bits[i], c.degradation, c.noise))
+        out.append(LayerPlan(n, params[n], bits[i], score(c), c.noise))
     return out
 
 
@@ -328,7 +349,7 @@ def run_plan(
         bar.advance()
         if ub is not None:
             uni = measurer(config([(n, ub) for n in sweep.layer_names]))
-            u_pred, u_meas, u_metric = sum(sweep.cell(n, ub).degradation for n in sweep.layer_names), uni.degradation, uni.metric
+            u_pred, u_meas, u_metric = sum(cell_score(sweep)(sweep.cell(n, ub)) for n in sweep.layer_names), uni.degradation, uni.metric
             u_ci = (uni.ci_low, uni.ci_high)
             bar.advance()
         else:
