@@ -5,12 +5,14 @@ Runs one of the issue-19 workloads in this process and prints one line: peak res
 and a digest of every cell (so two revisions can be checked for identical numbers)::
 
     python -m benchmarks.smollm_memory estimate --windows 32 --tokens 256
-    python -m benchmarks.smollm_memory exact --windows 32 --tokens 256 --layers 12
+    python -m benchmarks.smollm_memory exact --windows 32 --tokens 256 --layers six --bits 4
 
 ``estimate``: ``--estimate --w-bits 4,8 --granularity per-group-128 --a-bits none --metric
-perplexity`` over every layer; ``exact``: the exact sweep (same settings) of ``--layers``: 12 is
-blocks 0, 15, 29 x q_proj, o_proj, gate_proj, down_proj; ``all`` is every layer. Runs at more than
-8 windows x 128 tokens belong under ``flock /tmp/bigmem.lock``.
+perplexity`` over every layer; ``exact``: the exact sweep (same settings) of ``--layers``: ``six``
+is blocks 0, 15, 29 x q_proj, down_proj; ``12`` is blocks 0, 15, 29 x q_proj, o_proj, gate_proj,
+down_proj; ``all`` is every layer; a number ``n`` the first ``n`` layers. ``--bits 4`` (or ``4,8``:
+the default) are the integer weight bit-widths, ``--batch`` the windows per batch (tokens per batch:
+``batch x tokens``). Runs at more than 8 windows x 128 tokens belong under ``flock /tmp/bigmem.lock``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import warnings
 
 import torch
 
+SIX = [f"model.layers.{b}.{r}" for b in (0, 15, 29) for r in ("self_attn.q_proj", "mlp.down_proj")]
 TWELVE = [f"model.layers.{b}.{r}" for b in (0, 15, 29)
           for r in ("self_attn.q_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.down_proj")]
 
@@ -84,7 +87,9 @@ def main() -> None:
     ap.add_argument("what", choices=["estimate", "exact"])
     ap.add_argument("--windows", type=int, default=4)
     ap.add_argument("--tokens", type=int, default=64)
-    ap.add_argument("--layers", default="12", help="exact: 12, all, or a number n of the first n layers")
+    ap.add_argument("--layers", default="12", help="exact: six, 12, all, or a number n of the first n layers")
+    ap.add_argument("--bits", default="4,8", help="integer weight bit-widths, comma-separated")
+    ap.add_argument("--batch", type=int, default=4, help="windows per batch")
     ap.add_argument("--engine", default="cone")
     ap.add_argument("--json", default=None, help="write the result's cells here")
     ap.add_argument("--phases", action="store_true", help="print resident memory per phase of analyze")
@@ -96,18 +101,21 @@ def main() -> None:
     from quantlens.demo import smollm
 
     model = smollm.model()
-    data = smollm.data(windows=args.windows, tokens=args.tokens)
+    data = smollm.data(windows=args.windows, tokens=args.tokens, batch=args.batch)
+    bits = tuple(int(b) for b in args.bits.split(","))
     loaded = _vm("VmRSS")
     names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
     if args.what == "estimate" or args.layers == "all":
         layers = None
+    elif args.layers == "six":
+        layers = SIX
     elif args.layers == "12":
         layers = TWELVE
     else:
         layers = names[: int(args.layers)]
     r0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
-    result = ql.analyze(model, data, method="estimate" if args.what == "estimate" else "exact", w_bits=(4, 8),
+    result = ql.analyze(model, data, method="estimate" if args.what == "estimate" else "exact", w_bits=bits,
                         granularity="per-group-128", a_bits=None, metric="perplexity", output_key="logits",
                         layers=layers, engine=args.engine)
     wall = time.perf_counter() - t0
@@ -115,7 +123,7 @@ def main() -> None:
     user, system = r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime
     if args.json:
         result.to_json(args.json)
-    print(f"{args.what} {args.windows}x{args.tokens} layers={args.layers if args.what == 'exact' else 'all'} "
+    print(f"{args.what} {args.windows}x{args.tokens} batch={args.batch} bits={args.bits} layers={args.layers if args.what == 'exact' else 'all'} "
           f"engine={args.engine}: peak RSS {_vm('VmHWM'):.0f} MB (model loaded: {loaded:.0f} MB) | wall {wall:.1f} s | "
           f"user {user:.1f} s, system {system:.1f} s = {100 * system / max(user + system, 1e-9):.0f}% of CPU | "
           f"cells {len(result.cells)} digest {digest(result)}", flush=True)

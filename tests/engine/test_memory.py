@@ -106,3 +106,131 @@ def test_the_estimate_keeps_only_the_checked_quantized_weights():
     assert len(checked) == r.extra["estimate"]["checked_cells"] and {b for _, b in checked} == {r.extra["estimate"]["check_bits"]}
     for key, w in kept.items():  # quantized again on demand: the same weights, bit for bit
         assert torch.equal(sweep.quantize(*key).weight, w) and torch.equal(sweep.qweights[key].weight, w)
+
+
+# ---- the kept quantized weights have a byte budget ----------------------------------------
+def _cells(r):
+    return [(c.layer, c.w_bits, c.metric, c.noise, c.mean_shift, c.sqnr_db, c.w_clip) for c in r.cells]
+
+
+def test_quantized_weights_keep_the_first_ones_within_the_budget_and_quantize_the_rest_again():
+    from quantlens.engine.sweep import QuantizedWeights
+    from quantlens.quant.quantizer import quantize_weight
+    from quantlens.sweep.api import make_config
+
+    spec = make_config([4], a_bits=None, granularity="per-group-8").weight_spec(4)
+    torch.manual_seed(0)
+    ws = [torch.randn(16, 32) for _ in range(3)]
+    made = []
+
+    def make(i, b):
+        made.append(i)
+        return quantize_weight(ws[i], spec)
+
+    one = sum(t.numel() * t.element_size() for t in vars(make(0, 4)).values() if isinstance(t, torch.Tensor))
+    made.clear()
+    q = QuantizedWeights(make, budget=2 * one)  # room for two of the three
+    for _ in range(2):  # the sweep's order, twice (two batches)
+        got = [q[(i, 4)] for i in range(3)]
+    assert list(q) == [(0, 4), (1, 4)] and q.kept_bytes == 2 * one
+    assert made == [0, 1, 2, 2]  # the third is quantized again on each use, the first two once
+    assert q.remade == 2
+    for i, g in enumerate(got):  # quantized again: the kept weights bit for bit
+        assert torch.equal(g.weight, quantize_weight(ws[i], spec).weight) and g.clip == quantize_weight(ws[i], spec).clip
+    del q[(0, 4)]
+    assert q.kept_bytes == one and q.pop((1, 4)) is not None and q.kept_bytes == 0
+    q[(2, 4)]
+    q.clear()
+    assert len(q) == 0 and q.kept_bytes == 0
+
+
+def test_keep_quantized_budget_from_the_environment(monkeypatch):
+    from quantlens.engine.sweep import KEEP_QUANTIZED_BYTES, keep_quantized_bytes
+
+    monkeypatch.delenv("QUANTLENS_KEEP_QUANTIZED_MB", raising=False)
+    assert keep_quantized_bytes() == KEEP_QUANTIZED_BYTES == 256 * 2**20
+    monkeypatch.setenv("QUANTLENS_KEEP_QUANTIZED_MB", "1.5")
+    assert keep_quantized_bytes() == 3 * 2**19
+    monkeypatch.setenv("QUANTLENS_KEEP_QUANTIZED_MB", "lots")
+    with pytest.raises(QuantlensError, match="QUANTLENS_KEEP_QUANTIZED_MB='lots': give a number of megabytes"):
+        keep_quantized_bytes()
+
+
+@pytest.mark.parametrize("engine", ["cone", "cone-lowmem"])
+def test_a_sweep_over_the_budget_gives_bitwise_the_same_cells(monkeypatch, engine):
+    model, data = tiny_lm(), token_data()
+    kw = dict(w_bits=(3, 6), metric="perplexity", granularity="per-group-8", engine=engine)
+    monkeypatch.delenv("QUANTLENS_KEEP_QUANTIZED_MB", raising=False)
+    kept = ql.analyze(model, data, **kw)
+    monkeypatch.setenv("QUANTLENS_KEEP_QUANTIZED_MB", "0")  # nothing kept: every weight quantized on each use
+    remade = ql.analyze(model, data, **kw)
+    assert _cells(remade) == _cells(kept)
+
+
+def test_a_cone_gives_the_float_weight_back_after_a_quantized_run():
+    from quantlens.data.batches import iterate as it
+
+    graph = capture(tiny_lm())
+    runner = ConeRunner(graph)
+    batch = next(iter(it(token_data())))[0]
+    _, cache = runner.float_pass(batch)
+    for i in (0, len(runner.layers) - 1):
+        w = runner.float_weight(i)
+        ev = runner.run(cache, i, torch.round(w * 8) / 8)
+        assert ev.output is not None
+        assert runner.cones[i].qlayer.qweight.data_ptr() == w.data_ptr()  # no quantized weight kept alive
+
+
+# ---- the noise sums in chunks -------------------------------------------------------------
+def _naive_sq(t, minus=None):
+    d = t if minus is None else t - minus
+    return d.double().reshape(t.shape[0], -1).pow(2).sum(1)
+
+
+@pytest.mark.parametrize("shape, chunk", [((3, 5), 1000), ((6, 4, 5), 40), ((6, 4, 5), 7), ((2, 50, 33), 64), ((1, 997), 10)])
+def test_per_sample_sq_in_chunks_equals_the_whole_tensor_formula(shape, chunk):
+    from quantlens.engine.accumulate import per_sample_sq
+
+    g = torch.Generator().manual_seed(1)
+    t, m = torch.randn(*shape, generator=g) * 30, torch.randn(*shape, generator=g) * 30
+    row = t[0].numel()
+    for got, want in ((per_sample_sq(t, chunk=chunk), _naive_sq(t)), (per_sample_sq(t, m, chunk=chunk), _naive_sq(t, m))):
+        assert got.dtype == torch.float64 and got.shape == (shape[0],)
+        if row <= chunk:  # whole rows per chunk: the same reduction per row, bit for bit
+            assert torch.equal(got, want)
+        else:
+            # a row split in pieces is a sum of partial float64 sums: each of the two summation
+            # orders has relative error at most ~(log2(row) + pieces) x 2^-53 for these positive
+            # terms (~1e-15 for a 1000-element row); 1e-13 leaves a margin of 100
+            assert torch.allclose(got, want, rtol=1e-13, atol=0)
+    assert torch.equal(per_sample_sq(t), _naive_sq(t))  # below the default chunk: unchanged
+
+
+def test_chunked_noise_changes_the_cells_by_rounding_only(monkeypatch):
+    from quantlens.engine import accumulate
+
+    model, data = tiny_lm(), token_data()
+    kw = dict(w_bits=(3, 6), metric="perplexity", granularity="per-group-8")
+    whole = ql.analyze(model, data, **kw)
+    monkeypatch.setattr(accumulate, "SQ_CHUNK", 5)  # every output row in pieces
+    pieces = ql.analyze(model, data, **kw)
+    for a, b in zip(whole.cells, pieces.cells):
+        assert (a.layer, a.w_bits, a.metric) == (b.layer, b.w_bits, b.metric)  # the metric does not use it
+        assert b.noise == pytest.approx(a.noise, rel=1e-13, abs=0) and b.sqnr_db == pytest.approx(a.sqnr_db, rel=1e-13)
+
+
+# ---- heap trim interval -------------------------------------------------------------------
+def test_heap_trim_interval_from_the_environment(monkeypatch):
+    monkeypatch.delenv("QUANTLENS_HEAP_TRIM_S", raising=False)
+    assert memory.trim_interval() == memory.TRIM_INTERVAL_S == 0.25
+    monkeypatch.setenv("QUANTLENS_HEAP_TRIM_S", "2")
+    assert memory.trim_interval() == 2.0
+    monkeypatch.setenv("QUANTLENS_HEAP_TRIM_S", "off")
+    assert memory.trim_interval() == float("inf") and memory.trim_heap() is False
+    for bad in ("soon", "-1"):
+        monkeypatch.setenv("QUANTLENS_HEAP_TRIM_S", bad)
+        with pytest.raises(QuantlensError, match="QUANTLENS_HEAP_TRIM_S=.*: give seconds between heap trims"):
+            memory.trim_interval()
+    monkeypatch.setenv("QUANTLENS_HEAP_TRIM_S", "0")
+    if memory._libc() is not None:
+        assert memory.trim_heap() is True and memory.trim_heap() is True  # every call

@@ -29,6 +29,7 @@ from quantlens.graph.export import export_program
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from support.lm_models import llama_ids, tiny_llama  # noqa: E402
+from support.lm_models import tiny_lm, token_data  # noqa: E402
 from support.models import Untraceable, tiny_data, tiny_net  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -87,6 +88,68 @@ def test_one_capture_per_model_and_independent_copies():
     assert not g1.module(g1.layers[0]).weight.equal(g3.module(g3.layers[0]).weight)
     assert g2.module(g2.layers[0]).weight.equal(g3.module(g3.layers[0]).weight)
     assert _same_state(net, state)
+
+
+def _tensors(graph) -> dict:
+    return {**dict(graph.gm.named_parameters(remove_duplicate=False)), **dict(graph.gm.named_buffers(remove_duplicate=False))}
+
+
+@pytest.mark.parametrize("method", ["fx", "export"])
+def test_shared_copies_cost_no_weight_memory_and_give_the_same_outputs(method):
+    net = tiny_net()
+    state = _state(net)
+    x = Inputs((tiny_data(1)[0][0],))
+    deep = capture(net, x, method)  # a deep copy of the kept capture: the oracle
+    s1, s2 = capture(net, x, method, share_weights=True), capture(net, x, method, share_weights=True)
+    kept = capture_cache().kept[next(reversed(capture_cache().kept))]
+    assert (capture_cache().stats.built, capture_cache().stats.memory) == (1, 2)
+    for g in (s1, s2):
+        assert g.gm is not kept.gm and _out(g, x).equal(_out(deep, x))
+        mine, theirs = _tensors(g), _tensors(kept)
+        assert mine.keys() == theirs.keys() and len(mine) > 0
+        for k, t in mine.items():  # the same storage, another tensor object
+            assert t.data_ptr() == theirs[k].data_ptr() and t is not theirs[k]
+        assert all(t.data_ptr() != theirs[k].data_ptr() for k, t in _tensors(deep).items() if t.numel())
+    # replacing a weight of a shared copy (not in place) leaves the kept capture and the other copy
+    m = s1.module(s1.layers[0])
+    m.weight = nn.Parameter(torch.zeros_like(m.weight), requires_grad=False)
+    assert cc.still_shared(kept, capture_cache().versions[next(reversed(capture_cache().kept))])
+    assert _out(s2, x).equal(_out(deep, x)) and _out(capture(net, x, method), x).equal(_out(deep, x))
+    assert capture_cache().stats.built == 1 and _same_state(net, state)
+
+
+def test_an_in_place_change_of_a_shared_weight_is_seen_and_the_model_captured_anew():
+    net = tiny_net()
+    state = _state(net)
+    x = Inputs((tiny_data(1)[0][0],))
+    want = _out(capture(net), x)
+    key = next(reversed(capture_cache().kept))
+    kept, versions = capture_cache().kept[key], capture_cache().versions[key]
+    shared = capture(net, share_weights=True)
+    assert cc.still_shared(kept, versions)
+    with torch.no_grad():  # a caller that breaks the promise: changes the kept weights too
+        shared.module(shared.layers[0]).weight.mul_(0.5)
+    assert not cc.still_shared(kept, versions)
+    again = capture(net)
+    stats = capture_cache().stats
+    assert (stats.built, stats.stale) == (2, 1)  # not the changed one: a fresh capture
+    assert _out(again, x).equal(want) and _same_state(net, state)
+    assert cc.still_shared(capture_cache().kept[key], capture_cache().versions[key])
+
+
+def test_a_sweep_shares_the_kept_weights_and_leaves_them_unchanged():
+    model, data = tiny_lm(), token_data()
+    kw = dict(w_bits=(3, 6), metric="perplexity", granularity="per-group-8")
+    first = ql.analyze(model, data, **kw)
+    key = next(reversed(capture_cache().kept))
+    assert cc.still_shared(capture_cache().kept[key], capture_cache().versions[key])
+    second = ql.analyze(model, data, **kw)
+    stats = capture_cache().stats
+    assert (stats.built, stats.memory, stats.stale) == (1, 1, 0)
+    capture_cache().clear()
+    fresh = ql.analyze(model, data, **kw)  # the oracle: a fresh capture, nothing shared before
+    cells = lambda r: [(c.layer, c.w_bits, c.metric, c.noise, c.mean_shift) for c in r.cells]  # noqa: E731
+    assert cells(first) == cells(second) == cells(fresh)
 
 
 def test_another_model_weights_structure_or_sample_is_another_capture():

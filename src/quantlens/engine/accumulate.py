@@ -21,7 +21,7 @@ from torch import Tensor
 
 from quantlens.metrics.task import Metric, update_metric
 
-__all__ = ["CellAccumulator", "ShiftAccumulator", "ChannelStats", "channel_axis", "per_sample_sq", "widen", "channel_sums"]
+__all__ = ["SQ_CHUNK", "CellAccumulator", "ShiftAccumulator", "ChannelStats", "channel_axis", "per_sample_sq", "widen", "channel_sums"]
 
 
 def channel_axis(op: str) -> int:
@@ -29,9 +29,47 @@ def channel_axis(op: str) -> int:
     return -1 if op == "Linear" else 1
 
 
-def per_sample_sq(t: Tensor) -> Tensor:
-    """``||t_n||^2`` for each sample ``n`` (float64)."""
-    return t.detach().double().reshape(t.shape[0], -1).pow(2).sum(1)
+SQ_CHUNK = 1 << 21
+"""Elements per chunk of :func:`per_sample_sq` (16 MB of float64)."""
+
+
+def per_sample_sq(t: Tensor, minus: Optional[Tensor] = None, chunk: Optional[int] = None) -> Tensor:
+    """``||t_n||^2`` (or ``||t_n - minus_n||^2``) for each sample ``n``, in float64.
+
+    ``sum_j (t_nj - m_nj)^2`` is summed in float64 over chunks of at most ``chunk`` elements
+    (whole rows of ``t`` reshaped to ``[N, -1]`` when a row fits in a chunk, else pieces of a
+    row; default :data:`SQ_CHUNK`): no float64 copy (nor float32 difference) of the whole tensor
+    is made, only one chunk's.
+    The difference is taken in ``t``'s dtype, elementwise as the unchunked formula; a row split
+    into pieces sums its pieces' sums, which changes the rounding by ~1e-16 relative.
+
+    Example:
+        >>> per_sample_sq(torch.tensor([[3.0, 4.0], [1.0, 0.0]]), torch.tensor([[0.0, 0.0], [0.0, 0.0]]))
+        tensor([25.,  1.], dtype=torch.float64)
+    """
+    t = t.detach()
+    n = t.shape[0]
+    flat = t.reshape(n, -1)
+    other = None if minus is None else minus.detach().reshape(n, -1)
+    m = flat.shape[1]
+    chunk = max(1, int(SQ_CHUNK if chunk is None else chunk))
+
+    def sq(a: Tensor, b: Optional[Tensor]) -> Tensor:
+        d = (a if b is None else a - b).double()
+        return d.square_().sum(1)
+
+    if n * m <= chunk:
+        return sq(flat, other)
+    out = torch.zeros(n, dtype=torch.float64, device=t.device)
+    if m <= chunk:
+        rows = chunk // m
+        for s in range(0, n, rows):
+            out[s : s + rows] = sq(flat[s : s + rows], None if other is None else other[s : s + rows])
+        return out
+    cols = max(1, chunk // n)
+    for s in range(0, m, cols):
+        out += sq(flat[:, s : s + cols], None if other is None else other[:, s : s + cols])
+    return out
 
 
 def widen(t: Tensor) -> Tensor:
@@ -163,7 +201,8 @@ class CellAccumulator:
         inputs: Any = None,
     ) -> None:
         sig = per_sample_sq(y_ref) if signal is None else signal
-        self.noise += float(per_sample_sq(widen(y).to(widen(y_ref).dtype) - widen(y_ref)).sum())
+        ref = widen(y_ref)
+        self.noise += float(per_sample_sq(widen(y).to(ref.dtype), ref).sum())
         self.signal += float(sig.sum())
         self.n += int(y_ref.shape[0])
         update_metric(self.metric, y_ref, y, labels, inputs)

@@ -54,6 +54,11 @@ class QuantLayer(nn.Module):
     def set_weight(self, w: Tensor) -> None:
         self.qweight = w
 
+    def reset_weight(self) -> None:
+        """Back to the float weight (a view, no copy): a quantized weight that was set is not
+        kept alive by the cone once it ran (the sweep's kept quantized weights have a budget)."""
+        self.qweight = self.layer.weight.detach()
+
     def set_weights(self, ws: Optional[list[Tensor]]) -> None:
         """Several weights in one pass (or ``None`` for one): the input's batch is ``len(ws)``
         equal chunks, chunk ``k`` goes through weight ``k``, and the outputs are concatenated."""

@@ -9,7 +9,9 @@ once, by the first :func:`trim_heap`) raises both thresholds (``mallopt``), so f
 reused from the heap; :func:`trim_heap` gives the free pages back (``malloc_trim(0)``) between
 batches, at most once per ``min_interval`` seconds, so resident memory does not creep up over
 many batches although the heap is no longer trimmed on every free. Elsewhere than glibc both
-do nothing. ``QUANTLENS_HEAP_TUNE=0`` keeps glibc's defaults.
+do nothing. ``QUANTLENS_HEAP_TUNE=0`` keeps glibc's defaults; ``QUANTLENS_HEAP_TRIM_S`` sets the
+interval (seconds, default 0.25; ``off`` never trims). Each trim gives back pages that the next
+batch faults in again (system time): a longer interval trades resident memory for fewer faults.
 
 Example:
     >>> trim_heap()
@@ -25,7 +27,7 @@ from typing import Any, Optional
 
 from quantlens.errors import QuantlensError
 
-__all__ = ["available_bytes", "check_fits", "trim_heap", "tune_heap"]
+__all__ = ["available_bytes", "check_fits", "trim_heap", "trim_interval", "tune_heap", "TRIM_INTERVAL_S"]
 
 _LIBC: Optional[Any] = None
 _LOADED = False
@@ -61,17 +63,43 @@ def tune_heap() -> bool:
     return _TUNED
 
 
-def trim_heap(min_interval: float = 0.25) -> None:
-    """Return free heap pages to the OS (glibc only; a no-op elsewhere), at most every ``min_interval`` s."""
+TRIM_INTERVAL_S = 0.25
+
+
+def trim_interval() -> float:
+    """Seconds between two trims: ``QUANTLENS_HEAP_TRIM_S`` if set (``off``: never, ``inf``), else
+    :data:`TRIM_INTERVAL_S`."""
+    env = os.environ.get("QUANTLENS_HEAP_TRIM_S", "").strip().lower()
+    if env == "":
+        return TRIM_INTERVAL_S
+    if env in ("off", "never", "none"):
+        return float("inf")
+    try:
+        value = float(env)
+    except ValueError:
+        raise QuantlensError(f"QUANTLENS_HEAP_TRIM_S={env!r}: give seconds between heap trims (e.g. 0.25) or off") from None
+    if value < 0 or value != value:
+        raise QuantlensError(f"QUANTLENS_HEAP_TRIM_S={env!r}: give seconds between heap trims (e.g. 0.25) or off")
+    return value
+
+
+def trim_heap(min_interval: Optional[float] = None) -> bool:
+    """Return free heap pages to the OS (glibc only; a no-op elsewhere), at most every
+    ``min_interval`` s (default :func:`trim_interval`); True if it trimmed."""
     global _LAST
     lib = _libc()
     if lib is None:
-        return
+        return False
     tune_heap()
+    interval = trim_interval() if min_interval is None else min_interval
+    if interval == float("inf"):
+        return False
     now = time.monotonic()
-    if now - _LAST >= min_interval:
+    if now - _LAST >= interval:
         _LAST = now
         lib.malloc_trim(0)
+        return True
+    return False
 
 
 def available_bytes() -> Optional[int]:

@@ -257,7 +257,10 @@ class ConeRunner(Runner):
         self._check_selected(i)
         cone = self.cones[i]
         cone.qlayer.set_weight(weight)
-        out, layer_out = cone(cache)
+        try:
+            out, layer_out = cone(cache)
+        finally:
+            cone.qlayer.reset_weight()  # the quantized weight is not kept alive by the cone
         return Evaluation(self.graph.output(out), layer_out)
 
 

@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
@@ -39,7 +40,8 @@ from quantlens.data.batches import Batch, extract_output, input_ids
 from quantlens.engine.runner import ConeRunner, HookRunner, Runner
 from quantlens.engine.state import SweepState
 
-__all__ = ["Sweep", "SweepState", "QuantlensWarning", "MetricSpec"]
+__all__ = ["Sweep", "SweepState", "QuantlensWarning", "MetricSpec", "QuantizedWeights", "KEEP_QUANTIZED_BYTES",
+           "keep_quantized_bytes"]
 
 
 MetricSpec = Union[str, Callable[..., Any], Metric]
@@ -91,7 +93,7 @@ class Sweep:
 
             self.reference = copy.deepcopy(reference).eval().to(self.device)
         self._check_memory(sample[0])
-        self.qweights: dict[tuple[int, int], QuantizedWeight] = QuantizedWeights(self.quantize)
+        self.qweights: QuantizedWeights = QuantizedWeights(self.quantize)
         padded: dict[str, list[str]] = {}
         for i in self.layer_ids:
             w = self.runner.float_weight(i)
@@ -113,13 +115,15 @@ class Sweep:
 
     def _check_memory(self, inputs: Any) -> None:
         """One line before the run if one batch would not fit in memory (:func:`check_fits`):
-        the quantized weights (one copy per layer and column) and one batch of what the float
+        the quantized weights (one copy per layer and column, at most the kept budget) and one batch of what the float
         pass keeps, measured on one sample of the first batch."""
         if not isinstance(self.runner, ConeRunner):
             return
         inputs = as_inputs(inputs).to(self.device)  # a Ray worker's sample is the raw first argument
-        ws = [self.runner.float_weight(i) for i in self.layer_ids]
-        fixed = sum(w.numel() * w.element_size() for w in ws) * len(self.config.columns)
+        sizes = [self.runner.float_weight(i) for i in self.layer_ids]
+        sizes = [w.numel() * w.element_size() for w in sizes]
+        # kept: at most the budget; beyond it one weight at a time (and the cone's one)
+        fixed = min(sum(sizes) * len(self.config.columns), keep_quantized_bytes() + 2 * max(sizes, default=0))
         ids = input_ids(inputs)
         tokens = int(ids.shape[-1]) if ids is not None and ids.dim() == 2 else 0
         check_fits(fixed, self.runner.per_sample_bytes(inputs), inputs.batch_size, "the sweep", tokens)
@@ -128,7 +132,8 @@ class Sweep:
         if engine == "hooks":
             return self._hook_runner(model, sample)
         try:
-            graph = capture(model, sample[0].to(self.device), method)
+            # the sweep reads its weights only: its graph shares the capture cache's (no copy of the weights)
+            graph = capture(model, sample[0].to(self.device), method, share_weights=True)
         except QuantlensError:
             raise
         except CaptureError as e:  # no graph capture: fall back to hooks
@@ -224,17 +229,77 @@ class Sweep:
         del cache, out
         trim_heap()  # resident memory stays one batch's, however many batches
 
-class QuantizedWeights(dict):
-    """``(layer, column) -> QuantizedWeight``, quantized on first use and kept: a sweep that
-    drops them (the estimate, during its gradient pass) gets them back on demand."""
+KEEP_QUANTIZED_BYTES = 256 * 2**20
+"""What :class:`QuantizedWeights` keeps at most (``QUANTLENS_KEEP_QUANTIZED_MB`` overrides it)."""
 
-    def __init__(self, make: Callable[[int, Any], QuantizedWeight]) -> None:
+
+def keep_quantized_bytes() -> int:
+    """The byte budget of the kept quantized weights: ``QUANTLENS_KEEP_QUANTIZED_MB`` (MB) if set,
+    else :data:`KEEP_QUANTIZED_BYTES`."""
+    env = os.environ.get("QUANTLENS_KEEP_QUANTIZED_MB")
+    if env is None or env == "":
+        return KEEP_QUANTIZED_BYTES
+    try:
+        mb = float(env)
+    except ValueError:
+        raise QuantlensError(f"QUANTLENS_KEEP_QUANTIZED_MB={env!r}: give a number of megabytes (e.g. 256)") from None
+    return max(0, int(mb * 2**20))
+
+
+def _nbytes(q: QuantizedWeight) -> int:
+    return sum(t.numel() * t.element_size() for t in (q.weight, q.scale, q.zero_point, q.lo, q.hi)
+               if isinstance(t, torch.Tensor))
+
+
+class QuantizedWeights(dict):
+    """``(layer, column) -> QuantizedWeight``, quantized on first use and kept while the kept ones
+    take at most ``budget`` bytes (``sum of weight, scale, zero point, lo, hi``); beyond it a weight
+    is quantized again on each use and not kept. Quantization is deterministic, so a weight
+    quantized again is the kept one bit for bit; the first ones asked for stay (a sweep asks in
+    the same order every batch, where a least-recently-used policy would keep none). A sweep that
+    drops them (the estimate, during its gradient pass) gets them back on demand.
+
+    Example:
+        >>> q = QuantizedWeights(lambda i, b: quantize_weight(torch.ones(2, 2), spec), budget=0)  # doctest: +SKIP
+        >>> q[(0, 4)] is q[(0, 4)], len(q)                                                        # doctest: +SKIP
+        (False, 0)
+    """
+
+    def __init__(self, make: Callable[[int, Any], QuantizedWeight], budget: Optional[int] = None) -> None:
         super().__init__()
         self._make = make
+        self.budget = keep_quantized_bytes() if budget is None else int(budget)
+        self.kept_bytes = 0
+        self.remade = 0  # quantized again (not kept: over the budget)
 
     def __missing__(self, key: tuple[int, Any]) -> QuantizedWeight:
-        value = self[key] = self._make(*key)
+        value = self._make(*key)
+        size = _nbytes(value)
+        if self.kept_bytes + size <= self.budget:
+            self[key] = value
+        else:
+            self.remade += 1
         return value
+
+    def __setitem__(self, key: tuple[int, Any], value: QuantizedWeight) -> None:
+        old = dict.get(self, key)
+        if old is not None:
+            self.kept_bytes -= _nbytes(old)
+        super().__setitem__(key, value)
+        self.kept_bytes += _nbytes(value)
+
+    def __delitem__(self, key: tuple[int, Any]) -> None:
+        self.kept_bytes -= _nbytes(dict.__getitem__(self, key))
+        super().__delitem__(key)
+
+    def pop(self, key, *default):  # type: ignore[override]
+        if key in self:
+            self.kept_bytes -= _nbytes(dict.__getitem__(self, key))
+        return super().pop(key, *default)
+
+    def clear(self) -> None:
+        super().clear()
+        self.kept_bytes = 0
 
 
 def _device(device: Union[str, torch.device]) -> torch.device:

@@ -173,7 +173,7 @@ class CaptureError(RuntimeError):
         return "; ".join(f"{_PATH_NAMES[k]} ({v})" for k, v in self.reasons.items())
 
 
-def capture(model: nn.Module, sample: Any = None, method: str = "auto") -> LayerGraph:
+def capture(model: nn.Module, sample: Any = None, method: str = "auto", share_weights: bool = False) -> LayerGraph:
     """Capture ``model`` (a copy), fold BatchNorm, and list its layers in topological order.
 
     ``method``: ``fx`` (symbolic trace), ``export`` (``torch.export`` on ``sample``, the first
@@ -183,7 +183,8 @@ def capture(model: nn.Module, sample: Any = None, method: str = "auto") -> Layer
     A model is captured once per process: later calls with the same model (weights and
     structure), sample structure and method get a copy of the first capture (and, inside
     :func:`~quantlens.graph.capture_cache.use_capture_cache`, a capture saved on disk by an
-    earlier process); see :mod:`quantlens.graph.capture_cache`.
+    earlier process); see :mod:`quantlens.graph.capture_cache`. ``share_weights=True``: the copy
+    shares the kept capture's weights (no copy of them), for a caller that never changes them in place.
     """
     if not isinstance(model, nn.Module):
         raise QuantlensError(f"the model must be a torch.nn.Module, got {type(model).__name__}")
@@ -192,7 +193,8 @@ def capture(model: nn.Module, sample: Any = None, method: str = "auto") -> Layer
     if method == "export" and sample is None:
         raise QuantlensError("capture='export' needs a sample batch of inputs")
     sample = as_inputs(sample) if sample is not None else None
-    return capture_cache().get(model, sample, method, lambda: _build(model, sample, method), (QuantlensError, CaptureError))
+    return capture_cache().get(model, sample, method, lambda: _build(model, sample, method), (QuantlensError, CaptureError),
+                               share=share_weights)
 
 
 def _build(model: nn.Module, sample: Any, method: str) -> tuple[LayerGraph, Any]:

@@ -11,7 +11,13 @@ found; it is captured anew.
 
 * In the process: the last :data:`MEMORY_ENTRIES` captures (or capture failures) are kept; each
   lookup hands out a deep copy (:func:`copy.deepcopy` of the :class:`LayerGraph`), so a fix that
-  changes its graph changes no other copy and not the kept one.
+  changes its graph changes no other copy and not the kept one. With ``share_weights=True`` (a
+  sweep, which only reads its weights) the copy's parameters and buffers are new tensors on the
+  kept capture's storage (:func:`share_weights`): a copy costs no weight memory, even the first
+  (the kept capture and the copy are one set of weights, not two). An in-place change of a
+  shared weight would change the kept capture: each lookup checks that the kept weights are
+  unchanged since they were kept (:func:`still_shared`: their version counters, which every
+  in-place op bumps) and captures the model anew if not.
 * On disk (:func:`use_capture_cache`): a ``torch.export`` capture's program is saved as
   ``DIR/<key>.pt2`` (``torch.export.save``) beside ``DIR/<key>.json`` (its header), each written
   to a temporary name and renamed; a later process loads the program and rebuilds the graph from
@@ -51,7 +57,7 @@ from quantlens.errors import QuantlensError, QuantlensWarning
 from quantlens.graph.layers import LayerGraph
 
 __all__ = ["CaptureCache", "CaptureStats", "capture_header", "capture_cache", "use_capture_cache", "MEMORY_ENTRIES",
-           "SCHEMA"]
+           "SCHEMA", "share_weights", "still_shared", "weight_versions"]
 
 SCHEMA = "quantlens/capture-cache-v1"
 MARKER = "capture-cache.json"
@@ -94,6 +100,7 @@ class CaptureStats:
     memory: int = 0
     disk: int = 0
     saved: int = 0
+    stale: int = 0  # kept captures whose weights a shared copy changed: captured anew
 
 
 class CaptureCache:
@@ -103,16 +110,24 @@ class CaptureCache:
         self.directory = _open_dir(Path(directory)) if directory is not None else None
         self.entries = entries
         self.kept: OrderedDict[str, Union[LayerGraph, Exception]] = OrderedDict()
+        self.versions: dict[str, dict[str, int]] = {}  # key -> the kept weights' version counters
         self.stats = CaptureStats()
 
     def get(self, model: nn.Module, sample: Any, method: str, build: Callable[[], Built],
-            failures: tuple[type[BaseException], ...] = (QuantlensError,)) -> LayerGraph:
+            failures: tuple[type[BaseException], ...] = (QuantlensError,), share: bool = False) -> LayerGraph:
         """A copy of the capture of ``model`` on ``sample`` by ``method``; ``build()`` makes it
         (``(graph, program or None)``) when neither memory nor the directory has it. A failure
-        of a type in ``failures`` (the model cannot be captured) is kept too, and raised again."""
+        of a type in ``failures`` (the model cannot be captured) is kept too, and raised again.
+        ``share``: the copy shares the kept capture's weights (:func:`share_weights`; for a caller
+        that never changes them in place)."""
         header = capture_header(model, sample, method)
         key = _key(header)
         got = self.kept.get(key)
+        if isinstance(got, LayerGraph) and not still_shared(got, self.versions.get(key, {})):
+            del self.kept[key]  # a shared copy changed the kept weights in place: capture anew
+            self.versions.pop(key, None)
+            self.stats.stale += 1
+            got = None
         if got is not None:
             self.kept.move_to_end(key)
             self.stats.memory += 1
@@ -131,19 +146,21 @@ class CaptureCache:
             self._keep(key, got)
         if isinstance(got, Exception):
             raise got
-        with warnings.catch_warnings():  # copying an export capture's pytree specs warns (torch 2.13)
-            warnings.simplefilter("ignore", FutureWarning)
-            return copy.deepcopy(got)
+        return share_weights(got) if share else _deepcopy(got)
 
     def clear(self) -> None:
         """Forget the captures kept in memory (the directory stays)."""
         self.kept.clear()
+        self.versions.clear()
 
     def _keep(self, key: str, value: Union[LayerGraph, Exception]) -> None:
+        if key not in self.kept and isinstance(value, LayerGraph):
+            self.versions[key] = weight_versions(value)
         self.kept[key] = value
         self.kept.move_to_end(key)
         while len(self.kept) > self.entries:
-            self.kept.popitem(last=False)
+            old, _ = self.kept.popitem(last=False)
+            self.versions.pop(old, None)
 
     # ---- disk ------------------------------------------------------------------------------
     def _load(self, key: str, header: dict, class_name: str) -> Optional[LayerGraph]:
@@ -187,6 +204,53 @@ class CaptureCache:
             for p in (old.with_suffix(".pt2"), old):
                 p.unlink(missing_ok=True)
         self.stats.saved += 1
+
+
+def _weights(graph: LayerGraph) -> Iterator[tuple[str, torch.Tensor]]:
+    yield from graph.gm.named_parameters(remove_duplicate=False)
+    yield from graph.gm.named_buffers(remove_duplicate=False)
+
+
+def weight_versions(graph: LayerGraph) -> dict[str, int]:
+    """``name -> version counter`` of every parameter and buffer of ``graph`` (an in-place op bumps it)."""
+    return {name: t._version for name, t in _weights(graph)}
+
+
+def still_shared(graph: LayerGraph, versions: dict[str, int]) -> bool:
+    """True if ``graph``'s parameters and buffers are the ones ``versions`` (:func:`weight_versions`)
+    recorded, none changed in place since: the same names, the same version counters."""
+    now = weight_versions(graph)
+    return now == versions
+
+
+def _deepcopy(graph: LayerGraph, memo: Optional[dict[int, Any]] = None) -> LayerGraph:
+    with warnings.catch_warnings():  # copying an export capture's pytree specs warns (torch 2.13)
+        warnings.simplefilter("ignore", FutureWarning)
+        return copy.deepcopy(graph, memo)
+
+
+def share_weights(graph: LayerGraph) -> LayerGraph:
+    """A deep copy of ``graph`` (its own modules, graph and layers) whose parameters and buffers are
+    new tensors on ``graph``'s storage (``nn.Parameter(p.detach())``, ``b.detach()``): no weight is
+    copied. Replacing a weight of the copy (``module.weight = ...``, ``.to(device)``,
+    ``requires_grad_``) leaves ``graph`` as it is; an in-place change (``weight.mul_(s)``) changes
+    both, and bumps their shared version counter (:func:`still_shared` sees it).
+
+    Example:
+        >>> import torch.nn as nn                                                # doctest: +SKIP
+        >>> g = capture(nn.Linear(2, 2)); c = share_weights(g)                   # doctest: +SKIP
+        >>> c.gm is g.gm, next(c.gm.parameters()).data_ptr() == next(g.gm.parameters()).data_ptr()  # doctest: +SKIP
+        (False, True)
+    """
+    memo: dict[int, Any] = {}
+    for m in graph.gm.modules():
+        for p in m._parameters.values():
+            if p is not None and id(p) not in memo:
+                memo[id(p)] = nn.Parameter(p.detach(), requires_grad=p.requires_grad)
+        for b in m._buffers.values():
+            if b is not None and id(b) not in memo:
+                memo[id(b)] = b.detach()
+    return _deepcopy(graph, memo)
 
 
 def _first_line(e: BaseException) -> str:
