@@ -137,6 +137,23 @@ def test_an_in_place_change_of_a_shared_weight_is_seen_and_the_model_captured_an
     assert cc.still_shared(capture_cache().kept[key], capture_cache().versions[key])
 
 
+def test_an_export_capture_is_on_the_model_s_own_weights_and_leaves_them_unchanged():
+    model = _llama()
+    state = _state(model)
+    x = _sample(_ids(1)[0])
+    shared = capture(model, x, "export", share_weights=True)
+    mine = {p.data_ptr() for p in model.parameters()}
+    theirs = [t.data_ptr() for t in _tensors(shared).values()]
+    assert sum(ptr in mine for ptr in theirs) >= len(shared.layers) - 1  # every layer but a tied (cloned) one
+    deep = capture(model, x, "export")
+    assert all(t.data_ptr() not in mine for t in _tensors(deep).values() if t.numel())
+    assert _out(shared, x).equal(_out(deep, x)) and _same_state(model, state)
+    with torch.no_grad():  # the user changes the model in place: another key, and the kept capture is stale
+        model.model.layers[0].mlp.down_proj.weight.mul_(2)
+    changed = capture(model, x, "export")
+    assert capture_cache().stats.built == 2 and not _out(changed, x).equal(_out(deep, x))
+
+
 def test_a_sweep_shares_the_kept_weights_and_leaves_them_unchanged():
     model, data = tiny_lm(), token_data()
     kw = dict(w_bits=(3, 6), metric="perplexity", granularity="per-group-8")

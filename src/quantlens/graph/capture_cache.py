@@ -57,7 +57,7 @@ from quantlens.errors import QuantlensError, QuantlensWarning
 from quantlens.graph.layers import LayerGraph
 
 __all__ = ["CaptureCache", "CaptureStats", "capture_header", "capture_cache", "use_capture_cache", "MEMORY_ENTRIES",
-           "SCHEMA", "share_weights", "still_shared", "weight_versions"]
+           "SCHEMA", "share_weights", "still_shared", "weight_versions", "weights_memo"]
 
 SCHEMA = "quantlens/capture-cache-v1"
 MARKER = "capture-cache.json"
@@ -242,15 +242,22 @@ def share_weights(graph: LayerGraph) -> LayerGraph:
         >>> c.gm is g.gm, next(c.gm.parameters()).data_ptr() == next(g.gm.parameters()).data_ptr()  # doctest: +SKIP
         (False, True)
     """
+    return _deepcopy(graph, weights_memo(graph.gm))
+
+
+def weights_memo(module: nn.Module) -> dict[int, Any]:
+    """A :func:`copy.deepcopy` memo under which the copy of ``module`` shares its weights: each
+    parameter ``p`` becomes ``nn.Parameter(p.detach(), p.requires_grad)``, each buffer ``b``
+    ``b.detach()`` (the same storage and version counter, another tensor object)."""
     memo: dict[int, Any] = {}
-    for m in graph.gm.modules():
+    for m in module.modules():
         for p in m._parameters.values():
             if p is not None and id(p) not in memo:
                 memo[id(p)] = nn.Parameter(p.detach(), requires_grad=p.requires_grad)
         for b in m._buffers.values():
             if b is not None and id(b) not in memo:
                 memo[id(b)] = b.detach()
-    return _deepcopy(graph, memo)
+    return memo
 
 
 def _first_line(e: BaseException) -> str:

@@ -264,10 +264,13 @@ def export_capture(model: nn.Module, sample: Any) -> LayerGraph:
 
 
 def export_program(model: nn.Module, sample: Any) -> torch.export.ExportedProgram:
-    """The functional ATen program of ``model`` (a copy, eval mode) on ``sample``: step 1 of the
-    module docstring, what the capture cache saves (``torch.export.save``)."""
+    """The functional ATen program of ``model`` (a copy, eval mode, on the model's own weight
+    storage: no copy of the weights) on ``sample``: step 1 of the module docstring, what the
+    capture cache saves (``torch.export.save``)."""
+    from quantlens.graph.capture_cache import weights_memo
+
     with quiet():  # a program's module carries pytree specs whose copy warns
-        m = copy.deepcopy(model).eval()
+        m = copy.deepcopy(model, weights_memo(model)).eval()  # the model's weights, not a copy of them
     for p in m.parameters():
         p.requires_grad_(False)
     try:
