@@ -245,23 +245,62 @@ def _unit(metric: Any) -> str:
     return "expected KL increase per token (nats)" if getattr(metric, "per_token", False) else "expected KL increase (nats)"
 
 
-def _sampled_log_likelihood(y: Tensor, inputs: Any, per_token: Optional[str], gen: torch.Generator) -> tuple[Tensor, int]:
-    """``sum log softmax(y)[c]`` with labels ``c`` drawn from the model, and the number of
-    distributions: one per sample (the output flattened), or with ``per_token`` (the token metric's
-    name) one per counted position of ``[batch, seq, vocab]`` logits (padding, by the attention
-    mask, left out)."""
+LOGIT_ROWS = 64  # rows (tokens) of the logits per float64 step: 64 x 49152 x 8 B = 25 MB at SmolLM2's vocabulary
+
+
+def _output_rows(y: Tensor, inputs: Any, per_token: Optional[str]) -> tuple[Tensor, Optional[Tensor]]:
+    """The output distributions as rows ``[distributions, entries]`` (a view of ``y`` where it can
+    be) and the counted ones: one per sample (the output flattened), or with ``per_token`` (the
+    token metric's name) one per position of ``[batch, seq, vocab]`` logits, padding (by the
+    attention mask) not counted (``None``: every row counts)."""
     if per_token:
         check_logits(per_token, y)
-        logits = y.reshape(-1, y.shape[-1]).double()
         mask = token_mask(y, inputs)
-        keep = None if mask is None else mask.reshape(-1)
-    else:
-        logits, keep = y.reshape(y.shape[0], -1).double(), None
-    c = torch.multinomial(F.softmax(logits.detach(), 1).cpu(), 1, generator=gen).reshape(-1).to(logits.device)
-    ll = F.log_softmax(logits, 1).gather(1, c[:, None]).reshape(-1)
-    if keep is not None:
-        return ll[keep].sum(), int(keep.sum())
-    return ll.sum(), int(ll.numel())
+        return y.reshape(-1, y.shape[-1]), None if mask is None else mask.reshape(-1)
+    return y.reshape(y.shape[0], -1), None
+
+
+def _sampled_output_gradient(rows: Tensor, keep: Optional[Tensor], gen: torch.Generator,
+                             step: int = LOGIT_ROWS) -> tuple[Tensor, int]:
+    """``g = d/dy sum_{kept r} log softmax(y_r)[c_r]`` with ``c_r ~ softmax(y_r)`` drawn from the
+    model (``rows``: ``y`` as ``[R, entries]``, no graph needed), in ``y``'s dtype, and the number
+    of counted rows. Per kept row ``g_r = onehot(c_r) - softmax(y_r)``, 0 elsewhere.
+
+    Computed ``step`` rows at a time in float64, each by autograd on the rows alone: the same
+    kernels, row for row, as the whole ``[R, entries]`` float64 log-softmax and its backward (bit
+    for bit), at ``step x entries`` float64 values instead of several ``R x entries`` copies. Every
+    row is drawn, kept or not, in row order: ``torch.multinomial`` (one sample per row) consumes the
+    generator row by row, so the draws equal one call over all rows (tested)."""
+    g = torch.empty_like(rows)
+    with torch.enable_grad():
+        for a in range(0, rows.shape[0], step):
+            leaf = rows[a:a + step].detach().double().requires_grad_(True)
+            c = torch.multinomial(F.softmax(leaf.detach(), 1).cpu(), 1, generator=gen).reshape(-1).to(leaf.device)
+            ll = F.log_softmax(leaf, 1).gather(1, c[:, None]).reshape(-1)
+            if keep is not None:
+                ll = ll[keep[a:a + step]]
+            g[a:a + step] = torch.autograd.grad(ll.sum(), leaf)[0]
+    return g, (int(rows.shape[0]) if keep is None else int(keep.sum()))
+
+
+def _true_nll_gradient(metric: NLL, y: Tensor, labels: Any, inputs: Any, step: int = LOGIT_ROWS) -> tuple[Tensor, int]:
+    """``d/dy`` of the summed nll of the data's own next tokens (the metric's counted tokens:
+    :meth:`~quantlens.metrics.tokens.NLL.targets`), in ``y``'s dtype and shape, and their number:
+    per counted position ``t``, ``softmax(y_t) - onehot(label_{t+1})``, 0 elsewhere. ``step`` rows
+    at a time in float64, as :func:`_sampled_output_gradient` (bit for bit the metric's own
+    ``cross_entropy`` on all rows and its backward)."""
+    keep, tgt = metric.targets(y, labels, inputs)
+    g = torch.zeros(y.shape, dtype=y.dtype, device=y.device)
+    pos = keep.nonzero()  # row-major: the order of y[:, :-1][keep]
+    at = pos[:, 0] * y.shape[1] + pos[:, 1]
+    rows, flat = y.detach().reshape(-1, y.shape[-1]), g.view(-1, y.shape[-1])
+    with torch.enable_grad():
+        for a in range(0, int(at.numel()), step):
+            idx = at[a:a + step]
+            leaf = rows.index_select(0, idx).double().requires_grad_(True)
+            nll = F.cross_entropy(leaf, tgt[a:a + step], reduction="none").sum()
+            flat.index_copy_(0, idx, torch.autograd.grad(nll, leaf)[0].to(g.dtype))
+    return g, int(at.numel())
 
 
 def first_order(sweep: Any, data: Iterable[Any], seed: int = 0) -> dict[tuple[int, int], float]:
@@ -311,16 +350,22 @@ def timed_first_order(sweep: Any, data: Iterable[Any], seed: int = 0) -> tuple[d
             forward_s += time.perf_counter() - t_in
             if not y.requires_grad:
                 raise QuantlensError(NO_GRADIENT.format(why="the output does not depend differentiably on the layers"))
-            loss, units = _sampled_log_likelihood(y, inputs, per_token, gen)
+            # the logits' gradient first, in float64 chunks of a detached copy; then one backward from y
+            rows, keep = _output_rows(y.detach(), inputs, per_token)
+            g_y, units = _sampled_output_gradient(rows, keep, gen, LOGIT_ROWS)
             want = [t for t in [q.weight for q in qls] + list(xs) + list(zs) + list(os_) if t.requires_grad]
-            found = dict(zip(map(id, want), torch.autograd.grad(loss, want, allow_unused=True, retain_graph=signed)))
+            found = dict(zip(map(id, want), torch.autograd.grad(y, want, g_y.view(y.shape), allow_unused=True,
+                                                                retain_graph=signed)))
+            del g_y, rows
             if signed:
-                true_nll, _ = metric.token_scores(y, y, labels, inputs)
-                leaves = [q.weight for q in qls]
-                for k, g in enumerate(torch.autograd.grad(true_nll.sum(), leaves, allow_unused=True)):
-                    if g is not None:
-                        g_true[k] = g if g_true[k] is None else g_true[k] + g  # type: ignore[operator]
-                n_true += int(true_nll.numel())
+                g_y, count = _true_nll_gradient(metric, y, labels, inputs, LOGIT_ROWS)
+                if count:
+                    leaves = [q.weight for q in qls]
+                    for k, g in enumerate(torch.autograd.grad(y, leaves, g_y, allow_unused=True)):
+                        if g is not None:
+                            g_true[k] = g if g_true[k] is None else g_true[k] + g  # type: ignore[operator]
+                n_true += count
+                del g_y
         g_w, g_x, g_z, g_o = ([found.get(id(t)) for t in ts] for ts in ([q.weight for q in qls], xs, zs, os_))
         with analysis_mode():
             for k, i in enumerate(ids):  # in topological order: the first layer cut off is the one named
@@ -341,7 +386,7 @@ def timed_first_order(sweep: Any, data: Iterable[Any], seed: int = 0) -> tuple[d
                 v = (channel_sums(mods[k], summers[k], g_z[k], x).float() @ mu[k]).double()  # bf16 models: mu is float32
                 s_sq[k] = s_sq[k] + v.pow(2).sum(0)
         n_total += units
-        del out, xs, zs, os_, found, want, g_w, g_x, g_z, g_o, y, loss
+        del out, xs, zs, os_, found, want, g_w, g_x, g_z, g_o, y
         trim_heap()
     if calibrate:
         for i in ids:
