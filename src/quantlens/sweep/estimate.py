@@ -74,13 +74,15 @@ from quantlens.quant.formats import get_format
 from quantlens.sweep.results import bits_label
 from quantlens.sweep.collect import layer_info
 from quantlens.core import jsonio
-from quantlens.data.batches import extract_output, iterate
+from quantlens.core.inputs import Inputs
+from quantlens.data.batches import extract_output, input_ids, iterate
 from quantlens.errors import QuantlensError
 from quantlens.graph.layers import LayerGraph, transposed_linear
 from quantlens.graph.layers import fetch_attr
 from quantlens.engine.memory import trim_heap
 from quantlens.metrics.task import make_metric, token_mask
 from quantlens.core.numerics import analysis_mode, exact_float32
+from quantlens.quant.observers import MinMaxObserver
 from quantlens.quant.quantizer import make_observer
 from quantlens.metrics.tokens import NLL, check_logits
 from quantlens.sweep.results import Cell, SweepResult
@@ -88,7 +90,7 @@ from quantlens.engine.runner import ConeRunner
 from quantlens.engine.cost import cone_shares
 from quantlens.sweep.check import candidates, choose, measure
 
-__all__ = ["TRUST_SPEARMAN", "spearman", "check_bits", "check_budget", "first_order", "timed_first_order", "estimate_sweep"]
+__all__ = ["TRUST_SPEARMAN", "MICRO_TOKENS", "micro_batch", "spearman", "check_bits", "check_budget", "first_order", "timed_first_order", "estimate_sweep"]
 
 TRUST_SPEARMAN = 0.7
 Shares = Callable[[Any, Any], "dict[int, float]"]
@@ -303,14 +305,53 @@ def _true_nll_gradient(metric: NLL, y: Tensor, labels: Any, inputs: Any, step: i
     return g, int(at.numel())
 
 
-def first_order(sweep: Any, data: Iterable[Any], seed: int = 0) -> dict[tuple[int, int], float]:
+MICRO_TOKENS = 256  # tokens per backward of a token model: its autograd graph and tapped gradients grow with them
+
+
+def micro_batch(inputs: Inputs, per_token: Optional[str], micro: Optional[int] = None) -> Optional[int]:
+    """Samples per forward and backward of the estimate: ``micro`` if given (0: the whole batch);
+    else for a token metric on ``[batch, seq]`` token ids, ``max(1, MICRO_TOKENS // seq)``
+    sequences, and the whole batch (None) otherwise.
+
+    A batch's micro-batches draw the same labels (rows in order) and sum to the same statistics:
+    ``D_k`` squares the batch's weight gradient summed over them, the other terms are sums over
+    samples. They differ from one backward of the whole batch only in float32 summation order
+    (the weight gradient's reduction over tokens is split)."""
+    if micro is not None:
+        return micro or None
+    ids = input_ids(inputs) if per_token else None
+    if ids is None or ids.dim() != 2:
+        return None
+    return max(1, MICRO_TOKENS // max(1, int(ids.shape[1])))
+
+
+def _micro_batches(inputs: Inputs, labels: Any, size: Optional[int]) -> list[tuple[Inputs, Any]]:
+    """``(inputs, labels)`` cut along the batch into consecutive parts of ``size`` samples (every
+    tensor whose first dimension is the batch; views, no copies); the whole batch if ``size`` is
+    None or not smaller."""
+    b = inputs.batch_size
+    if size is None or size >= b:
+        return [(inputs, labels)]
+    from torch.utils import _pytree as pytree
+
+    parts = []
+    for a in range(0, b, size):
+        cut = lambda t, a=a: t[a:a + size] if isinstance(t, Tensor) and t.dim() and t.shape[0] == b else t  # noqa: E731
+        parts.append((Inputs(tuple(pytree.tree_map(cut, list(inputs.args))), pytree.tree_map(cut, dict(inputs.kwargs))),
+                      pytree.tree_map(cut, labels)))
+    return parts
+
+
+def first_order(sweep: Any, data: Iterable[Any], seed: int = 0, micro: Optional[int] = None) -> dict[tuple[int, int], float]:
     """``est(i, b)`` for every swept cell (see module docstring), from one forward and one
-    backward pass per batch. If the sweep's activation quantizers are not calibrated yet, the
-    same pass calibrates them (so the check needs no calibration pass of its own)."""
-    return timed_first_order(sweep, data, seed)[0]
+    backward pass per batch (per micro-batch of ``micro`` samples: :func:`micro_batch`). If the
+    sweep's activation quantizers are not calibrated yet, the same pass calibrates them (so the
+    check needs no calibration pass of its own)."""
+    return timed_first_order(sweep, data, seed, micro)[0]
 
 
-def timed_first_order(sweep: Any, data: Iterable[Any], seed: int = 0) -> tuple[dict[tuple[int, int], float], float]:
+def timed_first_order(sweep: Any, data: Iterable[Any], seed: int = 0,
+                      micro: Optional[int] = None) -> tuple[dict[tuple[int, int], float], float]:
     """:func:`first_order` and the seconds its forward passes took (the float network once per
     batch: what the check's cost model scales, :mod:`quantlens.sweep.check`)."""
     runner = sweep.runner
@@ -341,53 +382,66 @@ def timed_first_order(sweep: Any, data: Iterable[Any], seed: int = 0) -> tuple[d
     n_total = n_true = 0
     forward_s = 0.0
     gen = torch.Generator().manual_seed(seed)
+    whole = micro == 0 or not all(isinstance(o, MinMaxObserver) for o in ins.values())  # a histogram: one update per batch
     for inputs, labels in iterate(data, "data"):
         inputs = inputs.to(sweep.device)
-        with torch.enable_grad(), exact_float32():
-            t_in = time.perf_counter()
-            out, xs, zs, os_ = gm(*runner.graph.flat(inputs))
-            y = extract_output(runner.graph.output(out), sweep.output_key)
-            forward_s += time.perf_counter() - t_in
-            if not y.requires_grad:
-                raise QuantlensError(NO_GRADIENT.format(why="the output does not depend differentiably on the layers"))
-            # the logits' gradient first, in float64 chunks of a detached copy; then one backward from y
-            rows, keep = _output_rows(y.detach(), inputs, per_token)
-            g_y, units = _sampled_output_gradient(rows, keep, gen, LOGIT_ROWS)
-            want = [t for t in [q.weight for q in qls] + list(xs) + list(zs) + list(os_) if t.requires_grad]
-            found = dict(zip(map(id, want), torch.autograd.grad(y, want, g_y.view(y.shape), allow_unused=True,
-                                                                retain_graph=signed)))
-            del g_y, rows
-            if signed:
-                g_y, count = _true_nll_gradient(metric, y, labels, inputs, LOGIT_ROWS)
-                if count:
-                    leaves = [q.weight for q in qls]
-                    for k, g in enumerate(torch.autograd.grad(y, leaves, g_y, allow_unused=True)):
-                        if g is not None:
-                            g_true[k] = g if g_true[k] is None else g_true[k] + g  # type: ignore[operator]
-                n_true += count
-                del g_y
-        g_w, g_x, g_z, g_o = ([found.get(id(t)) for t in ts] for ts in ([q.weight for q in qls], xs, zs, os_))
+        g_w: list[Optional[Tensor]] = [None] * len(ids)  # the batch's weight gradient, summed over its micro-batches
+        for part, part_labels in _micro_batches(inputs, labels, None if whole else micro_batch(inputs, per_token, micro)):
+            with torch.enable_grad(), exact_float32():
+                t_in = time.perf_counter()
+                try:
+                    out, xs, zs, os_ = gm(*runner.graph.flat(part))
+                except Exception:  # noqa: BLE001 - a graph captured for whole batches only
+                    if part is inputs or n_total:
+                        raise
+                    return timed_first_order(sweep, data, seed, micro=0)  # nothing drawn or summed yet
+                y = extract_output(runner.graph.output(out), sweep.output_key)
+                forward_s += time.perf_counter() - t_in
+                if not y.requires_grad:
+                    raise QuantlensError(NO_GRADIENT.format(why="the output does not depend differentiably on the layers"))
+                # the logits' gradient first, in float64 chunks of a detached copy; then one backward from y
+                rows, keep = _output_rows(y.detach(), part, per_token)
+                g_y, units = _sampled_output_gradient(rows, keep, gen, LOGIT_ROWS)
+                want = [t for t in [q.weight for q in qls] + list(xs) + list(zs) + list(os_) if t.requires_grad]
+                found = dict(zip(map(id, want), torch.autograd.grad(y, want, g_y.view(y.shape), allow_unused=True,
+                                                                    retain_graph=signed)))
+                del g_y, rows
+                if signed:
+                    g_y, count = _true_nll_gradient(metric, y, part_labels, part, LOGIT_ROWS)
+                    if count:
+                        leaves = [q.weight for q in qls]
+                        for k, g in enumerate(torch.autograd.grad(y, leaves, g_y, allow_unused=True)):
+                            if g is not None:
+                                g_true[k] = g if g_true[k] is None else g_true[k].add_(g)  # type: ignore[union-attr]
+                    n_true += count
+                    del g_y
+            g_x, g_z, g_o = ([found.get(id(t)) for t in ts] for ts in (xs, zs, os_))
+            with analysis_mode():
+                for k, i in enumerate(ids):  # in topological order: the first layer cut off is the one named
+                    gw = found.get(id(qls[k].weight))
+                    if g_z[k] is None or gw is None:
+                        raise QuantlensError(NO_GRADIENT.format(why=f"no gradient reaches layer {runner.layers[i].name}"))
+                    if g_x[k] is None:
+                        raise QuantlensError(NO_GRADIENT.format(why=f"layer {runner.layers[i].name}'s input carries no gradient"))
+                    x, o = xs[k].detach(), os_[k].detach()
+                    if calibrate:
+                        ins[i].update(x)
+                        outs[i].update(o)
+                    a_in[k] = a_in[k] + _nonzero_sq(g_x[k], x)
+                    a_out[k] = a_out[k] + _nonzero_sq(g_o[k], o)
+                    g_w[k] = gw if g_w[k] is None else g_w[k].add_(gw)  # type: ignore[union-attr]
+                    v = (channel_sums(mods[k], summers[k], g_z[k], x).float() @ mu[k]).double()  # bf16 models: mu is float32
+                    s_sq[k] = s_sq[k] + v.pow(2).sum(0)
+            n_total += units
+            del out, xs, zs, os_, found, want, g_x, g_z, g_o, y, gw
+            trim_heap()
         with analysis_mode():
-            for k, i in enumerate(ids):  # in topological order: the first layer cut off is the one named
-                if g_z[k] is None or g_w[k] is None:
-                    raise QuantlensError(NO_GRADIENT.format(why=f"no gradient reaches layer {runner.layers[i].name}"))
-                if g_x[k] is None:
-                    raise QuantlensError(NO_GRADIENT.format(why=f"layer {runner.layers[i].name}'s input carries no gradient"))
-                x, o = xs[k].detach(), os_[k].detach()
-                if calibrate:
-                    ins[i].update(x)
-                    outs[i].update(o)
-                a_in[k] = a_in[k] + _nonzero_sq(g_x[k], x)
-                a_out[k] = a_out[k] + _nonzero_sq(g_o[k], o)
+            for k, g in enumerate(g_w):  # D_k: the batch's gradient squared
                 if diag[k] is None:
-                    diag[k] = g_w[k] * g_w[k]
+                    diag[k] = g * g  # type: ignore[operator]
                 else:
-                    diag[k].addcmul_(g_w[k], g_w[k])  # type: ignore[union-attr]
-                v = (channel_sums(mods[k], summers[k], g_z[k], x).float() @ mu[k]).double()  # bf16 models: mu is float32
-                s_sq[k] = s_sq[k] + v.pow(2).sum(0)
-        n_total += units
-        del out, xs, zs, os_, found, want, g_w, g_x, g_z, g_o, y
-        trim_heap()
+                    diag[k].addcmul_(g, g)  # type: ignore[union-attr,arg-type]
+        del g_w
     if calibrate:
         for i in ids:
             runner.in_q[i].set(spec, ins[i])
