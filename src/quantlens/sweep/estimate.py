@@ -379,13 +379,13 @@ def timed_first_order(sweep: Any, data: Iterable[Any], seed: int = 0,
     per_token = metric.name if getattr(metric, "per_token", False) else None
     signed = isinstance(metric, NLL)  # the data's own next tokens: a first-order, signed term too
     g_true: list[Optional[Tensor]] = [None] * len(ids)
+    leaves = [q.weight for q in qls]
     n_total = n_true = 0
     forward_s = 0.0
     gen = torch.Generator().manual_seed(seed)
     whole = micro == 0 or not all(isinstance(o, MinMaxObserver) for o in ins.values())  # a histogram: one update per batch
     for inputs, labels in iterate(data, "data"):
         inputs = inputs.to(sweep.device)
-        g_w: list[Optional[Tensor]] = [None] * len(ids)  # the batch's weight gradient, summed over its micro-batches
         for part, part_labels in _micro_batches(inputs, labels, None if whole else micro_batch(inputs, per_token, micro)):
             with torch.enable_grad(), exact_float32():
                 t_in = time.perf_counter()
@@ -402,24 +402,29 @@ def timed_first_order(sweep: Any, data: Iterable[Any], seed: int = 0,
                 # the logits' gradient first, in float64 chunks of a detached copy; then one backward from y
                 rows, keep = _output_rows(y.detach(), part, per_token)
                 g_y, units = _sampled_output_gradient(rows, keep, gen, LOGIT_ROWS)
-                want = [t for t in [q.weight for q in qls] + list(xs) + list(zs) + list(os_) if t.requires_grad]
-                found = dict(zip(map(id, want), torch.autograd.grad(y, want, g_y.view(y.shape), allow_unused=True,
-                                                                    retain_graph=signed)))
-                del g_y, rows
+                del rows
+                # weight gradients add up in place in the leaves' .grad over the batch's micro-batches
+                taps = [t for t in list(xs) + list(zs) + list(os_) if t.requires_grad]
+                torch.autograd.backward(y, g_y.view(y.shape), inputs=leaves + taps, retain_graph=signed)
+                found = {id(t): t.grad for t in taps}
+                del g_y, taps
                 if signed:
                     g_y, count = _true_nll_gradient(metric, y, part_labels, part, LOGIT_ROWS)
-                    if count:
-                        leaves = [q.weight for q in qls]
-                        for k, g in enumerate(torch.autograd.grad(y, leaves, g_y, allow_unused=True)):
-                            if g is not None:
-                                g_true[k] = g if g_true[k] is None else g_true[k].add_(g)  # type: ignore[union-attr]
+                    if count:  # into g_true's own tensors: the sampled gradients set aside meanwhile
+                        sampled = [q.grad for q in leaves]
+                        for q, g in zip(leaves, g_true):
+                            q.grad = g
+                        torch.autograd.backward(y, g_y, inputs=leaves)
+                        g_true = [q.grad for q in leaves]
+                        for q, g in zip(leaves, sampled):
+                            q.grad = g
+                        del sampled
                     n_true += count
                     del g_y
             g_x, g_z, g_o = ([found.get(id(t)) for t in ts] for ts in (xs, zs, os_))
             with analysis_mode():
                 for k, i in enumerate(ids):  # in topological order: the first layer cut off is the one named
-                    gw = found.get(id(qls[k].weight))
-                    if g_z[k] is None or gw is None:
+                    if g_z[k] is None or leaves[k].grad is None:
                         raise QuantlensError(NO_GRADIENT.format(why=f"no gradient reaches layer {runner.layers[i].name}"))
                     if g_x[k] is None:
                         raise QuantlensError(NO_GRADIENT.format(why=f"layer {runner.layers[i].name}'s input carries no gradient"))
@@ -429,19 +434,19 @@ def timed_first_order(sweep: Any, data: Iterable[Any], seed: int = 0,
                         outs[i].update(o)
                     a_in[k] = a_in[k] + _nonzero_sq(g_x[k], x)
                     a_out[k] = a_out[k] + _nonzero_sq(g_o[k], o)
-                    g_w[k] = gw if g_w[k] is None else g_w[k].add_(gw)  # type: ignore[union-attr]
                     v = (channel_sums(mods[k], summers[k], g_z[k], x).float() @ mu[k]).double()  # bf16 models: mu is float32
                     s_sq[k] = s_sq[k] + v.pow(2).sum(0)
             n_total += units
-            del out, xs, zs, os_, found, want, g_x, g_z, g_o, y, gw
+            del out, xs, zs, os_, found, g_x, g_z, g_o, y
             trim_heap()
         with analysis_mode():
-            for k, g in enumerate(g_w):  # D_k: the batch's gradient squared
+            for k, q in enumerate(leaves):  # D_k: the batch's gradient squared
+                g, q.grad = q.grad, None
                 if diag[k] is None:
                     diag[k] = g * g  # type: ignore[operator]
                 else:
                     diag[k].addcmul_(g, g)  # type: ignore[union-attr,arg-type]
-        del g_w
+                del g
     if calibrate:
         for i in ids:
             runner.in_q[i].set(spec, ins[i])
