@@ -26,6 +26,11 @@ taken as independent (their cross terms dropped), so over the ``N`` samples ``n`
 
 Every bit-width comes from the same pass: only ``mu_b`` and ``r_b`` depend on ``b``.
 
+Memory at LLM size: the logits' gradient is computed :data:`LOGIT_ROWS` rows at a time in
+float64 on a detached copy, then one backward from the logits (bit for bit the whole-tensor
+computation), and a token batch runs in micro-batches of :data:`MICRO_TOKENS` tokens
+(:func:`micro_batch`: equal to the whole batch up to float32 summation order).
+
 A language model scored by a token metric (nll, perplexity, token_kl, token_agreement) has one
 output distribution per position: ``y`` is ``[batch, seq, vocab]`` logits, a label ``c_t`` is
 drawn at every counted position (the attention mask's; padding adds nothing) and ``g`` is the
