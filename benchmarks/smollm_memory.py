@@ -58,7 +58,8 @@ def trace_phases() -> None:
 
     threading.Thread(target=sample, daemon=True).start()
     for owner, qual in ((sweep, "capture"), (runner, "ConeRunner.__init__"), (sweep, "Sweep.__init__"),
-                        (sweep, "Sweep.calibrate"), (sweep, "Sweep.process_batch"), (estimate, "first_order")):
+                        (sweep, "Sweep.calibrate"), (sweep, "Sweep.process_batch"), (estimate, "timed_first_order"),
+                        (estimate, "measure")):
         *path, name = qual.split(".")
         obj = owner
         for p in path:
@@ -74,6 +75,12 @@ def trace_phases() -> None:
             return out
 
         setattr(obj, name, functools.wraps(fn)(wrapped))
+
+
+def _micro() -> int:
+    from quantlens.sweep import estimate
+
+    return getattr(estimate, "MICRO_TOKENS", 0)
 
 
 def digest(result) -> str:
@@ -93,8 +100,14 @@ def main() -> None:
     ap.add_argument("--engine", default="cone")
     ap.add_argument("--json", default=None, help="write the result's cells here")
     ap.add_argument("--phases", action="store_true", help="print resident memory per phase of analyze")
+    ap.add_argument("--micro-tokens", type=int, default=None,
+                    help="estimate: tokens per backward (quantlens.sweep.estimate.MICRO_TOKENS; 0: whole batches)")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
+    if args.micro_tokens is not None:
+        from quantlens.sweep import estimate as _est
+
+        _est.MICRO_TOKENS = args.micro_tokens or 1 << 40
     if args.phases:
         trace_phases()
     import quantlens as ql
@@ -124,7 +137,7 @@ def main() -> None:
     if args.json:
         result.to_json(args.json)
     print(f"{args.what} {args.windows}x{args.tokens} batch={args.batch} bits={args.bits} layers={args.layers if args.what == 'exact' else 'all'} "
-          f"engine={args.engine}: peak RSS {_vm('VmHWM'):.0f} MB (model loaded: {loaded:.0f} MB) | wall {wall:.1f} s | "
+          f"engine={args.engine} micro_tokens={_micro()}: peak RSS {_vm('VmHWM'):.0f} MB (model loaded: {loaded:.0f} MB) | wall {wall:.1f} s | "
           f"user {user:.1f} s, system {system:.1f} s = {100 * system / max(user + system, 1e-9):.0f}% of CPU | "
           f"cells {len(result.cells)} digest {digest(result)}", flush=True)
 

@@ -202,6 +202,19 @@ class NLL(_TokenSum):
     higher_is_better = False
 
     def token_scores(self, y_ref: Tensor, y: Tensor, labels: Optional[Tensor], inputs: Any) -> tuple[Tensor, Tensor]:
+        keep, tgt = self.targets(y, labels, inputs)
+        seq = _row_index(keep)
+        if tgt.numel() == 0:
+            return torch.zeros(0, dtype=torch.float64, device=y.device), seq
+        vocab = y.shape[-1]
+        parts = [F.cross_entropy(rows.double(), t, reduction="none")
+                 for rows, t in zip(_rows(y[:, :-1][keep]), tgt.split(_rows_step(vocab)))]
+        return torch.cat(parts), seq
+
+    def targets(self, y: Tensor, labels: Optional[Tensor], inputs: Any) -> tuple[Tensor, Tensor]:
+        """The counted positions ``keep`` (bool ``[batch, seq - 1]``: position ``t`` predicts
+        ``label_{t+1}``) and their targets ``label_{t+1}``, in ``y[:, :-1][keep]`` order; one line if
+        the labels are missing, of the wrong shape or outside the vocabulary."""
         from quantlens.data.batches import IGNORE_INDEX, token_labels
 
         lab = token_labels(inputs, labels)
@@ -221,16 +234,12 @@ class NLL(_TokenSum):
         if mask is not None:
             keep &= mask[:, :-1] & mask[:, 1:]
         tgt = target[keep]
-        seq = _row_index(keep)
-        if tgt.numel() == 0:
-            return torch.zeros(0, dtype=torch.float64, device=y.device), seq
-        vocab = y.shape[-1]
-        lo, hi = int(tgt.min()), int(tgt.max())
-        if lo < 0 or hi >= vocab:
-            raise QuantlensError(f"labels hold token id {hi if hi >= vocab else lo} but the logits have {vocab} entries")
-        parts = [F.cross_entropy(rows.double(), t, reduction="none")
-                 for rows, t in zip(_rows(y[:, :-1][keep]), tgt.split(_rows_step(vocab)))]
-        return torch.cat(parts), seq
+        if tgt.numel():
+            vocab = y.shape[-1]
+            lo, hi = int(tgt.min()), int(tgt.max())
+            if lo < 0 or hi >= vocab:
+                raise QuantlensError(f"labels hold token id {hi if hi >= vocab else lo} but the logits have {vocab} entries")
+        return keep, tgt
 
 
 @register_metric("perplexity")

@@ -26,6 +26,11 @@ taken as independent (their cross terms dropped), so over the ``N`` samples ``n`
 
 Every bit-width comes from the same pass: only ``mu_b`` and ``r_b`` depend on ``b``.
 
+Memory at LLM size: the logits' gradient is computed :data:`LOGIT_ROWS` rows at a time in
+float64 on a detached copy, then one backward from the logits (bit for bit the whole-tensor
+computation), and a token batch runs in micro-batches of :data:`MICRO_TOKENS` tokens
+(:func:`micro_batch`: equal to the whole batch up to float32 summation order).
+
 A language model scored by a token metric (nll, perplexity, token_kl, token_agreement) has one
 output distribution per position: ``y`` is ``[batch, seq, vocab]`` logits, a label ``c_t`` is
 drawn at every counted position (the attention mask's; padding adds nothing) and ``g`` is the
@@ -74,13 +79,15 @@ from quantlens.quant.formats import get_format
 from quantlens.sweep.results import bits_label
 from quantlens.sweep.collect import layer_info
 from quantlens.core import jsonio
-from quantlens.data.batches import extract_output, iterate
+from quantlens.core.inputs import Inputs
+from quantlens.data.batches import extract_output, input_ids, iterate
 from quantlens.errors import QuantlensError
 from quantlens.graph.layers import LayerGraph, transposed_linear
 from quantlens.graph.layers import fetch_attr
 from quantlens.engine.memory import trim_heap
 from quantlens.metrics.task import make_metric, token_mask
 from quantlens.core.numerics import analysis_mode, exact_float32
+from quantlens.quant.observers import MinMaxObserver
 from quantlens.quant.quantizer import make_observer
 from quantlens.metrics.tokens import NLL, check_logits
 from quantlens.sweep.results import Cell, SweepResult
@@ -88,7 +95,7 @@ from quantlens.engine.runner import ConeRunner
 from quantlens.engine.cost import cone_shares
 from quantlens.sweep.check import candidates, choose, measure
 
-__all__ = ["TRUST_SPEARMAN", "spearman", "check_bits", "check_budget", "first_order", "timed_first_order", "estimate_sweep"]
+__all__ = ["TRUST_SPEARMAN", "MICRO_TOKENS", "micro_batch", "spearman", "check_bits", "check_budget", "first_order", "timed_first_order", "estimate_sweep"]
 
 TRUST_SPEARMAN = 0.7
 Shares = Callable[[Any, Any], "dict[int, float]"]
@@ -245,33 +252,111 @@ def _unit(metric: Any) -> str:
     return "expected KL increase per token (nats)" if getattr(metric, "per_token", False) else "expected KL increase (nats)"
 
 
-def _sampled_log_likelihood(y: Tensor, inputs: Any, per_token: Optional[str], gen: torch.Generator) -> tuple[Tensor, int]:
-    """``sum log softmax(y)[c]`` with labels ``c`` drawn from the model, and the number of
-    distributions: one per sample (the output flattened), or with ``per_token`` (the token metric's
-    name) one per counted position of ``[batch, seq, vocab]`` logits (padding, by the attention
-    mask, left out)."""
+LOGIT_ROWS = 64  # rows (tokens) of the logits per float64 step: 64 x 49152 x 8 B = 25 MB at SmolLM2's vocabulary
+
+
+def _output_rows(y: Tensor, inputs: Any, per_token: Optional[str]) -> tuple[Tensor, Optional[Tensor]]:
+    """The output distributions as rows ``[distributions, entries]`` (a view of ``y`` where it can
+    be) and the counted ones: one per sample (the output flattened), or with ``per_token`` (the
+    token metric's name) one per position of ``[batch, seq, vocab]`` logits, padding (by the
+    attention mask) not counted (``None``: every row counts)."""
     if per_token:
         check_logits(per_token, y)
-        logits = y.reshape(-1, y.shape[-1]).double()
         mask = token_mask(y, inputs)
-        keep = None if mask is None else mask.reshape(-1)
-    else:
-        logits, keep = y.reshape(y.shape[0], -1).double(), None
-    c = torch.multinomial(F.softmax(logits.detach(), 1).cpu(), 1, generator=gen).reshape(-1).to(logits.device)
-    ll = F.log_softmax(logits, 1).gather(1, c[:, None]).reshape(-1)
-    if keep is not None:
-        return ll[keep].sum(), int(keep.sum())
-    return ll.sum(), int(ll.numel())
+        return y.reshape(-1, y.shape[-1]), None if mask is None else mask.reshape(-1)
+    return y.reshape(y.shape[0], -1), None
 
 
-def first_order(sweep: Any, data: Iterable[Any], seed: int = 0) -> dict[tuple[int, int], float]:
+def _sampled_output_gradient(rows: Tensor, keep: Optional[Tensor], gen: torch.Generator,
+                             step: int = LOGIT_ROWS) -> tuple[Tensor, int]:
+    """``g = d/dy sum_{kept r} log softmax(y_r)[c_r]`` with ``c_r ~ softmax(y_r)`` drawn from the
+    model (``rows``: ``y`` as ``[R, entries]``, no graph needed), in ``y``'s dtype, and the number
+    of counted rows. Per kept row ``g_r = onehot(c_r) - softmax(y_r)``, 0 elsewhere.
+
+    Computed ``step`` rows at a time in float64, each by autograd on the rows alone: the same
+    kernels, row for row, as the whole ``[R, entries]`` float64 log-softmax and its backward (bit
+    for bit), at ``step x entries`` float64 values instead of several ``R x entries`` copies. Every
+    row is drawn, kept or not, in row order: ``torch.multinomial`` (one sample per row) consumes the
+    generator row by row, so the draws equal one call over all rows (tested)."""
+    g = torch.empty_like(rows)
+    with torch.enable_grad():
+        for a in range(0, rows.shape[0], step):
+            leaf = rows[a:a + step].detach().double().requires_grad_(True)
+            c = torch.multinomial(F.softmax(leaf.detach(), 1).cpu(), 1, generator=gen).reshape(-1).to(leaf.device)
+            ll = F.log_softmax(leaf, 1).gather(1, c[:, None]).reshape(-1)
+            if keep is not None:
+                ll = ll[keep[a:a + step]]
+            g[a:a + step] = torch.autograd.grad(ll.sum(), leaf)[0]
+    return g, (int(rows.shape[0]) if keep is None else int(keep.sum()))
+
+
+def _true_nll_gradient(metric: NLL, y: Tensor, labels: Any, inputs: Any, step: int = LOGIT_ROWS) -> tuple[Tensor, int]:
+    """``d/dy`` of the summed nll of the data's own next tokens (the metric's counted tokens:
+    :meth:`~quantlens.metrics.tokens.NLL.targets`), in ``y``'s dtype and shape, and their number:
+    per counted position ``t``, ``softmax(y_t) - onehot(label_{t+1})``, 0 elsewhere. ``step`` rows
+    at a time in float64, as :func:`_sampled_output_gradient` (bit for bit the metric's own
+    ``cross_entropy`` on all rows and its backward)."""
+    keep, tgt = metric.targets(y, labels, inputs)
+    g = torch.zeros(y.shape, dtype=y.dtype, device=y.device)
+    pos = keep.nonzero()  # row-major: the order of y[:, :-1][keep]
+    at = pos[:, 0] * y.shape[1] + pos[:, 1]
+    rows, flat = y.detach().reshape(-1, y.shape[-1]), g.view(-1, y.shape[-1])
+    with torch.enable_grad():
+        for a in range(0, int(at.numel()), step):
+            idx = at[a:a + step]
+            leaf = rows.index_select(0, idx).double().requires_grad_(True)
+            nll = F.cross_entropy(leaf, tgt[a:a + step], reduction="none").sum()
+            flat.index_copy_(0, idx, torch.autograd.grad(nll, leaf)[0].to(g.dtype))
+    return g, int(at.numel())
+
+
+MICRO_TOKENS = 256  # tokens per backward of a token model: its autograd graph and tapped gradients grow with them
+
+
+def micro_batch(inputs: Inputs, per_token: Optional[str], micro: Optional[int] = None) -> Optional[int]:
+    """Samples per forward and backward of the estimate: ``micro`` if given (0: the whole batch);
+    else for a token metric on ``[batch, seq]`` token ids, ``max(1, MICRO_TOKENS // seq)``
+    sequences, and the whole batch (None) otherwise.
+
+    A batch's micro-batches draw the same labels (rows in order) and sum to the same statistics:
+    ``D_k`` squares the batch's weight gradient summed over them, the other terms are sums over
+    samples. They differ from one backward of the whole batch only in float32 summation order
+    (the weight gradient's reduction over tokens is split)."""
+    if micro is not None:
+        return micro or None
+    ids = input_ids(inputs) if per_token else None
+    if ids is None or ids.dim() != 2:
+        return None
+    return max(1, MICRO_TOKENS // max(1, int(ids.shape[1])))
+
+
+def _micro_batches(inputs: Inputs, labels: Any, size: Optional[int]) -> list[tuple[Inputs, Any]]:
+    """``(inputs, labels)`` cut along the batch into consecutive parts of ``size`` samples (every
+    tensor whose first dimension is the batch; views, no copies); the whole batch if ``size`` is
+    None or not smaller."""
+    b = inputs.batch_size
+    if size is None or size >= b:
+        return [(inputs, labels)]
+    from torch.utils import _pytree as pytree
+
+    parts = []
+    for a in range(0, b, size):
+        cut = lambda t, a=a: t[a:a + size] if isinstance(t, Tensor) and t.dim() and t.shape[0] == b else t  # noqa: E731
+        parts.append((Inputs(tuple(pytree.tree_map(cut, list(inputs.args))), pytree.tree_map(cut, dict(inputs.kwargs))),
+                      pytree.tree_map(cut, labels)))
+    return parts
+
+
+def first_order(sweep: Any, data: Iterable[Any], seed: int = 0, micro: Optional[int] = None) -> dict[tuple[int, int], float]:
     """``est(i, b)`` for every swept cell (see module docstring), from one forward and one
-    backward pass per batch. If the sweep's activation quantizers are not calibrated yet, the
-    same pass calibrates them (so the check needs no calibration pass of its own)."""
-    return timed_first_order(sweep, data, seed)[0]
+    backward pass per batch (per micro-batch of ``micro`` samples: :func:`micro_batch`). If the
+    sweep's activation quantizers are not calibrated yet, the same pass calibrates them (so the
+    check needs no calibration pass of its own)."""
+    return timed_first_order(sweep, data, seed, micro)[0]
 
 
-def timed_first_order(sweep: Any, data: Iterable[Any], seed: int = 0) -> tuple[dict[tuple[int, int], float], float]:
+def timed_first_order(sweep: Any, data: Iterable[Any], seed: int = 0,
+                      micro: Optional[int] = None) -> tuple[dict[tuple[int, int], float], float]:
     """:func:`first_order` and the seconds its forward passes took (the float network once per
     batch: what the check's cost model scales, :mod:`quantlens.sweep.check`)."""
     runner = sweep.runner
@@ -299,50 +384,74 @@ def timed_first_order(sweep: Any, data: Iterable[Any], seed: int = 0) -> tuple[d
     per_token = metric.name if getattr(metric, "per_token", False) else None
     signed = isinstance(metric, NLL)  # the data's own next tokens: a first-order, signed term too
     g_true: list[Optional[Tensor]] = [None] * len(ids)
+    leaves = [q.weight for q in qls]
     n_total = n_true = 0
     forward_s = 0.0
     gen = torch.Generator().manual_seed(seed)
+    whole = micro == 0 or not all(isinstance(o, MinMaxObserver) for o in ins.values())  # a histogram: one update per batch
     for inputs, labels in iterate(data, "data"):
         inputs = inputs.to(sweep.device)
-        with torch.enable_grad(), exact_float32():
-            t_in = time.perf_counter()
-            out, xs, zs, os_ = gm(*runner.graph.flat(inputs))
-            y = extract_output(runner.graph.output(out), sweep.output_key)
-            forward_s += time.perf_counter() - t_in
-            if not y.requires_grad:
-                raise QuantlensError(NO_GRADIENT.format(why="the output does not depend differentiably on the layers"))
-            loss, units = _sampled_log_likelihood(y, inputs, per_token, gen)
-            want = [t for t in [q.weight for q in qls] + list(xs) + list(zs) + list(os_) if t.requires_grad]
-            found = dict(zip(map(id, want), torch.autograd.grad(loss, want, allow_unused=True, retain_graph=signed)))
-            if signed:
-                true_nll, _ = metric.token_scores(y, y, labels, inputs)
-                leaves = [q.weight for q in qls]
-                for k, g in enumerate(torch.autograd.grad(true_nll.sum(), leaves, allow_unused=True)):
-                    if g is not None:
-                        g_true[k] = g if g_true[k] is None else g_true[k] + g  # type: ignore[operator]
-                n_true += int(true_nll.numel())
-        g_w, g_x, g_z, g_o = ([found.get(id(t)) for t in ts] for ts in ([q.weight for q in qls], xs, zs, os_))
+        for part, part_labels in _micro_batches(inputs, labels, None if whole else micro_batch(inputs, per_token, micro)):
+            with torch.enable_grad(), exact_float32():
+                t_in = time.perf_counter()
+                try:
+                    out, xs, zs, os_ = gm(*runner.graph.flat(part))
+                except Exception:  # noqa: BLE001 - a graph captured for whole batches only
+                    if part is inputs or n_total:
+                        raise
+                    return timed_first_order(sweep, data, seed, micro=0)  # nothing drawn or summed yet
+                y = extract_output(runner.graph.output(out), sweep.output_key)
+                forward_s += time.perf_counter() - t_in
+                if not y.requires_grad:
+                    raise QuantlensError(NO_GRADIENT.format(why="the output does not depend differentiably on the layers"))
+                # the logits' gradient first, in float64 chunks of a detached copy; then one backward from y
+                rows, keep = _output_rows(y.detach(), part, per_token)
+                g_y, units = _sampled_output_gradient(rows, keep, gen, LOGIT_ROWS)
+                del rows
+                # weight gradients add up in place in the leaves' .grad over the batch's micro-batches
+                taps = [t for t in list(xs) + list(zs) + list(os_) if t.requires_grad]
+                torch.autograd.backward(y, g_y.view(y.shape), inputs=leaves + taps, retain_graph=signed)
+                found = {id(t): t.grad for t in taps}
+                del g_y, taps
+                if signed:
+                    g_y, count = _true_nll_gradient(metric, y, part_labels, part, LOGIT_ROWS)
+                    if count:  # into g_true's own tensors: the sampled gradients set aside meanwhile
+                        sampled = [q.grad for q in leaves]
+                        for q, g in zip(leaves, g_true):
+                            q.grad = g
+                        torch.autograd.backward(y, g_y, inputs=leaves)
+                        g_true = [q.grad for q in leaves]
+                        for q, g in zip(leaves, sampled):
+                            q.grad = g
+                        del sampled
+                    n_true += count
+                    del g_y
+            g_x, g_z, g_o = ([found.get(id(t)) for t in ts] for ts in (xs, zs, os_))
+            with analysis_mode():
+                for k, i in enumerate(ids):  # in topological order: the first layer cut off is the one named
+                    if g_z[k] is None or leaves[k].grad is None:
+                        raise QuantlensError(NO_GRADIENT.format(why=f"no gradient reaches layer {runner.layers[i].name}"))
+                    if g_x[k] is None:
+                        raise QuantlensError(NO_GRADIENT.format(why=f"layer {runner.layers[i].name}'s input carries no gradient"))
+                    x, o = xs[k].detach(), os_[k].detach()
+                    if calibrate:
+                        ins[i].update(x)
+                        outs[i].update(o)
+                    a_in[k] = a_in[k] + _nonzero_sq(g_x[k], x)
+                    a_out[k] = a_out[k] + _nonzero_sq(g_o[k], o)
+                    v = (channel_sums(mods[k], summers[k], g_z[k], x).float() @ mu[k]).double()  # bf16 models: mu is float32
+                    s_sq[k] = s_sq[k] + v.pow(2).sum(0)
+            n_total += units
+            del out, xs, zs, os_, found, g_x, g_z, g_o, y
+            trim_heap()
         with analysis_mode():
-            for k, i in enumerate(ids):  # in topological order: the first layer cut off is the one named
-                if g_z[k] is None or g_w[k] is None:
-                    raise QuantlensError(NO_GRADIENT.format(why=f"no gradient reaches layer {runner.layers[i].name}"))
-                if g_x[k] is None:
-                    raise QuantlensError(NO_GRADIENT.format(why=f"layer {runner.layers[i].name}'s input carries no gradient"))
-                x, o = xs[k].detach(), os_[k].detach()
-                if calibrate:
-                    ins[i].update(x)
-                    outs[i].update(o)
-                a_in[k] = a_in[k] + _nonzero_sq(g_x[k], x)
-                a_out[k] = a_out[k] + _nonzero_sq(g_o[k], o)
+            for k, q in enumerate(leaves):  # D_k: the batch's gradient squared
+                g, q.grad = q.grad, None
                 if diag[k] is None:
-                    diag[k] = g_w[k] * g_w[k]
+                    diag[k] = g * g  # type: ignore[operator]
                 else:
-                    diag[k].addcmul_(g_w[k], g_w[k])  # type: ignore[union-attr]
-                v = (channel_sums(mods[k], summers[k], g_z[k], x).float() @ mu[k]).double()  # bf16 models: mu is float32
-                s_sq[k] = s_sq[k] + v.pow(2).sum(0)
-        n_total += units
-        del out, xs, zs, os_, found, want, g_w, g_x, g_z, g_o, y, loss
-        trim_heap()
+                    diag[k].addcmul_(g, g)  # type: ignore[union-attr,arg-type]
+                del g
     if calibrate:
         for i in ids:
             runner.in_q[i].set(spec, ins[i])
