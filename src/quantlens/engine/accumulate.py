@@ -30,8 +30,10 @@ def channel_axis(op: str) -> int:
 
 
 def per_sample_sq(t: Tensor) -> Tensor:
-    """``||t_n||^2`` for each sample ``n`` (float64)."""
-    return t.detach().double().reshape(t.shape[0], -1).pow(2).sum(1)
+    """``||t_n||^2`` for each sample ``n`` (float64; squared in place in the one float64 copy)."""
+    d = t.detach()
+    d = d.double() if d.dtype != torch.float64 else d.clone()
+    return d.reshape(t.shape[0], -1).pow_(2).sum(1)
 
 
 def widen(t: Tensor) -> Tensor:
