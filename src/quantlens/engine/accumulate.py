@@ -55,8 +55,10 @@ def per_sample_sq(t: Tensor, minus: Optional[Tensor] = None, chunk: Optional[int
     chunk = max(1, int(SQ_CHUNK if chunk is None else chunk))
 
     def sq(a: Tensor, b: Optional[Tensor]) -> Tensor:
-        d = (a if b is None else a - b).double()
-        return d.square_().sum(1)
+        d = a if b is None else a - b
+        if d.dtype == torch.float64 and b is None:  # .double() would be ``a`` itself: square a copy, not the caller's tensor
+            return d.square().sum(1)
+        return d.double().square_().sum(1)
 
     if n * m <= chunk:
         return sq(flat, other)

@@ -2,8 +2,10 @@
 
 Every layer of a group is quantized at once (weights in the column's bits or format, activations
 as the config says), the rest of the network stays float, and the network is measured like a
-single-layer cell (noise, SQNR, degradation with its interval) by one whole-network measurement
-(:func:`~quantlens.network.measure.make_measurer`). Two groupings:
+single-layer cell (noise, SQNR, degradation with its interval), as one whole-network measurement
+(:func:`~quantlens.network.measure.make_measurer`) would; by default on the cone engine
+(:func:`~quantlens.network.group_cells.measure_groups`: one float pass per batch, then only the
+union of each group's cones, the same cells). Two groupings:
 
 * ``role`` (:mod:`.role_sweep`): every layer of a role across the blocks (every ``mlp.down_proj``);
 * ``siblings``: the layers that read the same tensor (q/k/v after one norm, gate/up after
@@ -33,7 +35,7 @@ from quantlens.core.precision import check_dtype_support
 from quantlens.core.progress import make_progress
 from quantlens.core.sweep_config import SweepConfig
 from quantlens.core.workload import RunOptions, Workload, check_workload
-from quantlens.data.batches import check_reiterable
+from quantlens.data.batches import check_reiterable, count_batches
 from quantlens.errors import QuantlensError
 from quantlens.sweep.results import Cell, LayerInfo, SweepResult
 
@@ -71,10 +73,19 @@ def sweep_groups(
     options: RunOptions = RunOptions(),
     model_name: str = "",
     extra: Optional[dict] = None,
+    engine: str = "cone",
 ) -> SweepResult:
-    """The groups x columns sweep (module docstring); ``groups_of(measurer)`` names each group's layers."""
+    """The groups x columns sweep (module docstring); ``groups_of(measurer)`` names each group's layers.
+
+    ``engine``: ``"cone"`` (default) measures every cell batch-outer, recomputing only the union of
+    the group's cones (:func:`~quantlens.network.group_cells.measure_groups`); ``"network"`` one
+    whole-network pass per cell. Both give the same cells; ``"cone"`` falls back to ``"network"``
+    when the model has no graph (forward hooks)."""
+    from quantlens.network.group_cells import cone_unsupported, measure_groups
     from quantlens.network.measure import make_measurer
 
+    if engine not in ("cone", "network"):
+        raise QuantlensError(f"group sweep engine {engine!r}: use 'cone' or 'network'")
     check_workload(workload, f"--group-by {group_by}")
     model = workload.model
     check_reiterable(workload.data, "data")
@@ -83,23 +94,41 @@ def sweep_groups(
     with preserve_model(model):
         measurer = make_measurer(workload, options)
     groups = groups_of(measurer)
+    keys: list[tuple[str, Any]] = []
+    configs: list[QuantConfig] = []
+    for group, members in groups.items():
+        for b in config.columns:
+            lq = LayerQuant(weight=config.weight_spec(b), act=config.act_spec())
+            keys.append((group, lq))
+            configs.append(QuantConfig(tuple((m, lq) for m in members), config.act.estimator))
+    if engine == "cone" and cone_unsupported(measurer, configs) is not None:
+        engine = "network"
+    label = "roles" if group_by == "role" else group_by
+    if engine == "cone":
+        batches = count_batches(workload.data)
+        bar = make_progress(options.progress, batches, f"{label} (batches)")
+        try:
+            results = measure_groups(measurer, configs, on_batch=lambda _b: bar.advance(1))
+        finally:
+            bar.close()
+    else:
+        bar = make_progress(options.progress, len(configs), label)
+        results = []
+        try:
+            for c in configs:
+                results.append(measurer(c))
+                bar.advance(1)
+        finally:
+            bar.close()
     cells: list[Cell] = []
     baseline, hib, name, n = float("nan"), True, "custom", 0
-    bar = make_progress(options.progress, len(groups) * len(config.columns), "roles" if group_by == "role" else group_by)
-    try:
-        for group, members in groups.items():
-            for b in config.columns:
-                lq = LayerQuant(weight=config.weight_spec(b), act=config.act_spec())
-                r = measurer(QuantConfig(tuple((m, lq) for m in members), config.act.estimator))
-                baseline, hib, name, n = r.baseline, r.higher_is_better, r.metric_name, r.num_samples
-                cells.append(Cell(group, lq.weight.bits, config.a_bits, r.noise, r.sqnr_db, r.metric, r.degradation,  # type: ignore[union-attr]
-                                  ci_low=r.ci_low, ci_high=r.ci_high, samples=r.num_samples, format=lq.weight.format_name))  # type: ignore[union-attr]
-                bar.advance(1)
-    finally:
-        bar.close()
+    for (group, lq), r in zip(keys, results):
+        baseline, hib, name, n = r.baseline, r.higher_is_better, r.metric_name, r.num_samples
+        cells.append(Cell(group, lq.weight.bits, config.a_bits, r.noise, r.sqnr_db, r.metric, r.degradation,  # type: ignore[union-attr]
+                          ci_low=r.ci_low, ci_high=r.ci_high, samples=r.num_samples, format=lq.weight.format_name))  # type: ignore[union-attr]
     return SweepResult(
         metric_name=name, higher_is_better=hib, baseline=baseline, num_samples=n, layers=_group_infos(groups, measurer.layers),
-        cells=tuple(cells), config=config.to_dict(), model=model_name or type(model).__name__, engine="network",
+        cells=tuple(cells), config=config.to_dict(), model=model_name or type(model).__name__, engine=engine,
         elapsed_s=time.perf_counter() - t0, extra={"group_by": group_by, GROUP_KEYS[group_by]: groups, **(extra or {})},
     )
 
@@ -126,6 +155,8 @@ def _siblings(measurer: Any) -> dict[str, list[str]]:
     return {sibling_name(g): list(g) for g in sibling_groups(graph)}
 
 
-def analyze_siblings(workload: Workload, *, config: SweepConfig, options: RunOptions = RunOptions(), model_name: str = "") -> SweepResult:
-    """The fused-sibling groups x columns sweep of ``workload`` (module docstring)."""
-    return sweep_groups(workload, config=config, group_by="siblings", groups_of=_siblings, options=options, model_name=model_name)
+def analyze_siblings(workload: Workload, *, config: SweepConfig, options: RunOptions = RunOptions(), model_name: str = "",
+                     engine: str = "cone") -> SweepResult:
+    """The fused-sibling groups x columns sweep of ``workload`` (module docstring; ``engine``: :func:`sweep_groups`)."""
+    return sweep_groups(workload, config=config, group_by="siblings", groups_of=_siblings, options=options, model_name=model_name,
+                        engine=engine)

@@ -46,6 +46,7 @@ def analyze_roles(
     config: SweepConfig,
     options: RunOptions = RunOptions(),
     model_name: str = "",
+    engine: str = "cone",
 ) -> SweepResult:
     """The roles x bits sweep of ``workload`` (see module docstring); one line if the model has
     no repeated blocks. ``options``: device, and ``progress`` (a bar with an ETA on stderr)."""
@@ -56,5 +57,6 @@ def analyze_roles(
         loose.extend(roles.loose)
         return {r: roles.layers(r) for r in roles.roles}
 
-    result = sweep_groups(workload, config=config, group_by=GROUP_BY_ROLE, groups_of=roles_of, options=options, model_name=model_name)
+    result = sweep_groups(workload, config=config, group_by=GROUP_BY_ROLE, groups_of=roles_of, options=options, model_name=model_name,
+                          engine=engine)
     return dataclasses.replace(result, extra={**result.extra, "loose_layers": loose})

@@ -256,11 +256,41 @@ class Perplexity(NLL):
 
 
 def _label_free_rows(y_ref: Tensor, y: Tensor, inputs: Any) -> tuple[Tensor, Tensor, Tensor]:
-    """The counted positions' logits ``[K, vocab]`` (reference, quantized) and their rows."""
+    """The counted positions' logits ``[K, vocab]`` (reference, quantized) and their rows; with no
+    mask, views of every position (the same rows in the same order as ``y[all-true mask]``, no copy)."""
     mask = _token_mask(inputs, y)
     if mask is None:
-        mask = torch.ones(y.shape[:2], dtype=torch.bool, device=y.device)
+        rows = torch.arange(y.shape[0], device=y.device).repeat_interleave(y.shape[1])
+        return y_ref.reshape(-1, y_ref.shape[-1]), y.reshape(-1, y.shape[-1]), rows
     return y_ref[mask], y[mask], _row_index(mask)
+
+
+_REF_LOGP = threading.local()  # one slot: the reference's float64 log-softmax, for the cells of one batch
+#: the reference's cached log-probabilities (and probabilities) stay under this many bytes; beyond, recomputed per cell
+REF_LOGP_BYTES = 1 << 30
+
+
+def _reference_logp(y_ref: Tensor, r: Tensor, inputs: Any) -> Optional[list[tuple[Tensor, Tensor]]]:
+    """``[(log softmax(a), softmax(a)) for a in _rows(r)]`` in float64, where ``r`` are the counted
+    rows of ``y_ref``: computed once per ``y_ref`` object (every cell of a batch shares it, as the
+    reference scores' memo does) and kept while ``y_ref`` lives unchanged; ``None`` when it would
+    exceed :data:`REF_LOGP_BYTES`."""
+    if 2 * r.numel() * 8 > REF_LOGP_BYTES:
+        return None
+    slot = getattr(_REF_LOGP, "slot", None)
+    stamp = _stamp(y_ref)
+    if slot is not None and slot[0]() is y_ref and slot[1] == stamp and slot[2] is inputs:
+        return slot[3]
+    parts = []
+    for a in _rows(r):
+        lp_ref = F.log_softmax(a.double(), dim=-1)
+        parts.append((lp_ref, lp_ref.exp()))
+    def drop(ref: Any) -> None:  # y_ref is gone: free its log-probabilities with it
+        if getattr(_REF_LOGP, "slot", None) is not None and _REF_LOGP.slot[0] is ref:
+            _REF_LOGP.slot = None
+
+    _REF_LOGP.slot = (weakref.ref(y_ref, drop), stamp, inputs, parts)
+    return parts
 
 
 @register_metric("token_kl")
@@ -268,14 +298,25 @@ class TokenKL(_TokenSum):
     """Mean KL(float || quantized) of the next-token distributions over counted tokens."""
 
     higher_is_better = False
+    _reference: Optional[Tensor] = None
+
+    def update(self, y_ref: Tensor, y: Tensor, labels: Optional[Tensor], inputs: Any = None) -> None:
+        self._reference = y_ref
+        try:
+            super().update(y_ref, y, labels, inputs)
+        finally:
+            self._reference = None
 
     def token_scores(self, y_ref: Tensor, y: Tensor, labels: Optional[Tensor], inputs: Any) -> tuple[Tensor, Tensor]:
         r, q, seq = _label_free_rows(y_ref, y, inputs)
+        owner = self._reference  # the caller's y_ref (``y_ref`` here is a fresh detached view of it)
+        ref = _reference_logp(owner, r, inputs) if owner is not None and owner.data_ptr() == y_ref.data_ptr() else None
+        if ref is None:
+            ref = ((lp_ref, lp_ref.exp()) for lp_ref in (F.log_softmax(a.double(), dim=-1) for a in _rows(r)))
         parts = []
-        for a, b in zip(_rows(r), _rows(q)):
-            lp_ref = F.log_softmax(a.double(), dim=-1)
+        for (lp_ref, p_ref), b in zip(ref, _rows(q)):
             lp = F.log_softmax(b.double(), dim=-1)
-            parts.append((lp_ref.exp() * (lp_ref - lp)).sum(-1))
+            parts.append((p_ref * (lp_ref - lp)).sum(-1))
         return (torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64, device=y.device)), seq
 
     def reference_scores(self, y_ref: Tensor, labels: Optional[Tensor], inputs: Any, q: Tensor) -> Tensor:

@@ -44,7 +44,7 @@ from quantlens.engine.build import QuantizedNetwork, build_quantized, calibrate_
 from quantlens.engine.runner import HookRunner
 
 __all__ = ["measure", "NetworkResult", "MeasurerBase", "NetworkMeasurer", "EagerNetworkMeasurer", "make_measurer", "UntraceableError", "capture_traceable",
-           "evaluate_network", "score_network", "quantize_network", "reference_fn", "graph_fn", "Workload", "RunOptions"]
+           "evaluate_network", "score_network", "network_result", "quantize_network", "reference_fn", "graph_fn", "Workload", "RunOptions"]
 
 
 @dataclass(frozen=True)
@@ -172,10 +172,16 @@ def score_network(
             for name, oq in taps.items():
                 stats[name].update(fv[name], axes[name])
                 shift[name].update(oq, fv[name], axes[name])
+    shifts = {name: shift[name].mean_shift(stats[name].std()) for name in axes if shift[name].sum is not None and stats[name].sum is not None}
+    return network_result(base, out_acc, config, shifts)
+
+
+def network_result(base: Metric, out_acc: CellAccumulator, config: QuantConfig, shifts: Optional[dict] = None) -> NetworkResult:
+    """The :class:`NetworkResult` of a finished measurement: ``base`` scored the reference against
+    itself, ``out_acc`` the quantized network against the reference (every engine ends here)."""
     b, m = base.compute(), out_acc.metric.compute()
     hib = bool(base.higher_is_better)
     iv = metric_interval(out_acc.metric, hib)
-    shifts = {name: shift[name].mean_shift(stats[name].std()) for name in axes if shift[name].sum is not None and stats[name].sum is not None}
     return NetworkResult(
         metric_name=str(getattr(base, "name", "custom")),
         higher_is_better=hib,
@@ -185,7 +191,7 @@ def score_network(
         noise=out_acc.noise_mean,
         sqnr_db=out_acc.sqnr_db,
         num_samples=out_acc.n,
-        mean_shift=shifts,
+        mean_shift=shifts or {},
         config=config.to_dict(),
         ci_low=iv.low if iv else jsonio.NAN,
         ci_high=iv.high if iv else jsonio.NAN,
