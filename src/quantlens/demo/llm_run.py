@@ -88,7 +88,7 @@ def with_exact(estimated: SweepResult, exact: SweepResult) -> SweepResult:
 
 
 def run_llm_demo(
-    windows: int = 32,
+    windows: int = 16,
     tokens: int = 128,
     batch: int = 8,
     formats: Sequence[str] = FORMATS,

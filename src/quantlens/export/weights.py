@@ -22,7 +22,6 @@ from typing import Optional, Union
 import torch
 
 from quantlens.engine.build import QuantizedNetwork
-from quantlens.errors import QuantlensError
 from quantlens.core.jsonio import write_error
 
 __all__ = ["export", "weight_tensors"]
