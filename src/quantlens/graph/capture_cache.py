@@ -55,6 +55,7 @@ from quantlens.core.jsonio import write_atomic
 from quantlens.core.quiet import quiet
 from quantlens.errors import QuantlensError, QuantlensWarning
 from quantlens.graph.layers import LayerGraph
+from quantlens.graph.shared import weights_memo
 
 __all__ = ["CaptureCache", "CaptureStats", "capture_header", "capture_cache", "use_capture_cache", "MEMORY_ENTRIES",
            "SCHEMA", "share_weights", "still_shared", "weight_versions", "weights_memo"]
@@ -243,21 +244,6 @@ def share_weights(graph: LayerGraph) -> LayerGraph:
         (False, True)
     """
     return _deepcopy(graph, weights_memo(graph.gm))
-
-
-def weights_memo(module: nn.Module) -> dict[int, Any]:
-    """A :func:`copy.deepcopy` memo under which the copy of ``module`` shares its weights: each
-    parameter ``p`` becomes ``nn.Parameter(p.detach(), p.requires_grad)``, each buffer ``b``
-    ``b.detach()`` (the same storage and version counter, another tensor object)."""
-    memo: dict[int, Any] = {}
-    for m in module.modules():
-        for p in m._parameters.values():
-            if p is not None and id(p) not in memo:
-                memo[id(p)] = nn.Parameter(p.detach(), requires_grad=p.requires_grad)
-        for b in m._buffers.values():
-            if b is not None and id(b) not in memo:
-                memo[id(b)] = b.detach()
-    return memo
 
 
 def _first_line(e: BaseException) -> str:

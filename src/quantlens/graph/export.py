@@ -292,7 +292,7 @@ def export_program(model: nn.Module, sample: Any) -> torch.export.ExportedProgra
     """The functional ATen program of ``model`` (a copy, eval mode, on the model's own weight
     storage: no copy of the weights) on ``sample``: step 1 of the module docstring, what the
     capture cache saves (``torch.export.save``)."""
-    from quantlens.graph.capture_cache import weights_memo
+    from quantlens.graph.shared import weights_memo
 
     with quiet():  # a program's module carries pytree specs whose copy warns
         m = copy.deepcopy(model, weights_memo(model)).eval()  # the model's weights, not a copy of them
