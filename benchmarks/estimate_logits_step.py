@@ -30,15 +30,9 @@ import types
 import torch
 import torch.nn.functional as F
 
+from benchmarks.procmem import status_mb
+
 __all__ = ["main"]
-
-
-def _vm(key: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _old(y, inputs, labels, metric, gen):
@@ -74,7 +68,7 @@ def run(mode: str, tokens: int, vocab: int, width: int, metric_name: str, thread
     gen = torch.Generator().manual_seed(1)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # VmHWM := VmRSS
-    before = _vm("VmHWM")
+    before = status_mb("VmHWM")
     t0, c0 = time.perf_counter(), time.process_time()
     grads = []
     if mode == "old":
@@ -92,7 +86,7 @@ def run(mode: str, tokens: int, vocab: int, width: int, metric_name: str, thread
             grads.append(torch.autograd.grad(y, h, g)[0])
     cpu, wall = time.process_time() - c0, time.perf_counter() - t0
     digest = hashlib.sha256(b"".join(t.numpy().tobytes() for t in grads)).hexdigest()[:16]
-    return {"mode": mode, "peak_mb": _vm("VmHWM") - before, "logits_mb": y.numel() * y.element_size() / 2 ** 20,
+    return {"mode": mode, "peak_mb": status_mb("VmHWM") - before, "logits_mb": y.numel() * y.element_size() / 2 ** 20,
             "cpu_s": cpu, "wall_s": wall, "digest": digest}
 
 

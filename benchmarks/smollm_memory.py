@@ -26,18 +26,11 @@ import warnings
 
 import torch
 
+from benchmarks.procmem import status_mb
+
 SIX = [f"model.layers.{b}.{r}" for b in (0, 15, 29) for r in ("self_attn.q_proj", "mlp.down_proj")]
 TWELVE = [f"model.layers.{b}.{r}" for b in (0, 15, 29)
           for r in ("self_attn.q_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.down_proj")]
-
-
-def _vm(key: str) -> float:
-    """A ``/proc/self/status`` field in MB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def trace_phases() -> None:
@@ -53,7 +46,7 @@ def trace_phases() -> None:
 
     def sample() -> None:
         while True:
-            peak[0] = max(peak[0], _vm("VmRSS"))
+            peak[0] = max(peak[0], status_mb("VmRSS"))
             time.sleep(0.05)
 
     threading.Thread(target=sample, daemon=True).start()
@@ -67,10 +60,10 @@ def trace_phases() -> None:
         fn = getattr(obj, name)
 
         def wrapped(*a, _fn=fn, _qual=qual, **k):
-            peak[0] = before = _vm("VmRSS")
+            peak[0] = before = status_mb("VmRSS")
             t = time.perf_counter()
             out = _fn(*a, **k)
-            print(f"  {_qual:24s} RSS {before:6.0f} -> {_vm('VmRSS'):6.0f} MB, peak inside {peak[0]:6.0f} MB, "
+            print(f"  {_qual:24s} RSS {before:6.0f} -> {status_mb('VmRSS'):6.0f} MB, peak inside {peak[0]:6.0f} MB, "
                   f"{time.perf_counter() - t:6.1f} s", flush=True)
             return out
 
@@ -116,7 +109,7 @@ def main() -> None:
     model = smollm.model()
     data = smollm.data(windows=args.windows, tokens=args.tokens, batch=args.batch)
     bits = tuple(int(b) for b in args.bits.split(","))
-    loaded = _vm("VmRSS")
+    loaded = status_mb("VmRSS")
     names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
     if args.what == "estimate" or args.layers == "all":
         layers = None
@@ -137,7 +130,7 @@ def main() -> None:
     if args.json:
         result.to_json(args.json)
     print(f"{args.what} {args.windows}x{args.tokens} batch={args.batch} bits={args.bits} layers={args.layers if args.what == 'exact' else 'all'} "
-          f"engine={args.engine} micro_tokens={_micro()}: peak RSS {_vm('VmHWM'):.0f} MB (model loaded: {loaded:.0f} MB) | wall {wall:.1f} s | "
+          f"engine={args.engine} micro_tokens={_micro()}: peak RSS {status_mb('VmHWM'):.0f} MB (model loaded: {loaded:.0f} MB) | wall {wall:.1f} s | "
           f"user {user:.1f} s, system {system:.1f} s = {100 * system / max(user + system, 1e-9):.0f}% of CPU | "
           f"cells {len(result.cells)} digest {digest(result)}", flush=True)
 

@@ -31,17 +31,11 @@ import time
 import warnings
 from typing import Any
 
+from benchmarks.procmem import peak_rss_mb
+
 from quantlens.sweep.estimate import spearman  # the estimate's check uses the same rank correlation (ties: mean ranks)
 
 __all__ = ["compare", "main", "run_modelopt", "run_quantlens", "spearman"]
-
-
-def _peak_rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
 
 
 def _data(windows: int, tokens: int) -> list:
@@ -68,7 +62,7 @@ def run_modelopt(windows: int, tokens: int) -> dict:
     def forward_step(m: Any, batch: dict) -> Any:
         return m(**batch).logits
 
-    rss0 = _peak_rss_mb()
+    rss0 = peak_rss_mb()
     t0 = time.perf_counter()
     with torch.inference_mode(False):
         _, state = mtq.auto_quantize(model, constraints={"effective_bits": 12.0}, quantization_formats=[cfg], data_loader=data,
@@ -86,7 +80,7 @@ def run_modelopt(windows: int, tokens: int) -> dict:
         q = [r for r in hp.choices if r != QuantRecipe(quant_cfg=None)]
         scores[name] = float(hp.get_score(q[0])) if q else float("nan")
         members[name] = list(hp.quant_module_names)
-    return {"side": "modelopt", "wall_s": wall, "peak_rss_mb": _peak_rss_mb(), "rss_before_mb": rss0, "scores": scores,
+    return {"side": "modelopt", "wall_s": wall, "peak_rss_mb": peak_rss_mb(), "rss_before_mb": rss0, "scores": scores,
             "members": members, "groups": len(state["candidate_stats"])}
 
 
@@ -99,7 +93,7 @@ def run_quantlens(windows: int, tokens: int) -> dict:
 
     data = _data(windows, tokens)
     model = smollm.model()
-    rss0 = _peak_rss_mb()
+    rss0 = peak_rss_mb()
     t0 = time.perf_counter()
     r = analyze_siblings(ql.Workload(model, data, metric="token_kl", output_key="logits"),
                          config=ql.SweepConfig(w_bits=(), a_bits=None, formats=("fp8-e4m3",)))
@@ -107,7 +101,7 @@ def run_quantlens(windows: int, tokens: int) -> dict:
     n_tokens = windows * tokens
     cells = {c.layer: {"token_kl": c.metric, "score": c.metric * n_tokens, "ci_low": c.ci_low * n_tokens,
                        "ci_high": c.ci_high * n_tokens} for c in r.cells}
-    return {"side": "quantlens", "wall_s": wall, "peak_rss_mb": _peak_rss_mb(), "rss_before_mb": rss0, "cells": cells,
+    return {"side": "quantlens", "wall_s": wall, "peak_rss_mb": peak_rss_mb(), "rss_before_mb": rss0, "cells": cells,
             "members": group_members(r)}
 
 

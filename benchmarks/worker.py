@@ -9,13 +9,14 @@ in this process (and, with ``"overhead": true``, the measured cost of every cone
 from __future__ import annotations
 
 import json
-import resource
 import statistics
 import sys
 import time
 from typing import Any, Callable
 
 import torch
+
+from benchmarks.procmem import peak_rss_mb
 
 __all__ = ["SUBJECTS", "measure", "measure_pair", "cone_pass_cost"]
 
@@ -67,19 +68,6 @@ SUBJECTS: dict[str, Callable[[dict], tuple[Any, Any, str]]] = {
 }
 
 
-def _peak_rss_mb() -> float:
-    """This process's peak resident memory (``VmHWM``; ``ru_maxrss`` would include the parent's
-    memory at fork, which Linux carries across ``execve``)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:  # pragma: no cover - not Linux
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def cone_pass_cost(sweep: Any, data: Any, repeats: int = 3) -> float:
     """Sum over batches, layers and bit-widths of the median time of one cone pass alone."""
     from quantlens.data.batches import iterate
@@ -111,11 +99,11 @@ def measure(p: dict) -> dict:
     torch.set_num_threads(int(p.get("threads", torch.get_num_threads())))
     model, data, metric = SUBJECTS[p["subject"]](p)
     metric = p.get("metric", metric)
-    rss0 = _peak_rss_mb()
+    rss0 = peak_rss_mb()
     t0 = time.perf_counter()
     r = ql.analyze(model, data, w_bits=tuple(p["bits"]), a_bits=8, metric=metric, engine=p["engine"],
                    device=p.get("device", "cpu"))
-    return {"params": p, "wall_s": time.perf_counter() - t0, "peak_rss_mb": _peak_rss_mb(), "rss_before_mb": rss0,
+    return {"params": p, "wall_s": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb(), "rss_before_mb": rss0,
             "baseline": r.baseline, "num_samples": r.num_samples, "cells": _cells(r)}
 
 
@@ -167,7 +155,7 @@ def measure_pair(p: dict) -> dict:
         out["loop_s"] = statistics.median(loops)
         out["cone_passes"] = len(sw.layer_ids) * len(cfg.w_bits) * states["cone"].batches
         out["cone_cost_s"] = cone_pass_cost(sw, data)
-    out["peak_rss_mb"] = _peak_rss_mb()
+    out["peak_rss_mb"] = peak_rss_mb()
     return out
 
 
