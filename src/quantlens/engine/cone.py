@@ -3,9 +3,9 @@
 For layer ``i`` the *cone* is every node that depends on ``i``'s module call. A node
 outside the cone has the same value in the float network and in the network where only
 layer ``i`` is quantized, so it is read from the activation cache of the float pass; only
-the cone is recomputed. Each cone is its own compiled ``GraphModule`` whose inputs are the
-cached values it reads (the *frontier*) and whose outputs are the network's output and the
-quantized layer's output::
+the cone is recomputed. Each cone is its own :class:`~quantlens.engine.program.Program` (the
+captured graph's nodes run in place, no compiled copy) whose inputs are the cached values it reads
+(the *frontier*) and whose outputs are the network's output and the quantized layer's output::
 
     x_in --ActQuantizer--> QuantLayer(weight = Q_w(W)) --activation--> ActQuantizer --> ... --> y_i
 
@@ -18,7 +18,7 @@ Example:
     >>> g = capture(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)))
     >>> cone = build_cone(g, g.layers[1])
     >>> cone.frontier
-    ['_0_relu'] 
+    ['_1']
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
+from quantlens.engine.program import Program
 from quantlens.quant.quantizer import ActQuantizer
 from quantlens.graph.layers import Layer, LayerGraph, fetch_attr
 
@@ -162,15 +163,16 @@ class Cone:
     only theirs).
     """
 
-    def __init__(self, layer: Layer, compile: Callable[[], fx.GraphModule], frontier: list[str], qlayer: QuantLayer,
+    def __init__(self, layer: Layer, compile: Callable[[], Program], frontier: list[str], qlayer: QuantLayer,
                  in_q: ActQuantizer, out_q: ActQuantizer, size: int = 0) -> None:
         self.layer, self.frontier, self.qlayer, self.in_q, self.out_q, self.size = layer, frontier, qlayer, in_q, out_q, size
-        self._compile: Optional[Callable[[], fx.GraphModule]] = compile
-        self._gm: Optional[fx.GraphModule] = None
+        self._compile: Optional[Callable[[], Program]] = compile
+        self._gm: Optional[Program] = None
         self.device: Optional[torch.device] = None
 
     @property
-    def gm(self) -> fx.GraphModule:
+    def gm(self) -> Program:
+        """The cone's :class:`~quantlens.engine.program.Program` (built on first use, no compilation)."""
         if self._gm is None:
             assert self._compile is not None
             self._gm = self._compile()
@@ -229,36 +231,17 @@ def build_cone(
             names = names | extra
             inside = [n for n in gm.graph.nodes if n.name in names]
     frontier = frontier_of(graph, inside)
+    names_in = {n.name for n in inside}
     qlayer = QuantLayer(gm.get_submodule(layer.module_name))
     in_q, out_q = quantizers if quantizers is not None else (ActQuantizer(), ActQuantizer())
 
-    def compile() -> fx.GraphModule:
-        modules: dict[str, Any] = {"ql_layer": qlayer, "ql_in_q": in_q, "ql_out_q": out_q}
-        g = fx.Graph()
-        env: dict[str, fx.Node] = {}
-        for name in frontier:
-            env[name] = g.placeholder(name)
-        for n in gm.graph.nodes:
-            if n.op == "get_attr" and any(u in inside for u in n.users):
-                env[n.name] = g.node_copy(n, lambda a: env[a.name])
-                modules[str(n.target)] = fetch_attr(gm, str(n.target))
-        for n in inside:
-            if n.name == layer.node:
-                src = env[n.args[0].name]  # type: ignore[union-attr]
-                entering = src
-                qin = g.call_module("ql_in_q", (src,))
-                new = g.call_module("ql_layer", (qin,))
-            else:
-                new = g.node_copy(n, lambda a: env[a.name])
-                if n.op == "call_module":
-                    modules[str(n.target)] = gm.get_submodule(str(n.target))
-            env[n.name] = new
-            if n.name == layer.output_node:
-                env[n.name] = g.call_module("ql_out_q", (new,))
-        out = _output_node(gm)
-        y = fx.node.map_arg(out.args[0], lambda a: env[a.name])
-        g.output((y, env[layer.output_node], entering) if tap_input else (y, env[layer.output_node]))
-        return fx.GraphModule(modules, g, class_name=f"Cone_{layer.index}")
+    def compile() -> Program:
+        nodes = graph.nodes()
+        entering = nodes[layer.node].args[0]
+        attrs = [n for n in gm.graph.nodes if n.op == "get_attr" and any(u.name in names_in for u in n.users)]
+        outputs = (_output_node(gm).args[0], nodes[layer.output_node])
+        return Program(gm, attrs + inside, frontier, (*outputs, entering) if tap_input else outputs,
+                       replace={layer.node: lambda x: qlayer(in_q(x))}, after={layer.output_node: out_q})
 
     return Cone(layer, compile, frontier, qlayer, in_q, out_q, size=len(inside))
 

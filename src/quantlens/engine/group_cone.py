@@ -9,8 +9,8 @@ at the earliest member) is recomputed, each member as in the whole-network build
     x_l --in_l--> op(x_l, Q_w(W_l), b_l) --activation--> out_l --> users      for every l in G
 
 with ``in_l`` on ``l``'s own input edge only. The quantizers sit in slots (:class:`Slot`) that
-hold an :class:`~quantlens.quant.quantizer.ActQuantizer` or ``None`` (float), so one compiled
-module serves every column of a sweep: ``cone.set(name, weight, in_q, out_q)`` then
+hold an :class:`~quantlens.quant.quantizer.ActQuantizer` or ``None`` (float), so one
+:class:`~quantlens.engine.program.Program` serves every column of a sweep: ``cone.set(name, weight, in_q, out_q)`` then
 ``cone(cache) -> network output``.
 
 Example:
@@ -18,7 +18,7 @@ Example:
     >>> from quantlens.graph.capture import capture
     >>> g = capture(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)))
     >>> build_group_cone(g, [g.layers[1]]).frontier
-    ['_0_relu']
+    ['_1']
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence, Union
 
 import torch
-from torch import Tensor, fx, nn
+from torch import Tensor, nn
 
 from quantlens.engine.cone import QuantLayer, _output_node, cone_nodes, frontier_of
-from quantlens.graph.layers import Layer, LayerGraph, fetch_attr
+from quantlens.engine.program import Program
+from quantlens.graph.layers import Layer, LayerGraph
 from quantlens.quant.quantizer import ActQuantizer
 
 __all__ = ["Slot", "GroupCone", "build_group_cone"]
@@ -47,8 +48,8 @@ class Slot(nn.Module):
 
 
 class GroupCone:
-    """A compiled module that recomputes the union of the cones of ``members`` with all of them
-    quantized: ``gm(*[cache[n] for n in frontier]) -> network output`` (compiled on first use)."""
+    """A program (:mod:`quantlens.engine.program`) that recomputes the union of the cones of ``members`` with all of them
+    quantized: ``gm(*[cache[n] for n in frontier]) -> network output`` (built on first use)."""
 
     def __init__(self, graph: LayerGraph, members: Sequence[Layer]) -> None:
         if not members:
@@ -63,7 +64,7 @@ class GroupCone:
         self.in_slots = {l.name: Slot() for l in self.members}
         self.out_slots = {l.name: Slot() for l in self.members}
         self.floats = {l.name: q.qweight for l, q in zip(self.members, self.qlayers.values())}
-        self._gm: Optional[fx.GraphModule] = None
+        self._gm: Optional[Program] = None
         self.device: Optional[torch.device] = None
 
     def set(self, name: str, weight: Optional[Tensor], in_q: Optional[ActQuantizer], out_q: Optional[ActQuantizer]) -> None:
@@ -78,7 +79,7 @@ class GroupCone:
             self.set(name, None, None, None)
 
     @property
-    def gm(self) -> fx.GraphModule:
+    def gm(self) -> Program:
         if self._gm is None:
             self._gm = self._compile()
             if self.device is not None:
@@ -94,38 +95,26 @@ class GroupCone:
     def __call__(self, cache: dict[str, Any]) -> Any:
         return self.gm(*[cache[n] for n in self.frontier])
 
-    def _compile(self) -> fx.GraphModule:
+    def _compile(self) -> Program:
         gm = self.graph.gm
-        by_node = {l.node: (k, l) for k, l in enumerate(self.members)}
-        by_out = {l.output_node: k for k, l in enumerate(self.members)}
-        modules: dict[str, Any] = {}
-        for k, l in enumerate(self.members):
-            modules[f"ql_layer_{k}"] = self.qlayers[l.name]
-            modules[f"ql_in_{k}"] = self.in_slots[l.name]
-            modules[f"ql_out_{k}"] = self.out_slots[l.name]
-        g = fx.Graph()
-        env: dict[str, fx.Node] = {name: g.placeholder(name) for name in self.frontier}
-        inside = set(self.inside)
-        for n in gm.graph.nodes:
-            if n.op == "get_attr" and any(u in inside for u in n.users):
-                env[n.name] = g.node_copy(n, lambda a: env[a.name])
-                modules[str(n.target)] = fetch_attr(gm, str(n.target))
-        for n in self.inside:
-            hit = by_node.get(n.name)
-            if hit is not None:
-                k = hit[0]
-                qin = g.call_module(f"ql_in_{k}", (env[n.args[0].name],))  # type: ignore[union-attr]
-                new = g.call_module(f"ql_layer_{k}", (qin,))
-            else:
-                new = g.node_copy(n, lambda a: env[a.name])
-                if n.op == "call_module":
-                    modules[str(n.target)] = gm.get_submodule(str(n.target))
-            env[n.name] = new
-            if n.name in by_out:
-                env[n.name] = g.call_module(f"ql_out_{by_out[n.name]}", (new,))
-        y = fx.node.map_arg(_output_node(gm).args[0], lambda a: env[a.name])
-        g.output(y)
-        return fx.GraphModule(modules, g, class_name="GroupCone")
+        inside = {n.name for n in self.inside}
+        attrs = [n for n in gm.graph.nodes if n.op == "get_attr" and any(u.name in inside for u in n.users)]
+        replace, after = {}, {}
+        for l in self.members:
+            replace[l.node] = _Twin(self.in_slots[l.name], self.qlayers[l.name])
+            after[l.output_node] = self.out_slots[l.name]
+        return Program(gm, attrs + self.inside, self.frontier, _output_node(gm).args[0], replace=replace, after=after)
+
+
+class _Twin(nn.Module):
+    """``forward(x) = layer(slot(x))``: a member's input slot, then its quantized twin."""
+
+    def __init__(self, slot: Slot, layer: QuantLayer) -> None:
+        super().__init__()
+        self.slot, self.layer = slot, layer
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layer(self.slot(x))
 
 
 def build_group_cone(graph: LayerGraph, members: Sequence[Layer]) -> GroupCone:
