@@ -11,7 +11,8 @@ alone: 121 groups on SmolLM2) with its weights in FP8 E4M3, one per-tensor scale
 * quantlens: ``analyze_siblings`` with ``formats=("fp8-e4m3",)``, ``a_bits=None``, metric
   ``token_kl`` (``mean_t KL(p_t || q_t)``, so ``score = token_kl x tokens``), with its 95% interval.
 
-Each side runs in its own fresh process (wall seconds, peak resident memory ``VmHWM``); the parent
+Each side runs in its own fresh process (wall and CPU seconds of the scoring call, peak resident
+memory ``VmHWM``; ``QL_THREADS=1`` makes the CPU time the work done on a loaded machine); the parent
 compares the two scores (Spearman's rho) and counts the pairs of groups that quantlens's
 intervals separate. ModelOpt: ``pip install -c constraints.txt nvidia-modelopt``.
 
@@ -36,6 +37,14 @@ from benchmarks.procmem import peak_rss_mb
 from quantlens.sweep.estimate import spearman  # the estimate's check uses the same rank correlation (ties: mean ranks)
 
 __all__ = ["compare", "main", "run_modelopt", "run_quantlens", "spearman"]
+
+
+def _cpu() -> float:
+    """This process's CPU seconds, user + system: the work done, whatever else runs on the machine."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def _data(windows: int, tokens: int) -> list:
@@ -63,7 +72,7 @@ def run_modelopt(windows: int, tokens: int) -> dict:
         return m(**batch).logits
 
     rss0 = peak_rss_mb()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu()
     with torch.inference_mode(False):
         _, state = mtq.auto_quantize(model, constraints={"effective_bits": 12.0}, quantization_formats=[cfg], data_loader=data,
                                      forward_step=forward_step, num_calib_steps=len(data), num_score_steps=len(data),
@@ -80,7 +89,7 @@ def run_modelopt(windows: int, tokens: int) -> dict:
         q = [r for r in hp.choices if r != QuantRecipe(quant_cfg=None)]
         scores[name] = float(hp.get_score(q[0])) if q else float("nan")
         members[name] = list(hp.quant_module_names)
-    return {"side": "modelopt", "wall_s": wall, "peak_rss_mb": peak_rss_mb(), "rss_before_mb": rss0, "scores": scores,
+    return {"side": "modelopt", "wall_s": wall, "cpu_s": _cpu() - c0, "peak_rss_mb": peak_rss_mb(), "rss_before_mb": rss0, "scores": scores,
             "members": members, "groups": len(state["candidate_stats"])}
 
 
@@ -94,14 +103,14 @@ def run_quantlens(windows: int, tokens: int) -> dict:
     data = _data(windows, tokens)
     model = smollm.model()
     rss0 = peak_rss_mb()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu()
     r = analyze_siblings(ql.Workload(model, data, metric="token_kl", output_key="logits"),
                          config=ql.SweepConfig(w_bits=(), a_bits=None, formats=("fp8-e4m3",)))
     wall = time.perf_counter() - t0
     n_tokens = windows * tokens
     cells = {c.layer: {"token_kl": c.metric, "score": c.metric * n_tokens, "ci_low": c.ci_low * n_tokens,
                        "ci_high": c.ci_high * n_tokens} for c in r.cells}
-    return {"side": "quantlens", "wall_s": wall, "peak_rss_mb": peak_rss_mb(), "rss_before_mb": rss0, "cells": cells,
+    return {"side": "quantlens", "wall_s": wall, "cpu_s": _cpu() - c0, "peak_rss_mb": peak_rss_mb(), "rss_before_mb": rss0, "cells": cells,
             "members": group_members(r)}
 
 
@@ -173,12 +182,13 @@ def main(argv: Any = None) -> int:
         if "error" in s:
             print(f"{s['side']} failed:\n{s['error']}", flush=True)
         else:
-            print(f"{s['side']:10s} {s['wall_s']:7.1f} s  peak RSS {s['peak_rss_mb']:6.0f} MB "
+            print(f"{s['side']:10s} {s['wall_s']:7.1f} s wall, {s.get('cpu_s', float('nan')):7.1f} s CPU  peak RSS {s['peak_rss_mb']:6.0f} MB "
                   f"({s['rss_before_mb']:.0f} MB before)", flush=True)
     if "error" not in ours and "error" not in peer:
         c = compare(peer, ours)
         out["compare"] = c
-        print(f"speed: ModelOpt / quantlens = {peer['wall_s'] / ours['wall_s']:.2f}x | groups matched {c['groups_matched']} | "
+        cpu = peer.get("cpu_s", float("nan")) / ours.get("cpu_s", float("nan"))
+        print(f"speed: ModelOpt / quantlens = {peer['wall_s'] / ours['wall_s']:.2f}x wall, {cpu:.2f}x CPU | groups matched {c['groups_matched']} | "
               f"Spearman {c['spearman']:.3f} | quantlens intervals separate {c['pairs_separated']}/{c['pairs']} pairs, "
               f"ModelOpt orders {c['separated_pairs_same_order']} of them the same way", flush=True)
         print("top 10 quantlens:", c["top10_quantlens"], "\ntop 10 ModelOpt: ", c["top10_modelopt"], flush=True)
