@@ -30,6 +30,7 @@ from quantlens.stats.degradation import degradation
 from quantlens.errors import QuantlensError, QuantlensWarning
 from quantlens.graph.capture import CaptureError, capture
 from quantlens.graph.layers import LayerGraph
+from quantlens.graph.shared import weights_memo
 from quantlens.engine.cone import build_cache_module
 from quantlens.core.guard import preserve_model
 from quantlens.core.jsonio import num as _num
@@ -317,7 +318,9 @@ class NetworkMeasurer(MeasurerBase):
     def _prepare(self, model: nn.Module) -> Callable[[Inputs], Any]:
         self.graph = capture_traceable(model, _on_device(self.data, self.device))
         self.graph.gm.to(self.device)
-        self.float_gm = copy.deepcopy(self.graph.gm)
+        # the reference's own modules, the same weight storage (fixes work on copies of the graph and
+        # nothing writes the captured weights in place): no second copy of the model's weights
+        self.float_gm = copy.deepcopy(self.graph.gm, memo=weights_memo(self.graph.gm))
         return graph_fn(self.graph, self.float_gm)
 
     @property
