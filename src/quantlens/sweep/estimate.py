@@ -211,16 +211,23 @@ def channel_sums(m: nn.Module, summer: Optional[nn.Module], gz: Tensor, x: Tenso
     n = gz.shape[0]
     if summer is not None:
         g = m.groups  # type: ignore[union-attr]
-        p = summer(x.reshape(n, g, -1, *x.shape[2:]).sum(2))
+        # depthwise (one input channel per group): the input itself, no copy summing one value
+        p = summer(x if x.shape[1] == g else x.reshape(n, g, -1, *x.shape[2:]).sum(2))
         return torch.einsum("ngcp,ngp->ngc", gz.reshape(n, g, -1, p[0, 0].numel()), p.reshape(n, g, -1)).reshape(n, -1)
     return torch.einsum("npc,np->nc", gz.reshape(n, -1, gz.shape[-1]), x.sum(-1).reshape(n, -1))
 
 
 def _nonzero_sq(g: Optional[Tensor], v: Tensor) -> Tensor:
-    """``sum_j g_j^2 [v_j != 0]`` (0 without a gradient)."""
+    """``sum_j g_j^2 [v_j != 0]`` (0 without a gradient), as the dot product of ``g [v != 0]`` and ``g``.
+
+    The mask is written in ``g``'s dtype (``torch.ne`` into a float tensor, 1 or 0) and multiplied
+    by ``g`` in place: the same values as ``g * (v != 0)`` (a bool operand promoted), bit for bit,
+    at half the time (no mixed-dtype multiply, one buffer fewer). ``g`` is not changed: it may be
+    shared (a view's gradient is its base's)."""
     if g is None:
         return v.new_zeros((), dtype=torch.float64)
-    return torch.linalg.vecdot((g * (v != 0)).reshape(-1), g.reshape(-1)).double()
+    m = torch.ne(v, 0, out=torch.empty_like(g, memory_format=torch.contiguous_format)).mul_(g)
+    return torch.linalg.vecdot(m.reshape(-1), g.reshape(-1)).double()
 
 
 def _rows(t: Tensor, m: nn.Module) -> Tensor:
