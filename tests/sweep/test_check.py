@@ -168,3 +168,47 @@ def test_cli_check_budget_option_and_errors():
         _method(args(estimate=True, check_budget=0.0))
     with pytest.raises(QuantlensError, match="--check-budget .* must be above 0"):
         _method(args(estimate=True, check_budget=-2.0))
+
+
+def _flop_counter_work(g, inputs):
+    """The oracle: every node's FLOPs by torch's own FlopCounterMode, plus the values it writes."""
+    from torch.utils import _pytree as pytree
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from quantlens.core.numerics import analysis_mode
+    from quantlens.engine.cost import one_sample
+
+    work = {}
+
+    class Counter(torch.fx.Interpreter):
+        def run_node(self, n):
+            with FlopCounterMode(display=False) as c:
+                out = super().run_node(n)
+            work[n.name] = float(c.get_total_flops()) + float(sum(t.numel() for t in pytree.tree_leaves(out)
+                                                                  if isinstance(t, torch.Tensor)))
+            return out
+
+    with analysis_mode():
+        Counter(g.gm).run(*g.flat(one_sample(inputs)))
+    return {n.name: (0.0 if n.op in ("placeholder", "get_attr", "output") else work.get(n.name, 0.0)) for n in g.gm.graph.nodes}
+
+
+@pytest.mark.parametrize("which", ["tiny_net", "tiny_lm", "tiny_llama"])
+def test_node_work_equals_flop_counter_mode(which):
+    """node_work counts FLOPs without FlopCounterMode (no torch._dynamo import): the same numbers,
+    node by node, on convolutions (grouped, depthwise), matmuls, attention (SDPA) and elementwise ops."""
+    from support.lm_models import llama_ids, tiny_llama, tiny_lm, token_data
+
+    from quantlens.engine.cost import node_work
+
+    if which == "tiny_net":
+        m, x = tiny_net(), Inputs((tiny_data(n_batches=1, batch=3)[0][0],))
+    elif which == "tiny_lm":
+        m, x = tiny_lm(), Inputs((token_data(n_batches=1)[0][0],))
+    else:
+        pytest.importorskip("transformers")
+        m, x = tiny_llama(), Inputs((), llama_ids(n=1)[0])
+    g = capture(m, x)
+    got, want = node_work(g, x), _flop_counter_work(g, x)
+    assert got == want
+    assert sum(got.values()) > sum(n.numel() for n in g.gm.parameters())  # some FLOPs were counted

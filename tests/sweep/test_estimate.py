@@ -427,3 +427,33 @@ def test_micro_batches_equal_the_whole_batch_to_float32_summation_order():
     inputs = next(iterate([{"input_ids": torch.zeros(4, 256, dtype=torch.long)}]))[0]
     assert MICRO_TOKENS == 256 and micro_batch(inputs, "nll") == 1 and micro_batch(inputs, None) is None
     assert micro_batch(inputs, "nll", micro=0) is None and micro_batch(inputs, "nll", micro=2) == 2
+
+
+def test_statistics_equal_their_direct_formulas_bit_for_bit():
+    """The per-layer statistics are computed the fast way; the same values as the direct formulas:
+    ``sum g^2 [v != 0]`` (bool mask promoted) on zeros, negative zeros, non-contiguous and bf16
+    tensors; the depthwise patch sums from the input itself equal those from ``x`` summed over each
+    group's one channel."""
+    from quantlens.sweep.estimate import _nonzero_sq, _patch_summer, channel_sums
+
+    gen = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16):
+        g = torch.randn(4, 6, 9, 9, generator=gen).to(dtype)
+        v = F.relu(torch.randn(4, 6, 9, 9, generator=gen)).to(dtype)
+        v[0, 0, 0, :3] = -0.0
+        for gg, vv in ((g, v), (g.transpose(2, 3), v.permute(0, 1, 3, 2).contiguous().transpose(2, 3)),
+                       (g.to(memory_format=torch.channels_last), v)):
+            want = torch.linalg.vecdot((gg * (vv != 0)).reshape(-1), gg.reshape(-1)).double()
+            before = gg.clone()
+            assert torch.equal(_nonzero_sq(gg, vv), want) and want > 0
+            assert torch.equal(gg, before)  # g itself unchanged
+    for conv in (nn.Conv2d(6, 6, 3, stride=2, padding=1, groups=6), nn.Conv2d(6, 12, 5, padding=2, groups=6),
+                 nn.Conv2d(6, 4, 3, groups=2)):
+        x = F.relu(torch.randn(3, 6, 11, 11, generator=gen))
+        with torch.no_grad():
+            gz = torch.randn_like(conv(x))
+        s = _patch_summer(conv)
+        n, k = x.shape[0], conv.groups
+        p = s(x.reshape(n, k, -1, *x.shape[2:]).sum(2))
+        want = torch.einsum("ngcp,ngp->ngc", gz.reshape(n, k, -1, p[0, 0].numel()), p.reshape(n, k, -1)).reshape(n, -1)
+        assert torch.equal(channel_sums(conv, s, gz, x), want)
