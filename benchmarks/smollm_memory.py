@@ -50,6 +50,15 @@ def trace_phases() -> None:
             time.sleep(0.05)
 
     threading.Thread(target=sample, daemon=True).start()
+    need = estimate.gradient_pass_bytes
+
+    def shown(*a, **k):
+        fixed, per_sample, samples = out = need(*a, **k)
+        print(f"  gradient pass predicted: {fixed / 2**20:.0f} MB of weight gradients + {samples} x {per_sample / 2**20:.0f} MB "
+              f"per sample (check_fits)", flush=True)
+        return out
+
+    estimate.gradient_pass_bytes = shown
     for owner, qual in ((sweep, "capture"), (runner, "ConeRunner.__init__"), (sweep, "Sweep.__init__"),
                         (sweep, "Sweep.calibrate"), (sweep, "Sweep.process_batch"), (estimate, "timed_first_order"),
                         (estimate, "measure")):

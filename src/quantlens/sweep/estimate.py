@@ -84,7 +84,7 @@ from quantlens.data.batches import extract_output, input_ids, iterate
 from quantlens.errors import QuantlensError
 from quantlens.graph.layers import LayerGraph, transposed_linear
 from quantlens.graph.layers import fetch_attr
-from quantlens.engine.memory import trim_heap
+from quantlens.engine.memory import check_fits, trim_heap, tune_heap
 from quantlens.metrics.task import make_metric, token_mask
 from quantlens.core.numerics import analysis_mode, exact_float32
 from quantlens.quant.observers import MinMaxObserver
@@ -95,7 +95,8 @@ from quantlens.engine.runner import ConeRunner
 from quantlens.engine.cost import cone_shares
 from quantlens.sweep.check import candidates, choose, measure
 
-__all__ = ["TRUST_SPEARMAN", "MICRO_TOKENS", "micro_batch", "spearman", "check_bits", "check_budget", "first_order", "timed_first_order", "estimate_sweep"]
+__all__ = ["TRUST_SPEARMAN", "MICRO_TOKENS", "micro_batch", "spearman", "check_bits", "check_budget", "first_order", "timed_first_order", "estimate_sweep",
+           "gradient_pass_bytes", "check_gradient_pass", "GRAPH_PER_SAMPLE"]
 
 TRUST_SPEARMAN = 0.7
 Shares = Callable[[Any, Any], "dict[int, float]"]
@@ -362,6 +363,7 @@ def timed_first_order(sweep: Any, data: Iterable[Any], seed: int = 0,
     runner = sweep.runner
     if not isinstance(runner, ConeRunner):
         raise QuantlensError(NO_GRADIENT.format(why="the model is run through forward hooks, not a traced graph"))
+    tune_heap()  # freed activations go back to the heap for the next micro-batch, not to the kernel
     ids = list(sweep.layer_ids)
     bits = list(sweep.config.columns)
     spec = sweep.config.act_spec()
@@ -404,28 +406,29 @@ def timed_first_order(sweep: Any, data: Iterable[Any], seed: int = 0,
                 forward_s += time.perf_counter() - t_in
                 if not y.requires_grad:
                     raise QuantlensError(NO_GRADIENT.format(why="the output does not depend differentiably on the layers"))
-                # the logits' gradient first, in float64 chunks of a detached copy; then one backward from y
-                rows, keep = _output_rows(y.detach(), part, per_token)
-                g_y, units = _sampled_output_gradient(rows, keep, gen, LOGIT_ROWS)
-                del rows
-                # weight gradients add up in place in the leaves' .grad over the batch's micro-batches
-                taps = [t for t in list(xs) + list(zs) + list(os_) if t.requires_grad]
-                torch.autograd.backward(y, g_y.view(y.shape), inputs=leaves + taps, retain_graph=signed)
-                found = {id(t): t.grad for t in taps}
-                del g_y, taps
-                if signed:
+                if signed:  # the data's own next tokens first, retaining the graph for the sampled labels' backward
                     g_y, count = _true_nll_gradient(metric, y, part_labels, part, LOGIT_ROWS)
                     if count:  # into g_true's own tensors: the sampled gradients set aside meanwhile
                         sampled = [q.grad for q in leaves]
                         for q, g in zip(leaves, g_true):
                             q.grad = g
-                        torch.autograd.backward(y, g_y, inputs=leaves)
+                        torch.autograd.backward(y, g_y, inputs=leaves, retain_graph=True)
                         g_true = [q.grad for q in leaves]
                         for q, g in zip(leaves, sampled):
                             q.grad = g
                         del sampled
                     n_true += count
                     del g_y
+                # the logits' gradient, in float64 chunks of a detached copy; then one backward from y that
+                # frees the graph as it goes (its saved activations, while the taps' gradients come)
+                rows, keep = _output_rows(y.detach(), part, per_token)
+                g_y, units = _sampled_output_gradient(rows, keep, gen, LOGIT_ROWS)
+                del rows
+                # weight gradients add up in place in the leaves' .grad over the batch's micro-batches
+                taps = [t for t in list(xs) + list(zs) + list(os_) if t.requires_grad]
+                torch.autograd.backward(y, g_y.view(y.shape), inputs=leaves + taps)
+                found = {id(t): t.grad for t in taps}
+                del g_y, taps
             g_x, g_z, g_o = ([found.get(id(t)) for t in ts] for ts in (xs, zs, os_))
             with analysis_mode():
                 for k, i in enumerate(ids):  # in topological order: the first layer cut off is the one named
@@ -443,15 +446,18 @@ def timed_first_order(sweep: Any, data: Iterable[Any], seed: int = 0,
                     s_sq[k] = s_sq[k] + v.pow(2).sum(0)
             n_total += units
             del out, xs, zs, os_, found, g_x, g_z, g_o, y
-            trim_heap()
         with analysis_mode():
             for k, q in enumerate(leaves):  # D_k: the batch's gradient squared
-                g, q.grad = q.grad, None
+                g = q.grad
                 if diag[k] is None:
                     diag[k] = g * g  # type: ignore[operator]
                 else:
                     diag[k].addcmul_(g, g)  # type: ignore[union-attr,arg-type]
+                g.zero_()  # type: ignore[union-attr]  # the next batch adds into it: 0 + g is g (no fresh pages)
                 del g
+    for q in leaves:
+        q.grad = None
+    trim_heap()  # once, after the pass: each micro-batch reuses the pages the one before freed
     if calibrate:
         for i in ids:
             runner.in_q[i].set(spec, ins[i])
@@ -492,7 +498,9 @@ def estimate_sweep(sweep: Any, data: Iterable[Any], k: int = 5, seed: int = 0, m
     t0 = time.perf_counter()
     sweep.qweights.clear()  # not alive during the gradient pass (4 bytes x parameters x formats); the check quantizes its own
     trim_heap()
+    check_gradient_pass(sweep, data)
     est, forward_s = timed_first_order(sweep, data, seed)
+    trim_heap(0)  # the gradient pass's pages back before the check's float passes
     t_est = time.perf_counter() - t0
     ranked = sorted(sweep.layer_ids, key=lambda i: -est[(i, b_chk)])
     inputs = next(iter(iterate(data, "data")))[0].to(sweep.device)
@@ -535,6 +543,38 @@ def estimate_sweep(sweep: Any, data: Iterable[Any], k: int = 5, seed: int = 0, m
     infos = tuple(measured[names[i]] for i in sweep.layer_ids)
     return dataclasses.replace(exact, layers=infos, cells=tuple(cells), engine="estimate", config=sweep.config.to_dict(),
                                elapsed_s=time.perf_counter() - t0, extra={**exact.extra, "estimate": info})
+
+
+GRAPH_PER_SAMPLE = 2.0
+"""The autograd state of one sample in the gradient pass, as a multiple of what the float pass
+keeps for it (:attr:`~quantlens.engine.sweep.Sweep.sample_bytes`: the layers' inputs and outputs
+and three outputs): the saved activations, and the taps' gradients as large again (SmolLM2 at 256
+tokens: measured 1.0 GB of graph and gradients over 0.5 GB of float-pass values)."""
+
+
+def gradient_pass_bytes(sweep: Any, inputs: Inputs) -> tuple[int, int, int]:
+    """What the gradient pass needs (:func:`check_gradient_pass`): ``(fixed, per_sample, samples)``.
+    ``fixed`` is per swept weight of ``P`` bytes ``2P`` (its gradient summed over the batch, the
+    running square ``D``) and ``P`` more for nll/perplexity (the true labels' gradient);
+    ``per_sample`` is :data:`GRAPH_PER_SAMPLE` times the float pass's bytes per sample; ``samples``
+    the samples per backward (:func:`micro_batch`)."""
+    weights = sum(w.numel() * w.element_size() for w in (sweep.runner.float_weight(i) for i in sweep.layer_ids))
+    metric = make_metric(sweep.metric_spec)
+    per_token = metric.name if getattr(metric, "per_token", False) else None
+    fixed = (3 if isinstance(metric, NLL) else 2) * weights
+    micro = micro_batch(inputs, per_token)
+    samples = inputs.batch_size if micro is None else min(micro, inputs.batch_size)
+    return fixed, int(GRAPH_PER_SAMPLE * getattr(sweep, "sample_bytes", 0)), samples
+
+
+def check_gradient_pass(sweep: Any, data: Iterable[Any]) -> None:
+    """One line before the gradient pass if it would not fit in memory (:func:`~quantlens.engine.memory.check_fits`
+    on :func:`gradient_pass_bytes`, measured on the first batch)."""
+    inputs = next(iter(iterate(data, "data")))[0]
+    fixed, per_sample, samples = gradient_pass_bytes(sweep, inputs)
+    ids = input_ids(inputs)
+    tokens = int(ids.shape[-1]) if ids is not None and ids.dim() == 2 else 0
+    check_fits(fixed, per_sample, samples, "the estimate's gradient pass", tokens, fixed_what="weight gradients")
 
 
 def check_budget(budget: Any) -> float:
