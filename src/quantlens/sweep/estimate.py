@@ -246,6 +246,29 @@ def _diagonal_rest(dw: Tensor, mu: Tensor, diag: Tensor, d_rows: Tensor, m: nn.M
     return float((a - 2 * mu * b + mu * mu * d_rows).sum())
 
 
+def _fold_batch(sweep: Any, i: int, bits: Sequence, m: nn.Module, mu: Tensor, g: Tensor, g_true: Optional[Tensor],
+                rest: Tensor, true_dot: Tensor) -> None:
+    """Add one batch of layer ``i`` to its per-bit-width sums, then zero its gradients for the next
+    batch: ``rest[j] += sum_k r_j,k^2 g_k^2`` (:func:`_diagonal_rest` with the batch's ``D = g^2``)
+    and, with ``g_true``, ``true_dot[j] += g_true . dW_j``. Both are linear in ``D_k = sum_batches
+    g_k^2`` and in ``G_true``, so the sums over batches equal the formulas on the summed tensors up
+    to summation order (float32 ``D`` over batches before, float64 sums of per-batch terms now),
+    with no ``D`` or ``G_true`` kept across batches. ``dW_j`` is quantized again per batch."""
+    d = g * g
+    d_rows = _rows(d, m).sum(1).double()
+    w = sweep.runner.float_weight(i)
+    for j, b in enumerate(bits):
+        dw = sweep.quantize(i, b).weight - w
+        rest[j] += _diagonal_rest(dw, mu[:, j], d, d_rows, m)
+        if g_true is not None:
+            true_dot[j] += torch.linalg.vecdot(g_true.reshape(-1).double(), dw.reshape(-1).double())
+        del dw
+    del d
+    g.zero_()  # the next batch adds into them: 0 + g is g (no fresh pages)
+    if g_true is not None:
+        g_true.zero_()
+
+
 def _unit(metric: Any) -> str:
     """What ``est`` measures for the sweep's metric (see module docstring)."""
     if isinstance(metric, NLL):
@@ -376,7 +399,9 @@ def timed_first_order(sweep: Any, data: Iterable[Any], seed: int = 0,
     dev = sweep.device
     zero = torch.zeros((), dtype=torch.float64, device=dev)
     a_in, a_out = [zero] * len(ids), [zero] * len(ids)
-    diag: list[Optional[Tensor]] = [None] * len(ids)
+    # per bit-width: sum over batches of sum_k r_b,k^2 S_k^2 (the batch's D folded in) and of G_true . dW_b
+    rest = [torch.zeros(len(bits), dtype=torch.float64, device=dev) for _ in ids]
+    true_dot = [torch.zeros(len(bits), dtype=torch.float64, device=dev) for _ in ids]
     # mu_b per output channel, one column per bit-width: sum_n (mu_b . S_n)^2 for all b at once
     w_mean = [_channel_means(runner.float_weight(i), mods[k]) for k, i in enumerate(ids)]
     mu = [torch.stack([_channel_means(sweep.quantize(i, b).weight, mods[k]) - w_mean[k] for b in bits], 1)
@@ -447,14 +472,8 @@ def timed_first_order(sweep: Any, data: Iterable[Any], seed: int = 0,
             n_total += units
             del out, xs, zs, os_, found, g_x, g_z, g_o, y
         with analysis_mode():
-            for k, q in enumerate(leaves):  # D_k: the batch's gradient squared
-                g = q.grad
-                if diag[k] is None:
-                    diag[k] = g * g  # type: ignore[operator]
-                else:
-                    diag[k].addcmul_(g, g)  # type: ignore[union-attr,arg-type]
-                g.zero_()  # type: ignore[union-attr]  # the next batch adds into it: 0 + g is g (no fresh pages)
-                del g
+            for k, q in enumerate(leaves):  # the batch's D_k = (its gradient)^2 and G_true, folded in per bit-width
+                _fold_batch(sweep, ids[k], bits, mods[k], mu[k], q.grad, g_true[k] if signed else None, rest[k], true_dot[k])
     for q in leaves:
         q.grad = None
     trim_heap()  # once, after the pass: each micro-batch reuses the pages the one before freed
@@ -464,17 +483,13 @@ def timed_first_order(sweep: Any, data: Iterable[Any], seed: int = 0,
             runner.out_q[i].set(spec, outs[i])
     est = {}
     for k, i in enumerate(ids):
-        w = runner.float_weight(i)
         act = 0.0
         if spec is not None:
             act = float(runner.in_q[i].scale) ** 2 / 12 * float(a_in[k]) + float(runner.out_q[i].scale) ** 2 / 12 * float(a_out[k])
-        d_rows = _rows(diag[k], mods[k]).sum(1).double()  # type: ignore[arg-type]
         for j, b in enumerate(bits):
-            dw = sweep.quantize(i, b).weight - w
-            rest = _diagonal_rest(dw, mu[k][:, j], diag[k], d_rows, mods[k])  # type: ignore[arg-type]
-            est[(i, b)] = 0.5 * (float(s_sq[k][j]) + rest + act) / n_total
-            if signed and g_true[k] is not None and n_true:
-                est[(i, b)] += float(torch.linalg.vecdot(g_true[k].reshape(-1).double(), dw.reshape(-1).double())) / n_true
+            est[(i, b)] = 0.5 * (float(s_sq[k][j]) + float(rest[k][j]) + act) / n_total
+            if signed and n_true:
+                est[(i, b)] += float(true_dot[k][j]) / n_true
     return est, forward_s
 
 
