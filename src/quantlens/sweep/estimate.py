@@ -569,14 +569,15 @@ tokens: measured 1.0 GB of graph and gradients over 0.5 GB of float-pass values)
 
 def gradient_pass_bytes(sweep: Any, inputs: Inputs) -> tuple[int, int, int]:
     """What the gradient pass needs (:func:`check_gradient_pass`): ``(fixed, per_sample, samples)``.
-    ``fixed`` is per swept weight of ``P`` bytes ``2P`` (its gradient summed over the batch, the
-    running square ``D``) and ``P`` more for nll/perplexity (the true labels' gradient);
+    ``fixed`` is per swept weight of ``P`` bytes ``P`` (its gradient summed over the batch) and ``P``
+    more for nll/perplexity (the true labels' gradient over the batch): :func:`_fold_batch` keeps
+    nothing weight-sized across batches;
     ``per_sample`` is :data:`GRAPH_PER_SAMPLE` times the float pass's bytes per sample; ``samples``
     the samples per backward (:func:`micro_batch`)."""
     weights = sum(w.numel() * w.element_size() for w in (sweep.runner.float_weight(i) for i in sweep.layer_ids))
     metric = make_metric(sweep.metric_spec)
     per_token = metric.name if getattr(metric, "per_token", False) else None
-    fixed = (3 if isinstance(metric, NLL) else 2) * weights
+    fixed = (2 if isinstance(metric, NLL) else 1) * weights
     micro = micro_batch(inputs, per_token)
     samples = inputs.batch_size if micro is None else min(micro, inputs.batch_size)
     return fixed, int(GRAPH_PER_SAMPLE * getattr(sweep, "sample_bytes", 0)), samples
