@@ -29,7 +29,12 @@ Every bit-width comes from the same pass: only ``mu_b`` and ``r_b`` depend on ``
 Memory at LLM size: the logits' gradient is computed :data:`LOGIT_ROWS` rows at a time in
 float64 on a detached copy, then one backward from the logits (bit for bit the whole-tensor
 computation), and a token batch runs in micro-batches of :data:`MICRO_TOKENS` tokens
-(:func:`micro_batch`: equal to the whole batch up to float32 summation order).
+(:func:`micro_batch`: equal to the whole batch up to float32 summation order). Each batch is
+folded into per-bit-width sums when it ends (:func:`_fold_batch`: ``sum_k r_b,k^2 D_k`` and
+``G_true . dW_b`` are linear in ``D`` and ``G_true``), so what stays weight-sized is the batch's
+gradient (and, for nll, the batch's ``G_true``): ``4 P`` (``8 P``) bytes for ``P`` swept parameters.
+For nll the true labels' backward runs first, retaining the graph, and the sampled one last,
+which frees the graph as it goes (:func:`gradient_pass_bytes`: what the check of memory counts).
 
 A language model scored by a token metric (nll, perplexity, token_kl, token_agreement) has one
 output distribution per position: ``y`` is ``[batch, seq, vocab]`` logits, a label ``c_t`` is
@@ -246,6 +251,19 @@ def _diagonal_rest(dw: Tensor, mu: Tensor, diag: Tensor, d_rows: Tensor, m: nn.M
     return float((a - 2 * mu * b + mu * mu * d_rows).sum())
 
 
+FOLD_CHUNK = 1 << 21  # values per float64 step of _dot64: 16 MB per operand
+
+
+def _dot64(a: Tensor, b: Tensor, step: int = FOLD_CHUNK) -> Tensor:
+    """``a . b`` over all values in float64, ``step`` values at a time (no float64 copy of a whole
+    weight: 226 MB for SmolLM2's lm_head)."""
+    a, b = a.reshape(-1), b.reshape(-1)
+    total = a.new_zeros((), dtype=torch.float64)
+    for k in range(0, a.numel(), step):
+        total += torch.linalg.vecdot(a[k:k + step].double(), b[k:k + step].double())
+    return total
+
+
 def _fold_batch(sweep: Any, i: int, bits: Sequence, m: nn.Module, mu: Tensor, g: Tensor, g_true: Optional[Tensor],
                 rest: Tensor, true_dot: Tensor) -> None:
     """Add one batch of layer ``i`` to its per-bit-width sums, then zero its gradients for the next
@@ -261,7 +279,7 @@ def _fold_batch(sweep: Any, i: int, bits: Sequence, m: nn.Module, mu: Tensor, g:
         dw = sweep.quantize(i, b).weight - w
         rest[j] += _diagonal_rest(dw, mu[:, j], d, d_rows, m)
         if g_true is not None:
-            true_dot[j] += torch.linalg.vecdot(g_true.reshape(-1).double(), dw.reshape(-1).double())
+            true_dot[j] += _dot64(g_true, dw)
         del dw
     del d
     g.zero_()  # the next batch adds into them: 0 + g is g (no fresh pages)
@@ -471,6 +489,7 @@ def timed_first_order(sweep: Any, data: Iterable[Any], seed: int = 0,
                     s_sq[k] = s_sq[k] + v.pow(2).sum(0)
             n_total += units
             del out, xs, zs, os_, found, g_x, g_z, g_o, y
+        trim_heap(0)  # the micro-batches' free pages back once per batch: the fold's temporaries do not fit their holes
         with analysis_mode():
             for k, q in enumerate(leaves):  # the batch's D_k = (its gradient)^2 and G_true, folded in per bit-width
                 _fold_batch(sweep, ids[k], bits, mods[k], mu[k], q.grad, g_true[k] if signed else None, rest[k], true_dot[k])
