@@ -579,11 +579,11 @@ def estimate_sweep(sweep: Any, data: Iterable[Any], k: int = 5, seed: int = 0, m
                                elapsed_s=time.perf_counter() - t0, extra={**exact.extra, "estimate": info})
 
 
-GRAPH_PER_SAMPLE = 2.0
+GRAPH_PER_SAMPLE = 3.0
 """The autograd state of one sample in the gradient pass, as a multiple of what the float pass
 keeps for it (:attr:`~quantlens.engine.sweep.Sweep.sample_bytes`: the layers' inputs and outputs
-and three outputs): the saved activations, and the taps' gradients as large again (SmolLM2 at 256
-tokens: measured 1.0 GB of graph and gradients over 0.5 GB of float-pass values)."""
+and three outputs): the saved activations, the taps' gradients and the logits' chunks (SmolLM2, one
+256-token window: 0.52 GB of float-pass values, 1.6 GB measured above the pass's weight gradients)."""
 
 
 def gradient_pass_bytes(sweep: Any, inputs: Inputs) -> tuple[int, int, int]:
