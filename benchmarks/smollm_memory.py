@@ -50,6 +50,16 @@ def trace_phases() -> None:
             time.sleep(0.05)
 
     threading.Thread(target=sample, daemon=True).start()
+    need = getattr(estimate, "gradient_pass_bytes", None)  # absent before the check counted the gradient pass
+
+    def shown(*a, **k):
+        fixed, per_sample, samples = out = need(*a, **k)
+        print(f"  gradient pass predicted: {fixed / 2**20:.0f} MB of weight gradients + {samples} x {per_sample / 2**20:.0f} MB "
+              f"per sample (check_fits)", flush=True)
+        return out
+
+    if need is not None:
+        estimate.gradient_pass_bytes = shown
     for owner, qual in ((sweep, "capture"), (runner, "ConeRunner.__init__"), (sweep, "Sweep.__init__"),
                         (sweep, "Sweep.calibrate"), (sweep, "Sweep.process_batch"), (estimate, "timed_first_order"),
                         (estimate, "measure")):
@@ -80,6 +90,12 @@ def digest(result) -> str:
     """Hash of every cell's numbers (repr of floats: equal digests mean bitwise-equal cells)."""
     rows = [(c.layer, c.format, repr(c.noise), repr(c.metric), repr(c.estimate), repr(c.sqnr_db)) for c in result.cells]
     return hashlib.sha256(json.dumps([repr(result.baseline)] + rows).encode()).hexdigest()[:16]
+
+
+def estimates_digest(result) -> str:
+    """Hash of every cell's estimate alone: independent of which cells the check measured (its
+    choice depends on the measured times, so the full :func:`digest` of two runs can differ)."""
+    return hashlib.sha256(json.dumps([(c.layer, c.format, repr(c.estimate)) for c in result.cells]).encode()).hexdigest()[:16]
 
 
 def main() -> None:
@@ -132,7 +148,7 @@ def main() -> None:
     print(f"{args.what} {args.windows}x{args.tokens} batch={args.batch} bits={args.bits} layers={args.layers if args.what == 'exact' else 'all'} "
           f"engine={args.engine} micro_tokens={_micro()}: peak RSS {status_mb('VmHWM'):.0f} MB (model loaded: {loaded:.0f} MB) | wall {wall:.1f} s | "
           f"user {user:.1f} s, system {system:.1f} s = {100 * system / max(user + system, 1e-9):.0f}% of CPU | "
-          f"cells {len(result.cells)} digest {digest(result)}", flush=True)
+          f"cells {len(result.cells)} digest {digest(result)} estimates {estimates_digest(result)}", flush=True)
 
 
 if __name__ == "__main__":

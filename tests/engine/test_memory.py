@@ -234,3 +234,33 @@ def test_heap_trim_interval_from_the_environment(monkeypatch):
     monkeypatch.setenv("QUANTLENS_HEAP_TRIM_S", "0")
     if memory._libc() is not None:
         assert memory.trim_heap() is True and memory.trim_heap() is True  # every call
+
+
+def test_the_estimate_counts_its_gradient_pass_and_refuses_it_before_it_starts(monkeypatch):
+    """The gradient pass holds per swept weight its batch gradient (and, for nll/perplexity, the true
+    labels' gradient): 1 or 2 times the weights, plus the autograd graph of one micro-batch; a run where that does not fit is refused with one line before any backward."""
+    from quantlens.parallel import SweepRecipe
+    from quantlens.sweep import estimate
+    from quantlens.sweep.api import make_config
+
+    model, data = tiny_lm(), token_data()
+    inputs = next(iterate(data))[0]
+    weights = {}
+    for metric, k in (("perplexity", 2), ("token_kl", 1)):
+        sweep = SweepRecipe(model, next(iterate(data)), make_config([4], a_bits=None, granularity="per-group-8"), metric,
+                            "cpu", None, None, "cone", None).build()
+        w = sum(sweep.runner.float_weight(i).numel() * 4 for i in sweep.layer_ids)
+        fixed, per_sample, samples = estimate.gradient_pass_bytes(sweep, inputs)
+        assert fixed == k * w and per_sample == int(estimate.GRAPH_PER_SAMPLE * sweep.sample_bytes) > 0
+        assert samples == min(estimate.micro_batch(inputs, "x"), inputs.batch_size) == 3  # 12 tokens: the whole batch
+        weights[metric] = (sweep, fixed + samples * per_sample)
+    sweep, need = weights["perplexity"]
+    passes = []
+    monkeypatch.setattr(estimate, "timed_first_order", lambda *a, **k: passes.append(1) or ({}, 0.0))
+    monkeypatch.setattr(memory, "available_bytes", lambda: need - 1)
+    with pytest.raises(QuantlensError, match=r"the estimate's gradient pass needs about .* of weight gradients \+ .* per sample.*"
+                                             r"is available") as e:
+        estimate.estimate_sweep(sweep, data, k=1)
+    assert "\n" not in str(e.value) and passes == []
+    monkeypatch.setattr(memory, "available_bytes", lambda: need)
+    estimate.check_gradient_pass(sweep, data)  # fits exactly

@@ -457,3 +457,37 @@ def test_statistics_equal_their_direct_formulas_bit_for_bit():
         p = s(x.reshape(n, k, -1, *x.shape[2:]).sum(2))
         want = torch.einsum("ngcp,ngp->ngc", gz.reshape(n, k, -1, p[0, 0].numel()), p.reshape(n, k, -1)).reshape(n, -1)
         assert torch.equal(channel_sums(conv, s, gz, x), want)
+
+
+def test_per_batch_fold_equals_the_formula_on_the_summed_tensors():
+    """The gradient pass folds each batch into per-bit-width sums (no ``D`` or ``G_true`` kept across
+    batches): ``sum_batches sum_k r_k^2 g_b,k^2`` and ``sum_batches G_true,b . dW`` equal the old
+    formulas on ``D = sum_batches g_b^2`` and ``G_true = sum_batches G_true,b`` up to summation
+    order, and the gradients are zeroed for the next batch."""
+    from types import SimpleNamespace
+
+    from quantlens.quant.quantizer import quantize_weight
+    from quantlens.sweep import estimate
+    from quantlens.sweep.api import make_config
+
+    torch.manual_seed(0)
+    m = nn.Linear(40, 6)
+    w = m.weight.detach()
+    cfg = make_config([3, 4], a_bits=None, granularity="per-channel")
+    sweep = SimpleNamespace(runner=SimpleNamespace(float_weight=lambda i: w),
+                            quantize=lambda i, b: quantize_weight(w, cfg.weight_spec(b)))
+    dws = [sweep.quantize(0, b).weight - w for b in (3, 4)]
+    mu = torch.stack([d.mean(1) for d in dws], 1)
+    gs, ts = [torch.randn(6, 40) for _ in range(3)], [torch.randn(6, 40) for _ in range(3)]
+    rest, true_dot = torch.zeros(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)
+    for g, t in zip(gs, ts):
+        g, t = g.clone(), t.clone()
+        estimate._fold_batch(sweep, 0, (3, 4), m, mu, g, t, rest, true_dot)
+        assert not g.any() and not t.any()
+    diag = sum(g * g for g in gs)
+    g_true = sum(ts)
+    for j, dw in enumerate(dws):
+        want = estimate._diagonal_rest(dw, mu[:, j], diag, diag.sum(1).double(), m)  # the old formula
+        r = (dw.double() - mu[:, j].double()[:, None]) ** 2  # and from its definition, in float64
+        assert float(rest[j]) == pytest.approx(want, rel=1e-6) == pytest.approx(float((r * diag.double()).sum()), rel=1e-6)
+        assert float(true_dot[j]) == pytest.approx(float((g_true.double() * dw.double()).sum()), rel=1e-6)

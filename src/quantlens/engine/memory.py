@@ -119,13 +119,15 @@ def _gb(n: float) -> str:
     return f"{n / 2**30:.1f} GB"
 
 
-def check_fits(fixed: int, per_sample: int, batch: int, what: str = "the sweep", tokens: int = 0) -> None:
+def check_fits(fixed: int, per_sample: int, batch: int, what: str = "the sweep", tokens: int = 0,
+               fixed_what: str = "quantized weights") -> None:
     """Refuse, before a run starts, one whose estimated need does not fit the available memory.
 
     ``need = fixed + batch x per_sample``: ``fixed`` what the run adds whatever the batch (quantized
     weights), ``per_sample`` what one sample of a batch keeps alive at the peak (measured by the
     caller). With ``tokens`` (the sequence length of a token model) the message counts tokens per
-    batch too. The largest batch that fits is ``floor((available - fixed) / per_sample)``.
+    batch too; ``fixed_what`` names ``fixed`` in the message (the estimate's gradient pass: weight
+    gradients). The largest batch that fits is ``floor((available - fixed) / per_sample)``.
     """
     avail = available_bytes()
     if avail is None or per_sample <= 0 or batch <= 0:
@@ -138,7 +140,7 @@ def check_fits(fixed: int, per_sample: int, batch: int, what: str = "the sweep",
     fits = (f"at most {fit} sample(s) per batch{f' ({fit * tokens} tokens)' if tokens else ''} fit"
             if fit else "not even one sample per batch fits")
     raise QuantlensError(
-        f"{what} needs about {_gb(need)} of memory at {batch} sample(s) per batch{unit} ({_gb(fixed)} of quantized "
-        f"weights + {_gb(per_sample)} per sample), but {_gb(avail)} is available: {fits}; use smaller batches"
+        f"{what} needs about {_gb(need)} of memory at {batch} sample(s) per batch{unit} ({_gb(fixed)} of {fixed_what} "
+        f"+ {_gb(per_sample)} per sample), but {_gb(avail)} is available: {fits}; use smaller batches"
         + (" or shorter sequences" if tokens else "") + ", fewer layers (--layers) or fewer formats"
     )

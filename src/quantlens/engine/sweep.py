@@ -117,6 +117,7 @@ class Sweep:
         """One line before the run if one batch would not fit in memory (:func:`check_fits`):
         the quantized weights (one copy per layer and column, at most the kept budget) and one batch of what the float
         pass keeps, measured on one sample of the first batch."""
+        self.sample_bytes = 0  # what one sample keeps alive in the float pass (the estimate's check reads it too)
         if not isinstance(self.runner, ConeRunner):
             return
         inputs = as_inputs(inputs).to(self.device)  # a Ray worker's sample is the raw first argument
@@ -126,7 +127,8 @@ class Sweep:
         fixed = min(sum(sizes) * len(self.config.columns), keep_quantized_bytes() + 2 * max(sizes, default=0))
         ids = input_ids(inputs)
         tokens = int(ids.shape[-1]) if ids is not None and ids.dim() == 2 else 0
-        check_fits(fixed, self.runner.per_sample_bytes(inputs), inputs.batch_size, "the sweep", tokens)
+        self.sample_bytes = self.runner.per_sample_bytes(inputs)
+        check_fits(fixed, self.sample_bytes, inputs.batch_size, "the sweep", tokens)
 
     def _make_runner(self, model: nn.Module, sample: Batch, engine: str, method: str = "auto") -> Runner:
         if engine == "hooks":

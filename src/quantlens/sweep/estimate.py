@@ -29,7 +29,12 @@ Every bit-width comes from the same pass: only ``mu_b`` and ``r_b`` depend on ``
 Memory at LLM size: the logits' gradient is computed :data:`LOGIT_ROWS` rows at a time in
 float64 on a detached copy, then one backward from the logits (bit for bit the whole-tensor
 computation), and a token batch runs in micro-batches of :data:`MICRO_TOKENS` tokens
-(:func:`micro_batch`: equal to the whole batch up to float32 summation order).
+(:func:`micro_batch`: equal to the whole batch up to float32 summation order). Each batch is
+folded into per-bit-width sums when it ends (:func:`_fold_batch`: ``sum_k r_b,k^2 D_k`` and
+``G_true . dW_b`` are linear in ``D`` and ``G_true``), so what stays weight-sized is the batch's
+gradient (and, for nll, the batch's ``G_true``): ``4 P`` (``8 P``) bytes for ``P`` swept parameters.
+For nll the true labels' backward runs first, retaining the graph, and the sampled one last,
+which frees the graph as it goes (:func:`gradient_pass_bytes`: what the check of memory counts).
 
 A language model scored by a token metric (nll, perplexity, token_kl, token_agreement) has one
 output distribution per position: ``y`` is ``[batch, seq, vocab]`` logits, a label ``c_t`` is
@@ -84,7 +89,7 @@ from quantlens.data.batches import extract_output, input_ids, iterate
 from quantlens.errors import QuantlensError
 from quantlens.graph.layers import LayerGraph, transposed_linear
 from quantlens.graph.layers import fetch_attr
-from quantlens.engine.memory import trim_heap
+from quantlens.engine.memory import check_fits, trim_heap, tune_heap
 from quantlens.metrics.task import make_metric, token_mask
 from quantlens.core.numerics import analysis_mode, exact_float32
 from quantlens.quant.observers import MinMaxObserver
@@ -95,7 +100,8 @@ from quantlens.engine.runner import ConeRunner
 from quantlens.engine.cost import cone_shares
 from quantlens.sweep.check import candidates, choose, measure
 
-__all__ = ["TRUST_SPEARMAN", "MICRO_TOKENS", "micro_batch", "spearman", "check_bits", "check_budget", "first_order", "timed_first_order", "estimate_sweep"]
+__all__ = ["TRUST_SPEARMAN", "MICRO_TOKENS", "micro_batch", "spearman", "check_bits", "check_budget", "first_order", "timed_first_order", "estimate_sweep",
+           "gradient_pass_bytes", "check_gradient_pass", "GRAPH_PER_SAMPLE"]
 
 TRUST_SPEARMAN = 0.7
 Shares = Callable[[Any, Any], "dict[int, float]"]
@@ -261,6 +267,42 @@ def _backward(y: Tensor, g: Tensor, inputs: list, retain_graph: bool = False) ->
     torch.autograd.backward((y * g).sum(), inputs=inputs, retain_graph=retain_graph)
 
 
+FOLD_CHUNK = 1 << 21  # values per float64 step of _dot64: 16 MB per operand
+
+
+def _dot64(a: Tensor, b: Tensor, step: int = FOLD_CHUNK) -> Tensor:
+    """``a . b`` over all values in float64, ``step`` values at a time (no float64 copy of a whole
+    weight: 226 MB for SmolLM2's lm_head)."""
+    a, b = a.reshape(-1), b.reshape(-1)
+    total = a.new_zeros((), dtype=torch.float64)
+    for k in range(0, a.numel(), step):
+        total += torch.linalg.vecdot(a[k:k + step].double(), b[k:k + step].double())
+    return total
+
+
+def _fold_batch(sweep: Any, i: int, bits: Sequence, m: nn.Module, mu: Tensor, g: Tensor, g_true: Optional[Tensor],
+                rest: Tensor, true_dot: Tensor) -> None:
+    """Add one batch of layer ``i`` to its per-bit-width sums, then zero its gradients for the next
+    batch: ``rest[j] += sum_k r_j,k^2 g_k^2`` (:func:`_diagonal_rest` with the batch's ``D = g^2``)
+    and, with ``g_true``, ``true_dot[j] += g_true . dW_j``. Both are linear in ``D_k = sum_batches
+    g_k^2`` and in ``G_true``, so the sums over batches equal the formulas on the summed tensors up
+    to summation order (float32 ``D`` over batches before, float64 sums of per-batch terms now),
+    with no ``D`` or ``G_true`` kept across batches. ``dW_j`` is quantized again per batch."""
+    d = g * g
+    d_rows = _rows(d, m).sum(1).double()
+    w = sweep.runner.float_weight(i)
+    for j, b in enumerate(bits):
+        dw = sweep.quantize(i, b).weight - w
+        rest[j] += _diagonal_rest(dw, mu[:, j], d, d_rows, m)
+        if g_true is not None:
+            true_dot[j] += _dot64(g_true, dw)
+        del dw
+    del d
+    g.zero_()  # the next batch adds into them: 0 + g is g (no fresh pages)
+    if g_true is not None:
+        g_true.zero_()
+
+
 def _unit(metric: Any) -> str:
     """What ``est`` measures for the sweep's metric (see module docstring)."""
     if isinstance(metric, NLL):
@@ -378,6 +420,7 @@ def timed_first_order(sweep: Any, data: Iterable[Any], seed: int = 0,
     runner = sweep.runner
     if not isinstance(runner, ConeRunner):
         raise QuantlensError(NO_GRADIENT.format(why="the model is run through forward hooks, not a traced graph"))
+    tune_heap()  # freed activations go back to the heap for the next micro-batch, not to the kernel
     ids = list(sweep.layer_ids)
     bits = list(sweep.config.columns)
     spec = sweep.config.act_spec()
@@ -390,7 +433,9 @@ def timed_first_order(sweep: Any, data: Iterable[Any], seed: int = 0,
     dev = sweep.device
     zero = torch.zeros((), dtype=torch.float64, device=dev)
     a_in, a_out = [zero] * len(ids), [zero] * len(ids)
-    diag: list[Optional[Tensor]] = [None] * len(ids)
+    # per bit-width: sum over batches of sum_k r_b,k^2 S_k^2 (the batch's D folded in) and of G_true . dW_b
+    rest = [torch.zeros(len(bits), dtype=torch.float64, device=dev) for _ in ids]
+    true_dot = [torch.zeros(len(bits), dtype=torch.float64, device=dev) for _ in ids]
     # mu_b per output channel, one column per bit-width: sum_n (mu_b . S_n)^2 for all b at once
     w_mean = [_channel_means(runner.float_weight(i), mods[k]) for k, i in enumerate(ids)]
     mu = [torch.stack([_channel_means(sweep.quantize(i, b).weight, mods[k]) - w_mean[k] for b in bits], 1)
@@ -420,28 +465,29 @@ def timed_first_order(sweep: Any, data: Iterable[Any], seed: int = 0,
                 forward_s += time.perf_counter() - t_in
                 if not y.requires_grad:
                     raise QuantlensError(NO_GRADIENT.format(why="the output does not depend differentiably on the layers"))
-                # the logits' gradient first, in float64 chunks of a detached copy; then one backward from y
-                rows, keep = _output_rows(y.detach(), part, per_token)
-                g_y, units = _sampled_output_gradient(rows, keep, gen, LOGIT_ROWS)
-                del rows
-                # weight gradients add up in place in the leaves' .grad over the batch's micro-batches
-                taps = [t for t in list(xs) + list(zs) + list(os_) if t.requires_grad]
-                _backward(y, g_y.view(y.shape), leaves + taps, retain_graph=signed)
-                found = {id(t): t.grad for t in taps}
-                del g_y, taps
-                if signed:
+                if signed:  # the data's own next tokens first, retaining the graph for the sampled labels' backward
                     g_y, count = _true_nll_gradient(metric, y, part_labels, part, LOGIT_ROWS)
                     if count:  # into g_true's own tensors: the sampled gradients set aside meanwhile
                         sampled = [q.grad for q in leaves]
                         for q, g in zip(leaves, g_true):
                             q.grad = g
-                        _backward(y, g_y, leaves)
+                        _backward(y, g_y, leaves, retain_graph=True)
                         g_true = [q.grad for q in leaves]
                         for q, g in zip(leaves, sampled):
                             q.grad = g
                         del sampled
                     n_true += count
                     del g_y
+                # the logits' gradient, in float64 chunks of a detached copy; then one backward from y that
+                # frees the graph as it goes (its saved activations, while the taps' gradients come)
+                rows, keep = _output_rows(y.detach(), part, per_token)
+                g_y, units = _sampled_output_gradient(rows, keep, gen, LOGIT_ROWS)
+                del rows
+                # weight gradients add up in place in the leaves' .grad over the batch's micro-batches
+                taps = [t for t in list(xs) + list(zs) + list(os_) if t.requires_grad]
+                _backward(y, g_y.view(y.shape), leaves + taps)
+                found = {id(t): t.grad for t in taps}
+                del g_y, taps
             g_x, g_z, g_o = ([found.get(id(t)) for t in ts] for ts in (xs, zs, os_))
             with analysis_mode():
                 for k, i in enumerate(ids):  # in topological order: the first layer cut off is the one named
@@ -459,32 +505,26 @@ def timed_first_order(sweep: Any, data: Iterable[Any], seed: int = 0,
                     s_sq[k] = s_sq[k] + v.pow(2).sum(0)
             n_total += units
             del out, xs, zs, os_, found, g_x, g_z, g_o, y
-            trim_heap()
+        trim_heap(0)  # the micro-batches' free pages back once per batch: the fold's temporaries do not fit their holes
         with analysis_mode():
-            for k, q in enumerate(leaves):  # D_k: the batch's gradient squared
-                g, q.grad = q.grad, None
-                if diag[k] is None:
-                    diag[k] = g * g  # type: ignore[operator]
-                else:
-                    diag[k].addcmul_(g, g)  # type: ignore[union-attr,arg-type]
-                del g
+            for k, q in enumerate(leaves):  # the batch's D_k = (its gradient)^2 and G_true, folded in per bit-width
+                _fold_batch(sweep, ids[k], bits, mods[k], mu[k], q.grad, g_true[k] if signed else None, rest[k], true_dot[k])
+    for q in leaves:
+        q.grad = None
+    trim_heap()  # once, after the pass: each micro-batch reuses the pages the one before freed
     if calibrate:
         for i in ids:
             runner.in_q[i].set(spec, ins[i])
             runner.out_q[i].set(spec, outs[i])
     est = {}
     for k, i in enumerate(ids):
-        w = runner.float_weight(i)
         act = 0.0
         if spec is not None:
             act = float(runner.in_q[i].scale) ** 2 / 12 * float(a_in[k]) + float(runner.out_q[i].scale) ** 2 / 12 * float(a_out[k])
-        d_rows = _rows(diag[k], mods[k]).sum(1).double()  # type: ignore[arg-type]
         for j, b in enumerate(bits):
-            dw = sweep.quantize(i, b).weight - w
-            rest = _diagonal_rest(dw, mu[k][:, j], diag[k], d_rows, mods[k])  # type: ignore[arg-type]
-            est[(i, b)] = 0.5 * (float(s_sq[k][j]) + rest + act) / n_total
-            if signed and g_true[k] is not None and n_true:
-                est[(i, b)] += float(torch.linalg.vecdot(g_true[k].reshape(-1).double(), dw.reshape(-1).double())) / n_true
+            est[(i, b)] = 0.5 * (float(s_sq[k][j]) + float(rest[k][j]) + act) / n_total
+            if signed and n_true:
+                est[(i, b)] += float(true_dot[k][j]) / n_true
     return est, forward_s
 
 
@@ -508,7 +548,9 @@ def estimate_sweep(sweep: Any, data: Iterable[Any], k: int = 5, seed: int = 0, m
     t0 = time.perf_counter()
     sweep.qweights.clear()  # not alive during the gradient pass (4 bytes x parameters x formats); the check quantizes its own
     trim_heap()
+    check_gradient_pass(sweep, data)
     est, forward_s = timed_first_order(sweep, data, seed)
+    trim_heap(0)  # the gradient pass's pages back before the check's float passes
     t_est = time.perf_counter() - t0
     ranked = sorted(sweep.layer_ids, key=lambda i: -est[(i, b_chk)])
     inputs = next(iter(iterate(data, "data")))[0].to(sweep.device)
@@ -551,6 +593,39 @@ def estimate_sweep(sweep: Any, data: Iterable[Any], k: int = 5, seed: int = 0, m
     infos = tuple(measured[names[i]] for i in sweep.layer_ids)
     return dataclasses.replace(exact, layers=infos, cells=tuple(cells), engine="estimate", config=sweep.config.to_dict(),
                                elapsed_s=time.perf_counter() - t0, extra={**exact.extra, "estimate": info})
+
+
+GRAPH_PER_SAMPLE = 3.0
+"""The autograd state of one sample in the gradient pass, as a multiple of what the float pass
+keeps for it (:attr:`~quantlens.engine.sweep.Sweep.sample_bytes`: the layers' inputs and outputs
+and three outputs): the saved activations, the taps' gradients and the logits' chunks (SmolLM2, one
+256-token window: 0.52 GB of float-pass values, 1.6 GB measured above the pass's weight gradients)."""
+
+
+def gradient_pass_bytes(sweep: Any, inputs: Inputs) -> tuple[int, int, int]:
+    """What the gradient pass needs (:func:`check_gradient_pass`): ``(fixed, per_sample, samples)``.
+    ``fixed`` is per swept weight of ``P`` bytes ``P`` (its gradient summed over the batch) and ``P``
+    more for nll/perplexity (the true labels' gradient over the batch): :func:`_fold_batch` keeps
+    nothing weight-sized across batches;
+    ``per_sample`` is :data:`GRAPH_PER_SAMPLE` times the float pass's bytes per sample; ``samples``
+    the samples per backward (:func:`micro_batch`)."""
+    weights = sum(w.numel() * w.element_size() for w in (sweep.runner.float_weight(i) for i in sweep.layer_ids))
+    metric = make_metric(sweep.metric_spec)
+    per_token = metric.name if getattr(metric, "per_token", False) else None
+    fixed = (2 if isinstance(metric, NLL) else 1) * weights
+    micro = micro_batch(inputs, per_token)
+    samples = inputs.batch_size if micro is None else min(micro, inputs.batch_size)
+    return fixed, int(GRAPH_PER_SAMPLE * getattr(sweep, "sample_bytes", 0)), samples
+
+
+def check_gradient_pass(sweep: Any, data: Iterable[Any]) -> None:
+    """One line before the gradient pass if it would not fit in memory (:func:`~quantlens.engine.memory.check_fits`
+    on :func:`gradient_pass_bytes`, measured on the first batch)."""
+    inputs = next(iter(iterate(data, "data")))[0]
+    fixed, per_sample, samples = gradient_pass_bytes(sweep, inputs)
+    ids = input_ids(inputs)
+    tokens = int(ids.shape[-1]) if ids is not None and ids.dim() == 2 else 0
+    check_fits(fixed, per_sample, samples, "the estimate's gradient pass", tokens, fixed_what="weight gradients")
 
 
 def check_budget(budget: Any) -> float:
