@@ -231,16 +231,14 @@ def build_cone(
             names = names | extra
             inside = [n for n in gm.graph.nodes if n.name in names]
     frontier = frontier_of(graph, inside)
-    names_in = {n.name for n in inside}
     qlayer = QuantLayer(gm.get_submodule(layer.module_name))
     in_q, out_q = quantizers if quantizers is not None else (ActQuantizer(), ActQuantizer())
 
     def compile() -> Program:
         nodes = graph.nodes()
         entering = nodes[layer.node].args[0]
-        attrs = [n for n in gm.graph.nodes if n.op == "get_attr" and any(u.name in names_in for u in n.users)]
         outputs = (_output_node(gm).args[0], nodes[layer.output_node])
-        return Program(gm, attrs + inside, frontier, (*outputs, entering) if tap_input else outputs,
+        return Program(gm, inside, frontier, (*outputs, entering) if tap_input else outputs,
                        replace={layer.node: lambda x: qlayer(in_q(x))}, after={layer.output_node: out_q})
 
     return Cone(layer, compile, frontier, qlayer, in_q, out_q, size=len(inside))

@@ -97,13 +97,11 @@ class GroupCone:
 
     def _compile(self) -> Program:
         gm = self.graph.gm
-        inside = {n.name for n in self.inside}
-        attrs = [n for n in gm.graph.nodes if n.op == "get_attr" and any(u.name in inside for u in n.users)]
         replace, after = {}, {}
         for l in self.members:
             replace[l.node] = _Twin(self.in_slots[l.name], self.qlayers[l.name])
             after[l.output_node] = self.out_slots[l.name]
-        return Program(gm, attrs + self.inside, self.frontier, _output_node(gm).args[0], replace=replace, after=after)
+        return Program(gm, self.inside, self.frontier, _output_node(gm).args[0], replace=replace, after=after)
 
 
 class _Twin(nn.Module):
@@ -118,5 +116,5 @@ class _Twin(nn.Module):
 
 
 def build_group_cone(graph: LayerGraph, members: Sequence[Layer]) -> GroupCone:
-    """The :class:`GroupCone` of ``members`` (layers of ``graph``), not compiled yet."""
+    """The :class:`GroupCone` of ``members`` (layers of ``graph``); its program is built on first use."""
     return GroupCone(graph, members)

@@ -46,25 +46,18 @@ class _Ref:
         self.i = i
 
 
-def _template(x: Any, index: Mapping[str, int]) -> tuple[Any, bool]:
-    """``x`` (a node's args or kwargs) with every ``fx.Node`` as a :class:`_Ref`; and whether any was found."""
-    found = False
-
-    def sub(a: Any) -> Any:
-        nonlocal found
-        if isinstance(a, fx.Node):
-            found = True
-            return _Ref(index[a.name])
-        if isinstance(a, (list, tuple)):
-            t = [sub(b) for b in a]
-            return tuple(t) if isinstance(a, tuple) and not hasattr(a, "_fields") else (type(a)(*t) if isinstance(a, tuple) else t)
-        if isinstance(a, dict):
-            return {k: sub(b) for k, b in a.items()}
-        if isinstance(a, slice):
-            return slice(sub(a.start), sub(a.stop), sub(a.step))
-        return a
-
-    return sub(x), found
+def _template(x: Any, index: Mapping[str, int]) -> Any:
+    """``x`` (a node's args or kwargs) with every ``fx.Node`` as a :class:`_Ref`."""
+    if isinstance(x, fx.Node):
+        return _Ref(index[x.name])
+    if isinstance(x, (list, tuple)):
+        t = [_template(b, index) for b in x]
+        return tuple(t) if isinstance(x, tuple) and not hasattr(x, "_fields") else (type(x)(*t) if isinstance(x, tuple) else t)
+    if isinstance(x, dict):
+        return {k: _template(b, index) for k, b in x.items()}
+    if isinstance(x, slice):
+        return slice(_template(x.start, index), _template(x.stop, index), _template(x.step, index))
+    return x
 
 
 def _bind(x: Any, v: list) -> Any:
@@ -94,7 +87,8 @@ class Program:
     """``Program(root, nodes, inputs, outputs)(*values of inputs) -> outputs``.
 
     ``root``: the module the nodes' ``call_module`` and ``get_attr`` targets live in; ``nodes``:
-    the slice to run, in topological order (``get_attr`` nodes among them are read once, here);
+    the slice to run, in topological order (the attributes its calls read are fetched once, here;
+    ``get_attr`` nodes among ``nodes`` are skipped);
     ``inputs``: names of the nodes whose values are passed in (the frontier); ``outputs``: a
     structure (tuples, lists, dicts) of nodes of the slice or of ``inputs``, returned with their
     values. ``replace[name](x)`` computes node ``name`` from its first argument instead of its own
@@ -104,46 +98,46 @@ class Program:
                  replace: Optional[Mapping[str, Callable[[Any], Any]]] = None,
                  after: Optional[Mapping[str, Callable[[Any], Any]]] = None) -> None:
         replace, after = dict(replace or {}), dict(after or {})
-        attrs = [n for n in nodes if n.op == "get_attr"]
-        run = [n for n in nodes if n.op != "get_attr"]
-        names = list(inputs) + [n.name for n in attrs] + [n.name for n in run]
-        index = {name: i for i, name in enumerate(names)}
-        self.n_inputs, self.size = len(inputs), len(names)
-        self.consts: dict[int, Any] = {index[n.name]: fetch_attr(root, str(n.target)) for n in attrs}
-        self.modules: list[nn.Module] = []
-        steps: list[tuple] = []
-        for n in run:
-            out = index[n.name]
+        calls = []
+        for n in nodes:
+            if n.op == "get_attr":
+                continue
             if n.name in replace:
-                fn: Callable[..., Any] = replace[n.name]
-                args, kwargs = (n.args[0],), {}
-                if isinstance(fn, nn.Module):
-                    self.modules.append(fn)
+                calls.append((n, replace[n.name], (n.args[0],), {}))
             elif n.op == "call_module":
-                fn = root.get_submodule(str(n.target))
-                self.modules.append(fn)
-                args, kwargs = n.args, n.kwargs
+                calls.append((n, root.get_submodule(str(n.target)), n.args, n.kwargs))
             elif n.op == "call_method":
-                fn, args, kwargs = _method(str(n.target)), n.args, n.kwargs
+                calls.append((n, _method(str(n.target)), n.args, n.kwargs))
             elif n.op == "call_function":
-                fn, args, kwargs = n.target, n.args, n.kwargs  # type: ignore[assignment]
+                calls.append((n, n.target, n.args, n.kwargs))
             else:
                 raise ValueError(f"a program runs call nodes and attributes, got {n.op} node {n.name}")
-            a, a_refs = _template(tuple(args), index)
-            k, k_refs = _template(dict(kwargs), index)
-            flat = None
-            if not k_refs and all(not isinstance(x, (list, tuple, dict, slice)) or not _template(x, index)[1] for x in args):
-                flat = [(p, x.i) for p, x in enumerate(a) if isinstance(x, _Ref)]
+        # the attributes the calls read, fetched once here
+        attrs: dict[str, fx.Node] = {}
+        for _, _, args, kwargs in calls:
+            fx.node.map_arg((args, kwargs), lambda a: attrs.setdefault(a.name, a) if a.op == "get_attr" else a)
+        names = list(inputs) + list(attrs) + [n.name for n, _, _, _ in calls]
+        index = {name: i for i, name in enumerate(names)}
+        self.n_inputs, self.size = len(inputs), len(names)
+        self.consts: dict[int, Any] = {index[name]: fetch_attr(root, str(n.target)) for name, n in attrs.items()}
+        self.modules: list[nn.Module] = [fn for _, fn, _, _ in calls if isinstance(fn, nn.Module)]
+        steps: list[tuple] = []
+        for n, fn, args, kwargs in calls:
+            a, k = _template(tuple(args), index), _template(dict(kwargs), index)
+            nested: set[int] = set()
+            _collect([x for x in a if not isinstance(x, _Ref)], nested)
+            _collect(k, nested)
+            flat = None if nested else [(p, x.i) for p, x in enumerate(a) if isinstance(x, _Ref)]
             post = after.get(n.name)
             if isinstance(post, nn.Module):
                 self.modules.append(post)
-            steps.append((out, fn, a, k if k else None, flat, post, a_refs or k_refs))
+            steps.append((index[n.name], fn, a, k if k else None, flat, post))
         # liveness: free each computed value after its last reader (outputs are kept)
-        self.outputs, _ = _template(outputs, index)
+        self.outputs = _template(outputs, index)
         kept = set()
         _collect(self.outputs, kept)
         last: dict[int, int] = {}
-        for s, (_, _, a, k, _, _, _) in enumerate(steps):
+        for s, (_, _, a, k, _, _) in enumerate(steps):
             used: set[int] = set()
             _collect(a, used)
             _collect(k, used)
@@ -153,7 +147,7 @@ class Program:
         for i, s in last.items():
             if i not in kept and i >= self.n_inputs and i not in self.consts:
                 frees[s].append(i)
-        self.steps = [(*st[:6], tuple(f)) for st, f in zip(steps, frees)]
+        self.steps = [(*st, tuple(f)) for st, f in zip(steps, frees)]
 
     def to(self, device: Union[str, torch.device]) -> "Program":
         """Its attribute values and modules on ``device`` (the modules in place); returns itself."""
