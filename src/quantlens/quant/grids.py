@@ -92,12 +92,13 @@ def _on_grid(groups: Tensor, bits: int, symmetric: bool, tol: float) -> Tensor:
 
 def detect_grid(w: Tensor, *, rows: int = 64, share: float = 0.9, tol: float = 1e-3) -> Optional[Grid]:
     """The coarsest grid ``w`` sits on (see the module docstring), or None."""
-    m = weight_matrix(w.detach()).double()
+    m = weight_matrix(w.detach())
     r, k = m.shape
     if k < GROUPS[0] or m.numel() == 0:
         return None
-    if r > rows:
+    if r > rows:  # the rows first, then float64: no float64 copy of the whole weight
         m = m[torch.linspace(0, r - 1, rows).round().long()]
+    m = m.double()
     live = m.abs().amax(dim=1) > 0
     m = m[live]
     if m.shape[0] == 0:
