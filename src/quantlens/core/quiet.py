@@ -8,12 +8,14 @@ is shown as usual.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import logging
+import sys
 import warnings
 from typing import Iterator
 
-__all__ = ["quiet"]
+__all__ = ["quiet", "preload_torchao"]
 
 
 @contextlib.contextmanager
@@ -28,3 +30,21 @@ def quiet() -> Iterator[None]:
             yield
     finally:
         logging.disable(logging.NOTSET)
+
+
+def preload_torchao() -> None:
+    """Import torchao, when it is installed and not imported yet, under :func:`quiet`.
+
+    transformers imports torchao while it loads a model; torchao then warns once per process
+    about each of its compiled kernels this machine cannot load (``Failed to load
+    .../_C_cutlass_90a.abi3.so``: CUDA kernels on a CPU) and torch about its enum registrations:
+    lines that say nothing about the user's model. Imported here first, they are not printed; an
+    import that fails is left for transformers to report."""
+    if "torchao" in sys.modules or importlib.util.find_spec("torchao") is None:
+        return
+    with quiet():
+        try:
+            import torchao  # noqa: F401
+            import torchao.prototype.mx_formats.config  # noqa: F401 - an enum registration that warns, imported by transformers
+        except Exception:  # noqa: BLE001 - transformers imports it again and says why
+            pass

@@ -84,6 +84,9 @@ def load_gguf(path: Union[str, Path]) -> nn.Module:
         if importlib.util.find_spec(mod) is None:
             raise QuantlensError(f"{p.name}: a GGUF model needs {mod} ({pip}); or load it yourself with "
                                  f"transformers' AutoModelForCausalLM.from_pretrained(folder, gguf_file=name) behind --model MOD:FN")
+    from quantlens.core.quiet import preload_torchao
+
+    preload_torchao()
     import transformers as tf
 
     kwargs: dict[str, Any] = {"gguf_file": p.name, "dtype": torch.float32}

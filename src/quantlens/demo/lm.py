@@ -59,6 +59,9 @@ _MODULES = (
 
 
 def _transformers() -> Any:
+    from quantlens.core.quiet import preload_torchao
+
+    preload_torchao()
     try:
         import transformers
     except ImportError:

@@ -112,6 +112,9 @@ def _transformers() -> tuple[Any, Path]:
                      ("accelerate", "pip install accelerate")):
         if not _importable(mod):
             raise QuantlensError(f"the SmolLM2 demo needs {mod}: {pip}")
+    from quantlens.core.quiet import preload_torchao
+
+    preload_torchao()
     import transformers
 
     return transformers, path

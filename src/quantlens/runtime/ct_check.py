@@ -65,6 +65,9 @@ ROUNDING_NOTE = ("plain = the float model in transformers with the simulation's 
 
 def check_ct_available() -> str:
     """compressed-tensors' version; one line if it or transformers is missing."""
+    from quantlens.core.quiet import preload_torchao
+
+    preload_torchao()
     try:
         import compressed_tensors
         import transformers  # noqa: F401
