@@ -543,6 +543,7 @@ def timed_first_order(sweep: Any, data: Iterable[Any], seed: int = 0,
         with analysis_mode():
             for k, q in enumerate(leaves):  # the batch's D_k = (its gradient)^2 and G_true, folded in per bit-width
                 _fold_batch(sweep, ids[k], bits, mods[k], mu[k], q.grad, g_true[k] if signed else None, rest[k], true_dot[k])
+        trim_heap(0)  # and the fold's (weights quantized again): the next batch's graph would grow the heap on top of them
     for q in leaves:
         q.grad = None
     trim_heap()  # once, after the pass: each micro-batch reuses the pages the one before freed
