@@ -18,13 +18,14 @@ Example:
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 from quantlens.sweep.check import coverage
 from quantlens.sweep.results import bits_label, weights_label
 from quantlens.sweep.results import Cell, LayerInfo, SweepResult
-from quantlens.stats.degradation import summed_degradation
+from quantlens.stats.degradation import shares, summed_degradation
+from quantlens.sweep.predicted import in_metric_units, predicted
 from quantlens.report.fmt import Units, finite
 from quantlens.report.noise import has_intervals, names as layer_list, noise_sentences, top_tier, verdict
 
@@ -170,32 +171,46 @@ def insights(result: SweepResult, bits: int, units: Optional[Units] = None, tol:
                 f"These cells are a first-order estimate; its check measured {coverage(check)}, too few for a Spearman "
                 "correlation (raise --check-budget)")
         if finite(rho) and rho >= 0.7:
-            est_note.append(Insight(head + "; only the measured cells carry a degradation.", kind="noise"))
+            est_note.append(Insight(head + "; where a cell was not measured, the sentences below use its estimate (marked est.).", kind="noise"))
         else:
             est_note.append(Insight(head + ": the estimate cannot be trusted for this model; run the exact sweep (drop --estimate).",
                                     kind="noise"))
+    # under --estimate a cell is measured (the check's) or estimated: the estimate in the metric's units where it
+    # converts (nll, perplexity, token_kl), else the estimate itself, a score that only ranks (no sums in the metric's units)
+    in_units = not check or in_metric_units(result.metric_name)
+    estimated: set[str] = set()
+    if check:
+        cells, estimated = estimated_view(result, cells)
     total = summed_degradation(c.degradation for c in cells)
     out: list[Insight] = list(est_note)
     uniform: Optional[int] = None
-    for b in reversed(result.w_bits):  # columns ascend (bits, or formats by effective bits)
-        if not all(finite(c.degradation) and c.degradation <= tol for c in result.at(b)):
+    for b in reversed(result.w_bits) if in_units else ():  # columns ascend (bits, or formats by effective bits)
+        if not all(finite(c.degradation) and c.degradation <= tol for c in (estimated_view(result, result.at(b))[0] if check else result.at(b))):
             break
         uniform = b
-    if total <= tol:
+    by_est = f"; by the estimate: {len(estimated)} of {len(cells)} cells estimated, the rest measured" if estimated and in_units else ""
+
+    def deg(c: Cell) -> str:  # a cell's degradation, marked where it is an estimate
+        return (u.deg(c.degradation) if in_units else f"{c.degradation:.3g}") + (" est." if c.layer in estimated else "")
+
+    if not in_units:
+        pass  # an estimate in KL units says nothing about a tolerance in the metric's
+    elif total <= tol:
         out.append(Insight(f"At {bits_label(bits)} no layer alone costs more than {u.deg(tol)} of {result.metric_name}: "
                            f"quantize every layer's weights to {bits_label(bits)}.", kind="safe"))
-    else:
-        share = result.share(bits)
-        ranked = [c for c in result.worst(bits, len(cells)) if finite(c.degradation) and c.degradation > 0]
-        noisy = has_intervals(cells)
+    if total > tol or not in_units:
+        share = shares({c.layer: c.degradation for c in cells})
+        ranked = sorted((c for c in cells if finite(c.degradation) and c.degradation > 0), key=lambda c: -c.degradation)
+        noisy = has_intervals(cells) and not check  # an estimate ranks by its own numbers: its check says how sure
         out += [Insight(t, kind="noise") for t in noise_sentences(result, bits, u)]
         if noisy:  # rank only what the data can tell from zero, and name what it cannot rank
             ranked = [c for c in ranked if verdict(c) == "worse"]
         tier = top_tier(ranked) if noisy else ranked[:1]
+        what = f"summed {_adj(bits)} degradation" if in_units else f"summed {_adj(bits)} estimate (a first-order score that ranks layers, not a {result.metric_name} figure)"
         if len(tier) == 1:
             top = tier[0]
-            out.append(Insight(f"{top.layer} accounts for {share[top.layer]:.0%} of the summed {_adj(bits)} degradation "
-                               f"({u.deg(top.degradation)} of {u.deg(total)})"
+            out.append(Insight(f"{top.layer} accounts for {'about ' if estimated else ''}{share[top.layer]:.0%} of the {what} "
+                               f"({deg(top)} of {u.deg(total) if in_units else f'{total:.3g}'}{by_est})"
                                + (", significantly more than any other layer." if noisy and len(ranked) > 1 else "."), top.layer, "share"))
         elif tier:
             together = sum(share[c.layer] for c in tier)
@@ -222,19 +237,19 @@ def insights(result: SweepResult, bits: int, units: Optional[Units] = None, tol:
                     else "")
             why = causes(result, layer, c, a_quantized)
             if why:
-                text = f"{c.layer} ({u.deg(c.degradation)} at {bits_label(bits)}): " + "; ".join(why) + "." + keep
+                text = f"{c.layer} ({deg(c)} at {bits_label(bits)}): " + "; ".join(why) + "." + keep
             else:
                 w = layer.weight
                 stats = f"max|w| = {w.absmax_over_std:.1f} std, {w.outliers_3sigma} weights beyond 3 sigma, " if w else ""
-                text = (f"{c.layer} ({u.deg(c.degradation)} at {bits_label(bits)}): no stored statistic flags it ({stats}"
-                        f"mean shift {c.mean_shift:.2f} std); its sensitivity comes from its place in the network"
+                text = (f"{c.layer} ({deg(c)} at {bits_label(bits)}): no stored statistic flags it ({stats}"
+                        + (f"mean shift {c.mean_shift:.2f} std" if finite(c.mean_shift) else "mean shift not measured") + "); its sensitivity comes from its place in the network"
                         + (f" and its size ({layer.params:,} parameters)" if layer.params < 1000 else "")
                         + ": keep it at higher precision." + keep)
             out.append(Insight(text, c.layer, "cause"))
     if has_intervals(cells):
         clean: Optional[int] = None
         for b in reversed(result.w_bits):  # columns ascend (bits, or formats by effective bits)
-            if any(verdict(c) == "worse" for c in result.at(b)):
+            if any(c.interval is None or verdict(c) == "worse" for c in result.at(b)):  # every cell measured, none worse
                 break
             clean = b
         if clean is not None:
@@ -243,11 +258,33 @@ def insights(result: SweepResult, bits: int, units: Optional[Units] = None, tol:
     grid = grid_sentence(result)
     if grid is not None:
         out.append(Insight(grid, kind="info"))
+    if not in_units:
+        return out
     if uniform is not None:
-        out.append(Insight(f"Every layer stays within {u.deg(tol)} from {bits_label(uniform)} up: the lowest safe uniform weight "
-                           + ("bit-width." if isinstance(uniform, int) else "format."), kind="safe"))
+        out.append(Insight(f"Every layer stays within {u.deg(tol)} from {bits_label(uniform)} up{' by the estimate' if check else ''}: "
+                           "the lowest safe uniform weight " + ("bit-width." if isinstance(uniform, int) else "format."), kind="safe"))
     else:
-        out.append(Insight(f"No swept bit-width keeps every layer within {u.deg(tol)}: plan mixed precision or fix the culprit layers.", kind="info"))
+        out.append(Insight(f"No swept bit-width keeps every layer within {u.deg(tol)}{' by the estimate' if check else ''}: "
+                           "plan mixed precision or fix the culprit layers.", kind="info"))
     out.append(Insight(f"By the paper's additivity (Figure 2), quantizing every layer to {bits_label(bits)} should cost about the sum, "
-                       f"{u.deg(total)}; depthwise layers with a mean shift make the real figure larger.", kind="info"))
+                       f"{'about ' if estimated else ''}{u.deg(total)}{f' ({by_est[2:]})' if by_est else ''}; depthwise layers with a mean shift make the real figure larger.",
+                       kind="info"))
     return out
+
+
+def estimated_view(result: SweepResult, cells: list[Cell]) -> tuple[list[Cell], set[str]]:
+    """``cells`` of an ``--estimate`` result as the summary reads them: a measured cell (the check's)
+    as measured; any other with its estimate in the metric's units as its degradation
+    (:func:`~quantlens.sweep.predicted.predicted`), or, for a metric the estimate does not convert
+    to, every cell with its estimate (a score that ranks). Also the names of the estimated cells."""
+    if not in_metric_units(result.metric_name):
+        return [replace(c, degradation=c.estimate) for c in cells], {c.layer for c in cells}
+    out, estimated = [], set()
+    for c in cells:
+        p = None if finite(c.degradation) else predicted(result, c)
+        if p is None:
+            out.append(c)
+        else:
+            out.append(replace(c, degradation=p))
+            estimated.add(c.layer)
+    return out, estimated

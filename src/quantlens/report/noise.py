@@ -77,11 +77,15 @@ def noise_sentences(result: SweepResult, bits: int, u: Optional[Units] = None) -
     zero = [c for c in cells if verdict(c) == "zero"]
     better = [c for c in cells if verdict(c) == "better"]
     out = []
+    measured = sum(c.interval is not None for c in cells)
+    of = f"{len(cells)} layers" if measured == len(cells) else f"the {measured} measured layers (of {len(cells)})"
     if worse:
-        out.append(f"At {bits_label(bits)} {len(worse)} of {len(cells)} layers are significantly worse than float (95% interval above 0): "
+        out.append(f"At {bits_label(bits)} {len(worse)} of {of} are significantly worse than float (95% interval above 0): "
                    + ", ".join(f"{c.layer} {ci_text(c, u)}" for c in worse[:6]) + ("" if len(worse) <= 6 else ", ...") + ".")
-    else:
+    elif measured == len(cells):
         out.append(f"At {bits_label(bits)} no layer is significantly worse than float on {n:,} samples (every 95% interval contains 0).")
+    else:
+        out.append(f"At {bits_label(bits)} none of {of} is significantly worse than float on {n:,} samples (every 95% interval contains 0).")
     if zero:
         lead = max(zero, key=lambda c: c.degradation if finite(c.degradation) else float("-inf"))
         need = samples_to_resolve(lead.degradation, lead.interval) if lead.interval and lead.degradation > 0 else 0  # type: ignore[arg-type]
