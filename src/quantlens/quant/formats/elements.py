@@ -40,7 +40,6 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from quantlens.quant.formats.bits import frexp_exponent, pow2
 
 __all__ = ["ElementType", "E4M3", "E5M2", "E3M2", "E2M3", "E2M1", "ELEMENTS", "cast", "round_to_grid"]
 
@@ -83,12 +82,20 @@ E2M1 = ElementType("e2m1", 2, 1, 6.0)
 ELEMENTS: dict[str, ElementType] = {e.name: e for e in (E4M3, E5M2, E3M2, E2M3, E2M1)}
 
 
+_F32_EXPONENT = 0x7F800000  # the exponent field of a float32
+
+
 def round_to_grid(x: Tensor, elem: ElementType) -> Tensor:
-    """``x`` (float32) rounded half-to-even onto ``elem``'s grid after clamping to ``+-max``."""
-    y = torch.clamp(x, -elem.max, elem.max)
-    e, _ = frexp_exponent(y)
-    step = pow2(torch.clamp(e, min=elem.emin) - elem.mbits)
-    return torch.round(y / step) * step
+    """``x`` (float32) rounded half-to-even onto ``elem``'s grid after clamping to ``+-max``.
+
+    ``step = 2^(max(floor(log2 |y|), emin) - mbits)``; ``2^floor(log2 |y|)`` is ``|y|`` with its
+    mantissa bits cleared (the exponent field alone: exact, and 0 for zero and float32 subnormals,
+    which the clamp to ``2^emin`` covers). Two tensors of ``x``'s size, every step in place after
+    the clamp; ``y / step`` and ``q * step`` are exact (powers of two), ``round`` is half-to-even."""
+    y = torch.clamp(x.to(torch.float32), -elem.max, elem.max)
+    step = y.abs().view(torch.int32).bitwise_and_(_F32_EXPONENT).view(torch.float32)
+    step.clamp_(min=2.0 ** elem.emin).mul_(2.0 ** -elem.mbits)
+    return y.div_(step).round_().mul_(step)
 
 
 def cast(x: Tensor, elem: ElementType) -> Tensor:

@@ -55,4 +55,4 @@ def fp8_kernel(tiles: Tensor, fmt: Format, global_scale: Optional[Tensor]) -> Te
     amax = tiles.abs().amax(dim=(1, 3), keepdim=True)
     scale = amax / torch.full((), elem.max, device=amax.device)  # a tensor: CUDA multiplies by 1/scalar
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    return cast(tiles / scale, elem) * scale
+    return cast(tiles / scale, elem).mul_(scale)  # cast returns a new tensor

@@ -75,4 +75,4 @@ def mx_kernel(tiles: Tensor, fmt: Format, global_scale: Optional[Tensor]) -> Ten
     elem = ELEMENTS[fmt.element]
     amax = tiles.abs().amax(dim=(1, 3), keepdim=True)
     scale = pow2(mx_exponent(amax, elem, rceil=fmt.scale_rule == "pow2-rceil"))
-    return cast(tiles / scale, elem) * scale
+    return cast(tiles / scale, elem).mul_(scale)  # cast returns a new tensor

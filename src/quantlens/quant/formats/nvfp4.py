@@ -61,5 +61,5 @@ def nvfp4_kernel(tiles: Tensor, fmt: Format, global_scale: Optional[Tensor]) -> 
     s_b = cast(amax / torch.where(six_s2 > 0, six_s2, torch.ones_like(six_s2)), E4M3)
     denom = s_b * s2
     live = denom > 0
-    q = cast(tiles / torch.where(live, denom, torch.ones_like(denom)), E2M1)
-    return torch.where(live, (q * s_b) * s2, torch.zeros_like(q))
+    q = cast(tiles / torch.where(live, denom, torch.ones_like(denom)), E2M1)  # a new tensor: the rest in place
+    return q.mul_(s_b).mul_(s2).masked_fill_(~live, 0.0)
