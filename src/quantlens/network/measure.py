@@ -43,6 +43,7 @@ from quantlens.engine.accumulate import CellAccumulator, ChannelStats, ShiftAccu
 from quantlens.data.batches import Inputs, extract_output, iterate
 from quantlens.engine.build import QuantizedNetwork, build_quantized, calibrate_ranges, layer_quantizers
 from quantlens.engine.runner import HookRunner
+from quantlens.engine.memory import trim_heap
 
 __all__ = ["measure", "NetworkResult", "MeasurerBase", "NetworkMeasurer", "EagerNetworkMeasurer", "make_measurer", "UntraceableError", "capture_traceable",
            "evaluate_network", "score_network", "network_result", "quantize_network", "reference_fn", "graph_fn", "Workload", "RunOptions"]
@@ -349,7 +350,12 @@ class NetworkMeasurer(MeasurerBase):
 
     def __call__(self, config: QuantConfig, mean_shift: bool = False) -> NetworkResult:
         qnet = self.build(config, mean_shift)
-        return evaluate_network(qnet, self.data, self.cached_reference, self.metric, self.output_key, self.device)
+        trim_heap(0)  # the quantizers' temporaries back before the passes
+        try:
+            return evaluate_network(qnet, self.data, self.cached_reference, self.metric, self.output_key, self.device)
+        finally:
+            del qnet
+            trim_heap(0)  # this network's quantized weights and passes: a plan measures several in a row
 
 
 class EagerNetworkMeasurer(MeasurerBase):
@@ -405,8 +411,12 @@ class EagerNetworkMeasurer(MeasurerBase):
             return {n: cache[n][1] for n in config.names}
 
         axes = {n: channel_axis(self.runner.layers[self._index[n]].op) for n in config.names}
-        return score_network(quantized, floats if mean_shift else None, axes, self.data, self.cached_reference,
-                             self.metric, self.output_key, self.device, config)
+        try:
+            return score_network(quantized, floats if mean_shift else None, axes, self.data, self.cached_reference,
+                                 self.metric, self.output_key, self.device, config)
+        finally:
+            plan.clear()  # the quantized weights
+            trim_heap(0)
 
 
 def make_measurer(workload: Workload, options: RunOptions = RunOptions()) -> MeasurerBase:
