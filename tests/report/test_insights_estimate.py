@@ -74,3 +74,18 @@ def test_exact_sweep_sentences_unchanged(bits: int) -> None:
 
     texts = _texts(synthetic_result(), bits)
     assert not any("est." in t or "by the estimate" in t for t in texts)
+
+
+def test_worst_table_sums_the_estimate_in_perplexity_units() -> None:
+    """The report's per-format table sums what the summary sums: each cell's estimate converted to
+    perplexity (``ppl * (exp(delta) - 1)``), not the raw nll deltas."""
+    from quantlens.report.fmt import Units
+    from quantlens.report.sections import worst_table
+
+    r = dataclasses.replace(llm_estimate_result(4), metric_name="perplexity", baseline=12.0)
+    u = Units.for_metric("perplexity")
+    total = sum(12.0 * math.expm1(c.estimate) for c in r.at("nvfp4"))
+    lead = max(r.at("nvfp4"), key=lambda c: c.estimate)
+    html = worst_table(r, u, 3)
+    assert f"est {u.deg(total)}<" in html
+    assert f"(est {u.deg(12.0 * math.expm1(lead.estimate), signed=True)}" in html

@@ -165,7 +165,7 @@ def test_llm_layers_table_has_block_role_estimate_and_a_filter():
     opts = re.findall(r'<option value="([^"]*)">', html)
     assert opts == [""] + LLM_ROLES + ["lm_head"] + [""] + [str(b) for b in range(30)]
     text = "".join(t.text)  # the summary names block and role, ranks by the estimate, adds a checked cell's measurement
-    assert "lm_head (est 0.211; measured +0.422)" in text and "block 29 mlp.down_proj (est 0.21)" in text
+    assert "lm_head (est +0.211; measured +0.422)" in text and "block 29 mlp.down_proj (est +0.21)" in text  # nll: the metric's units
 
 
 def test_exact_llm_report_uses_the_degradation_and_keeps_the_colour_rule():

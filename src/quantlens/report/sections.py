@@ -21,6 +21,7 @@ from quantlens.core.roles import RoleMap
 from quantlens.report.layout import EstimateCheck, block_role, is_checked, layer_label
 from quantlens.report.page import Td, filter_bar, table
 from quantlens.report.safe import esc
+from quantlens.sweep.predicted import in_metric_units, predicted
 
 __all__ = ["facts", "summary_html", "layers_table", "config_text"]
 
@@ -66,11 +67,18 @@ def worst_table(result: SweepResult, units: Units, k: int = 3, roles: Optional[R
     for b, cells in worst_by_bits(result, k).items():
         if check is not None:
             ranked = sorted((c for c in result.at(b) if finite(c.estimate)), key=lambda c: -c.estimate)[:k]
-            total = sum(max(0.0, c.estimate) for c in result.at(b) if finite(c.estimate))
-            worst = [Td(f"{name(c.layer)} (est {c.estimate:.3g}"
+            if in_metric_units(result.metric_name):  # the estimate in the metric's units, as the summary sums it
+                est = {c.layer: predicted(result, c) for c in result.at(b)}
+                shown = lambda c: units.deg(est[c.layer], signed=True)  # noqa: E731
+                total = sum(max(0.0, v) for v in est.values() if v is not None and finite(v))
+                shown_total = Td(f"est {units.deg(total)}", total)
+            else:
+                shown = lambda c: f"{c.estimate:.3g}"  # noqa: E731
+                total = sum(max(0.0, c.estimate) for c in result.at(b) if finite(c.estimate))
+                shown_total = Td(f"est {total:.3g}", total)
+            worst = [Td(f"{name(c.layer)} (est {shown(c)}"
                         + (f"; measured {units.deg(c.degradation, signed=True)})" if is_checked(c) else ")"), c.layer, "t")
                      for c in ranked if c.estimate > 0]
-            shown_total = Td(f"est {total:.3g}", total)
         else:
             total = result.summed_degradation(b)
             worst = [Td(f"{name(c.layer)} ({units.deg(c.degradation, signed=True)})", c.layer, "t") for c in cells
