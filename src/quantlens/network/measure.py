@@ -44,7 +44,6 @@ from quantlens.engine.accumulate import CellAccumulator, ChannelStats, ShiftAccu
 from quantlens.data.batches import Inputs, extract_output, iterate
 from quantlens.engine.build import QuantizedNetwork, build_quantized, calibrate_ranges, layer_quantizers
 from quantlens.engine.runner import HookRunner
-from quantlens.engine.memory import trim_heap
 
 __all__ = ["measure", "NetworkResult", "MeasurerBase", "NetworkMeasurer", "EagerNetworkMeasurer", "make_measurer", "UntraceableError", "capture_traceable",
            "evaluate_network", "score_network", "network_result", "quantize_network", "reference_fn", "graph_fn", "Workload", "RunOptions"]
@@ -418,8 +417,7 @@ class EagerNetworkMeasurer(MeasurerBase):
             return score_network(quantized, floats if mean_shift else None, axes, self.data, self.cached_reference,
                                  self.metric, self.output_key, self.device, config)
         finally:
-            plan.clear()  # the quantized weights
-            trim_heap(0)
+            plan.clear()  # the quantized weights, at once (the heap keeps their pages for the next network)
 
 
 def make_measurer(workload: Workload, options: RunOptions = RunOptions()) -> MeasurerBase:
