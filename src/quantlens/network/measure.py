@@ -413,11 +413,8 @@ class EagerNetworkMeasurer(MeasurerBase):
             return {n: cache[n][1] for n in config.names}
 
         axes = {n: channel_axis(self.runner.layers[self._index[n]].op) for n in config.names}
-        try:
-            return score_network(quantized, floats if mean_shift else None, axes, self.data, self.cached_reference,
-                                 self.metric, self.output_key, self.device, config)
-        finally:
-            plan.clear()  # the quantized weights, at once (the heap keeps their pages for the next network)
+        return score_network(quantized, floats if mean_shift else None, axes, self.data, self.cached_reference,
+                             self.metric, self.output_key, self.device, config)
 
 
 def make_measurer(workload: Workload, options: RunOptions = RunOptions()) -> MeasurerBase:

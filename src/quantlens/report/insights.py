@@ -193,12 +193,10 @@ def insights(result: SweepResult, bits: int, units: Optional[Units] = None, tol:
     def deg(c: Cell) -> str:  # a cell's degradation, marked where it is an estimate
         return (u.deg(c.degradation) if in_units else f"{c.degradation:.3g}") + (" est." if c.layer in estimated else "")
 
-    if not in_units:
-        pass  # an estimate in KL units says nothing about a tolerance in the metric's
-    elif total <= tol:
+    if in_units and total <= tol:  # an estimate in KL units says nothing about a tolerance in the metric's
         out.append(Insight(f"At {bits_label(bits)} no layer alone costs more than {u.deg(tol)} of {result.metric_name}: "
                            f"quantize every layer's weights to {bits_label(bits)}.", kind="safe"))
-    if total > tol or not in_units:
+    else:
         share = shares({c.layer: c.degradation for c in cells})
         ranked = sorted((c for c in cells if finite(c.degradation) and c.degradation > 0), key=lambda c: -c.degradation)
         noisy = has_intervals(cells) and not check  # an estimate ranks by its own numbers: its check says how sure

@@ -47,10 +47,15 @@ def weight_stats(w: Tensor, bins: int = 64, step: int = STATS_CHUNK) -> WeightSt
     lo, hi = float(flat.min()), float(flat.max())  # exact in the weight's own dtype
     chunks = [flat[k:k + step] for k in range(0, n, step)]
     mean = float(sum(float(c.double().sum()) for c in chunks)) / n
-    std = math.sqrt(sum(float((c.double() - mean).pow(2).sum()) for c in chunks) / n)
-    if hi > lo:
-        counts = sum((torch.histc(c.double(), bins, lo, hi) for c in chunks), torch.zeros(bins, dtype=torch.float64, device=flat.device))
-    else:
+    sq = 0.0
+    counts = torch.zeros(bins, dtype=torch.float64, device=flat.device)
+    for c in chunks:  # one float64 copy of a chunk for its squares and its histogram
+        d = c.double()
+        sq += float((d - mean).pow(2).sum())
+        if hi > lo:
+            counts += torch.histc(d, bins, lo, hi)
+    std = math.sqrt(sq / n)
+    if hi <= lo:
         counts = torch.tensor([float(n)] + [0.0] * (bins - 1))
     edges = torch.linspace(lo, hi, bins + 1)
     outliers = sum(int(((c.double() - mean).abs() > 3 * std).sum()) for c in chunks) if std > 0 else 0

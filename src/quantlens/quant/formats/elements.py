@@ -40,7 +40,6 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-
 __all__ = ["ElementType", "E4M3", "E5M2", "E3M2", "E2M3", "E2M1", "ELEMENTS", "cast", "round_to_grid"]
 
 
